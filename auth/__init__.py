@@ -1,0 +1,1 @@
+"""fognode auth (arrives with its own issue)."""

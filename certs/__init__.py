@@ -1,0 +1,1 @@
+"""fognode certs (arrives with its own issue)."""

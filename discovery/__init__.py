@@ -1,0 +1,1 @@
+"""fognode discovery (arrives with its own issue)."""

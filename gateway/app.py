@@ -1,0 +1,54 @@
+"""Assemble the aiohttp application from the parts.
+
+This is the only module that knows every step of the data flow
+(client -> TLS -> auth -> limits -> proxy -> Ollama); each part stays
+ignorant of the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from .access import AUTHORIZER, Authorizer, OpenAccess
+from .health import setup_health
+from .middleware import (
+    MAX_BODY,
+    access_control,
+    add_request_id_header,
+    openai_errors,
+    request_context,
+)
+from .proxy import UPSTREAM
+from .routes import add_routes
+from .settings import Settings
+from .stats import STATS, GatewayStats
+from .upstream import Upstream
+
+SETTINGS = web.AppKey("fognode.settings", Settings)
+
+
+def create_app(settings: Settings, *, authorizer: Authorizer | None = None) -> web.Application:
+    app = web.Application(
+        middlewares=[request_context, openai_errors, access_control],
+        client_max_size=settings.max_body_bytes,
+        handler_args={"max_field_size": 16384, "max_line_size": 16384},
+    )
+    app[SETTINGS] = settings
+    app[STATS] = GatewayStats()
+    app[MAX_BODY] = settings.max_body_bytes
+    app[AUTHORIZER] = authorizer or OpenAccess()
+    app[UPSTREAM] = Upstream(settings)
+    setup_health(app)
+    add_routes(app)
+    app.on_response_prepare.append(add_request_id_header)
+    app.cleanup_ctx.append(_upstream_session)
+    return app
+
+
+async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
+    upstream = app[UPSTREAM]
+    await upstream.start()
+    yield
+    await upstream.close()

@@ -1,0 +1,123 @@
+"""The ``fognode`` command.
+
+Subcommands are added by the parts that own them; this module only parses
+arguments, loads settings and starts things.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from . import __version__
+from .logs import configure_logging
+from .settings import Settings, load_settings
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML config file (default: $FOGNODE_CONFIG). Flags beat env vars beat the file.",
+    )
+    parser.add_argument("--host", help="address to bind (FOGNODE_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (FOGNODE_PORT, default 8080)")
+    parser.add_argument(
+        "--upstream-url",
+        help="Ollama base URL (FOGNODE_UPSTREAM_URL, default http://127.0.0.1:11434)",
+    )
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-format", choices=["text", "json"])
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    return load_settings(
+        args.config,
+        host=args.host,
+        port=args.port,
+        upstream_url=args.upstream_url,
+        log_level=args.log_level,
+        log_format=args.log_format,
+    )
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings_from(args)
+    configure_logging(settings.log_level, settings.log_format, settings.access_log)
+    from .server import serve
+
+    try:
+        asyncio.run(serve(settings))
+    except OSError as exc:
+        print(
+            f"fognode: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+_SECRET_FIELDS = {"upstream_api_key"}
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    settings = _settings_from(args)
+    data = settings.model_dump(mode="json")
+    for name in _SECRET_FIELDS:
+        if data.get(name):
+            data[name] = "***"
+    print(json.dumps(data, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fognode",
+        description="A LAN fog node for LLM inference: a TLS, auth and mDNS front for Ollama.",
+    )
+    parser.add_argument("--version", action="version", version=f"fognode {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway in front of Ollama until SIGINT/SIGTERM.",
+    )
+    _add_settings_flags(serve)
+    serve.set_defaults(func=_cmd_serve)
+
+    config = sub.add_parser(
+        "config",
+        help="print the effective settings as JSON",
+        description="Print the settings fognode would run with (secrets masked).",
+    )
+    _add_settings_flags(config)
+    config.set_defaults(func=_cmd_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ValidationError as exc:
+        print(f"fognode: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"fognode: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

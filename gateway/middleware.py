@@ -1,0 +1,168 @@
+"""The request pipeline around every handler, outermost first.
+
+1. ``request_context``: accept or mint the request id, log one access line
+   per request (including ones the client abandoned, which aiohttp's access
+   log skips).
+2. ``openai_errors``: every error the gateway makes leaves as an
+   OpenAI-shaped JSON body, whatever raised it.
+3. ``access_control``: the route's access level is checked by the configured
+   authorizer before the handler (and so before anything reaches Ollama).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from .access import ACCESS_BY_ROUTE, AUTHORIZER, PRINCIPAL, Access, Authorizer
+from .errors import GatewayError, json_error_response
+from .logs import request_id_var
+from .proxy import REQUEST_ID
+
+access_log = logging.getLogger("fognode.access")
+log = logging.getLogger("fognode.gateway")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# Accept a caller's id only if it is short and harmless in logs and headers.
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+MAX_BODY = web.AppKey("fognode.max_body", int)
+
+
+def _request_id(request: web.Request) -> str:
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    if _VALID_REQUEST_ID.match(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+def _bytes_sent(response: web.StreamResponse | None) -> int:
+    if response is None:
+        return 0
+    if response.prepared:
+        return response.body_length
+    body = getattr(response, "body", None)
+    return len(body) if isinstance(body, bytes | bytearray) else 0
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    rid = _request_id(request)
+    request[REQUEST_ID] = rid
+    token = request_id_var.set(rid)
+    started = time.perf_counter()
+    status = 500
+    response: web.StreamResponse | None = None
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except asyncio.CancelledError:
+        status = 499  # nginx's "client closed request"
+        raise
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        if access_log.isEnabledFor(logging.INFO):
+            principal = request.get(PRINCIPAL)
+            duration = time.perf_counter() - started
+            sent = _bytes_sent(response)
+            access_log.info(
+                '%s "%s %s" %d %dB %.3fs uid=%s',
+                request.remote,
+                request.method,
+                request.path,
+                status,
+                sent,
+                duration,
+                principal.uid if principal else "-",
+                extra={
+                    "fields": {
+                        "remote": request.remote,
+                        "method": request.method,
+                        "path": request.path,
+                        "status": status,
+                        "bytes": sent,
+                        "duration_s": round(duration, 6),
+                        "uid": principal.uid if principal else None,
+                    }
+                },
+            )
+        request_id_var.reset(token)
+
+
+async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare hook: every response, streamed or not, echoes the id."""
+    rid = request.get(REQUEST_ID)
+    if rid is not None:
+        response.headers[REQUEST_ID_HEADER] = rid
+
+
+def _http_exception_message(request: web.Request, exc: web.HTTPException) -> tuple[str, str]:
+    if exc.status == 404:
+        return (
+            f"Unknown route: {request.method} {request.path}. fognode serves the OpenAI API "
+            "under /v1 and Ollama's API under /api.",
+            "unknown_route",
+        )
+    if exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        return (
+            f"Method {request.method} is not allowed on {request.path}"
+            + (f"; use {allowed}." if allowed else "."),
+            "method_not_allowed",
+        )
+    if exc.status == 413:
+        limit = request.app[MAX_BODY]
+        return (
+            f"Request body is too large; the limit is {limit} bytes (FOGNODE_MAX_BODY_BYTES).",
+            "request_too_large",
+        )
+    return exc.reason or "Request failed.", exc.reason.lower().replace(" ", "_")
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        if exc.status >= 500:
+            log.warning("%s (%s)", exc.message, exc.code)
+        return exc.to_response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message, code = _http_exception_message(request, exc)
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return json_error_response(exc.status, message, code=code, headers=headers)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unhandled error")
+        return json_error_response(
+            500,
+            f"Internal gateway error (request id {request.get(REQUEST_ID)}); see the node's log.",
+            type="api_error",
+            code="internal_error",
+        )
+
+
+@web.middleware
+async def access_control(request: web.Request, handler: Handler) -> web.StreamResponse:
+    route = request.match_info.route
+    if route.resource is None:
+        # No route matched: let the router's 404/405 through.
+        return await handler(request)
+    access = request.app[ACCESS_BY_ROUTE].get(route.resource.canonical)
+    if access is None:
+        raise GatewayError(500, "Route has no access level; refusing.", code="misconfigured")
+    if access is not Access.PUBLIC:
+        authorizer: Authorizer = request.app[AUTHORIZER]  # type: ignore[assignment]
+        request[PRINCIPAL] = await authorizer.authorize(request, access)
+    return await handler(request)

@@ -1,0 +1,99 @@
+"""Request handlers that forward to the upstream.
+
+One generic handler does the forwarding; each route only chooses whether the
+body is validated (and against which OpenAI shape) and whether it is read
+whole or streamed through. The validated body is never re-serialised: the
+client's exact bytes go upstream, so fields the gateway does not know about
+(Ollama's ``options``, ``keep_alive``, ``think``...) arrive untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from .errors import GatewayError
+from .relay import relay_response
+from .request_models import parse_json_object, validate_body
+from .stats import STATS
+from .upstream import Upstream, filter_request_headers
+
+UPSTREAM = web.AppKey("fognode.upstream", Upstream)
+REQUEST_ID = web.RequestKey("fognode.request_id", str)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """Read the whole body, refusing early when Content-Length is too big."""
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(request.content_length, limit)
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large(None, limit) from None
+
+
+def too_large(size: int | None, limit: int) -> GatewayError:
+    got = f" ({size} bytes)" if size is not None else ""
+    return GatewayError(
+        413,
+        f"Request body is too large{got}; the limit is {limit} bytes (FOGNODE_MAX_BODY_BYTES).",
+        code="request_too_large",
+    )
+
+
+def forward(
+    *,
+    model: type[BaseModel] | None = None,
+    json_body: bool = False,
+    stream_body: bool = False,
+) -> Handler:
+    """Build a handler that forwards the request to the same path upstream.
+
+    ``model``: validate the JSON body against this OpenAI request shape.
+    ``json_body``: the body, if any, must at least be a JSON object.
+    ``stream_body``: pass the body through without reading it (model blobs
+    can be gigabytes; they are exempt from the body limit).
+    """
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        upstream = request.app[UPSTREAM]
+        stats = request.app[STATS]
+        settings = upstream.settings
+        data: object = None
+        if stream_body:
+            data = request.content if request.body_exists else None
+        elif request.body_exists or request.method in ("POST", "PUT", "PATCH"):
+            body = await read_body(request, settings.max_body_bytes)
+            if model is not None or (json_body and body.strip()):
+                parsed = parse_json_object(body)
+                if model is not None:
+                    validate_body(model, parsed)
+            data = body
+
+        headers = filter_request_headers(request.headers)
+        headers["X-Request-ID"] = request[REQUEST_ID]
+        if request.remote:
+            headers["X-Forwarded-For"] = request.remote
+        headers["X-Forwarded-Proto"] = request.scheme
+
+        stats.active_requests += 1
+        stats.requests_total += 1
+        try:
+            upstream_response = await upstream.open(
+                request.method, request.raw_path, headers=headers, data=data
+            )
+            return await relay_response(
+                request,
+                upstream_response,
+                idle_timeout=settings.idle_timeout,
+                upstream_name=upstream.base,
+                stats=stats,
+            )
+        finally:
+            stats.active_requests -= 1
+
+    return handler

@@ -1,0 +1,84 @@
+"""The route table: every path fognode serves, its access level and handler.
+
+Routes are grouped as the access policy sees them:
+
+* public probes (no credentials, never touch the upstream's models),
+* the OpenAI-compatible API and Ollama's native inference API (any
+  authenticated user),
+* Ollama's model management (administrators only).
+
+Keeping the table in one place makes the access level of each path
+reviewable at a glance, and the access middleware refuses any route that is
+missing from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .access import ACCESS_BY_ROUTE, Access
+from .health import healthz, readyz
+from .proxy import Handler, forward
+from .request_models import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    access: Access
+
+
+# Model names may contain slashes (hf.co/org/model:tag), hence the regex.
+MODEL = "{model:.+}"
+
+PUBLIC_ROUTES = (
+    Route("GET", "/healthz", healthz, Access.PUBLIC),
+    Route("GET", "/readyz", readyz, Access.PUBLIC),
+)
+
+OPENAI_ROUTES = (
+    Route("POST", "/v1/chat/completions", forward(model=ChatCompletionRequest), Access.USER),
+    Route("POST", "/v1/completions", forward(model=CompletionRequest), Access.USER),
+    Route("POST", "/v1/embeddings", forward(model=EmbeddingRequest), Access.USER),
+    Route("GET", "/v1/models", forward(), Access.USER),
+    Route("GET", f"/v1/models/{MODEL}", forward(), Access.USER),
+)
+
+OLLAMA_ROUTES = (
+    Route("POST", "/api/chat", forward(json_body=True), Access.USER),
+    Route("POST", "/api/generate", forward(json_body=True), Access.USER),
+    Route("POST", "/api/embed", forward(json_body=True), Access.USER),
+    Route("POST", "/api/embeddings", forward(json_body=True), Access.USER),
+    Route("GET", "/api/tags", forward(), Access.USER),
+    Route("POST", "/api/show", forward(json_body=True), Access.USER),
+    Route("GET", "/api/ps", forward(), Access.USER),
+    Route("GET", "/api/version", forward(), Access.USER),
+)
+
+# The seam for the access policy: everything here changes what the node
+# serves to everyone, so only administrators may call it.
+MODEL_MANAGEMENT_ROUTES = (
+    Route("POST", "/api/pull", forward(json_body=True), Access.ADMIN),
+    Route("POST", "/api/push", forward(json_body=True), Access.ADMIN),
+    Route("POST", "/api/create", forward(json_body=True), Access.ADMIN),
+    Route("POST", "/api/copy", forward(json_body=True), Access.ADMIN),
+    Route("DELETE", "/api/delete", forward(json_body=True), Access.ADMIN),
+    Route("HEAD", "/api/blobs/{digest}", forward(), Access.ADMIN),
+    Route("POST", "/api/blobs/{digest}", forward(stream_body=True), Access.ADMIN),
+)
+
+ALL_ROUTES = PUBLIC_ROUTES + OPENAI_ROUTES + OLLAMA_ROUTES + MODEL_MANAGEMENT_ROUTES
+
+
+def add_routes(app: web.Application, routes: tuple[Route, ...] = ALL_ROUTES) -> None:
+    access: dict[str, Access] = {}
+    for route in routes:
+        resource = app.router.add_resource(route.path)
+        resource.add_route(route.method, route.handler)
+        if access.setdefault(resource.canonical, route.access) is not route.access:
+            raise ValueError(f"conflicting access levels for {route.path}")
+    app[ACCESS_BY_ROUTE] = access

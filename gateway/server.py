@@ -1,0 +1,71 @@
+"""Run the app: bind, serve until told to stop, drain, exit.
+
+Handler cancellation is on: when a client disconnects, aiohttp cancels the
+handler task at once instead of waiting for the next write to fail, which is
+what lets the relay close the upstream connection and stop Ollama
+generating for nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .access import Authorizer
+from .app import create_app
+from .settings import Settings
+
+log = logging.getLogger("fognode.server")
+
+
+@dataclass
+class RunningServer:
+    runner: web.AppRunner
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_server(
+    settings: Settings, *, authorizer: Authorizer | None = None
+) -> RunningServer:
+    app = create_app(settings, authorizer=authorizer)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,  # request_context logs every request, cancelled ones too
+        shutdown_timeout=settings.shutdown_timeout,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    await site.start()
+    port = runner.addresses[0][1] if runner.addresses else settings.port
+    return RunningServer(runner, settings.host, port)
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until SIGINT/SIGTERM, then let open requests finish (bounded)."""
+    running = await start_server(settings)
+    log.info(
+        "fognode listening on %s, forwarding to %s", running.url, settings.upstream_base
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down; open requests get %ss to finish", settings.shutdown_timeout)
+        await running.stop()

@@ -1,0 +1,163 @@
+"""The one configuration model of fognode.
+
+Every knob lives here so that operators have a single place to look (README
+documents each field). Values come, highest priority first, from: explicit
+overrides (the CLI flags), environment variables prefixed ``FOGNODE_``, an
+optional TOML file (``FOGNODE_CONFIG`` or ``--config``), then the defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AnyHttpUrl, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+CONFIG_ENV = "FOGNODE_CONFIG"
+# The --config flag wins over FOGNODE_CONFIG; a context variable carries it into
+# settings_customise_sources without mutating the process environment.
+_config_path: ContextVar[Path | None] = ContextVar("fognode_config_path", default=None)
+
+
+class _TomlFileSource(PydanticBaseSettingsSource):
+    """Reads the optional config file.
+
+    The file path is only known at runtime (flag or env var), so the source
+    is built per instantiation rather than fixed in ``model_config``.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._data: dict[str, Any] = {}
+        if path is not None:
+            with path.open("rb") as fh:
+                raw = tomllib.load(fh)
+            # Allow either top-level keys or a [fognode] table.
+            self._data = raw.get("fognode", raw)
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
+
+
+class Settings(BaseSettings):
+    """fognode settings. Environment variables are ``FOGNODE_<FIELD>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FOGNODE_",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # --- listening -------------------------------------------------------
+    host: str = Field(
+        "127.0.0.1",
+        description="Address to bind. Use 0.0.0.0 (or ::) to serve the LAN.",
+    )
+    port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on (0 = any free).")
+
+    # --- upstream (Ollama) -----------------------------------------------
+    upstream_url: AnyHttpUrl = Field(
+        AnyHttpUrl("http://127.0.0.1:11434"),
+        description="Base URL of the Ollama server the gateway forwards to.",
+    )
+    upstream_api_key: str | None = Field(
+        None,
+        description="Bearer key sent upstream (for OpenAI-compatible upstreams that need one). "
+        "Client credentials are never forwarded.",
+    )
+    upstream_max_connections: int = Field(
+        256, ge=1, description="Size of the keep-alive connection pool to the upstream."
+    )
+    connect_timeout: float = Field(
+        10.0, gt=0, description="Seconds to establish a TCP connection to the upstream."
+    )
+    first_byte_timeout: float = Field(
+        900.0,
+        gt=0,
+        description="Seconds to wait for the upstream's response headers. Ollama sends them "
+        "only after loading the model and processing the prompt (and, without streaming, "
+        "after the whole answer), which on a CPU can take minutes.",
+    )
+    idle_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="Longest gap, in seconds, between two chunks of an upstream body.",
+    )
+    readiness_timeout: float = Field(
+        3.0, gt=0, description="Seconds /readyz waits for the upstream before answering 503."
+    )
+    readiness_cache_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="How long a /readyz result is reused, so probes stay cheap under load.",
+    )
+
+    # --- requests --------------------------------------------------------
+    max_body_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted (images in chat requests are base64).",
+    )
+
+    # --- server lifecycle and logs ---------------------------------------
+    shutdown_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds open requests get to finish after SIGTERM before being cut.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`json` writes one JSON object per line for log shippers."
+    )
+    access_log: bool = Field(True, description="One log line per request.")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def upstream_base(self) -> str:
+        """The upstream URL without a trailing slash, ready for path joining."""
+        return str(self.upstream_url).rstrip("/")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = _config_path.get()
+        if path is None and os.environ.get(CONFIG_ENV):
+            path = Path(os.environ[CONFIG_ENV])
+        file_source = _TomlFileSource(settings_cls, path)
+        return (init_settings, env_settings, file_source)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from overrides, the environment and an optional TOML file.
+
+    Overrides that are ``None`` (CLI flags not given) are ignored so that they
+    don't shadow the environment or the file.
+    """
+    if config_file is not None and not config_file.is_file():
+        raise FileNotFoundError(f"config file not found: {config_file}")
+    token = _config_path.set(config_file)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    finally:
+        _config_path.reset(token)

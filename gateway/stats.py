@@ -1,0 +1,24 @@
+"""Live counters of the gateway's own work.
+
+Kept as plain integers on the event loop (no locks needed) so the hot path
+pays nothing; /readyz, the mDNS load field and /metrics read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+
+@dataclass
+class GatewayStats:
+    active_requests: int = 0  # upstream requests in flight
+    active_streams: int = 0  # responses currently being relayed
+    requests_total: int = 0
+    streams_total: int = 0
+    client_disconnects_total: int = 0  # relays cut short by the client
+    upstream_failures_total: int = 0  # upstream broke or stalled mid-body
+
+
+STATS = web.AppKey("fognode.stats", GatewayStats)

@@ -1,0 +1,221 @@
+"""The connection to Ollama: one pooled client session and its failure modes.
+
+A single ``ClientSession`` with a bounded keep-alive pool is shared by every
+request, so a busy node reuses TCP connections instead of paying a connect per
+request. Timeouts are split by phase (connect, first byte, idle gap) instead
+of one total timeout: a long generation on a CPU is normal, a silent upstream
+is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from .errors import GatewayError
+from .settings import Settings
+
+# RFC 9110 section 7.6.1 hop-by-hop fields, plus the ones that describe the
+# framing of one particular connection.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Request headers that must not travel upstream: the client's credentials are
+# for the gateway, not for Ollama, and Host/Content-Length are recomputed.
+_DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "authorization", "cookie", "expect"}
+# Response headers the gateway sets itself.
+_DROP_RESPONSE = HOP_BY_HOP | {"content-length", "date", "server"}
+
+START_OLLAMA_HINT = (
+    "Start Ollama with `ollama serve` (or `systemctl start ollama`, or "
+    "`docker compose up -d ollama`), or point FOGNODE_UPSTREAM_URL at a running one."
+)
+
+
+def _connection_tokens(headers: Any) -> set[str]:
+    tokens: set[str] = set()
+    for value in headers.getall("Connection", []):
+        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def filter_request_headers(headers: Any) -> CIMultiDict[str]:
+    drop = _DROP_REQUEST | _connection_tokens(headers)
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+def filter_response_headers(headers: Any) -> CIMultiDict[str]:
+    drop = _DROP_RESPONSE | _connection_tokens(headers)
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+class Upstream:
+    """Owns the client session to Ollama for the lifetime of the app."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.base = settings.upstream_base
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self.settings.upstream_max_connections,
+            limit_per_host=self.settings.upstream_max_connections,
+            keepalive_timeout=30,
+            enable_cleanup_closed=True,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            # Phase timeouts are enforced per request in open(); the session
+            # only bounds the TCP connect.
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=self.settings.connect_timeout
+            ),
+            # Bodies pass through as the upstream encoded them.
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("upstream session used before app startup")
+        return self._session
+
+    def url(self, raw_path_and_query: str) -> URL:
+        return URL(self.base + raw_path_and_query, encoded=True)
+
+    async def open(
+        self,
+        method: str,
+        raw_path_and_query: str,
+        *,
+        headers: CIMultiDict[str],
+        data: Any = None,
+        first_byte_timeout: float | None = None,
+    ) -> aiohttp.ClientResponse:
+        """Send the request and wait for the response headers.
+
+        The caller owns the returned response and must release or close it.
+        Connection problems and timeouts become GatewayErrors that name the
+        upstream, so an operator reading the client's error knows what to fix.
+        """
+        if self.settings.upstream_api_key:
+            headers["Authorization"] = f"Bearer {self.settings.upstream_api_key}"
+        timeout = first_byte_timeout or self.settings.first_byte_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.session.request(
+                    method,
+                    self.url(raw_path_and_query),
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                )
+        except aiohttp.ConnectionTimeoutError:
+            raise GatewayError(
+                504,
+                f"Timed out connecting to the upstream at {self.base} after "
+                f"{self.settings.connect_timeout:g}s. {START_OLLAMA_HINT}",
+                code="upstream_connect_timeout",
+            ) from None
+        except TimeoutError:
+            raise GatewayError(
+                504,
+                f"The upstream at {self.base} sent no response within "
+                f"{timeout:g}s (FOGNODE_FIRST_BYTE_TIMEOUT).",
+                code="upstream_first_byte_timeout",
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise GatewayError(
+                502,
+                f"Cannot reach the upstream at {self.base}: {exc.os_error.strerror or exc}. "
+                f"{START_OLLAMA_HINT}",
+                code="upstream_unreachable",
+            ) from None
+        except aiohttp.ServerDisconnectedError:
+            raise GatewayError(
+                502,
+                f"The upstream at {self.base} closed the connection before answering.",
+                code="upstream_disconnected",
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise GatewayError(
+                502,
+                f"Request to the upstream at {self.base} failed: {exc}.",
+                code="upstream_error",
+            ) from None
+
+
+@dataclass
+class Readiness:
+    ready: bool
+    body: dict[str, Any]
+    checked_at: float
+
+
+async def probe_ollama(upstream: Upstream, wait_s: float) -> Readiness:
+    """Ask Ollama for its version and model list; both are cheap calls."""
+    now = time.monotonic()
+    try:
+        async with asyncio.timeout(wait_s):
+            async with upstream.session.get(upstream.url("/api/version")) as resp:
+                resp.raise_for_status()
+                version = (await resp.json(content_type=None)).get("version")
+            async with upstream.session.get(upstream.url("/api/tags")) as resp:
+                resp.raise_for_status()
+                models = (await resp.json(content_type=None)).get("models") or []
+    except TimeoutError:
+        reason = f"no answer within {wait_s:g}s"
+    except aiohttp.ClientConnectorError as exc:
+        reason = f"cannot connect ({exc.os_error.strerror or exc})"
+    except (aiohttp.ClientError, ValueError, AttributeError) as exc:
+        reason = f"unexpected answer ({exc})"
+    else:
+        return Readiness(
+            True,
+            {
+                "status": "ready",
+                "upstream": upstream.base,
+                "ollama_version": version,
+                "models": len(models),
+            },
+            now,
+        )
+    return Readiness(
+        False,
+        {
+            "status": "unavailable",
+            "upstream": upstream.base,
+            "error": {
+                "message": f"Ollama at {upstream.base} is not reachable: {reason}. "
+                f"{START_OLLAMA_HINT}",
+                "type": "service_unavailable_error",
+                "param": None,
+                "code": "upstream_unavailable",
+            },
+        },
+        now,
+    )

@@ -1,0 +1,55 @@
+"""Shared fixtures: an Ollama stand-in and a gateway in front of it.
+
+Both run in the test's own event loop on 127.0.0.1 with ephemeral ports, so
+tests can look inside either one (counters, recorded requests) while driving
+them over real sockets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from fognode.gateway.server import RunningServer, start_server
+from fognode.gateway.settings import Settings
+from tests.ollama_standin import OllamaStandIn
+
+GatewayFactory = Callable[..., Awaitable[RunningServer]]
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[OllamaStandIn]:
+    server = OllamaStandIn()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def make_gateway() -> AsyncIterator[GatewayFactory]:
+    started: list[RunningServer] = []
+
+    async def factory(upstream_url: str, **overrides: Any) -> RunningServer:
+        authorizer = overrides.pop("authorizer", None)
+        settings = Settings(host="127.0.0.1", port=0, upstream_url=upstream_url, **overrides)
+        running = await start_server(settings, authorizer=authorizer)
+        started.append(running)
+        return running
+
+    yield factory
+    for running in started:
+        await running.stop()
+
+
+@pytest.fixture
+async def gateway(standin: OllamaStandIn, make_gateway: GatewayFactory) -> RunningServer:
+    return await make_gateway(standin.url)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -1,0 +1,546 @@
+"""An Ollama stand-in: an aiohttp server that speaks Ollama's wire format.
+
+No real Ollama can run on the CI machine, so the tests talk to this instead.
+It is not a model: it "generates" a fixed reply word by word. What it keeps
+faithful is everything a gateway in front of Ollama can observe: the paths,
+the SSE chunks of the OpenAI-compatible API (``chatcmpl-`` ids,
+``system_fingerprint: fp_ollama``, ``data: [DONE]``), the NDJSON lines of the
+native API, Ollama's error texts and status codes, and that a generation is
+abandoned when the client's connection closes.
+
+Failure modes for tests are switches on the instance (``first_byte_delay``,
+``token_delay``, ``stall_after``, ``die_after``, ``gate``), and it records
+what it received so tests can check what the gateway forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+VERSION = "0.12.6"
+DEFAULT_MODELS = ("llama3.2:1b", "qwen2.5:0.5b", "nomic-embed-text:latest")
+DEFAULT_REPLY = "The sky is blue because air molecules scatter blue sunlight the most."
+FINGERPRINT = "fp_ollama"
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    peer: tuple[str, int] | None
+
+
+@dataclass
+class OllamaStandIn:
+    models: tuple[str, ...] = DEFAULT_MODELS
+    reply: str = DEFAULT_REPLY
+    token_delay: float = 0.0
+    first_byte_delay: float = 0.0
+    stall_after: int | None = None  # stop sending (but keep the socket) after N chunks
+    die_after: int | None = None  # abort the TCP connection after N chunks
+    # When set, each chunk waits for one item from this queue: the test
+    # releases chunks one by one to prove the gateway relays without buffering.
+    gate: asyncio.Queue[None] | None = None
+    # Answer every inference request with this (status, json body) instead.
+    force_error: tuple[int, dict[str, Any]] | None = None
+
+    requests: list[Recorded] = field(default_factory=list)
+    active: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    chunks_sent: int = 0
+    cancel_event: asyncio.Event = field(default_factory=asyncio.Event)
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    # --- lifecycle ------------------------------------------------------
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        app = web.Application(middlewares=[self._record], client_max_size=1 << 30)
+        self._add_routes(app)
+        # Like Ollama (Go's request context), notice a gone client at once.
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound = self._runner.addresses[0]
+        self.url = f"http://{bound[0]}:{bound[1]}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def last(self, path: str) -> Recorded:
+        for rec in reversed(self.requests):
+            if rec.path == path:
+                return rec
+        raise AssertionError(f"the stand-in received no request for {path}")
+
+    # --- plumbing -------------------------------------------------------
+    @web.middleware
+    async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        body = await request.read()
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.requests.append(
+            Recorded(
+                request.method,
+                request.path,
+                request.query_string,
+                dict(request.headers),
+                body,
+                tuple(peer[:2]) if peer else None,
+            )
+        )
+        return await handler(request)
+
+    def _add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get("/", self.root)
+        r.add_post("/v1/chat/completions", self.openai_chat)
+        r.add_post("/v1/completions", self.openai_completions)
+        r.add_post("/v1/embeddings", self.openai_embeddings)
+        r.add_get("/v1/models", self.openai_models)
+        r.add_get("/v1/models/{model:.+}", self.openai_model)
+        r.add_post("/api/chat", self.api_chat)
+        r.add_post("/api/generate", self.api_generate)
+        r.add_post("/api/embed", self.api_embed)
+        r.add_post("/api/embeddings", self.api_embeddings)
+        r.add_get("/api/tags", self.api_tags)
+        r.add_post("/api/show", self.api_show)
+        r.add_get("/api/ps", self.api_ps)
+        r.add_get("/api/version", self.api_version)
+        r.add_post("/api/pull", self.api_pull)
+        r.add_post("/api/push", self.api_push)
+        r.add_post("/api/create", self.api_create)
+        r.add_post("/api/copy", self.api_copy)
+        r.add_delete("/api/delete", self.api_delete)
+        r.add_route("HEAD", "/api/blobs/{digest}", self.api_blob_head)
+        r.add_post("/api/blobs/{digest}", self.api_blob_upload)
+
+    def _words(self) -> list[str]:
+        words = self.reply.split(" ")
+        return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+    def _has_model(self, name: str) -> bool:
+        full = name if ":" in name else f"{name}:latest"
+        return any(m == name or m == full for m in self.models)
+
+    async def _emit(
+        self, request: web.Request, response: web.StreamResponse, frames: list[bytes]
+    ) -> None:
+        """Send frames one by one with the configured delays and faults."""
+        self.active += 1
+        try:
+            for index, frame in enumerate(frames):
+                if self.die_after is not None and index >= self.die_after:
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return
+                if self.stall_after is not None and index >= self.stall_after:
+                    await asyncio.sleep(3600)
+                if self.gate is not None:
+                    await self.gate.get()
+                elif self.token_delay and index:
+                    await asyncio.sleep(self.token_delay)
+                await response.write(frame)
+                self.chunks_sent += 1
+            await response.write_eof()
+            self.completed += 1
+        except (asyncio.CancelledError, ConnectionResetError):
+            # Ollama logs this as a 499 and stops the runner for this request.
+            self.cancelled += 1
+            self.cancel_event.set()
+            raise
+        finally:
+            self.active -= 1
+
+    async def _before_first_byte(self) -> None:
+        if self.first_byte_delay:
+            try:
+                await asyncio.sleep(self.first_byte_delay)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                self.cancel_event.set()
+                raise
+
+    # --- errors, as Ollama words them -----------------------------------
+    @staticmethod
+    def openai_error(status: int, message: str) -> web.Response:
+        kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
+        body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+        return web.json_response(body, status=status)
+
+    @staticmethod
+    def native_error(status: int, message: str) -> web.Response:
+        return web.json_response({"error": message}, status=status)
+
+    @staticmethod
+    def not_found_text(model: str) -> str:
+        return f"model '{model}' not found, try pulling it first"
+
+    # --- OpenAI-compatible API ------------------------------------------
+    async def _openai_body(self, request: web.Request) -> dict[str, Any] | web.Response:
+        try:
+            data = json.loads(await request.read())
+        except ValueError as exc:
+            return self.openai_error(400, str(exc))
+        if self.force_error is not None:
+            return web.json_response(self.force_error[1], status=self.force_error[0])
+        model = data.get("model", "")
+        if not self._has_model(model):
+            return self.openai_error(404, self.not_found_text(model))
+        return data
+
+    async def openai_chat(self, request: web.Request) -> web.StreamResponse:
+        data = await self._openai_body(request)
+        if isinstance(data, web.Response):
+            return data
+        await self._before_first_byte()
+        words = self._words()
+        created = int(time.time())
+        cid = f"chatcmpl-{random.randint(0, 999)}"
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in data["messages"])
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(words),
+            "total_tokens": prompt_tokens + len(words),
+        }
+        base = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": data["model"],
+            "system_fingerprint": FINGERPRINT,
+        }
+        if not data.get("stream"):
+            await self._generate_silently(len(words))
+            return web.json_response(
+                {
+                    "id": cid,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": data["model"],
+                    "system_fingerprint": FINGERPRINT,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "".join(words)},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
+        frames = []
+        for word in words:
+            chunk = dict(base)
+            chunk["choices"] = [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": word},
+                    "finish_reason": None,
+                }
+            ]
+            frames.append(_sse(chunk))
+        final = dict(base)
+        final["choices"] = [
+            {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": "stop"}
+        ]
+        frames.append(_sse(final))
+        if (data.get("stream_options") or {}).get("include_usage"):
+            frames.append(_sse(dict(base, choices=[], usage=usage)))
+        frames.append(b"data: [DONE]\n\n")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await self._emit(request, response, frames)
+        return response
+
+    async def openai_completions(self, request: web.Request) -> web.StreamResponse:
+        data = await self._openai_body(request)
+        if isinstance(data, web.Response):
+            return data
+        await self._before_first_byte()
+        words = self._words()
+        created = int(time.time())
+        cid = f"cmpl-{random.randint(0, 999)}"
+        base = {
+            "id": cid,
+            "object": "text_completion",
+            "created": created,
+            "model": data["model"],
+            "system_fingerprint": FINGERPRINT,
+        }
+        prompt_tokens = len(str(data.get("prompt", "")).split())
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(words),
+            "total_tokens": prompt_tokens + len(words),
+        }
+        if not data.get("stream"):
+            await self._generate_silently(len(words))
+            return web.json_response(
+                dict(
+                    base,
+                    choices=[{"text": "".join(words), "index": 0, "finish_reason": "stop"}],
+                    usage=usage,
+                )
+            )
+        frames = [
+            _sse(dict(base, choices=[{"text": w, "index": 0, "finish_reason": None}]))
+            for w in words
+        ]
+        frames.append(_sse(dict(base, choices=[{"text": "", "index": 0, "finish_reason": "stop"}])))
+        frames.append(b"data: [DONE]\n\n")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await self._emit(request, response, frames)
+        return response
+
+    async def _generate_silently(self, n_tokens: int) -> None:
+        """Non-streamed answers still take generation time and can be cancelled."""
+        self.active += 1
+        try:
+            for _ in range(n_tokens):
+                if self.gate is not None:
+                    await self.gate.get()
+                elif self.token_delay:
+                    await asyncio.sleep(self.token_delay)
+            self.completed += 1
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            self.cancel_event.set()
+            raise
+        finally:
+            self.active -= 1
+
+    def _vector(self, text: str) -> list[float]:
+        seed = sum(map(ord, text)) or 1
+        return [((seed * (i + 7)) % 97) / 97.0 for i in range(8)]
+
+    async def openai_embeddings(self, request: web.Request) -> web.Response:
+        data = await self._openai_body(request)
+        if isinstance(data, web.Response):
+            return data
+        inputs = data["input"] if isinstance(data["input"], list) else [data["input"]]
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "embedding": self._vector(str(t)), "index": i}
+                    for i, t in enumerate(inputs)
+                ],
+                "model": data["model"],
+                "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
+            }
+        )
+
+    def _model_card(self, name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": 1700000000, "owned_by": "library"}
+
+    async def openai_models(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"object": "list", "data": [self._model_card(m) for m in self.models]}
+        )
+
+    async def openai_model(self, request: web.Request) -> web.Response:
+        name = request.match_info["model"]
+        if not self._has_model(name):
+            return self.openai_error(404, f"model '{name}' not found")
+        return web.json_response(self._model_card(name))
+
+    # --- native API -----------------------------------------------------
+    async def _native_body(self, request: web.Request) -> dict[str, Any] | web.Response:
+        raw = await request.read()
+        try:
+            data = json.loads(raw) if raw else {}
+        except ValueError as exc:
+            return self.native_error(400, str(exc))
+        if self.force_error is not None:
+            return web.json_response(self.force_error[1], status=self.force_error[0])
+        return data
+
+    async def _native_generation(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        data = await self._native_body(request)
+        if isinstance(data, web.Response):
+            return data
+        model = data.get("model", "")
+        if not model:
+            return self.native_error(400, "model is required")
+        if not self._has_model(model):
+            return self.native_error(404, self.not_found_text(model))
+        await self._before_first_byte()
+        words = self._words()
+
+        def line(text: str, done: bool) -> dict[str, Any]:
+            entry: dict[str, Any] = {
+                "model": model,
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()),
+            }
+            if chat:
+                entry["message"] = {"role": "assistant", "content": text}
+            else:
+                entry["response"] = text
+            entry["done"] = done
+            if done:
+                entry.update(
+                    done_reason="stop",
+                    total_duration=1_000_000,
+                    load_duration=100_000,
+                    prompt_eval_count=5,
+                    prompt_eval_duration=200_000,
+                    eval_count=len(words),
+                    eval_duration=700_000,
+                )
+            return entry
+
+        if data.get("stream", True) is False:
+            await self._generate_silently(len(words))
+            return web.json_response(line("".join(words), True))
+        frames = [json.dumps(line(w, False)).encode() + b"\n" for w in words]
+        frames.append(json.dumps(line("", True)).encode() + b"\n")
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        await self._emit(request, response, frames)
+        return response
+
+    async def api_chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._native_generation(request, chat=True)
+
+    async def api_generate(self, request: web.Request) -> web.StreamResponse:
+        return await self._native_generation(request, chat=False)
+
+    async def api_embed(self, request: web.Request) -> web.Response:
+        data = await self._native_body(request)
+        if isinstance(data, web.Response):
+            return data
+        if not self._has_model(data.get("model", "")):
+            return self.native_error(404, self.not_found_text(data.get("model", "")))
+        inputs = data.get("input", "")
+        inputs = inputs if isinstance(inputs, list) else [inputs]
+        return web.json_response(
+            {
+                "model": data["model"],
+                "embeddings": [self._vector(str(t)) for t in inputs],
+                "total_duration": 14_143_917,
+                "load_duration": 1_019_500,
+                "prompt_eval_count": len(inputs),
+            }
+        )
+
+    async def api_embeddings(self, request: web.Request) -> web.Response:
+        data = await self._native_body(request)
+        if isinstance(data, web.Response):
+            return data
+        if not self._has_model(data.get("model", "")):
+            return self.native_error(404, self.not_found_text(data.get("model", "")))
+        return web.json_response({"embedding": self._vector(str(data.get("prompt", "")))})
+
+    def _tag(self, name: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "model": name,
+            "modified_at": "2025-01-01T00:00:00.000000000Z",
+            "size": 1_321_098_329,
+            "digest": "a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72",
+            "details": {
+                "parent_model": "",
+                "format": "gguf",
+                "family": "llama",
+                "families": ["llama"],
+                "parameter_size": "1.2B",
+                "quantization_level": "Q8_0",
+            },
+        }
+
+    async def api_tags(self, request: web.Request) -> web.Response:
+        return web.json_response({"models": [self._tag(m) for m in self.models]})
+
+    async def api_show(self, request: web.Request) -> web.Response:
+        data = await self._native_body(request)
+        if isinstance(data, web.Response):
+            return data
+        name = data.get("model") or data.get("name") or ""
+        if not self._has_model(name):
+            return self.native_error(404, f"model '{name}' not found")
+        tag = self._tag(name)
+        return web.json_response(
+            {
+                "modelfile": f"FROM {name}\n",
+                "parameters": "stop \"<|eot_id|>\"",
+                "template": "{{ .Prompt }}",
+                "details": tag["details"],
+                "model_info": {"general.architecture": "llama"},
+                "capabilities": ["completion"],
+                "modified_at": tag["modified_at"],
+            }
+        )
+
+    async def api_ps(self, request: web.Request) -> web.Response:
+        return web.json_response({"models": []})
+
+    async def api_version(self, request: web.Request) -> web.Response:
+        return web.json_response({"version": VERSION})
+
+    async def root(self, request: web.Request) -> web.Response:
+        return web.Response(text="Ollama is running")
+
+    async def api_pull(self, request: web.Request) -> web.StreamResponse:
+        data = await self._native_body(request)
+        if isinstance(data, web.Response):
+            return data
+        statuses = [
+            {"status": "pulling manifest"},
+            {"status": "verifying sha256 digest"},
+            {"status": "writing manifest"},
+            {"status": "success"},
+        ]
+        if data.get("stream", True) is False:
+            return web.json_response({"status": "success"})
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        await self._emit(request, response, [json.dumps(s).encode() + b"\n" for s in statuses])
+        return response
+
+    async def api_push(self, request: web.Request) -> web.StreamResponse:
+        return await self.api_pull(request)
+
+    async def api_create(self, request: web.Request) -> web.StreamResponse:
+        return await self.api_pull(request)
+
+    async def api_copy(self, request: web.Request) -> web.Response:
+        data = await self._native_body(request)
+        if isinstance(data, web.Response):
+            return data
+        if not self._has_model(data.get("source", "")):
+            return self.native_error(404, f"model '{data.get('source', '')}' not found")
+        return web.Response(status=200)
+
+    async def api_delete(self, request: web.Request) -> web.Response:
+        data = await self._native_body(request)
+        if isinstance(data, web.Response):
+            return data
+        name = data.get("model") or data.get("name") or ""
+        if not self._has_model(name):
+            return self.native_error(404, f"model '{name}' not found")
+        return web.Response(status=200)
+
+    async def api_blob_head(self, request: web.Request) -> web.Response:
+        return web.Response(status=404)
+
+    async def api_blob_upload(self, request: web.Request) -> web.Response:
+        return web.Response(status=201)
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
