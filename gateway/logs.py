@@ -17,6 +17,12 @@ request_id_var: ContextVar[str] = ContextVar("fognode_request_id", default="-")
 
 
 class _RequestIdFilter(logging.Filter):
+    """Stamp the current request id on every record passing the handler.
+
+    Handlers run synchronously in the logging call's context, so the context
+    variable still holds the id of the request that logged.
+    """
+
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
         return True

@@ -24,6 +24,7 @@ from .access import ACCESS_BY_ROUTE, AUTHORIZER, PRINCIPAL, Access, Authorizer
 from .errors import GatewayError, json_error_response
 from .logs import request_id_var
 from .proxy import REQUEST_ID
+from .relay import BODY_BYTES
 
 access_log = logging.getLogger("fognode.access")
 log = logging.getLogger("fognode.gateway")
@@ -41,11 +42,11 @@ def _request_id(request: web.Request) -> str:
     return uuid.uuid4().hex
 
 
-def _bytes_sent(response: web.StreamResponse | None) -> int:
+def _bytes_sent(request: web.Request, response: web.StreamResponse | None) -> int:
+    if BODY_BYTES in request:
+        return request[BODY_BYTES]
     if response is None:
         return 0
-    if response.prepared:
-        return response.body_length
     body = getattr(response, "body", None)
     return len(body) if isinstance(body, bytes | bytearray) else 0
 
@@ -72,7 +73,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         if access_log.isEnabledFor(logging.INFO):
             principal = request.get(PRINCIPAL)
             duration = time.perf_counter() - started
-            sent = _bytes_sent(response)
+            sent = _bytes_sent(request, response)
             access_log.info(
                 '%s "%s %s" %d %dB %.3fs uid=%s',
                 request.remote,
@@ -91,6 +92,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
                         "bytes": sent,
                         "duration_s": round(duration, 6),
                         "uid": principal.uid if principal else None,
+                        "request_id": rid,
                     }
                 },
             )

@@ -28,6 +28,10 @@ from .upstream import filter_response_headers
 
 log = logging.getLogger("fognode.relay")
 
+# Body bytes relayed to the client, for the access log (aiohttp's own
+# counter includes the header block).
+BODY_BYTES = web.RequestKey("fognode.body_bytes", int)
+
 SSE = "text/event-stream"
 NDJSON = "application/x-ndjson"
 
@@ -74,6 +78,7 @@ async def relay_response(
     loop = asyncio.get_running_loop()
     content = upstream.content
     tail = b""
+    sent = 0
     completed = False
     stats.active_streams += 1
     stats.streams_total += 1
@@ -88,6 +93,7 @@ async def relay_response(
                     if not chunk:
                         break
                     await response.write(chunk)
+                    sent += len(chunk)
                     tail = chunk[-2:]
         except TimeoutError:
             stats.upstream_failures_total += 1
@@ -115,11 +121,11 @@ async def relay_response(
         # The client left (handler cancelled, or a write hit a closed socket).
         stats.client_disconnects_total += 1
         log.info(
-            "client disconnected after %d bytes; upstream request cancelled",
-            response.body_length,
+            "client disconnected after %d bytes; upstream request cancelled", sent
         )
         raise
     finally:
+        request[BODY_BYTES] = sent
         stats.active_streams -= 1
         if completed:
             upstream.release()

@@ -68,7 +68,9 @@ class OllamaStandIn:
         app = web.Application(middlewares=[self._record], client_max_size=1 << 30)
         self._add_routes(app)
         # Like Ollama (Go's request context), notice a gone client at once.
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        self._runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
