@@ -55,9 +55,7 @@ def configure_logging(level: str = "INFO", fmt: str = "text", access_log: bool =
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter(
-                "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"
-            )
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s")
         )
     root = logging.getLogger()
     for old in list(root.handlers):

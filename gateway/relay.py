@@ -101,18 +101,23 @@ async def relay_response(
                 f"The upstream at {upstream_name} sent nothing for {idle_timeout:g}s "
                 "(FOGNODE_IDLE_TIMEOUT); the response was cut off."
             )
-            await _fail_in_band(request, response, media_type, message, "upstream_idle_timeout",
-                                tail)
+            await _fail_in_band(
+                request, response, media_type, message, "upstream_idle_timeout", tail
+            )
             return response
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
-                aiohttp.ClientOSError) as exc:
+        except (
+            aiohttp.ClientPayloadError,
+            aiohttp.ServerDisconnectedError,
+            aiohttp.ClientOSError,
+        ) as exc:
             stats.upstream_failures_total += 1
             message = (
                 f"The upstream at {upstream_name} broke off the response "
                 f"({type(exc).__name__}); the answer is incomplete."
             )
-            await _fail_in_band(request, response, media_type, message,
-                                "upstream_disconnected", tail)
+            await _fail_in_band(
+                request, response, media_type, message, "upstream_disconnected", tail
+            )
             return response
         await response.write_eof()
         completed = True
@@ -120,9 +125,7 @@ async def relay_response(
     except (asyncio.CancelledError, ConnectionResetError):
         # The client left (handler cancelled, or a write hit a closed socket).
         stats.client_disconnects_total += 1
-        log.info(
-            "client disconnected after %d bytes; upstream request cancelled", sent
-        )
+        log.info("client disconnected after %d bytes; upstream request cancelled", sent)
         raise
     finally:
         request[BODY_BYTES] = sent

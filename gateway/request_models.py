@@ -59,9 +59,7 @@ class ChatMessage(_Open):
         if isinstance(value, list):
             for index, part in enumerate(value):
                 if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                    raise ValueError(
-                        f"content part {index} must be an object with a string 'type'"
-                    )
+                    raise ValueError(f"content part {index} must be an object with a string 'type'")
                 if part["type"] == "text" and not isinstance(part.get("text"), str):
                     raise ValueError(f"content part {index} of type 'text' needs a string 'text'")
             return value
@@ -132,9 +130,7 @@ def _text_or_tokens(value: Any, what: str) -> Any:
             return value
     if isinstance(value, list) and not value:
         raise ValueError(f"{what} must not be empty")
-    raise ValueError(
-        f"{what} must be a string, an array of strings, or an array of token arrays"
-    )
+    raise ValueError(f"{what} must be a string, an array of strings, or an array of token arrays")
 
 
 class CompletionRequest(_SamplingParams):

@@ -57,9 +57,7 @@ async def start_server(
 async def serve(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM, then let open requests finish (bounded)."""
     running = await start_server(settings)
-    log.info(
-        "fognode listening on %s, forwarding to %s", running.url, settings.upstream_base
-    )
+    log.info("fognode listening on %s, forwarding to %s", running.url, settings.upstream_base)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -47,7 +47,8 @@ class _TomlFileSource(PydanticBaseSettingsSource):
         return self._data.get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
+        # Unknown keys go through so that extra="forbid" reports typos.
+        return dict(self._data)
 
 
 class Settings(BaseSettings):

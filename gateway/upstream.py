@@ -85,9 +85,7 @@ class Upstream:
             connector=connector,
             # Phase timeouts are enforced per request in open(); the session
             # only bounds the TCP connect.
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=self.settings.connect_timeout
-            ),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout),
             # Bodies pass through as the upstream encoded them.
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),

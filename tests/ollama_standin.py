@@ -136,7 +136,7 @@ class OllamaStandIn:
 
     def _has_model(self, name: str) -> bool:
         full = name if ":" in name else f"{name}:latest"
-        return any(m == name or m == full for m in self.models)
+        return any(m in (name, full) for m in self.models)
 
     async def _emit(
         self, request: web.Request, response: web.StreamResponse, frames: list[bytes]
@@ -479,7 +479,7 @@ class OllamaStandIn:
         return web.json_response(
             {
                 "modelfile": f"FROM {name}\n",
-                "parameters": "stop \"<|eot_id|>\"",
+                "parameters": 'stop "<|eot_id|>"',
                 "template": "{{ .Prompt }}",
                 "details": tag["details"],
                 "model_info": {"general.architecture": "llama"},

@@ -17,8 +17,11 @@ from tests.ollama_standin import VERSION, OllamaStandIn
 
 NATIVE_CALLS = [
     ("POST", "/api/generate", {"model": "llama3.2:1b", "prompt": "hi", "stream": False}),
-    ("POST", "/api/chat", {"model": "llama3.2:1b", "stream": False,
-                           "messages": [{"role": "user", "content": "hi"}]}),
+    (
+        "POST",
+        "/api/chat",
+        {"model": "llama3.2:1b", "stream": False, "messages": [{"role": "user", "content": "hi"}]},
+    ),
     ("POST", "/api/embed", {"model": "nomic-embed-text", "input": ["a", "b"]}),
     ("POST", "/api/embeddings", {"model": "nomic-embed-text", "prompt": "a"}),
     ("GET", "/api/tags", None),

@@ -105,14 +105,20 @@ async def test_request_body_reaches_ollama_byte_for_byte(
 @pytest.mark.parametrize(
     ("path", "body"),
     [
-        ("/v1/chat/completions", {"model": "nope:1b", "messages": [{"role": "user", "content": "x"}]}),
+        (
+            "/v1/chat/completions",
+            {"model": "nope:1b", "messages": [{"role": "user", "content": "x"}]},
+        ),
         ("/v1/completions", {"model": "nope:1b", "prompt": "x"}),
         ("/v1/embeddings", {"model": "nope:1b", "input": "x"}),
     ],
 )
 async def test_ollama_model_not_found_passes_through_intact(
-    gateway: RunningServer, standin: OllamaStandIn, http: aiohttp.ClientSession,
-    path: str, body: dict[str, object],
+    gateway: RunningServer,
+    standin: OllamaStandIn,
+    http: aiohttp.ClientSession,
+    path: str,
+    body: dict[str, object],
 ) -> None:
     """The client matches on Ollama's wording, so status and body must survive as sent."""
     async with http.post(gateway.url + path, json=body) as via_gateway:

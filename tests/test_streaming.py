@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+from collections.abc import Callable
 
 import aiohttp
 
@@ -26,10 +27,14 @@ CHAT = {
 }
 
 
-async def _wait_for(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(HANG_GUARD):
-        while not predicate():
-            await asyncio.sleep(0.005)
+async def _wait_for(predicate: Callable[[], bool], what: str) -> None:
+    """Poll a condition that no event signals (counters, socket lists)."""
+    try:
+        async with asyncio.timeout(HANG_GUARD):
+            while not predicate():  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for: {what}") from None
 
 
 async def test_each_sse_event_reaches_client_before_the_next_is_produced(

@@ -72,10 +72,13 @@ async def test_stalled_stream_ends_with_an_sse_error_event(
         await standin.cancel_event.wait()  # the stalled generation was abandoned
 
 
-@pytest.mark.parametrize(("path", "stream_format"), [
-    ("/v1/chat/completions", "sse"),
-    ("/api/chat", "ndjson"),
-])
+@pytest.mark.parametrize(
+    ("path", "stream_format"),
+    [
+        ("/v1/chat/completions", "sse"),
+        ("/api/chat", "ndjson"),
+    ],
+)
 async def test_upstream_dying_mid_stream_ends_with_an_error_frame(
     standin: OllamaStandIn,
     make_gateway: GatewayFactory,
@@ -122,9 +125,10 @@ async def test_partial_event_is_terminated_before_the_error_frame(
     try:
         port = runner.addresses[0][1]
         gateway = await make_gateway(f"http://127.0.0.1:{port}")
-        async with aiohttp.ClientSession() as http, http.post(
-            f"{gateway.url}/v1/chat/completions", json=dict(CHAT, stream=True)
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{gateway.url}/v1/chat/completions", json=dict(CHAT, stream=True)) as resp,
+        ):
             raw = await resp.read()
     finally:
         await runner.cleanup()

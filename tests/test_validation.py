@@ -55,22 +55,45 @@ BAD_CHAT: list[tuple[str, dict[str, Any], str | None, str]] = [
         "messages[0].content",
         "invalid_value",
     ),
-    ("temperature too high", {"model": "m", "messages": USER, "temperature": 2.5},
-     "temperature", "invalid_value"),
-    ("temperature negative", {"model": "m", "messages": USER, "temperature": -0.1},
-     "temperature", "invalid_value"),
-    ("temperature as string", {"model": "m", "messages": USER, "temperature": "0.7"},
-     "temperature", "invalid_type"),
+    (
+        "temperature too high",
+        {"model": "m", "messages": USER, "temperature": 2.5},
+        "temperature",
+        "invalid_value",
+    ),
+    (
+        "temperature negative",
+        {"model": "m", "messages": USER, "temperature": -0.1},
+        "temperature",
+        "invalid_value",
+    ),
+    (
+        "temperature as string",
+        {"model": "m", "messages": USER, "temperature": "0.7"},
+        "temperature",
+        "invalid_type",
+    ),
     ("top_p above 1", {"model": "m", "messages": USER, "top_p": 1.5}, "top_p", "invalid_value"),
     ("n zero", {"model": "m", "messages": USER, "n": 0}, "n", "invalid_value"),
-    ("max_tokens zero", {"model": "m", "messages": USER, "max_tokens": 0},
-     "max_tokens", "invalid_value"),
-    ("penalty out of range", {"model": "m", "messages": USER, "presence_penalty": 3},
-     "presence_penalty", "invalid_value"),
-    ("stream not bool", {"model": "m", "messages": USER, "stream": "yes"},
-     "stream", "invalid_type"),
-    ("stop of numbers", {"model": "m", "messages": USER, "stop": [1, 2]}, "stop",
-     "invalid_value"),
+    (
+        "max_tokens zero",
+        {"model": "m", "messages": USER, "max_tokens": 0},
+        "max_tokens",
+        "invalid_value",
+    ),
+    (
+        "penalty out of range",
+        {"model": "m", "messages": USER, "presence_penalty": 3},
+        "presence_penalty",
+        "invalid_value",
+    ),
+    (
+        "stream not bool",
+        {"model": "m", "messages": USER, "stream": "yes"},
+        "stream",
+        "invalid_type",
+    ),
+    ("stop of numbers", {"model": "m", "messages": USER, "stop": [1, 2]}, "stop", "invalid_value"),
 ]
 
 
@@ -106,8 +129,11 @@ async def test_bad_chat_requests_get_400_and_never_reach_ollama(
         ("/v1/completions", {"model": "m", "prompt": "x", "logprobs": 9}, "logprobs"),
         ("/v1/embeddings", {"model": "m"}, "input"),
         ("/v1/embeddings", {"model": "m", "input": {"a": 1}}, "input"),
-        ("/v1/embeddings", {"model": "m", "input": "x", "encoding_format": "hex"},
-         "encoding_format"),
+        (
+            "/v1/embeddings",
+            {"model": "m", "input": "x", "encoding_format": "hex"},
+            "encoding_format",
+        ),
         ("/v1/embeddings", {"model": "", "input": "x"}, "model"),
     ],
 )
@@ -177,12 +203,24 @@ async def test_valid_edge_cases_pass(
             "model": "llama3.2:1b",
             "messages": [
                 {"role": "system", "content": "be brief"},
-                {"role": "user", "content": [{"type": "text", "text": "hi"},
-                                             {"type": "image_url",
-                                              "image_url": {"url": "data:image/png;base64,AA"}}]},
-                {"role": "assistant", "content": None,
-                 "tool_calls": [{"id": "1", "type": "function",
-                                 "function": {"name": "f", "arguments": "{}"}}]},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "hi"},
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}},
+                    ],
+                },
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "1",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": "{}"},
+                        }
+                    ],
+                },
                 {"role": "tool", "content": "42", "tool_call_id": "1"},
             ],
         },

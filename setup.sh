@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Set this machine up to run fognode and its tests. Safe to run again: every
+# step checks what is already there and skips it.
+#
+#   ./setup.sh            virtual environment in .venv with fognode and test tools
+#   ./setup.sh --no-test  only what the service needs to run
+#
+# Slow things are cached: pip's wheel cache (~/.cache/pip), and the venv is
+# only reinstalled when pyproject.toml changes.
+set -euo pipefail
+
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+VENV=${FOGNODE_VENV:-$ROOT/.venv}
+WITH_TEST=1
+for arg in "$@"; do
+  case $arg in
+    --no-test) WITH_TEST=0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+# --- Python -----------------------------------------------------------------
+PYTHON=${PYTHON:-}
+if [[ -z $PYTHON ]]; then
+  for candidate in python3.13 python3.12 python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      PYTHON=$candidate
+      break
+    fi
+  done
+fi
+if [[ -z $PYTHON ]]; then
+  echo "setup.sh: fognode needs Python 3.11 or newer (python3.11 not found)." >&2
+  exit 1
+fi
+
+# --- Debian packages the tests drive as real clients -------------------------
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup.sh: please install: ${missing[*]}" >&2
+    return 1
+  fi
+  local sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  say "Installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+}
+
+if ((WITH_TEST)); then
+  apt_install curl
+fi
+
+# --- virtual environment -----------------------------------------------------
+if [[ ! -x $VENV/bin/python ]]; then
+  say "Creating virtual environment in $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+
+extras=""
+((WITH_TEST)) && extras="[test]"
+stamp="$VENV/.fognode-installed"
+want="$(sha256sum pyproject.toml | cut -c1-16)$extras"
+if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+  say "Installing fognode$extras into $VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e ".$extras"
+  echo "$want" >"$stamp"
+else
+  say "fognode already installed in $VENV (pyproject.toml unchanged)"
+fi
+
+say "Done. Start the gateway with:  $VENV/bin/fognode serve"

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Run the whole test suite the way CI does: set up (idempotent), lint, type-check, test.
+#   ./test.sh               everything
+#   ./test.sh -k streaming  extra arguments go to pytest
+set -euo pipefail
+cd "$(dirname "$0")"
+./setup.sh
+VENV=${FOGNODE_VENV:-.venv}
+echo "==> ruff"
+"$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
+echo "==> mypy (strict) on the service code"
+"$VENV/bin/mypy" gateway auth discovery certs
+echo "==> pytest"
+exec "$VENV/bin/pytest" "$@"
