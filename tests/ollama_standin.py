@@ -546,3 +546,30 @@ class OllamaStandIn:
 
 def _sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def main() -> None:
+    """Run the stand-in as its own process (benchmarks, manual trials)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Ollama stand-in (wire format only, no model)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=11434)
+    parser.add_argument("--token-delay", type=float, default=0.0)
+    parser.add_argument("--reply", default=DEFAULT_REPLY)
+    args = parser.parse_args()
+
+    async def run() -> None:
+        standin = OllamaStandIn(token_delay=args.token_delay, reply=args.reply)
+        url = await standin.start(args.host, args.port)
+        print(f"Ollama stand-in listening on {url}", flush=True)
+        await asyncio.Event().wait()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

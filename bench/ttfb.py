@@ -1,0 +1,140 @@
+"""Time to first byte and latency added by fognode, against going direct.
+
+Starts the Ollama stand-in and fognode as separate processes (as they run in
+production), then sends the same requests to both over keep-alive
+connections, interleaved so that drift on the machine hits both alike. The
+result is a ratio and a difference measured in one run, never a threshold.
+
+    .venv/bin/python -m bench.ttfb [--requests 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+
+import aiohttp
+
+CHAT = {
+    "model": "llama3.2:1b",
+    "messages": [{"role": "user", "content": "Why is the sky blue?"}],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_ready(url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):
+            try:
+                async with http.get(url) as resp:
+                    if resp.status < 500:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+async def start(*cmd: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+
+
+async def ttfb_stream(http: aiohttp.ClientSession, base: str) -> tuple[float, float]:
+    started = time.perf_counter()
+    async with http.post(f"{base}/v1/chat/completions", json=dict(CHAT, stream=True)) as resp:
+        await resp.content.readuntil(b"\n\n")
+        first = time.perf_counter() - started
+        await resp.read()
+    return first, time.perf_counter() - started
+
+
+async def small_json(http: aiohttp.ClientSession, base: str) -> float:
+    started = time.perf_counter()
+    async with http.get(f"{base}/api/version") as resp:
+        await resp.read()
+    return time.perf_counter() - started
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def run(requests: int) -> None:
+    upstream_port, gateway_port = free_port(), free_port()
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    gateway = f"http://127.0.0.1:{gateway_port}"
+    procs = [
+        await start(sys.executable, "-m", "tests.ollama_standin", "--port", str(upstream_port)),
+        await start(
+            sys.executable, "-m", "fognode.gateway.cli", "serve",
+            "--port", str(gateway_port), "--upstream-url", upstream, "--log-level", "WARNING",
+        ),
+    ]
+    try:
+        await wait_ready(f"{upstream}/api/version")
+        await wait_ready(f"{gateway}/healthz")
+        results: dict[str, dict[str, list[float]]] = {
+            name: {"ttfb": [], "total": [], "json": []} for name in ("direct", "fognode")
+        }
+        conn = aiohttp.TCPConnector(limit=2)
+        async with aiohttp.ClientSession(connector=conn) as http:
+            for base in (upstream, gateway):  # warm up both paths and pools
+                for _ in range(50):
+                    await ttfb_stream(http, base)
+                    await small_json(http, base)
+            for _ in range(requests):
+                for name, base in (("direct", upstream), ("fognode", gateway)):
+                    first, total = await ttfb_stream(http, base)
+                    results[name]["ttfb"].append(first)
+                    results[name]["total"].append(total)
+                    results[name]["json"].append(await small_json(http, base))
+    finally:
+        for proc in procs:
+            proc.terminate()
+            await proc.wait()
+
+    print(f"# fognode TTFB bench: {requests} interleaved requests per path, concurrency 1")
+    print(f"# {platform.node()} {platform.machine()} {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}")
+    print()
+    print("| metric | direct p50 | fognode p50 | added p50 | direct p99 | fognode p99 "
+          "| added p99 |")
+    print("|---|---|---|---|---|---|---|")
+    for key, label in (
+        ("ttfb", "stream: time to first SSE event (ms)"),
+        ("total", "stream: whole 14-event answer (ms)"),
+        ("json", "small JSON GET /api/version (ms)"),
+    ):
+        d, g = results["direct"][key], results["fognode"][key]
+        print(
+            f"| {label} | {pct(d, .5):.3f} | {pct(g, .5):.3f} | {pct(g, .5) - pct(d, .5):+.3f} "
+            f"| {pct(d, .99):.3f} | {pct(g, .99):.3f} | {pct(g, .99) - pct(d, .99):+.3f} |"
+        )
+    d, g = results["direct"]["ttfb"], results["fognode"]["ttfb"]
+    print()
+    print(f"TTFB ratio fognode/direct (median): {statistics.median(g) / statistics.median(d):.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=500)
+    args = parser.parse_args()
+    asyncio.run(run(args.requests))
+
+
+if __name__ == "__main__":
+    main()
