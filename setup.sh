@@ -2,8 +2,14 @@
 # Set this machine up to run fognode and its tests. Safe to run again: every
 # step checks what is already there and skips it.
 #
-#   ./setup.sh            virtual environment in .venv with fognode and test tools
+#   ./setup.sh            virtual environment in .venv with fognode and test tools,
+#                         and on first run the local CA and server certificate
 #   ./setup.sh --no-test  only what the service needs to run
+#   ./setup.sh --no-certs leave certificates alone
+#
+# The CA key passphrase comes from FOGNODE_CA_PASSPHRASE or
+# FOGNODE_CA_PASSPHRASE_FILE; without either, a random one is written to
+# <certs dir>/ca.passphrase (mode 0600) so the node can renew unattended.
 #
 # Slow things are cached: pip's wheel cache (~/.cache/pip), and the venv is
 # only reinstalled when pyproject.toml changes.
@@ -13,10 +19,12 @@ cd "$(dirname "$0")"
 ROOT=$(pwd)
 VENV=${FOGNODE_VENV:-$ROOT/.venv}
 WITH_TEST=1
+WITH_CERTS=1
 for arg in "$@"; do
   case $arg in
     --no-test) WITH_TEST=0 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --no-certs) WITH_CERTS=0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -59,7 +67,8 @@ apt_install() {
 }
 
 if ((WITH_TEST)); then
-  apt_install curl
+  # Real clients the TLS tests drive.
+  apt_install curl openssl ca-certificates
 fi
 
 # --- virtual environment -----------------------------------------------------
@@ -81,4 +90,29 @@ else
   say "fognode already installed in $VENV (pyproject.toml unchanged)"
 fi
 
-say "Done. Start the gateway with:  $VENV/bin/fognode serve"
+# --- certificates (first run only) --------------------------------------------
+if ((WITH_CERTS)); then
+  CERTS_DIR=$("$VENV/bin/fognode" config | "$VENV/bin/python" -c \
+    'import json, sys; print(json.load(sys.stdin)["certs_dir"])')
+  if [[ ! -f $CERTS_DIR/ca.crt ]]; then
+    mkdir -p "$CERTS_DIR"
+    chmod 700 "$CERTS_DIR"
+    passfile=${FOGNODE_CA_PASSPHRASE_FILE:-}
+    if [[ -z $passfile && -z ${FOGNODE_CA_PASSPHRASE:-} ]]; then
+      passfile=$CERTS_DIR/ca.passphrase
+      (umask 077 && "$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(32))' \
+        >"$passfile")
+      say "Generated a random CA passphrase in $passfile (keep it secret)"
+    fi
+    args=()
+    [[ -n $passfile ]] && args=(--passphrase-file "$passfile")
+    say "Creating the local CA and the server certificate in $CERTS_DIR"
+    "$VENV/bin/fognode" certs init "${args[@]}" >/dev/null
+    "$VENV/bin/fognode" certs issue "${args[@]}" >/dev/null
+    "$VENV/bin/fognode" certs export --out "$CERTS_DIR/export"
+  else
+    say "Certificates already in $CERTS_DIR (fognode certs show)"
+  fi
+fi
+
+say "Done. Start the gateway with:  $VENV/bin/fognode serve --host 0.0.0.0"

@@ -80,8 +80,17 @@ async def run(requests: int) -> None:
     procs = [
         await start(sys.executable, "-m", "tests.ollama_standin", "--port", str(upstream_port)),
         await start(
-            sys.executable, "-m", "fognode.gateway.cli", "serve",
-            "--port", str(gateway_port), "--upstream-url", upstream, "--log-level", "WARNING",
+            sys.executable,
+            "-m",
+            "fognode.gateway.cli",
+            "serve",
+            "--no-tls",
+            "--port",
+            str(gateway_port),
+            "--upstream-url",
+            upstream,
+            "--log-level",
+            "WARNING",
         ),
     ]
     try:
@@ -108,11 +117,14 @@ async def run(requests: int) -> None:
             await proc.wait()
 
     print(f"# fognode TTFB bench: {requests} interleaved requests per path, concurrency 1")
-    print(f"# {platform.node()} {platform.machine()} {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}")
+    print(
+        f"# {platform.node()} {platform.machine()} {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}"
+    )
     print()
-    print("| metric | direct p50 | fognode p50 | added p50 | direct p99 | fognode p99 "
-          "| added p99 |")
+    print(
+        "| metric | direct p50 | fognode p50 | added p50 | direct p99 | fognode p99 | added p99 |"
+    )
     print("|---|---|---|---|---|---|---|")
     for key, label in (
         ("ttfb", "stream: time to first SSE event (ms)"),
@@ -121,8 +133,8 @@ async def run(requests: int) -> None:
     ):
         d, g = results["direct"][key], results["fognode"][key]
         print(
-            f"| {label} | {pct(d, .5):.3f} | {pct(g, .5):.3f} | {pct(g, .5) - pct(d, .5):+.3f} "
-            f"| {pct(d, .99):.3f} | {pct(g, .99):.3f} | {pct(g, .99) - pct(d, .99):+.3f} |"
+            f"| {label} | {pct(d, 0.5):.3f} | {pct(g, 0.5):.3f} | {pct(g, 0.5) - pct(d, 0.5):+.3f} "
+            f"| {pct(d, 0.99):.3f} | {pct(g, 0.99):.3f} | {pct(g, 0.99) - pct(d, 0.99):+.3f} |"
         )
     d, g = results["direct"]["ttfb"], results["fognode"]["ttfb"]
     print()

@@ -7,6 +7,8 @@ ignorant of the others.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -24,12 +26,21 @@ from .proxy import UPSTREAM
 from .routes import add_routes
 from .settings import Settings
 from .stats import STATS, GatewayStats
+from .tls import TlsTerminator
 from .upstream import Upstream
 
 SETTINGS = web.AppKey("fognode.settings", Settings)
 
 
-def create_app(settings: Settings, *, authorizer: Authorizer | None = None) -> web.Application:
+TLS = web.AppKey("fognode.tls", TlsTerminator)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    authorizer: Authorizer | None = None,
+    tls: TlsTerminator | None = None,
+) -> web.Application:
     app = web.Application(
         middlewares=[request_context, openai_errors, access_control],
         client_max_size=settings.max_body_bytes,
@@ -44,6 +55,9 @@ def create_app(settings: Settings, *, authorizer: Authorizer | None = None) -> w
     add_routes(app)
     app.on_response_prepare.append(add_request_id_header)
     app.cleanup_ctx.append(_upstream_session)
+    if tls is not None:
+        app[TLS] = tls
+        app.cleanup_ctx.append(_certificate_watch)
     return app
 
 
@@ -52,3 +66,11 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     await upstream.start()
     yield
     await upstream.close()
+
+
+async def _certificate_watch(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[TLS].watch(), name="fognode-cert-watch")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from ..certs.cli import add_certs_commands, run_certs_command
+from ..certs.errors import CertError
 from . import __version__
 from .logs import configure_logging
 from .settings import Settings, load_settings
@@ -33,6 +35,16 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         "--upstream-url",
         help="Ollama base URL (FOGNODE_UPSTREAM_URL, default http://127.0.0.1:11434)",
     )
+    tls = parser.add_mutually_exclusive_group()
+    tls.add_argument(
+        "--tls", dest="tls", action="store_true", default=None, help="serve HTTPS (default)"
+    )
+    tls.add_argument(
+        "--no-tls",
+        dest="tls",
+        action="store_false",
+        help="serve plain HTTP (development only; FOGNODE_TLS=false)",
+    )
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--log-format", choices=["text", "json"])
 
@@ -43,6 +55,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         host=args.host,
         port=args.port,
         upstream_url=args.upstream_url,
+        tls=args.tls,
         log_level=args.log_level,
         log_format=args.log_format,
     )
@@ -55,6 +68,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(serve(settings))
+    except CertError as exc:
+        print(f"fognode: cannot serve TLS: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(
             f"fognode: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
@@ -64,7 +80,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-_SECRET_FIELDS = {"upstream_api_key"}
+_SECRET_FIELDS = {"upstream_api_key", "ca_passphrase"}
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -101,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_settings_flags(config)
     config.set_defaults(func=_cmd_config)
+
+    add_certs_commands(sub)
     return parser
 
 
@@ -108,6 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "certs":
+            settings = load_settings(None)
+            return run_certs_command(
+                args, default_dir=settings.certs_dir, default_key_type=settings.cert_key_type
+            )
         return int(args.func(args))
     except ValidationError as exc:
         print(f"fognode: invalid settings:\n{exc}", file=sys.stderr)

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from ..certs.issuer import cert_names
 from .access import Authorizer
 from .app import create_app
 from .settings import Settings
+from .tls import TlsTerminator
 
 log = logging.getLogger("fognode.server")
 
@@ -27,11 +29,12 @@ class RunningServer:
     runner: web.AppRunner
     host: str
     port: int
+    tls: TlsTerminator | None = None
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     async def stop(self) -> None:
         await self.runner.cleanup()
@@ -40,7 +43,11 @@ class RunningServer:
 async def start_server(
     settings: Settings, *, authorizer: Authorizer | None = None
 ) -> RunningServer:
-    app = create_app(settings, authorizer=authorizer)
+    tls = TlsTerminator(settings) if settings.tls else None
+    if tls is not None:
+        # Refuse to start with a pair no client would accept (CertError).
+        await asyncio.to_thread(tls.load)
+    app = create_app(settings, authorizer=authorizer, tls=tls)
     runner = web.AppRunner(
         app,
         handler_cancellation=True,
@@ -48,16 +55,36 @@ async def start_server(
         shutdown_timeout=settings.shutdown_timeout,
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
-    await site.start()
-    port = runner.addresses[0][1] if runner.addresses else settings.port
-    return RunningServer(runner, settings.host, port)
+    site = web.TCPSite(
+        runner,
+        settings.host,
+        settings.bind_port,
+        reuse_address=True,
+        ssl_context=tls.listening if tls else None,
+    )
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    port = int(runner.addresses[0][1]) if runner.addresses else settings.bind_port
+    return RunningServer(runner, settings.host, port, tls)
 
 
 async def serve(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM, then let open requests finish (bounded)."""
     running = await start_server(settings)
     log.info("fognode listening on %s, forwarding to %s", running.url, settings.upstream_base)
+    if running.tls is not None and running.tls.pair is not None:
+        leaf = running.tls.pair.leaf
+        log.info(
+            "TLS certificate for %s valid until %s (CA %s)",
+            ", ".join(cert_names(leaf).dns),
+            leaf.not_valid_after_utc.isoformat(),
+            running.tls.ca_file,
+        )
+    else:
+        log.warning("TLS is off: serving plain HTTP (development only)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

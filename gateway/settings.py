@@ -12,11 +12,12 @@ import os
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, Field, field_validator
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -51,6 +52,11 @@ class _TomlFileSource(PydanticBaseSettingsSource):
         return dict(self._data)
 
 
+def default_certs_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "fognode" / "certs"
+
+
 class Settings(BaseSettings):
     """fognode settings. Environment variables are ``FOGNODE_<FIELD>``."""
 
@@ -65,7 +71,67 @@ class Settings(BaseSettings):
         "127.0.0.1",
         description="Address to bind. Use 0.0.0.0 (or ::) to serve the LAN.",
     )
-    port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on (0 = any free).")
+    port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="TCP port to listen on (0 = any free). Default 8443 with TLS, 8080 without.",
+    )
+
+    # --- TLS ---------------------------------------------------------------
+    tls: bool = Field(
+        True,
+        description="Serve HTTPS with the local CA's server certificate. Turn off only for "
+        "development (plain HTTP, as the reference's development mode).",
+    )
+    certs_dir: Path = Field(
+        default_factory=default_certs_dir,
+        description="Where `fognode certs` keeps ca.crt, ca.key, server.crt and server.key.",
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="Server certificate chain (PEM). Default: <certs_dir>/server.crt."
+    )
+    tls_key_file: Path | None = Field(
+        None, description="Server key (PEM, unencrypted). Default: <certs_dir>/server.key."
+    )
+    tls_ca_file: Path | None = Field(
+        None,
+        description="CA the server certificate must chain to. Default: <certs_dir>/ca.crt.",
+    )
+    cert_names: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="DNS names and IP addresses for the server certificate, comma-separated "
+        "or a JSON list. Default: spezillmfog.local, <hostname>.local, localhost, loopback and "
+        "the LAN addresses.",
+    )
+    cert_key_type: Literal["ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096"] = Field(
+        "ecdsa-p256", description="Key type of renewed server certificates."
+    )
+    cert_validity_days: float = Field(
+        397,
+        gt=0,
+        le=825,
+        description="Validity of issued server certificates. iPhones refuse more than 825 days "
+        "from a user-installed CA; Apple recommends at most 397.",
+    )
+    cert_renew_before_days: float = Field(
+        30, ge=0, description="Renew the server certificate this many days before it expires."
+    )
+    cert_check_interval: float = Field(
+        3600,
+        gt=0,
+        description="Seconds between checks of the certificate files (reload when they change, "
+        "renew when expiry nears).",
+    )
+    ca_passphrase: SecretStr | None = Field(
+        None,
+        description="Passphrase of the CA key, needed for automatic renewal. Prefer "
+        "ca_passphrase_file.",
+    )
+    ca_passphrase_file: Path | None = Field(
+        None,
+        description="File whose first line is the CA key passphrase (e.g. a Docker secret).",
+    )
 
     # --- upstream (Ollama) -----------------------------------------------
     upstream_url: AnyHttpUrl = Field(
@@ -122,6 +188,41 @@ class Settings(BaseSettings):
         "text", description="`json` writes one JSON object per line for log shippers."
     )
     access_log: bool = Field(True, description="One log line per request.")
+
+    @field_validator("cert_names", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _default_port(self) -> Settings:
+        if self.port is None:
+            self.port = 8443 if self.tls else 8080
+        return self
+
+    @property
+    def bind_port(self) -> int:
+        assert self.port is not None  # filled in by _default_port
+        return self.port
+
+    @property
+    def server_cert_file(self) -> Path:
+        return self.tls_cert_file or self.certs_dir / "server.crt"
+
+    @property
+    def server_key_file(self) -> Path:
+        return self.tls_key_file or self.certs_dir / "server.key"
+
+    @property
+    def ca_cert_file(self) -> Path:
+        return self.tls_ca_file or self.certs_dir / "ca.crt"
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -35,6 +35,7 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
     async def factory(upstream_url: str, **overrides: Any) -> RunningServer:
         authorizer = overrides.pop("authorizer", None)
         overrides.setdefault("shutdown_timeout", 1.0)
+        overrides.setdefault("tls", False)
         settings = Settings(host="127.0.0.1", port=0, upstream_url=upstream_url, **overrides)
         running = await start_server(settings, authorizer=authorizer)
         started.append(running)

@@ -16,6 +16,7 @@ what it received so tests can check what the gateway forwarded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -565,10 +566,8 @@ def main() -> None:
         print(f"Ollama stand-in listening on {url}", flush=True)
         await asyncio.Event().wait()
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ FOGNODE = [sys.executable, "-m", "fognode.gateway.cli"]
 def test_defaults_are_safe_and_documented() -> None:
     settings = Settings()
     assert settings.host == "127.0.0.1"
+    assert settings.tls is True and settings.port == 8443
+    assert Settings(tls=False).port == 8080
     assert settings.upstream_base == "http://127.0.0.1:11434"
     assert settings.first_byte_timeout >= 300  # slow CPUs load models for minutes
     for name, field in Settings.model_fields.items():
@@ -104,6 +106,7 @@ async def test_fognode_serve_process_serves_logs_json_and_stops_on_sigterm(
     proc = await asyncio.create_subprocess_exec(
         *FOGNODE,
         "serve",
+        "--no-tls",
         "--port",
         str(port),
         "--upstream-url",

@@ -1,0 +1,183 @@
+"""Issue the server certificate the gateway presents.
+
+Apple's rules decide the shape (support.apple.com/103769 and /102028): the
+host name must be a DNS subjectAltName (the common name is ignored), the EKU
+must include serverAuth, RSA keys need 2048 bits or more, signatures SHA-2,
+and the validity may not exceed 825 days for a certificate from a CA the
+user installed (398 for public CAs). We default to 397 days, Apple's own
+recommendation, and renew automatically well before the end.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .authority import Authority, now, signature_hash
+from .errors import CertError
+from .keys import KeyType, PrivateKey, generate_key
+
+DEFAULT_VALIDITY_DAYS = 397
+APPLE_MAX_DAYS = 825
+DEFAULT_HOST_NAME = "spezillmfog.local"
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class SubjectNames:
+    dns: tuple[str, ...]
+    ips: tuple[IPAddress, ...]
+
+    @classmethod
+    def parse(cls, names: Iterable[str]) -> SubjectNames:
+        """Split a mixed list of host names and IP addresses, keeping order."""
+        dns: list[str] = []
+        ips: list[IPAddress] = []
+        for raw in names:
+            name = raw.strip().rstrip(".")
+            if not name:
+                continue
+            try:
+                ip = ipaddress.ip_address(name)
+            except ValueError:
+                if any(c.isspace() for c in name) or "/" in name:
+                    raise CertError(f"{raw!r} is neither a host name nor an IP address") from None
+                if name.lower() not in dns:
+                    dns.append(name.lower())
+            else:
+                if ip not in ips:
+                    ips.append(ip)
+        if not dns:
+            raise CertError("a server certificate needs at least one DNS name")
+        return cls(tuple(dns), tuple(ips))
+
+    def covered_by(self, cert: x509.Certificate) -> bool:
+        have = cert_names(cert)
+        return set(self.dns) <= set(have.dns) and set(self.ips) <= set(have.ips)
+
+
+def cert_names(cert: x509.Certificate) -> SubjectNames:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return SubjectNames((), ())
+    return SubjectNames(
+        tuple(n.lower() for n in san.get_values_for_type(x509.DNSName)),
+        tuple(
+            ip
+            for ip in san.get_values_for_type(x509.IPAddress)
+            if isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address)
+        ),
+    )
+
+
+def default_names(*, include_lan_ips: bool = True) -> list[str]:
+    """spezillmfog.local (the client contract), this machine's .local name,
+    localhost, and the LAN addresses this machine has right now."""
+    names = [
+        DEFAULT_HOST_NAME,
+        f"{socket.gethostname().split('.')[0]}.local",
+        "localhost",
+        "127.0.0.1",
+        "::1",
+    ]
+    if include_lan_ips:
+        names.extend(str(ip) for ip in lan_addresses())
+    return names
+
+
+def lan_addresses() -> list[IPAddress]:
+    """Non-loopback, non-link-local addresses of this machine's interfaces."""
+    try:
+        import ifaddr
+    except ImportError:  # pragma: no cover - ifaddr comes with zeroconf
+        return []
+    found: list[IPAddress] = []
+    for adapter in ifaddr.get_adapters():
+        for entry in adapter.ips:
+            raw = entry.ip if isinstance(entry.ip, str) else entry.ip[0]
+            try:
+                ip = ipaddress.ip_address(raw.split("%")[0])
+            except ValueError:
+                continue
+            if ip.is_loopback or ip.is_link_local or ip.is_multicast:
+                continue
+            if ip not in found:
+                found.append(ip)
+    return found
+
+
+def issue_server_cert(
+    authority: Authority,
+    names: SubjectNames,
+    *,
+    key_type: KeyType = "ecdsa-p256",
+    validity_days: float = DEFAULT_VALIDITY_DAYS,
+    key: PrivateKey | None = None,
+) -> tuple[x509.Certificate, PrivateKey]:
+    if authority.key is None:
+        raise CertError("issuing a certificate needs the CA key (and its passphrase)")
+    if validity_days > APPLE_MAX_DAYS:
+        raise CertError(
+            f"iPhones reject server certificates valid for more than {APPLE_MAX_DAYS} days "
+            f"(asked for {validity_days:g})"
+        )
+    if validity_days <= 0:
+        raise CertError("validity must be positive")
+    key = key or generate_key(key_type)
+    public = key.public_key()
+    start = now() - dt.timedelta(minutes=5)  # tolerate clients whose clock is a bit behind
+    end = now() + dt.timedelta(days=validity_days)
+    if end > authority.cert.not_valid_after_utc:
+        end = authority.cert.not_valid_after_utc
+    san: list[x509.GeneralName] = [x509.DNSName(n) for n in names.dns]
+    san += [x509.IPAddress(ip) for ip in names.ips]
+    ca_ski = authority.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fognode"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, names.dns[0]),
+                ]
+            )
+        )
+        .issuer_name(authority.cert.subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=isinstance(key, rsa.RSAPrivateKey),
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(san), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
+        )
+        .sign(authority.key, signature_hash(authority.key))
+    )
+    return cert, key

@@ -1,0 +1,377 @@
+"""Real TLS handshakes against the gateway from real clients.
+
+Each client trusts only the CA it is given and checks the name
+spezillmfog.local while connecting to 127.0.0.1, as the SpeziLLMFog client
+connects to the IP it resolved. Each must succeed against the node's CA and
+fail against another CA, a wrong host name, and an expired certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import warnings
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from fognode.certs.errors import CertError
+from fognode.gateway.server import RunningServer
+from tests.conftest import GatewayFactory
+from tests.ollama_standin import OllamaStandIn
+from tests.pki import Pki, make_pki
+
+HOST = "spezillmfog.local"
+needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="setup.sh installs curl")
+needs_openssl = pytest.mark.skipif(
+    shutil.which("openssl") is None, reason="setup.sh installs openssl"
+)
+
+
+@pytest.fixture
+def node_pki(tmp_path: Path) -> Pki:
+    return make_pki(tmp_path / "node")
+
+
+@pytest.fixture
+def rogue_pki(tmp_path: Path) -> Pki:
+    return make_pki(tmp_path / "rogue", common_name="not the node's CA")
+
+
+@pytest.fixture
+async def tls_gateway(
+    standin: OllamaStandIn, make_gateway: GatewayFactory, node_pki: Pki
+) -> RunningServer:
+    return await make_gateway(standin.url, tls=True, certs_dir=node_pki.paths.directory)
+
+
+@pytest.fixture
+async def expired_gateway(
+    standin: OllamaStandIn, make_gateway: GatewayFactory, tmp_path: Path
+) -> AsyncIterator[tuple[RunningServer, Pki]]:
+    """A gateway whose certificate expires two seconds after it starts."""
+    pki = make_pki(tmp_path / "short", validity_days=2 / 86400)
+    gateway = await make_gateway(
+        standin.url,
+        tls=True,
+        certs_dir=pki.paths.directory,
+        cert_renew_before_days=0,
+        cert_check_interval=3600,
+    )
+    await asyncio.sleep(2.5)
+    yield gateway, pki
+
+
+def handshake(port: int, cafile: Path, server_hostname: str | None = HOST) -> dict[str, object]:
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    if server_hostname is None:
+        ctx.check_hostname = False  # no SNI, but the chain is still verified
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=server_hostname) as tls,
+    ):
+        cert = tls.getpeercert()
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
+        return cert  # type: ignore[return-value]
+
+
+async def test_python_ssl_trusting_only_the_ca(
+    tls_gateway: RunningServer, node_pki: Pki, rogue_pki: Pki
+) -> None:
+    cert = await asyncio.to_thread(handshake, tls_gateway.port, node_pki.ca)
+    assert ("DNS", HOST) in cert["subjectAltName"]  # type: ignore[operator]
+    with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer"):
+        await asyncio.to_thread(handshake, tls_gateway.port, rogue_pki.ca)
+    with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch"):
+        await asyncio.to_thread(handshake, tls_gateway.port, node_pki.ca, "other.local")
+
+
+async def test_default_certificate_without_sni(tls_gateway: RunningServer, node_pki: Pki) -> None:
+    """The reference client connects by IP and may send no SNI at all."""
+    cert = await asyncio.to_thread(handshake, tls_gateway.port, node_pki.ca, None)
+    assert ("DNS", HOST) in cert["subjectAltName"]  # type: ignore[operator]
+
+
+async def test_python_ssl_refuses_an_expired_certificate(
+    expired_gateway: tuple[RunningServer, Pki],
+) -> None:
+    gateway, pki = expired_gateway
+    with pytest.raises(ssl.SSLCertVerificationError, match="expired"):
+        await asyncio.to_thread(handshake, gateway.port, pki.ca)
+
+
+def tls12_only(port: int, cafile: Path) -> str:
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=HOST) as tls,
+    ):
+        cipher = tls.cipher()
+        assert cipher is not None
+        return cipher[0]
+
+
+def tls11(port: int) -> None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # old versions on purpose
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    ctx.set_ciphers("ALL:@SECLEVEL=0")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        ctx.wrap_socket(raw, server_hostname=HOST).close()
+
+
+async def test_tls12_uses_forward_secret_aead_and_tls11_is_refused(
+    tls_gateway: RunningServer, node_pki: Pki
+) -> None:
+    cipher = await asyncio.to_thread(tls12_only, tls_gateway.port, node_pki.ca)
+    assert cipher.startswith("ECDHE-") and ("GCM" in cipher or "CHACHA20" in cipher)
+    # The server hangs up (or alerts); a client that refused to offer TLS 1.1
+    # itself would fail with NO_PROTOCOLS_AVAILABLE before connecting.
+    with pytest.raises(ssl.SSLError, match=r"ALERT_PROTOCOL_VERSION|UNEXPECTED_EOF"):
+        await asyncio.to_thread(tls11, tls_gateway.port)
+
+
+async def curl(
+    port: int, cafile: Path, name: str = HOST, path: str = "/healthz", data: str | None = None
+) -> tuple[int, str, str]:
+    args = [
+        "curl",
+        "-sS",
+        "-N",
+        "--max-time",
+        "20",
+        "--cacert",
+        str(cafile),
+        "--resolve",
+        f"{name}:{port}:127.0.0.1",
+        f"https://{name}:{port}{path}",
+    ]
+    if data is not None:
+        args += ["-H", "Content-Type: application/json", "-d", data]
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@needs_curl
+async def test_curl_with_cacert_and_resolve(
+    tls_gateway: RunningServer, node_pki: Pki, rogue_pki: Pki, standin: OllamaStandIn
+) -> None:
+    code, out, err = await curl(tls_gateway.port, node_pki.ca)
+    assert code == 0, err
+    assert json.loads(out)["status"] == "ok"
+    # Exit 60: "Peer certificate cannot be authenticated with known CA certificates"
+    code, _, err = await curl(tls_gateway.port, rogue_pki.ca)
+    assert code == 60, err
+    code, _, err = await curl(tls_gateway.port, node_pki.ca, name="wrong.local")
+    assert code == 60 and "wrong.local" in err
+    # A streamed chat completion over TLS, end to end.
+    body = json.dumps(
+        {"model": "llama3.2:1b", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    )
+    code, out, err = await curl(
+        tls_gateway.port, node_pki.ca, path="/v1/chat/completions", data=body
+    )
+    assert code == 0, err
+    events = [e.removeprefix("data: ") for e in out.split("\n\n") if e]
+    assert events[-1] == "[DONE]"
+    text = "".join(json.loads(e)["choices"][0]["delta"]["content"] for e in events[:-1])
+    assert text == standin.reply
+
+
+@needs_curl
+async def test_curl_refuses_an_expired_certificate(
+    expired_gateway: tuple[RunningServer, Pki],
+) -> None:
+    gateway, pki = expired_gateway
+    code, _, err = await curl(gateway.port, pki.ca)
+    assert code == 60 and "expired" in err
+
+
+async def s_client(port: int, cafile: Path, name: str | None = HOST) -> tuple[int, str]:
+    args = [
+        "openssl",
+        "s_client",
+        "-connect",
+        f"127.0.0.1:{port}",
+        "-CAfile",
+        str(cafile),
+        "-verify_return_error",
+        "-brief",
+    ]
+    if name is None:
+        args += ["-noservername", "-verify_hostname", HOST]
+    else:
+        args += ["-servername", name, "-verify_hostname", name]
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(30):
+        out, _ = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+@needs_openssl
+async def test_openssl_s_client_verify_return_error(
+    tls_gateway: RunningServer, node_pki: Pki, rogue_pki: Pki
+) -> None:
+    code, out = await s_client(tls_gateway.port, node_pki.ca)
+    assert code == 0, out
+    assert "Verification: OK" in out
+    code, out = await s_client(tls_gateway.port, node_pki.ca, name=None)  # no SNI
+    assert code == 0 and "Verification: OK" in out, out
+    code, out = await s_client(tls_gateway.port, rogue_pki.ca)
+    assert code != 0 and "unable to get local issuer certificate" in out
+    code, out = await s_client(tls_gateway.port, node_pki.ca, name="wrong.local")
+    assert code != 0 and "hostname mismatch" in out
+
+
+@needs_openssl
+async def test_openssl_refuses_an_expired_certificate(
+    expired_gateway: tuple[RunningServer, Pki],
+) -> None:
+    gateway, pki = expired_gateway
+    code, out = await s_client(gateway.port, pki.ca)
+    assert code != 0 and "certificate has expired" in out
+
+
+class ConnectByIp(httpx.AsyncHTTPTransport):
+    """What the SpeziLLMFog client does: dial the resolved IP, keep the name.
+
+    The TCP connection goes to 127.0.0.1, while TLS (SNI and the host name
+    check) and the Host header use the node's name.
+    """
+
+    def __init__(self, ip: str, verify: ssl.SSLContext) -> None:
+        super().__init__(verify=verify)
+        self.ip = ip
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        name = request.url.host
+        request.url = request.url.copy_with(host=self.ip)
+        request.headers["Host"] = f"{name}:{request.url.port}"
+        request.extensions["sni_hostname"] = name
+        return await super().handle_async_request(request)
+
+
+def openai_client(port: int, cafile: Path) -> openai.AsyncOpenAI:
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    http_client = httpx.AsyncClient(transport=ConnectByIp("127.0.0.1", ctx))
+    return openai.AsyncOpenAI(
+        base_url=f"https://{HOST}:{port}/v1",
+        api_key="unused",
+        http_client=http_client,
+        max_retries=0,
+    )
+
+
+async def _stream_chat(client: openai.AsyncOpenAI) -> str:
+    stream = await client.chat.completions.create(
+        model="llama3.2:1b",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+    )
+    parts = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+    return "".join(parts)
+
+
+async def test_openai_sdk_over_tls_trusting_only_the_ca(
+    tls_gateway: RunningServer, node_pki: Pki, rogue_pki: Pki, standin: OllamaStandIn
+) -> None:
+    client = openai_client(tls_gateway.port, node_pki.ca)
+    assert await _stream_chat(client) == standin.reply
+    assert standin.last("/v1/chat/completions").headers["X-Forwarded-Proto"] == "https"
+    await client.close()
+
+    rogue = openai_client(tls_gateway.port, rogue_pki.ca)
+    with pytest.raises(openai.APIConnectionError) as caught:
+        await _stream_chat(rogue)
+    assert "CERTIFICATE_VERIFY_FAILED" in repr(caught.value.__cause__)
+    await rogue.close()
+
+
+async def test_openai_sdk_refuses_wrong_name_and_expired(
+    expired_gateway: tuple[RunningServer, Pki], tls_gateway: RunningServer, node_pki: Pki
+) -> None:
+    ctx = ssl.create_default_context(cafile=str(node_pki.ca))
+    wrong = openai.AsyncOpenAI(
+        base_url=f"https://wrong.local:{tls_gateway.port}/v1",
+        api_key="unused",
+        http_client=httpx.AsyncClient(transport=ConnectByIp("127.0.0.1", ctx)),
+        max_retries=0,
+    )
+    with pytest.raises(openai.APIConnectionError) as caught:
+        await _stream_chat(wrong)
+    assert "Hostname mismatch" in repr(caught.value.__cause__)
+    await wrong.close()
+
+    gateway, pki = expired_gateway
+    expired = openai_client(gateway.port, pki.ca)
+    with pytest.raises(openai.APIConnectionError) as caught:
+        await _stream_chat(expired)
+    assert "expired" in repr(caught.value.__cause__)
+    await expired.close()
+
+
+async def test_refuses_to_start_with_unusable_certificates(
+    standin: OllamaStandIn, make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    node = make_pki(tmp_path / "node")
+    other = make_pki(tmp_path / "other")
+    # Key that does not belong to the certificate.
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name in ("ca.crt", "server.crt"):
+        (mixed / name).write_bytes((node.paths.directory / name).read_bytes())
+    (mixed / "server.key").write_bytes(other.paths.server_key.read_bytes())
+    with pytest.raises(CertError, match="does not match"):
+        await make_gateway(standin.url, tls=True, certs_dir=mixed)
+    # Certificate from another CA than the configured one.
+    with pytest.raises(CertError, match="does not chain"):
+        await make_gateway(
+            standin.url, tls=True, certs_dir=node.paths.directory, tls_ca_file=other.ca
+        )
+    # Expired.
+    short = make_pki(tmp_path / "short", validity_days=1 / 86400)
+    await asyncio.sleep(1.5)
+    with pytest.raises(CertError, match="expired"):
+        await make_gateway(standin.url, tls=True, certs_dir=short.paths.directory)
+    # Missing files say how to make them.
+    with pytest.raises(CertError, match="fognode certs init"):
+        await make_gateway(standin.url, tls=True, certs_dir=tmp_path / "empty")
+
+
+def test_cli_serve_refuses_missing_certificates_with_a_clear_message(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOGNODE_")}
+    env.update(HOME=str(tmp_path), XDG_DATA_HOME=str(tmp_path / "data"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "fognode.gateway.cli", "serve", "--port", "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "cannot serve TLS" in proc.stderr and "fognode certs init" in proc.stderr
+    assert str(tmp_path / "data" / "fognode" / "certs") in proc.stderr
