@@ -12,44 +12,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
-import socket
 import statistics
-import sys
 import time
 
 import aiohttp
+
+from bench.common import (
+    free_port,
+    machine,
+    pct,
+    start_fognode,
+    start_standin,
+    stop,
+    wait_ready,
+)
 
 CHAT = {
     "model": "llama3.2:1b",
     "messages": [{"role": "user", "content": "Why is the sky blue?"}],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def wait_ready(url: str) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(300):
-            try:
-                async with http.get(url) as resp:
-                    if resp.status < 500:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
-
-
-async def start(*cmd: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *cmd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-    )
 
 
 async def ttfb_stream(http: aiohttp.ClientSession, base: str) -> tuple[float, float]:
@@ -68,30 +49,13 @@ async def small_json(http: aiohttp.ClientSession, base: str) -> float:
     return time.perf_counter() - started
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
 async def run(requests: int) -> None:
     upstream_port, gateway_port = free_port(), free_port()
     upstream = f"http://127.0.0.1:{upstream_port}"
     gateway = f"http://127.0.0.1:{gateway_port}"
     procs = [
-        await start(sys.executable, "-m", "tests.ollama_standin", "--port", str(upstream_port)),
-        await start(
-            sys.executable,
-            "-m",
-            "fognode.gateway.cli",
-            "serve",
-            "--no-tls",
-            "--port",
-            str(gateway_port),
-            "--upstream-url",
-            upstream,
-            "--log-level",
-            "WARNING",
-        ),
+        await start_standin(upstream_port),
+        await start_fognode(gateway_port, upstream, "--no-tls"),
     ]
     try:
         await wait_ready(f"{upstream}/api/version")
@@ -112,15 +76,10 @@ async def run(requests: int) -> None:
                     results[name]["total"].append(total)
                     results[name]["json"].append(await small_json(http, base))
     finally:
-        for proc in procs:
-            proc.terminate()
-            await proc.wait()
+        await stop(*procs)
 
     print(f"# fognode TTFB bench: {requests} interleaved requests per path, concurrency 1")
-    print(
-        f"# {platform.node()} {platform.machine()} {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}"
-    )
+    print(f"# {machine()}")
     print()
     print(
         "| metric | direct p50 | fognode p50 | added p50 | direct p99 | fognode p99 | added p99 |"

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import ollama
 import openai
 import pytest
 
@@ -375,3 +376,17 @@ def test_cli_serve_refuses_missing_certificates_with_a_clear_message(tmp_path: P
     assert proc.returncode == 1
     assert "cannot serve TLS" in proc.stderr and "fognode certs init" in proc.stderr
     assert str(tmp_path / "data" / "fognode" / "certs") in proc.stderr
+
+
+async def test_ollama_client_over_tls(
+    tls_gateway: RunningServer, node_pki: Pki, standin: OllamaStandIn
+) -> None:
+    ctx = ssl.create_default_context(cafile=str(node_pki.ca))
+    client = ollama.AsyncClient(host=f"https://localhost:{tls_gateway.port}", verify=ctx)
+    parts = [
+        part.message.content
+        async for part in await client.chat(
+            model="llama3.2:1b", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+    ]
+    assert "".join(parts) == standin.reply

@@ -1,0 +1,84 @@
+"""Shared pieces of the benchmarks: processes, ports, percentiles, machine line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import socket
+import ssl
+import sys
+
+import aiohttp
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def start(*cmd: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *cmd,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
+
+
+async def start_standin(port: int) -> asyncio.subprocess.Process:
+    return await start(sys.executable, "-m", "tests.ollama_standin", "--port", str(port))
+
+
+async def start_fognode(
+    port: int, upstream: str, *extra: str, **env: str
+) -> asyncio.subprocess.Process:
+    return await start(
+        sys.executable,
+        "-m",
+        "fognode.gateway.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--upstream-url",
+        upstream,
+        "--log-level",
+        "WARNING",
+        *extra,
+        env=env,
+    )
+
+
+async def wait_ready(url: str, ssl_ctx: ssl.SSLContext | None = None) -> None:
+    connector = aiohttp.TCPConnector(ssl=ssl_ctx if ssl_ctx is not None else False)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        for _ in range(300):
+            try:
+                async with http.get(url) as resp:
+                    if resp.status < 500:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+async def stop(*procs: asyncio.subprocess.Process) -> None:
+    for proc in procs:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+
+
+def pct(values: list[float], q: float) -> float:
+    """q-quantile in milliseconds."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def machine() -> str:
+    return (
+        f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}"
+    )
