@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 
@@ -154,3 +155,31 @@ async def test_ollama_errors_pass_through_with_status_and_wording(
     async with http.post(f"{gateway.url}/api/chat", json=dict(CHAT, model="missing")) as r:
         assert r.status == 404
         assert await r.json() == {"error": "model 'missing' not found, try pulling it first"}
+
+
+async def test_connect_timeout_is_504_naming_the_setting(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """A host that never completes the TCP handshake (here: a full accept queue)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # never accepted: the queue fills after one connection
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        gateway = await make_gateway(f"http://127.0.0.1:{port}", connect_timeout=0.5)
+        async with http.get(f"{gateway.url}/api/tags") as resp:
+            assert resp.status == 504
+            error = (await resp.json())["error"]
+        assert error["code"] == "upstream_connect_timeout"
+        assert f"127.0.0.1:{port}" in error["message"]
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
