@@ -8,45 +8,23 @@ without a level is refused.
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiohttp import web
 
-
-class Access(enum.Enum):
-    PUBLIC = "public"  # health probes: no credentials, no upstream work
-    USER = "user"  # inference and model listing
-    ADMIN = "admin"  # model management: pull, push, create, copy, delete
-
-
-@dataclass(frozen=True)
-class Principal:
-    """The caller as the auth step established it."""
-
-    uid: str
-    kind: str  # "firebase", "api_key", "anonymous"
-    claims: dict[str, Any] = field(default_factory=dict)
-    is_admin: bool = False
-
-
-ANONYMOUS = Principal(uid="anonymous", kind="anonymous")
+from ..auth.principal import Access, Principal
 
 
 class Authorizer(Protocol):
-    async def authorize(self, request: web.Request, access: Access) -> Principal:
-        """Return the caller or raise a GatewayError (401/403)."""
+    async def authorize(self, authorization: str | None, access: Access) -> Principal:
+        """Return the caller, or raise auth.errors.AuthError (401/403)."""
         ...
 
-
-class OpenAccess:
-    """Admits everyone. Only for development on loopback; auth/ replaces it."""
-
-    async def authorize(self, request: web.Request, access: Access) -> Principal:
-        return ANONYMOUS
+    def close(self) -> None: ...
 
 
 ACCESS_BY_ROUTE = web.AppKey("fognode.access_by_route", dict)
 AUTHORIZER = web.AppKey("fognode.authorizer", object)
 PRINCIPAL = web.RequestKey("fognode.principal", Principal)
+
+__all__ = ["ACCESS_BY_ROUTE", "AUTHORIZER", "PRINCIPAL", "Access", "Authorizer", "Principal"]

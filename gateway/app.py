@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .access import AUTHORIZER, Authorizer, OpenAccess
+from .access import AUTHORIZER, Authorizer
+from .auth_setup import build_authorizer
 from .health import setup_health
 from .middleware import (
     MAX_BODY,
@@ -49,12 +50,13 @@ def create_app(
     app[SETTINGS] = settings
     app[STATS] = GatewayStats()
     app[MAX_BODY] = settings.max_body_bytes
-    app[AUTHORIZER] = authorizer or OpenAccess()
+    app[AUTHORIZER] = authorizer or build_authorizer(settings)
     app[UPSTREAM] = Upstream(settings)
     setup_health(app)
     add_routes(app)
     app.on_response_prepare.append(add_request_id_header)
     app.cleanup_ctx.append(_upstream_session)
+    app.on_cleanup.append(_close_authorizer)
     if tls is not None:
         app[TLS] = tls
         app.cleanup_ctx.append(_certificate_watch)
@@ -74,3 +76,8 @@ async def _certificate_watch(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _close_authorizer(app: web.Application) -> None:
+    authorizer: Authorizer = app[AUTHORIZER]  # type: ignore[assignment]
+    authorizer.close()

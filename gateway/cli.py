@@ -15,9 +15,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from ..auth.firebase import AuthConfigError
 from ..certs.cli import add_certs_commands, run_certs_command
 from ..certs.errors import CertError
 from . import __version__
+from .auth_setup import UnsafeConfiguration
 from .logs import configure_logging
 from .settings import Settings, load_settings
 
@@ -45,6 +47,11 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="serve plain HTTP (development only; FOGNODE_TLS=false)",
     )
+    parser.add_argument(
+        "--auth",
+        choices=["firebase", "none"],
+        help="firebase (default): tokens or API keys required; none: development only",
+    )
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--log-format", choices=["text", "json"])
 
@@ -56,6 +63,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         port=args.port,
         upstream_url=args.upstream_url,
         tls=args.tls,
+        auth=args.auth,
         log_level=args.log_level,
         log_format=args.log_format,
     )
@@ -70,6 +78,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(serve(settings))
     except CertError as exc:
         print(f"fognode: cannot serve TLS: {exc}", file=sys.stderr)
+        return 1
+    except (UnsafeConfiguration, AuthConfigError) as exc:
+        print(f"fognode: refusing to start: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(

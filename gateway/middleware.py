@@ -20,6 +20,7 @@ import uuid
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from ..auth.errors import AuthError, VerifierUnavailable
 from .access import ACCESS_BY_ROUTE, AUTHORIZER, PRINCIPAL, Access, Authorizer
 from .errors import GatewayError, json_error_response
 from .logs import request_id_var
@@ -166,5 +167,22 @@ async def access_control(request: web.Request, handler: Handler) -> web.StreamRe
         raise GatewayError(500, "Route has no access level; refusing.", code="misconfigured")
     if access is not Access.PUBLIC:
         authorizer: Authorizer = request.app[AUTHORIZER]  # type: ignore[assignment]
-        request[PRINCIPAL] = await authorizer.authorize(request, access)
+        try:
+            principal = await authorizer.authorize(request.headers.get("Authorization"), access)
+        except AuthError as exc:
+            log.info("refused (%d %s): %s", exc.status, exc.reason, exc.message)
+            raise GatewayError(
+                exc.status,
+                exc.message,
+                code=exc.reason,
+                headers={"WWW-Authenticate": exc.www_authenticate},
+            ) from None
+        except VerifierUnavailable as exc:
+            raise GatewayError(
+                503,
+                f"Cannot verify tokens right now: {exc}",
+                code="auth_unavailable",
+                headers={"Retry-After": "5"},
+            ) from None
+        request[PRINCIPAL] = principal
     return await handler(request)

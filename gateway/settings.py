@@ -14,7 +14,14 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    AnyHttpUrl,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -52,6 +59,16 @@ class _TomlFileSource(PydanticBaseSettingsSource):
         return dict(self._data)
 
 
+def _project_of(service_account: Path) -> str | None:
+    try:
+        import json
+
+        value = json.loads(service_account.read_text(encoding="utf-8")).get("project_id")
+    except (OSError, ValueError, AttributeError):
+        return None  # reported when the verifier loads the file
+    return value if isinstance(value, str) else None
+
+
 def default_certs_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
     return Path(base) / "fognode" / "certs"
@@ -62,6 +79,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix="FOGNODE_",
+        populate_by_name=True,
         extra="forbid",
         validate_default=True,
     )
@@ -133,6 +151,99 @@ class Settings(BaseSettings):
         description="File whose first line is the CA key passphrase (e.g. a Docker secret).",
     )
 
+    # --- authentication and access policy ----------------------------------
+    auth: Literal["firebase", "none"] = Field(
+        "firebase",
+        description="`firebase`: every request but the probes needs a Firebase ID token or an "
+        "API key. `none`: no checks at all, for local development only (refused on a "
+        "non-loopback address unless allow_no_auth_on_lan).",
+    )
+    allow_no_auth_on_lan: bool = Field(
+        False, description="Let auth=none listen on a non-loopback address. Dangerous."
+    )
+    firebase_project_id: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "FOGNODE_FIREBASE_PROJECT_ID", "firebase_project_id", "GOOGLE_CLOUD_PROJECT"
+        ),
+        description="Firebase project whose ID tokens are accepted (the tokens' aud). Default: "
+        "the service account's project, or GOOGLE_CLOUD_PROJECT.",
+    )
+    firebase_credentials_file: Path | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "FOGNODE_FIREBASE_CREDENTIALS_FILE",
+            "firebase_credentials_file",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+        ),
+        description="Service account key (JSON). Needed for revocation checks and "
+        "`fognode claims`; token signatures alone are checked with Google's public keys.",
+    )
+    firebase_auth_emulator_host: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "FOGNODE_FIREBASE_AUTH_EMULATOR_HOST",
+            "firebase_auth_emulator_host",
+            "FIREBASE_AUTH_EMULATOR_HOST",
+        ),
+        description="host:port of the Firebase Auth Emulator (development). Its tokens are "
+        "unsigned, so this is refused together with TLS unless allow_emulator_with_tls.",
+    )
+    allow_emulator_with_tls: bool = Field(
+        False, description="Accept emulator tokens on a TLS (production-looking) node."
+    )
+    firebase_certs_url: str = Field(
+        "https://www.googleapis.com/robot/v1/metadata/x509/securetoken@system.gserviceaccount.com",
+        description="Where the public keys that sign ID tokens are fetched. Change only to "
+        "test against a local key set.",
+    )
+    check_revoked: bool = Field(
+        False,
+        description="Also check that the token was not revoked and the user is not disabled "
+        "(one Admin API call per new token; needs the service account).",
+    )
+    revocation_recheck_seconds: float = Field(
+        300,
+        gt=0,
+        description="With check_revoked, how long a verified token is trusted before it is "
+        "checked again.",
+    )
+    token_cache_size: int = Field(
+        10_000, ge=0, description="Verified tokens remembered until they expire (0: no cache)."
+    )
+    auth_threads: int = Field(
+        4, ge=1, description="Threads for firebase-admin (it blocks; kept off the event loop)."
+    )
+    required_claims: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Custom claims every user must have, as JSON: {"fog": true} or '
+        '{"role": ["clinician", "admin"]} (one of).',
+    )
+    allowed_uids: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="If set, only these Firebase uids (comma-separated or JSON list).",
+    )
+    allowed_email_domains: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="If set, only accounts whose email is in one of these domains.",
+    )
+    require_email_verified: bool = Field(
+        False, description="Only accounts with a verified email address."
+    )
+    admin_claim: str = Field(
+        "admin",
+        min_length=1,
+        description="Custom claim (set to true) that allows model management (/api/pull ...).",
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Static API keys as `name:user|admin:sha256hex` entries (comma-separated "
+        "or JSON list); `fognode apikey create` makes them.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File with one `name:user|admin:sha256hex` entry per line."
+    )
+
     # --- upstream (Ollama) -----------------------------------------------
     upstream_url: AnyHttpUrl = Field(
         AnyHttpUrl("http://127.0.0.1:11434"),
@@ -189,7 +300,9 @@ class Settings(BaseSettings):
     )
     access_log: bool = Field(True, description="One log line per request.")
 
-    @field_validator("cert_names", mode="before")
+    @field_validator(
+        "cert_names", "allowed_uids", "allowed_email_domains", "api_keys", mode="before"
+    )
     @classmethod
     def _split_names(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -202,9 +315,11 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _default_port(self) -> Settings:
+    def _defaults(self) -> Settings:
         if self.port is None:
             self.port = 8443 if self.tls else 8080
+        if self.firebase_project_id is None and self.firebase_credentials_file is not None:
+            self.firebase_project_id = _project_of(self.firebase_credentials_file)
         return self
 
     @property

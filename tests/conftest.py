@@ -36,6 +36,8 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
         authorizer = overrides.pop("authorizer", None)
         overrides.setdefault("shutdown_timeout", 1.0)
         overrides.setdefault("tls", False)
+        # Tests of the proxy run without auth; the auth tests turn it on.
+        overrides.setdefault("auth", "none")
         settings = Settings(host="127.0.0.1", port=0, upstream_url=upstream_url, **overrides)
         running = await start_server(settings, authorizer=authorizer)
         started.append(running)

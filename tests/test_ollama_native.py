@@ -6,10 +6,9 @@ import json
 
 import aiohttp
 import pytest
-from aiohttp import web
 
+from fognode.auth.errors import PolicyError
 from fognode.gateway.access import ACCESS_BY_ROUTE, Access, Principal
-from fognode.gateway.errors import GatewayError
 from fognode.gateway.routes import MODEL_MANAGEMENT_ROUTES
 from fognode.gateway.server import RunningServer
 from tests.conftest import GatewayFactory
@@ -77,10 +76,13 @@ def test_model_management_routes_are_admin_only_in_the_route_table() -> None:
 class _UsersButNoAdmins:
     """An authorizer as the auth step will plug in: users pass, admin routes don't."""
 
-    async def authorize(self, request: web.Request, access: Access) -> Principal:
+    async def authorize(self, authorization: str | None, access: Access) -> Principal:
         if access is Access.ADMIN:
-            raise GatewayError(403, "model management needs the admin claim")
+            raise PolicyError("admin_required", "model management needs the admin claim")
         return Principal(uid="alice", kind="test")
+
+    def close(self) -> None:
+        return None
 
 
 @pytest.mark.parametrize(

@@ -107,6 +107,8 @@ async def test_fognode_serve_process_serves_logs_json_and_stops_on_sigterm(
         *FOGNODE,
         "serve",
         "--no-tls",
+        "--auth",
+        "none",
         "--port",
         str(port),
         "--upstream-url",
@@ -150,3 +152,33 @@ async def test_fognode_serve_process_serves_logs_json_and_stops_on_sigterm(
     chat = [e for e in access if e["path"] == "/v1/chat/completions"]
     assert chat and chat[0]["request_id"] == "proc-1" and chat[0]["status"] == 200
     assert any("shutting down" in e["msg"] for e in lines)
+
+
+def test_auth_none_is_refused_on_the_lan_and_warned_about_on_loopback() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOGNODE_")}
+    lan = subprocess.run(
+        [*FOGNODE, "serve", "--no-tls", "--auth", "none", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert lan.returncode == 1
+    assert "refusing to start" in lan.stderr and "FOGNODE_ALLOW_NO_AUTH_ON_LAN" in lan.stderr
+
+
+def test_firebase_mode_without_project_refuses_to_start() -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("FOGNODE_", "FIREBASE_", "GOOGLE_"))
+    }
+    proc = subprocess.run(
+        [*FOGNODE, "serve", "--no-tls", "--port", "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "FOGNODE_FIREBASE_PROJECT_ID" in proc.stderr

@@ -1,0 +1,105 @@
+"""Admit a request: read the credential, prove it, apply the policy.
+
+Firebase verification is blocking work; it runs in a small dedicated thread
+pool so it never stalls the event loop and never competes with other
+offloaded work for the default executor. Results are cached per token until
+the token expires, and concurrent requests with one token share a single
+verification.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .api_keys import ApiKeys, looks_like_api_key
+from .bearer import bearer_token
+from .cache import VerifiedCache, token_key
+from .errors import AuthError
+from .firebase import FirebaseVerifier
+from .policy import AccessPolicy
+from .principal import ANONYMOUS, Access, Principal
+
+log = logging.getLogger("fognode.auth")
+
+
+class TokenAuthorizer:
+    def __init__(
+        self,
+        *,
+        verifier: FirebaseVerifier | None,
+        api_keys: ApiKeys,
+        policy: AccessPolicy,
+        cache_size: int = 10_000,
+        revocation_recheck_seconds: float = 300.0,
+        threads: int = 4,
+    ) -> None:
+        self.verifier = verifier
+        self.api_keys = api_keys
+        self.policy = policy
+        self.cache: VerifiedCache[Principal] = VerifiedCache(cache_size)
+        self.revocation_recheck_seconds = revocation_recheck_seconds
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fognode-auth")
+        self.failures: dict[str, int] = {}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.verifier is not None:
+            self.verifier.close()
+
+    async def authorize(self, authorization: str | None, access: Access) -> Principal:
+        try:
+            principal = await self._authenticate(authorization)
+            self.policy.check(principal, access)
+        except AuthError as exc:
+            self.failures[exc.reason] = self.failures.get(exc.reason, 0) + 1
+            raise
+        return principal
+
+    async def _authenticate(self, authorization: str | None) -> Principal:
+        token = bearer_token(authorization)
+        if looks_like_api_key(token):
+            principal = self.api_keys.check(token)
+            if principal is None:
+                raise AuthError("invalid_api_key", "The API key is not known to this node.")
+            return principal
+        if self.verifier is None:
+            raise AuthError(
+                "invalid_token",
+                "This node accepts API keys only (Firebase verification is not configured).",
+            )
+        return await self.cache.get_or_verify(token_key(token), lambda: self._verify(token))
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
+        assert self.verifier is not None
+        loop = asyncio.get_running_loop()
+        claims = await loop.run_in_executor(self._pool, self.verifier.verify, token)
+        principal = self._principal(claims)
+        until = float(claims.get("exp", 0))
+        if self.verifier.check_revoked:
+            # Revocation is only seen when the token is checked again.
+            until = min(until, time.time() + self.revocation_recheck_seconds)
+        return principal, until
+
+    def _principal(self, claims: dict[str, Any]) -> Principal:
+        email = claims.get("email")
+        return Principal(
+            uid=str(claims["uid"]),
+            kind="firebase",
+            claims=claims,
+            is_admin=self.policy.is_admin(claims),
+            email=email if isinstance(email, str) else None,
+        )
+
+
+class NoAuth:
+    """`auth = none`: everyone is admitted as an administrator. Development only."""
+
+    async def authorize(self, authorization: str | None, access: Access) -> Principal:
+        return ANONYMOUS
+
+    def close(self) -> None:
+        return None

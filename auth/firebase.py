@@ -1,0 +1,193 @@
+"""Firebase ID token verification with firebase-admin.
+
+firebase-admin is synchronous (signature checks, key downloads, and with
+revocation checks a call to the Identity Toolkit API), so ``verify`` is a
+blocking call that the authorizer runs in a thread pool.
+
+The public-key URL is a parameter: by default Google's, and in tests a key
+set served on 127.0.0.1 so production-mode verification can be exercised
+with locally minted RS256 tokens. That is the only seam; the checks
+themselves (kid, alg, aud, iss, sub, signature, iat, exp) are firebase-admin's
+own ``_JWTVerifier``, the same object ``auth.verify_id_token`` uses.
+
+Emulator mode is firebase-admin's: it is switched on by the process-wide
+FIREBASE_AUTH_EMULATOR_HOST variable and then skips signature *and expiry*
+checks. fognode therefore (a) refuses production mode while that variable
+is set, since firebase-admin would silently accept unsigned tokens, and
+(b) checks iat/exp itself in emulator mode.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import firebase_admin
+from firebase_admin import _token_gen as firebase_tokens
+from firebase_admin import auth, credentials
+
+from .errors import AuthError, VerifierUnavailable
+
+EMULATOR_ENV = "FIREBASE_AUTH_EMULATOR_HOST"
+GOOGLE_CERTS_URL: str = firebase_tokens.ID_TOKEN_CERT_URI
+ISSUER_PREFIX: str = firebase_tokens.ID_TOKEN_ISSUER_PREFIX
+_app_numbers = itertools.count(1)
+
+
+class AuthConfigError(Exception):
+    """fognode cannot verify tokens with this configuration; refuse to start."""
+
+
+def unverified_header(token: str) -> dict[str, Any]:
+    try:
+        segment = token.split(".")[0]
+        padded = segment + "=" * (-len(segment) % 4)
+        header = json.loads(base64.urlsafe_b64decode(padded))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise AuthError(
+            "malformed_token", "The bearer token is not a JWT (a Firebase ID token)."
+        ) from None
+    if not isinstance(header, dict):
+        raise AuthError("malformed_token", "The bearer token's header is not a JSON object.")
+    return header
+
+
+def _classify(exc: Exception) -> AuthError:
+    """Turn firebase-admin's and google-auth's messages into stable reason codes."""
+    text = str(exc)
+    if isinstance(exc, auth.ExpiredIdTokenError) or "Token expired" in text:
+        return AuthError("expired_token", "The Firebase ID token has expired; fetch a new one.")
+    rules = (
+        ('"aud"', "wrong_audience", "The token was issued for another Firebase project."),
+        ("wrong audience", "wrong_audience", "The token was issued for another Firebase project."),
+        ('"iss"', "wrong_issuer", "The token's issuer is not this Firebase project."),
+        ("too early", "not_yet_valid", "The token is not valid yet (check the clocks)."),
+        ("signature", "invalid_signature", "The token's signature does not verify."),
+        ("key id", "unknown_key", "The token was signed with a key Google does not publish."),
+        ('"kid"', "malformed_token", "The token has no key id (kid)."),
+        ("algorithm", "unsupported_algorithm", "The token is not signed with RS256."),
+        ('"sub"', "invalid_subject", "The token has no valid subject (user id)."),
+        ("custom token", "wrong_token_type", "A custom token is not an ID token: sign in first."),
+    )
+    for needle, reason, message in rules:
+        if needle in text:
+            return AuthError(reason, message)
+    return AuthError("invalid_token", "The bearer token is not a valid Firebase ID token.")
+
+
+class FirebaseVerifier:
+    """Verifies Firebase ID tokens; every method here blocks."""
+
+    def __init__(
+        self,
+        *,
+        project_id: str,
+        credentials_file: Path | None = None,
+        emulator_host: str | None = None,
+        certs_url: str = GOOGLE_CERTS_URL,
+        check_revoked: bool = False,
+        http_timeout: float = 10.0,
+    ) -> None:
+        if not project_id:
+            raise AuthConfigError(
+                "Firebase project id is not set: FOGNODE_FIREBASE_PROJECT_ID (or a service "
+                "account file, whose project_id is used)."
+            )
+        self.project_id = project_id
+        self.emulated = bool(emulator_host)
+        self.check_revoked = check_revoked
+        if emulator_host:
+            # firebase-admin only knows this process-wide switch.
+            os.environ[EMULATOR_ENV] = emulator_host
+        elif os.environ.get(EMULATOR_ENV):
+            raise AuthConfigError(
+                f"{EMULATOR_ENV} is set in the environment, which makes firebase-admin accept "
+                "unsigned tokens. Unset it for production, or configure emulator mode "
+                "(FOGNODE_FIREBASE_AUTH_EMULATOR_HOST)."
+            )
+        credential: credentials.Base | None = None
+        if credentials_file is not None:
+            try:
+                credential = credentials.Certificate(str(credentials_file))
+            except (OSError, ValueError) as exc:
+                raise AuthConfigError(
+                    f"cannot use the Firebase service account file {credentials_file}: {exc}"
+                ) from None
+        elif check_revoked and not emulator_host:
+            raise AuthConfigError(
+                "revocation checks look users up with the Admin API and need a service "
+                "account: set FOGNODE_FIREBASE_CREDENTIALS_FILE."
+            )
+        self.app = firebase_admin.initialize_app(
+            credential,
+            options={"projectId": project_id, "httpTimeout": http_timeout},
+            name=f"fognode-{next(_app_numbers)}",
+        )
+        self._jwt = firebase_tokens._JWTVerifier(
+            project_id=project_id,
+            short_name="ID token",
+            operation="verify_id_token()",
+            doc_url="https://firebase.google.com/docs/auth/admin/verify-id-tokens",
+            cert_url=certs_url,
+            issuer=ISSUER_PREFIX,
+            invalid_token_error=auth.InvalidIdTokenError,
+            expired_token_error=auth.ExpiredIdTokenError,
+        )
+        # Caches the public keys for as long as Google's Cache-Control allows.
+        self._request = firebase_tokens.CertificateFetchRequest(http_timeout)
+
+    def close(self) -> None:
+        firebase_admin.delete_app(self.app)
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """Return the token's claims, or raise AuthError (401) / VerifierUnavailable."""
+        header = unverified_header(token)
+        if not self.emulated and str(header.get("alg", "")).lower() == "none":
+            raise AuthError(
+                "unsupported_algorithm",
+                "Unsigned tokens (alg 'none') are only accepted from the Auth Emulator.",
+            )
+        try:
+            claims: dict[str, Any] = self._jwt.verify(token, self._request)
+        except auth.CertificateFetchError as exc:
+            raise VerifierUnavailable(
+                f"cannot fetch the public keys that sign Firebase tokens: {exc}"
+            ) from None
+        except (auth.InvalidIdTokenError, ValueError) as exc:
+            raise _classify(exc) from None
+        if self.emulated:
+            self._check_times(claims)
+        if self.check_revoked:
+            self._check_not_revoked(claims)
+        return claims
+
+    @staticmethod
+    def _check_times(claims: dict[str, Any]) -> None:
+        """What firebase-admin skips for emulator tokens."""
+        now = time.time()
+        exp, iat = claims.get("exp"), claims.get("iat")
+        if not isinstance(exp, int | float) or not isinstance(iat, int | float):
+            raise AuthError("invalid_token", "The token lacks iat/exp claims.")
+        if exp <= now:
+            raise AuthError("expired_token", "The Firebase ID token has expired; fetch a new one.")
+        if iat > now + 60:
+            raise AuthError("not_yet_valid", "The token is not valid yet (check the clocks).")
+
+    def _check_not_revoked(self, claims: dict[str, Any]) -> None:
+        try:
+            user = auth.get_user(claims["uid"], app=self.app)
+        except auth.UserNotFoundError:
+            raise AuthError("user_not_found", "The token's user no longer exists.") from None
+        except firebase_admin.exceptions.FirebaseError as exc:
+            raise VerifierUnavailable(f"cannot check the token for revocation: {exc}") from None
+        if user.disabled:
+            raise AuthError("user_disabled", "The token's user account is disabled.")
+        valid_after_ms = user.tokens_valid_after_timestamp or 0
+        if claims.get("iat", 0) * 1000 < valid_after_ms:
+            raise AuthError("revoked_token", "The token has been revoked; sign in again.")
