@@ -71,6 +71,28 @@ if ((WITH_TEST)); then
   apt_install curl openssl ca-certificates
 fi
 
+# --- the Firebase Auth Emulator (tests use the real one) -----------------------
+FIREBASE_TOOLS_VERSION=15.34.2
+CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/fognode
+FIREBASE_TOOLS=$CACHE/firebase-tools-$FIREBASE_TOOLS_VERSION
+if ((WITH_TEST)); then
+  node_ok() {
+    command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 &&
+      node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)'
+  }
+  node_ok || apt_install nodejs npm
+  if [[ -x $FIREBASE_TOOLS/node_modules/.bin/firebase ]]; then
+    say "Firebase Auth Emulator already cached in $FIREBASE_TOOLS"
+  elif node_ok; then
+    say "Installing firebase-tools $FIREBASE_TOOLS_VERSION (the Auth Emulator) into $FIREBASE_TOOLS"
+    mkdir -p "$FIREBASE_TOOLS"
+    npm install --silent --no-audit --no-fund --prefix "$FIREBASE_TOOLS" \
+      "firebase-tools@$FIREBASE_TOOLS_VERSION" >/dev/null
+  else
+    echo "setup.sh: firebase-tools needs Node.js 20 or newer; the emulator tests will fail." >&2
+  fi
+fi
+
 # --- virtual environment -----------------------------------------------------
 if [[ ! -x $VENV/bin/python ]]; then
   say "Creating virtual environment in $VENV"

@@ -102,8 +102,10 @@ class FirebaseVerifier:
         self.project_id = project_id
         self.emulated = bool(emulator_host)
         self.check_revoked = check_revoked
+        self._previous_emulator_env: str | None = None
         if emulator_host:
-            # firebase-admin only knows this process-wide switch.
+            # firebase-admin only knows this process-wide switch; close() restores it.
+            self._previous_emulator_env = os.environ.get(EMULATOR_ENV, "")
             os.environ[EMULATOR_ENV] = emulator_host
         elif os.environ.get(EMULATOR_ENV):
             raise AuthConfigError(
@@ -144,6 +146,11 @@ class FirebaseVerifier:
 
     def close(self) -> None:
         firebase_admin.delete_app(self.app)
+        if self._previous_emulator_env is not None:
+            if self._previous_emulator_env:
+                os.environ[EMULATOR_ENV] = self._previous_emulator_env
+            else:
+                os.environ.pop(EMULATOR_ENV, None)
 
     def verify(self, token: str) -> dict[str, Any]:
         """Return the token's claims, or raise AuthError (401) / VerifierUnavailable."""

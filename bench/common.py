@@ -34,6 +34,7 @@ async def start_standin(port: int) -> asyncio.subprocess.Process:
 async def start_fognode(
     port: int, upstream: str, *extra: str, **env: str
 ) -> asyncio.subprocess.Process:
+    """fognode with the given flags (default: no auth, so the proxy alone is measured)."""
     return await start(
         sys.executable,
         "-m",
@@ -45,7 +46,7 @@ async def start_fognode(
         upstream,
         "--log-level",
         "WARNING",
-        *extra,
+        *(extra or ("--auth", "none")),
         env=env,
     )
 

@@ -95,8 +95,10 @@ async def run(connections: int, seconds: float, concurrency: int) -> None:
         upstream = f"http://127.0.0.1:{up_port}"
         procs = [
             await start_standin(up_port),
-            await start_fognode(plain_port, upstream, "--no-tls"),
-            await start_fognode(tls_port, upstream, "--tls", FOGNODE_CERTS_DIR=tmp),
+            await start_fognode(plain_port, upstream, "--no-tls", "--auth", "none"),
+            await start_fognode(
+                tls_port, upstream, "--tls", "--auth", "none", FOGNODE_CERTS_DIR=tmp
+            ),
         ]
         plain, tls = f"http://{HOST}:{plain_port}", f"https://{HOST}:{tls_port}"
         try:

@@ -55,7 +55,7 @@ async def run(requests: int) -> None:
     gateway = f"http://127.0.0.1:{gateway_port}"
     procs = [
         await start_standin(upstream_port),
-        await start_fognode(gateway_port, upstream, "--no-tls"),
+        await start_fognode(gateway_port, upstream, "--no-tls", "--auth", "none"),
     ]
     try:
         await wait_ready(f"{upstream}/api/version")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from ..auth.cli import add_auth_commands, run_auth_command
 from ..auth.firebase import AuthConfigError
 from ..certs.cli import add_certs_commands, run_certs_command
 from ..certs.errors import CertError
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.set_defaults(func=_cmd_config)
 
     add_certs_commands(sub)
+    add_auth_commands(sub)
     return parser
 
 
@@ -137,6 +139,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command in ("claims", "apikey"):
+            settings = load_settings(None)
+            return run_auth_command(
+                args,
+                {
+                    "project_id": settings.firebase_project_id,
+                    "credentials_file": settings.firebase_credentials_file,
+                    "emulator_host": settings.firebase_auth_emulator_host,
+                    "admin_claim": settings.admin_claim,
+                },
+            )
         if args.command == "certs":
             settings = load_settings(None)
             return run_certs_command(

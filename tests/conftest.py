@@ -7,7 +7,8 @@ them over real sockets.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -57,3 +58,19 @@ async def gateway(standin: OllamaStandIn, make_gateway: GatewayFactory) -> Runni
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture(autouse=True)
+def _isolate_firebase_emulator_env() -> Iterator[None]:
+    """firebase-admin's emulator switch is process-wide; no test may leak it.
+
+    Autouse fixtures are set up first and torn down last, so this restores the
+    variable after every gateway and operator SDK app of the test is closed.
+    """
+    name = "FIREBASE_AUTH_EMULATOR_HOST"
+    before = os.environ.get(name)
+    yield
+    if before is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = before
