@@ -137,4 +137,20 @@ if ((WITH_CERTS)); then
   fi
 fi
 
+# --- an admin API key for the operator (first run only) ------------------------
+DATA_DIR=$(dirname "$("$VENV/bin/python" -c \
+  'from fognode.gateway.settings import default_certs_dir; print(default_certs_dir())')")
+if [[ ! -f $DATA_DIR/api-keys ]]; then
+  mkdir -p "$DATA_DIR"
+  created=$("$VENV/bin/fognode" apikey create local-admin --admin --json)
+  (umask 077
+   echo "# name:role:sha256 — made by setup.sh; add more with: fognode apikey create NAME" \
+     >"$DATA_DIR/api-keys"
+   "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["entry"])' \
+     <<<"$created" >>"$DATA_DIR/api-keys"
+   "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["key"])' \
+     <<<"$created" >"$DATA_DIR/admin-api-key")
+  say "Created an admin API key for you in $DATA_DIR/admin-api-key (its hash in api-keys)"
+fi
+
 say "Done. Start the gateway with:  $VENV/bin/fognode serve --host 0.0.0.0"

@@ -69,9 +69,20 @@ def _project_of(service_account: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def default_certs_dir() -> Path:
+def data_dir() -> Path:
+    """Where setup.sh keeps the node's state: ~/.local/share/fognode."""
     base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return Path(base) / "fognode" / "certs"
+    return Path(base) / "fognode"
+
+
+def default_certs_dir() -> Path:
+    return data_dir() / "certs"
+
+
+def default_api_keys_file() -> Path | None:
+    """The keys file setup.sh writes, if there is one."""
+    path = data_dir() / "api-keys"
+    return path if path.is_file() else None
 
 
 class Settings(BaseSettings):
@@ -241,7 +252,9 @@ class Settings(BaseSettings):
         "or JSON list); `fognode apikey create` makes them.",
     )
     api_keys_file: Path | None = Field(
-        None, description="File with one `name:user|admin:sha256hex` entry per line."
+        default_factory=default_api_keys_file,
+        description="File with one `name:user|admin:sha256hex` entry per line. Default: "
+        "~/.local/share/fognode/api-keys when setup.sh has made it.",
     )
 
     # --- upstream (Ollama) -----------------------------------------------

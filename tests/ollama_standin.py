@@ -190,6 +190,11 @@ class OllamaStandIn:
 
     @staticmethod
     def not_found_text(model: str) -> str:
+        # Ollama's wording varies by version and path: the scheduler says
+        # `model "x" not found, try pulling it first`, newer /api/generate
+        # `model 'x' not found`. This is the form the SpeziLLMFog client
+        # matches on (the design card's contract); the gateway passes
+        # whichever Ollama sends.
         return f"model '{model}' not found, try pulling it first"
 
     # --- OpenAI-compatible API ------------------------------------------

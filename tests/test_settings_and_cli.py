@@ -167,12 +167,13 @@ def test_auth_none_is_refused_on_the_lan_and_warned_about_on_loopback() -> None:
     assert "refusing to start" in lan.stderr and "FOGNODE_ALLOW_NO_AUTH_ON_LAN" in lan.stderr
 
 
-def test_firebase_mode_without_project_refuses_to_start() -> None:
+def test_firebase_mode_without_project_or_keys_refuses_to_start(tmp_path: Path) -> None:
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("FOGNODE_", "FIREBASE_", "GOOGLE_"))
     }
+    env["XDG_DATA_HOME"] = str(tmp_path)  # no api-keys file from setup.sh
     proc = subprocess.run(
         [*FOGNODE, "serve", "--no-tls", "--port", "0"],
         capture_output=True,
