@@ -41,7 +41,7 @@ def get_passphrase(
     if os.environ.get(ENV_FILE):
         return read_passphrase_file(Path(os.environ[ENV_FILE]))
     if interactive is None:
-        interactive = sys.stdin.isatty()
+        interactive = sys.stdin is not None and sys.stdin.isatty()
     if not interactive:
         return None
     first = getpass.getpass("CA key passphrase: ")
