@@ -67,8 +67,9 @@ apt_install() {
 }
 
 if ((WITH_TEST)); then
-  # Real clients the TLS tests drive.
-  apt_install curl openssl ca-certificates
+  # Real clients the tests drive: curl and openssl (TLS), ip (network namespaces),
+  # dig (an independent mDNS client).
+  apt_install curl openssl ca-certificates iproute2 dnsutils
 fi
 
 # --- the Firebase Auth Emulator (tests use the real one) -----------------------

@@ -19,6 +19,7 @@ from ..auth.cli import add_auth_commands, run_auth_command
 from ..auth.firebase import AuthConfigError
 from ..certs.cli import add_certs_commands, run_certs_command
 from ..certs.errors import CertError
+from ..discovery.cli import add_discovery_commands, run_discovery_command
 from . import __version__
 from .auth_setup import UnsafeConfiguration
 from .logs import configure_logging
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_certs_commands(sub)
     add_auth_commands(sub)
+    add_discovery_commands(sub)
     return parser
 
 
@@ -139,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command in ("discover", "chat"):
+            return run_discovery_command(args)
         if args.command in ("claims", "apikey"):
             settings = load_settings(None)
             return run_auth_command(

@@ -17,8 +17,11 @@ from aiohttp import web
 
 from ..certs.issuer import cert_names
 from .access import Authorizer
+from .announce import NodeAnnouncer
 from .app import create_app
+from .proxy import UPSTREAM
 from .settings import Settings
+from .stats import STATS
 from .tls import TlsTerminator
 
 log = logging.getLogger("fognode.server")
@@ -30,6 +33,7 @@ class RunningServer:
     host: str
     port: int
     tls: TlsTerminator | None = None
+    announcer: NodeAnnouncer | None = None
 
     @property
     def url(self) -> str:
@@ -37,6 +41,9 @@ class RunningServer:
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     async def stop(self) -> None:
+        # Goodbye on mDNS first, so clients stop picking this node while it drains.
+        if self.announcer is not None:
+            await self.announcer.stop()
         await self.runner.cleanup()
 
 
@@ -68,7 +75,13 @@ async def start_server(
         await runner.cleanup()
         raise
     port = int(runner.addresses[0][1]) if runner.addresses else settings.bind_port
-    return RunningServer(runner, settings.host, port, tls)
+    running = RunningServer(runner, settings.host, port, tls)
+    if settings.mdns:
+        running.announcer = NodeAnnouncer(
+            settings, port=port, stats=app[STATS], upstream=app[UPSTREAM], tls=tls
+        )
+        await running.announcer.start()
+    return running
 
 
 async def serve(settings: Settings) -> None:

@@ -257,6 +257,45 @@ class Settings(BaseSettings):
         "~/.local/share/fognode/api-keys when setup.sh has made it.",
     )
 
+    # --- mDNS / DNS-SD announcement -----------------------------------------
+    mdns: bool = Field(True, description="Announce the node on the LAN with mDNS.")
+    mdns_service_type: str | None = Field(
+        None,
+        description="DNS-SD service type. Default `_https._tcp.local.` with TLS, "
+        "`_http._tcp.local.` without (as the reference fog node).",
+    )
+    mdns_instance_name: str = Field(
+        "SpeziLLMFog Service",
+        min_length=1,
+        max_length=63,
+        description="Service instance name clients browse for. On a name clash the second "
+        "node becomes `<name>-2`.",
+    )
+    mdns_host_name: str = Field(
+        "spezillmfog.local.",
+        description="Host name in the SRV record (the name the certificate carries); shared "
+        "by all nodes by design.",
+    )
+    mdns_interfaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Addresses to announce and answer on (comma-separated). Default: every "
+        "non-loopback IPv4/IPv6 address of the machine (or the bound address).",
+    )
+    mdns_include_loopback: bool = Field(
+        False, description="Also announce loopback addresses (for tests on one machine)."
+    )
+    mdns_refresh_interval: float = Field(
+        10, gt=0, description="Seconds between checks of the model list and load for TXT."
+    )
+    mdns_min_update_interval: float = Field(
+        5, ge=0, description="Re-announce a changed TXT record at most this often."
+    )
+    node_id: str | None = Field(
+        None,
+        description="Stable id in TXT `id`. Default: made once and kept in "
+        "~/.local/share/fognode/node-id.",
+    )
+
     # --- upstream (Ollama) -----------------------------------------------
     upstream_url: AnyHttpUrl = Field(
         AnyHttpUrl("http://127.0.0.1:11434"),
@@ -314,7 +353,12 @@ class Settings(BaseSettings):
     access_log: bool = Field(True, description="One log line per request.")
 
     @field_validator(
-        "cert_names", "allowed_uids", "allowed_email_domains", "api_keys", mode="before"
+        "cert_names",
+        "allowed_uids",
+        "allowed_email_domains",
+        "api_keys",
+        "mdns_interfaces",
+        mode="before",
     )
     @classmethod
     def _split_names(cls, value: Any) -> Any:

@@ -39,6 +39,7 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
         overrides.setdefault("tls", False)
         # Tests of the proxy run without auth; the auth tests turn it on.
         overrides.setdefault("auth", "none")
+        overrides.setdefault("mdns", False)  # the discovery tests turn it on
         settings = Settings(host="127.0.0.1", port=0, upstream_url=upstream_url, **overrides)
         running = await start_server(settings, authorizer=authorizer)
         started.append(running)

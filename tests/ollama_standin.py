@@ -507,6 +507,9 @@ class OllamaStandIn:
         data = await self._native_body(request)
         if isinstance(data, web.Response):
             return data
+        name = data.get("model") or data.get("name") or ""
+        if request.path == "/api/pull" and name and not self._has_model(name):
+            self.models = (*self.models, name if ":" in name else f"{name}:latest")
         statuses = [
             {"status": "pulling manifest"},
             {"status": "verifying sha256 digest"},

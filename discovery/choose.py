@@ -1,0 +1,78 @@
+"""Pick a node: by requested model, then by load, then by measured round trip.
+
+TXT records say what a node serves and how busy it is; the round trip of
+`GET /healthz` says how far away it is. `random` mimics the reference
+client, which took whichever node answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiohttp
+
+from .browser import FogNode
+
+
+@dataclass(frozen=True)
+class Ranked:
+    node: FogNode
+    has_model: bool | None
+    load: float
+    rtt_ms: float | None
+
+
+async def healthz_rtt(
+    node: FogNode, *, ssl_context: ssl.SSLContext | bool, limit: float = 2.0
+) -> float | None:
+    """Round trip of GET /healthz in milliseconds, or None if unreachable."""
+    connector = aiohttp.TCPConnector(ssl=ssl_context, force_close=True)
+    try:
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=limit)
+        ) as http:
+            started = time.perf_counter()
+            async with http.get(
+                f"{node.url()}/healthz",
+                headers={"Host": node.host_name},
+                server_hostname=node.host_name if node.tls else None,
+            ) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    return None
+            return (time.perf_counter() - started) * 1000
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return None
+
+
+async def rank(
+    nodes: Sequence[FogNode],
+    *,
+    model: str | None = None,
+    ssl_context: ssl.SSLContext | bool = True,
+    measure: bool = True,
+) -> list[Ranked]:
+    rtts = (
+        await asyncio.gather(*(healthz_rtt(n, ssl_context=ssl_context) for n in nodes))
+        if measure
+        else [None] * len(nodes)
+    )
+    ranked = [
+        Ranked(n, n.txt.has_model(model) if model else True, n.txt.load_ratio, rtt)
+        for n, rtt in zip(nodes, rtts, strict=True)
+    ]
+
+    def key(r: Ranked) -> tuple[int, float, float]:
+        model_rank = {True: 0, None: 1, False: 2}[r.has_model]
+        return (model_rank, r.load, r.rtt_ms if r.rtt_ms is not None else float("inf"))
+
+    return sorted(ranked, key=key)
+
+
+def pick_random(nodes: Sequence[FogNode]) -> FogNode:
+    return random.choice(list(nodes))

@@ -1,0 +1,121 @@
+"""The TXT record: what a node tells clients before they connect.
+
+DNS-SD TXT strings are at most 255 bytes each and the whole record should
+stay well under a packet (RFC 6763 section 6.2 suggests under 1300 bytes),
+so the model list is cut to fit and its full length is given separately.
+
+Keys (all optional for a reader; unknown keys are ignored):
+
+    txtvers  1
+    path     API base path, "/v1"
+    api      "openai,ollama" (the API families served)
+    ver      fognode version
+    id       stable node id (survives restarts and renames)
+    models   comma-separated model names Ollama has, cut to fit 255 bytes
+    nmodels  how many models there are in total
+    load     "<in flight>/<capacity>" upstream requests
+    auth     "firebase", "apikey", "firebase+apikey" or "none"
+    ca       SHA-256 fingerprint (hex, no colons) of the CA that signs the
+             node's certificate; a client pins its CA and skips nodes whose
+             fingerprint differs (TXT is unauthenticated, TLS is not)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+TXT_VERSION = "1"
+MAX_VALUE = 255
+
+
+def _fit_models(models: Sequence[str], budget: int) -> str:
+    kept: list[str] = []
+    used = 0
+    for name in models:
+        cost = len(name.encode()) + (1 if kept else 0)
+        if used + cost > budget:
+            break
+        kept.append(name)
+        used += cost
+    return ",".join(kept)
+
+
+@dataclass(frozen=True)
+class NodeTxt:
+    path: str = "/v1"
+    api: str = "openai,ollama"
+    version: str = ""
+    node_id: str = ""
+    models: tuple[str, ...] = ()
+    model_count: int = 0
+    load_active: int = 0
+    load_capacity: int = 0
+    auth: str = ""
+    ca_sha256: str = ""
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def to_properties(self) -> dict[str, str]:
+        props = {
+            "txtvers": TXT_VERSION,
+            "path": self.path,
+            "api": self.api,
+            "ver": self.version,
+            "id": self.node_id,
+            "models": _fit_models(self.models, MAX_VALUE - len("models=")),
+            "nmodels": str(self.model_count or len(self.models)),
+            "load": f"{self.load_active}/{self.load_capacity}",
+            "auth": self.auth,
+        }
+        if self.ca_sha256:
+            props["ca"] = self.ca_sha256
+        return props
+
+    @classmethod
+    def from_properties(cls, props: Mapping[Any, bytes | str | None]) -> NodeTxt:
+        text: dict[str, str] = {}
+        for key, value in props.items():
+            k = key.decode(errors="replace") if isinstance(key, bytes) else key
+            if value is None:
+                v = ""
+            else:
+                v = value.decode(errors="replace") if isinstance(value, bytes) else value
+            text[k.lower()] = v
+        active, _, capacity = text.get("load", "0/0").partition("/")
+        models = tuple(m for m in text.get("models", "").split(",") if m)
+        known = {"txtvers", "path", "api", "ver", "id", "models", "nmodels", "load", "auth", "ca"}
+        return cls(
+            path=text.get("path", "/v1") or "/v1",
+            api=text.get("api", ""),
+            version=text.get("ver", ""),
+            node_id=text.get("id", ""),
+            models=models,
+            model_count=_int(text.get("nmodels"), len(models)),
+            load_active=_int(active, 0),
+            load_capacity=_int(capacity, 0),
+            auth=text.get("auth", ""),
+            ca_sha256=text.get("ca", "").replace(":", "").upper(),
+            extra={k: v for k, v in text.items() if k not in known},
+        )
+
+    @property
+    def load_ratio(self) -> float:
+        """0 for idle; above 1 when requests queue. Unknown capacity counts as idle."""
+        if self.load_capacity <= 0:
+            return 0.0
+        return self.load_active / self.load_capacity
+
+    def has_model(self, name: str) -> bool | None:
+        """True/False when the list is complete enough to tell, None when cut."""
+        wanted = {name, name if ":" in name else f"{name}:latest"}
+        if wanted & set(self.models):
+            return True
+        return False if len(self.models) >= self.model_count else None
+
+
+def _int(value: str | None, default: int) -> int:
+    try:
+        return int(value) if value is not None else default
+    except ValueError:
+        return default

@@ -1,0 +1,175 @@
+"""Keep the node's mDNS announcement true: addresses, port, models, load.
+
+Wiring between the gateway and discovery/: it reads the settings, the
+bound port, the CA fingerprint and the live counters, asks Ollama for its
+model list now and then, and hands the advertiser a new TXT record when
+something changed (the advertiser rate-limits the re-announcements).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import uuid
+from dataclasses import replace
+
+import aiohttp
+
+from ..certs.inspect import fingerprint
+from ..discovery.advertiser import (
+    Advertiser,
+    Announcement,
+    fqdn,
+    interface_addresses,
+    service_type_for,
+)
+from ..discovery.txt import NodeTxt
+from . import __version__
+from .settings import Settings, data_dir
+from .stats import GatewayStats
+from .tls import TlsTerminator
+from .upstream import Upstream
+
+log = logging.getLogger("fognode.mdns")
+
+
+def node_id(settings: Settings) -> str:
+    """Stable across restarts: kept in the data dir (made on first start)."""
+    if settings.node_id:
+        return settings.node_id
+    path = data_dir() / "node-id"
+    try:
+        existing = path.read_text().strip()
+        if existing:
+            return existing
+        new = uuid.uuid4().hex[:16]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(new + "\n")
+        return new
+    except OSError:
+        return uuid.uuid5(uuid.NAMESPACE_DNS, str(uuid.getnode())).hex[:16]
+
+
+def announced_addresses(settings: Settings) -> list[str]:
+    if settings.mdns_interfaces:
+        return list(settings.mdns_interfaces)
+    bound = settings.host
+    if bound not in ("0.0.0.0", "::", ""):
+        try:
+            ip = ipaddress.ip_address(bound)
+        except ValueError:
+            return []
+        if ip.is_loopback and not settings.mdns_include_loopback:
+            return []
+        return [str(ip)]
+    found = interface_addresses(include_loopback=settings.mdns_include_loopback)
+    if bound == "0.0.0.0":  # IPv4 only
+        found = [a for a in found if ":" not in a]
+    return found
+
+
+def auth_kind(settings: Settings) -> str:
+    if settings.auth == "none":
+        return "none"
+    kinds = []
+    if settings.firebase_project_id or settings.firebase_auth_emulator_host:
+        kinds.append("firebase")
+    if settings.api_keys or settings.api_keys_file:
+        kinds.append("apikey")
+    return "+".join(kinds) or "firebase"
+
+
+class NodeAnnouncer:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        port: int,
+        stats: GatewayStats,
+        upstream: Upstream,
+        tls: TlsTerminator | None,
+    ) -> None:
+        self.settings = settings
+        self.stats = stats
+        self.upstream = upstream
+        self.tls = tls
+        self.models: tuple[str, ...] = ()
+        ca = ""
+        if tls is not None and tls.pair is not None:
+            ca = fingerprint(tls.pair.ca, colons=False)
+        self._base_txt = NodeTxt(
+            version=__version__,
+            node_id=node_id(settings),
+            auth=auth_kind(settings),
+            ca_sha256=ca,
+            load_capacity=settings.upstream_max_connections,
+        )
+        self.advertiser = Advertiser(
+            Announcement(
+                service_type=service_type_for(settings.tls, settings.mdns_service_type),
+                instance=settings.mdns_instance_name,
+                host=fqdn(settings.mdns_host_name),
+                port=port,
+                addresses=tuple(announced_addresses(settings)),
+                txt=self._base_txt,
+            ),
+            min_update_interval=settings.mdns_min_update_interval,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    def current_txt(self) -> NodeTxt:
+        return NodeTxt(
+            version=self._base_txt.version,
+            node_id=self._base_txt.node_id,
+            auth=self._base_txt.auth,
+            ca_sha256=self._base_txt.ca_sha256,
+            models=self.models,
+            model_count=len(self.models),
+            load_active=self.stats.active_requests,
+            load_capacity=self._base_txt.load_capacity,
+        )
+
+    async def fetch_models(self) -> tuple[str, ...] | None:
+        try:
+            async with asyncio.timeout(self.settings.readiness_timeout):
+                async with self.upstream.session.get(self.upstream.url("/api/tags")) as resp:
+                    if resp.status != 200:
+                        return None
+                    body = await resp.json(content_type=None)
+        except (TimeoutError, aiohttp.ClientError, ValueError):
+            return None
+        names = [m.get("name") or m.get("model") for m in body.get("models") or []]
+        return tuple(sorted(n for n in names if isinstance(n, str)))
+
+    async def refresh(self) -> None:
+        models = await self.fetch_models()
+        if models is not None:
+            self.models = models
+        self.advertiser.update_txt(self.current_txt())
+
+    async def start(self) -> bool:
+        models = await self.fetch_models()
+        if models is not None:
+            self.models = models
+        self.advertiser.announcement = replace(self.advertiser.announcement, txt=self.current_txt())
+        ok = await self.advertiser.start()
+        if ok:
+            self._task = asyncio.create_task(self._loop(), name="fognode-mdns-refresh")
+        return ok
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.mdns_refresh_interval)
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("mDNS refresh failed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.advertiser.stop()

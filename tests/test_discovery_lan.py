@@ -1,0 +1,367 @@
+"""mDNS between two hosts: a fog node in one network namespace, clients in another.
+
+Real multicast over a veth pair: the node announces with zeroconf, the
+discovery CLI finds it from the other namespace, dig (an independent DNS
+implementation) sees the same records, the TXT record follows a model pull,
+and goodbye packets make the node vanish when it stops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fognode.auth.api_keys import entry_for, new_key
+from fognode.certs.inspect import fingerprint
+from fognode.certs.store import load_certs
+from tests.netns import ROOT, Host, Lan, unavailable_reason
+from tests.ollama_standin import DEFAULT_REPLY
+from tests.pki import make_pki
+
+REASON = unavailable_reason()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+
+PORT = 8443
+
+
+@pytest.fixture(scope="module")
+def lan() -> Iterator[Lan]:
+    lan = Lan.create(subnet=int(time.time()) % 200 + 20)
+    yield lan
+    lan.destroy()
+
+
+class Proc:
+    """A process in a namespace, killed at the end of the test."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.log = b""
+        self.popen = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    def lines(self, until: float) -> Iterator[str]:
+        """Output lines as they come, until the deadline (monotonic)."""
+        assert self.popen.stdout is not None
+        fd = self.popen.stdout.fileno()
+        buffer = b""
+        while time.monotonic() < until:
+            ready, _, _ = select.select([fd], [], [], max(0.0, until - time.monotonic()))
+            if not ready:
+                break
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            self.log += chunk
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                yield line.decode(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for proc in reversed(started):
+        proc.stop()
+
+
+def wait_http(host: Host, url: str, limit: float = 30) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            host.command("curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", url),
+            capture_output=True,
+            text=True,
+        )
+        if out.stdout.strip() not in ("", "000"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not come up in {host.netns}")
+
+
+@pytest.fixture
+def node_files(tmp_path: Path) -> dict[str, Any]:
+    pki = make_pki(tmp_path / "pki", names=("spezillmfog.local", "localhost"))
+    admin_key = new_key()
+    return {
+        "pki": pki,
+        "key": admin_key,
+        "env": {
+            "FOGNODE_CERTS_DIR": str(pki.paths.directory),
+            "FOGNODE_API_KEYS": entry_for(admin_key, "lan-test", admin=True),
+            "FOGNODE_MDNS_REFRESH_INTERVAL": "0.5",
+            "FOGNODE_MDNS_MIN_UPDATE_INTERVAL": "0.5",
+            "FOGNODE_LOG_LEVEL": "INFO",
+            "XDG_DATA_HOME": str(tmp_path / "data"),
+        },
+    }
+
+
+def start_node(
+    lan: Lan,
+    procs: list[Proc],
+    files: dict[str, Any],
+    *,
+    port: int = PORT,
+    standin: bool = True,
+    extra_env: dict[str, str] | None = None,
+) -> Proc:
+    if standin:
+        procs.append(Proc(lan.a.python("-m", "tests.ollama_standin", "--port", "11434")))
+        wait_http(lan.a, "http://127.0.0.1:11434/api/version")
+    node = Proc(
+        lan.a.fognode(
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(port),
+            "--upstream-url",
+            "http://127.0.0.1:11434",
+        ),
+        env={**files["env"], **(extra_env or {})},
+    )
+    procs.append(node)
+    return node
+
+
+def discover_json(lan: Lan, timeout: float = 3) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        lan.b.fognode("discover", "--json", "--timeout", str(timeout)),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return list(json.loads(out.stdout or "[]"))
+
+
+def test_node_is_discovered_with_its_txt_and_seen_by_dig(
+    lan: Lan, procs: list[Proc], node_files: dict[str, Any]
+) -> None:
+    started = time.monotonic()
+    start_node(lan, procs, node_files)
+    nodes: list[dict[str, Any]] = []
+    while not nodes and time.monotonic() - started < 30:
+        nodes = discover_json(lan, timeout=1)
+    found_after = time.monotonic() - started
+    print(f"\nstart to discovery: {found_after:.2f}s")
+    assert len(nodes) == 1, nodes
+    node = nodes[0]
+    assert node["name"] == "SpeziLLMFog Service"
+    assert node["service_type"] == "_https._tcp.local."
+    assert node["host"] == "spezillmfog.local"
+    assert node["addresses"] == [lan.a.address]
+    assert node["port"] == PORT
+    txt = node["txt"]
+    assert txt["path"] == "/v1"
+    assert txt["models"] == ["llama3.2:1b", "nomic-embed-text:latest", "qwen2.5:0.5b"]
+    assert txt["load_capacity"] > 0 and txt["load_active"] == 0
+    assert txt["auth"] == "apikey"
+    ca = load_certs(node_files["pki"].ca, "ca")[0]
+    assert txt["ca_sha256"] == fingerprint(ca, colons=False)
+
+    # An independent DNS implementation: a legacy unicast query to port 5353.
+    dig = subprocess.run(
+        lan.b.command(
+            "dig",
+            "-p",
+            "5353",
+            f"@{lan.a.address}",
+            "_https._tcp.local",
+            "PTR",
+            "+time=3",
+            "+tries=2",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "SpeziLLMFog\\032Service._https._tcp.local." in dig.stdout, dig.stdout
+    assert re.search(rf"\sSRV\s+0 0 {PORT} spezillmfog\.local\.", dig.stdout), dig.stdout
+    assert re.search(rf"spezillmfog\.local\..*\sA\s+{re.escape(lan.a.address)}", dig.stdout)
+    assert '"ca=' in dig.stdout and '"models=llama3.2:1b,' in dig.stdout
+
+
+def test_chat_cli_finds_the_node_and_streams_with_the_ca_pinned(
+    lan: Lan, procs: list[Proc], node_files: dict[str, Any], tmp_path: Path
+) -> None:
+    start_node(lan, procs, node_files)
+    wait_http(lan.b, f"https://{lan.a.address}:{PORT}/healthz")
+    ca = str(node_files["pki"].ca)
+
+    def chat(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            lan.b.fognode("chat", "Why is the sky blue?", "--timeout", "3", *extra),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    ok = chat("--model", "llama3.2:1b", "--ca", ca, "--api-key", node_files["key"])
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == DEFAULT_REPLY
+    assert f"Using SpeziLLMFog Service at https://{lan.a.address}:{PORT}" in ok.stderr
+    assert "Looking for fog nodes" in ok.stderr  # the progress indication
+
+    missing = chat("--model", "nope:7b", "--ca", ca, "--api-key", node_files["key"])
+    assert missing.returncode == 6 and "not on this node" in missing.stderr
+
+    refused = chat("--model", "llama3.2:1b", "--ca", ca, "--api-key", "fnk_wrong")
+    assert refused.returncode == 5 and "401" in refused.stderr
+
+    rogue = make_pki(tmp_path / "rogue")
+    wrong_ca = chat("--model", "llama3.2:1b", "--ca", str(rogue.ca), "--api-key", node_files["key"])
+    assert wrong_ca.returncode == 4 and "CA" in wrong_ca.stderr
+
+
+def test_txt_update_on_model_pull_and_goodbye_on_shutdown(
+    lan: Lan, procs: list[Proc], node_files: dict[str, Any]
+) -> None:
+    watcher = Proc(lan.b.fognode("discover", "--watch", "--json"))
+    procs.append(watcher)
+    node = start_node(lan, procs, node_files)
+    events = watcher.lines(time.monotonic() + 30)
+    added = json.loads(next(line for line in events if line.startswith("{")))
+    assert added["event"] == "added"
+    assert "llama3.1:8b" not in added["txt"]["models"]
+
+    # Pull a model through the node (admin key); the TXT record follows.
+    wait_http(lan.b, f"https://{lan.a.address}:{PORT}/healthz")
+    pulled = subprocess.run(
+        lan.b.command(
+            "curl",
+            "-sS",
+            "--cacert",
+            str(node_files["pki"].ca),
+            "--resolve",
+            f"spezillmfog.local:{PORT}:{lan.a.address}",
+            "-H",
+            f"Authorization: Bearer {node_files['key']}",
+            "-d",
+            '{"model": "llama3.1:8b", "stream": false}',
+            f"https://spezillmfog.local:{PORT}/api/pull",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert json.loads(pulled.stdout) == {"status": "success"}, pulled.stderr
+    updated = None
+    for line in watcher.lines(time.monotonic() + 30):
+        event = json.loads(line)
+        if event["event"] == "updated" and "llama3.1:8b" in event["txt"]["models"]:
+            updated = event
+            break
+    assert updated is not None, watcher.log.decode()
+
+    stopped_at = time.monotonic()
+    assert node.stop() == 0
+    removed = None
+    for line in watcher.lines(time.monotonic() + 30):
+        event = json.loads(line)
+        if event["event"] == "removed":
+            removed = event
+            break
+    gone_after = time.monotonic() - stopped_at
+    print(f"\nshutdown to disappearance: {gone_after:.2f}s")
+    assert node.popen.stdout is not None
+    assert removed is not None, node.popen.stdout.read().decode() + watcher.log.decode()
+    assert removed["name"] == "SpeziLLMFog Service"
+    # Goodbye packets, not the 75-minute TTL, made it disappear.
+    assert gone_after < 60
+
+
+def test_two_nodes_with_one_name_get_distinct_instances(
+    lan: Lan, procs: list[Proc], node_files: dict[str, Any]
+) -> None:
+    first = start_node(lan, procs, node_files)
+    wait_http(lan.a, f"https://127.0.0.1:{PORT}/healthz")
+    time.sleep(1)  # the first node's records are in place before the second probes
+    second_env = dict(node_files["env"], XDG_DATA_HOME=node_files["env"]["XDG_DATA_HOME"] + "2")
+    second = Proc(
+        lan.a.fognode(
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(PORT + 1),
+            "--upstream-url",
+            "http://127.0.0.1:11434",
+        ),
+        env=second_env,
+    )
+    procs.append(second)
+    names: set[str] = set()
+    deadline = time.monotonic() + 30
+    while len(names) < 2 and time.monotonic() < deadline:
+        names = {n["name"] for n in discover_json(lan, timeout=2)}
+    assert names == {"SpeziLLMFog Service", "SpeziLLMFog Service-2"}, (
+        first.log + second.log
+    ).decode()
+    assert first.popen.poll() is None and second.popen.poll() is None
+
+
+def test_http_client_sees_the_node_port_and_ip_via_discovery_library(
+    lan: Lan, procs: list[Proc], node_files: dict[str, Any]
+) -> None:
+    """The library, not the CLI: discover() yields typed nodes to build a client on."""
+    start_node(lan, procs, node_files)
+    script = (
+        "import asyncio, json\n"
+        "from fognode.discovery.browser import discover_all\n"
+        "nodes = asyncio.run(discover_all(4))\n"
+        "print(json.dumps([[n.url(), n.host_name, n.txt.has_model('llama3.2:1b')] "
+        "for n in nodes]))\n"
+    )
+    deadline = time.monotonic() + 30
+    found: list[Any] = []
+    while not found and time.monotonic() < deadline:
+        out = subprocess.run(
+            lan.b.python("-c", script), cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        found = json.loads(out.stdout or "[]")
+    assert found == [[f"https://{lan.a.address}:{PORT}", "spezillmfog.local", True]]
+    # And the URL it gives works with Host set and the CA pinned.
+    response = subprocess.run(
+        lan.b.command(
+            "curl",
+            "-sS",
+            "--cacert",
+            str(node_files["pki"].ca),
+            "--resolve",
+            f"spezillmfog.local:{PORT}:{lan.a.address}",
+            f"https://spezillmfog.local:{PORT}/healthz",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert json.loads(response.stdout)["status"] == "ok"

@@ -1,0 +1,105 @@
+"""TXT records, node ranking, and mDNS failures that must not stop the gateway."""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+import pytest
+
+from fognode.discovery.browser import FogNode
+from fognode.discovery.choose import rank
+from fognode.discovery.txt import MAX_VALUE, NodeTxt
+from fognode.gateway.announce import announced_addresses, auth_kind
+from fognode.gateway.settings import Settings
+from tests.conftest import GatewayFactory
+from tests.ollama_standin import OllamaStandIn
+
+
+def test_txt_round_trip_and_model_list_bounded() -> None:
+    models = tuple(f"model-{i:03d}:7b-instruct-q4_K_M" for i in range(40))
+    txt = NodeTxt(
+        version="1.2.3",
+        node_id="abc",
+        models=models,
+        load_active=3,
+        load_capacity=8,
+        auth="firebase+apikey",
+        ca_sha256="AB" * 32,
+    )
+    props = txt.to_properties()
+    assert all(len(f"{k}={v}".encode()) <= MAX_VALUE for k, v in props.items())
+    assert props["nmodels"] == "40" and props["load"] == "3/8"
+    back = NodeTxt.from_properties({k.encode(): v.encode() for k, v in props.items()})
+    assert back.models == models[: len(back.models)] and 0 < len(back.models) < 40
+    assert back.model_count == 40
+    assert back.load_ratio == 3 / 8
+    assert back.ca_sha256 == "AB" * 32
+    assert back.has_model("model-000:7b-instruct-q4_K_M") is True
+    assert back.has_model("model-039:7b-instruct-q4_K_M") is None  # cut: unknown
+    assert NodeTxt(models=("llama3.2:latest",), model_count=1).has_model("llama3.2") is True
+    assert NodeTxt(models=("a:1",), model_count=1).has_model("b:1") is False
+
+
+def test_txt_from_foreign_or_broken_records() -> None:
+    txt = NodeTxt.from_properties({b"load": b"x/y", b"nmodels": None, b"Path": b"/v1", b"z": b"1"})
+    assert txt.load_active == 0 and txt.load_capacity == 0
+    assert txt.extra == {"z": "1"}
+
+
+def node(name: str, models: tuple[str, ...], active: int, capacity: int) -> FogNode:
+    return FogNode(
+        name=f"{name}._http._tcp.local.",
+        service_type="_http._tcp.local.",
+        host="spezillmfog.local.",
+        port=8080,
+        addresses=("192.0.2.1",),
+        txt=NodeTxt(
+            models=models, model_count=len(models), load_active=active, load_capacity=capacity
+        ),
+    )
+
+
+async def test_ranking_by_model_then_load() -> None:
+    busy_with_model = node("a", ("llama3.2:1b",), 7, 8)
+    idle_with_model = node("b", ("llama3.2:1b",), 1, 8)
+    idle_without = node("c", ("qwen2.5:0.5b",), 0, 8)
+    ranked = await rank(
+        [idle_without, busy_with_model, idle_with_model], model="llama3.2:1b", measure=False
+    )
+    assert [r.node.instance for r in ranked] == ["b", "a", "c"]
+    assert ranked[-1].has_model is False
+
+
+def test_announced_addresses_follow_the_bind_address() -> None:
+    assert announced_addresses(Settings(host="127.0.0.1")) == []
+    assert announced_addresses(Settings(host="127.0.0.1", mdns_include_loopback=True)) == [
+        "127.0.0.1"
+    ]
+    assert announced_addresses(Settings(host="192.0.2.7")) == ["192.0.2.7"]
+    assert announced_addresses(Settings(mdns_interfaces="192.0.2.8,2001:db8::8")) == [
+        "192.0.2.8",
+        "2001:db8::8",
+    ]
+    everything = announced_addresses(Settings(host="0.0.0.0"))
+    assert all(":" not in a and not a.startswith("127.") for a in everything)
+    assert auth_kind(Settings(auth="none")) == "none"
+    assert auth_kind(Settings(firebase_project_id="p", api_keys="x:user:" + "0" * 64)) == (
+        "firebase+apikey"
+    )
+
+
+async def test_gateway_keeps_serving_when_mdns_cannot_work(
+    standin: OllamaStandIn, make_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fognode.mdns")
+    # Loopback bind: nothing worth announcing.
+    quiet = await make_gateway(standin.url, mdns=True)
+    # An address this machine does not have: zeroconf cannot open its sockets.
+    broken = await make_gateway(standin.url, mdns=True, mdns_interfaces=["192.0.2.99"])
+    assert "no network address to announce" in caplog.text
+    assert "cannot announce the node" in caplog.text
+    async with aiohttp.ClientSession() as http:
+        for gateway in (quiet, broken):
+            async with http.get(f"{gateway.url}/healthz") as resp:
+                assert resp.status == 200
