@@ -154,4 +154,4 @@ if [[ ! -f $DATA_DIR/api-keys ]]; then
   say "Created an admin API key for you in $DATA_DIR/admin-api-key (its hash in api-keys)"
 fi
 
-say "Done. Start the gateway with:  $VENV/bin/fognode serve --host 0.0.0.0"
+say "Done. Start the gateway with:  $VENV/bin/fognode serve --host '*'"

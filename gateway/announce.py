@@ -56,7 +56,7 @@ def announced_addresses(settings: Settings) -> list[str]:
     if settings.mdns_interfaces:
         return list(settings.mdns_interfaces)
     bound = settings.host
-    if bound not in ("0.0.0.0", "::", ""):
+    if bound not in ("0.0.0.0", "::", "", "*"):
         try:
             ip = ipaddress.ip_address(bound)
         except ValueError:
@@ -67,6 +67,8 @@ def announced_addresses(settings: Settings) -> list[str]:
     found = interface_addresses(include_loopback=settings.mdns_include_loopback)
     if bound == "0.0.0.0":  # IPv4 only
         found = [a for a in found if ":" not in a]
+    elif bound == "::":  # IPv6 only
+        found = [a for a in found if ":" in a]
     return found
 
 

@@ -37,7 +37,8 @@ class RunningServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = "127.0.0.1" if self.host in ("*", "", "0.0.0.0") else self.host
+        host = f"[{host}]" if ":" in host else host
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     async def stop(self) -> None:
@@ -64,7 +65,9 @@ async def start_server(
     await runner.setup()
     site = web.TCPSite(
         runner,
-        settings.host,
+        # "*" (or empty): every interface, IPv4 and IPv6 (a "::" socket alone
+        # would be IPv6-only under asyncio).
+        None if settings.host in ("*", "") else settings.host,
         settings.bind_port,
         reuse_address=True,
         ssl_context=tls.listening if tls else None,

@@ -98,7 +98,8 @@ class Settings(BaseSettings):
     # --- listening -------------------------------------------------------
     host: str = Field(
         "127.0.0.1",
-        description="Address to bind. Use 0.0.0.0 (or ::) to serve the LAN.",
+        description="Address to bind. `*` serves the LAN on every interface, IPv4 and IPv6 "
+        "(`0.0.0.0`: IPv4 only).",
     )
     port: int | None = Field(
         None,

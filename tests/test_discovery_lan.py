@@ -248,8 +248,12 @@ def test_txt_update_on_model_pull_and_goodbye_on_shutdown(
     watcher = Proc(lan.b.fognode("discover", "--watch", "--json"))
     procs.append(watcher)
     node = start_node(lan, procs, node_files)
+    launched = time.monotonic()
     events = watcher.lines(time.monotonic() + 30)
     added = json.loads(next(line for line in events if line.startswith("{")))
+    print(
+        f"\nnode process start to the watcher's 'added' event: {time.monotonic() - launched:.2f}s"
+    )
     assert added["event"] == "added"
     assert "llama3.1:8b" not in added["txt"]["models"]
 
