@@ -139,7 +139,7 @@ def start_node(
         lan.a.fognode(
             "serve",
             "--host",
-            "0.0.0.0",
+            "*",
             "--port",
             str(port),
             "--upstream-url",
@@ -314,7 +314,7 @@ def test_two_nodes_with_one_name_get_distinct_instances(
         lan.a.fognode(
             "serve",
             "--host",
-            "0.0.0.0",
+            "*",
             "--port",
             str(PORT + 1),
             "--upstream-url",
