@@ -13,7 +13,8 @@ Keys (all optional for a reader; unknown keys are ignored):
     id       stable node id (survives restarts and renames)
     models   comma-separated model names Ollama has, cut to fit 255 bytes
     nmodels  how many models there are in total
-    load     "<in flight>/<capacity>" upstream requests
+    load     "<in flight>/<capacity>" inference requests (admission slots)
+    queue    requests waiting for a slot
     auth     "firebase", "apikey", "firebase+apikey" or "none"
     ca       SHA-256 fingerprint (hex, no colons) of the CA that signs the
              node's certificate; a client pins its CA and skips nodes whose
@@ -52,6 +53,7 @@ class NodeTxt:
     model_count: int = 0
     load_active: int = 0
     load_capacity: int = 0
+    queued: int = 0
     auth: str = ""
     ca_sha256: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -66,6 +68,7 @@ class NodeTxt:
             "models": _fit_models(self.models, MAX_VALUE - len("models=")),
             "nmodels": str(self.model_count or len(self.models)),
             "load": f"{self.load_active}/{self.load_capacity}",
+            "queue": str(self.queued),
             "auth": self.auth,
         }
         if self.ca_sha256:
@@ -84,7 +87,19 @@ class NodeTxt:
             text[k.lower()] = v
         active, _, capacity = text.get("load", "0/0").partition("/")
         models = tuple(m for m in text.get("models", "").split(",") if m)
-        known = {"txtvers", "path", "api", "ver", "id", "models", "nmodels", "load", "auth", "ca"}
+        known = {
+            "txtvers",
+            "path",
+            "api",
+            "ver",
+            "id",
+            "models",
+            "nmodels",
+            "load",
+            "queue",
+            "auth",
+            "ca",
+        }
         return cls(
             path=text.get("path", "/v1") or "/v1",
             api=text.get("api", ""),
@@ -94,6 +109,7 @@ class NodeTxt:
             model_count=_int(text.get("nmodels"), len(models)),
             load_active=_int(active, 0),
             load_capacity=_int(capacity, 0),
+            queued=_int(text.get("queue"), 0),
             auth=text.get("auth", ""),
             ca_sha256=text.get("ca", "").replace(":", "").upper(),
             extra={k: v for k, v in text.items() if k not in known},
@@ -104,7 +120,7 @@ class NodeTxt:
         """0 for idle; above 1 when requests queue. Unknown capacity counts as idle."""
         if self.load_capacity <= 0:
             return 0.0
-        return self.load_active / self.load_capacity
+        return (self.load_active + self.queued) / self.load_capacity
 
     def has_model(self, name: str) -> bool | None:
         """True/False when the list is complete enough to tell, None when cut."""

@@ -27,8 +27,8 @@ from ..discovery.advertiser import (
 )
 from ..discovery.txt import NodeTxt
 from . import __version__
+from .limits import Admission
 from .settings import Settings, data_dir
-from .stats import GatewayStats
 from .tls import TlsTerminator
 from .upstream import Upstream
 
@@ -89,12 +89,12 @@ class NodeAnnouncer:
         settings: Settings,
         *,
         port: int,
-        stats: GatewayStats,
+        admission: Admission,
         upstream: Upstream,
         tls: TlsTerminator | None,
     ) -> None:
         self.settings = settings
-        self.stats = stats
+        self.admission = admission
         self.upstream = upstream
         self.tls = tls
         self.models: tuple[str, ...] = ()
@@ -106,7 +106,7 @@ class NodeAnnouncer:
             node_id=node_id(settings),
             auth=auth_kind(settings),
             ca_sha256=ca,
-            load_capacity=settings.upstream_max_connections,
+            load_capacity=admission.capacity,
         )
         self.advertiser = Advertiser(
             Announcement(
@@ -129,8 +129,9 @@ class NodeAnnouncer:
             ca_sha256=self._base_txt.ca_sha256,
             models=self.models,
             model_count=len(self.models),
-            load_active=self.stats.active_requests,
-            load_capacity=self._base_txt.load_capacity,
+            load_active=self.admission.active,
+            load_capacity=self.admission.capacity,
+            queued=self.admission.queued,
         )
 
     async def fetch_models(self) -> tuple[str, ...] | None:

@@ -16,6 +16,7 @@ from aiohttp import web
 from .access import AUTHORIZER, Authorizer
 from .auth_setup import build_authorizer
 from .health import setup_health
+from .limits import Admission
 from .middleware import (
     MAX_BODY,
     access_control,
@@ -23,7 +24,7 @@ from .middleware import (
     openai_errors,
     request_context,
 )
-from .proxy import UPSTREAM
+from .proxy import ADMISSION, UPSTREAM
 from .routes import add_routes
 from .settings import Settings
 from .stats import STATS, GatewayStats
@@ -52,6 +53,13 @@ def create_app(
     app[MAX_BODY] = settings.max_body_bytes
     app[AUTHORIZER] = authorizer or build_authorizer(settings)
     app[UPSTREAM] = Upstream(settings)
+    app[ADMISSION] = Admission(
+        max_concurrent=settings.max_concurrent_requests,
+        max_queue=settings.max_queued_requests,
+        per_user_concurrent=settings.per_user_concurrent_requests,
+        per_user_queue=settings.per_user_queued_requests,
+        queue_timeout=settings.queue_timeout,
+    )
     setup_health(app)
     add_routes(app)
     app.on_response_prepare.append(add_request_id_header)

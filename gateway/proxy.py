@@ -12,15 +12,19 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from multidict import CIMultiDict
 from pydantic import BaseModel
 
+from .access import PRINCIPAL
 from .errors import GatewayError
+from .limits import Admission
 from .relay import relay_response
 from .request_models import parse_json_object, validate_body
 from .stats import STATS
 from .upstream import Upstream, filter_request_headers
 
 UPSTREAM = web.AppKey("fognode.upstream", Upstream)
+ADMISSION = web.AppKey("fognode.admission", Admission)
 REQUEST_ID = web.RequestKey("fognode.request_id", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -50,6 +54,7 @@ def forward(
     model: type[BaseModel] | None = None,
     json_body: bool = False,
     stream_body: bool = False,
+    limited: bool = False,
 ) -> Handler:
     """Build a handler that forwards the request to the same path upstream.
 
@@ -57,11 +62,12 @@ def forward(
     ``json_body``: the body, if any, must at least be a JSON object.
     ``stream_body``: pass the body through without reading it (model blobs
     can be gigabytes; they are exempt from the body limit).
+    ``limited``: inference; wait for an admission slot (after validation, so a
+    bad request never queues).
     """
 
     async def handler(request: web.Request) -> web.StreamResponse:
         upstream = request.app[UPSTREAM]
-        stats = request.app[STATS]
         settings = upstream.settings
         data: object = None
         if stream_body:
@@ -80,20 +86,31 @@ def forward(
             headers["X-Forwarded-For"] = request.remote
         headers["X-Forwarded-Proto"] = request.scheme
 
-        stats.active_requests += 1
-        stats.requests_total += 1
-        try:
-            upstream_response = await upstream.open(
-                request.method, request.raw_path, headers=headers, data=data
-            )
-            return await relay_response(
-                request,
-                upstream_response,
-                idle_timeout=settings.idle_timeout,
-                upstream_name=upstream.base,
-                stats=stats,
-            )
-        finally:
-            stats.active_requests -= 1
+        if not limited:
+            return await _send(request, upstream, headers, data)
+        principal = request.get(PRINCIPAL)
+        async with request.app[ADMISSION].admit(principal.uid if principal else "anonymous"):
+            return await _send(request, upstream, headers, data)
 
     return handler
+
+
+async def _send(
+    request: web.Request, upstream: Upstream, headers: CIMultiDict[str], data: object
+) -> web.StreamResponse:
+    stats = request.app[STATS]
+    stats.active_requests += 1
+    stats.requests_total += 1
+    try:
+        upstream_response = await upstream.open(
+            request.method, request.raw_path, headers=headers, data=data
+        )
+        return await relay_response(
+            request,
+            upstream_response,
+            idle_timeout=upstream.settings.idle_timeout,
+            upstream_name=upstream.base,
+            stats=stats,
+        )
+    finally:
+        stats.active_requests -= 1

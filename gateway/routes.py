@@ -41,18 +41,23 @@ PUBLIC_ROUTES = (
 )
 
 OPENAI_ROUTES = (
-    Route("POST", "/v1/chat/completions", forward(model=ChatCompletionRequest), Access.USER),
-    Route("POST", "/v1/completions", forward(model=CompletionRequest), Access.USER),
-    Route("POST", "/v1/embeddings", forward(model=EmbeddingRequest), Access.USER),
+    Route(
+        "POST",
+        "/v1/chat/completions",
+        forward(model=ChatCompletionRequest, limited=True),
+        Access.USER,
+    ),
+    Route("POST", "/v1/completions", forward(model=CompletionRequest, limited=True), Access.USER),
+    Route("POST", "/v1/embeddings", forward(model=EmbeddingRequest, limited=True), Access.USER),
     Route("GET", "/v1/models", forward(), Access.USER),
     Route("GET", f"/v1/models/{MODEL}", forward(), Access.USER),
 )
 
 OLLAMA_ROUTES = (
-    Route("POST", "/api/chat", forward(json_body=True), Access.USER),
-    Route("POST", "/api/generate", forward(json_body=True), Access.USER),
-    Route("POST", "/api/embed", forward(json_body=True), Access.USER),
-    Route("POST", "/api/embeddings", forward(json_body=True), Access.USER),
+    Route("POST", "/api/chat", forward(json_body=True, limited=True), Access.USER),
+    Route("POST", "/api/generate", forward(json_body=True, limited=True), Access.USER),
+    Route("POST", "/api/embed", forward(json_body=True, limited=True), Access.USER),
+    Route("POST", "/api/embeddings", forward(json_body=True, limited=True), Access.USER),
     Route("GET", "/api/tags", forward(), Access.USER),
     Route("POST", "/api/show", forward(json_body=True), Access.USER),
     Route("GET", "/api/ps", forward(), Access.USER),

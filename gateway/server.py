@@ -19,9 +19,8 @@ from ..certs.issuer import cert_names
 from .access import Authorizer
 from .announce import NodeAnnouncer
 from .app import create_app
-from .proxy import UPSTREAM
+from .proxy import ADMISSION, UPSTREAM
 from .settings import Settings
-from .stats import STATS
 from .tls import TlsTerminator
 
 log = logging.getLogger("fognode.server")
@@ -81,7 +80,7 @@ async def start_server(
     running = RunningServer(runner, settings.host, port, tls)
     if settings.mdns:
         running.announcer = NodeAnnouncer(
-            settings, port=port, stats=app[STATS], upstream=app[UPSTREAM], tls=tls
+            settings, port=port, admission=app[ADMISSION], upstream=app[UPSTREAM], tls=tls
         )
         await running.announcer.start()
     return running

@@ -40,6 +40,9 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
         # Tests of the proxy run without auth; the auth tests turn it on.
         overrides.setdefault("auth", "none")
         overrides.setdefault("mdns", False)  # the discovery tests turn it on
+        # Roomy limits: tests that are not about admission send bursts.
+        overrides.setdefault("max_concurrent_requests", 128)
+        overrides.setdefault("per_user_concurrent_requests", 128)
         settings = Settings(host="127.0.0.1", port=0, upstream_url=upstream_url, **overrides)
         running = await start_server(settings, authorizer=authorizer)
         started.append(running)

@@ -1,0 +1,169 @@
+"""Admission control: how many inference requests reach Ollama at once.
+
+Ollama queues by itself, but without a bound the gateway cannot see (and
+only up to OLLAMA_MAX_QUEUE, after which it answers 503 "server busy").
+fognode owns the queue instead:
+
+* a global cap on concurrent upstream requests, with a bounded FIFO wait
+  queue; beyond it the node is full: 503 with Retry-After;
+* a per-user cap (by uid) with its own small queue, so one client cannot
+  take every slot; beyond it: 429 with Retry-After;
+* a wait limit, after which a queued request gives up with 503;
+* a queued request whose client leaves is dropped from the queue at once
+  (handler cancellation cancels its wait).
+
+Retry-After is estimated from the recent average request duration and the
+queue ahead, so clients back off for about as long as it takes to drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+
+from .errors import GatewayError
+
+
+@dataclass
+class _Gate:
+    """A counting gate with a bounded FIFO queue of waiters."""
+
+    capacity: int
+    max_waiting: int
+    active: int = 0
+    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+
+    def full(self) -> bool:
+        return self.active >= self.capacity
+
+    def queue_full(self) -> bool:
+        return len(self.waiters) >= self.max_waiting
+
+    async def enter(self, wait_limit: float) -> None:
+        if not self.full() and not self.waiters:
+            self.active += 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(future)
+        try:
+            async with asyncio.timeout(wait_limit):
+                await future
+        except BaseException:
+            if future.done() and not future.cancelled():
+                # The slot was handed to us just as we gave up: pass it on.
+                self.leave()
+            else:
+                future.cancel()
+                with suppress(ValueError):
+                    self.waiters.remove(future)
+            raise
+        # leave() transferred its slot to us; active already counts it.
+
+    def leave(self) -> None:
+        while self.waiters:
+            future = self.waiters.popleft()
+            if not future.done():
+                future.set_result(None)  # hand the slot over without releasing it
+                return
+        self.active -= 1
+
+
+class Admission:
+    def __init__(
+        self,
+        *,
+        max_concurrent: int,
+        max_queue: int,
+        per_user_concurrent: int,
+        per_user_queue: int,
+        queue_timeout: float,
+    ) -> None:
+        self.global_gate = _Gate(max_concurrent, max_queue)
+        self.per_user_concurrent = per_user_concurrent
+        self.per_user_queue = per_user_queue
+        self.queue_timeout = queue_timeout
+        self._users: dict[str, _Gate] = {}
+        self._avg_seconds = 1.0  # EWMA of admitted request durations
+        self.rejected_user = 0
+        self.rejected_full = 0
+        self.timed_out = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.global_gate.capacity
+
+    @property
+    def active(self) -> int:
+        return self.global_gate.active
+
+    @property
+    def queued(self) -> int:
+        return len(self.global_gate.waiters) + sum(len(g.waiters) for g in self._users.values())
+
+    def _retry_after(self, ahead: int, capacity: int) -> str:
+        return str(max(1, math.ceil(self._avg_seconds * (ahead + 1) / max(1, capacity))))
+
+    @asynccontextmanager
+    async def admit(self, uid: str) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        user = self._users.get(uid)
+        if user is None:
+            user = self._users[uid] = _Gate(self.per_user_concurrent, self.per_user_queue)
+        try:
+            if user.full() and user.queue_full():
+                self.rejected_user += 1
+                raise GatewayError(
+                    429,
+                    f"Too many requests from this user at once (limit "
+                    f"{self.per_user_concurrent} running, {self.per_user_queue} waiting); "
+                    "retry later.",
+                    code="user_concurrency_limit",
+                    headers={
+                        "Retry-After": self._retry_after(
+                            len(user.waiters), self.per_user_concurrent
+                        )
+                    },
+                )
+            await self._enter(user)
+            try:
+                gate = self.global_gate
+                if gate.full() and gate.queue_full():
+                    self.rejected_full += 1
+                    raise GatewayError(
+                        503,
+                        f"The node is busy: {gate.capacity} requests running and "
+                        f"{len(gate.waiters)} waiting; retry later.",
+                        code="node_busy",
+                        headers={
+                            "Retry-After": self._retry_after(len(gate.waiters), gate.capacity)
+                        },
+                    )
+                await self._enter(gate)
+                started = loop.time()
+                try:
+                    yield
+                finally:
+                    gate.leave()
+                    elapsed = loop.time() - started
+                    self._avg_seconds = 0.8 * self._avg_seconds + 0.2 * elapsed
+            finally:
+                user.leave()
+        finally:
+            if user.active == 0 and not user.waiters:
+                self._users.pop(uid, None)
+
+    async def _enter(self, gate: _Gate) -> None:
+        try:
+            await gate.enter(self.queue_timeout)
+        except TimeoutError:
+            self.timed_out += 1
+            raise GatewayError(
+                503,
+                f"Waited {self.queue_timeout:g}s for a free slot on this node; retry later.",
+                code="queue_timeout",
+                headers={"Retry-After": self._retry_after(len(gate.waiters), gate.capacity)},
+            ) from None
