@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .access import AUTHORIZER, Authorizer
+from .access import AUTHORIZER, Access, Authorizer
 from .auth_setup import build_authorizer
 from .health import setup_health
 from .limits import Admission
+from .metrics import METRICS, Metrics
 from .middleware import (
     MAX_BODY,
     access_control,
@@ -60,8 +61,9 @@ def create_app(
         per_user_queue=settings.per_user_queued_requests,
         queue_timeout=settings.queue_timeout,
     )
+    app[METRICS] = Metrics(app[STATS], app[ADMISSION])
     setup_health(app)
-    add_routes(app)
+    add_routes(app, metrics_access=Access.PUBLIC if settings.metrics_public else Access.ADMIN)
     app.on_response_prepare.append(add_request_id_header)
     app.cleanup_ctx.append(_upstream_session)
     app.on_cleanup.append(_close_authorizer)

@@ -49,6 +49,7 @@ async def readyz(request: web.Request) -> web.Response:
             ):
                 cached = await probe_ollama(upstream, settings.readiness_timeout)
                 cache["last"] = cached
+                request.app[STATS].upstream_up = cached.ready
     assert cached is not None
     return web.json_response(cached.body, status=200 if cached.ready else 503)
 

@@ -24,8 +24,9 @@ from ..auth.errors import AuthError, VerifierUnavailable
 from .access import ACCESS_BY_ROUTE, AUTHORIZER, PRINCIPAL, Access, Authorizer
 from .errors import GatewayError, json_error_response
 from .logs import request_id_var
+from .metrics import METRICS
 from .proxy import REQUEST_ID
-from .relay import BODY_BYTES
+from .relay import BODY_BYTES, RELAYED_CHUNKS
 
 access_log = logging.getLogger("fognode.access")
 log = logging.getLogger("fognode.gateway")
@@ -71,9 +72,17 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         status = exc.status
         raise
     finally:
+        duration = time.perf_counter() - started
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        metrics = request.app[METRICS]
+        metrics.requests.labels(route, request.method, str(status)).inc()
+        metrics.duration.labels(route).observe(duration)
+        if RELAYED_CHUNKS in request:
+            metrics.chunks.labels(route).inc(request[RELAYED_CHUNKS])
+            metrics.bytes.labels(route).inc(request[BODY_BYTES])
         if access_log.isEnabledFor(logging.INFO):
             principal = request.get(PRINCIPAL)
-            duration = time.perf_counter() - started
             sent = _bytes_sent(request, response)
             access_log.info(
                 '%s "%s %s" %d %dB %.3fs uid=%s',
@@ -171,6 +180,7 @@ async def access_control(request: web.Request, handler: Handler) -> web.StreamRe
             principal = await authorizer.authorize(request.headers.get("Authorization"), access)
         except AuthError as exc:
             log.info("refused (%d %s): %s", exc.status, exc.reason, exc.message)
+            request.app[METRICS].auth_failures.labels(exc.reason).inc()
             raise GatewayError(
                 exc.status,
                 exc.message,

@@ -9,6 +9,7 @@ client's exact bytes go upstream, so fields the gateway does not know about
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from pydantic import BaseModel
 from .access import PRINCIPAL
 from .errors import GatewayError
 from .limits import Admission
+from .metrics import METRICS
 from .relay import relay_response
 from .request_models import parse_json_object, validate_body
 from .stats import STATS
@@ -102,8 +104,19 @@ async def _send(
     stats.active_requests += 1
     stats.requests_total += 1
     try:
-        upstream_response = await upstream.open(
-            request.method, request.raw_path, headers=headers, data=data
+        started = time.perf_counter()
+        try:
+            upstream_response = await upstream.open(
+                request.method, request.raw_path, headers=headers, data=data
+            )
+        except GatewayError as exc:
+            if exc.code in ("upstream_unreachable", "upstream_connect_timeout"):
+                stats.upstream_up = False
+            raise
+        stats.upstream_up = True
+        route = request.match_info.route.resource
+        request.app[METRICS].first_byte.labels(route.canonical if route else "other").observe(
+            time.perf_counter() - started
         )
         return await relay_response(
             request,

@@ -31,6 +31,7 @@ log = logging.getLogger("fognode.relay")
 # Body bytes relayed to the client, for the access log (aiohttp's own
 # counter includes the header block).
 BODY_BYTES = web.RequestKey("fognode.body_bytes", int)
+RELAYED_CHUNKS = web.RequestKey("fognode.relayed_chunks", int)
 
 SSE = "text/event-stream"
 NDJSON = "application/x-ndjson"
@@ -79,6 +80,7 @@ async def relay_response(
     content = upstream.content
     tail = b""
     sent = 0
+    chunks = 0
     completed = False
     stats.active_streams += 1
     stats.streams_total += 1
@@ -94,6 +96,7 @@ async def relay_response(
                         break
                     await response.write(chunk)
                     sent += len(chunk)
+                    chunks += 1
                     tail = chunk[-2:]
         except TimeoutError:
             stats.upstream_failures_total += 1
@@ -129,6 +132,7 @@ async def relay_response(
         raise
     finally:
         request[BODY_BYTES] = sent
+        request[RELAYED_CHUNKS] = chunks
         stats.active_streams -= 1
         if completed:
             upstream.release()

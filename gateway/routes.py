@@ -20,6 +20,7 @@ from aiohttp import web
 
 from .access import ACCESS_BY_ROUTE, Access
 from .health import healthz, readyz
+from .metrics import metrics_handler
 from .proxy import Handler, forward
 from .request_models import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
@@ -79,9 +80,16 @@ MODEL_MANAGEMENT_ROUTES = (
 ALL_ROUTES = PUBLIC_ROUTES + OPENAI_ROUTES + OLLAMA_ROUTES + MODEL_MANAGEMENT_ROUTES
 
 
-def add_routes(app: web.Application, routes: tuple[Route, ...] = ALL_ROUTES) -> None:
+def add_routes(
+    app: web.Application,
+    routes: tuple[Route, ...] = ALL_ROUTES,
+    *,
+    metrics_access: Access = Access.ADMIN,
+) -> None:
     access: dict[str, Access] = {}
-    for route in routes:
+    # Metrics show load and usage of the whole node: administrators (or a
+    # scraper with an admin API key) unless the operator makes them public.
+    for route in (*routes, Route("GET", "/metrics", metrics_handler, metrics_access)):
         resource = app.router.add_resource(route.path)
         resource.add_route(route.method, route.handler)
         if access.setdefault(resource.canonical, route.access) is not route.access:

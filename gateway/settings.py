@@ -370,6 +370,11 @@ class Settings(BaseSettings):
         "text", description="`json` writes one JSON object per line for log shippers."
     )
     access_log: bool = Field(True, description="One log line per request.")
+    metrics_public: bool = Field(
+        False,
+        description="Serve /metrics without credentials (default: administrators only, e.g. "
+        "a Prometheus scraper with an admin API key as bearer token).",
+    )
 
     @field_validator(
         "cert_names",

@@ -19,6 +19,7 @@ class GatewayStats:
     streams_total: int = 0
     client_disconnects_total: int = 0  # relays cut short by the client
     upstream_failures_total: int = 0  # upstream broke or stalled mid-body
+    upstream_up: bool | None = None  # last contact with the upstream worked (None: no contact)
 
 
 STATS = web.AppKey("fognode.stats", GatewayStats)

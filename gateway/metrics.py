@@ -1,0 +1,156 @@
+"""Prometheus metrics at /metrics (prometheus-client).
+
+Each app has its own registry, so several gateways in one process (tests)
+do not share counters. Hot-path costs are kept small: per-request counters
+and histograms are updated once per request, relayed chunks are summed in
+the relay and added once when the response ends, and everything that is
+already counted elsewhere (live streams, queue depth, admission refusals,
+the token cache) is read at scrape time by a collector instead of being
+mirrored on every change.
+
+Labels are bounded: the route label is the route's pattern
+(`/v1/models/{model}`), never the raw path, and no label carries a user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from .limits import Admission
+from .stats import GatewayStats
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+)
+
+
+class Metrics:
+    def __init__(self, stats: GatewayStats, admission: Admission) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "fognode_requests",
+            "Requests answered, by route pattern, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "fognode_request_duration_seconds",
+            "Time from request to the end of the response (whole stream).",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.first_byte = Histogram(
+            "fognode_upstream_first_byte_seconds",
+            "Time until Ollama's response headers; for streams, the time to the first token.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.chunks = Counter(
+            "fognode_relayed_chunks",
+            "Chunks (SSE events, NDJSON lines, body pieces) relayed to clients.",
+            ["route"],
+            registry=self.registry,
+        )
+        self.bytes = Counter(
+            "fognode_relayed_bytes",
+            "Response body bytes relayed to clients.",
+            ["route"],
+            registry=self.registry,
+        )
+        self.auth_failures = Counter(
+            "fognode_auth_failures",
+            "Refused credentials and policy denials, by reason code.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.registry.register(_LiveCollector(stats, admission))
+        self.readiness: dict[str, Any] | None = None
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _LiveCollector(Collector):
+    """Reads the counters the gateway keeps anyway, at scrape time."""
+
+    def __init__(self, stats: GatewayStats, admission: Admission) -> None:
+        self.stats = stats
+        self.admission = admission
+
+    def collect(self) -> Iterator[Metric]:
+        s, a = self.stats, self.admission
+        yield GaugeMetricFamily(
+            "fognode_active_streams", "Responses being relayed right now.", value=s.active_streams
+        )
+        yield GaugeMetricFamily(
+            "fognode_upstream_requests_in_flight",
+            "Requests sent to Ollama and not finished.",
+            value=s.active_requests,
+        )
+        yield GaugeMetricFamily(
+            "fognode_admission_active", "Inference slots in use.", value=a.active
+        )
+        yield GaugeMetricFamily(
+            "fognode_admission_capacity", "Inference slots in all.", value=a.capacity
+        )
+        yield GaugeMetricFamily(
+            "fognode_queue_depth", "Inference requests waiting for a slot.", value=a.queued
+        )
+        rejected = CounterMetricFamily(
+            "fognode_admission_rejections",
+            "Requests refused by admission control, by reason.",
+            labels=["reason"],
+        )
+        rejected.add_metric(["user_concurrency_limit"], a.rejected_user)
+        rejected.add_metric(["node_busy"], a.rejected_full)
+        rejected.add_metric(["queue_timeout"], a.timed_out)
+        yield rejected
+        yield CounterMetricFamily(
+            "fognode_client_disconnects",
+            "Responses cut short because the client left (upstream cancelled).",
+            value=s.client_disconnects_total,
+        )
+        yield CounterMetricFamily(
+            "fognode_upstream_failures",
+            "Upstream responses that broke off or stalled mid-body.",
+            value=s.upstream_failures_total,
+        )
+        if s.upstream_up is not None:
+            yield GaugeMetricFamily(
+                "fognode_upstream_up",
+                "1 if the last contact with Ollama succeeded, else 0.",
+                value=1 if s.upstream_up else 0,
+            )
+
+
+METRICS = web.AppKey("fognode.metrics", Metrics)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
