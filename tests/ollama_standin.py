@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import random
 import time
@@ -56,6 +57,8 @@ class OllamaStandIn:
     force_error: tuple[int, dict[str, Any]] | None = None
 
     requests: list[Recorded] = field(default_factory=list)
+    # SHA-256 of every byte a streamed answer wrote, by the X-Request-ID it got.
+    sent_digests: dict[str, str] = field(default_factory=dict)
     active: int = 0
     completed: int = 0
     cancelled: int = 0
@@ -144,6 +147,8 @@ class OllamaStandIn:
     ) -> None:
         """Send frames one by one with the configured delays and faults."""
         self.active += 1
+        digest = hashlib.sha256()
+        rid = request.headers.get("X-Request-ID", "")
         try:
             for index, frame in enumerate(frames):
                 if self.die_after is not None and index >= self.die_after:
@@ -157,9 +162,12 @@ class OllamaStandIn:
                 elif self.token_delay and index:
                     await asyncio.sleep(self.token_delay)
                 await response.write(frame)
+                digest.update(frame)
                 self.chunks_sent += 1
             await response.write_eof()
             self.completed += 1
+            if rid:
+                self.sent_digests[rid] = digest.hexdigest()
         except (asyncio.CancelledError, ConnectionResetError):
             # Ollama logs this as a 499 and stops the runner for this request.
             self.cancelled += 1
