@@ -72,9 +72,11 @@ async def test_slow_reader_gets_back_pressure_not_buffering(
     standin.reply = " ".join(["w" * 1000] * words)
     async with (
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(), read_bufsize=2**16) as http,
-        http.post(f"{gateway.url}/v1/chat/completions", json=CHAT) as resp,
+        http.post(
+            f"{gateway.url}/v1/chat/completions", json=CHAT, headers={"X-Request-ID": "slow-1"}
+        ) as resp,
     ):
-        await resp.content.readuntil(b"\n\n")  # first event, then stop reading
+        first = await resp.content.readuntil(b"\n\n")  # first event, then stop reading
         # Wait until the stand-in can write no more (every buffer is full).
         last = -1
         async with asyncio.timeout(GUARD):
