@@ -18,11 +18,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def start(*cmd: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+async def start(
+    *cmd: str, env: dict[str, str] | None = None, log: str | None = None
+) -> asyncio.subprocess.Process:
+    # A log file for a benchmark peer, opened once at start: blocking is fine here.
+    out = open(log, "wb") if log else asyncio.subprocess.DEVNULL  # noqa: SIM115, ASYNC230
     return await asyncio.create_subprocess_exec(
         *cmd,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+        stdout=out,
+        stderr=asyncio.subprocess.STDOUT if log else asyncio.subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
     )
 
@@ -51,10 +55,10 @@ async def start_fognode(
     )
 
 
-async def wait_ready(url: str, ssl_ctx: ssl.SSLContext | None = None) -> None:
+async def wait_ready(url: str, ssl_ctx: ssl.SSLContext | None = None, limit: float = 15.0) -> None:
     connector = aiohttp.TCPConnector(ssl=ssl_ctx if ssl_ctx is not None else False)
     async with aiohttp.ClientSession(connector=connector) as http:
-        for _ in range(300):
+        for _ in range(int(limit / 0.05)):
             try:
                 async with http.get(url) as resp:
                     if resp.status < 500:

@@ -10,8 +10,9 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -71,13 +72,27 @@ def _settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
+def run_loop(main: Coroutine[Any, Any, None], kind: str) -> None:
+    """Run on uvloop when asked for (or, with `auto`, when it is installed)."""
+    if kind != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise SystemExit("fognode: event_loop=uvloop but uvloop is not installed") from None
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings_from(args)
     configure_logging(settings.log_level, settings.log_format, settings.access_log)
     from .server import serve
 
     try:
-        asyncio.run(serve(settings))
+        run_loop(serve(settings), settings.event_loop)
     except CertError as exc:
         print(f"fognode: cannot serve TLS: {exc}", file=sys.stderr)
         return 1

@@ -365,6 +365,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds open requests get to finish after SIGTERM before being cut.",
     )
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto",
+        description="`auto` uses uvloop when it is installed (it is a dependency on Linux "
+        "and macOS); `asyncio` forces the standard loop.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = Field(
         "text", description="`json` writes one JSON object per line for log shippers."
