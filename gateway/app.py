@@ -25,8 +25,9 @@ from .middleware import (
     openai_errors,
     request_context,
 )
+from .openapi import OPENAPI, build_document
 from .proxy import ADMISSION, UPSTREAM
-from .routes import add_routes
+from .routes import ALL_ROUTES, add_routes
 from .settings import Settings
 from .stats import STATS, GatewayStats
 from .tls import TlsTerminator
@@ -62,6 +63,7 @@ def create_app(
         queue_timeout=settings.queue_timeout,
     )
     app[METRICS] = Metrics(app[STATS], app[ADMISSION])
+    app[OPENAPI] = build_document(ALL_ROUTES)
     setup_health(app)
     add_routes(app, metrics_access=Access.PUBLIC if settings.metrics_public else Access.ADMIN)
     app.on_response_prepare.append(add_request_id_header)

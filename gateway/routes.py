@@ -21,6 +21,7 @@ from aiohttp import web
 from .access import ACCESS_BY_ROUTE, Access
 from .health import healthz, readyz
 from .metrics import metrics_handler
+from .openapi import openapi_handler
 from .proxy import Handler, forward
 from .request_models import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
@@ -89,7 +90,11 @@ def add_routes(
     access: dict[str, Access] = {}
     # Metrics show load and usage of the whole node: administrators (or a
     # scraper with an admin API key) unless the operator makes them public.
-    for route in (*routes, Route("GET", "/metrics", metrics_handler, metrics_access)):
+    extra = (
+        Route("GET", "/metrics", metrics_handler, metrics_access),
+        Route("GET", "/openapi.json", openapi_handler, Access.PUBLIC),
+    )
+    for route in (*routes, *extra):
         resource = app.router.add_resource(route.path)
         resource.add_route(route.method, route.handler)
         if access.setdefault(resource.canonical, route.access) is not route.access:
