@@ -87,7 +87,9 @@ if ((WITH_TEST)); then
   elif node_ok; then
     say "Installing firebase-tools $FIREBASE_TOOLS_VERSION (the Auth Emulator) into $FIREBASE_TOOLS"
     mkdir -p "$FIREBASE_TOOLS"
-    npm install --silent --no-audit --no-fund --prefix "$FIREBASE_TOOLS" \
+    # --ignore-scripts: only the hosting emulator needs native modules, and their
+    # install scripts try to download prebuilt binaries from outside the registry.
+    npm install --silent --no-audit --no-fund --ignore-scripts --prefix "$FIREBASE_TOOLS" \
       "firebase-tools@$FIREBASE_TOOLS_VERSION" >/dev/null
   else
     echo "setup.sh: firebase-tools needs Node.js 20 or newer; the emulator tests will fail." >&2

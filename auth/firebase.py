@@ -35,6 +35,10 @@ from firebase_admin import auth, credentials
 from .errors import AuthError, VerifierUnavailable
 
 EMULATOR_ENV = "FIREBASE_AUTH_EMULATOR_HOST"
+# Without explicit credentials google-auth probes the cloud metadata server
+# (169.254.169.254) to see whether it runs on Google Cloud. A fog node on a
+# LAN never does; don't send that packet.
+os.environ.setdefault("NO_GCE_CHECK", "true")
 GOOGLE_CERTS_URL: str = firebase_tokens.ID_TOKEN_CERT_URI
 ISSUER_PREFIX: str = firebase_tokens.ID_TOKEN_ISSUER_PREFIX
 _app_numbers = itertools.count(1)

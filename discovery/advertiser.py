@@ -92,8 +92,10 @@ class Advertiser:
         *,
         interfaces: Iterable[str] | None = None,
         min_update_interval: float = 5.0,
+        name_check_seconds: float = 1.0,
     ) -> None:
         self.announcement = announcement
+        self.name_check_seconds = name_check_seconds
         self.interfaces = list(interfaces) if interfaces is not None else None
         self.min_update_interval = min_update_interval
         self._zc: AsyncZeroconf | None = None
@@ -131,6 +133,7 @@ class Advertiser:
                 interfaces=self.interfaces if self.interfaces is not None else list(ann.addresses),
                 ip_version=version,
             )
+            self.registered_name = await self._free_name(ann)
             self._info = self._service_info(ann)
             # The call probes and registers; the awaitable it returns completes
             # when the announcements have gone out.
@@ -156,6 +159,25 @@ class Advertiser:
         )
         self._last_sent = time.monotonic()
         return True
+
+    async def _free_name(self, ann: Announcement) -> str:
+        """Ask the LAN whether the instance name is taken, and pick `<name>-N` if so.
+
+        zeroconf's own probe waits a few hundred milliseconds for an answer; a
+        node on a busy Wi-Fi (or CPU) can answer later than that, and two nodes
+        would then share a name. Asking first, with a longer wait, makes the
+        clash visible; zeroconf's probe still runs after it.
+        """
+        assert self._zc is not None
+        number = 1
+        name = ann.full_name
+        while number < 100:
+            info = AsyncServiceInfo(ann.service_type, name)
+            if not await info.async_request(self._zc.zeroconf, int(self.name_check_seconds * 1000)):
+                return name
+            number += 1
+            name = f"{ann.instance}-{number}.{ann.service_type}"
+        return name
 
     def update_txt(self, txt: NodeTxt) -> None:
         """Change what the TXT record says; re-announced at most every interval."""

@@ -9,6 +9,7 @@ client's exact bytes go upstream, so fields the gateway does not know about
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
@@ -32,14 +33,23 @@ REQUEST_ID = web.RequestKey("fognode.request_id", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """Read the whole body, refusing early when Content-Length is too big."""
+async def read_body(request: web.Request, limit: int, deadline: float) -> bytes:
+    """Read the whole body, refusing early when Content-Length is too big,
+    and giving up on a client that trickles it (slowloris) after ``deadline``."""
     if request.content_length is not None and request.content_length > limit:
         raise too_large(request.content_length, limit)
     try:
-        return await request.read()
+        async with asyncio.timeout(deadline):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large(None, limit) from None
+    except TimeoutError:
+        raise GatewayError(
+            408,
+            f"The request body did not arrive within {deadline:g}s (FOGNODE_BODY_TIMEOUT).",
+            code="body_timeout",
+            headers={"Connection": "close"},
+        ) from None
 
 
 def too_large(size: int | None, limit: int) -> GatewayError:
@@ -75,7 +85,7 @@ def forward(
         if stream_body:
             data = request.content if request.body_exists else None
         elif request.body_exists or request.method in ("POST", "PUT", "PATCH"):
-            body = await read_body(request, settings.max_body_bytes)
+            body = await read_body(request, settings.max_body_bytes, settings.body_timeout)
             if model is not None or (json_body and body.strip()):
                 parsed = parse_json_object(body)
                 if model is not None:

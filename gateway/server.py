@@ -21,6 +21,7 @@ from .announce import NodeAnnouncer
 from .app import create_app
 from .proxy import ADMISSION, UPSTREAM
 from .settings import Settings
+from .slow_clients import GuardedAppRunner
 from .tls import TlsTerminator
 
 log = logging.getLogger("fognode.server")
@@ -55,8 +56,9 @@ async def start_server(
         # Refuse to start with a pair no client would accept (CertError).
         await asyncio.to_thread(tls.load)
     app = create_app(settings, authorizer=authorizer, tls=tls)
-    runner = web.AppRunner(
+    runner = GuardedAppRunner(
         app,
+        header_timeout=settings.header_timeout,
         handler_cancellation=True,
         access_log=None,  # request_context logs every request, cancelled ones too
         shutdown_timeout=settings.shutdown_timeout,

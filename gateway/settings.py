@@ -353,6 +353,15 @@ class Settings(BaseSettings):
     queue_timeout: float = Field(120, gt=0, description="Longest wait in the queue before a 503.")
 
     # --- requests --------------------------------------------------------
+    header_timeout: float = Field(
+        30, gt=0, description="Seconds a client may take to send a request's headers."
+    )
+    body_timeout: float = Field(
+        120,
+        gt=0,
+        description="Seconds a client may take to send a request body (large images on a "
+        "slow Wi-Fi take a while); then 408.",
+    )
     max_body_bytes: int = Field(
         32 * 1024 * 1024,
         ge=1024,

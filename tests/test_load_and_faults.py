@@ -115,3 +115,45 @@ async def test_huge_headers_are_refused_and_the_server_carries_on(
             assert resp.status in (400, 431)
         async with http.get(f"{gateway.url}/healthz") as resp:
             assert resp.status == 200
+
+
+async def test_slow_headers_are_cut_off(
+    standin: OllamaStandIn, make_gateway: GatewayFactory
+) -> None:
+    """Slowloris: a request head that never completes is dropped after the deadline."""
+    gateway = await make_gateway(standin.url, header_timeout=0.5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: a")  # ...and nothing more
+    await writer.drain()
+    async with asyncio.timeout(GUARD):
+        closed = await reader.read()  # returns at EOF, when the server hangs up
+    elapsed = loop.time() - started
+    writer.close()
+    assert closed == b""
+    assert 0.4 < elapsed < 5, elapsed
+    # Well-behaved clients are unaffected.
+    async with aiohttp.ClientSession() as http, http.get(f"{gateway.url}/healthz") as resp:
+        assert resp.status == 200
+
+
+async def test_slow_body_gets_408(standin: OllamaStandIn, make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway(standin.url, body_timeout=0.5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 1000\r\n\r\n{"model": '
+    )
+    await writer.drain()
+    answer = b""
+    async with asyncio.timeout(GUARD):
+        while b"body_timeout" not in answer:
+            chunk = await reader.read(4096)
+            if not chunk:
+                break
+            answer += chunk
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b'"code": "body_timeout"' in answer
+    assert standin.requests == []

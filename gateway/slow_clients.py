@@ -1,0 +1,78 @@
+"""Deadlines for clients that send slowly (slowloris).
+
+aiohttp times out idle keep-alive connections but not a request whose head
+arrives a byte at a time, and a body read waits as long as the client
+trickles. Both tie up a connection (and, for the body, a validation slot)
+indefinitely. fognode bounds them:
+
+* head: from the first byte of a request to its complete header block,
+  `header_timeout` seconds, else the connection is closed;
+* body: `body_timeout` seconds for the whole request body, else 408 (in
+  proxy.read_body).
+
+The head deadline needs a hook aiohttp does not offer, so the server's
+protocol class is a small subclass of aiohttp's RequestHandler; it relies on
+two documented-by-use internals (`_messages`, `_current_request`) that the
+slow-header test pins down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+
+class _HeadDeadlineHandler(RequestHandler):
+    header_timeout = 30.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._messages:  # a complete request head was parsed
+            self._stop_head_timer()
+        elif self._current_request is None and self._head_timer is None and data:
+            loop = asyncio.get_running_loop()
+            self._head_timer = loop.call_later(self.header_timeout, self._head_too_slow)
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self._current_request is None and not self._messages and self.transport is not None:
+            self.transport.close()
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+
+class _HeadDeadlineServer(web.Server):
+    header_timeout = 30.0
+
+    def __call__(self) -> RequestHandler:
+        handler = _HeadDeadlineHandler(self, loop=self._loop, **self._kwargs)
+        handler.header_timeout = self.header_timeout
+        return handler
+
+
+class GuardedAppRunner(web.AppRunner):
+    """An AppRunner whose connections enforce the request-head deadline."""
+
+    def __init__(self, app: web.Application, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._header_timeout = header_timeout
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _HeadDeadlineServer
+        server.header_timeout = self._header_timeout  # type: ignore[attr-defined]
+        return server
