@@ -21,11 +21,14 @@ GUARD = 60.0
 
 
 async def test_concurrent_streams_arrive_byte_for_byte(
-    gateway: RunningServer, standin: OllamaStandIn
+    standin: OllamaStandIn, make_gateway: GatewayFactory
 ) -> None:
-    """200 streams at once: every client gets exactly the bytes the upstream wrote."""
+    """1,000 streams at once: every client gets exactly the bytes the upstream wrote."""
     standin.token_delay = 0.002
-    n = 200
+    n = 1000
+    gateway = await make_gateway(
+        standin.url, max_concurrent_requests=n, per_user_concurrent_requests=n
+    )
 
     async def one(http: aiohttp.ClientSession, i: int) -> tuple[str, int, str]:
         rid = f"load-{i}"
