@@ -1,4 +1,5 @@
-"""Deadlines for clients that send slowly (slowloris).
+"""Deadlines for clients that send slowly (slowloris), and OpenAI-shaped
+answers to requests too malformed to reach the app.
 
 aiohttp times out idle keep-alive connections but not a request whose head
 arrives a byte at a time, and a body read waits as long as the client
@@ -19,10 +20,14 @@ slow-header test pins down.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from .errors import error_body
 
 
 class _HeadDeadlineHandler(RequestHandler):
@@ -53,6 +58,38 @@ class _HeadDeadlineHandler(RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._stop_head_timer()
         super().connection_lost(exc)
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """Malformed HTTP (bad request line, oversized header): aiohttp answers
+        before any middleware runs, in text/plain; answer in the OpenAI shape
+        like every other gateway error."""
+        response = super().handle_error(request, status, exc, message)
+        if status >= 500:
+            return response  # aiohttp's own 500 page, with its logging
+        # Never echo the offending bytes: a header may carry a token.
+        kind = type(exc).__name__ if exc is not None else ""
+        reason = {
+            "LineTooLong": "a header or the request line is longer than the server accepts",
+            "BadStatusLine": "the request line is not valid HTTP",
+            "BadHttpMethod": "the request method is not valid HTTP",
+            "InvalidHeader": "a header is not valid HTTP",
+            "TransferEncodingError": "the body's transfer encoding is not valid",
+            "ContentLengthError": "the Content-Length does not match the body",
+        }.get(kind, "the request is not valid HTTP")
+        body = error_body(
+            f"Malformed HTTP request: {reason}.", status=status, code="malformed_http"
+        )
+        fixed = web.Response(
+            status=status, body=json.dumps(body).encode(), content_type="application/json"
+        )
+        fixed.force_close()
+        return fixed
 
 
 class _HeadDeadlineServer(web.Server):

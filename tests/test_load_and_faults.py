@@ -116,6 +116,9 @@ async def test_huge_headers_are_refused_and_the_server_carries_on(
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{gateway.url}/healthz", headers={"X-Big": "a" * 100_000}) as resp:
             assert resp.status in (400, 431)
+            error = (await resp.json())["error"]
+            assert error["code"] == "malformed_http" and "longer" in error["message"]
+            assert "aaaa" not in error["message"]  # the offending bytes are not echoed
         async with http.get(f"{gateway.url}/healthz") as resp:
             assert resp.status == 200
 
@@ -160,3 +163,16 @@ async def test_slow_body_gets_408(standin: OllamaStandIn, make_gateway: GatewayF
     assert answer.startswith(b"HTTP/1.1 408")
     assert b'"code": "body_timeout"' in answer
     assert standin.requests == []
+
+
+async def test_garbage_instead_of_http_gets_an_openai_shaped_400(gateway: RunningServer) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(b"\x16\x03\x01 this is not HTTP\r\n\r\n")
+    await writer.drain()
+    async with asyncio.timeout(GUARD):
+        answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"400"  # HTTP/1.0 when the request line is unreadable
+    assert b"application/json" in head
+    assert b'"code": "malformed_http"' in body
