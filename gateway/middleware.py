@@ -65,7 +65,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         response = await handler(request)
         status = response.status
         return response
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, ConnectionResetError):
         status = 499  # nginx's "client closed request"
         raise
     except web.HTTPException as exc:
@@ -114,6 +114,8 @@ async def add_request_id_header(request: web.Request, response: web.StreamRespon
     rid = request.get(REQUEST_ID)
     if rid is not None:
         response.headers[REQUEST_ID_HEADER] = rid
+    # Not "Python/3.x aiohttp/3.y": versions help attackers more than clients.
+    response.headers["Server"] = "fognode"
 
 
 def _http_exception_message(request: web.Request, exc: web.HTTPException) -> tuple[str, str]:

@@ -132,6 +132,7 @@ async def _send(
             request,
             upstream_response,
             idle_timeout=upstream.settings.idle_timeout,
+            write_timeout=upstream.settings.client_write_timeout,
             upstream_name=upstream.base,
             stats=stats,
         )

@@ -63,6 +63,7 @@ async def relay_response(
     *,
     idle_timeout: float,
     upstream_name: str,
+    write_timeout: float = 60.0,
     stats: GatewayStats,
 ) -> web.StreamResponse:
     media_type = _media_type(upstream)
@@ -86,19 +87,37 @@ async def relay_response(
     stats.streams_total += 1
     try:
         await response.prepare(request)
+        writing = False
         try:
-            async with asyncio.timeout(None) as idle:
+            # One timer, re-armed for each phase: waiting on the upstream
+            # (idle gap) and waiting on the client (a reader that stopped
+            # reading holds a slot; back-pressure must not become a hang).
+            async with asyncio.timeout(None) as deadline:
                 while True:
-                    idle.reschedule(loop.time() + idle_timeout)
+                    deadline.reschedule(loop.time() + idle_timeout)
                     chunk = await content.readany()
-                    idle.reschedule(None)
                     if not chunk:
                         break
+                    writing = True
+                    deadline.reschedule(loop.time() + write_timeout)
                     await response.write(chunk)
+                    writing = False
                     sent += len(chunk)
                     chunks += 1
                     tail = chunk[-2:]
+                deadline.reschedule(None)
         except TimeoutError:
+            if writing:
+                log.warning(
+                    "client stopped reading for %gs (FOGNODE_CLIENT_WRITE_TIMEOUT); "
+                    "dropping it after %d bytes",
+                    write_timeout,
+                    sent,
+                )
+                if request.transport is not None:
+                    request.transport.abort()
+                # Handled below like any other client that went away.
+                raise ConnectionResetError("client stopped reading") from None
             stats.upstream_failures_total += 1
             message = (
                 f"The upstream at {upstream_name} sent nothing for {idle_timeout:g}s "

@@ -325,6 +325,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest gap, in seconds, between two chunks of an upstream body.",
     )
+    client_write_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Longest a client may leave a response unread (back-pressure) before "
+        "it is dropped and its Ollama request cancelled.",
+    )
     readiness_timeout: float = Field(
         3.0, gt=0, description="Seconds /readyz waits for the upstream before answering 503."
     )

@@ -28,6 +28,7 @@ async def test_request_id_is_echoed_forwarded_and_generated(
 
     async with http.get(f"{gateway.url}/healthz") as resp:
         generated = resp.headers["X-Request-ID"]
+        assert resp.headers["Server"] == "fognode"  # no software versions advertised
     assert re.fullmatch(r"[0-9a-f]{32}", generated)
 
     # An id that could inject into logs or headers is replaced, not echoed.

@@ -176,3 +176,20 @@ async def test_garbage_instead_of_http_gets_an_openai_shaped_400(gateway: Runnin
     assert head.split(b" ")[1] == b"400"  # HTTP/1.0 when the request line is unreadable
     assert b"application/json" in head
     assert b'"code": "malformed_http"' in body
+
+
+async def test_a_reader_that_stops_for_good_is_dropped_and_ollama_cancelled(
+    standin: OllamaStandIn, make_gateway: GatewayFactory
+) -> None:
+    """Back-pressure must not become a hang: a stalled reader loses its slot."""
+    gateway = await make_gateway(standin.url, client_write_timeout=0.5)
+    standin.reply = " ".join(["w" * 1000] * 40_000)
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(f"{gateway.url}/v1/chat/completions", json=CHAT)
+        await resp.content.readuntil(b"\n\n")  # then never read again
+        async with asyncio.timeout(GUARD):
+            await standin.cancel_event.wait()
+        stats = gateway.runner.app[STATS]
+        assert stats.client_disconnects_total == 1 and stats.active_streams == 0
+        resp.close()
+    assert standin.completed == 0
