@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import ssl
 import tempfile
 import time
@@ -23,28 +22,10 @@ from bench.common import free_port, machine, pct, start_fognode, start_standin, 
 from fognode.certs.issuer import SubjectNames
 from fognode.certs.lifecycle import init_ca, issue_to_files
 from fognode.certs.store import CertPaths
+from tests.test_tls_renewal import ResolveTo127
 
 HOST = "spezillmfog.local"
 PASSPHRASE = b"benchmark passphrase only"
-
-
-class _To127(aiohttp.abc.AbstractResolver):
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[aiohttp.abc.ResolveResult]:
-        return [
-            {
-                "hostname": host,
-                "host": "127.0.0.1",
-                "port": port,
-                "family": socket.AF_INET,
-                "proto": 0,
-                "flags": socket.AI_NUMERICHOST,
-            }
-        ]
-
-    async def close(self) -> None:
-        return None
 
 
 async def new_connection_each_time(url: str, ctx: ssl.SSLContext | None, n: int) -> list[float]:
@@ -52,7 +33,7 @@ async def new_connection_each_time(url: str, ctx: ssl.SSLContext | None, n: int)
     times = []
     for _ in range(n):
         connector = aiohttp.TCPConnector(
-            ssl=ctx if ctx else False, force_close=True, resolver=_To127()
+            ssl=ctx if ctx else False, force_close=True, resolver=ResolveTo127()
         )
         async with aiohttp.ClientSession(connector=connector) as http:
             started = time.perf_counter()
@@ -66,7 +47,7 @@ async def keepalive_rps(
     url: str, ctx: ssl.SSLContext | None, seconds: float, concurrency: int, path: str
 ) -> float:
     connector = aiohttp.TCPConnector(
-        ssl=ctx if ctx else False, limit=concurrency, resolver=_To127()
+        ssl=ctx if ctx else False, limit=concurrency, resolver=ResolveTo127()
     )
     done = 0
     deadline = time.perf_counter() + seconds

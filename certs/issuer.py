@@ -94,11 +94,15 @@ def default_names(*, include_lan_ips: bool = True) -> list[str]:
     return names
 
 
-def lan_addresses() -> list[IPAddress]:
-    """Non-loopback, non-link-local addresses of this machine's interfaces."""
+def lan_addresses(*, include_loopback: bool = False) -> list[IPAddress]:
+    """This machine's unicast addresses, IPv4 and IPv6, without link-local ones
+    (a client on another link could not use them without a scope id).
+
+    Certificates list them as names; the gateway announces them on mDNS.
+    """
     try:
         import ifaddr
-    except ImportError:  # pragma: no cover - ifaddr comes with zeroconf
+    except ImportError:  # pragma: no cover - ifaddr is a dependency
         return []
     found: list[IPAddress] = []
     for adapter in ifaddr.get_adapters():
@@ -108,7 +112,9 @@ def lan_addresses() -> list[IPAddress]:
                 ip = ipaddress.ip_address(raw.split("%")[0])
             except ValueError:
                 continue
-            if ip.is_loopback or ip.is_link_local or ip.is_multicast:
+            if ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+                continue
+            if ip.is_loopback and not include_loopback:
                 continue
             if ip not in found:
                 found.append(ip)

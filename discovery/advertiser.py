@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 import time
@@ -59,30 +58,6 @@ def service_type_for(tls: bool, override: str | None = None) -> str:
     if override:
         return override if override.endswith(".") else f"{override}."
     return "_https._tcp.local." if tls else "_http._tcp.local."
-
-
-def interface_addresses(*, include_loopback: bool = False) -> list[str]:
-    """The machine's IPv4 and IPv6 addresses worth announcing."""
-    import ifaddr
-
-    found: list[str] = []
-    for adapter in ifaddr.get_adapters():
-        for entry in adapter.ips:
-            raw = entry.ip if isinstance(entry.ip, str) else entry.ip[0]
-            try:
-                ip = ipaddress.ip_address(raw.split("%")[0])
-            except ValueError:
-                continue
-            if ip.is_multicast or ip.is_unspecified:
-                continue
-            if ip.is_loopback and not include_loopback:
-                continue
-            if ip.version == 6 and ip.is_link_local:
-                continue  # needs a scope id a client on another link cannot use
-            text = str(ip)
-            if text not in found:
-                found.append(text)
-    return found
 
 
 class Advertiser:

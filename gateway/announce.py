@@ -18,11 +18,11 @@ from dataclasses import replace
 import aiohttp
 
 from ..certs.inspect import fingerprint
+from ..certs.issuer import lan_addresses
 from ..discovery.advertiser import (
     Advertiser,
     Announcement,
     fqdn,
-    interface_addresses,
     service_type_for,
 )
 from ..discovery.txt import NodeTxt
@@ -64,7 +64,7 @@ def announced_addresses(settings: Settings) -> list[str]:
         if ip.is_loopback and not settings.mdns_include_loopback:
             return []
         return [str(ip)]
-    found = interface_addresses(include_loopback=settings.mdns_include_loopback)
+    found = [str(ip) for ip in lan_addresses(include_loopback=settings.mdns_include_loopback)]
     if bound == "0.0.0.0":  # IPv4 only
         found = [a for a in found if ":" not in a]
     elif bound == "::":  # IPv6 only

@@ -65,7 +65,7 @@ async def test_expiring_certificate_is_renewed_while_a_stream_stays_open(
     standin.gate = asyncio.Queue()
     standin.gate.put_nowait(None)
     ctx = ssl.create_default_context(cafile=str(pki.ca))
-    connector = aiohttp.TCPConnector(ssl=ctx, resolver=_Resolve127())
+    connector = aiohttp.TCPConnector(ssl=ctx, resolver=ResolveTo127())
     async with aiohttp.ClientSession(connector=connector) as http:
         resp = await http.post(
             f"https://{HOST}:{gateway.port}/v1/chat/completions",
@@ -149,7 +149,7 @@ async def test_half_written_pair_is_not_loaded(
     assert await asyncio.to_thread(served_serial, gateway.port, pki.ca) == first
 
 
-class _Resolve127(aiohttp.abc.AbstractResolver):
+class ResolveTo127(aiohttp.abc.AbstractResolver):
     """Resolve every name to 127.0.0.1, as mDNS would resolve the node's name."""
 
     async def resolve(
