@@ -102,6 +102,7 @@ class NodeAnnouncer:
         if tls is not None and tls.pair is not None:
             ca = fingerprint(tls.pair.ca, colons=False)
         self._base_txt = NodeTxt(
+            api="openai,ollama" if settings.upstream_kind == "ollama" else "openai",
             version=__version__,
             node_id=node_id(settings),
             auth=auth_kind(settings),
@@ -123,6 +124,7 @@ class NodeAnnouncer:
 
     def current_txt(self) -> NodeTxt:
         return NodeTxt(
+            api=self._base_txt.api,
             version=self._base_txt.version,
             node_id=self._base_txt.node_id,
             auth=self._base_txt.auth,
@@ -137,14 +139,9 @@ class NodeAnnouncer:
     async def fetch_models(self) -> tuple[str, ...] | None:
         try:
             async with asyncio.timeout(self.settings.readiness_timeout):
-                async with self.upstream.session.get(self.upstream.url("/api/tags")) as resp:
-                    if resp.status != 200:
-                        return None
-                    body = await resp.json(content_type=None)
-        except (TimeoutError, aiohttp.ClientError, ValueError):
+                return tuple(await self.upstream.model_names())
+        except (TimeoutError, aiohttp.ClientError, ValueError, AttributeError):
             return None
-        names = [m.get("name") or m.get("model") for m in body.get("models") or []]
-        return tuple(sorted(n for n in names if isinstance(n, str)))
 
     async def refresh(self) -> None:
         models = await self.fetch_models()

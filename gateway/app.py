@@ -65,7 +65,11 @@ def create_app(
     app[METRICS] = Metrics(app[STATS], app[ADMISSION])
     app[OPENAPI] = build_document(ALL_ROUTES)
     setup_health(app)
-    add_routes(app, metrics_access=Access.PUBLIC if settings.metrics_public else Access.ADMIN)
+    add_routes(
+        app,
+        metrics_access=Access.PUBLIC if settings.metrics_public else Access.ADMIN,
+        upstream_kind=settings.upstream_kind,
+    )
     app.on_response_prepare.append(add_request_id_header)
     app.cleanup_ctx.append(_upstream_session)
     app.on_cleanup.append(_close_authorizer)

@@ -16,7 +16,7 @@ from aiohttp import web
 from . import __version__
 from .proxy import UPSTREAM
 from .stats import STATS
-from .upstream import Readiness, probe_ollama
+from .upstream import Readiness, probe_upstream
 
 _READINESS = web.AppKey("fognode.readiness", dict)
 
@@ -47,7 +47,7 @@ async def readyz(request: web.Request) -> web.Response:
                 cached is None
                 or time.monotonic() - cached.checked_at > settings.readiness_cache_seconds
             ):
-                cached = await probe_ollama(upstream, settings.readiness_timeout)
+                cached = await probe_upstream(upstream, settings.readiness_timeout)
                 cache["last"] = cached
                 request.app[STATS].upstream_up = cached.ready
     assert cached is not None

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from .access import ACCESS_BY_ROUTE, Access
+from .errors import GatewayError
 from .health import healthz, readyz
 from .metrics import metrics_handler
 from .openapi import openapi_handler
@@ -81,11 +82,24 @@ MODEL_MANAGEMENT_ROUTES = (
 ALL_ROUTES = PUBLIC_ROUTES + OPENAI_ROUTES + OLLAMA_ROUTES + MODEL_MANAGEMENT_ROUTES
 
 
+async def native_api_unavailable(request: web.Request) -> web.StreamResponse:
+    raise GatewayError(
+        501,
+        f"{request.path} is Ollama's native API, and this node's upstream is an "
+        "OpenAI-compatible server (FOGNODE_UPSTREAM_KIND=openai): use the /v1 API.",
+        code="native_api_unavailable",
+    )
+
+
+NATIVE_PATHS = frozenset(r.path for r in OLLAMA_ROUTES + MODEL_MANAGEMENT_ROUTES)
+
+
 def add_routes(
     app: web.Application,
     routes: tuple[Route, ...] = ALL_ROUTES,
     *,
     metrics_access: Access = Access.ADMIN,
+    upstream_kind: str = "ollama",
 ) -> None:
     access: dict[str, Access] = {}
     # Metrics show load and usage of the whole node: administrators (or a
@@ -96,7 +110,10 @@ def add_routes(
     )
     for route in (*routes, *extra):
         resource = app.router.add_resource(route.path)
-        resource.add_route(route.method, route.handler)
+        handler = route.handler
+        if upstream_kind != "ollama" and route.path in NATIVE_PATHS:
+            handler = native_api_unavailable
+        resource.add_route(route.method, handler)
         if access.setdefault(resource.canonical, route.access) is not route.access:
             raise ValueError(f"conflicting access levels for {route.path}")
     app[ACCESS_BY_ROUTE] = access

@@ -302,6 +302,11 @@ class Settings(BaseSettings):
         AnyHttpUrl("http://127.0.0.1:11434"),
         description="Base URL of the Ollama server the gateway forwards to.",
     )
+    upstream_kind: Literal["ollama", "openai"] = Field(
+        "ollama",
+        description="`ollama`: Ollama, with its native /api routes. `openai`: any "
+        "OpenAI-compatible server (llama.cpp's server, vLLM, LocalAI); /api routes answer 501.",
+    )
     upstream_api_key: str | None = Field(
         None,
         description="Bearer key sent upstream (for OpenAI-compatible upstreams that need one). "

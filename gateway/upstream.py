@@ -105,6 +105,33 @@ class Upstream:
     def url(self, raw_path_and_query: str) -> URL:
         return URL(self.base + raw_path_and_query, encoded=True)
 
+    @property
+    def kind(self) -> str:
+        return self.settings.upstream_kind
+
+    async def version(self) -> str | None:
+        """Ollama's version; OpenAI-compatible servers have no such endpoint."""
+        if self.kind != "ollama":
+            return None
+        async with self.session.get(self.url("/api/version")) as resp:
+            resp.raise_for_status()
+            value = (await resp.json(content_type=None)).get("version")
+        return value if isinstance(value, str) else None
+
+    async def model_names(self) -> list[str]:
+        """The models the upstream serves: Ollama's /api/tags, else /v1/models."""
+        if self.kind == "ollama":
+            async with self.session.get(self.url("/api/tags")) as resp:
+                resp.raise_for_status()
+                entries = (await resp.json(content_type=None)).get("models") or []
+            names = [m.get("name") or m.get("model") for m in entries if isinstance(m, dict)]
+        else:
+            async with self.session.get(self.url("/v1/models")) as resp:
+                resp.raise_for_status()
+                entries = (await resp.json(content_type=None)).get("data") or []
+            names = [m.get("id") for m in entries if isinstance(m, dict)]
+        return sorted(n for n in names if isinstance(n, str))
+
     async def open(
         self,
         method: str,
@@ -174,17 +201,13 @@ class Readiness:
     checked_at: float
 
 
-async def probe_ollama(upstream: Upstream, wait_s: float) -> Readiness:
-    """Ask Ollama for its version and model list; both are cheap calls."""
+async def probe_upstream(upstream: Upstream, wait_s: float) -> Readiness:
+    """Ask the upstream for its version (Ollama only) and model list; both are cheap."""
     now = time.monotonic()
     try:
         async with asyncio.timeout(wait_s):
-            async with upstream.session.get(upstream.url("/api/version")) as resp:
-                resp.raise_for_status()
-                version = (await resp.json(content_type=None)).get("version")
-            async with upstream.session.get(upstream.url("/api/tags")) as resp:
-                resp.raise_for_status()
-                models = (await resp.json(content_type=None)).get("models") or []
+            version = await upstream.version()
+            models = await upstream.model_names()
     except TimeoutError:
         reason = f"no answer within {wait_s:g}s"
     except aiohttp.ClientConnectorError as exc:
@@ -197,6 +220,7 @@ async def probe_ollama(upstream: Upstream, wait_s: float) -> Readiness:
             {
                 "status": "ready",
                 "upstream": upstream.base,
+                "upstream_kind": upstream.kind,
                 "ollama_version": version,
                 "models": len(models),
             },
@@ -208,7 +232,7 @@ async def probe_ollama(upstream: Upstream, wait_s: float) -> Readiness:
             "status": "unavailable",
             "upstream": upstream.base,
             "error": {
-                "message": f"Ollama at {upstream.base} is not reachable: {reason}. "
+                "message": f"The upstream at {upstream.base} is not reachable: {reason}. "
                 f"{START_OLLAMA_HINT}",
                 "type": "service_unavailable_error",
                 "param": None,

@@ -152,6 +152,7 @@ async def test_readyz_reports_ollama_version_and_models(
     assert body == {
         "status": "ready",
         "upstream": standin.url,
+        "upstream_kind": "ollama",
         "ollama_version": VERSION,
         "models": len(standin.models),
     }

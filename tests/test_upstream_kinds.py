@@ -1,0 +1,54 @@
+"""An OpenAI-compatible upstream (llama.cpp's server, vLLM, LocalAI) instead of Ollama."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from fognode.gateway.announce import NodeAnnouncer
+from fognode.gateway.proxy import ADMISSION, UPSTREAM
+from tests.conftest import GatewayFactory
+from tests.ollama_standin import OllamaStandIn
+
+CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def test_openai_kind_serves_v1_and_refuses_native_routes_with_501(
+    standin: OllamaStandIn, make_gateway: GatewayFactory
+) -> None:
+    gateway = await make_gateway(standin.url, upstream_kind="openai")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{gateway.url}/v1/chat/completions", json=CHAT) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["choices"][0]["message"]["content"] == standin.reply
+        for method, path in (("GET", "/api/tags"), ("POST", "/api/chat"), ("POST", "/api/pull")):
+            async with http.request(method, gateway.url + path, json={}) as resp:
+                assert resp.status == 501
+                error = (await resp.json())["error"]
+                assert error["code"] == "native_api_unavailable" and "/v1" in error["message"]
+        async with http.get(f"{gateway.url}/readyz") as resp:
+            body = await resp.json()
+    assert resp.status == 200
+    assert body["upstream_kind"] == "openai" and body["ollama_version"] is None
+    assert body["models"] == len(standin.models)
+    # Only /v1 and probes reached the upstream.
+    assert {r.path for r in standin.requests} == {"/v1/chat/completions", "/v1/models"}
+
+
+@pytest.mark.parametrize("kind", ["ollama", "openai"])
+async def test_model_list_for_mdns_comes_from_the_right_endpoint(
+    standin: OllamaStandIn, make_gateway: GatewayFactory, kind: str
+) -> None:
+    gateway = await make_gateway(standin.url, upstream_kind=kind)
+    app = gateway.runner.app
+    announcer = NodeAnnouncer(
+        app[UPSTREAM].settings,
+        port=gateway.port,
+        admission=app[ADMISSION],
+        upstream=app[UPSTREAM],
+        tls=None,
+    )
+    assert await announcer.fetch_models() == tuple(sorted(standin.models))
+    assert announcer.current_txt().api == ("openai,ollama" if kind == "ollama" else "openai")
+    expected = "/api/tags" if kind == "ollama" else "/v1/models"
+    assert [r.path for r in standin.requests] == [expected]
