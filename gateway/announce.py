@@ -30,7 +30,7 @@ from . import __version__
 from .limits import Admission
 from .settings import Settings, data_dir
 from .tls import TlsTerminator
-from .upstream import Upstream
+from .upstream import ModelSource
 
 log = logging.getLogger("fognode.mdns")
 
@@ -90,7 +90,7 @@ class NodeAnnouncer:
         *,
         port: int,
         admission: Admission,
-        upstream: Upstream,
+        upstream: ModelSource,
         tls: TlsTerminator | None,
     ) -> None:
         self.settings = settings

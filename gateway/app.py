@@ -31,7 +31,7 @@ from .routes import ALL_ROUTES, add_routes
 from .settings import Settings
 from .stats import STATS, GatewayStats
 from .tls import TlsTerminator
-from .upstream import Upstream
+from .upstream_pool import UpstreamPool
 
 SETTINGS = web.AppKey("fognode.settings", Settings)
 
@@ -54,7 +54,7 @@ def create_app(
     app[STATS] = GatewayStats()
     app[MAX_BODY] = settings.max_body_bytes
     app[AUTHORIZER] = authorizer or build_authorizer(settings)
-    app[UPSTREAM] = Upstream(settings)
+    app[UPSTREAM] = UpstreamPool(settings)
     app[ADMISSION] = Admission(
         max_concurrent=settings.max_concurrent_requests,
         max_queue=settings.max_queued_requests,

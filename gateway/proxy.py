@@ -25,8 +25,9 @@ from .relay import relay_response
 from .request_models import parse_json_object, validate_body
 from .stats import STATS
 from .upstream import Upstream, filter_request_headers
+from .upstream_pool import UNREACHABLE, UpstreamPool
 
-UPSTREAM = web.AppKey("fognode.upstream", Upstream)
+UPSTREAM = web.AppKey("fognode.upstream", UpstreamPool)
 ADMISSION = web.AppKey("fognode.admission", Admission)
 REQUEST_ID = web.RequestKey("fognode.request_id", str)
 
@@ -82,6 +83,7 @@ def forward(
         upstream = request.app[UPSTREAM]
         settings = upstream.settings
         data: object = None
+        wanted_model: str | None = request.match_info.get("model")
         if stream_body:
             data = request.content if request.body_exists else None
         elif request.body_exists or request.method in ("POST", "PUT", "PATCH"):
@@ -90,6 +92,8 @@ def forward(
                 parsed = parse_json_object(body)
                 if model is not None:
                     validate_body(model, parsed)
+                if isinstance(parsed.get("model"), str):
+                    wanted_model = parsed["model"]
             data = body
 
         headers = filter_request_headers(request.headers)
@@ -99,20 +103,50 @@ def forward(
         headers["X-Forwarded-Proto"] = request.scheme
 
         if not limited:
-            return await _send(request, upstream, headers, data)
+            return await _send(request, upstream, headers, data, wanted_model)
         principal = request.get(PRINCIPAL)
         async with request.app[ADMISSION].admit(principal.uid if principal else "anonymous"):
-            return await _send(request, upstream, headers, data)
+            return await _send(request, upstream, headers, data, wanted_model)
 
     return handler
 
 
 async def _send(
+    request: web.Request,
+    pool: UpstreamPool,
+    headers: CIMultiDict[str],
+    data: object,
+    model: str | None,
+) -> web.StreamResponse:
+    """Send to the best upstream; on a connection failure, before anything was
+    sent, try the next one."""
+    candidates = [m for m in pool.candidates(model) if not pool.at_cap(m)]
+    if not candidates:
+        raise GatewayError(
+            503,
+            f"Every upstream is at its limit of {pool.cap} requests; retry later.",
+            code="upstreams_busy",
+            headers={"Retry-After": "1"},
+        )
+    if data is not None and not isinstance(data, bytes):
+        candidates = candidates[:1]  # a streamed body can be sent only once
+    for index, member in enumerate(candidates):
+        try:
+            return await _send_to(request, member, headers, data)
+        except GatewayError as exc:
+            if exc.code not in UNREACHABLE or index == len(candidates) - 1:
+                raise
+            pool.mark_down(member, exc)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _send_to(
     request: web.Request, upstream: Upstream, headers: CIMultiDict[str], data: object
 ) -> web.StreamResponse:
     stats = request.app[STATS]
     stats.active_requests += 1
     stats.requests_total += 1
+    upstream.active += 1
     try:
         started = time.perf_counter()
         try:
@@ -120,7 +154,7 @@ async def _send(
                 request.method, request.raw_path, headers=headers, data=data
             )
         except GatewayError as exc:
-            if exc.code in ("upstream_unreachable", "upstream_connect_timeout"):
+            if exc.code in UNREACHABLE:
                 stats.upstream_up = False
             raise
         stats.upstream_up = True
@@ -138,3 +172,49 @@ async def _send(
         )
     finally:
         stats.active_requests -= 1
+        upstream.active -= 1
+
+
+def forward_listing(key: str, id_field: str) -> Handler:
+    """Model lists: one upstream's answer as is, or the union over several.
+
+    ``key`` is the list in the JSON body ("data" for /v1/models, "models" for
+    /api/tags) and ``id_field`` what identifies an entry in it.
+    """
+    single = forward()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        pool = request.app[UPSTREAM]
+        if pool.single:
+            return await single(request)
+        members = [m for m in pool.members if m.healthy is not False] or pool.members
+
+        async def fetch(member: Upstream) -> dict[str, object]:
+            async with asyncio.timeout(pool.settings.readiness_timeout):
+                async with member.session.get(member.url(request.raw_path)) as resp:
+                    resp.raise_for_status()
+                    body = await resp.json(content_type=None)
+            return body if isinstance(body, dict) else {}
+
+        results = await asyncio.gather(*(fetch(m) for m in members), return_exceptions=True)
+        bodies = [r for r in results if isinstance(r, dict)]
+        if not bodies:
+            raise GatewayError(
+                502,
+                f"No upstream answered the model list ({pool.base}).",
+                code="upstream_unreachable",
+            )
+        merged: dict[str, object] = dict(bodies[0])
+        seen: set[object] = set()
+        entries: list[object] = []
+        for body in bodies:
+            items = body.get(key)
+            for item in items if isinstance(items, list) else []:
+                ident = item.get(id_field) if isinstance(item, dict) else None
+                if ident not in seen:
+                    seen.add(ident)
+                    entries.append(item)
+        merged[key] = entries
+        return web.json_response(merged)
+
+    return handler

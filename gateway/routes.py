@@ -23,7 +23,7 @@ from .errors import GatewayError
 from .health import healthz, readyz
 from .metrics import metrics_handler
 from .openapi import openapi_handler
-from .proxy import Handler, forward
+from .proxy import Handler, forward, forward_listing
 from .request_models import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 
@@ -52,7 +52,7 @@ OPENAI_ROUTES = (
     ),
     Route("POST", "/v1/completions", forward(model=CompletionRequest, limited=True), Access.USER),
     Route("POST", "/v1/embeddings", forward(model=EmbeddingRequest, limited=True), Access.USER),
-    Route("GET", "/v1/models", forward(), Access.USER),
+    Route("GET", "/v1/models", forward_listing("data", "id"), Access.USER),
     Route("GET", f"/v1/models/{MODEL}", forward(), Access.USER),
 )
 
@@ -61,7 +61,7 @@ OLLAMA_ROUTES = (
     Route("POST", "/api/generate", forward(json_body=True, limited=True), Access.USER),
     Route("POST", "/api/embed", forward(json_body=True, limited=True), Access.USER),
     Route("POST", "/api/embeddings", forward(json_body=True, limited=True), Access.USER),
-    Route("GET", "/api/tags", forward(), Access.USER),
+    Route("GET", "/api/tags", forward_listing("models", "name"), Access.USER),
     Route("POST", "/api/show", forward(json_body=True), Access.USER),
     Route("GET", "/api/ps", forward(), Access.USER),
     Route("GET", "/api/version", forward(), Access.USER),

@@ -302,6 +302,17 @@ class Settings(BaseSettings):
         AnyHttpUrl("http://127.0.0.1:11434"),
         description="Base URL of the Ollama server the gateway forwards to.",
     )
+    upstream_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Several upstreams (comma-separated base URLs) instead of upstream_url: "
+        "requests go to one that has the model, the least busy first, with failover.",
+    )
+    upstream_max_concurrent: int = Field(
+        0, ge=0, description="Requests in flight per upstream (0: no per-upstream cap)."
+    )
+    upstream_check_interval: float = Field(
+        15, gt=0, description="Seconds between health and model-list checks of the upstreams."
+    )
     upstream_kind: Literal["ollama", "openai"] = Field(
         "ollama",
         description="`ollama`: Ollama, with its native /api routes. `openai`: any "
@@ -407,6 +418,7 @@ class Settings(BaseSettings):
         "allowed_email_domains",
         "api_keys",
         "mdns_interfaces",
+        "upstream_urls",
         mode="before",
     )
     @classmethod

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from multidict import CIMultiDict
@@ -69,10 +69,14 @@ def filter_response_headers(headers: Any) -> CIMultiDict[str]:
 class Upstream:
     """Owns the client session to Ollama for the lifetime of the app."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, base: str | None = None) -> None:
         self.settings = settings
-        self.base = settings.upstream_base
+        self.base = (base or settings.upstream_base).rstrip("/")
         self._session: aiohttp.ClientSession | None = None
+        # What the pool knows of this upstream (refreshed by its health checks).
+        self.healthy: bool | None = None  # None: not checked yet
+        self.models: frozenset[str] = frozenset()
+        self.active = 0
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -201,7 +205,21 @@ class Readiness:
     checked_at: float
 
 
-async def probe_upstream(upstream: Upstream, wait_s: float) -> Readiness:
+class ModelSource(Protocol):
+    """One upstream or the pool of them, as the probes and mDNS see it."""
+
+    @property
+    def base(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    async def version(self) -> str | None: ...
+
+    async def model_names(self) -> list[str]: ...
+
+
+async def probe_upstream(upstream: ModelSource, wait_s: float) -> Readiness:
     """Ask the upstream for its version (Ollama only) and model list; both are cheap."""
     now = time.monotonic()
     try:
