@@ -108,6 +108,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_healthcheck(args: argparse.Namespace) -> int:
+    """Exit 0 if the local gateway answers /healthz (for Docker and systemd)."""
+    import ssl
+    import urllib.request
+
+    settings = _settings_from(args)
+    scheme = "https" if settings.tls else "http"
+    host = "127.0.0.1" if settings.host in ("*", "", "0.0.0.0", "::") else settings.host
+    host = f"[{host}]" if ":" in host else host
+    # Our own process on loopback: the certificate is not what is checked here.
+    context = ssl._create_unverified_context() if settings.tls else None
+    try:
+        with urllib.request.urlopen(
+            f"{scheme}://{host}:{settings.bind_port}/healthz", timeout=args.timeout, context=context
+        ) as resp:
+            ok = resp.status == 200
+    except OSError as exc:
+        print(f"fognode healthcheck: {exc}", file=sys.stderr)
+        return 1
+    return 0 if ok else 1
+
+
 _SECRET_FIELDS = {"upstream_api_key", "ca_passphrase"}
 
 
@@ -145,6 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_settings_flags(config)
     config.set_defaults(func=_cmd_config)
+
+    health = sub.add_parser(
+        "healthcheck",
+        help="exit 0 if the local gateway answers /healthz (Docker HEALTHCHECK)",
+        description="Ask the gateway on this machine for /healthz, using the same settings.",
+    )
+    _add_settings_flags(health)
+    health.add_argument("--timeout", type=float, default=3.0)
+    health.set_defaults(func=_cmd_healthcheck)
 
     add_certs_commands(sub)
     add_auth_commands(sub)
