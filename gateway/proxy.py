@@ -120,6 +120,14 @@ async def _send(
 ) -> web.StreamResponse:
     """Send to the best upstream; on a connection failure, before anything was
     sent, try the next one."""
+    if model and pool.kind != "ollama" and pool.lacks_model(model):
+        # Ollama's wording: the clients of the reference node match on it.
+        raise GatewayError(
+            404,
+            f"model '{model}' not found, try pulling it first",
+            type="not_found_error",
+            code="model_not_found",
+        )
     candidates = [m for m in pool.candidates(model) if not pool.at_cap(m)]
     if not candidates:
         raise GatewayError(

@@ -64,7 +64,9 @@ class UpstreamPool:
     async def start(self) -> None:
         for member in self.members:
             await member.start()
-        if not self.single:
+        # Several upstreams need checks to route; an OpenAI-compatible one needs
+        # its model list to answer "model not found" the way clients expect.
+        if not self.single or self.kind != "ollama":
             await self.refresh()
             self._task = asyncio.create_task(self._loop(), name="fognode-upstream-checks")
 
@@ -116,6 +118,16 @@ class UpstreamPool:
             assert isinstance(first, BaseException)
             raise first
         return sorted(names)
+
+    def lacks_model(self, model: str) -> bool:
+        """True when every upstream that reported its models lacks this one.
+
+        Only used for OpenAI-compatible upstreams, which (llama.cpp's server,
+        for one) answer any model name with the one they have; Ollama answers
+        404 itself and its list may lag behind a pull.
+        """
+        known = [m for m in self.members if m.healthy and m.models]
+        return bool(known) and not any(_has(m.models, model) for m in known)
 
     # --- routing ------------------------------------------------------------------
     def candidates(self, model: str | None) -> list[Upstream]:

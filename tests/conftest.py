@@ -16,6 +16,7 @@ import pytest
 
 from fognode.gateway.server import RunningServer, start_server
 from fognode.gateway.settings import Settings
+from tests.firebase_emulator import AuthEmulator, firebase_binary
 from tests.ollama_standin import OllamaStandIn
 
 GatewayFactory = Callable[..., Awaitable[RunningServer]]
@@ -78,3 +79,20 @@ def _isolate_firebase_emulator_env() -> Iterator[None]:
         os.environ.pop(name, None)
     else:
         os.environ[name] = before
+
+
+@pytest.fixture(scope="session")
+def auth_emulator_session() -> Iterator[AuthEmulator]:
+    binary = firebase_binary()
+    if binary is None:
+        pytest.fail("firebase-tools is not installed: run ./setup.sh (it caches the emulator)")
+    emulator = AuthEmulator(binary)
+    emulator.start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def emulator(auth_emulator_session: AuthEmulator) -> AuthEmulator:
+    auth_emulator_session.clear()
+    return auth_emulator_session

@@ -27,27 +27,10 @@ from fognode.gateway.access import AUTHORIZER
 from fognode.gateway.auth_setup import UnsafeConfiguration
 from fognode.gateway.server import RunningServer
 from tests.conftest import GatewayFactory
-from tests.firebase_emulator import PROJECT, AuthEmulator, firebase_binary
+from tests.firebase_emulator import PROJECT, AuthEmulator
 from tests.ollama_standin import OllamaStandIn
 
 CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture(scope="session")
-def auth_emulator_session() -> Iterator[AuthEmulator]:
-    binary = firebase_binary()
-    if binary is None:
-        pytest.fail("firebase-tools is not installed: run ./setup.sh (it caches the emulator)")
-    emulator = AuthEmulator(binary)
-    emulator.start()
-    yield emulator
-    emulator.stop()
-
-
-@pytest.fixture
-def emulator(auth_emulator_session: AuthEmulator) -> AuthEmulator:
-    auth_emulator_session.clear()
-    return auth_emulator_session
 
 
 @pytest.fixture

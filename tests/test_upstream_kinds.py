@@ -51,4 +51,20 @@ async def test_model_list_for_mdns_comes_from_the_right_endpoint(
     assert await announcer.fetch_models() == tuple(sorted(standin.models))
     assert announcer.current_txt().api == ("openai,ollama" if kind == "ollama" else "openai")
     expected = "/api/tags" if kind == "ollama" else "/v1/models"
-    assert [r.path for r in standin.requests] == [expected]
+    assert {r.path for r in standin.requests} == {expected}
+
+
+async def test_openai_kind_answers_model_not_found_in_ollamas_words(
+    standin: OllamaStandIn, make_gateway: GatewayFactory
+) -> None:
+    """llama.cpp's server answers any model name; clients expect a 404 for a missing one."""
+    gateway = await make_gateway(standin.url, upstream_kind="openai")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{gateway.url}/v1/chat/completions", json=dict(CHAT, model="phi4:14b")) as resp,
+    ):
+        assert resp.status == 404
+        error = (await resp.json())["error"]
+    assert error["message"] == "model 'phi4:14b' not found, try pulling it first"
+    assert error["type"] == "not_found_error"
+    assert "/v1/chat/completions" not in {r.path for r in standin.requests}

