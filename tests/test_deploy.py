@@ -78,23 +78,40 @@ def test_development_compose_file() -> None:
     assert "emulators:start --only auth" in services["auth-emulator"]["command"]
 
 
-@pytest.mark.skipif(
-    subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0
-    if shutil.which("docker")
-    else True,
-    reason="the docker compose plugin is not installed here (Debian bookworm packages "
-    "only compose v1); the structural checks above still run",
-)
+def compose_command() -> list[str]:
+    """`docker compose` (v2 plugin) where installed, else Debian's compose v1."""
+    if (
+        shutil.which("docker")
+        and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    ):
+        return ["docker", "compose"]
+    v1 = shutil.which("docker-compose")
+    assert v1, "setup.sh installs docker-compose when the compose plugin is missing"
+    return [v1]
+
+
 @pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.dev.yml"])
 def test_docker_compose_config_validates(name: str, tmp_path: Path) -> None:
     (tmp_path / "service-account.json").write_text("{}")
     out = subprocess.run(
-        ["docker", "compose", "-f", str(DEPLOY / name), "config", "--quiet"],
+        [*compose_command(), "-f", str(DEPLOY / name), "config", "--quiet"],
         capture_output=True,
         text=True,
         env={**os.environ, "FIREBASE_SERVICE_ACCOUNT": str(tmp_path / "service-account.json")},
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
+    # And it really checks: a broken file is refused.
+    broken = tmp_path / "broken.yml"
+    broken.write_text((DEPLOY / name).read_text().replace("services:", "servics:", 1))
+    bad = subprocess.run(
+        [*compose_command(), "-f", str(broken), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FIREBASE_SERVICE_ACCOUNT": str(tmp_path / "service-account.json")},
+        timeout=120,
+    )
+    assert bad.returncode != 0
 
 
 async def test_the_image_entrypoint_commands_outside_docker(
