@@ -24,12 +24,13 @@ import time
 import aiohttp
 from aiohttp import web
 
-from bench.common import free_port, machine, start_fognode, start_standin, stop, wait_ready
+from bench.common import keepalive_rate, machine, start_fognode, start_standin, stop, wait_ready
 from fognode.auth.api_keys import ApiKeys
 from fognode.auth.authorizer import TokenAuthorizer
 from fognode.auth.firebase import FirebaseVerifier
 from fognode.auth.policy import AccessPolicy
 from fognode.auth.principal import Access
+from tests.helpers import free_port
 from tests.test_auth_production import PROJECT, SigningKey
 
 
@@ -82,24 +83,6 @@ async def burst(url: str, token: str | None, n: int) -> float:
         return time.perf_counter() - started
 
 
-async def rate(url: str, token: str | None, seconds: float, concurrency: int) -> float:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    done = 0
-    deadline = time.perf_counter() + seconds
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as http:
-
-        async def worker() -> None:
-            nonlocal done
-            while time.perf_counter() < deadline:
-                async with http.get(f"{url}/api/version", headers=headers) as resp:
-                    await resp.read()
-                done += 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return done / (time.perf_counter() - started)
-
-
 async def run(tokens: int, concurrent: int, seconds: float) -> None:
     key = SigningKey.make("bench-key")
     runner, url = await serve_key_set(key)
@@ -130,8 +113,14 @@ async def run(tokens: int, concurrent: int, seconds: float) -> None:
             burst_on = await burst(on, key.mint(sub="burst-user"), concurrent)
             token = key.mint(sub="steady-user")
             await burst(on, token, 10)  # verified once, cached from here on
-            rate_off = await rate(off, None, seconds, 16)
-            rate_on = await rate(on, token, seconds, 16)
+            version = "/api/version"
+            rate_off = await keepalive_rate(off + version, seconds=seconds, concurrency=16)
+            rate_on = await keepalive_rate(
+                on + version,
+                seconds=seconds,
+                concurrency=16,
+                headers={"Authorization": f"Bearer {token}"},
+            )
         finally:
             await stop(*procs)
     finally:

@@ -5,17 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
-import socket
 import ssl
 import sys
+import time
 
 import aiohttp
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def start(
@@ -87,3 +81,29 @@ def machine() -> str:
         f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}"
     )
+
+
+async def keepalive_rate(
+    url: str,
+    *,
+    seconds: float,
+    concurrency: int,
+    headers: dict[str, str] | None = None,
+    connector: aiohttp.TCPConnector | None = None,
+) -> float:
+    """Requests per second of GET ``url`` from ``concurrency`` keep-alive clients."""
+    done = 0
+    deadline = time.perf_counter() + seconds
+    connector = connector or aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                async with http.get(url, headers=headers or {}) as resp:
+                    await resp.read()
+                done += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return done / (time.perf_counter() - started)

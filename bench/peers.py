@@ -36,11 +36,12 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.common import free_port, machine, start, stop, wait_ready
+from bench.common import machine, start, stop, wait_ready
 from fognode.auth.api_keys import entry_for, new_key
 from fognode.certs.issuer import SubjectNames
 from fognode.certs.lifecycle import init_ca, issue_to_files
 from fognode.certs.store import CertPaths
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}

@@ -18,10 +18,19 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.common import free_port, machine, pct, start_fognode, start_standin, stop, wait_ready
+from bench.common import (
+    keepalive_rate,
+    machine,
+    pct,
+    start_fognode,
+    start_standin,
+    stop,
+    wait_ready,
+)
 from fognode.certs.issuer import SubjectNames
 from fognode.certs.lifecycle import init_ca, issue_to_files
 from fognode.certs.store import CertPaths
+from tests.helpers import free_port
 from tests.test_tls_renewal import ResolveTo127
 
 HOST = "spezillmfog.local"
@@ -41,28 +50,6 @@ async def new_connection_each_time(url: str, ctx: ssl.SSLContext | None, n: int)
                 await resp.read()
             times.append(time.perf_counter() - started)
     return times
-
-
-async def keepalive_rps(
-    url: str, ctx: ssl.SSLContext | None, seconds: float, concurrency: int, path: str
-) -> float:
-    connector = aiohttp.TCPConnector(
-        ssl=ctx if ctx else False, limit=concurrency, resolver=ResolveTo127()
-    )
-    done = 0
-    deadline = time.perf_counter() + seconds
-    async with aiohttp.ClientSession(connector=connector) as http:
-
-        async def worker() -> None:
-            nonlocal done
-            while time.perf_counter() < deadline:
-                async with http.get(f"{url}{path}") as resp:
-                    await resp.read()
-                done += 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return done / (time.perf_counter() - started)
 
 
 async def run(connections: int, seconds: float, concurrency: int) -> None:
@@ -98,8 +85,16 @@ async def run(connections: int, seconds: float, concurrency: int) -> None:
                 conn["tls"] += await new_connection_each_time(tls, ctx, 50)
             rps = {}
             for label, path in (("healthz", "/healthz"), ("proxied", "/api/version")):
-                rps[("plain", label)] = await keepalive_rps(plain, None, seconds, concurrency, path)
-                rps[("tls", label)] = await keepalive_rps(tls, ctx, seconds, concurrency, path)
+                for kind, base, context in (("plain", plain, None), ("tls", tls, ctx)):
+                    connector = aiohttp.TCPConnector(
+                        ssl=context or False, limit=concurrency, resolver=ResolveTo127()
+                    )
+                    rps[(kind, label)] = await keepalive_rate(
+                        f"{base}{path}",
+                        seconds=seconds,
+                        concurrency=concurrency,
+                        connector=connector,
+                    )
         finally:
             await stop(*procs)
 

@@ -19,7 +19,6 @@ import time
 import aiohttp
 
 from bench.common import (
-    free_port,
     machine,
     pct,
     start,
@@ -28,6 +27,7 @@ from bench.common import (
     stop,
     wait_ready,
 )
+from tests.helpers import free_port
 
 CHAT = {
     "model": "llama3.2:1b",

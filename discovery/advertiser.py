@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -200,7 +199,3 @@ class Advertiser:
             with contextlib.suppress(OSError, RuntimeError):
                 await self._zc.async_close()
             self._zc = None
-
-
-def default_host_name() -> str:
-    return fqdn(socket.gethostname().split(".")[0])

@@ -19,7 +19,6 @@ from .health import setup_health
 from .limits import Admission
 from .metrics import METRICS, Metrics
 from .middleware import (
-    MAX_BODY,
     access_control,
     add_request_id_header,
     openai_errors,
@@ -52,7 +51,6 @@ def create_app(
     )
     app[SETTINGS] = settings
     app[STATS] = GatewayStats()
-    app[MAX_BODY] = settings.max_body_bytes
     app[AUTHORIZER] = authorizer or build_authorizer(settings)
     app[UPSTREAM] = UpstreamPool(settings)
     app[ADMISSION] = Admission(

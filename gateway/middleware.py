@@ -34,7 +34,6 @@ log = logging.getLogger("fognode.gateway")
 REQUEST_ID_HEADER = "X-Request-ID"
 # Accept a caller's id only if it is short and harmless in logs and headers.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
-MAX_BODY = web.AppKey("fognode.max_body", int)
 
 
 def _request_id(request: web.Request) -> str:
@@ -131,12 +130,6 @@ def _http_exception_message(request: web.Request, exc: web.HTTPException) -> tup
             f"Method {request.method} is not allowed on {request.path}"
             + (f"; use {allowed}." if allowed else "."),
             "method_not_allowed",
-        )
-    if exc.status == 413:
-        limit = request.app[MAX_BODY]
-        return (
-            f"Request body is too large; the limit is {limit} bytes (FOGNODE_MAX_BODY_BYTES).",
-            "request_too_large",
         )
     return exc.reason or "Request failed.", exc.reason.lower().replace(" ", "_")
 

@@ -153,7 +153,6 @@ async def _send_to(
 ) -> web.StreamResponse:
     stats = request.app[STATS]
     stats.active_requests += 1
-    stats.requests_total += 1
     upstream.active += 1
     try:
         started = time.perf_counter()

@@ -84,7 +84,6 @@ async def relay_response(
     chunks = 0
     completed = False
     stats.active_streams += 1
-    stats.streams_total += 1
     try:
         await response.prepare(request)
         writing = False

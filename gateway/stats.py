@@ -15,8 +15,6 @@ from aiohttp import web
 class GatewayStats:
     active_requests: int = 0  # upstream requests in flight
     active_streams: int = 0  # responses currently being relayed
-    requests_total: int = 0
-    streams_total: int = 0
     client_disconnects_total: int = 0  # relays cut short by the client
     upstream_failures_total: int = 0  # upstream broke or stalled mid-body
     upstream_up: bool | None = None  # last contact with the upstream worked (None: no contact)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
 
 import aiohttp
 
@@ -41,9 +40,9 @@ def _has(models: frozenset[str], name: str) -> bool:
 
 
 class UpstreamPool:
-    def __init__(self, settings: Settings, bases: Iterable[str] | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        urls = list(bases or settings.upstream_urls or [settings.upstream_base])
+        urls = settings.upstream_urls or [settings.upstream_base]
         self.members = [Upstream(settings, url) for url in urls]
         self.cap = settings.upstream_max_concurrent
         self._task: asyncio.Task[None] | None = None
@@ -149,14 +148,6 @@ class UpstreamPool:
         # Last resort: the ones marked down (maybe they are back).
         ordered += [m for m in self.members if m not in ordered and m.healthy is False]
         return ordered
-
-    @contextlib.asynccontextmanager
-    async def slot(self, member: Upstream) -> AsyncIterator[None]:
-        member.active += 1
-        try:
-            yield
-        finally:
-            member.active -= 1
 
     def at_cap(self, member: Upstream) -> bool:
         return bool(self.cap) and member.active >= self.cap

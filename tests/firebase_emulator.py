@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.helpers import free_port
 
 FIREBASE_TOOLS_VERSION = "15.34.2"
 PROJECT = "demo-fognode"
@@ -43,12 +44,6 @@ def firebase_binary() -> Path | None:
     return Path(found) if found else None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class SignedIn:
     uid: str
@@ -61,7 +56,7 @@ class AuthEmulator:
     def __init__(self, binary: Path, project: str = PROJECT) -> None:
         self.binary = binary
         self.project = project
-        self.port = _free_port()
+        self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self._dir = tempfile.TemporaryDirectory(prefix="fognode-firebase-")
         self._proc: subprocess.Popen[bytes] | None = None
@@ -72,8 +67,8 @@ class AuthEmulator:
         config = {
             "emulators": {
                 "auth": {"host": "127.0.0.1", "port": self.port},
-                "hub": {"host": "127.0.0.1", "port": _free_port()},
-                "logging": {"host": "127.0.0.1", "port": _free_port()},
+                "hub": {"host": "127.0.0.1", "port": free_port()},
+                "logging": {"host": "127.0.0.1", "port": free_port()},
                 "ui": {"enabled": False},
             }
         }

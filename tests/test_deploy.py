@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers import free_port
 from tests.ollama_standin import OllamaStandIn
 from tests.pki import make_pki
-from tests.test_upstream_failures import free_port
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 FOGNODE = [sys.executable, "-m", "fognode.gateway.cli"]

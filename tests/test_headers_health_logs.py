@@ -11,8 +11,8 @@ from aiohttp import web
 
 from fognode.gateway.server import RunningServer
 from tests.conftest import GatewayFactory
+from tests.helpers import free_port
 from tests.ollama_standin import VERSION, OllamaStandIn
-from tests.test_upstream_failures import free_port
 
 CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}
 

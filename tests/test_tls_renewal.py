@@ -16,6 +16,7 @@ from fognode.certs.issuer import SubjectNames
 from fognode.certs.lifecycle import issue_to_files
 from fognode.gateway.app import TLS
 from tests.conftest import GatewayFactory
+from tests.helpers import wait_until
 from tests.ollama_standin import OllamaStandIn
 from tests.pki import NODE_NAMES, PASSPHRASE, make_pki
 
@@ -33,15 +34,6 @@ def served_serial(port: int, cafile: Path) -> int:
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der).serial_number
-
-
-async def wait_until(predicate, what: str, limit: float = 30) -> None:  # type: ignore[no-untyped-def]
-    try:
-        async with asyncio.timeout(limit):
-            while not predicate():  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 async def test_expiring_certificate_is_renewed_while_a_stream_stays_open(
@@ -78,7 +70,7 @@ async def test_expiring_certificate_is_renewed_while_a_stream_stays_open(
         first_event = await resp.content.readuntil(b"\n\n")
         assert first_event.startswith(b"data: {")
 
-        await wait_until(lambda: terminator.renewals == 1, "renewal")
+        await wait_until(lambda: terminator.renewals == 1, "renewal", limit=30)
         second = await asyncio.to_thread(served_serial, gateway.port, pki.ca)
         assert second != first  # new connections get the new certificate
 
@@ -107,7 +99,7 @@ async def test_certificate_replaced_on_disk_is_picked_up(
     first = await asyncio.to_thread(served_serial, gateway.port, pki.ca)
     # What an operator's cron job running `fognode certs issue` does.
     await asyncio.to_thread(issue_to_files, pki.paths, PASSPHRASE, SubjectNames.parse(NODE_NAMES))
-    await wait_until(lambda: terminator.reloads == 1, "reload")
+    await wait_until(lambda: terminator.reloads == 1, "reload", limit=30)
     assert await asyncio.to_thread(served_serial, gateway.port, pki.ca) != first
 
 

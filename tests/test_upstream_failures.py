@@ -12,16 +12,10 @@ import pytest
 
 from fognode.gateway.stats import STATS
 from tests.conftest import GatewayFactory
+from tests.helpers import free_port
 from tests.ollama_standin import OllamaStandIn
 
 CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def free_port() -> int:
-    """A loopback port with nothing listening on it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_unreachable_upstream_is_502_naming_it_and_how_to_start_ollama(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -11,6 +10,7 @@ import pytest
 
 from fognode.gateway.proxy import UPSTREAM
 from tests.conftest import GatewayFactory
+from tests.helpers import free_port
 from tests.ollama_standin import OllamaStandIn
 
 GUARD = 10.0
@@ -82,9 +82,7 @@ async def test_least_busy_upstream_is_chosen_among_equals(
 async def test_failover_before_the_first_byte_and_recovery(
     make_gateway: GatewayFactory,
 ) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     down_url = f"http://127.0.0.1:{port}"
     backup = OllamaStandIn(models=("llama3.2:1b",))
     await backup.start()
