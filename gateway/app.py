@@ -28,6 +28,7 @@ from .openapi import OPENAPI, build_document
 from .proxy import ADMISSION, UPSTREAM
 from .routes import ALL_ROUTES, add_routes
 from .settings import Settings
+from .slow_clients import HEADER_FIELD_LIMIT, REQUEST_LINE_LIMIT
 from .stats import STATS, GatewayStats
 from .tls import TlsTerminator
 from .upstream_pool import UpstreamPool
@@ -47,7 +48,7 @@ def create_app(
     app = web.Application(
         middlewares=[request_context, openai_errors, access_control],
         client_max_size=settings.max_body_bytes,
-        handler_args={"max_field_size": 16384, "max_line_size": 16384},
+        handler_args={"max_field_size": HEADER_FIELD_LIMIT, "max_line_size": REQUEST_LINE_LIMIT},
     )
     app[SETTINGS] = settings
     app[STATS] = GatewayStats()

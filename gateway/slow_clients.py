@@ -24,10 +24,17 @@ import json
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from .errors import error_body
+
+SERVER_NAME = "fognode"  # not "Python/3.x aiohttp/3.y": versions help attackers more
+# Longest request line and header field (name and value) the parser accepts.
+# Different on purpose: the limit a LineTooLong names tells which one was hit.
+REQUEST_LINE_LIMIT = 8190
+HEADER_FIELD_LIMIT = 16384
 
 
 class _HeadDeadlineHandler(RequestHandler):
@@ -59,6 +66,28 @@ class _HeadDeadlineHandler(RequestHandler):
         self._stop_head_timer()
         super().connection_lost(exc)
 
+    async def finish_response(
+        self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        """An HTTP error aiohttp raised outside the app's middlewares (an
+        unknown ``Expect``: 417) leaves in OpenAI's shape too."""
+        if isinstance(resp, web.HTTPException) and resp.status >= 400 and not resp.prepared:
+            # aiohttp's text may quote the request; the reason phrase does not.
+            message = _KNOWN.get(resp.status, f"{resp.reason}.")
+            resp = _openai_shaped(resp.status, message, code=_slug(resp.reason))
+        return await super().finish_response(request, resp, start_time)
+
+    def log_exception(self, *args: Any, **kwargs: Any) -> None:
+        """A body that broke off or does not decode is the client's doing:
+        one line at INFO, not an ERROR with a traceback."""
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, web.RequestPayloadError | HttpProcessingError):
+            self.logger.info(
+                "dropped a request body that could not be read: %s", type(exc).__name__
+            )
+            return
+        super().log_exception(*args, **kwargs)
+
     def handle_error(
         self,
         request: BaseRequest,
@@ -66,30 +95,81 @@ class _HeadDeadlineHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        """Malformed HTTP (bad request line, oversized header): aiohttp answers
-        before any middleware runs, in text/plain; answer in the OpenAI shape
-        like every other gateway error."""
-        response = super().handle_error(request, status, exc, message)
+        """Answer a request aiohttp could not hand to the app, in OpenAI's shape.
+
+        Malformed HTTP (a bad request line, an oversized or invalid header) is
+        answered here, before any middleware runs. aiohttp's own version logs
+        the parser's exception at ERROR, and that exception quotes the raw
+        request bytes, Authorization header included; this one logs the kind
+        of error and the client's address, never the bytes. A 5xx here is a
+        fault of the gateway: logged once, with its traceback.
+        """
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response had started; cannot send an error instead")
         if status >= 500:
-            return response  # aiohttp's own 500 page, with its logging
-        # Never echo the offending bytes: a header may carry a token.
-        kind = type(exc).__name__ if exc is not None else ""
-        reason = {
-            "LineTooLong": "a header or the request line is longer than the server accepts",
-            "BadStatusLine": "the request line is not valid HTTP",
-            "BadHttpMethod": "the request method is not valid HTTP",
-            "InvalidHeader": "a header is not valid HTTP",
-            "TransferEncodingError": "the body's transfer encoding is not valid",
-            "ContentLengthError": "the Content-Length does not match the body",
-        }.get(kind, "the request is not valid HTTP")
-        body = error_body(
-            f"Malformed HTTP request: {reason}.", status=status, code="malformed_http"
+            self.logger.error(
+                "internal error handling a request from %s", request.remote, exc_info=exc
+            )
+            return _openai_shaped(
+                status, "Internal gateway error; see the node's log.", code="internal_error"
+            )
+        status, reason = _malformed(exc, status)
+        self.logger.info(
+            "refused malformed HTTP from %s: %s (%d)",
+            request.remote,
+            type(exc).__name__ if exc is not None else "-",
+            status,
         )
-        fixed = web.Response(
-            status=status, body=json.dumps(body).encode(), content_type="application/json"
-        )
-        fixed.force_close()
-        return fixed
+        return _openai_shaped(status, f"Malformed HTTP request: {reason}.", code=_CODES[status])
+
+
+_CODES = {400: "malformed_http", 414: "uri_too_long", 431: "headers_too_large"}
+_KNOWN = {417: "Unsupported Expect header: only 'Expect: 100-continue' is understood."}
+
+
+def _openai_shaped(status: int, message: str, *, code: str) -> web.Response:
+    """An error answered outside the middlewares: OpenAI's body, our Server
+    header, and the connection closed (its state is unknown)."""
+    response = web.Response(
+        status=status,
+        body=json.dumps(error_body(message, status=status, code=code)).encode(),
+        content_type="application/json",
+        headers={"Server": SERVER_NAME},
+    )
+    response.force_close()
+    return response
+
+
+def _slug(reason: str) -> str:
+    return reason.lower().replace(" ", "_")
+
+
+def _malformed(exc: BaseException | None, status: int) -> tuple[int, str]:
+    """The status and words for a request the HTTP parser refused.
+
+    The parser's message is not used: it quotes the offending bytes.
+    """
+    if isinstance(exc, LineTooLong):
+        # The request line and header fields have different limits
+        # (REQUEST_LINE_LIMIT, HEADER_FIELD_LIMIT), so the limit tells which.
+        if exc.args[1:2] == (REQUEST_LINE_LIMIT,):
+            return 414, "the request line (URL) is longer than the server accepts"
+        return 431, "a header is longer than the server accepts"
+    if isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message:
+        return 431, "the request has more headers than the server accepts"
+    reason = {
+        "BadStatusLine": "the request line is not valid HTTP",
+        "BadHttpMethod": "the request method is not valid HTTP",
+        "InvalidHeader": "a header is not valid HTTP",
+        "InvalidURLError": "the request target is not a valid URL",
+        "TransferEncodingError": "the body's transfer encoding is not valid",
+        "ContentLengthError": "the Content-Length does not match the body",
+        "ContentEncodingError": "the body's Content-Encoding cannot be decoded",
+        "DecompressSizeError": "the body is larger than the server accepts once decompressed",
+    }.get(type(exc).__name__, "the request is not valid HTTP")
+    if isinstance(exc, BadHttpMessage) and exc.message.startswith("Duplicate '"):
+        reason = "a header that must appear once appears twice"
+    return 400, reason
 
 
 class _HeadDeadlineServer(web.Server):
