@@ -26,6 +26,7 @@ from .middleware import (
 )
 from .openapi import OPENAPI, build_document
 from .proxy import ADMISSION, UPSTREAM
+from .request_target import request_target
 from .routes import ALL_ROUTES, add_routes
 from .settings import Settings
 from .slow_clients import HEADER_FIELD_LIMIT, REQUEST_LINE_LIMIT
@@ -46,7 +47,7 @@ def create_app(
     tls: TlsTerminator | None = None,
 ) -> web.Application:
     app = web.Application(
-        middlewares=[request_context, openai_errors, access_control],
+        middlewares=[request_context, openai_errors, request_target, access_control],
         client_max_size=settings.max_body_bytes,
         handler_args={"max_field_size": HEADER_FIELD_LIMIT, "max_line_size": REQUEST_LINE_LIMIT},
     )

@@ -23,6 +23,7 @@ from .limits import Admission
 from .metrics import METRICS
 from .relay import relay_response
 from .request_models import parse_json_object, validate_body
+from .request_target import upstream_target
 from .stats import STATS
 from .upstream import Upstream, filter_request_headers
 from .upstream_pool import UNREACHABLE, UpstreamPool
@@ -44,6 +45,15 @@ async def read_body(request: web.Request, limit: int, deadline: float) -> bytes:
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large(None, limit) from None
+    except web.RequestPayloadError:
+        # The body broke off, or its Content-Encoding does not decode.
+        raise GatewayError(
+            400,
+            "The request body could not be read: it was cut off, or its "
+            "Content-Encoding does not match its bytes.",
+            code="invalid_body",
+            headers={"Connection": "close"},
+        ) from None
     except TimeoutError:
         raise GatewayError(
             408,
@@ -158,7 +168,7 @@ async def _send_to(
         started = time.perf_counter()
         try:
             upstream_response = await upstream.open(
-                request.method, request.raw_path, headers=headers, data=data
+                request.method, upstream_target(request), headers=headers, data=data
             )
         except GatewayError as exc:
             if exc.code in UNREACHABLE:
@@ -198,7 +208,7 @@ def forward_listing(key: str, id_field: str) -> Handler:
 
         async def fetch(member: Upstream) -> dict[str, object]:
             async with asyncio.timeout(pool.settings.readiness_timeout):
-                async with member.session.get(member.url(request.raw_path)) as resp:
+                async with member.session.get(member.url(upstream_target(request))) as resp:
                     resp.raise_for_status()
                     body = await resp.json(content_type=None)
             return body if isinstance(body, dict) else {}

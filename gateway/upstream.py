@@ -22,10 +22,11 @@ from .errors import GatewayError
 from .settings import Settings
 
 # RFC 9110 section 7.6.1 hop-by-hop fields, plus the ones that describe the
-# framing of one particular connection.
+# framing of one particular connection (HTTP2-Settings: RFC 7540 section 3.2.1).
 HOP_BY_HOP = frozenset(
     {
         "connection",
+        "http2-settings",
         "keep-alive",
         "proxy-authenticate",
         "proxy-authorization",
@@ -42,6 +43,10 @@ HOP_BY_HOP = frozenset(
 _DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "authorization", "cookie", "expect"}
 # Response headers the gateway sets itself.
 _DROP_RESPONSE = HOP_BY_HOP | {"content-length", "date", "server"}
+# aiohttp inflates request bodies in these encodings before a handler reads
+# them (aiohttp.http_parser), so what goes upstream is the inflated body and
+# its Content-Encoding must not go with it.
+DECODED_BY_SERVER = frozenset({"gzip", "deflate", "br", "zstd"})
 
 START_OLLAMA_HINT = (
     "Start Ollama with `ollama serve` (or `systemctl start ollama`, or "
@@ -58,6 +63,8 @@ def _connection_tokens(headers: Any) -> set[str]:
 
 def filter_request_headers(headers: Any) -> CIMultiDict[str]:
     drop = _DROP_REQUEST | _connection_tokens(headers)
+    if headers.get("Content-Encoding", "").strip().lower() in DECODED_BY_SERVER:
+        drop = drop | {"content-encoding"}
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
 
 
