@@ -17,11 +17,12 @@ from aiohttp import web
 from multidict import CIMultiDict
 from pydantic import BaseModel
 
+from .. import safejson
 from .access import PRINCIPAL
+from .answers import relay_answer
 from .errors import GatewayError
 from .limits import Admission
 from .metrics import METRICS
-from .relay import relay_response
 from .request_models import parse_json_object, validate_body
 from .request_target import upstream_target
 from .stats import STATS
@@ -179,7 +180,7 @@ async def _send_to(
         request.app[METRICS].first_byte.labels(route.canonical if route else "other").observe(
             time.perf_counter() - started
         )
-        return await relay_response(
+        return await relay_answer(
             request,
             upstream_response,
             idle_timeout=upstream.settings.idle_timeout,
@@ -208,9 +209,11 @@ def forward_listing(key: str, id_field: str) -> Handler:
 
         async def fetch(member: Upstream) -> dict[str, object]:
             async with asyncio.timeout(pool.settings.readiness_timeout):
-                async with member.session.get(member.url(upstream_target(request))) as resp:
+                async with member.session.get(
+                    member.url(upstream_target(request)), headers=member.auth_headers()
+                ) as resp:
                     resp.raise_for_status()
-                    body = await resp.json(content_type=None)
+                    body = safejson.loads(await resp.read())
             return body if isinstance(body, dict) else {}
 
         results = await asyncio.gather(*(fetch(m) for m in members), return_exceptions=True)

@@ -65,7 +65,10 @@ async def relay_response(
     upstream_name: str,
     write_timeout: float = 60.0,
     stats: GatewayStats,
+    prefix: bytes = b"",
 ) -> web.StreamResponse:
+    """Relay ``upstream`` to the client; ``prefix`` is the start of its body,
+    already read from it (by answers.py, which gave up buffering)."""
     media_type = _media_type(upstream)
     streaming = media_type in (SSE, NDJSON)
     headers = filter_response_headers(upstream.headers)
@@ -92,6 +95,12 @@ async def relay_response(
             # (idle gap) and waiting on the client (a reader that stopped
             # reading holds a slot; back-pressure must not become a hang).
             async with asyncio.timeout(None) as deadline:
+                if prefix:
+                    writing = True
+                    deadline.reschedule(loop.time() + write_timeout)
+                    await response.write(prefix)
+                    writing = False
+                    sent, tail = len(prefix), prefix[-2:]
                 while True:
                     deadline.reschedule(loop.time() + idle_timeout)
                     chunk = await content.readany()

@@ -18,6 +18,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from .. import safejson
 from .errors import GatewayError
 from .settings import Settings
 
@@ -73,12 +74,19 @@ def filter_response_headers(headers: Any) -> CIMultiDict[str]:
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
 
 
+def _without_password(url: str) -> str:
+    parsed = URL(url)
+    return str(parsed.with_password(None)) if parsed.password is not None else url
+
+
 class Upstream:
     """Owns the client session to Ollama for the lifetime of the app."""
 
     def __init__(self, settings: Settings, base: str | None = None) -> None:
         self.settings = settings
-        self.base = (base or settings.upstream_base).rstrip("/")
+        self._origin = (base or settings.upstream_base).rstrip("/")
+        # What messages, logs and probes name: without a password in the URL.
+        self.base = _without_password(self._origin)
         self._session: aiohttp.ClientSession | None = None
         # What the pool knows of this upstream (refreshed by its health checks).
         self.healthy: bool | None = None  # None: not checked yet
@@ -114,7 +122,18 @@ class Upstream:
         return self._session
 
     def url(self, raw_path_and_query: str) -> URL:
-        return URL(self.base + raw_path_and_query, encoded=True)
+        return URL(self._origin + raw_path_and_query, encoded=True)
+
+    def auth_headers(self) -> dict[str, str]:
+        """The upstream's own credential, for every request to it (probes too)."""
+        key = self.settings.upstream_api_key
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    async def get_json(self, path: str) -> Any:
+        """GET one of the upstream's JSON documents (version, model list)."""
+        async with self.session.get(self.url(path), headers=self.auth_headers()) as resp:
+            resp.raise_for_status()
+            return safejson.loads(await resp.read())
 
     @property
     def kind(self) -> str:
@@ -124,22 +143,16 @@ class Upstream:
         """Ollama's version; OpenAI-compatible servers have no such endpoint."""
         if self.kind != "ollama":
             return None
-        async with self.session.get(self.url("/api/version")) as resp:
-            resp.raise_for_status()
-            value = (await resp.json(content_type=None)).get("version")
+        value = (await self.get_json("/api/version")).get("version")
         return value if isinstance(value, str) else None
 
     async def model_names(self) -> list[str]:
         """The models the upstream serves: Ollama's /api/tags, else /v1/models."""
         if self.kind == "ollama":
-            async with self.session.get(self.url("/api/tags")) as resp:
-                resp.raise_for_status()
-                entries = (await resp.json(content_type=None)).get("models") or []
+            entries = (await self.get_json("/api/tags")).get("models") or []
             names = [m.get("name") or m.get("model") for m in entries if isinstance(m, dict)]
         else:
-            async with self.session.get(self.url("/v1/models")) as resp:
-                resp.raise_for_status()
-                entries = (await resp.json(content_type=None)).get("data") or []
+            entries = (await self.get_json("/v1/models")).get("data") or []
             names = [m.get("id") for m in entries if isinstance(m, dict)]
         return sorted(n for n in names if isinstance(n, str))
 
@@ -158,8 +171,7 @@ class Upstream:
         Connection problems and timeouts become GatewayErrors that name the
         upstream, so an operator reading the client's error knows what to fix.
         """
-        if self.settings.upstream_api_key:
-            headers["Authorization"] = f"Bearer {self.settings.upstream_api_key}"
+        headers.update(self.auth_headers())
         timeout = first_byte_timeout or self.settings.first_byte_timeout
         try:
             async with asyncio.timeout(timeout):
