@@ -19,6 +19,7 @@ from ..certs.issuer import cert_names
 from .access import Authorizer
 from .announce import NodeAnnouncer
 from .app import create_app
+from .connections import connection_limits
 from .proxy import ADMISSION, UPSTREAM
 from .settings import Settings
 from .slow_clients import GuardedAppRunner
@@ -56,16 +57,23 @@ async def start_server(
         # Refuse to start with a pair no client would accept (CertError).
         await asyncio.to_thread(tls.load)
     app = create_app(settings, authorizer=authorizer, tls=tls)
+    upstreams = max(1, len(settings.upstream_urls))
     runner = GuardedAppRunner(
         app,
         header_timeout=settings.header_timeout,
+        limits=connection_limits(
+            max_connections=settings.max_connections,
+            max_per_client=settings.max_connections_per_client,
+            first_byte_timeout=settings.client_first_byte_timeout,
+            upstream_descriptors=upstreams * settings.upstream_max_connections,
+        ),
+        keepalive_timeout=settings.keepalive_timeout,
         handler_cancellation=True,
         access_log=None,  # request_context logs every request, cancelled ones too
         shutdown_timeout=settings.shutdown_timeout,
     )
     await runner.setup()
-    site = web.TCPSite(
-        runner,
+    site = runner.site(
         # "*" (or empty): every interface, IPv4 and IPv6 (a "::" socket alone
         # would be IPv6-only under asyncio).
         None if settings.host in ("*", "") else settings.host,

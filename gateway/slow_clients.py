@@ -6,6 +6,9 @@ arrives a byte at a time, and a body read waits as long as the client
 trickles. Both tie up a connection (and, for the body, a validation slot)
 indefinitely. fognode bounds them:
 
+* silence: a connection that sends nothing at all is reaped by the
+  connection guard (connections.py, `client_first_byte_timeout`), an idle
+  keep-alive one after `keepalive_timeout`;
 * head: from the first byte of a request to its complete header block,
   `header_timeout` seconds, else the connection is closed;
 * body: `body_timeout` seconds for the whole request body, else 408 (in
@@ -14,7 +17,8 @@ indefinitely. fognode bounds them:
 The head deadline needs a hook aiohttp does not offer, so the server's
 protocol class is a small subclass of aiohttp's RequestHandler; it relies on
 two documented-by-use internals (`_messages`, `_current_request`) that the
-slow-header test pins down.
+slow-header test pins down. The same class tells the guard when a request
+starts and ends, so the guard knows which connections are idle.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineToo
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from .connections import ConnectionGuard, ConnectionLimits, Gate, GuardedTCPSite
 from .errors import error_body
 
 SERVER_NAME = "fognode"  # not "Python/3.x aiohttp/3.y": versions help attackers more
@@ -43,14 +48,23 @@ class _HeadDeadlineHandler(RequestHandler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
+        self.gate: Gate | None = None  # set by the connection guard
+        self._busy = False  # from a complete request head to its response's end
 
     def data_received(self, data: bytes) -> None:
+        if data and self.gate is not None:
+            self.gate.first_byte()
         super().data_received(data)
         if self._messages:  # a complete request head was parsed
+            self._busy = True
             self._stop_head_timer()
         elif self._current_request is None and self._head_timer is None and data:
             loop = asyncio.get_running_loop()
             self._head_timer = loop.call_later(self.header_timeout, self._head_too_slow)
+
+    def is_idle(self) -> bool:
+        """No request in progress or waiting: the guard may close this one."""
+        return not self._busy and not self._messages
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
@@ -65,6 +79,8 @@ class _HeadDeadlineHandler(RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._stop_head_timer()
         super().connection_lost(exc)
+        if self.gate is not None:
+            self.gate.lost()
 
     async def finish_response(
         self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
@@ -75,7 +91,10 @@ class _HeadDeadlineHandler(RequestHandler):
             # aiohttp's text may quote the request; the reason phrase does not.
             message = _KNOWN.get(resp.status, f"{resp.reason}.")
             resp = _openai_shaped(resp.status, message, code=_slug(resp.reason))
-        return await super().finish_response(request, resp, start_time)
+        try:
+            return await super().finish_response(request, resp, start_time)
+        finally:
+            self._busy = False
 
     def log_exception(self, *args: Any, **kwargs: Any) -> None:
         """A body that broke off or does not decode is the client's doing:
@@ -182,14 +201,35 @@ class _HeadDeadlineServer(web.Server):
 
 
 class GuardedAppRunner(web.AppRunner):
-    """An AppRunner whose connections enforce the request-head deadline."""
+    """An AppRunner whose connections go through a ConnectionGuard (caps,
+    silent connections reaped, TLS started there) and enforce the
+    request-head deadline. Sites for it are made with :meth:`site`."""
 
-    def __init__(self, app: web.Application, *, header_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        header_timeout: float,
+        limits: ConnectionLimits,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(app, **kwargs)
         self._header_timeout = header_timeout
+        self._limits = limits
+        self.guard: ConnectionGuard | None = None
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _HeadDeadlineServer
         server.header_timeout = self._header_timeout  # type: ignore[attr-defined]
+        self.guard = ConnectionGuard(self._limits, server)  # type: ignore[arg-type]
         return server
+
+    def site(self, host: str | None, port: int, **kwargs: Any) -> GuardedTCPSite:
+        assert self.guard is not None, "setup() first"
+        return GuardedTCPSite(self, host, port, guard=self.guard, **kwargs)
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        if self.guard is not None:
+            self.guard.close_all()
