@@ -57,6 +57,13 @@ def parse_response(raw: bytes) -> RawResponse:
     return RawResponse(status, headers, body, raw)
 
 
+def _complete(raw: bytes) -> bool:
+    """A whole response with a Content-Length has arrived."""
+    response = parse_response(raw)
+    length = response.headers.get("content-length")
+    return response.status is not None and length is not None and len(response.body) >= int(length)
+
+
 def _dechunk(data: bytes) -> bytes:
     out = b""
     while data:
@@ -76,8 +83,9 @@ async def exchange(
     tls: ssl.SSLContext | None = None,
     limit: float = 30.0,
 ) -> RawResponse:
-    """Send ``data``, read until the server closes (or ``limit`` passes: then
-    whatever arrived), and parse the first response."""
+    """Send ``data``, read until the server closes or a response with a
+    Content-Length is complete (or ``limit`` passes: then whatever arrived),
+    and parse the first response."""
     reader, writer = await asyncio.open_connection(
         host, port, ssl=tls, server_hostname="spezillmfog.local" if tls else None
     )
@@ -87,6 +95,8 @@ async def exchange(
         async with asyncio.timeout(limit):
             while chunk := await reader.read(65536):
                 chunks.append(chunk)
+                if _complete(b"".join(chunks)):
+                    break  # a server may linger to read a body it refused
     except (TimeoutError, ConnectionError, ssl.SSLError):
         pass
     finally:
