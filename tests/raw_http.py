@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,10 +59,14 @@ def parse_response(raw: bytes) -> RawResponse:
 
 
 def _complete(raw: bytes) -> bool:
-    """A whole response with a Content-Length has arrived."""
+    """A whole response (by Content-Length, or chunked to its end) has arrived."""
     response = parse_response(raw)
+    if response.status is None:
+        return False
     length = response.headers.get("content-length")
-    return response.status is not None and length is not None and len(response.body) >= int(length)
+    if length is not None:
+        return len(response.body) >= int(length)
+    return response.headers.get("transfer-encoding") == "chunked" and raw.endswith(b"0\r\n\r\n")
 
 
 def _dechunk(data: bytes) -> bytes:
@@ -103,6 +108,21 @@ async def exchange(
         writer.close()
         with contextlib.suppress(ConnectionError, ssl.SSLError):
             await writer.wait_closed()
+    return parse_response(b"".join(chunks))
+
+
+def exchange_blocking(port: int, data: bytes, *, limit: float = 10.0) -> RawResponse:
+    """:func:`exchange` for synchronous tests (hypothesis drives those)."""
+    chunks: list[bytes] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=limit) as sock:
+        try:
+            sock.sendall(data)
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+                if _complete(b"".join(chunks)):
+                    break
+        except OSError:  # reset, or the limit passed: whatever arrived counts
+            pass
     return parse_response(b"".join(chunks))
 
 
