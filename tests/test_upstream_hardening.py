@@ -213,6 +213,18 @@ async def test_answers_over_the_check_limit_are_relayed_unchecked_and_whole(
         assert resp.status == 200
         assert await resp.read() == payload
 
+    async def compressed(request: web.Request) -> web.Response:
+        # Small on the wire, over the limit inflated: not inflated to check it.
+        return web.Response(
+            body=gzip.compress(payload),
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        )
+
+    gateway = await make_gateway(await fake_upstream(compressed), upstream_kind="openai")
+    async with http.post(f"{gateway.url}/v1/chat/completions", json=CHAT) as resp:
+        assert resp.status == 200
+        assert await resp.read() == payload  # the client inflates it
+
 
 async def raw_upstream(replies: list[bytes]) -> tuple[str, asyncio.Server]:
     """An upstream that answers each connection's request with the next raw reply."""
