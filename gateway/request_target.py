@@ -7,9 +7,11 @@ what two parsers could read two ways:
 
 * dot-segments (``/v1/models/../../api/pull``, also percent-encoded as
   ``%2e%2e`` or ``..%2F``), empty segments (``//``), backslashes, control
-  characters (``%00``, ``%0a``) and double-encoded separators in the path:
-  an upstream or a proxy that normalises paths would otherwise route the
-  request somewhere the gateway never authorised;
+  characters (``%00``, ``%0a``), double or broken percent-encoding in the
+  path: an upstream or a proxy that normalises paths would otherwise route
+  the request somewhere the gateway never authorised;
+* a transfer coding other than plain ``chunked`` (aiohttp would frame the
+  body by the chunks and ignore the rest of the coding);
 * a repeated ``Authorization`` (which credential counts?) or
   ``Content-Encoding`` (how is the body encoded?);
 * HTTP versions other than 1.0 and 1.1.
@@ -33,19 +35,23 @@ from .errors import GatewayError
 SINGLE_HEADERS = ("Authorization", "Content-Encoding")
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# Separators and dots still percent-encoded after one decoding: a second
-# decoding (by some other parser) would turn them into path syntax.
-_ENCODED_SYNTAX = re.compile(r"%(?:2e|2f|5c|25)", re.IGNORECASE)
+# Percent-encoding left after one decoding: encoded twice (a second decoder
+# would turn %252e into '.'), or bytes that are not UTF-8 (which yarl keeps
+# encoded and other parsers refuse or decode their own way).
+_STILL_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
-def path_problem(path: str) -> str | None:
-    """Why a decoded request path is refused, or None if it is canonical."""
+def path_problem(raw_path: str, path: str) -> str | None:
+    """Why a request path (as sent, and decoded) is refused, or None if it is canonical."""
+    if _BAD_ESCAPE.search(raw_path):
+        return "has a '%' that is not a percent-encoding"
     if _CONTROL.search(path):
         return "contains control characters"
     if "\\" in path:
         return "contains a backslash"
-    if _ENCODED_SYNTAX.search(path):
-        return "contains a percent-encoded '.', '/', '\\' or '%' after decoding"
+    if _STILL_ENCODED.search(path):
+        return "is percent-encoded twice, or does not decode to UTF-8"
     segments = path.split("/")[1:]
     if any(s in (".", "..") for s in segments):
         return "contains a '.' or '..' segment"
@@ -68,12 +74,21 @@ async def request_target(request: web.Request, handler: Handler) -> web.StreamRe
             f"HTTP/{request.version.major}.{request.version.minor} is not supported: use HTTP/1.1.",
             code="http_version_not_supported",
         )
-    problem = path_problem(request.rel_url.path)
+    problem = path_problem(request.rel_url.raw_path, request.rel_url.path)
     if problem is not None:
         raise GatewayError(
             400,
             f"The request path {problem}; send the canonical path.",
             code="invalid_path",
+        )
+    coding = request.headers.get("Transfer-Encoding")
+    if coding is not None and coding.strip().lower() != "chunked":
+        # aiohttp frames by the final "chunked" and ignores the rest, so the
+        # body would be read as something it is not (RFC 9112 section 6.1).
+        raise GatewayError(
+            501,
+            "Only 'Transfer-Encoding: chunked' is supported.",
+            code="unsupported_transfer_encoding",
         )
     for name in SINGLE_HEADERS:
         if len(request.headers.getall(name, ())) > 1:

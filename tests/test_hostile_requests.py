@@ -103,6 +103,9 @@ PATH_TRICKS = [
     "/v1/models/a%00b",
     "/v1/models/a%0d%0aX-Injected:%201",
     "/v1/models/%252e%252e/x",
+    "/v1/models/%2541",
+    "/v1/models/%zz",
+    "/v1/models/%e2%28",
     "/api/blobs/..%2F..%2Fapi%2Fdelete",
 ]
 
@@ -125,6 +128,16 @@ async def test_encoded_slashes_in_model_names_still_reach_the_upstream(
     """The openai SDK percent-encodes '/' in a model id (hf.co/org/model)."""
     await send(node, request("GET", "/v1/models/hf.co%2Forg%2Fmodel:q4", [AUTH]))
     assert [r.path for r in standin.requests] == ["/v1/models/hf.co/org/model:q4"]
+
+
+async def test_transfer_codings_other_than_chunked_are_501(
+    node: RunningServer, standin: OllamaStandIn
+) -> None:
+    """aiohttp frames by the final 'chunked' and ignores a gzip before it."""
+    head = request("POST", "/api/show", [AUTH, ("Transfer-Encoding", "gzip, chunked")])
+    resp = await send(node, head + b"2\r\n{}\r\n0\r\n\r\n")
+    assert_gateway_error(resp, 501, "unsupported_transfer_encoding")
+    assert not standin.requests
 
 
 async def test_two_authorization_headers_are_refused(

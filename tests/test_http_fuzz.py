@@ -208,6 +208,7 @@ DOCUMENTED_5XX = {
     "node_busy",
     "queue_timeout",
     "http_version_not_supported",
+    "unsupported_transfer_encoding",
 }
 
 
