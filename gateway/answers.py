@@ -30,7 +30,7 @@ from .. import safejson
 from .errors import GatewayError
 from .relay import relay_response
 from .stats import GatewayStats
-from .upstream import filter_response_headers
+from .upstream import filter_response_headers, relayable_reason
 
 log = logging.getLogger("fognode.relay")
 
@@ -143,7 +143,7 @@ async def relay_answer(
         ) from None
     return web.Response(
         status=upstream.status,
-        reason=upstream.reason,
+        reason=relayable_reason(upstream.reason),
         body=bytes(body),
         headers=filter_response_headers(upstream.headers),
     )

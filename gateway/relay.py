@@ -24,7 +24,7 @@ from aiohttp import web
 
 from .errors import error_body
 from .stats import GatewayStats
-from .upstream import filter_response_headers
+from .upstream import filter_response_headers, relayable_reason
 
 log = logging.getLogger("fognode.relay")
 
@@ -76,7 +76,9 @@ async def relay_response(
         # Tell any proxy in front of us (nginx) not to buffer the stream.
         headers["X-Accel-Buffering"] = "no"
         headers.setdefault("Cache-Control", "no-cache")
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    response = web.StreamResponse(
+        status=upstream.status, reason=relayable_reason(upstream.reason), headers=headers
+    )
     if upstream.content_length is not None and not streaming:
         response.content_length = upstream.content_length
 

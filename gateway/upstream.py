@@ -10,6 +10,7 @@ is not.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -49,6 +50,9 @@ _DROP_RESPONSE = HOP_BY_HOP | {"content-length", "date", "server"}
 # its Content-Encoding must not go with it.
 DECODED_BY_SERVER = frozenset({"gzip", "deflate", "br", "zstd"})
 
+# What RFC 9110 section 5.5 forbids in a field (tab is allowed).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
 START_OLLAMA_HINT = (
     "Start Ollama with `ollama serve` (or `systemctl start ollama`, or "
     "`docker compose up -d ollama`), or point FOGNODE_UPSTREAM_URL at a running one."
@@ -70,8 +74,36 @@ def filter_request_headers(headers: Any) -> CIMultiDict[str]:
 
 
 def filter_response_headers(headers: Any) -> CIMultiDict[str]:
+    """What of the upstream's response headers goes to the client: not the
+    hop-by-hop ones, and none with a control character, which aiohttp's
+    client accepts (it parses responses leniently) but its server refuses
+    to write, so relaying one failed the whole response."""
     drop = _DROP_RESPONSE | _connection_tokens(headers)
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    return CIMultiDict(
+        (k, v)
+        for k, v in headers.items()
+        if k.lower() not in drop and not _CONTROL.search(k) and not _CONTROL.search(v)
+    )
+
+
+def relayable_reason(reason: str | None) -> str | None:
+    """The upstream's reason phrase, unless it cannot be written (then the
+    standard phrase for the status)."""
+    return None if reason is None or _CONTROL.search(reason) else reason
+
+
+def describe(exc: BaseException) -> str:
+    """An upstream failure in words that do not quote the upstream's bytes.
+
+    aiohttp's parser errors quote the offending bytes on the lines after the
+    first (and a 502 body goes to the client): the first line says enough.
+    """
+    message = getattr(exc, "message", None)
+    text = str(message) if isinstance(message, str) and message else str(exc)
+    first = text.strip().splitlines()[0].rstrip(":") if text.strip() else ""
+    status = getattr(exc, "status", None)
+    kind = type(exc).__name__
+    return f"{kind} {status}: {first}" if status else f"{kind}: {first}" if first else kind
 
 
 def _without_password(url: str) -> str:
@@ -212,7 +244,7 @@ class Upstream:
         except aiohttp.ClientError as exc:
             raise GatewayError(
                 502,
-                f"Request to the upstream at {self.base} failed: {exc}.",
+                f"Request to the upstream at {self.base} failed: {describe(exc)}.",
                 code="upstream_error",
             ) from None
 
@@ -250,7 +282,7 @@ async def probe_upstream(upstream: ModelSource, wait_s: float) -> Readiness:
     except aiohttp.ClientConnectorError as exc:
         reason = f"cannot connect ({exc.os_error.strerror or exc})"
     except (aiohttp.ClientError, ValueError, AttributeError) as exc:
-        reason = f"unexpected answer ({exc})"
+        reason = f"unexpected answer ({describe(exc)})"
     else:
         return Readiness(
             True,

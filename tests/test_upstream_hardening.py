@@ -332,3 +332,48 @@ async def test_an_upstream_password_is_never_shown(
         text += await resp.text()
     assert "hunter2secret" not in text
     assert "127.0.0.1" in text  # still names the upstream
+
+
+async def test_an_upstream_parse_error_is_described_without_quoting_its_bytes(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """aiohttp's parser quotes the bytes it refuses: an upstream echoing the
+    request's headers (the upstream key among them) must not reach the client."""
+    echo = b"HTTP/1.1 2x0 Bearer " + UPSTREAM_KEY.encode() + b"\r\n\r\n"
+    url, server = await raw_upstream([echo])
+    try:
+        gateway = await make_gateway(url, upstream_api_key=UPSTREAM_KEY)
+        async with http.post(f"{gateway.url}/v1/chat/completions", json=CHAT) as resp:
+            assert resp.status == 502
+            error = (await resp.json())["error"]
+    finally:
+        server.close()
+    assert error["code"] == "upstream_error"
+    assert UPSTREAM_KEY[:12] not in json.dumps(error)
+    assert "ClientResponseError" in error["message"]  # still says what went wrong
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        JSON_HEAD + b"X-Odd: a\x01b\r\nContent-Length: 2\r\n\r\n{}",
+        b"HTTP/1.1 200 O\x01K\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nX-Odd: \x7f\r\n"
+        b"Content-Length: 14\r\n\r\ndata: [DONE]\n\n",
+    ],
+    ids=["control byte in a header", "control byte in the reason", "in a stream's header"],
+)
+async def test_upstream_headers_aiohttp_cannot_write_are_dropped_not_a_500(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession, reply: bytes
+) -> None:
+    """aiohttp's client parses responses leniently and its server refuses to
+    write control characters: relaying such a header failed the response."""
+    url, server = await raw_upstream([reply])
+    try:
+        gateway = await make_gateway(url)
+        async with http.post(f"{gateway.url}/v1/chat/completions", json=CHAT) as resp:
+            assert resp.status == 200
+            assert "X-Odd" not in resp.headers
+            assert await resp.read() in (b"{}", b"data: [DONE]\n\n")
+    finally:
+        server.close()
