@@ -13,7 +13,9 @@ chunked encoding) or stalls, which the client would otherwise see as a
 truncated response after a 200.
 
 An answer longer than :data:`CHECK_LIMIT` is not held back: what was read
-is sent and the rest relayed as it comes (unchecked, as before).
+is sent and the rest relayed as it comes (unchecked, as before). Either way
+the relay writes it, so a client that does not read is dropped after
+``client_write_timeout`` as for streams.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from .. import safejson
 from .errors import GatewayError
 from .relay import relay_response
 from .stats import GatewayStats
-from .upstream import filter_response_headers, relayable_reason
 
 log = logging.getLogger("fognode.relay")
 
@@ -118,15 +119,13 @@ async def relay_answer(
     except BaseException:
         upstream.close()  # the client left: drop the upstream connection too
         raise
-    if not complete:
-        return await relay(prefix=bytes(body))
-    upstream.release()
     encoding = upstream.headers.get("Content-Encoding", "").strip().lower()
     try:
-        plain = _decoded(bytes(body), encoding)
+        plain = _decoded(bytes(body), encoding) if complete else None
         if plain is not None:  # else too large to check, like a long answer
             safejson.loads(plain)
     except (ValueError, zlib.error):
+        upstream.release()  # read to its end: the connection can be reused
         stats.upstream_failures_total += 1
         log.warning(
             "the upstream at %s answered %d %s that is not JSON (%d bytes)",
@@ -141,9 +140,6 @@ async def relay_answer(
             "not the JSON it announced.",
             code="upstream_invalid_json",
         ) from None
-    return web.Response(
-        status=upstream.status,
-        reason=relayable_reason(upstream.reason),
-        body=bytes(body),
-        headers=filter_response_headers(upstream.headers),
-    )
+    # Written by the relay like every answer: the client-write deadline holds,
+    # and what was not read yet (past the limit) follows.
+    return await relay(prefix=bytes(body))

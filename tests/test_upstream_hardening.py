@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -17,8 +18,9 @@ from fognode.gateway import answers
 from fognode.gateway.announce import NodeAnnouncer
 from fognode.gateway.proxy import ADMISSION, UPSTREAM
 from fognode.gateway.server import RunningServer
+from fognode.gateway.stats import STATS
 from tests.conftest import GatewayFactory
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until
 
 CHAT = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
 UPSTREAM_KEY = "sk-upstream-0123456789abcdef"
@@ -377,3 +379,31 @@ async def test_upstream_headers_aiohttp_cannot_write_are_dropped_not_a_500(
             assert await resp.read() in (b"{}", b"data: [DONE]\n\n")
     finally:
         server.close()
+
+
+async def test_a_client_that_stops_reading_a_checked_answer_is_dropped(
+    fake_upstream: Callable[[Answer], Awaitable[str]], make_gateway: GatewayFactory
+) -> None:
+    """Checked answers are written by the relay too: the client-write deadline holds."""
+    payload = json.dumps({"id": "c1", "text": "w" * (12 * 1024 * 1024)}).encode()
+
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=payload, content_type="application/json")
+
+    gateway = await make_gateway(
+        await fake_upstream(big), upstream_kind="openai", client_write_timeout=0.5
+    )
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a reader that lags
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gateway.port))
+    body = json.dumps(CHAT).encode()
+    sock.send(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+    stats = gateway.runner.app[STATS]
+    try:
+        await wait_until(lambda: stats.client_disconnects_total == 1, "the reader dropped", 30)
+    finally:
+        sock.close()
