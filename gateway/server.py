@@ -20,6 +20,7 @@ from .access import Authorizer
 from .announce import NodeAnnouncer
 from .app import create_app
 from .connections import connection_limits
+from .metrics import METRICS
 from .proxy import ADMISSION, UPSTREAM
 from .settings import Settings
 from .slow_clients import GuardedAppRunner
@@ -73,6 +74,8 @@ async def start_server(
         shutdown_timeout=settings.shutdown_timeout,
     )
     await runner.setup()
+    assert runner.guard is not None
+    app[METRICS].watch_connections(runner.guard)
     site = runner.site(
         # "*" (or empty): every interface, IPv4 and IPv6 (a "::" socket alone
         # would be IPv6-only under asyncio).

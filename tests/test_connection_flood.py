@@ -229,6 +229,8 @@ async def test_the_total_cap_counts_every_address(
     assert (await exchange(gateway.port, request("GET", "/healthz"))).status == 200
     guard = gateway.runner.guard  # type: ignore[attr-defined]
     assert guard.evicted_total == 1
+    metrics = (await exchange(gateway.port, request("GET", "/metrics"))).body.decode()
+    assert 'fognode_client_connections_closed_total{reason="idle"} 1.0' in metrics
     for _, writer in silent:
         writer.close()
 
