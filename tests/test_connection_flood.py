@@ -241,3 +241,39 @@ def test_clients_are_counted_by_address_and_ipv6_by_its_64() -> None:
     assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:ffff::9")
     assert client_key("2001:db8:1:2::1") != client_key("2001:db8:1:3::1")
     assert client_key("fe80::1%eth0") == "fe80::/64"
+
+
+async def test_a_client_hello_that_arrives_a_byte_at_a_time_still_completes(
+    standin: OllamaStandIn, make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """TLS starts on the first byte; the rest of the hello reaches it through
+    the transport, in however many pieces."""
+    pki = make_pki(tmp_path / "certs")
+    gateway = await make_gateway(standin.url, tls=True, certs_dir=pki.paths.directory)
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="spezillmfog.local")
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    async with asyncio.timeout(GUARD):
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                for byte in outgoing.read():
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(0)
+                incoming.write(await reader.read(65536))
+        tls.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        writer.write(outgoing.read())
+        answer = b""
+        while not answer.endswith(b"}"):
+            data = await reader.read(65536)
+            if not data:
+                break
+            incoming.write(data)
+            with contextlib.suppress(ssl.SSLWantReadError):
+                answer += tls.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK")
