@@ -63,8 +63,19 @@ class _HeadDeadlineHandler(RequestHandler):
             self._head_timer = loop.call_later(self.header_timeout, self._head_too_slow)
 
     def is_idle(self) -> bool:
-        """No request in progress or waiting: the guard may close this one."""
-        return not self._busy and not self._messages
+        """No request in progress or waiting: the guard may close this one.
+
+        ``_busy`` covers a parsed head until its response is written (a
+        plain response is written after the handler returns);
+        ``_request_in_progress`` (aiohttp's own flag) a pipelined request
+        that started after an earlier one finished.
+        """
+        return (
+            not self._busy
+            and not self._messages
+            and self._current_request is None
+            and not getattr(self, "_request_in_progress", False)
+        )
 
     def _head_too_slow(self) -> None:
         self._head_timer = None

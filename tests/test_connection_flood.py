@@ -277,3 +277,22 @@ async def test_a_client_hello_that_arrives_a_byte_at_a_time_still_completes(
                 answer += tls.read()
     writer.close()
     assert answer.startswith(b"HTTP/1.1 200 OK")
+
+
+async def test_a_pipelined_request_in_progress_is_not_taken_for_idle(
+    standin: OllamaStandIn, make_gateway: GatewayFactory
+) -> None:
+    standin.first_byte_delay = 1.0
+    gateway = await make_gateway(standin.url, max_connections_per_client=1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    generate = b'{"model": "llama3.2:1b", "prompt": "x", "stream": false}'
+    writer.write(
+        request("GET", "/healthz", close=False) + request("POST", "/api/generate", body=generate)
+    )
+    await wait_until(lambda: len(standin.requests) == 1, "the second request upstream")
+    other = await exchange(gateway.port, request("GET", "/healthz"))
+    assert other.status == 503  # the one connection allowed is busy: not closed for this one
+    async with asyncio.timeout(GUARD):
+        both = await reader.read()  # to the end: the second asked to close
+    writer.close()
+    assert both.count(b"HTTP/1.1 200 OK") == 2
