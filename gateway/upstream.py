@@ -106,7 +106,8 @@ def describe(exc: BaseException) -> str:
     return f"{kind} {status}: {first}" if status else f"{kind}: {first}" if first else kind
 
 
-def _without_password(url: str) -> str:
+def without_password(url: str) -> str:
+    """The URL as messages, logs and `fognode config` show it."""
     parsed = URL(url)
     return str(parsed.with_password(None)) if parsed.password is not None else url
 
@@ -118,7 +119,7 @@ class Upstream:
         self.settings = settings
         self._origin = (base or settings.upstream_base).rstrip("/")
         # What messages, logs and probes name: without a password in the URL.
-        self.base = _without_password(self._origin)
+        self.base = without_password(self._origin)
         self._session: aiohttp.ClientSession | None = None
         # What the pool knows of this upstream (refreshed by its health checks).
         self.healthy: bool | None = None  # None: not checked yet

@@ -14,7 +14,7 @@ import openai
 import pytest
 from aiohttp import web
 
-from fognode.gateway import answers
+from fognode.gateway import answers, cli
 from fognode.gateway.announce import NodeAnnouncer
 from fognode.gateway.proxy import ADMISSION, UPSTREAM
 from fognode.gateway.server import RunningServer
@@ -407,3 +407,15 @@ async def test_a_client_that_stops_reading_a_checked_answer_is_dropped(
         await wait_until(lambda: stats.client_disconnects_total == 1, "the reader dropped", 30)
     finally:
         sock.close()
+
+
+def test_fognode_config_masks_an_upstream_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`fognode config` promises its secrets masked; a URL password is one."""
+    monkeypatch.setenv("FOGNODE_UPSTREAM_URL", "http://fognode:hunter2secret@10.0.0.5:11434")
+    monkeypatch.setenv("FOGNODE_UPSTREAM_URLS", "http://a:b2secret@10.0.0.6:8000")
+    assert cli.main(["config", "--no-tls"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert "secret" not in json.dumps(printed)
+    assert printed["upstream_url"].startswith("http://fognode@10.0.0.5:11434")
