@@ -23,7 +23,7 @@ from aiohttp.typedefs import Handler
 from ..auth.errors import AuthError, VerifierUnavailable
 from .access import ACCESS_BY_ROUTE, AUTHORIZER, PRINCIPAL, Access, Authorizer
 from .errors import GatewayError, json_error_response
-from .logs import request_id_var
+from .logs import redact, request_id_var
 from .metrics import METRICS
 from .proxy import REQUEST_ID
 from .relay import BODY_BYTES, RELAYED_CHUNKS
@@ -39,8 +39,14 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 def _request_id(request: web.Request) -> str:
     incoming = request.headers.getall(REQUEST_ID_HEADER, ())
-    # Two ids would name the request two ways in the logs: mint one instead.
-    if len(incoming) == 1 and _VALID_REQUEST_ID.match(incoming[0]):
+    # Two ids would name the request two ways in the logs, and one shaped like
+    # a credential would carry it into every log line, ours and the
+    # upstream's: mint one instead.
+    if (
+        len(incoming) == 1
+        and _VALID_REQUEST_ID.match(incoming[0])
+        and redact(incoming[0]) == incoming[0]
+    ):
         return incoming[0]
     return uuid.uuid4().hex
 

@@ -161,6 +161,16 @@ async def test_a_repeated_request_id_is_replaced_not_picked(
     assert standin.last("/v1/models").headers["X-Request-ID"] == resp.headers["x-request-id"]
 
 
+async def test_a_request_id_shaped_like_a_credential_is_replaced(
+    node: RunningServer, standin: OllamaStandIn
+) -> None:
+    """It would go into every log line, and to the upstream."""
+    resp = await send(node, request("GET", "/v1/models", [AUTH, ("X-Request-ID", KEY)]))
+    assert resp.status == 200
+    assert resp.headers["x-request-id"] != KEY
+    assert standin.last("/v1/models").headers["X-Request-ID"] == resp.headers["x-request-id"]
+
+
 @pytest.mark.parametrize(
     ("encoding", "compress"), [("gzip", gzip.compress), ("deflate", zlib.compress)]
 )
