@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from .. import safejson
 from .access import PRINCIPAL
 from .answers import relay_answer
-from .errors import GatewayError
+from .errors import GatewayError, unreadable_body
 from .limits import Admission
 from .metrics import METRICS
 from .request_models import parse_json_object, validate_body
@@ -47,14 +47,7 @@ async def read_body(request: web.Request, limit: int, deadline: float) -> bytes:
     except web.HTTPRequestEntityTooLarge:
         raise too_large(None, limit) from None
     except web.RequestPayloadError:
-        # The body broke off, or its Content-Encoding does not decode.
-        raise GatewayError(
-            400,
-            "The request body could not be read: it was cut off, or its "
-            "Content-Encoding does not match its bytes.",
-            code="invalid_body",
-            headers={"Connection": "close"},
-        ) from None
+        raise unreadable_body() from None
     except TimeoutError:
         raise GatewayError(
             408,

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
+from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
 from .. import safejson
-from .errors import GatewayError
+from .errors import GatewayError, unreadable_body
 from .settings import Settings
 
 # RFC 9110 section 7.6.1 hop-by-hop fields, plus the ones that describe the
@@ -243,6 +244,8 @@ class Upstream:
                 code="upstream_disconnected",
             ) from None
         except aiohttp.ClientError as exc:
+            if isinstance(exc.__cause__, web.RequestPayloadError):
+                raise unreadable_body() from None  # the client's streamed body, not the upstream
             raise GatewayError(
                 502,
                 f"Request to the upstream at {self.base} failed: {describe(exc)}.",

@@ -219,6 +219,11 @@ async def test_undecodable_bodies_are_400_without_an_error_log(
     )
     assert_gateway_error(await send(node, two), 400, "duplicate_header")
     assert not standin.requests
+    # A streamed upload (model blobs) is the client's fault too, not the upstream's.
+    blob = request(
+        "POST", "/api/blobs/sha256:" + "0" * 64, [AUTH, ("Content-Encoding", "gzip")], b"x" * 4000
+    )
+    assert_gateway_error(await send(node, blob), 400, "invalid_body")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
