@@ -25,6 +25,7 @@ from .proxy import ADMISSION, UPSTREAM
 from .settings import Settings
 from .slow_clients import GuardedAppRunner
 from .tls import TlsTerminator
+from .upstream import without_password
 
 log = logging.getLogger("fognode.server")
 
@@ -102,7 +103,11 @@ async def start_server(
 async def serve(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM, then let open requests finish (bounded)."""
     running = await start_server(settings)
-    log.info("fognode listening on %s, forwarding to %s", running.url, settings.upstream_base)
+    log.info(
+        "fognode listening on %s, forwarding to %s",
+        running.url,
+        without_password(settings.upstream_base),
+    )
     if running.tls is not None and running.tls.pair is not None:
         leaf = running.tls.pair.leaf
         log.info(
