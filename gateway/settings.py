@@ -347,6 +347,19 @@ class Settings(BaseSettings):
         description="Longest a client may leave a response unread (back-pressure) before "
         "it is dropped and its Ollama request cancelled.",
     )
+    stream_heartbeat_after: float = Field(
+        5.0,
+        gt=0,
+        description="A streamed (SSE) request that has waited this many seconds (in the queue, "
+        "or for the upstream's first byte) gets its 200 headers and SSE comment heartbeats, so "
+        "phones (60 s idle timeout) do not give up; later errors then arrive in-band.",
+    )
+    stream_heartbeat_interval: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds between SSE comment heartbeats while a streamed request waits or "
+        "its upstream is silent.",
+    )
     readiness_timeout: float = Field(
         3.0, gt=0, description="Seconds /readyz waits for the upstream before answering 503."
     )

@@ -60,6 +60,10 @@ class LlamaServer:
                 "1024",
                 "--n_threads",
                 "2",
+                # By default a new request (the gateway's model-list check)
+                # interrupts the generation in progress.
+                "--interrupt_requests",
+                "false",
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
