@@ -63,6 +63,26 @@ _DELTA = re.compile(rb'"delta"\s*:\s*\{\s*(\})?')
 _ROLE_KEY = re.compile(rb'"role"\s*:')
 
 
+# The two ways real upstreams write a delta: compact (Ollama's Go encoder,
+# llama.cpp's server) and spaced (Python's json.dumps, llama-cpp-python).
+_FAST_FORMS = (
+    (
+        b'"delta":{',
+        b'"delta":{"',
+        b'"delta":{"role":"assistant","',
+        b'"delta":{}',
+        b'"delta":{"role":"assistant"}',
+    ),
+    (
+        b'"delta": {',
+        b'"delta": {"',
+        b'"delta": {"role": "assistant", "',
+        b'"delta": {}',
+        b'"delta": {"role": "assistant"}',
+    ),
+)
+
+
 def fill_assistant_role(line: bytes) -> bytes:
     """Give every ``delta`` object of one SSE data line a role, if it has none.
 
@@ -71,7 +91,17 @@ def fill_assistant_role(line: bytes) -> bytes:
     a chat chunk nothing between a delta's opening brace and the next delta
     (or the end of the line) but the delta itself has a ``role`` key. So one
     search per delta is exact without parsing the JSON.
+
+    The common case, a line with no ``"role"`` at all written in one of the two
+    usual forms, is two ``bytes.replace`` calls.
     """
+    if b'"role"' not in line:
+        deltas = line.count(b'"delta"')
+        if not deltas:
+            return line
+        for opening, key_start, with_role, empty, empty_with_role in _FAST_FORMS:
+            if line.count(opening) == deltas:
+                return line.replace(key_start, with_role).replace(empty, empty_with_role)
     matches = list(_DELTA.finditer(line))
     if not matches:
         return line
@@ -83,8 +113,8 @@ def fill_assistant_role(line: bytes) -> bytes:
         if _ROLE_KEY.search(line, inner, end) is not None:
             continue
         parts.append(line[last:inner])
-        empty = match.group(1) is not None
-        parts.append(b'"role":"assistant"' if empty else b'"role":"assistant",')
+        has_members = match.group(1) is None
+        parts.append(b'"role":"assistant",' if has_members else b'"role":"assistant"')
         last = inner
     if not parts:
         return line

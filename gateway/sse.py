@@ -66,6 +66,17 @@ class SseFramer:
         """The bytes to send now (possibly none) for this piece of the upstream body."""
         if self._passthrough:
             return chunk
+        if (
+            not self._pending
+            and not self._in_event
+            and chunk.startswith(b"data:")
+            and chunk.find(b"\n") == len(chunk) - 2
+            and chunk[-1] == 0x0A
+            and chunk[-3] != 0x0D
+        ):
+            # One whole event (`data: ...\n\n`, the first newline the last but
+            # one byte), as Ollama and llama.cpp write them: no splitting.
+            return self._edit(chunk[:-2]) + b"\n\n" if self._edit is not None else chunk
         data = self._pending + chunk if self._pending else chunk
         cut = data.rfind(b"\n") + 1
         if not cut:

@@ -43,7 +43,12 @@ from tests.spezillmfog_client import SwiftSseDecoder
         # llama-cpp-python: Python's separators
         (
             b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}',
-            b'data: {"choices": [{"index": 0, "delta": {"role":"assistant","content": "hi"}}]}',
+            b'data: {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi"}}]}',
+        ),
+        # a form neither encoder writes takes the exact, slower path
+        (
+            b'data: {"choices":[{"delta" :{"content":"hi"}}]}',
+            b'data: {"choices":[{"delta" :{"role":"assistant","content":"hi"}}]}',
         ),
         (b'data: {"delta" : { } }', b'data: {"delta" : { "role":"assistant"} }'),
         # already there (first chunk, older Ollama): untouched
