@@ -6,6 +6,8 @@
 #                         and on first run the local CA and server certificate
 #   ./setup.sh --no-test  only what the service needs to run
 #   ./setup.sh --no-certs leave certificates alone
+#   ./setup.sh --service  also run fognode as a systemd service on port 443, as an
+#                         unprivileged user with only CAP_NET_BIND_SERVICE (uses sudo)
 #
 # The CA key passphrase comes from FOGNODE_CA_PASSPHRASE or
 # FOGNODE_CA_PASSPHRASE_FILE; without either, a random one is written to
@@ -20,11 +22,13 @@ ROOT=$(pwd)
 VENV=${FOGNODE_VENV:-$ROOT/.venv}
 WITH_TEST=1
 WITH_CERTS=1
+WITH_SERVICE=0
 for arg in "$@"; do
   case $arg in
     --no-test) WITH_TEST=0 ;;
     --no-certs) WITH_CERTS=0 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --service) WITH_SERVICE=1 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -68,8 +72,10 @@ apt_install() {
 
 if ((WITH_TEST)); then
   # Real clients the tests drive: curl and openssl (TLS), ip (network namespaces),
-  # dig (an independent mDNS client).
-  apt_install curl openssl ca-certificates iproute2 dnsutils
+  # dig and avahi (independent mDNS implementations; avahi-browse needs D-Bus),
+  # systemd-analyze (checks the service unit), setpriv (runs it unprivileged).
+  apt_install curl openssl ca-certificates iproute2 dnsutils avahi-daemon avahi-utils dbus \
+    systemd util-linux
   # deploy/ compose files are validated with `docker compose config`; Debian
   # packages only compose v1 (docker-compose), which the tests fall back to.
   if ! docker compose version >/dev/null 2>&1; then
@@ -180,4 +186,13 @@ if ((WITH_TEST)); then
   fi
 fi
 
-say "Done. Start the gateway with:  $VENV/bin/fognode serve --host '*'"
+if ((WITH_SERVICE)); then
+  sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  say "Installing the systemd service (port 443, user fognode)"
+  $sudo "$VENV/bin/fognode" service install
+  say "Done. fognode runs as a service: journalctl -u fognode -f"
+else
+  say "Done. Start the gateway with:  $VENV/bin/fognode serve --host '*'"
+  say "On port 443 for SpeziLLMFog apps, as a service:  sudo $VENV/bin/fognode service install"
+fi

@@ -21,7 +21,7 @@ import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from .browser import Change, FogNode, discover, watch
+from .browser import SERVICE_NAME, Change, FogNode, discover_all, watch
 from .choose import pick_random, rank
 
 EXIT_NO_NODE, EXIT_TLS, EXIT_AUTH, EXIT_MODEL = 3, 4, 5, 6
@@ -34,6 +34,7 @@ def node_dict(node: FogNode) -> dict[str, Any]:
         "name": node.instance,
         "service_type": node.service_type,
         "host": node.host_name,
+        "domains": list(node.domains),
         "addresses": list(node.addresses),
         "port": node.port,
         "url": node.url(),
@@ -112,12 +113,10 @@ async def _discover(args: argparse.Namespace) -> int:
                 sign = {Change.ADDED: "+", Change.UPDATED: "~", Change.REMOVED: "-"}
                 print(sign[event.change], "  ".join(_row(event.node)), flush=True)
         return 0
-    nodes: list[FogNode] = []
     with Progress("Looking for fog nodes", args.timeout):
-        async for node in discover(
+        nodes = await discover_all(
             args.timeout, interfaces=interfaces, instance_prefix=args.instance
-        ):
-            nodes.append(node)
+        )
     if args.json:
         print(json.dumps([node_dict(n) for n in nodes], indent=2))
     elif nodes:
@@ -149,12 +148,10 @@ async def _chat(args: argparse.Namespace) -> int:
     if args.ca:
         ssl_context = ssl.create_default_context(cafile=str(args.ca))
         pinned = ca_fingerprint(args.ca)
-    nodes: list[FogNode] = []
     with Progress("Looking for fog nodes", args.timeout):
-        async for node in discover(
+        nodes = await discover_all(
             args.timeout, interfaces=args.interface or None, instance_prefix=args.instance
-        ):
-            nodes.append(node)
+        )
     if not nodes:
         print(f"No fog node found within {args.timeout:g}s.", file=sys.stderr)
         return EXIT_NO_NODE
@@ -172,9 +169,10 @@ async def _chat(args: argparse.Namespace) -> int:
     if args.pick == "random":
         node = pick_random(nodes)
     else:
-        node = (await rank(nodes, model=args.model, ssl_context=ssl_context))[0].node
+        ranked = await rank(nodes, model=args.model, ssl_context=ssl_context, name=args.name)
+        node = ranked[0].node
     print(f"Using {node.instance} at {node.url()}", file=sys.stderr)
-    return await stream_chat(node, args.prompt, args.model, token, ssl_context)
+    return await stream_chat(node, args.prompt, args.model, token, ssl_context, args.name)
 
 
 async def stream_chat(
@@ -183,8 +181,11 @@ async def stream_chat(
     model: str,
     token: str | None,
     ssl_context: ssl.SSLContext | bool,
+    name: str = SERVICE_NAME,
 ) -> int:
-    headers = {"Host": node.host_name}
+    """Stream an answer from ``node``, connecting by IP and checking ``name``
+    in its certificate (and sending it as Host), as the SpeziLLMFog app does."""
+    headers = {"Host": name}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     body = {"model": model, "stream": True, "messages": [{"role": "user", "content": prompt}]}
@@ -197,7 +198,7 @@ async def stream_chat(
                 url,
                 json=body,
                 headers=headers,
-                server_hostname=node.host_name if node.tls else None,
+                server_hostname=name if node.tls else None,
             ) as resp,
         ):
             if resp.status != 200:
@@ -300,6 +301,11 @@ def add_discovery_commands(sub: Any) -> None:
     chat.add_argument("prompt")
     chat.add_argument("--model", required=True)
     chat.add_argument("--ca", type=Path, help="the fog node CA (.crt) to trust, and only it")
+    chat.add_argument(
+        "--name",
+        default=SERVICE_NAME,
+        help=f"name the node's certificate must carry, sent as Host (default {SERVICE_NAME})",
+    )
     creds = chat.add_mutually_exclusive_group()
     creds.add_argument("--token", help="Firebase ID token (or FOGNODE_TOKEN)")
     creds.add_argument("--api-key", help="fognode API key (or FOGNODE_API_KEY)")

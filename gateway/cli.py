@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import sys
 from collections.abc import Coroutine, Sequence
@@ -24,6 +25,7 @@ from ..discovery.cli import add_discovery_commands, run_discovery_command
 from . import __version__
 from .auth_setup import UnsafeConfiguration
 from .logs import configure_logging
+from .service import add_service_commands
 from .settings import Settings, load_settings
 
 
@@ -35,7 +37,12 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         help="TOML config file (default: $FOGNODE_CONFIG). Flags beat env vars beat the file.",
     )
     parser.add_argument("--host", help="address to bind (FOGNODE_HOST, default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port to listen on (FOGNODE_PORT, default 8080)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        help="port to listen on (FOGNODE_PORT; default 8443 with TLS, 8080 without; "
+        "SpeziLLMFog apps connect to 443, or 80 without TLS)",
+    )
     parser.add_argument(
         "--upstream-url",
         help="Ollama base URL (FOGNODE_UPSTREAM_URL, default http://127.0.0.1:11434)",
@@ -104,8 +111,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"fognode: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
             file=sys.stderr,
         )
+        if exc.errno == errno.EACCES and settings.bind_port < 1024:
+            print(PRIVILEGED_PORT_HINT.format(port=settings.bind_port), file=sys.stderr)
         return 1
     return 0
+
+
+PRIVILEGED_PORT_HINT = """\
+Ports below 1024 need the CAP_NET_BIND_SERVICE capability (not root). Either
+  sudo .venv/bin/fognode service install   # systemd, unprivileged user, port 443
+or give this Python the one capability:
+  sudo setcap cap_net_bind_service=+ep "$(readlink -f .venv/bin/python)"
+or listen on a high port and redirect {port} to it:
+  sudo iptables -t nat -A PREROUTING -p tcp --dport {port} -j REDIRECT --to-ports 8443"""
 
 
 def _cmd_healthcheck(args: argparse.Namespace) -> int:
@@ -179,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_certs_commands(sub)
     add_auth_commands(sub)
+    add_service_commands(sub)
     add_discovery_commands(sub)
     return parser
 

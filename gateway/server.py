@@ -94,14 +94,33 @@ async def serve(settings: Settings) -> None:
     log.info("fognode listening on %s, forwarding to %s", running.url, settings.upstream_base)
     if running.tls is not None and running.tls.pair is not None:
         leaf = running.tls.pair.leaf
+        names = cert_names(leaf).dns
         log.info(
             "TLS certificate for %s valid until %s (CA %s)",
-            ", ".join(cert_names(leaf).dns),
+            ", ".join(names),
             leaf.not_valid_after_utc.isoformat(),
             running.tls.ca_file,
         )
+        if settings.app_host_name.rstrip(".").lower() not in names:
+            log.warning(
+                "the certificate does not carry %s, the name SpeziLLMFog apps check "
+                "(FOGNODE_APP_HOST_NAME): they will refuse it; issue one that does with "
+                "`fognode certs issue`",
+                settings.app_host_name,
+            )
     else:
         log.warning("TLS is off: serving plain HTTP (development only)")
+    app_port = 443 if settings.tls else 80
+    announced = running.announcer is not None and running.announcer.announced
+    if announced and running.port != app_port:
+        log.warning(
+            "announcing port %d, but SpeziLLMFog apps ignore the announced port and connect "
+            "to %d: they will not reach this node. Serve on %d without root with "
+            "`sudo .venv/bin/fognode service install` (see the README, Port 443).",
+            running.port,
+            app_port,
+            app_port,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -17,6 +17,7 @@ import pytest
 from fognode.gateway.server import RunningServer, start_server
 from fognode.gateway.settings import Settings
 from tests.firebase_emulator import AuthEmulator, firebase_binary
+from tests.netns import Proc
 from tests.ollama_standin import OllamaStandIn
 
 GatewayFactory = Callable[..., Awaitable[RunningServer]]
@@ -57,6 +58,15 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
 @pytest.fixture
 async def gateway(standin: OllamaStandIn, make_gateway: GatewayFactory) -> RunningServer:
     return await make_gateway(standin.url)
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    """Processes a test starts (in network namespaces), stopped at its end."""
+    started: list[Proc] = []
+    yield started
+    for proc in reversed(started):
+        proc.stop()
 
 
 @pytest.fixture

@@ -26,10 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import zeroconf._services.browser as zeroconf_browser
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+# python-zeroconf waits 20-120 ms before a browser's first query (RFC 6762
+# 5.2, for many queries at once); mDNSResponder asks at once, with the QU bit.
+# The app browses for only 100 ms, so this client asks at once too.
+zeroconf_browser._FIRST_QUERY_DELAY_RANDOM_INTERVAL = (0, 1)
 
 # LLMFogError.swift
 MODEL_NOT_FOUND = re.compile(r"model '([\w:]+)' not found, try pulling it first")
@@ -51,6 +57,7 @@ class AppError(Exception):
         self.detail = detail
         self.status = status
         self.retryable = retryable
+        self.attempts = 1
 
 
 @dataclass
@@ -58,13 +65,13 @@ class AppConfig:
     """LLMFogPlatformConfiguration, with the model and the test's knobs."""
 
     model: str
-    token: Callable[[], str]  # BearerAuthMiddleware reads the token for every request
+    token: Callable[[], str]  # BearerAuthMiddleware reads it anew for every request
     ca_file: Path | None = None  # .https(caCertificate:) or None for .http
     host: str = "spezillmfog.local"
     browse_seconds: float = 0.1  # mDnsBrowsingTimeout
     idle_timeout: float = 60.0  # URLSession's timeoutIntervalForRequest (the default)
-    retries: int = 3  # RetryPolicy.attempts(3)
-    backoff: float = 1.0  # the first retry's wait; doubles each time
+    attempts: int = 3  # RetryPolicy.attempts(3): three attempts in all
+    backoff: float = 1.0  # DelayPolicy.exponential(base: 1): 1 s, then 2 s
     interfaces: list[str] | None = None  # where python-zeroconf listens (the test's veth)
     log: list[str] = field(default_factory=list)
 
@@ -98,6 +105,7 @@ async def discover(cfg: AppConfig) -> tuple[str, str]:
         else:
             found.add(name)
 
+    await azc.zeroconf.async_wait_for_start()  # the interface is up before the clock starts
     browser = AsyncServiceBrowser(azc.zeroconf, [service_type], handlers=[on_change])
     try:
         await asyncio.sleep(cfg.browse_seconds)
@@ -211,7 +219,7 @@ async def _body_chunks(resp: _Response, idle: float) -> AsyncIterator[bytes]:
             yield part
 
 
-async def _post(cfg: AppConfig, address: str, path: str, body: bytes) -> _Response:
+async def _post(cfg: AppConfig, address: str, path: str, body: bytes, token: str) -> _Response:
     ssl_ctx = _tls_context(cfg) if cfg.ca_file else None
     started = time.monotonic()
     try:
@@ -230,20 +238,22 @@ async def _post(cfg: AppConfig, address: str, path: str, body: bytes) -> _Respon
             _check_ssl_policy(der, cfg.host)
         except ssl.SSLCertVerificationError as exc:
             writer.close()
-            raise AppError("connectivityIssues", f"trust evaluation failed: {exc}") from None
+            raise AppError(
+                "connectivityIssues", f"trust evaluation failed: {exc}", retryable=True
+            ) from None
     host = f"[{address}]" if ":" in address else address
     head = (
         f"POST {path} HTTP/1.1\r\n"
         # ExpectedHostMiddleware overrides the Host URLSession would send.
         f"Host: {cfg.host}\r\n"
-        f"Authorization: Bearer {cfg.token()}\r\n"
+        f"Authorization: Bearer {token}\r\n"
         "Content-Type: application/json; charset=utf-8\r\n"
         "Accept: application/json, text/event-stream\r\n"
         f"Content-Length: {len(body)}\r\n"
         "User-Agent: SpeziLLMFogTests/1 CFNetwork\r\n"
         "\r\n"
     ).encode()
-    cfg.log.append(f"POST https://{host}:{cfg.port}{path}")
+    cfg.log.append(f"POST {'https' if cfg.ca_file else 'http'}://{host}:{cfg.port}{path}")
     writer.write(head + body)
     try:
         status_line = await _read_line(reader, cfg.idle_timeout)
@@ -371,8 +381,8 @@ def handle_error_code(status: int, message: str) -> AppError:
     return AppError("unknownError", f"{status} {message}", status=status, retryable=retryable)
 
 
-async def chat_once(cfg: AppConfig, address: str, body: bytes) -> Generation:
-    resp = await _post(cfg, address, "/v1/chat/completions", body)
+async def chat_once(cfg: AppConfig, address: str, body: bytes, token: str) -> Generation:
+    resp = await _post(cfg, address, "/v1/chat/completions", body, token)
     try:
         if resp.status != 200:
             # .undocumented(statusCode:, payload): up to 8 KiB of the body
@@ -418,18 +428,80 @@ async def chat_once(cfg: AppConfig, address: str, body: bytes) -> Generation:
 async def generate(
     cfg: AppConfig, address: str, messages: list[dict[str, Any]], **parameters: Any
 ) -> Generation:
-    """With RetryMiddleware: 429, 5xx and transport errors are retried with
-    exponential backoff (Retry-After is not read)."""
+    """The middlewares in the app's order: BearerAuthMiddleware reads the token once
+    per request, then RetryMiddleware makes up to three attempts for 429, 5xx and
+    thrown errors, waiting 1 s then 2 s (Retry-After is not read)."""
     body = encode_request(cfg, messages, **parameters)
-    attempt = 0
-    while True:
-        attempt += 1
+    token = cfg.token()
+    for attempt in range(1, cfg.attempts + 1):
         try:
-            result = await chat_once(cfg, address, body)
-            result.attempts = attempt
-            return result
+            result = await chat_once(cfg, address, body, token)
         except AppError as exc:
-            if not exc.retryable or attempt > cfg.retries:
+            if not exc.retryable or attempt == cfg.attempts:
+                exc.attempts = attempt
                 raise
             cfg.log.append(f"attempt {attempt} failed ({exc}); retrying")
             await asyncio.sleep(cfg.backoff * 2 ** (attempt - 1))
+        else:
+            result.attempts = attempt
+            return result
+    raise AssertionError("unreachable")
+
+
+# --- as a program, to run inside a test's network namespace ------------------------
+
+
+async def run_app(cfg: AppConfig, prompt: str, address: str | None = None) -> dict[str, Any]:
+    """One generation as the app makes it: discover (unless an address is given),
+    resolve, stream. The outcome as JSON-able data."""
+    outcome: dict[str, Any] = {"ok": False}
+    try:
+        if address is None:
+            service = await discover(cfg)
+            outcome["service"] = service[1]
+            address = await resolve(cfg, service)
+        outcome["address"] = address
+        generation = await generate(cfg, address, [{"content": prompt, "role": "user"}])
+    except AppError as exc:
+        outcome.update(case=exc.case, detail=exc.detail, attempts=exc.attempts)
+    else:
+        outcome.update(
+            ok=True,
+            pieces=generation.pieces,
+            attempts=generation.attempts,
+            ended_silently=generation.ended_silently,
+            first_byte_after=generation.first_byte_after,
+        )
+    outcome["log"] = cfg.log
+    return outcome
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="a SpeziLLMFog-faithful client")
+    parser.add_argument("prompt")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--ca", type=Path, help=".https(caCertificate:); without it, .http")
+    parser.add_argument("--tokens", type=Path, required=True, help="one token a line, in turn")
+    parser.add_argument("--interface", help="the address zeroconf listens on")
+    parser.add_argument("--address", help="skip discovery (the app's preferredFogService)")
+    parser.add_argument("--browse", type=float, default=0.1)
+    parser.add_argument("--idle-timeout", type=float, default=60.0)
+    parser.add_argument("--backoff", type=float, default=1.0)
+    args = parser.parse_args()
+    tokens = iter(args.tokens.read_text().split())
+    cfg = AppConfig(
+        model=args.model,
+        token=lambda: next(tokens),
+        ca_file=args.ca,
+        browse_seconds=args.browse,
+        idle_timeout=args.idle_timeout,
+        backoff=args.backoff,
+        interfaces=[args.interface] if args.interface else None,
+    )
+    print(json.dumps(asyncio.run(run_app(cfg, args.prompt, args.address))))
+
+
+if __name__ == "__main__":
+    main()
