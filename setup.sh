@@ -70,6 +70,9 @@ if ((WITH_TEST)); then
   # Real clients the tests drive: curl and openssl (TLS), ip (network namespaces),
   # dig (an independent mDNS client).
   apt_install curl openssl ca-certificates iproute2 dnsutils
+  # The usage store's tests run on a real PostgreSQL server that they start
+  # themselves (initdb in a temporary directory); only the binaries are needed.
+  apt_install postgresql
   # deploy/ compose files are validated with `docker compose config`; Debian
   # packages only compose v1 (docker-compose), which the tests fall back to.
   if ! docker compose version >/dev/null 2>&1; then
