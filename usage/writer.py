@@ -57,7 +57,7 @@ class BatchWriter:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.error(
-                    "usage store unreachable and %d records waiting: %d records dropped so far",
+                    "usage store behind or unreachable, %d records waiting: %d dropped so far",
                     self._limit,
                     self.dropped,
                 )
