@@ -14,4 +14,25 @@ bytes and quota decisions. Pieces, in the order a request meets them:
   figures and strips the usage chunk the client did not ask for;
 * :mod:`.writer` batches records off the request path into a store
   (:mod:`.sqlite_store` embedded, :mod:`.postgres_store` shared by nodes).
+
+How a request pipeline uses it::
+
+    store = open_store(store_options); await store.open()
+    writer = BatchWriter(store, store_options); writer.start()
+    ledger = UsageLedger(writer, quota_options)
+
+    limits = limits_for(quota_options, tier_of(quota_options, claims=..., api_key_name=...))
+    ticket = await ledger.admit(uid, limits, estimate=estimate_tokens(parsed, ...))
+    # refused: 429 with ticket.decision (code, message, headers); ledger.record(rejected)
+    # admitted: ticket.decision.headers go on the response
+    asked = ask_for_usage(body, parsed)            # streamed OpenAI routes
+    counter = TokenCounter(body_kind(content_type), strip_usage_chunk=asked.added,
+                           prompt_estimate=estimate_prompt_tokens(parsed))
+    for chunk in upstream: write(counter.feed(chunk)); counter.delivered()
+    write(counter.finish())
+    # finally, however it ended:
+    tokens = counter.tokens(completed=...)
+    ledger.settle(ticket, UsageRecord(..., tokens.prompt_tokens, tokens.completion_tokens, ...))
+
+    await writer.close(); await store.close()   # at shutdown
 """

@@ -17,7 +17,8 @@ writes it, and writes what ``feed`` returns. The counter:
 
 It is on the hot path, so it parses JSON only where it must (a chunk with a
 ``usage`` object, Ollama's ``"done": true`` line, a non-streamed body) and
-recognises content with one precompiled regular expression per event.
+recognises content with ``bytes.find`` on the keys that carry it
+(``bench/usage_counter.py`` measures the cost per chunk).
 Events split across chunk boundaries are reassembled for inspection; while
 stripping, an incomplete trailing event is held back until it is complete
 (a client cannot use half an SSE event anyway), so a usage chunk split in
@@ -33,19 +34,29 @@ from __future__ import annotations
 import enum
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TypeGuard
 
-# A JSON key holding a non-empty string of generated output, or a non-empty
-# tool call list. The look-behind skips keys that are escaped inside a string
-# (a model that writes JSON in its answer).
-_CONTENT = re.compile(
-    rb'(?<!\\)"(?:content|text|response|thinking|reasoning_content|reasoning)"\s*:\s*"(?!")'
-    rb'|(?<!\\)"tool_calls"\s*:\s*\[\s*\{'
+# Keys whose non-empty string value is generated output, most frequent first,
+# and the list key of tool calls. Found with bytes.find, which costs a
+# fraction of a regular-expression search over the event. Text inside a JSON
+# string (a model that writes JSON in its answer) cannot match: its quotes are
+# escaped, so quote-key-quote followed by a colon only occurs as a real key.
+_CONTENT_KEYS = (
+    b'"content"',
+    b'"response"',
+    b'"text"',
+    b'"thinking"',
+    b'"reasoning_content"',
+    b'"reasoning"',
 )
-_USAGE_OBJECT = re.compile(rb'(?<!\\)"usage"\s*:\s*\{')
-_DONE = re.compile(rb'(?<!\\)"done"\s*:\s*true')
-_SSE_SEPARATOR = re.compile(rb"\r?\n\r?\n")
+_NON_EMPTY_STRING = re.compile(rb'\s*:\s*"[^"]')
+_TOOL_CALLS_KEY = b'"tool_calls"'
+_NON_EMPTY_LIST = re.compile(rb"\s*:\s*\[\s*\{")
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_DONE = re.compile(rb'"done"\s*:\s*true')
+_CRLF_SEPARATOR = re.compile(rb"\r?\n\r?\n")
 _DATA_LINE = re.compile(rb"^data: ?(.*?)\r?$", re.MULTILINE)
 
 
@@ -172,12 +183,17 @@ class TokenCounter:
 
     # --- SSE ---------------------------------------------------------------------
     def _feed_sse(self, chunk: bytes) -> bytes:
+        if not self._partial and chunk.find(b"\n\n") == len(chunk) - 2 >= 0:
+            # The common case: the upstream wrote exactly one event.
+            if self._inspect_event(chunk) and self._strip:
+                self.stripped += 1
+                return b""
+            return chunk
         data = self._partial + chunk if self._partial else chunk
         start = 0
         kept: list[bytes] | None = None  # only built when an event is dropped
-        for match in _SSE_SEPARATOR.finditer(data):
-            end = match.end()
-            if self._inspect_event(data[start : match.start()]) and self._strip:
+        for stop, end in _events(data):
+            if self._inspect_event(data[start:stop]) and self._strip:
                 self.stripped += 1
                 if kept is None:
                     kept = [data[:start]]
@@ -194,7 +210,7 @@ class TokenCounter:
     def _inspect_event(self, event: bytes) -> bool:
         """Count one SSE event; True if it is a usage-only chunk."""
         usage_only = False
-        if _USAGE_OBJECT.search(event) is not None:
+        if b'"usage"' in event and _USAGE_OBJECT.search(event) is not None:
             payload = b"\n".join(_DATA_LINE.findall(event))
             try:
                 obj = json.loads(payload)
@@ -203,7 +219,7 @@ class TokenCounter:
             if isinstance(obj, dict):
                 self._take_openai_usage(obj.get("usage"))
                 usage_only = obj.get("choices") == []
-        if not usage_only and _CONTENT.search(event) is not None:
+        if not usage_only and _has_content(event):
             self._unconfirmed += 1
         return usage_only
 
@@ -217,9 +233,9 @@ class TokenCounter:
         self._partial = data[start:]
 
     def _inspect_line(self, line: bytes) -> None:
-        if _CONTENT.search(line) is not None:
+        if _has_content(line):
             self._unconfirmed += 1
-        if _DONE.search(line) is not None:
+        if b'"done"' in line and _DONE.search(line) is not None:
             try:
                 obj = json.loads(line)
             except ValueError:
@@ -254,6 +270,35 @@ class TokenCounter:
             self.completion_figure = completion
         elif _count(prompt):  # embeddings: only the prompt is evaluated
             self.completion_figure = 0
+
+
+def _has_content(data: bytes) -> bool:
+    find = data.find
+    for key in _CONTENT_KEYS:
+        at = find(key)
+        while at >= 0:
+            if _NON_EMPTY_STRING.match(data, at + len(key)):
+                return True
+            at = find(key, at + 1)
+    at = find(_TOOL_CALLS_KEY)
+    while at >= 0:
+        if _NON_EMPTY_LIST.match(data, at + len(_TOOL_CALLS_KEY)):
+            return True
+        at = find(_TOOL_CALLS_KEY, at + 1)
+    return False
+
+
+def _events(data: bytes) -> Iterator[tuple[int, int]]:
+    """(end of event, start of the next) for each blank line in ``data``."""
+    if b"\r" in data:
+        for match in _CRLF_SEPARATOR.finditer(data):
+            yield match.start(), match.end()
+        return
+    find = data.find
+    at = find(b"\n\n")
+    while at >= 0:
+        yield at, at + 2
+        at = find(b"\n\n", at + 2)
 
 
 def _count(value: object) -> TypeGuard[int]:

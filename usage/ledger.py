@@ -18,10 +18,13 @@ overshoot the budget together. The ledger closes that gap:
 * checks of one user are serialised (a per-user lock around read, decide and
   reserve), so two concurrent requests cannot both spend the last of a budget.
 
-Within one node the overshoot past a daily budget is thus at most the
-difference between one request's estimate-free admission and its real use
-(see :mod:`.quota`). Several nodes sharing PostgreSQL see each other's
-records once they are flushed (``flush_seconds``) and not each other's
+A request is admitted while the budget is not spent after reservations (its
+own estimate need not fit, see :mod:`.quota`). Within one node the overshoot
+past a daily budget is therefore at most what the last admitted request uses
+beyond what was left, plus whatever the requests in flight use beyond their
+estimates (none when they set ``max_tokens``, which bounds the estimate of
+what they generate). Several nodes sharing PostgreSQL see each other's
+records once they are flushed (``flush_seconds``) but not each other's
 reservations, so across nodes the overshoot can grow by what the other nodes
 have in flight for that user, which the per-user concurrency cap bounds.
 """
