@@ -275,3 +275,16 @@ def test_estimates() -> None:
     native = {"prompt": "z" * 8, "options": {"num_predict": 7}}
     assert estimate_tokens(native, default_completion=512) == 2 + 7
     assert estimate_tokens({"prompt": "abc"}, default_completion=512) == 1 + 512
+
+
+@pytest.mark.parametrize("strip", [True, False])
+def test_a_last_event_without_its_blank_line_counts_once_written(strip: bool) -> None:
+    counter = TokenCounter(BodyKind.SSE, strip_usage_chunk=strip)
+    sent = counter.feed(b'data: {"choices":[{"delta":{"content":"a"}}]}\n\ndata: {"choices":[')
+    counter.delivered()
+    sent += counter.feed(b'{"delta":{"content":"b"}}]}')
+    counter.delivered()
+    sent += counter.finish()
+    counter.delivered()
+    assert sent.endswith(b'"b"}}]}')
+    assert counter.tokens(completed=True) == Tokens(0, 2, partial=False, exact=False)

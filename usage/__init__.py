@@ -29,7 +29,7 @@ How a request pipeline uses it::
     counter = TokenCounter(body_kind(content_type), strip_usage_chunk=asked.added,
                            prompt_estimate=estimate_prompt_tokens(parsed))
     for chunk in upstream: write(counter.feed(chunk)); counter.delivered()
-    write(counter.finish())
+    write(counter.finish()); counter.delivered()
     # finally, however it ended:
     tokens = counter.tokens(completed=...)
     ledger.settle(ticket, UsageRecord(..., tokens.prompt_tokens, tokens.completion_tokens, ...))

@@ -153,7 +153,9 @@ class TokenCounter:
         self._unconfirmed = 0
 
     def finish(self) -> bytes:
-        """The upstream ended: inspect what is left, return bytes still to send."""
+        """The upstream ended: inspect what is left, return bytes still to send
+        (then call :meth:`delivered` once they are written, even if empty: an
+        event that lacked its final blank line is counted here)."""
         rest, self._partial = self._partial, b""
         if self._kind is BodyKind.SSE:
             if rest.strip() and self._inspect_event(rest) and self._strip:

@@ -78,7 +78,9 @@ class BatchWriter:
         """Write what is left (trying for up to ``grace`` seconds), then stop."""
         self._closing = True
         self._wake.set()
-        if self._task is not None:
+        if self._task is None:
+            await self.flush()
+        else:
             try:
                 async with asyncio.timeout(grace):
                     await asyncio.shield(self._task)
