@@ -354,6 +354,9 @@ async def test_sqlite_file_is_in_wal_mode_and_the_quota_query_uses_the_index(
     await store.open()
     try:
         assert await store.integrity_check() == "ok"
+        await store.write([rec()])
+        for suffix in ("", "-wal", "-shm"):  # uids and times: for the node's user only
+            assert (tmp_path / f"u.sqlite3{suffix}").stat().st_mode & 0o777 == 0o600
         db = store._db(write=False)
         async with db.execute("PRAGMA journal_mode") as cur:
             assert (await cur.fetchone()) == ("wal",)

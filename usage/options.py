@@ -1,7 +1,26 @@
 """The package's configuration, as small frozen objects.
 
 The gateway builds these from its one settings model and passes them in;
-nothing here reads the environment or the settings itself.
+nothing here reads the environment or the settings itself. The settings
+that feed them (to be added to gateway/settings.py and the README table):
+
+* ``usage_accounting`` (``true``): whether the gateway records usage at all;
+* ``usage_database_url`` (unset; a secret, masked by ``fognode config``):
+  ``StoreOptions.database_url``, PostgreSQL shared by nodes;
+* ``usage_sqlite_path`` (``<data dir>/usage.sqlite3``): ``StoreOptions.sqlite_path``;
+* ``usage_flush_records`` (``100``), ``usage_flush_seconds`` (``1.0``),
+  ``usage_buffer_limit`` (``10000``): the batching of :class:`StoreOptions`;
+* ``node_id`` (exists): ``StoreOptions.node``;
+* ``quota_tokens_per_day``, ``quota_requests_per_minute`` (``0``, no limit):
+  ``QuotaOptions.default``;
+* ``quota_tiers`` (``{}``, JSON): ``QuotaOptions.tiers``;
+* ``quota_tier_claim`` (``fog_tier``), ``quota_api_key_tiers`` (``{}``, JSON),
+  ``quota_day_start`` (``00:00`` UTC), ``quota_default_completion_tokens``
+  (``512``): the fields of :class:`QuotaOptions` of the same names;
+* ``usage_metrics_per_user`` (``false``): per-user Prometheus labels.
+
+``quota_tiers`` example: ``{"staff": {"tokens_per_day": 0, "requests_per_minute":
+600}, "guest": {"tokens_per_day": 20000, "requests_per_minute": 10}}``.
 """
 
 from __future__ import annotations

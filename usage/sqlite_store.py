@@ -10,6 +10,7 @@ migrations), one reads (quota checks, totals).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 import time
@@ -48,7 +49,7 @@ class SqliteStore:
         self._reader: aiosqlite.Connection | None = None
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(_create_private, self.path)
         # isolation_level=None: transactions are begun and ended explicitly.
         writer = await aiosqlite.connect(self.path, isolation_level=None)
         try:
@@ -144,6 +145,13 @@ class SqliteStore:
         async with self._db(write=False).execute("PRAGMA integrity_check") as cur:
             rows = await cur.fetchall()
         return "\n".join(str(row[0]) for row in rows)
+
+
+def _create_private(path: Path) -> None:
+    """The file says who used the node when: readable by its owner only.
+    SQLite gives the -wal and -shm files the database file's permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
 
 
 async def _rollback(db: aiosqlite.Connection) -> None:
