@@ -76,6 +76,9 @@ if ((WITH_TEST)); then
   # systemd-analyze (checks the service unit), setpriv (runs it unprivileged).
   apt_install curl openssl ca-certificates iproute2 dnsutils avahi-daemon avahi-utils dbus \
     systemd util-linux
+  # The usage store's tests run on a real PostgreSQL server that they start
+  # themselves (initdb in a temporary directory); only the binaries are needed.
+  apt_install postgresql
   # deploy/ compose files are validated with `docker compose config`; Debian
   # packages only compose v1 (docker-compose), which the tests fall back to.
   if ! docker compose version >/dev/null 2>&1; then

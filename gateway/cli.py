@@ -22,11 +22,12 @@ from ..auth.firebase import AuthConfigError
 from ..certs.cli import add_certs_commands, run_certs_command
 from ..certs.errors import CertError
 from ..discovery.cli import add_discovery_commands, run_discovery_command
+from ..usage.cli import add_usage_commands, run_usage_command
 from . import __version__
 from .auth_setup import UnsafeConfiguration
 from .logs import configure_logging
 from .service import add_service_commands
-from .settings import Settings, load_settings
+from .settings import Settings, data_dir, load_settings
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -199,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_auth_commands(sub)
     add_service_commands(sub)
     add_discovery_commands(sub)
+    add_usage_commands(sub)
     return parser
 
 
@@ -219,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "admin_claim": settings.admin_claim,
                 },
             )
+        if args.command == "usage":
+            return run_usage_command(args, sqlite_path=data_dir() / "usage.sqlite3")
         if args.command == "certs":
             settings = load_settings(None)
             return run_certs_command(
