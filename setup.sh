@@ -70,6 +70,10 @@ if ((WITH_TEST)); then
   # Real clients the tests drive: curl and openssl (TLS), ip (network namespaces),
   # dig (an independent mDNS client).
   apt_install curl openssl ca-certificates iproute2 dnsutils
+  # Web pages are tested in a real browser: Debian's Chromium, driven by
+  # Playwright (PyPI) through executablePath, never a browser Playwright
+  # downloads; zbarimg decodes QR codes from its screenshots.
+  apt_install chromium zbar-tools
   # deploy/ compose files are validated with `docker compose config`; Debian
   # packages only compose v1 (docker-compose), which the tests fall back to.
   if ! docker compose version >/dev/null 2>&1; then

@@ -18,9 +18,14 @@ from pydantic import ValidationError
 
 from ..auth.cli import add_auth_commands, run_auth_command
 from ..auth.firebase import AuthConfigError
+from ..certs.authority import load_ca
 from ..certs.cli import add_certs_commands, run_certs_command
 from ..certs.errors import CertError
+from ..certs.export import export_forms
+from ..certs.issuer import lan_addresses
+from ..certs.store import CertPaths
 from ..discovery.cli import add_discovery_commands, run_discovery_command
+from ..web.onboarding import onboarding_urls, terminal_text
 from . import __version__
 from .auth_setup import UnsafeConfiguration
 from .logs import configure_logging
@@ -143,6 +148,42 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# Until the gateway serves the onboarding page (FOGNODE_ONBOARDING_PORT), the
+# port `certs qr` points phones to: 80 is free on a TLS node (the SpeziLLMFog
+# app uses it only in its plain-HTTP development mode) and keeps the link short.
+ONBOARDING_PORT = 80
+
+
+def _cmd_certs_qr(args: argparse.Namespace) -> int:
+    """The onboarding page's QR code in the terminal (same link as the page's)."""
+    ca = load_ca(CertPaths(Path(args.dir).expanduser()), None, need_key=False).cert
+    urls = onboarding_urls(port=args.port, addresses=lan_addresses(), public_url=args.url)
+    print(terminal_text(urls[0], export_forms(ca)), end="")
+    return 0
+
+
+def _add_certs_qr(certs_sub: Any) -> None:
+    qr = certs_sub.add_parser(
+        "qr",
+        help="print the phone onboarding QR code, link and CA fingerprint",
+        description="Print the QR code of the phone onboarding page's link, with the "
+        "CA's SHA-256 fingerprint to compare on the phone.",
+    )
+    qr.add_argument("--dir", default=None, help="certificate directory (FOGNODE_CERTS_DIR)")
+    qr.add_argument(
+        "--port",
+        type=int,
+        default=ONBOARDING_PORT,
+        help=f"port of the onboarding page (default {ONBOARDING_PORT})",
+    )
+    qr.add_argument(
+        "--url",
+        help="base URL phones use for the onboarding page, if not this machine's LAN "
+        "address (a DNS name, a port forwarded by a router)",
+    )
+    qr.set_defaults(func=_cmd_certs_qr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fognode",
@@ -177,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=3.0)
     health.set_defaults(func=_cmd_healthcheck)
 
-    add_certs_commands(sub)
+    _add_certs_qr(add_certs_commands(sub))
     add_auth_commands(sub)
     add_discovery_commands(sub)
     return parser

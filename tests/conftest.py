@@ -21,6 +21,9 @@ from tests.ollama_standin import OllamaStandIn
 
 GatewayFactory = Callable[..., Awaitable[RunningServer]]
 
+# Browser fixtures (Debian chromium through Playwright) and the QR decoder.
+pytest_plugins = ["tests.browser"]
+
 
 @pytest.fixture
 async def standin() -> AsyncIterator[OllamaStandIn]:
