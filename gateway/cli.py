@@ -25,11 +25,12 @@ from ..certs.export import export_forms
 from ..certs.issuer import lan_addresses
 from ..certs.store import CertPaths
 from ..discovery.cli import add_discovery_commands, run_discovery_command
+from ..models.cli import ModelsDefaults, add_models_commands, run_models_command
 from ..web.onboarding import onboarding_urls, terminal_text
 from . import __version__
 from .auth_setup import UnsafeConfiguration
 from .logs import configure_logging
-from .settings import Settings, load_settings
+from .settings import Settings, data_dir, load_settings
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -113,20 +114,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_url(settings: Settings) -> str:
+    """The gateway on this machine, as the settings say it listens."""
+    host = "127.0.0.1" if settings.host in ("*", "", "0.0.0.0", "::") else settings.host
+    host = f"[{host}]" if ":" in host else host
+    return f"{'https' if settings.tls else 'http'}://{host}:{settings.bind_port}"
+
+
 def _cmd_healthcheck(args: argparse.Namespace) -> int:
     """Exit 0 if the local gateway answers /healthz (for Docker and systemd)."""
     import ssl
     import urllib.request
 
     settings = _settings_from(args)
-    scheme = "https" if settings.tls else "http"
-    host = "127.0.0.1" if settings.host in ("*", "", "0.0.0.0", "::") else settings.host
-    host = f"[{host}]" if ":" in host else host
     # Our own process on loopback: the certificate is not what is checked here.
     context = ssl._create_unverified_context() if settings.tls else None
     try:
         with urllib.request.urlopen(
-            f"{scheme}://{host}:{settings.bind_port}/healthz", timeout=args.timeout, context=context
+            f"{_local_url(settings)}/healthz", timeout=args.timeout, context=context
         ) as resp:
             ok = resp.status == 200
     except OSError as exc:
@@ -221,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_certs_qr(add_certs_commands(sub))
     add_auth_commands(sub)
     add_discovery_commands(sub)
+    add_models_commands(sub)
     return parser
 
 
@@ -240,6 +246,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "emulator_host": settings.firebase_auth_emulator_host,
                     "admin_claim": settings.admin_claim,
                 },
+            )
+        if args.command == "models":
+            settings = load_settings(None)
+            return run_models_command(
+                args,
+                ModelsDefaults(
+                    url=_local_url(settings),
+                    ca_file=settings.ca_cert_file if settings.tls else None,
+                    api_key_file=data_dir() / "admin-api-key",
+                ),
             )
         if args.command == "certs":
             settings = load_settings(None)
