@@ -79,6 +79,10 @@ if ((WITH_TEST)); then
   # The usage store's tests run on a real PostgreSQL server that they start
   # themselves (initdb in a temporary directory); only the binaries are needed.
   apt_install postgresql
+  # Web pages are tested in a real browser: Debian's Chromium, driven by
+  # Playwright (PyPI) through executablePath, never a browser Playwright
+  # downloads; zbarimg decodes QR codes from its screenshots.
+  apt_install chromium zbar-tools
   # deploy/ compose files are validated with `docker compose config`; Debian
   # packages only compose v1 (docker-compose), which the tests fall back to.
   if ! docker compose version >/dev/null 2>&1; then

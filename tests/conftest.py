@@ -23,6 +23,9 @@ from tests.postgres import PostgresServer, postgres_bin_dir
 
 GatewayFactory = Callable[..., Awaitable[RunningServer]]
 
+# Browser fixtures (Debian chromium through Playwright) and the QR decoder.
+pytest_plugins = ["tests.browser"]
+
 
 @pytest.fixture
 async def standin() -> AsyncIterator[OllamaStandIn]:

@@ -37,6 +37,7 @@ import hashlib
 import json
 import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -548,13 +549,86 @@ class OllamaStandIn:
     async def root(self, request: web.Request) -> web.Response:
         return web.Response(text="Ollama is running")
 
+    # --- pulling a model, as Ollama streams it ------------------------------
+    # Layers of a pulled model (llama3.2:1b's sizes): "pulling <digest>" lines
+    # report each one's total and growing completed bytes, one layer after
+    # another. `pull_pace` is the pause between progress lines (Ollama ticks
+    # every 60 ms) so a test can watch a pull; `pull_steps` lines per layer.
+    pull_layers: tuple[int, ...] = (1_321_082_688, 7_711, 6_016, 1_401, 96, 485)
+    pull_steps: int = 4
+    pull_pace: float = 0.0
+    # Names the registry has; None: every well-formed name can be pulled.
+    registry: tuple[str, ...] | None = None
+
     async def api_pull(self, request: web.Request) -> web.StreamResponse:
         data = await self._native_body(request)
         if isinstance(data, web.Response):
             return data
         name = data.get("model") or data.get("name") or ""
-        if request.path == "/api/pull" and name and not self._has_model(name):
-            self.models = (*self.models, name if ":" in name else f"{name}:latest")
+        if request.path != "/api/pull":  # push and create: their short stream
+            return await self._short_progress(request, data)
+        if not name or any(c.isspace() for c in name) or name.startswith(("/", ":")):
+            return self.native_error(400, "invalid model name")
+        full = name if ":" in name else f"{name}:latest"
+        lines = self._pull_lines(full)
+        if data.get("stream", True) is False:
+            # Ollama still pulls, then answers with the last status (or the error).
+            latest: dict[str, Any] = {}
+            async for line in lines:
+                if "error" in line:
+                    return self.native_error(500, line["error"])
+                latest = line
+            return web.json_response(latest)
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        self.active += 1
+        try:
+            async for line in lines:
+                await response.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+                self.chunks_sent += 1
+            await response.write_eof()
+        except (asyncio.CancelledError, ConnectionResetError):
+            # Ollama cancels the blob download when its last waiting client leaves.
+            self.cancelled += 1
+            self.cancel_event.set()
+            raise
+        finally:
+            self.active -= 1
+        return response
+
+    async def _pull_lines(self, name: str) -> AsyncIterator[dict[str, Any]]:
+        """The status lines of a pull, paced; the model exists only after "success"."""
+        yield {"status": "pulling manifest"}
+        await asyncio.sleep(self.pull_pace)
+        if self.registry is not None and not any(
+            r in (name, name.removesuffix(":latest")) for r in self.registry
+        ):
+            yield {"error": "pull model manifest: file does not exist"}
+            return
+        for index, total in enumerate(self.pull_layers):
+            digest = "sha256:" + hashlib.sha256(f"{name}/{index}".encode()).hexdigest()
+            status = f"pulling {digest[7:19]}"
+            # The first line announces the size; `completed` is omitted while 0.
+            yield {"status": status, "digest": digest, "total": total}
+            for step in range(1, self.pull_steps + 1):
+                await asyncio.sleep(self.pull_pace)
+                yield {
+                    "status": status,
+                    "digest": digest,
+                    "total": total,
+                    "completed": total * step // self.pull_steps,
+                }
+        for status in ("verifying sha256 digest", "writing manifest"):
+            await asyncio.sleep(self.pull_pace)
+            yield {"status": status}
+        if not self._has_model(name):
+            self.models = (*self.models, name)
+        self.completed += 1
+        yield {"status": "success"}
+
+    async def _short_progress(
+        self, request: web.Request, data: dict[str, Any]
+    ) -> web.StreamResponse:
         statuses = [
             {"status": "pulling manifest"},
             {"status": "verifying sha256 digest"},
