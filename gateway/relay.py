@@ -64,6 +64,8 @@ class RouteEdits:
 
     sse_line_edit: LineEdit | None = None  # applied to each SSE data line
     openai_errors: bool = True  # error bodies in OpenAI's shape (else Ollama's)
+    # Inference routes: a missing model in the words the SpeziLLMFog app matches.
+    reword_missing_model: bool = False
 
 
 class Ending(enum.Enum):
@@ -256,7 +258,7 @@ async def _relay_error(
     """An upstream error answer, read whole: reworded if it is a missing model,
     in-band if the stream's headers went out already, else passed on as sent."""
     body = await _read_capped(upstream.content, MAX_ERROR_BODY)
-    if upstream.status == 404 and model and is_model_not_found(body):
+    if upstream.status == 404 and model and edits.reword_missing_model and is_model_not_found(body):
         message = model_not_found_message(model)
         if keepalive is not None and keepalive.started:
             return await keepalive.fail(
