@@ -32,14 +32,22 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import random
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from zeroconf import Error as ZeroconfError
-from zeroconf import IPVersion, NonUniqueNameException
+from zeroconf import (
+    IPVersion,
+    NonUniqueNameException,
+    RecordUpdate,
+    RecordUpdateListener,
+    Zeroconf,
+)
 
 # Exported by zeroconf (not in its __all__, which mypy goes by).
+from zeroconf._dns import DNSService
 from zeroconf._services.info import AddressResolver
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
@@ -90,6 +98,7 @@ class Advertiser:
         self._last_sent = 0.0
         self._pending: asyncio.TimerHandle | None = None
         self._update: asyncio.Task[None] | None = None
+        self._guard: asyncio.Task[None] | None = None
         self.instance: str | None = None  # as registered (maybe `-2`)
         self.host: str | None = None  # as registered (maybe `-2`)
 
@@ -151,7 +160,58 @@ class Advertiser:
             ", ".join(ann.addresses),
         )
         self._last_sent = time.monotonic()
+        self._guard = asyncio.create_task(self._guard_name(ann), name="fognode-mdns-guard")
         return True
+
+    async def _guard_name(self, ann: Announcement) -> None:
+        """Catch a host that takes this node's name, now or later.
+
+        Two nodes that start together both find the name free and both
+        register it (python-zeroconf does not break simultaneous probe ties);
+        and a host can claim a name at any time. Every SRV record heard for
+        one of this node's service names is checked: if it points at another
+        host, the node with the greater host name yields and takes the next
+        free number, so exactly one of the two moves.
+        """
+        assert self._zc is not None
+        zc = self._zc
+        rivals: asyncio.Queue[str] = asyncio.Queue()
+        listener = _RivalListener(self, rivals)
+        zc.zeroconf.async_add_listener(listener, None)
+        try:
+            # Ask once, a moment after the announcements: a rival answers.
+            await asyncio.sleep(random.uniform(0.5, 1.5))
+            await self._ask_for_own_names(ann)
+            while True:
+                rival = await rivals.get()
+                if rival > (self.host or ""):
+                    continue  # the other node yields
+                log.warning("mDNS: %s also announces %r; renaming this node", rival, self.instance)
+                try:
+                    for info in self._infos:
+                        await (await zc.async_unregister_service(info))
+                    await self._register(ann, await self._free_number(ann))
+                except (OSError, RuntimeError, ZeroconfError) as exc:
+                    log.warning("mDNS: cannot re-announce under a new name (%s)", exc)
+                    return
+                log.warning("mDNS: announced as %r", self.instance)
+        finally:
+            zc.zeroconf.async_remove_listener(listener)
+
+    async def _ask_for_own_names(self, ann: Announcement) -> None:
+        assert self._zc is not None
+        wait_ms = int(self.name_check_seconds * 1000)
+        await asyncio.gather(
+            *(
+                AsyncServiceInfo(ann.type_in(d), ann.name_in(d, self.instance)).async_request(
+                    self._zc.zeroconf, wait_ms
+                )
+                for d in ann.domains
+            )
+        )
+
+    def own_service_keys(self) -> set[str]:
+        return {info.key for info in self._infos}
 
     async def _register(self, ann: Announcement, number: int) -> None:
         """Register in every domain under one instance name, free in all of them.
@@ -272,11 +332,12 @@ class Advertiser:
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
-        if self._update is not None:
-            self._update.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._update
-            self._update = None
+        for task in (self._update, self._guard):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._update = self._guard = None
         if self._zc is None:
             return
         try:
@@ -293,3 +354,25 @@ class Advertiser:
             with contextlib.suppress(OSError, RuntimeError, ZeroconfError):
                 await self._zc.async_close()
             self._zc = None
+
+
+class _RivalListener(RecordUpdateListener):
+    """Hears every record zeroconf receives; reports SRV records for this node's
+    service names that point at another host."""
+
+    def __init__(self, advertiser: Advertiser, rivals: asyncio.Queue[str]) -> None:
+        self.advertiser = advertiser
+        self.rivals = rivals
+
+    def async_update_records(self, zc: Zeroconf, now: float, records: list[RecordUpdate]) -> None:
+        keys = self.advertiser.own_service_keys()
+        host = (self.advertiser.host or "").lower()
+        for update in records:
+            record = update.new
+            if (
+                isinstance(record, DNSService)
+                and record.key in keys
+                and record.ttl > 0
+                and record.server_key != host
+            ):
+                self.rivals.put_nowait(record.server_key)

@@ -226,34 +226,29 @@ def test_txt_update_on_model_pull_and_goodbye_on_shutdown(
     assert gone_after < 60
 
 
-def test_two_nodes_with_one_name_get_distinct_instances(
+def test_two_nodes_started_together_get_distinct_instances(
     lan: Lan, procs: list[Proc], node_files: dict[str, Any]
 ) -> None:
-    first = start_node(lan, procs, node_files)
-    wait_http(lan.a, f"https://127.0.0.1:{PORT}/healthz")
-    time.sleep(1)  # the first node's records are in place before the second probes
-    second_env = dict(node_files["env"], XDG_DATA_HOME=node_files["env"]["XDG_DATA_HOME"] + "2")
-    second = Proc(
-        lan.a.fognode(
-            "serve",
-            "--host",
-            "*",
-            "--port",
-            str(PORT + 1),
-            "--upstream-url",
-            "http://127.0.0.1:11434",
-        ),
-        env=second_env,
-    )
-    procs.append(second)
-    names: set[str] = set()
-    deadline = time.monotonic() + 30
-    while len(names) < 2 and time.monotonic() < deadline:
-        names = {n["name"] for n in discover_json(lan, timeout=2)}
-    assert names == {"SpeziLLMFog Service", "SpeziLLMFog Service-2"}, (
-        first.log + second.log
-    ).decode()
-    assert first.popen.poll() is None and second.popen.poll() is None
+    """Both find the name free and take it; a moment later the one with the
+    greater host name hears the other and moves to `-2`."""
+    procs.append(Proc(lan.a.python("-m", "tests.ollama_standin", "--port", "11434")))
+    wait_http(lan.a, "http://127.0.0.1:11434/api/version")
+    nodes = []
+    for index, port in enumerate((PORT, PORT + 1)):
+        env = dict(node_files["env"], XDG_DATA_HOME=node_files["env"]["XDG_DATA_HOME"] + str(index))
+        argv = ["serve", "--host", "*", "--port", str(port)]
+        nodes.append(Proc(lan.a.fognode(*argv, "--upstream-url", "http://127.0.0.1:11434"), env))
+    procs.extend(nodes)
+    found: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        found = discover_json(lan, timeout=2)
+        if {n["name"] for n in found} == {"SpeziLLMFog Service", "SpeziLLMFog Service-2"}:
+            break
+    assert {n["name"] for n in found} == {"SpeziLLMFog Service", "SpeziLLMFog Service-2"}, found
+    assert {n["port"] for n in found} == {PORT, PORT + 1}
+    assert len({n["host"] for n in found}) == 2
+    assert all(node.popen.poll() is None for node in nodes)
 
 
 def test_http_client_sees_the_node_port_and_ip_via_discovery_library(
