@@ -21,6 +21,7 @@ from ..auth.firebase import AuthConfigError
 from ..certs.cli import add_certs_commands, run_certs_command
 from ..certs.errors import CertError
 from ..discovery.cli import add_discovery_commands, run_discovery_command
+from ..embedded.model import ModelUnavailable
 from . import __version__
 from .auth_setup import UnsafeConfiguration
 from .logs import configure_logging
@@ -98,6 +99,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 1
     except (UnsafeConfiguration, AuthConfigError) as exc:
         print(f"fognode: refusing to start: {exc}", file=sys.stderr)
+        return 1
+    except ModelUnavailable as exc:
+        print(f"fognode: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(
