@@ -227,6 +227,7 @@ class Upstream:
                 code="upstream_disconnected",
             ) from None
         except aiohttp.ClientError as exc:
+            self._raise_if_local()
             raise GatewayError(
                 502,
                 f"Request to the upstream at {self.base} failed: {exc}.",
