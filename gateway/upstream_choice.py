@@ -16,6 +16,7 @@ The choice is logged in one line and shown by /readyz (``upstream_choice``).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -67,7 +68,8 @@ async def ollama_unreachable(base: str, wait_s: float) -> str | None:
                 return f"HTTP {resp.status}"
             body = await resp.json(content_type=None)
     except aiohttp.ClientConnectorError as exc:
-        return exc.os_error.strerror or str(exc)
+        errno = exc.os_error.errno
+        return os.strerror(errno) if errno else str(exc)
     except TimeoutError:
         return f"no answer within {wait_s:g}s"
     except (aiohttp.ClientError, ValueError) as exc:

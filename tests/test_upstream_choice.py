@@ -103,7 +103,9 @@ async def test_the_embedded_model_serves_when_nothing_answers_at_the_default_add
     pool = app[UPSTREAM]
     assert pool.kind == "embedded" and app[ADMISSION].capacity == 1
     [choice] = [r.getMessage() for r in caplog.records if r.name == "fognode.upstream"]
-    assert choice.startswith(f"upstream: no upstream configured and no Ollama at {nothing} (")
+    assert choice.startswith(
+        f"upstream: no upstream configured and no Ollama at {nothing} (Connection refused)"
+    )
     assert f"serving the embedded model {MODEL}" in choice
 
     async with http.get(f"{gateway.url}/readyz") as resp:
