@@ -211,3 +211,40 @@ async def test_loading_progress_is_one_live_line_on_a_terminal(tmp_path: Path) -
     # The live line is wiped before the log line and at the end.
     assert "\r\033[Ka log line while loading" in text
     assert text.endswith("\r\033[K")
+
+
+async def test_parallel_slots_are_processes_that_share_the_load(
+    unconfigured: list[RunningServer],
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = fresh_settings().model_copy(
+        update={"upstream_kind": "embedded", "embedded_parallel": 2, "embedded_threads": 1}
+    )
+    caplog.set_level(logging.DEBUG, logger="fognode.embedded.llama")
+    gateway = await start_server(settings)
+    unconfigured.append(gateway)
+    app = gateway.runner.app
+    pool = app[UPSTREAM]
+    assert len(pool.members) == 2 and app[ADMISSION].capacity == 2
+    servers = [m.local for m in pool.members if isinstance(m.local, LlamaServer)]
+    assert len(servers) == 2
+    await asyncio.wait_for(asyncio.gather(*(s.wait_ready() for s in servers)), 120)
+
+    async def ask() -> int:
+        async with http.post(f"{gateway.url}/v1/chat/completions", json=CHAT) as resp:
+            await resp.read()
+            return resp.status
+
+    assert await asyncio.gather(ask(), ask()) == [200, 200]
+    served = {
+        r.getMessage().split("]")[0]
+        for r in caplog.records
+        if r.name == "fognode.embedded.llama" and "POST /v1/chat/completions" in r.getMessage()
+    }
+    assert served == {"[0", "[1"}  # one request each, at the same time
+    async with http.get(f"{gateway.url}/v1/models") as resp:
+        assert [m["id"] for m in (await resp.json())["data"]] == [MODEL]
+    async with http.get(f"{gateway.url}/readyz") as resp:
+        slots = (await resp.json())["embedded"]["slots"]
+    assert slots == [{"state": "ready", "restarts": 0}] * 2
