@@ -26,6 +26,7 @@ from ..certs.export import export_forms
 from ..certs.issuer import lan_addresses
 from ..certs.store import CertPaths
 from ..discovery.cli import add_discovery_commands, run_discovery_command
+from ..embedded.model import ModelUnavailable
 from ..models.cli import ModelsDefaults, add_models_commands, run_models_command
 from ..usage.cli import add_usage_commands, run_usage_command
 from ..web.onboarding import onboarding_urls, terminal_text
@@ -112,6 +113,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 1
     except (UnsafeConfiguration, AuthConfigError) as exc:
         print(f"fognode: refusing to start: {exc}", file=sys.stderr)
+        return 1
+    except ModelUnavailable as exc:
+        print(f"fognode: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(

@@ -23,6 +23,7 @@ from .proxy import ADMISSION, UPSTREAM
 from .settings import Settings
 from .slow_clients import GuardedAppRunner
 from .tls import TlsTerminator
+from .upstream_choice import choose_upstream, install_upstream_choice
 
 log = logging.getLogger("fognode.server")
 
@@ -34,6 +35,10 @@ class RunningServer:
     port: int
     tls: TlsTerminator | None = None
     announcer: NodeAnnouncer | None = None
+
+    @property
+    def upstream_base(self) -> str:
+        return self.runner.app[UPSTREAM].base
 
     @property
     def url(self) -> str:
@@ -55,7 +60,10 @@ async def start_server(
     if tls is not None:
         # Refuse to start with a pair no client would accept (CertError).
         await asyncio.to_thread(tls.load)
+    choice = await choose_upstream(settings)
+    settings = choice.settings  # with the upstream kind decided
     app = create_app(settings, authorizer=authorizer, tls=tls)
+    install_upstream_choice(app, choice)
     runner = GuardedAppRunner(
         app,
         header_timeout=settings.header_timeout,
@@ -85,13 +93,15 @@ async def start_server(
             settings, port=port, admission=app[ADMISSION], upstream=app[UPSTREAM], tls=tls
         )
         await running.announcer.start()
+        if choice.runtime is not None:  # announce the model as soon as it serves
+            choice.runtime.on_ready.append(running.announcer.refresh)
     return running
 
 
 async def serve(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM, then let open requests finish (bounded)."""
     running = await start_server(settings)
-    log.info("fognode listening on %s, forwarding to %s", running.url, settings.upstream_base)
+    log.info("fognode listening on %s, forwarding to %s", running.url, running.upstream_base)
     if running.tls is not None and running.tls.pair is not None:
         leaf = running.tls.pair.leaf
         names = cert_names(leaf).dns

@@ -70,6 +70,9 @@ def _project_of(service_account: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
+# Where Ollama listens unless told otherwise; upstream_kind=auto probes it.
+DEFAULT_UPSTREAM_URL = "http://127.0.0.1:11434"
+
 _SERVICE_TYPE = re.compile(
     r"_[A-Za-z0-9](?:[A-Za-z0-9-]{0,13}[A-Za-z0-9])?\._(?:tcp|udp)(?:\.[^.\s]+)*", re.ASCII
 )
@@ -332,7 +335,7 @@ class Settings(BaseSettings):
 
     # --- upstream (Ollama) -----------------------------------------------
     upstream_url: AnyHttpUrl = Field(
-        AnyHttpUrl("http://127.0.0.1:11434"),
+        default_factory=lambda: AnyHttpUrl(DEFAULT_UPSTREAM_URL),
         description="Base URL of the Ollama server the gateway forwards to.",
     )
     upstream_urls: Annotated[list[str], NoDecode] = Field(
@@ -346,10 +349,13 @@ class Settings(BaseSettings):
     upstream_check_interval: float = Field(
         15, gt=0, description="Seconds between health and model-list checks of the upstreams."
     )
-    upstream_kind: Literal["ollama", "openai"] = Field(
-        "ollama",
+    upstream_kind: Literal["auto", "ollama", "openai", "embedded"] = Field(
+        "auto",
         description="`ollama`: Ollama, with its native /api routes. `openai`: any "
-        "OpenAI-compatible server (llama.cpp's server, vLLM, LocalAI); /api routes answer 501.",
+        "OpenAI-compatible server (llama.cpp's server, vLLM, LocalAI); /api routes answer 501. "
+        "`embedded`: fognode runs llama.cpp's server itself with embedded_model. `auto`: an "
+        "upstream_url or upstream_urls that is set is Ollama, as given; with neither set, "
+        "Ollama at the default address if it answers at start, else the embedded model.",
     )
     upstream_api_key: str | None = Field(
         None,
@@ -400,6 +406,48 @@ class Settings(BaseSettings):
         1.0,
         ge=0,
         description="How long a /readyz result is reused, so probes stay cheap under load.",
+    )
+
+    # --- the embedded model (upstream_kind embedded, or auto without Ollama) ---
+    embedded_model: str | None = Field(
+        None,
+        description="What the embedded llama.cpp server runs: a packaged model by name "
+        "(`smollm2:135m`, the default; `gemma3:270m`) or the path of a GGUF file.",
+    )
+    embedded_model_alias: str | None = Field(
+        None,
+        min_length=1,
+        description="Model name clients ask for. Default: a packaged model's name (Ollama's "
+        "name for it), else the file name without `.gguf`.",
+    )
+    embedded_chat_format: str | None = Field(
+        None,
+        description="llama-cpp-python chat format (`chatml`, `gemma`, `llama-3`, ...). "
+        "Default: the chat template stored in the GGUF file (`gemma` for gemma3:270m, whose "
+        "file has none).",
+    )
+    embedded_context_size: int = Field(
+        4096, ge=256, description="Context window of the embedded model, in tokens."
+    )
+    embedded_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads per llama.cpp server process. Default: the cores divided "
+        "by embedded_parallel.",
+    )
+    embedded_parallel: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Parallel slots: llama.cpp server processes, each answering one request "
+        "at a time (they share the model file's pages). Also the default "
+        "max_concurrent_requests when the embedded model serves.",
+    )
+    embedded_start_timeout: float = Field(
+        600,
+        gt=0,
+        description="Seconds a llama.cpp server process may take to load the model before it "
+        "is killed and restarted.",
     )
 
     # --- admission control ---------------------------------------------------
@@ -530,6 +578,11 @@ class Settings(BaseSettings):
         self.mdns_domains = list(dict.fromkeys(domains))
         if self.firebase_project_id is None and self.firebase_credentials_file is not None:
             self.firebase_project_id = _project_of(self.firebase_credentials_file)
+        if self.upstream_kind == "embedded" and self.upstream_configured:
+            raise ValueError(
+                "upstream_kind=embedded runs a model in fognode itself; unset upstream_url "
+                "and upstream_urls, or choose upstream_kind ollama or openai for them"
+            )
         return self
 
     def _default_domains(self) -> list[str]:
@@ -539,6 +592,11 @@ class Settings(BaseSettings):
     def service_type(self) -> str:
         """The DNS-SD type announced: what the SpeziLLMFog app browses for in its mode."""
         return self.mdns_service_type or ("_https._tcp" if self.tls else "_http._tcp")
+
+    @property
+    def upstream_configured(self) -> bool:
+        """An upstream the operator named (flag, env var or file), to be used as given."""
+        return "upstream_url" in self.model_fields_set or bool(self.upstream_urls)
 
     @property
     def bind_port(self) -> int:

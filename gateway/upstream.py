@@ -10,6 +10,7 @@ is not.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -66,6 +67,31 @@ def filter_response_headers(headers: Any) -> CIMultiDict[str]:
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
 
 
+class LocalUpstream(Protocol):
+    """An upstream process fognode runs itself (the embedded model).
+
+    Its supervisor knows when it is loading or restarting, so requests get a
+    503 with Retry-After then, instead of a connection error or a wait.
+    """
+
+    def not_ready(self) -> tuple[str, float] | None:
+        """None when it serves; else why not, and seconds until it likely will."""
+        ...
+
+    def crashed(self) -> tuple[str, float]:
+        """Same, for a request that found it gone before its supervisor noticed."""
+        ...
+
+
+def not_ready_error(reason: str, retry_after: float) -> GatewayError:
+    return GatewayError(
+        503,
+        reason,
+        code="upstream_starting",
+        headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
+    )
+
+
 class Upstream:
     """Owns the client session to Ollama for the lifetime of the app."""
 
@@ -77,6 +103,7 @@ class Upstream:
         self.healthy: bool | None = None  # None: not checked yet
         self.models: frozenset[str] = frozenset()
         self.active = 0
+        self.local: LocalUpstream | None = None  # set when fognode runs it
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -105,6 +132,11 @@ class Upstream:
         if self._session is None:
             raise RuntimeError("upstream session used before app startup")
         return self._session
+
+    def _raise_if_local(self) -> None:
+        """A process fognode runs died under this request: its supervisor restarts it."""
+        if self.local is not None:
+            raise not_ready_error(*self.local.crashed()) from None
 
     def url(self, raw_path_and_query: str) -> URL:
         return URL(self.base + raw_path_and_query, encoded=True)
@@ -151,6 +183,8 @@ class Upstream:
         Connection problems and timeouts become GatewayErrors that name the
         upstream, so an operator reading the client's error knows what to fix.
         """
+        if self.local is not None and (waiting := self.local.not_ready()) is not None:
+            raise not_ready_error(*waiting)
         if self.settings.upstream_api_key:
             headers["Authorization"] = f"Bearer {self.settings.upstream_api_key}"
         timeout = first_byte_timeout or self.settings.first_byte_timeout
@@ -178,6 +212,7 @@ class Upstream:
                 code="upstream_first_byte_timeout",
             ) from None
         except aiohttp.ClientConnectorError as exc:
+            self._raise_if_local()
             raise GatewayError(
                 502,
                 f"Cannot reach the upstream at {self.base}: {exc.os_error.strerror or exc}. "
@@ -185,12 +220,14 @@ class Upstream:
                 code="upstream_unreachable",
             ) from None
         except aiohttp.ServerDisconnectedError:
+            self._raise_if_local()
             raise GatewayError(
                 502,
                 f"The upstream at {self.base} closed the connection before answering.",
                 code="upstream_disconnected",
             ) from None
         except aiohttp.ClientError as exc:
+            self._raise_if_local()
             raise GatewayError(
                 502,
                 f"Request to the upstream at {self.base} failed: {exc}.",

@@ -155,6 +155,7 @@ async def test_readyz_reports_ollama_version_and_models(
         "upstream_kind": "ollama",
         "ollama_version": VERSIONS["current"],
         "models": len(standin.models),
+        "upstream_choice": f"Ollama at {standin.url}, as configured",
     }
 
 

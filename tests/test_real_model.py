@@ -60,8 +60,8 @@ class LlamaServer:
                 "1024",
                 "--n_threads",
                 "2",
-                # By default a new request (the gateway's model-list check)
-                # interrupts the generation in progress.
+                # By default a request that arrives during a stream (fognode's
+                # model-list health check, say) cuts that stream short.
                 "--interrupt_requests",
                 "false",
             ],
