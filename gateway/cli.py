@@ -23,6 +23,7 @@ from ..certs.authority import load_ca
 from ..certs.cli import add_certs_commands, run_certs_command
 from ..certs.errors import CertError
 from ..certs.export import export_forms
+from ..certs.inspect import file_fingerprint
 from ..certs.issuer import lan_addresses
 from ..certs.store import CertPaths
 from ..discovery.cli import add_discovery_commands, run_discovery_command
@@ -249,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_certs_qr(add_certs_commands(sub))
     add_auth_commands(sub)
     add_service_commands(sub)
-    add_discovery_commands(sub)
+    add_discovery_commands(sub, ca_fingerprint=file_fingerprint)
     add_usage_commands(sub)
     add_models_commands(sub)
     return parser
