@@ -36,8 +36,11 @@ CHAT_PATH = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "Why is the sky blue?"}]
 
 
-def chat_body(model: str = "llama3.2:1b", *, stream: bool = False) -> str:
-    body: dict[str, object] = {"model": model, "messages": MESSAGES}
+def chat_body(model: str = "llama3.2:1b", *, stream: bool = False, tag: str = "") -> str:
+    """A chat request; a ``tag`` becomes the message, which the upstream
+    counts held streams by (every proxy forwards messages untouched)."""
+    messages = [{"role": "user", "content": tag}] if tag else MESSAGES
+    body: dict[str, object] = {"model": model, "messages": messages}
     if stream:
         body["stream"] = True
     return json.dumps(body, separators=(",", ":"))
@@ -53,6 +56,7 @@ class WrkResult:
     events: int  # SSE events counted in the bodies (only when checked)
     bad: int  # answers that were not 200 or had the wrong number of events
     checked: bool
+    first_bad: str  # what the first bad answer looked like
     p50_ms: float
     p90_ms: float
     p99_ms: float
@@ -70,7 +74,7 @@ class WrkResult:
         """Why this run cannot be trusted, or None."""
         wrong = {k: v for k, v in self.errors.items() if v}
         if self.bad:
-            wrong["bad answers"] = self.bad
+            wrong[f"bad answers (first: {self.first_bad})"] = self.bad
         if self.requests == 0:
             wrong["requests"] = 0
         if not wrong:
@@ -91,6 +95,7 @@ def parse_wrk(output: str) -> WrkResult:
         events=raw["events"],
         bad=raw["bad"],
         checked=raw["checked"],
+        first_bad=raw.get("first_bad", ""),
         p50_ms=raw["p50_us"] / 1000,
         p90_ms=raw["p90_us"] / 1000,
         p99_ms=raw["p99_us"] / 1000,
@@ -110,6 +115,31 @@ def wrk(
     timeout_s: int = 10,
 ) -> WrkResult:
     """One wrk run (one thread: the load generator takes one core of two)."""
+    with start_wrk(
+        url,
+        connections=connections,
+        seconds=seconds,
+        method=method,
+        body=body,
+        headers=headers,
+        expect_events=expect_events,
+        timeout_s=timeout_s,
+    ) as proc:
+        return finish_wrk(proc, seconds + timeout_s + 30)
+
+
+def start_wrk(
+    url: str,
+    *,
+    connections: int,
+    seconds: int,
+    method: str = "POST",
+    body: str = "",
+    headers: dict[str, str] | None = None,
+    expect_events: int = 0,
+    timeout_s: int = 10,
+) -> subprocess.Popen[str]:
+    """wrk, started in the background (see :func:`finish_wrk`)."""
     exe = shutil.which("wrk")
     if exe is None:
         raise MissingTool("wrk is not installed: run bash bench/setup.sh")
@@ -122,7 +152,7 @@ def wrk(
         "BENCH_HEADERS": "\n".join(f"{k}: {v}" for k, v in all_headers.items()),
         "BENCH_EXPECT_EVENTS": str(expect_events),
     }
-    out = subprocess.run(
+    return subprocess.Popen(
         [
             exe,
             "-t1",
@@ -133,14 +163,23 @@ def wrk(
             str(SCRIPT),
             url,
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env=env,
-        timeout=seconds + timeout_s + 30,
     )
-    if out.returncode != 0:
-        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr or out.stdout}")
-    return parse_wrk(out.stdout)
+
+
+def finish_wrk(proc: subprocess.Popen[str], limit: float) -> WrkResult:
+    try:
+        out, err = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {err or out}")
+    return parse_wrk(out)
 
 
 # --- a minimal HTTP/1.1 reader for the two clients below ---------------------------
@@ -302,10 +341,10 @@ class HeldStreams:
 
 @asynccontextmanager
 async def hold_streams(
-    endpoint: Endpoint, count: int, *, parallel: int = 64, limit: float = 60
+    endpoint: Endpoint, count: int, *, tag: str, parallel: int = 64, limit: float = 60
 ) -> AsyncIterator[HeldStreams]:
     """Open ``count`` streams against the slow model and hold them open."""
-    body = endpoint.request(chat_body("slow", stream=True))
+    body = endpoint.request(chat_body("slow", stream=True, tag=tag))
     writers: list[asyncio.StreamWriter] = []
     held = HeldStreams(0, [])
     gate = asyncio.Semaphore(parallel)  # connect in waves, not one SYN flood

@@ -152,8 +152,10 @@ def rss_kib(pids: list[int]) -> int:
     return total
 
 
-def upstream_stats(port: int) -> dict[str, int]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/bench/stats", timeout=5) as resp:
+def upstream_stats(port: int, tag: str = "") -> dict[str, int]:
+    """The upstream's counters (``open_tagged``: slow streams held under ``tag``)."""
+    url = f"http://127.0.0.1:{port}/bench/stats" + (f"?tag={tag}" if tag else "")
+    with urllib.request.urlopen(url, timeout=5) as resp:
         stats: dict[str, int] = json.load(resp)
     return stats
 

@@ -22,6 +22,7 @@ end
 local expect = tonumber(os.getenv("BENCH_EXPECT_EVENTS") or "0")
 events = 0
 bad = 0
+first_bad = ""
 
 if expect > 0 then
   function response(status, headers, body)
@@ -33,7 +34,13 @@ if expect > 0 then
       at = s + 6
     end
     events = events + n
-    if status ~= 200 or n ~= expect then bad = bad + 1 end
+    if status ~= 200 or n ~= expect then
+      bad = bad + 1
+      if first_bad == "" then
+        first_bad = string.format("status %d with %d events: %s", status, n,
+          (string.gsub(string.sub(body, 1, 120), "[^%w%p ]", "?")))
+      end
+    end
   end
 end
 
@@ -44,19 +51,21 @@ function setup(thread)
 end
 
 function done(summary, latency, requests)
-  local seen, wrong = 0, 0
+  local seen, wrong, example = 0, 0, ""
   for _, thread in ipairs(threads) do
     seen = seen + (thread:get("events") or 0)
     wrong = wrong + (thread:get("bad") or 0)
+    if example == "" then example = thread:get("first_bad") or "" end
   end
+  example = string.gsub(example, '[\\"]', "'")
   local e = summary.errors
   io.write(string.format(
     'BENCH {"requests": %d, "duration_us": %d, "bytes": %d, "connect": %d, "read": %d, '
       .. '"write": %d, "status": %d, "timeout": %d, "events": %d, "bad": %d, '
       .. '"p50_us": %d, "p90_us": %d, "p99_us": %d, "mean_us": %.1f, "max_us": %d, '
-      .. '"checked": %s}\n',
+      .. '"checked": %s, "first_bad": "%s"}\n',
     summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write,
     e.status, e.timeout, seen, wrong,
     latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency.mean, latency.max, expect > 0 and "true" or "false"))
+    latency.mean, latency.max, expect > 0 and "true" or "false", example))
 end

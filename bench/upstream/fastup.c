@@ -10,7 +10,9 @@
  *                               "stream": true: SSE events, each in a chunk of
  *                               its own (Transfer-Encoding: chunked, as Ollama)
  *   GET  /v1/models, /api/tags, /api/version, /   the listings and probes
- *   GET  /bench/stats           its own counters (streams open now, events sent)
+ *   GET  /bench/stats[?tag=T]   its own counters: requests answered, content
+ *                               events sent, streams open now, and slow streams
+ *                               open whose first message's content was "T"
  *
  * The model named in the request chooses the stream's shape:
  *
@@ -64,6 +66,7 @@ struct conn {
     int64_t due_ns;     /* next event of a paced stream */
     int active_index;   /* position in the active list, -1 if absent */
     int counted_slow;
+    int tag;            /* of a slow stream: index in tags[], -1 if none */
     char model[64];
     char id[32];
 };
@@ -76,7 +79,25 @@ static struct {
 
 static struct {
     uint64_t requests, streams, events, open_slow, open_streams;
+    uint64_t cut_streams; /* fast or paced streams whose connection closed mid-way */
 } stats;
+
+/* Slow streams open per tag (the first message's content), so a client can
+ * count its own streams while other proxies still hold theirs. */
+#define MAX_TAGS 256
+static struct {
+    char name[48];
+    uint64_t open;
+} tags[MAX_TAGS];
+static int n_tags;
+
+static int tag_index(const char *name) {
+    for (int i = 0; i < n_tags; i++)
+        if (strcmp(tags[i].name, name) == 0) return i;
+    if (n_tags == MAX_TAGS) return -1;
+    snprintf(tags[n_tags].name, sizeof tags[n_tags].name, "%s", name);
+    return n_tags++;
+}
 
 static struct conn **active;    /* streams with an event still to send */
 static int n_active, cap_active;
@@ -164,7 +185,9 @@ static void active_remove(struct conn *c) {
 static void conn_close(struct conn *c) {
     active_remove(c);
     if (c->counted_slow) stats.open_slow--;
+    if (c->tag >= 0) tags[c->tag].open--;
     if (c->streaming) stats.open_streams--;
+    if (c->streaming && c->shape != SLOW) stats.cut_streams++;
     epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     free(c->in);
@@ -303,7 +326,7 @@ static void send_event(struct conn *c) {
     active_remove(c);
 }
 
-static void start_stream(struct conn *c, const char *model) {
+static void start_stream(struct conn *c, const char *model, const char *tag) {
     snprintf(c->model, sizeof c->model, "%s", model);
     snprintf(c->id, sizeof c->id, "chatcmpl-%llu", (unsigned long long)++next_id);
     c->streaming = 1;
@@ -314,6 +337,7 @@ static void start_stream(struct conn *c, const char *model) {
         c->events_left = 1;
         c->counted_slow = 1;
         stats.open_slow++;
+        if (tag[0] && (c->tag = tag_index(tag)) >= 0) tags[c->tag].open++;
     } else if (strcmp(model, "paced") == 0) {
         c->shape = PACED;
         c->events_left = opt.paced_events;
@@ -334,7 +358,7 @@ static void start_stream(struct conn *c, const char *model) {
 }
 
 static void chat(struct conn *c, const char *body, size_t len) {
-    char model[64] = "", stream[16] = "";
+    char model[64] = "", stream[16] = "", tag[48] = "";
     if (!json_string(body, len, "model", model, sizeof model) || !model[0]) {
         respond(c, 400, "Bad Request", "application/json",
                 "{\"error\":{\"message\":\"model is required\",\"type\":\"invalid_request_error\","
@@ -344,7 +368,10 @@ static void chat(struct conn *c, const char *body, size_t len) {
     }
     json_string(body, len, "stream", stream, sizeof stream);
     if (strcmp(stream, "true") == 0) {
-        start_stream(c, model);
+        /* the tag of a held stream is its (first) message's content: every
+         * proxy forwards that untouched */
+        json_string(body, len, "content", tag, sizeof tag);
+        start_stream(c, model, tag);
         return;
     }
     char out[1024];
@@ -383,12 +410,18 @@ static void route(struct conn *c, const char *method, const char *path, const ch
     } else if (get && IS("/")) {
         respond(c, 200, "OK", "text/plain; charset=utf-8", "Ollama is running", head);
     } else if (get && IS("/bench/stats")) {
+        /* ?tag=NAME: also the slow streams open under that tag */
+        uint64_t tagged = 0;
+        if (q && strncmp(q, "?tag=", 5) == 0)
+            for (int i = 0; i < n_tags; i++)
+                if (strcmp(tags[i].name, q + 5) == 0) tagged = tags[i].open;
         snprintf(buf, sizeof buf,
                  "{\"requests\":%llu,\"streams\":%llu,\"events\":%llu,\"open_streams\":%llu,"
-                 "\"open_slow\":%llu}",
+                 "\"open_slow\":%llu,\"open_tagged\":%llu,\"cut_streams\":%llu}",
                  (unsigned long long)stats.requests, (unsigned long long)stats.streams,
                  (unsigned long long)stats.events, (unsigned long long)stats.open_streams,
-                 (unsigned long long)stats.open_slow);
+                 (unsigned long long)stats.open_slow, (unsigned long long)tagged,
+                 (unsigned long long)stats.cut_streams);
         respond(c, 200, "OK", "application/json", buf, head);
     } else {
         respond(c, 404, "Not Found", "text/plain; charset=utf-8", "404 page not found", head);
@@ -641,6 +674,7 @@ int main(int argc, char **argv) {
                     if (!c) die("calloc");
                     c->fd = fd;
                     c->active_index = -1;
+                    c->tag = -1;
                     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
                     if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll_ctl add");
                 }
