@@ -329,7 +329,7 @@ def paced_delays(endpoint: Endpoint, *, streams: int, events: int) -> PacedResul
                 (first if seen == 0 else later).append(delay)
                 seen += 1
             if seen != events:
-                raise RuntimeError(f"expected {events} timed events, got {seen}")
+                raise RuntimeError(f"a stream brought {seen} of its {events} timed events")
     return PacedResult(later, first)
 
 
