@@ -336,17 +336,30 @@ def paced_delays(endpoint: Endpoint, *, streams: int, events: int) -> PacedResul
 @dataclass
 class HeldStreams:
     opened: int  # streams whose status was 200 and whose first event arrived
+    waiting: int  # still without a first event when the count stopped growing
     failures: list[str]
 
 
 @asynccontextmanager
 async def hold_streams(
-    endpoint: Endpoint, count: int, *, tag: str, parallel: int = 64, limit: float = 60
+    endpoint: Endpoint,
+    count: int,
+    *,
+    tag: str,
+    parallel: int = 64,
+    stall: float = 15,
+    limit: float = 300,
 ) -> AsyncIterator[HeldStreams]:
-    """Open ``count`` streams against the slow model and hold them open."""
+    """Open ``count`` streams against the slow model and hold them open.
+
+    A proxy whose pool caps the open streams leaves the rest waiting: once
+    no stream has opened for ``stall`` seconds, those are given up (their
+    connections closed, so they hold no memory while it is measured) and
+    counted as waiting.
+    """
     body = endpoint.request(chat_body("slow", stream=True, tag=tag))
     writers: list[asyncio.StreamWriter] = []
-    held = HeldStreams(0, [])
+    held = HeldStreams(0, 0, [])
     gate = asyncio.Semaphore(parallel)  # connect in waves, not one SYN flood
 
     async def one() -> None:
@@ -358,24 +371,45 @@ async def hold_streams(
                 server_hostname=endpoint.server_name if endpoint.tls else None,
             )
             writers.append(writer)
-            writer.write(body)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = ResponseHead(head[:-4]).status
-            if status != 200:
-                raise RuntimeError(f"status {status}: {(await reader.read(300))!r}")
-            # the first event: its "data: " line and the blank line after it
-            seen = b""
-            while b"data: " not in seen or b"\n\n" not in seen.split(b"data: ", 1)[1]:
-                more = await reader.read(4096)
-                if not more:
-                    raise ConnectionError("closed before the first event")
-                seen += more
+            try:
+                writer.write(body)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = ResponseHead(head[:-4]).status
+                if status != 200:
+                    raise RuntimeError(f"status {status}: {(await reader.read(300))!r}")
+                # the first event: its "data: " line and the blank line after it
+                seen = b""
+                while b"data: " not in seen or b"\n\n" not in seen.split(b"data: ", 1)[1]:
+                    more = await reader.read(4096)
+                    if not more:
+                        raise ConnectionError("closed before the first event")
+                    seen += more
+            except asyncio.CancelledError:
+                writer.transport.abort()
+                raise
             held.opened += 1
 
-    results = await asyncio.gather(
-        *(asyncio.wait_for(one(), limit) for _ in range(count)), return_exceptions=True
-    )
-    held.failures = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)]
+    tasks = [asyncio.create_task(one()) for _ in range(count)]
+    loop = asyncio.get_running_loop()
+    started = changed = loop.time()
+    last = 0
+    while not all(task.done() for task in tasks):
+        await asyncio.sleep(0.2)
+        now = loop.time()
+        if held.opened != last:
+            last, changed = held.opened, now
+        elif now - changed > stall or now - started > limit:
+            break
+    for task in tasks:
+        if not task.done():
+            task.cancel()
+            held.waiting += 1
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    held.failures = [
+        f"{type(r).__name__}: {r}"
+        for r in results
+        if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)
+    ]
     try:
         yield held
     finally:

@@ -378,6 +378,10 @@ def build_targets(
             if secure:
                 argv += ["--ssl_keyfile_path", str(key), "--ssl_certfile_path", str(cert)]
             env = {
+                # its aiohttp pool holds 500 connections per upstream host by
+                # default: sized above the held streams, like every pool here
+                "AIOHTTP_CONNECTOR_LIMIT": str(opts.max_streams + 256),
+                "AIOHTTP_CONNECTOR_LIMIT_PER_HOST": str(opts.max_streams + 256),
                 "LITELLM_LOCAL_MODEL_COST_MAP": "True",
                 "LITELLM_LOG": "ERROR",
                 # No master key: measured with auth off, like the others.
