@@ -564,21 +564,21 @@ def report(saved: dict[str, Any]) -> str:
         return text
 
     versions = meta["versions"]
-    w(f"Run {meta['date']}, {meta['machine']}, kernel {meta['kernel']}; {meta['minutes']} min.")
+    w(f"- Run {meta['date']}, {meta['machine']}, kernel {meta['kernel']}; {meta['minutes']} min.")
     w(
-        f"Load: loadavg {' '.join(meta['loadavg_start'])} at the start, "
+        f"- Load: loadavg {' '.join(meta['loadavg_start'])} at the start, "
         f"{' '.join(meta.get('loadavg_end', ['?']))} at the end; other processes used "
         f"{meta.get('other_load_cores', '?')} cores on average during the rounds."
     )
-    w("Versions: " + ", ".join(f"{k} {val}" for k, val in versions.items()) + ".")
+    w("- Versions: " + ", ".join(f"{k} {val}" for k, val in versions.items()) + ".")
     w(
-        f"Plan: {plan['rounds']} interleaved rounds of {plan['seconds']} s wrk runs "
+        f"- Plan: {plan['rounds']} interleaved rounds of {plan['seconds']} s wrk runs "
         f"(-t1) after {plan['warmup_seconds']} s warm-up; streams of {plan['stream_events']} "
         f"events (+ finish + [DONE]); paced: {plan['paced_streams']} streams x "
         f"{plan['paced_events']} events, one every {plan['paced_us'] / 1000:g} ms; memory: "
         f"{plan['streams']} streams, {plan['memory_rounds']} round(s) on fresh processes."
     )
-    w("Cells: median over rounds (min-max).")
+    w("- Cells: median over rounds (min-max).")
     w("")
     w("### The figures of issue 14")
     w("")
