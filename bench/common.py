@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: processes, ports, percentiles, machine line."""
+"""Pieces of the auth benchmark (bench/auth.py): processes, readiness, a keep-alive rate."""
 
 from __future__ import annotations
 
@@ -68,12 +68,6 @@ async def stop(*procs: asyncio.subprocess.Process) -> None:
         if proc.returncode is None:
             proc.terminate()
             await proc.wait()
-
-
-def pct(values: list[float], q: float) -> float:
-    """q-quantile in milliseconds."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
 def machine() -> str:

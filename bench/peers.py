@@ -1,444 +1,742 @@
-"""fognode side by side with the alternatives, one run, one machine, one load generator.
+"""fognode side by side with nginx, Caddy and LiteLLM, on a compiled upstream.
 
-Upstream: the Ollama stand-in, answering at once (the gateways are measured,
-not a model). In front of it, each listening on loopback:
+    bash bench/setup.sh                               # once: peers, wrk, the upstream
+    .venv/bin/python -m bench.peers --quick           # smoke run, about 2 minutes
+    .venv/bin/python -m bench.peers                   # the full table (bench/README.md)
+    .venv/bin/python -m bench.peers --report FILE     # print a saved run again
 
-  direct    the stand-in itself: the limit
-  fognode   this project (one process, uvloop), auth off / API key / API key +
-            TLS, and auth off on the standard asyncio loop
-  nginx     reverse proxy, 1 worker, upstream keep-alive, proxy_buffering off
-  litellm   LiteLLM proxy (1 worker) with the stand-in as an OpenAI upstream
+Everything runs on loopback in one run: the upstream, each proxy in front of
+it (plain and TLS), wrk and the bench's own clients. Each target is warmed
+up, then measured in interleaved rounds (every figure: A B C D, then the next
+figure, then the next round), so drift on the machine hits all of them
+alike; tables show the median over rounds with (min-max). Ratios are taken
+round by round against targets measured in the same round. Memory is
+measured first, on freshly started processes, once per memory round.
 
-Figures: requests/s and latency p50/p99 at concurrency 1, 64 and 256 (wrk,
-small non-streamed chat completions); time to first SSE event; SSE events
-relayed per second with 64 concurrent fast streams; memory per open stream
-with 1,000 concurrent slow streams; CPU time per request. Peers are
-installed by bench/setup-peers.sh.
-
-    bash bench/setup-peers.sh && .venv/bin/python -m bench.peers
+Any non-200 answer, socket error or incomplete stream marks its figure
+INVALID, is listed under the tables, and makes the exit status 1.
+bench/README.md says what each figure means and what limits it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
+import math
 import os
-import re
+import platform
+import resource
 import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-import aiohttp
-
-from bench.common import machine, start, stop, wait_ready
-from fognode.auth.api_keys import entry_for, new_key
-from fognode.certs.issuer import SubjectNames
-from fognode.certs.lifecycle import init_ca, issue_to_files
-from fognode.certs.store import CertPaths
+from bench import fastup
+from bench.fastup import MissingTool
+from bench.loadgen import (
+    CHAT_PATH,
+    WrkResult,
+    chat_body,
+    finish_wrk,
+    hold_streams,
+    paced_delays,
+    start_wrk,
+    wrk,
+)
+from bench.targets import (
+    Options,
+    Target,
+    build_targets,
+    cpu_seconds,
+    fognode_supports_workers,
+    make_certs,
+    need,
+    rss_kib,
+    smoke,
+    upstream_stats,
+)
 from tests.helpers import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
-BODY = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}
-CLK = os.sysconf("SC_CLK_TCK")
+FAMILIES = ["direct", "fognode", "nginx", "caddy", "litellm"]
+# LiteLLM takes ~30 s to start and completes no request at c=256 within a
+# 1-second window: the smoke run leaves it out unless asked (--targets).
+QUICK_FAMILIES = ["direct", "fognode", "nginx", "caddy"]
 
 
-@dataclass
-class Target:
-    name: str
-    url: str
-    pid_of: object = None  # callable returning the pids to measure
-    headers: dict[str, str] = field(default_factory=dict)
-    ssl: ssl.SSLContext | None = None
+@dataclass(frozen=True)
+class Plan:
+    seconds: int  # one wrk run
+    rounds: int
+    warmup_seconds: int
+    memory_rounds: int
+    streams: int  # held open for the memory figure
+    paced_streams: int  # per target and round
+    stream_events: int
+    paced_events: int
+    paced_us: int
+    close_seconds: int  # new-connection runs (handshake cost)
+    settle: float  # wrk runs this long before and after a measuring window (TLS: twice)
 
 
-def pids_of(proc: asyncio.subprocess.Process, *, children: bool = False) -> list[int]:
-    pids = [proc.pid]
-    if children:
-        for task in Path(f"/proc/{proc.pid}/task").iterdir():
-            kids = (task / "children").read_text().split()
-            pids += [int(k) for k in kids]
-    return pids
+QUICK = Plan(1, 1, 0, 1, 200, 3, 64, 20, 10_000, 1, 0.5)
+FULL = Plan(5, 3, 3, 3, 1000, 10, 64, 20, 10_000, 3, 1.0)
 
 
-def rss_kib(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-    return total
+class Results:
+    """Per figure and target, one value per round (None: not valid)."""
+
+    def __init__(self, rounds: int) -> None:
+        self.rounds = rounds
+        self.values: dict[str, dict[str, list[float | None]]] = {}
+        self.problems: list[str] = []
+        self.notes: list[str] = []
+
+    def put(self, figure: str, target: str, round_: int, value: float | None) -> None:
+        row = self.values.setdefault(figure, {}).setdefault(target, [None] * self.rounds)
+        row[round_] = value
+
+    def check(self, figure: str, target: str, round_: int, result: WrkResult) -> bool:
+        problem = result.problems()
+        if problem:
+            self.problems.append(f"round {round_ + 1}, {target}, {figure}: {problem}")
+        return problem is None
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total / CLK
+def cores_busy() -> float:
+    """CPU seconds spent not idle, over all cores, since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def wrk(url: str, headers: dict[str, str], connections: int, seconds: float) -> dict[str, float]:
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write('wrk.method = "POST"\n')
-        script.write(f"wrk.body = {json.dumps(json.dumps(BODY))}\n")
-        script.write('wrk.headers["Content-Type"] = "application/json"\n')
-        for k, v in headers.items():
-            script.write(f'wrk.headers["{k}"] = "{v}"\n')
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t1",
-            f"-c{connections}",
-            f"-d{max(1, round(seconds))}s",
-            "--latency",
-            "-s",
-            script.name,
-            f"{url}/v1/chat/completions",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    os.unlink(script.name)
-
-    def ms(label: str) -> float:
-        m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        assert m, out
-        value, unit = float(m.group(1)), m.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
-        "rps": rps,
-        "p50": ms("50"),
-        "p99": ms("99"),
-        "non2xx": float(errors.group(1)) if errors else 0.0,
-    }
+def own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
-async def ttfb(t: Target, n: int) -> float:
-    times = []
-    conn = aiohttp.TCPConnector(limit=1, ssl=t.ssl if t.ssl else False)
-    async with aiohttp.ClientSession(connector=conn) as http:
-        for i in range(n + 20):
-            started = time.perf_counter()
-            async with http.post(
-                f"{t.url}/v1/chat/completions", json=dict(BODY, stream=True), headers=t.headers
-            ) as resp:
-                await resp.content.readuntil(b"\n\n")
-                first = time.perf_counter() - started
-                await resp.read()
-            if i >= 20:
-                times.append(first)
-    return statistics.median(times) * 1000
+class Bench:
+    def __init__(self, plan: Plan, upstream: Target, targets: list[Target], ca: ssl.SSLContext):
+        self.plan = plan
+        self.upstream = upstream
+        self.targets = targets
+        self.ca = ca
+        self.results = Results(plan.rounds)
+        self.memory = Results(plan.memory_rounds)
 
+    # --- processes ---------------------------------------------------------------
+    def start_all(self) -> None:
+        self.upstream.start()
+        self.upstream.wait_ready(self.ca, 10)
+        proxies = [t for t in self.targets if t is not self.upstream]
+        for t in proxies:
+            t.start()
+        with ThreadPoolExecutor(len(proxies) or 1) as pool:
+            list(pool.map(lambda t: t.wait_ready(self.ca, 240), proxies))
+        for t in self.targets:
+            smoke(t, self.ca)
 
-async def stream_rate(t: Target, streams: int) -> tuple[float, int]:
-    """SSE events per second over `streams` concurrent fast streams."""
-    conn = aiohttp.TCPConnector(limit=streams, ssl=t.ssl if t.ssl else False)
-    events = 0
-    async with aiohttp.ClientSession(connector=conn) as http:
+    def stop_all(self) -> None:
+        for t in [*self.targets, self.upstream]:
+            t.stop()
 
-        async def one() -> int:
-            async with http.post(
-                f"{t.url}/v1/chat/completions", json=dict(BODY, stream=True), headers=t.headers
-            ) as resp:
-                return (await resp.read()).count(b"data: ")
+    def url(self, t: Target) -> str:
+        return t.url + CHAT_PATH
 
-        await one()
-        started = time.perf_counter()
-        counts = await asyncio.gather(*(one() for _ in range(streams)))
-        elapsed = time.perf_counter() - started
-    events = sum(counts)
-    return events / elapsed, events
-
-
-async def memory_per_stream(t: Target, pids: list[int], streams: int) -> float:
-    """KiB of proxy memory per open stream, with `streams` slow streams open."""
-    conn = aiohttp.TCPConnector(limit=streams, ssl=t.ssl if t.ssl else False)
-    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(None)) as http:
-        before = rss_kib(pids)
-        responses = []
-        opened = asyncio.Event()
-
-        async def hold() -> None:
-            async with http.post(
-                f"{t.url}/v1/chat/completions",
-                json=dict(BODY, stream=True, model="slow:latest"),
-                headers=t.headers,
-            ) as resp:
-                await resp.content.readuntil(b"\n\n")
-                responses.append(resp)
-                if len(responses) == streams:
-                    opened.set()
-                await resp.read()
-
-        tasks = [asyncio.create_task(hold()) for _ in range(streams)]
-        await asyncio.wait_for(opened.wait(), 120)
-        during = rss_kib(pids)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return (during - before) / streams
-
-
-NGINX = """
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-  access_log off;
-  upstream up {{ server 127.0.0.1:{up}; keepalive 512; }}
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-      proxy_read_timeout 600s;
-    }}
-  }}
-}}
-"""
-
-LITELLM = """
-model_list:
-  - model_name: llama3.2:1b
-    litellm_params:
-      {{model: openai/llama3.2:1b, api_base: "http://127.0.0.1:{up}/v1", api_key: none}}
-  - model_name: slow:latest
-    litellm_params:
-      {{model: openai/slow:latest, api_base: "http://127.0.0.1:{slow}/v1", api_key: none}}
-litellm_settings: {{drop_params: true, telemetry: false, request_timeout: 600}}
-"""
-
-
-async def run(args: argparse.Namespace) -> None:
-    work = Path(tempfile.mkdtemp(prefix="fognode-bench-"))
-    paths = CertPaths(work / "certs")
-    init_ca(paths, b"benchmark passphrase only", common_name="bench CA")
-    issue_to_files(paths, b"benchmark passphrase only", SubjectNames.parse(["localhost"]))
-    ca = ssl.create_default_context(cafile=str(paths.ca_cert))
-    key = new_key()
-
-    up, slow = free_port(), free_port()
-    ports = {
-        name: free_port()
-        for name in (
-            "fognode",
-            "fognode-asyncio",
-            "fognode+key",
-            "fognode+key+tls",
-            "nginx",
-            "litellm",
+    def warm(self, t: Target, seconds: int) -> None:
+        """Traffic of every kind the rounds send, so pools, caches and lazy
+        imports are in place before anything is measured."""
+        wrk(self.url(t), connections=64, seconds=seconds, body=chat_body())
+        wrk(
+            self.url(t),
+            connections=64,
+            seconds=seconds,
+            body=chat_body(stream=True),
+            expect_events=self.plan.stream_events + 2,
         )
-    }
-    (work / "nginx.conf").write_text(NGINX.format(d=work, up=up, port=ports["nginx"]))
-    (work / "litellm.yaml").write_text(LITELLM.format(up=up, slow=slow))
-    py = sys.executable
-    fog = [
-        py,
-        "-m",
-        "fognode.gateway.cli",
-        "serve",
-        "--log-level",
-        "WARNING",
-        "--upstream-url",
-        f"http://127.0.0.1:{up}",
-    ]
-    limits = {
-        "FOGNODE_MAX_CONCURRENT_REQUESTS": "4096",
-        "FOGNODE_MAX_QUEUED_REQUESTS": "4096",
-        "FOGNODE_PER_USER_CONCURRENT_REQUESTS": "4096",
-        "FOGNODE_MDNS": "false",
-    }
-    procs = {
-        "upstream": await start(py, "-m", "tests.ollama_standin", "--port", str(up)),
-        "slow-upstream": await start(
-            py, "-m", "tests.ollama_standin", "--port", str(slow), "--token-delay", "1.0"
-        ),
-        "fognode": await start(
-            *fog, "--no-tls", "--auth", "none", "--port", str(ports["fognode"]), env=limits
-        ),
-        "fognode-asyncio": await start(
-            *fog,
-            "--no-tls",
-            "--auth",
-            "none",
-            "--port",
-            str(ports["fognode-asyncio"]),
-            env={**limits, "FOGNODE_EVENT_LOOP": "asyncio"},
-        ),
-        "fognode+key": await start(
-            *fog,
-            "--no-tls",
-            "--port",
-            str(ports["fognode+key"]),
-            env={**limits, "FOGNODE_API_KEYS": entry_for(key, "b", admin=False)},
-        ),
-        "fognode+key+tls": await start(
-            *fog,
-            "--tls",
-            "--port",
-            str(ports["fognode+key+tls"]),
-            env={
-                **limits,
-                "FOGNODE_CERTS_DIR": str(paths.directory),
-                "FOGNODE_API_KEYS": entry_for(key, "b", admin=False),
-            },
-        ),
-        "nginx": await start(
-            "nginx", "-c", str(work / "nginx.conf"), "-p", str(work), "-g", "daemon off;"
-        ),
-        "litellm": await start(
-            str(ROOT / ".bench-venv/bin/litellm"),
-            "--config",
-            str(work / "litellm.yaml"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(ports["litellm"]),
-            "--num_workers",
-            "1",
-            env={
-                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-                "LITELLM_LOG": "ERROR",
-                # No master key: measured with auth off, like the others.
-                "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",
-            },
-            log=str(work / "litellm.log"),
-        ),
-    }
-    auth = {"Authorization": f"Bearer {key}"}
-    targets = [
-        Target("direct", f"http://127.0.0.1:{up}", lambda: pids_of(procs["upstream"])),
-        Target(
-            "fognode", f"http://127.0.0.1:{ports['fognode']}", lambda: pids_of(procs["fognode"])
-        ),
-        Target(
-            "fognode, standard asyncio loop",
-            f"http://127.0.0.1:{ports['fognode-asyncio']}",
-            lambda: pids_of(procs["fognode-asyncio"]),
-        ),
-        Target(
-            "fognode, API key",
-            f"http://127.0.0.1:{ports['fognode+key']}",
-            lambda: pids_of(procs["fognode+key"]),
-            auth,
-        ),
-        Target(
-            "fognode, API key, TLS",
-            f"https://localhost:{ports['fognode+key+tls']}",
-            lambda: pids_of(procs["fognode+key+tls"]),
-            auth,
-            ca,
-        ),
-        Target(
-            "nginx",
-            f"http://127.0.0.1:{ports['nginx']}",
-            lambda: pids_of(procs["nginx"], children=True),
-        ),
-        Target(
-            "LiteLLM proxy",
-            f"http://127.0.0.1:{ports['litellm']}",
-            lambda: pids_of(procs["litellm"], children=True),
-        ),
-    ]
-    try:
-        await wait_ready(f"http://127.0.0.1:{up}/api/version")
-        await wait_ready(f"http://127.0.0.1:{slow}/api/version")
-        for t in targets[1:]:
-            await wait_ready(
-                f"{t.url}/v1/models" if "LiteLLM" not in t.name else f"{t.url}/health/liveliness",
-                t.ssl,
-                limit=180,
+        wrk(
+            self.url(t), connections=1, seconds=1, body=chat_body(), headers={"Connection": "close"}
+        )
+        try:
+            paced_delays(t.endpoint(self.ca), streams=2, events=self.plan.paced_events)
+        except (OSError, RuntimeError) as exc:
+            # not a measurement; the rounds record it if it happens there
+            self.results.notes.append(f"warm-up, {t.name}, paced stream: {exc}")
+
+    # --- memory per open stream ---------------------------------------------------
+    def memory_round(self, round_: int) -> None:
+        for t in self.targets:
+            self.warm(t, 1)
+        for index, t in enumerate(self.targets):
+            asyncio.run(self.measure_memory(t, round_, f"m{round_}t{index}"))
+
+    async def measure_memory(self, t: Target, round_: int, tag: str) -> None:
+        """RSS growth of the target with ``streams`` streams held open, each one
+        counted open at both ends: the client read its status and first event,
+        the upstream holds a stream under this measurement's tag."""
+        wanted = self.plan.streams
+        await asyncio.sleep(0.5)
+        before = rss_kib(t.pids())
+        async with hold_streams(t.endpoint(self.ca), wanted, tag=tag) as held:
+            await asyncio.sleep(1.0)  # let every process settle on the open streams
+            during = rss_kib(t.pids())
+            upstream_open = upstream_stats(self.upstream.port, tag)["open_tagged"]
+        opened = min(held.opened, upstream_open)
+        name = t.name
+        self.memory.put("streams_open", name, round_, opened)
+        self.memory.put("rss_before_mib", name, round_, before / 1024)
+        where = f"memory round {round_ + 1}, {name}"
+        if held.failures or not opened:
+            kinds = sorted(set(held.failures))[:3]
+            self.memory.problems.append(
+                f"{where}: {len(held.failures)} of {wanted} streams failed to open: {kinds}"
             )
-        results: dict[str, dict[str, float]] = {}
-        for t in targets:
-            r: dict[str, float] = {}
-            pids = t.pid_of()  # type: ignore[operator]
-            for c in args.concurrency:
-                cpu0 = cpu_seconds(pids)
-                w = wrk(t.url, t.headers, c, args.seconds) if not t.ssl else {}
-                if t.ssl:  # wrk cannot pin a CA; measure with the aiohttp client instead
-                    continue
-                cpu = cpu_seconds(pids) - cpu0
-                r[f"rps{c}"], r[f"p50_{c}"], r[f"p99_{c}"] = w["rps"], w["p50"], w["p99"]
-                r[f"non2xx{c}"] = w["non2xx"]
-                if c == args.concurrency[-1]:
-                    r["cpu_us"] = cpu / (w["rps"] * args.seconds) * 1e6
-            r["ttfb"] = await ttfb(t, args.ttfb_requests)
-            r["events_per_s"], _ = await stream_rate(t, 64)
-            if t.name != "direct":
-                r["kib_per_stream"] = await memory_per_stream(t, pids, args.streams)
-            results[t.name] = r
-            print(f"measured {t.name}", file=sys.stderr)
+        else:
+            # per stream really open at both ends, however many that is
+            self.memory.put("kib_per_stream", name, round_, (during - before) / opened)
+            if opened < wanted:
+                self.memory.notes.append(
+                    f"{where}: only {opened} of {wanted} streams open ({held.opened} answered "
+                    f"200 with a first event, {held.waiting} were still waiting for one when "
+                    f"no more opened; the upstream held {upstream_open})"
+                )
+        # a proxy should close its upstream side when the client leaves
+        deadline = time.monotonic() + 10
+        while (left := upstream_stats(self.upstream.port, tag)["open_tagged"]) > 0:
+            if time.monotonic() > deadline:
+                self.memory.notes.append(
+                    f"memory round {round_ + 1}, {name}: {left} of {opened} upstream streams "
+                    "still open 10 s after their clients left"
+                )
+                break
+            await asyncio.sleep(0.1)
+
+    # --- the rounds -------------------------------------------------------------
+    def sample(self, pids: list[int]) -> tuple[float, float, dict[str, int]]:
+        return time.monotonic(), cpu_seconds(pids), upstream_stats(self.upstream.port)
+
+    def windowed(
+        self,
+        t: Target,
+        *,
+        connections: int,
+        seconds: int,
+        body: str,
+        expect_events: int = 0,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[WrkResult, Window]:
+        """A wrk run with a measuring window in its middle.
+
+        wrk checks every answer of the whole run; rates and CPU come from the
+        window only (the upstream's own counters, the target's CPU time), so
+        connecting and TLS handshakes at the start, and the ramp-down at the
+        end, are outside every figure but the handshake one.
+        """
+        settle = self.plan.settle * (2 if t.tls else 1)
+        total = math.ceil(2 * settle + seconds)
+        pids = t.pids()
+        proc = start_wrk(
+            self.url(t),
+            connections=connections,
+            seconds=total,
+            body=body,
+            headers=headers,
+            expect_events=expect_events,
+        )
+        try:
+            time.sleep(settle)
+            t0, cpu0, up0 = self.sample(pids)
+            time.sleep(seconds)
+            t1, cpu1, up1 = self.sample(pids)
+        finally:
+            result = finish_wrk(proc, total + 60)
+        window = Window(
+            seconds=t1 - t0,
+            requests=up1["requests"] - up0["requests"] - 1,  # less the stats request
+            events=up1["events"] - up0["events"],
+            cpu=cpu1 - cpu0,
+        )
+        return result, window
+
+    def figure(self, label: str, each: Callable[[Target, int], None], round_: int) -> None:
+        for t in self.targets:
+            each(t, round_)
+        progress(f"round {round_ + 1}: {label}")
+
+    def rate(self, connections: int) -> Callable[[Target, int], None]:
+        def each(t: Target, r: int) -> None:
+            res, win = self.windowed(
+                t, connections=connections, seconds=self.plan.seconds, body=chat_body()
+            )
+            ok = self.results.check(f"c={connections}", t.name, r, res)
+            self.results.put(f"rps_c{connections}", t.name, r, win.rps if ok else None)
+            self.results.put(f"p50_ms_c{connections}", t.name, r, res.p50_ms if ok else None)
+            self.results.put(f"p99_ms_c{connections}", t.name, r, res.p99_ms if ok else None)
+            if connections == 64:
+                per = win.cpu / win.requests * 1e6 if ok else None
+                self.results.put("cpu_us_per_request", t.name, r, per)
+
+        return each
+
+    def stream_rate(self, t: Target, r: int) -> None:
+        res, win = self.windowed(
+            t,
+            connections=64,
+            seconds=self.plan.seconds,
+            body=chat_body(stream=True),
+            expect_events=self.plan.stream_events + 2,
+        )
+        ok = self.results.check("streams", t.name, r, res)
+        self.results.put("events_per_s", t.name, r, win.events_per_s if ok else None)
+        if not ok:  # shown beside INVALID: what it would have been
+            self.results.put("events_per_s_unchecked", t.name, r, win.events_per_s)
+        self.results.put("cpu_us_per_event", t.name, r, win.cpu / win.events * 1e6 if ok else None)
+
+    def paced(self, t: Target, r: int) -> None:
+        try:
+            got = paced_delays(
+                t.endpoint(self.ca), streams=self.plan.paced_streams, events=self.plan.paced_events
+            )
+        except (OSError, RuntimeError) as exc:
+            self.results.problems.append(f"round {r + 1}, {t.name}, paced streams: {exc}")
+            return
+        self.results.put("event_delay_us", t.name, r, statistics.median(got.later_us))
+        self.results.put("event_delay_p90_us", t.name, r, _quantile(got.later_us, 0.9))
+        self.results.put("first_event_us", t.name, r, statistics.median(got.first_us))
+
+    def new_connections(self, t: Target, r: int) -> None:
+        res, win = self.windowed(
+            t,
+            connections=1,
+            seconds=self.plan.close_seconds,
+            body=chat_body(),
+            headers={"Connection": "close"},
+        )
+        ok = self.results.check("new connections", t.name, r, res)
+        self.results.put("close_p50_ms", t.name, r, res.p50_ms if ok else None)
+        per = win.cpu / win.requests * 1e6 if ok else None
+        self.results.put("cpu_us_per_connection", t.name, r, per)
+
+    def round(self, r: int) -> None:
+        self.figure("requests/s at c=1", self.rate(1), r)
+        self.figure("requests/s at c=64 and CPU per request", self.rate(64), r)
+        self.figure("requests/s at c=256", self.rate(256), r)
+        self.figure("SSE events/s, 64 streams", self.stream_rate, r)
+        self.figure("one-way delay per event", self.paced, r)
+        self.figure("new connection per request (handshakes)", self.new_connections, r)
+
+
+@dataclass(frozen=True)
+class Window:
+    """What happened in a measuring window, by the upstream's and /proc's count."""
+
+    seconds: float
+    requests: int  # answered by the upstream
+    events: int  # content events the upstream sent
+    cpu: float  # the target's CPU seconds
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds
+
+
+STARTED = time.monotonic()
+
+
+def progress(message: str) -> None:
+    minutes, seconds = divmod(int(time.monotonic() - STARTED), 60)
+    print(f"[{minutes:2d}:{seconds:02d}] {message}", file=sys.stderr, flush=True)
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def versions() -> dict[str, str]:
+    def out(*cmd: str) -> str:
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return "missing"
+        lines = (done.stdout or done.stderr).strip().splitlines()
+        return lines[0] if lines else "?"
+
+    import aiohttp
+
+    litellm = fastup.cache_dir() / "litellm-venv" / "bin" / "python"
+    return {
+        "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__,
+        "fognode": out("git", "-C", str(Path(__file__).parent), "describe", "--always", "--dirty"),
+        "nginx": out("nginx", "-v").rsplit("/", 1)[-1],
+        "caddy": out("caddy", "version").split(" ")[0],
+        "wrk": out("wrk", "-v").split(" [")[0].removeprefix("wrk "),
+        "litellm": out(
+            str(litellm), "-c", "import importlib.metadata as m; print(m.version('litellm'))"
+        ),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = QUICK if args.quick else FULL
+    overrides = {k: getattr(args, k) for k in ("seconds", "rounds", "streams") if getattr(args, k)}
+    if args.memory_rounds is not None:
+        overrides["memory_rounds"] = args.memory_rounds
+    plan = Plan(**{**asdict(plan), **overrides})
+    chosen = args.targets or (QUICK_FAMILIES if args.quick else FAMILIES)
+    families = [f for f in FAMILIES if f in chosen]
+    if args.fognode_workers:
+        if not fognode_supports_workers():
+            print(
+                "bench: --fognode-workers needs `fognode serve --workers N`, which this fognode "
+                "does not have yet (issue 14).",
+                file=sys.stderr,
+            )
+            return 2
+        families.insert(
+            families.index("fognode") + 1 if "fognode" in families else 1, "fognode-workers"
+        )
+    need("wrk")
+    fastup.build()
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    work = Path(args.out) if args.out else fastup.cache_dir() / "runs" / stamp
+    work.mkdir(parents=True, exist_ok=True)
+    opts = Options(
+        workdir=work,
+        upstream_port=free_port(),
+        stream_events=plan.stream_events,
+        paced_events=plan.paced_events,
+        paced_us=plan.paced_us,
+        max_streams=plan.streams,
+        fognode_workers=args.fognode_workers,
+    )
+    upstream, targets = build_targets(
+        opts, families, tls=not args.no_tls, ports=[free_port() for _ in range(2 * len(families))]
+    )
+    _, ca = make_certs(work / "certs")
+    bench = Bench(plan, upstream, targets, ca)
+    started = time.monotonic()
+    meta: dict[str, object] = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores",
+        "kernel": platform.release(),
+        "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
+        "versions": versions(),
+        "plan": asdict(plan),
+        "command": " ".join(sys.argv),
+        "workdir": str(work),
+    }
+    progress(f"run directory {work}")
+    try:
+        for m in range(plan.memory_rounds):
+            if m:
+                bench.stop_all()
+            progress(f"memory round {m + 1}: starting every target afresh")
+            bench.start_all()
+            bench.memory_round(m)  # warms each target up first
+            progress(f"memory round {m + 1}: done")
+        warmup = plan.warmup_seconds
+        if not plan.memory_rounds:
+            bench.start_all()
+            warmup = max(1, warmup)
+        if warmup:
+            progress("warming up")
+            for t in targets:
+                bench.warm(t, warmup)
+        busy, ours = cores_busy(), own_cpu() + sum(cpu_seconds(t.pids()) for t in targets)
+        if upstream not in targets:
+            ours += cpu_seconds(upstream.pids())
+        wall = time.monotonic()
+        for r in range(plan.rounds):
+            bench.round(r)
+        wall = time.monotonic() - wall
+        ours = own_cpu() + sum(cpu_seconds(t.pids()) for t in targets) - ours
+        if upstream not in targets:
+            ours += cpu_seconds(upstream.pids())
+        meta["other_load_cores"] = round((cores_busy() - busy - ours) / wall, 2)
     finally:
-        await stop(*procs.values())
-        print(f"logs and configs in {work}", file=sys.stderr)
+        bench.stop_all()
+    meta["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    meta["minutes"] = round((time.monotonic() - started) / 60, 1)
+    saved = {
+        "meta": meta,
+        "targets": [{"name": t.name, "family": t.family, "tls": t.tls} for t in targets],
+        "values": {**bench.results.values, **bench.memory.values},
+        "problems": bench.results.problems + bench.memory.problems,
+        "notes": bench.results.notes + bench.memory.notes,
+    }
+    path = work / "results.json"
+    path.write_text(json.dumps(saved, indent=1))
+    print(report(saved))
+    progress(f"raw results: {path}")
+    return 1 if saved["problems"] else 0
 
-    report(results, args)
+
+# --- the report ---------------------------------------------------------------------
 
 
-def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
-    direct = results["direct"]
-    print(f"# fognode vs peers — {machine()}")
-    print(
-        f"# wrk -t1, {args.seconds:g}s per point; streams: 64 concurrent, 14 events each; "
-        f"memory: {args.streams} concurrent slow streams"
-    )
-    print()
-    cs = args.concurrency
-    head = ["proxy"] + [f"req/s c={c}" for c in cs] + [f"p50/p99 ms c={c}" for c in cs]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for name, r in results.items():
-        if f"rps{cs[0]}" not in r:
-            continue
-        cells = [name] + [
-            f"{r[f'rps{c}']:.0f} ({r[f'rps{c}'] / direct[f'rps{c}']:.2f})" for c in cs
-        ]
-        cells += [f"{r[f'p50_{c}']:.2f} / {r[f'p99_{c}']:.2f}" for c in cs]
-        print("| " + " | ".join(cells) + " |")
-    print()
-    print(
-        "| proxy | added p50 latency c=1 (ms) | TTFB (ms) | TTFB added (ms) | SSE events/s "
-        "(64 streams) | KiB per open stream | CPU µs per request |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for name, r in results.items():
-        added = (
-            f"{r[f'p50_{cs[0]}'] - direct[f'p50_{cs[0]}']:+.2f}" if f"p50_{cs[0]}" in r else "n/a"
+def _clean(values: Sequence[float | None] | None) -> list[float]:
+    return [v for v in values or [] if v is not None]
+
+
+def cell(values: Sequence[float | None] | None, digits: int = 0, scale: float = 1.0) -> str:
+    """Median (min-max) over rounds."""
+    vals = [v * scale for v in _clean(values)]
+    if not values:
+        return "n/a"
+    if not vals:
+        return "INVALID"
+    med = statistics.median(vals)
+    text = f"{med:,.{digits}f}"
+    if len(vals) > 1:
+        text += f" ({min(vals):,.{digits}f}-{max(vals):,.{digits}f})"
+    if len(vals) < len(values):
+        text += f" [{len(values) - len(vals)} invalid]"
+    return text
+
+
+def per_round(
+    a: Sequence[float | None] | None,
+    b: Sequence[float | None] | None,
+    op: Callable[[float, float], float],
+) -> list[float | None] | None:
+    if not a or not b:
+        return None
+    return [
+        op(x, y) if x is not None and y is not None else None for x, y in zip(a, b, strict=True)
+    ]
+
+
+def report(saved: dict[str, Any]) -> str:
+    meta, values = saved["meta"], saved["values"]
+    targets = saved["targets"]
+    names = [t["name"] for t in targets]
+    plan = meta["plan"]
+    out: list[str] = []
+    w = out.append
+
+    def v(figure: str, name: str) -> list[float | None] | None:
+        row: list[float | None] | None = values.get(figure, {}).get(name)
+        return row
+
+    def peer(t: dict[str, Any], family: str) -> str | None:
+        match = [x["name"] for x in targets if x["family"] == family and x["tls"] == t["tls"]]
+        if family == "direct":
+            match = [x["name"] for x in targets if x["family"] == "direct"]
+        return match[0] if match else None
+
+    def ratio(figure: str, t: dict[str, Any], family: str, digits: int = 2) -> str:
+        other = peer(t, family)
+        if other is None:
+            return "n/a"
+        return cell(per_round(v(figure, t["name"]), v(figure, other), lambda x, y: x / y), digits)
+
+    def minus(figure: str, t: dict[str, Any], family: str, digits: int, scale: float = 1.0) -> str:
+        other = peer(t, family)
+        if other is None or t["family"] == family:
+            return "—" if t["family"] == family else "n/a"
+        return cell(
+            per_round(v(figure, t["name"]), v(figure, other), lambda x, y: x - y), digits, scale
         )
-        print(
-            f"| {name} | {added} | {r['ttfb']:.2f} | {r['ttfb'] - direct['ttfb']:+.2f} | "
-            f"{r['events_per_s']:.0f} | "
-            f"{r.get('kib_per_stream', float('nan')):.1f} | "
-            f"{r.get('cpu_us', float('nan')):.0f} |"
+
+    def events(name: str) -> str:
+        """Events/s; where answers failed the check, also what was measured."""
+        text = cell(v("events_per_s", name))
+        unchecked = v("events_per_s_unchecked", name)
+        if _clean(unchecked):
+            text += f" (measured, unchecked: {cell(unchecked)})"
+        return text
+
+    versions = meta["versions"]
+    w(f"- Run {meta['date']}, {meta['machine']}, kernel {meta['kernel']}; {meta['minutes']} min.")
+    w(
+        f"- Load: loadavg {' '.join(meta['loadavg_start'])} at the start, "
+        f"{' '.join(meta.get('loadavg_end', ['?']))} at the end; other processes used "
+        f"{meta.get('other_load_cores', '?')} cores on average during the rounds."
+    )
+    w("- Versions: " + ", ".join(f"{k} {val}" for k, val in versions.items()) + ".")
+    w(
+        f"- Plan: {plan['rounds']} interleaved rounds of {plan['seconds']} s wrk runs "
+        f"(-t1) after {plan['warmup_seconds']} s warm-up; streams of {plan['stream_events']} "
+        f"events (+ finish + [DONE]); paced: {plan['paced_streams']} streams x "
+        f"{plan['paced_events']} events, one every {plan['paced_us'] / 1000:g} ms; memory: "
+        f"{plan['streams']} streams, {plan['memory_rounds']} round(s) on fresh processes."
+    )
+    w("- Cells: median over rounds (min-max).")
+    w("")
+    w("### The figures of issue 14")
+    w("")
+    w(
+        "| target | CPU µs per proxied request | request path, ms | added delay per event, ms "
+        "| SSE events/s, 64 streams | x nginx | KiB per open stream (open) |"
+    )
+    w("|---|---|---|---|---|---|---|")
+    for t in targets:
+        n = t["name"]
+        opened = _clean(v("streams_open", n))
+        w(
+            f"| {n} | {cell(v('cpu_us_per_request', n))} "
+            f"| {minus('p50_ms_c1', t, 'direct', 3)} "
+            f"| {minus('event_delay_us', t, 'direct', 3, 1e-3)} "
+            f"| {events(n)} | {ratio('events_per_s', t, 'nginx')} "
+            f"| {cell(v('kib_per_stream', n), 1)} ({min(opened) if opened else 0:.0f}) |"
         )
-    fog, lite = results.get("fognode"), results.get("LiteLLM proxy")
-    if fog and lite:
-        print()
-        for c in cs:
-            print(f"fognode / LiteLLM throughput at c={c}: {fog[f'rps{c}'] / lite[f'rps{c}']:.1f}x")
+    w("")
+    w("### Ratios, round by round")
+    w("")
+    w(
+        "| target | CPU per request x nginx | x Caddy | req/s c=64 x direct | x Caddy "
+        "| events/s x nginx | added delay per event x nginx | KiB per stream x Caddy |"
+    )
+    w("|---|---|---|---|---|---|---|---|")
+    for t in targets:
+        n = t["name"]
+        other = peer(t, "nginx")
+        direct = peer(t, "direct")
+        delay = None
+        if other and direct and t["family"] not in ("direct",):
+            mine = per_round(
+                v("event_delay_us", n), v("event_delay_us", direct), lambda x, y: x - y
+            )
+            theirs = per_round(
+                v("event_delay_us", other), v("event_delay_us", direct), lambda x, y: x - y
+            )
+            delay = cell(per_round(mine, theirs, lambda x, y: x / y), 2)
+        w(
+            f"| {n} | {ratio('cpu_us_per_request', t, 'nginx')} "
+            f"| {ratio('cpu_us_per_request', t, 'caddy')} | {ratio('rps_c64', t, 'direct')} "
+            f"| {ratio('rps_c64', t, 'caddy')} | {ratio('events_per_s', t, 'nginx')} "
+            f"| {delay or 'n/a'} | {ratio('kib_per_stream', t, 'caddy')} |"
+        )
+    w("")
+    w("### Requests (small non-streamed chat completions, wrk)")
+    w("")
+    w("| target | req/s c=1 | req/s c=64 | req/s c=256 | p50 ms c=1 | p99 ms c=1 | p99 ms c=64 |")
+    w("|---|---|---|---|---|---|---|")
+    for n in names:
+        w(
+            f"| {n} | {cell(v('rps_c1', n))} | {cell(v('rps_c64', n))} | {cell(v('rps_c256', n))} "
+            f"| {cell(v('p50_ms_c1', n), 3)} | {cell(v('p99_ms_c1', n), 3)} "
+            f"| {cell(v('p99_ms_c64', n), 2)} |"
+        )
+    w("")
+    w("### Streams")
+    w("")
+    w(
+        "| target | SSE events/s (64 streams) | CPU µs per event | one-way delay per event, µs "
+        "(p50) | p90 | first event (with the head), µs |"
+    )
+    w("|---|---|---|---|---|---|")
+    for n in names:
+        w(
+            f"| {n} | {events(n)} | {cell(v('cpu_us_per_event', n), 1)} "
+            f"| {cell(v('event_delay_us', n))} | {cell(v('event_delay_p90_us', n))} "
+            f"| {cell(v('first_event_us', n))} |"
+        )
+    w("")
+    w("### TLS handshakes (a new connection for every request, c=1)")
+    w("")
+    w(
+        "| target | new connection + request, p50 ms | handshake adds, ms | CPU µs per "
+        "connection | handshake adds, CPU µs |"
+    )
+    w("|---|---|---|---|---|")
+    for t in targets:
+        n = t["name"]
+        plain = next(
+            (x["name"] for x in targets if x["family"] == t["family"] and not x["tls"]), None
+        )
+        if t["tls"] and plain:
+            lat = cell(
+                per_round(v("close_p50_ms", n), v("close_p50_ms", plain), lambda x, y: x - y), 3
+            )
+            cpu = cell(
+                per_round(
+                    v("cpu_us_per_connection", n),
+                    v("cpu_us_per_connection", plain),
+                    lambda x, y: x - y,
+                )
+            )
+        else:
+            lat = cpu = "—"
+        w(
+            f"| {n} | {cell(v('close_p50_ms', n), 3)} | {lat} "
+            f"| {cell(v('cpu_us_per_connection', n))} | {cpu} |"
+        )
+    w("")
+    w("### Memory per open stream")
+    w("")
+    w("| target | KiB per open stream | streams open (asked) | RSS before, MiB |")
+    w("|---|---|---|---|")
+    for n in names:
+        w(
+            f"| {n} | {cell(v('kib_per_stream', n), 1)} "
+            f"| {cell(v('streams_open', n))} ({plan['streams']}) "
+            f"| {cell(v('rss_before_mib', n), 1)} |"
+        )
+    if saved["problems"]:
+        w("")
+        w("INVALID figures (not trusted, shown as INVALID above):")
+        w("")
+        w("\n".join(f"- {p}" for p in saved["problems"]))
+    if saved["notes"]:
+        w("")
+        w("Notes:")
+        w("")
+        w("\n".join(f"- {p}" for p in saved["notes"]))
+    return "\n".join(out)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64, 256])
-    parser.add_argument("--ttfb-requests", type=int, default=200)
-    parser.add_argument("--streams", type=int, default=1000)
-    asyncio.run(run(parser.parse_args()))
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 1 s windows, one round, 200 streams"
+    )
+    parser.add_argument("--seconds", type=int, help="length of one wrk run")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds")
+    parser.add_argument("--streams", type=int, help="streams held open for the memory figure")
+    parser.add_argument("--memory-rounds", type=int, help="fresh starts for the memory figure")
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        choices=FAMILIES,
+        help="which to measure (default: all; --quick: all but litellm)",
+    )
+    parser.add_argument("--no-tls", action="store_true", help="plain HTTP targets only")
+    parser.add_argument(
+        "--fognode-workers",
+        type=int,
+        metavar="N",
+        help="also fognode with `serve --workers N` (once the CLI has it)",
+    )
+    parser.add_argument("--out", help="run directory (default ~/.cache/fognode/bench/runs/...)")
+    parser.add_argument("--report", metavar="FILE", help="print the tables of a saved run")
+    args = parser.parse_args()
+    if args.report:
+        print(report(json.loads(Path(args.report).read_text())))
+        return
+    try:
+        sys.exit(run(args))
+    except MissingTool as exc:
+        sys.exit(f"bench: {exc}")
 
 
 if __name__ == "__main__":

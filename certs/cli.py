@@ -130,8 +130,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_certs_commands(sub: Any) -> argparse.ArgumentParser:
-    """Attach `certs` and its subcommands to the main parser's subparsers."""
+def add_certs_commands(sub: Any) -> Any:
+    """Attach `certs` and its subcommands to the main parser's subparsers.
+
+    Returns the `certs` subparsers, where gateway/cli.py adds `certs qr`
+    (it needs the onboarding page's address, which this part does not know).
+    """
     certs: argparse.ArgumentParser = sub.add_parser(
         "certs",
         help="manage the local CA and the server certificate",
@@ -188,7 +192,7 @@ def add_certs_commands(sub: Any) -> argparse.ArgumentParser:
     export.add_argument("--out", default=".", help="output directory (default: current)")
     export.add_argument("--json", action="store_true")
     export.set_defaults(func=cmd_export)
-    return certs
+    return certs_sub
 
 
 def run_certs_command(args: argparse.Namespace, *, default_dir: Path, default_key_type: str) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import plistlib
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -47,18 +48,39 @@ def mobileconfig(ca: x509.Certificate, *, display_name: str) -> bytes:
     return plistlib.dumps(profile, fmt=plistlib.FMT_XML)
 
 
+@dataclass(frozen=True)
+class CaExport:
+    """The CA in every form a phone or app wants, in memory (all public)."""
+
+    pem: bytes  # .crt: apps that pin the CA, curl --cacert, Android
+    der: bytes  # .cer: Android, Windows
+    mobileconfig: bytes  # iOS, iPadOS, macOS profile
+    fingerprint: str  # SHA-256, colon-separated hex, what a phone shows
+    name: str  # the CA's common name, what a phone lists
+
+
+def export_forms(ca: x509.Certificate) -> CaExport:
+    cn = ca.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+    name = str(cn[0].value) if cn else "fognode CA"
+    return CaExport(
+        pem=ca.public_bytes(Encoding.PEM),
+        der=ca.public_bytes(Encoding.DER),
+        mobileconfig=mobileconfig(ca, display_name=name),
+        fingerprint=fingerprint(ca),
+        name=name,
+    )
+
+
 def export_ca(ca: x509.Certificate, out_dir: Path, *, name: str = "fognode-ca") -> dict[str, str]:
     """Write the CA in every form a phone or app wants; return what went where."""
+    forms = export_forms(ca)
     files = {
-        "pem": out_dir / f"{name}.crt",
-        "der": out_dir / f"{name}.cer",
-        "mobileconfig": out_dir / f"{name}.mobileconfig",
+        "pem": (out_dir / f"{name}.crt", forms.pem),
+        "der": (out_dir / f"{name}.cer", forms.der),
+        "mobileconfig": (out_dir / f"{name}.mobileconfig", forms.mobileconfig),
     }
-    write_atomic(files["pem"], ca.public_bytes(Encoding.PEM), PUBLIC)
-    write_atomic(files["der"], ca.public_bytes(Encoding.DER), PUBLIC)
-    cn = ca.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
-    display = str(cn[0].value) if cn else "fognode CA"
-    write_atomic(files["mobileconfig"], mobileconfig(ca, display_name=display), PUBLIC)
-    result = {kind: str(path) for kind, path in files.items()}
-    result["sha256_fingerprint"] = fingerprint(ca)
+    for path, data in files.values():
+        write_atomic(path, data, PUBLIC)
+    result = {kind: str(path) for kind, (path, _) in files.items()}
+    result["sha256_fingerprint"] = forms.fingerprint
     return result

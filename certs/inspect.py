@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -18,6 +19,11 @@ from .keys import PrivateKey, same_public_key
 def fingerprint(cert: x509.Certificate, *, colons: bool = True) -> str:
     digest = cert.fingerprint(hashes.SHA256()).hex().upper()
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2)) if colons else digest
+
+
+def file_fingerprint(path: Path) -> str:
+    """The SHA-256 fingerprint (hex, no colons) of the first certificate in a PEM file."""
+    return fingerprint(x509.load_pem_x509_certificate(path.read_bytes()), colons=False)
 
 
 def describe(cert: x509.Certificate) -> dict[str, Any]:

@@ -3,6 +3,10 @@
 `discover(timeout)` yields each node once it is resolved (name, addresses,
 port, parsed TXT); `watch()` keeps going and reports nodes appearing,
 changing (new TXT: models, load) and leaving (goodbye packets or expiry).
+
+Nodes announce in two DNS-SD domains, `local.` (where generic tools look)
+and `spezillmfog.local.` (where the SpeziLLMFog app looks); both are browsed
+and a node found in both is reported once, with the domains it is in.
 """
 
 from __future__ import annotations
@@ -12,25 +16,44 @@ import contextlib
 import enum
 import ipaddress
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from .txt import NodeTxt
 
-DEFAULT_TYPES = ("_https._tcp.local.", "_http._tcp.local.")
+# The name a fog node's certificate carries and its clients send as Host (the
+# SpeziLLMFog contract); a node's SRV host name is its own and differs.
+SERVICE_NAME = "spezillmfog.local"
+SERVICES = ("_https._tcp", "_http._tcp")
+DOMAINS = ("local.", "spezillmfog.local.")
+DEFAULT_TYPES = tuple(f"{service}.{domain}" for service in SERVICES for domain in DOMAINS)
 DEFAULT_INSTANCE = "SpeziLLMFog Service"
 
 
 @dataclass(frozen=True)
 class FogNode:
     name: str  # full service name, "SpeziLLMFog Service._https._tcp.local."
-    service_type: str
-    host: str  # SRV target, "spezillmfog.local."
+    service_type: str  # "_https._tcp.local."
+    host: str  # SRV target, the node's own host name: "fognode-1a2b3c4d.local."
     port: int
     addresses: tuple[str, ...]
     txt: NodeTxt
+    domains: tuple[str, ...] = ()  # every DNS-SD domain the node was found in
+
+    @property
+    def identity(self) -> tuple[object, ...]:
+        """What makes two announcements one node: its TXT id, or else its name,
+        kind and addresses (nodes that announce no id, such as the reference's)."""
+        if self.txt.node_id:
+            return (self.txt.node_id, self.tls)
+        return (self.instance, self.tls, frozenset(self.addresses))
+
+    @property
+    def domain(self) -> str:
+        return self.service_type.split("._tcp.", 1)[-1].split("._udp.", 1)[-1]
 
     @property
     def instance(self) -> str:
@@ -50,7 +73,7 @@ class FogNode:
 
     @property
     def host_name(self) -> str:
-        """What goes in the Host header and the TLS name check."""
+        """The SRV target, without its final dot."""
         return self.host.rstrip(".")
 
     def preferred_address(self) -> str:
@@ -82,7 +105,7 @@ def _node_from(info: AsyncServiceInfo) -> FogNode | None:
     addresses = tuple(info.parsed_scoped_addresses())
     if not addresses:
         return None
-    return FogNode(
+    node = FogNode(
         name=info.name,
         service_type=info.type,
         host=info.server,
@@ -90,12 +113,55 @@ def _node_from(info: AsyncServiceInfo) -> FogNode | None:
         addresses=addresses,
         txt=NodeTxt.from_properties(info.properties),
     )
+    return replace(node, domains=(node.domain,))
 
 
 def _looks_like_fog_node(name: str, service_type: str, instance_prefix: str | None) -> bool:
     if instance_prefix is None:
         return True
     return name[: -len(service_type) - 1].startswith(instance_prefix)
+
+
+class _Groups:
+    """Announcements of one node in several domains, reported as one node."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, FogNode] = {}
+
+    def _merged(self, identity: tuple[object, ...]) -> FogNode | None:
+        members = [n for n in self._by_name.values() if n.identity == identity]
+        if not members:
+            return None
+        # Show the generic `local.` announcement when there is one.
+        first = min(members, key=lambda n: (n.domain != "local.", n.name))
+        domains = tuple(sorted({n.domain for n in members}, key=lambda d: (d != "local.", d)))
+        return replace(first, domains=domains)
+
+    def _apply(self, name: str, node: FogNode | None) -> list[NodeEvent]:
+        """Set (or with None, drop) one announcement; what changed for the nodes."""
+        old = self._by_name.get(name)
+        identities = {n.identity for n in (old, node) if n is not None}
+        before = {i: self._merged(i) for i in identities}
+        if node is None:
+            self._by_name.pop(name, None)
+        else:
+            self._by_name[name] = node
+        events = []
+        for identity in identities:
+            was, now = before[identity], self._merged(identity)
+            if was is None and now is not None:
+                events.append(NodeEvent(Change.ADDED, now))
+            elif was is not None and now is None:
+                events.append(NodeEvent(Change.REMOVED, was))
+            elif now is not None and now != was:
+                events.append(NodeEvent(Change.UPDATED, now))
+        return events
+
+    def put(self, node: FogNode) -> list[NodeEvent]:
+        return self._apply(node.name, node)
+
+    def remove(self, name: str) -> list[NodeEvent]:
+        return self._apply(name, None)
 
 
 async def watch(
@@ -117,21 +183,18 @@ async def watch(
         ip_version=IPVersion.All,
     )
     queue: asyncio.Queue[NodeEvent] = asyncio.Queue()
-    known: dict[str, FogNode] = {}
+    groups = _Groups()
     tasks: set[asyncio.Task[None]] = set()
 
-    async def resolve(service_type: str, name: str, change: Change) -> None:
+    async def resolve(service_type: str, name: str) -> None:
         info = AsyncServiceInfo(service_type, name)
         if not await info.async_request(azc.zeroconf, int(resolve_timeout * 1000)):
             return
         node = _node_from(info)
         if node is None:
             return
-        previous = known.get(name)
-        if previous == node:
-            return
-        known[name] = node
-        queue.put_nowait(NodeEvent(Change.ADDED if previous is None else Change.UPDATED, node))
+        for event in groups.put(node):
+            queue.put_nowait(event)
 
     def on_change(
         zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
@@ -139,12 +202,10 @@ async def watch(
         if not _looks_like_fog_node(name, service_type, instance_prefix):
             return
         if state_change is ServiceStateChange.Removed:
-            node = known.pop(name, None)
-            if node is not None:
-                queue.put_nowait(NodeEvent(Change.REMOVED, node))
+            for event in groups.remove(name):
+                queue.put_nowait(event)
             return
-        change = Change.ADDED if state_change is ServiceStateChange.Added else Change.UPDATED
-        task = asyncio.ensure_future(resolve(service_type, name, change))
+        task = asyncio.ensure_future(resolve(service_type, name))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
@@ -156,13 +217,31 @@ async def watch(
         await browser.async_cancel()
         for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if own:
             await azc.async_close()
 
 
+async def _events_for(
+    seconds: float, *, instance_prefix: str | None, interfaces: list[str] | None, **kwargs: Any
+) -> AsyncIterator[NodeEvent]:
+    """watch(), for ``seconds``. A deadline of its own: an outer asyncio.timeout
+    cannot span an async generator's yields safely."""
+    events = watch(instance_prefix=instance_prefix, interfaces=interfaces, **kwargs)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    try:
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                yield await asyncio.wait_for(anext(events), remaining)
+            except TimeoutError:
+                return
+    finally:
+        with contextlib.suppress(Exception):
+            await events.aclose()
+
+
 async def discover(
-    # A deadline of its own: an outer asyncio.timeout cannot span an async
-    # generator's yields safely.
     timeout: float = 3.0,  # noqa: ASYNC109
     *,
     service_types: Iterable[str] = DEFAULT_TYPES,
@@ -170,32 +249,29 @@ async def discover(
     interfaces: list[str] | None = None,
 ) -> AsyncIterator[FogNode]:
     """Yield each fog node found within ``timeout`` seconds, as soon as it resolves."""
-    events = watch(
-        service_types=service_types, instance_prefix=instance_prefix, interfaces=interfaces
-    )
-    seen: set[str] = set()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    try:
-        while (remaining := deadline - loop.time()) > 0:
-            try:
-                event = await asyncio.wait_for(anext(events), remaining)
-            except TimeoutError:
-                break
-            if event.change is Change.REMOVED:
-                seen.discard(event.node.name)
-            elif event.node.name not in seen:
-                seen.add(event.node.name)
-                yield event.node
-    finally:
-        with contextlib.suppress(Exception):
-            await events.aclose()
+    seen: set[tuple[object, ...]] = set()
+    async for event in _events_for(
+        timeout, instance_prefix=instance_prefix, interfaces=interfaces, service_types=service_types
+    ):
+        if event.change is Change.REMOVED:
+            seen.discard(event.node.identity)
+        elif event.node.identity not in seen:
+            seen.add(event.node.identity)
+            yield event.node
 
 
 async def discover_all(
     timeout: float = 3.0,  # noqa: ASYNC109
     *,
     interfaces: list[str] | None = None,
+    instance_prefix: str | None = DEFAULT_INSTANCE,
 ) -> list[FogNode]:
-    """Everything found within ``timeout`` seconds."""
-    return [node async for node in discover(timeout, interfaces=interfaces)]
+    """Everything found within ``timeout`` seconds, as it stands at the end: a
+    node seen in several domains is one entry that lists them all."""
+    latest: dict[tuple[object, ...], FogNode] = {}
+    async for event in _events_for(timeout, instance_prefix=instance_prefix, interfaces=interfaces):
+        if event.change is Change.REMOVED:
+            latest.pop(event.node.identity, None)
+        else:
+            latest[event.node.identity] = event.node
+    return list(latest.values())

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from .browser import FogNode
+from .browser import SERVICE_NAME, FogNode
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,11 @@ class Ranked:
 
 
 async def healthz_rtt(
-    node: FogNode, *, ssl_context: ssl.SSLContext | bool, limit: float = 2.0
+    node: FogNode,
+    *,
+    ssl_context: ssl.SSLContext | bool,
+    limit: float = 2.0,
+    name: str = SERVICE_NAME,
 ) -> float | None:
     """Round trip of GET /healthz in milliseconds, or None if unreachable."""
     connector = aiohttp.TCPConnector(ssl=ssl_context, force_close=True)
@@ -39,8 +43,8 @@ async def healthz_rtt(
             started = time.perf_counter()
             async with http.get(
                 f"{node.url()}/healthz",
-                headers={"Host": node.host_name},
-                server_hostname=node.host_name if node.tls else None,
+                headers={"Host": name},
+                server_hostname=name if node.tls else None,
             ) as resp:
                 await resp.read()
                 if resp.status != 200:
@@ -56,9 +60,10 @@ async def rank(
     model: str | None = None,
     ssl_context: ssl.SSLContext | bool = True,
     measure: bool = True,
+    name: str = SERVICE_NAME,
 ) -> list[Ranked]:
     rtts = (
-        await asyncio.gather(*(healthz_rtt(n, ssl_context=ssl_context) for n in nodes))
+        await asyncio.gather(*(healthz_rtt(n, ssl_context=ssl_context, name=name) for n in nodes))
         if measure
         else [None] * len(nodes)
     )

@@ -19,12 +19,7 @@ import aiohttp
 
 from ..certs.inspect import fingerprint
 from ..certs.issuer import lan_addresses
-from ..discovery.advertiser import (
-    Advertiser,
-    Announcement,
-    fqdn,
-    service_type_for,
-)
+from ..discovery.advertiser import Advertiser, Announcement
 from ..discovery.txt import NodeTxt
 from . import __version__
 from .limits import Admission
@@ -36,20 +31,35 @@ log = logging.getLogger("fognode.mdns")
 
 
 def node_id(settings: Settings) -> str:
-    """Stable across restarts: kept in the data dir (made on first start)."""
+    """Stable across restarts and unique per node: made once, kept in the data dir.
+
+    If the data dir cannot be written, a random id for this run is better
+    than one derived from the host: nodes copied from one image must differ.
+    """
     if settings.node_id:
         return settings.node_id
     path = data_dir() / "node-id"
     try:
         existing = path.read_text().strip()
-        if existing:
-            return existing
-        new = uuid.uuid4().hex[:16]
+    except FileNotFoundError:
+        existing = ""
+    except OSError as exc:
+        log.warning("cannot read the node id from %s (%s); using a new one", path, exc)
+        return uuid.uuid4().hex[:16]
+    if existing:
+        return existing
+    new = uuid.uuid4().hex[:16]
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(new + "\n")
-        return new
-    except OSError:
-        return uuid.uuid5(uuid.NAMESPACE_DNS, str(uuid.getnode())).hex[:16]
+    except OSError as exc:
+        log.warning("cannot keep the node id in %s (%s); it changes at restart", path, exc)
+    return new
+
+
+def host_name(settings: Settings, ident: str) -> str:
+    """This node's own mDNS host name: configured, or made from its id."""
+    return settings.mdns_host_name or f"fognode-{ident[:8].lower()}.local."
 
 
 def announced_addresses(settings: Settings) -> list[str]:
@@ -101,19 +111,21 @@ class NodeAnnouncer:
         ca = ""
         if tls is not None and tls.pair is not None:
             ca = fingerprint(tls.pair.ca, colons=False)
+        ident = node_id(settings)
         self._base_txt = NodeTxt(
             api="openai,ollama" if settings.upstream_kind == "ollama" else "openai",
             version=__version__,
-            node_id=node_id(settings),
+            node_id=ident,
             auth=auth_kind(settings),
             ca_sha256=ca,
             load_capacity=admission.capacity,
         )
         self.advertiser = Advertiser(
             Announcement(
-                service_type=service_type_for(settings.tls, settings.mdns_service_type),
+                service_type=settings.service_type,
+                domains=tuple(settings.mdns_domains),
                 instance=settings.mdns_instance_name,
-                host=fqdn(settings.mdns_host_name),
+                host=host_name(settings, ident),
                 port=port,
                 addresses=tuple(announced_addresses(settings)),
                 txt=self._base_txt,
@@ -121,6 +133,7 @@ class NodeAnnouncer:
             min_update_interval=settings.mdns_min_update_interval,
         )
         self._task: asyncio.Task[None] | None = None
+        self.announced = False
 
     def current_txt(self) -> NodeTxt:
         return NodeTxt(
@@ -155,6 +168,7 @@ class NodeAnnouncer:
             self.models = models
         self.advertiser.announcement = replace(self.advertiser.announcement, txt=self.current_txt())
         ok = await self.advertiser.start()
+        self.announced = ok
         if ok:
             self._task = asyncio.create_task(self._loop(), name="fognode-mdns-refresh")
         return ok

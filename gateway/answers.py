@@ -30,7 +30,8 @@ from aiohttp import web
 
 from .. import safejson
 from .errors import GatewayError
-from .relay import relay_response
+from .keepalive import KeepAlive
+from .relay import RelayOptions, RouteEdits, relay_response
 from .stats import GatewayStats
 
 log = logging.getLogger("fognode.relay")
@@ -70,23 +71,29 @@ async def relay_answer(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
     *,
-    idle_timeout: float,
+    options: RelayOptions,
+    edits: RouteEdits,
     upstream_name: str,
-    write_timeout: float,
+    model: str | None,
+    keepalive: KeepAlive | None,
     stats: GatewayStats,
 ) -> web.StreamResponse:
-    """Relay the upstream's answer; a non-streamed JSON success is checked first."""
+    """Relay the upstream's answer (relay.relay_response, same arguments); a
+    non-streamed JSON success is checked first."""
     relay = functools.partial(
         relay_response,
         request,
         upstream,
-        idle_timeout=idle_timeout,
+        options=options,
+        edits=edits,
         upstream_name=upstream_name,
-        write_timeout=write_timeout,
+        model=model,
+        keepalive=keepalive,
         stats=stats,
     )
-    if not _checkable(request, upstream):
-        return await relay()
+    if not _checkable(request, upstream) or (keepalive is not None and keepalive.started):
+        return await relay()  # a stream's headers went out already: errors go in-band
+    idle_timeout = options.idle_timeout
     loop = asyncio.get_running_loop()
     body = bytearray()
     complete = False

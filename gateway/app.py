@@ -16,6 +16,7 @@ from aiohttp import web
 from .access import AUTHORIZER, Access, Authorizer
 from .auth_setup import build_authorizer
 from .health import setup_health
+from .keepalive import HeartbeatOptions
 from .limits import Admission
 from .metrics import METRICS, Metrics
 from .middleware import (
@@ -25,7 +26,8 @@ from .middleware import (
     request_context,
 )
 from .openapi import OPENAPI, build_document
-from .proxy import ADMISSION, UPSTREAM
+from .proxy import ADMISSION, HEARTBEAT_OPTIONS, RELAY_OPTIONS, UPSTREAM
+from .relay import RelayOptions
 from .request_target import request_target
 from .routes import ALL_ROUTES, add_routes
 from .settings import Settings
@@ -61,6 +63,14 @@ def create_app(
         per_user_concurrent=settings.per_user_concurrent_requests,
         per_user_queue=settings.per_user_queued_requests,
         queue_timeout=settings.queue_timeout,
+    )
+    app[RELAY_OPTIONS] = RelayOptions(
+        idle_timeout=settings.idle_timeout,
+        write_timeout=settings.client_write_timeout,
+        heartbeat_interval=settings.stream_heartbeat_interval,
+    )
+    app[HEARTBEAT_OPTIONS] = HeartbeatOptions(
+        after=settings.stream_heartbeat_after, interval=settings.stream_heartbeat_interval
     )
     app[METRICS] = Metrics(app[STATS], app[ADMISSION])
     app[OPENAPI] = build_document(ALL_ROUTES)

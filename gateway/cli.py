@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import sys
 from collections.abc import Coroutine, Sequence
@@ -18,13 +19,23 @@ from pydantic import ValidationError
 
 from ..auth.cli import add_auth_commands, run_auth_command
 from ..auth.firebase import AuthConfigError
+from ..certs.authority import load_ca
 from ..certs.cli import add_certs_commands, run_certs_command
 from ..certs.errors import CertError
+from ..certs.export import export_forms
+from ..certs.inspect import file_fingerprint
+from ..certs.issuer import lan_addresses
+from ..certs.store import CertPaths
 from ..discovery.cli import add_discovery_commands, run_discovery_command
+from ..embedded.model import ModelUnavailable
+from ..models.cli import ModelsDefaults, add_models_commands, run_models_command
+from ..usage.cli import add_usage_commands, run_usage_command
+from ..web.onboarding import onboarding_urls, terminal_text
 from . import __version__
 from .auth_setup import UnsafeConfiguration
 from .logs import configure_logging
-from .settings import Settings, load_settings
+from .service import add_service_commands
+from .settings import Settings, data_dir, load_settings
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +46,12 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         help="TOML config file (default: $FOGNODE_CONFIG). Flags beat env vars beat the file.",
     )
     parser.add_argument("--host", help="address to bind (FOGNODE_HOST, default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port to listen on (FOGNODE_PORT, default 8080)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        help="port to listen on (FOGNODE_PORT; default 8443 with TLS, 8080 without; "
+        "SpeziLLMFog apps connect to 443, or 80 without TLS)",
+    )
     parser.add_argument(
         "--upstream-url",
         help="Ollama base URL (FOGNODE_UPSTREAM_URL, default http://127.0.0.1:11434)",
@@ -99,13 +115,34 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except (UnsafeConfiguration, AuthConfigError) as exc:
         print(f"fognode: refusing to start: {exc}", file=sys.stderr)
         return 1
+    except ModelUnavailable as exc:
+        print(f"fognode: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(
             f"fognode: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
             file=sys.stderr,
         )
+        if exc.errno == errno.EACCES and settings.bind_port < 1024:
+            print(PRIVILEGED_PORT_HINT.format(port=settings.bind_port), file=sys.stderr)
         return 1
     return 0
+
+
+PRIVILEGED_PORT_HINT = """\
+Ports below 1024 need the CAP_NET_BIND_SERVICE capability (not root). Either
+  sudo .venv/bin/fognode service install   # systemd, unprivileged user, port 443
+or give this Python the one capability:
+  sudo setcap cap_net_bind_service=+ep "$(readlink -f .venv/bin/python)"
+or listen on a high port and redirect {port} to it:
+  sudo iptables -t nat -A PREROUTING -p tcp --dport {port} -j REDIRECT --to-ports 8443"""
+
+
+def _local_url(settings: Settings) -> str:
+    """The gateway on this machine, as the settings say it listens."""
+    host = "127.0.0.1" if settings.host in ("*", "", "0.0.0.0", "::") else settings.host
+    host = f"[{host}]" if ":" in host else host
+    return f"{'https' if settings.tls else 'http'}://{host}:{settings.bind_port}"
 
 
 def _cmd_healthcheck(args: argparse.Namespace) -> int:
@@ -114,14 +151,11 @@ def _cmd_healthcheck(args: argparse.Namespace) -> int:
     import urllib.request
 
     settings = _settings_from(args)
-    scheme = "https" if settings.tls else "http"
-    host = "127.0.0.1" if settings.host in ("*", "", "0.0.0.0", "::") else settings.host
-    host = f"[{host}]" if ":" in host else host
     # Our own process on loopback: the certificate is not what is checked here.
     context = ssl._create_unverified_context() if settings.tls else None
     try:
         with urllib.request.urlopen(
-            f"{scheme}://{host}:{settings.bind_port}/healthz", timeout=args.timeout, context=context
+            f"{_local_url(settings)}/healthz", timeout=args.timeout, context=context
         ) as resp:
             ok = resp.status == 200
     except OSError as exc:
@@ -145,6 +179,42 @@ def _cmd_config(args: argparse.Namespace) -> int:
     data["upstream_urls"] = [without_password(url) for url in data["upstream_urls"]]
     print(json.dumps(data, indent=2))
     return 0
+
+
+# Until the gateway serves the onboarding page (FOGNODE_ONBOARDING_PORT), the
+# port `certs qr` points phones to: 80 is free on a TLS node (the SpeziLLMFog
+# app uses it only in its plain-HTTP development mode) and keeps the link short.
+ONBOARDING_PORT = 80
+
+
+def _cmd_certs_qr(args: argparse.Namespace) -> int:
+    """The onboarding page's QR code in the terminal (same link as the page's)."""
+    ca = load_ca(CertPaths(Path(args.dir).expanduser()), None, need_key=False).cert
+    urls = onboarding_urls(port=args.port, addresses=lan_addresses(), public_url=args.url)
+    print(terminal_text(urls[0], export_forms(ca)), end="")
+    return 0
+
+
+def _add_certs_qr(certs_sub: Any) -> None:
+    qr = certs_sub.add_parser(
+        "qr",
+        help="print the phone onboarding QR code, link and CA fingerprint",
+        description="Print the QR code of the phone onboarding page's link, with the "
+        "CA's SHA-256 fingerprint to compare on the phone.",
+    )
+    qr.add_argument("--dir", default=None, help="certificate directory (FOGNODE_CERTS_DIR)")
+    qr.add_argument(
+        "--port",
+        type=int,
+        default=ONBOARDING_PORT,
+        help=f"port of the onboarding page (default {ONBOARDING_PORT})",
+    )
+    qr.add_argument(
+        "--url",
+        help="base URL phones use for the onboarding page, if not this machine's LAN "
+        "address (a DNS name, a port forwarded by a router)",
+    )
+    qr.set_defaults(func=_cmd_certs_qr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,9 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=3.0)
     health.set_defaults(func=_cmd_healthcheck)
 
-    add_certs_commands(sub)
+    _add_certs_qr(add_certs_commands(sub))
     add_auth_commands(sub)
-    add_discovery_commands(sub)
+    add_service_commands(sub)
+    add_discovery_commands(sub, ca_fingerprint=file_fingerprint)
+    add_usage_commands(sub)
+    add_models_commands(sub)
     return parser
 
 
@@ -203,6 +276,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "emulator_host": settings.firebase_auth_emulator_host,
                     "admin_claim": settings.admin_claim,
                 },
+            )
+        if args.command == "usage":
+            return run_usage_command(args, sqlite_path=data_dir() / "usage.sqlite3")
+        if args.command == "models":
+            settings = load_settings(None)
+            return run_models_command(
+                args,
+                ModelsDefaults(
+                    url=_local_url(settings),
+                    ca_file=settings.ca_cert_file if settings.tls else None,
+                    api_key_file=data_dir() / "admin-api-key",
+                ),
             )
         if args.command == "certs":
             settings = load_settings(None)

@@ -16,7 +16,7 @@ from aiohttp import web
 from . import __version__
 from .proxy import UPSTREAM
 from .stats import STATS
-from .upstream import Readiness, probe_upstream
+from .upstream import Readiness, not_ready_error, probe_upstream
 
 _READINESS = web.AppKey("fognode.readiness", dict)
 
@@ -36,6 +36,12 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     upstream = request.app[UPSTREAM]
     settings = upstream.settings
+    waiting = upstream.not_ready()
+    if waiting is not None:  # the embedded model is loading: no need to ask it
+        reason, retry_after = waiting
+        error = not_ready_error(reason, retry_after)
+        body = {"status": "starting", "upstream_kind": upstream.kind, **error.body()}
+        return web.json_response({**body, **upstream.about()}, status=503, headers=error.headers)
     cache = request.app[_READINESS]
     cached: Readiness | None = cache.get("last")
     if cached is None or time.monotonic() - cached.checked_at > settings.readiness_cache_seconds:
@@ -51,7 +57,9 @@ async def readyz(request: web.Request) -> web.Response:
                 cache["last"] = cached
                 request.app[STATS].upstream_up = cached.ready
     assert cached is not None
-    return web.json_response(cached.body, status=200 if cached.ready else 503)
+    return web.json_response(
+        {**cached.body, **upstream.about()}, status=200 if cached.ready else 503
+    )
 
 
 def setup_health(app: web.Application) -> None:

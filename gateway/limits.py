@@ -43,12 +43,14 @@ class _Gate:
     def queue_full(self) -> bool:
         return len(self.waiters) >= self.max_waiting
 
-    async def enter(self, wait_limit: float) -> None:
+    async def enter(self, wait_limit: float, ticket: Ticket | None = None) -> None:
         if not self.full() and not self.waiters:
             self.active += 1
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.waiters.append(future)
+        if ticket is not None:
+            ticket.gate, ticket.future = self, future
         try:
             async with asyncio.timeout(wait_limit):
                 await future
@@ -61,6 +63,9 @@ class _Gate:
                 with suppress(ValueError):
                     self.waiters.remove(future)
             raise
+        finally:
+            if ticket is not None:
+                ticket.gate = ticket.future = None
         # leave() transferred its slot to us; active already counts it.
 
     def leave(self) -> None:
@@ -70,6 +75,31 @@ class _Gate:
                 future.set_result(None)  # hand the slot over without releasing it
                 return
         self.active -= 1
+
+    def place(self, future: asyncio.Future[None]) -> int | None:
+        try:
+            return self.waiters.index(future) + 1
+        except ValueError:
+            return None
+
+
+class Ticket:
+    """Where one request waits, so its heartbeats can tell the client (``queued 3``)."""
+
+    __slots__ = ("future", "gate")
+
+    def __init__(self) -> None:
+        self.gate: _Gate | None = None
+        self.future: asyncio.Future[None] | None = None
+
+
+@dataclass
+class Permit:
+    """An admitted request's slots; give it back with Admission.release."""
+
+    uid: str
+    user: _Gate
+    started: float
 
 
 class Admission:
@@ -104,12 +134,25 @@ class Admission:
     def queued(self) -> int:
         return len(self.global_gate.waiters) + sum(len(g.waiters) for g in self._users.values())
 
+    def position(self, ticket: Ticket) -> int | None:
+        """1 for the next request to get a slot; None once admitted (or not waiting).
+
+        A request still in its user's queue also waits behind everyone in the
+        node's queue.
+        """
+        gate, future = ticket.gate, ticket.future
+        if gate is None or future is None:
+            return None
+        place = gate.place(future)
+        if place is None or gate is self.global_gate:
+            return place
+        return place + len(self.global_gate.waiters)
+
     def _retry_after(self, ahead: int, capacity: int) -> str:
         return str(max(1, math.ceil(self._avg_seconds * (ahead + 1) / max(1, capacity))))
 
-    @asynccontextmanager
-    async def admit(self, uid: str) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
+    async def acquire(self, uid: str, ticket: Ticket | None = None) -> Permit:
+        """Wait for a slot for ``uid``: its own first, then the node's."""
         user = self._users.get(uid)
         if user is None:
             user = self._users[uid] = _Gate(self.per_user_concurrent, self.per_user_queue)
@@ -128,7 +171,7 @@ class Admission:
                         )
                     },
                 )
-            await self._enter(user)
+            await self._enter(user, ticket)
             try:
                 gate = self.global_gate
                 if gate.full() and gate.queue_full():
@@ -142,23 +185,37 @@ class Admission:
                             "Retry-After": self._retry_after(len(gate.waiters), gate.capacity)
                         },
                     )
-                await self._enter(gate)
-                started = loop.time()
-                try:
-                    yield
-                finally:
-                    gate.leave()
-                    elapsed = loop.time() - started
-                    self._avg_seconds = 0.8 * self._avg_seconds + 0.2 * elapsed
-            finally:
+                await self._enter(gate, ticket)
+            except BaseException:
                 user.leave()
-        finally:
-            if user.active == 0 and not user.waiters:
-                self._users.pop(uid, None)
+                raise
+        except BaseException:
+            self._forget_idle(uid, user)
+            raise
+        return Permit(uid, user, asyncio.get_running_loop().time())
 
-    async def _enter(self, gate: _Gate) -> None:
+    def release(self, permit: Permit) -> None:
+        self.global_gate.leave()
+        elapsed = asyncio.get_running_loop().time() - permit.started
+        self._avg_seconds = 0.8 * self._avg_seconds + 0.2 * elapsed
+        permit.user.leave()
+        self._forget_idle(permit.uid, permit.user)
+
+    @asynccontextmanager
+    async def admit(self, uid: str, ticket: Ticket | None = None) -> AsyncIterator[None]:
+        permit = await self.acquire(uid, ticket)
         try:
-            await gate.enter(self.queue_timeout)
+            yield
+        finally:
+            self.release(permit)
+
+    def _forget_idle(self, uid: str, user: _Gate) -> None:
+        if user.active == 0 and not user.waiters and self._users.get(uid) is user:
+            del self._users[uid]
+
+    async def _enter(self, gate: _Gate, ticket: Ticket | None) -> None:
+        try:
+            await gate.enter(self.queue_timeout, ticket)
         except TimeoutError:
             self.timed_out += 1
             raise GatewayError(

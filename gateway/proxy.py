@@ -10,8 +10,10 @@ client's exact bytes go upstream, so fields the gateway does not know about
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -20,9 +22,12 @@ from pydantic import BaseModel
 from .. import safejson
 from .access import PRINCIPAL
 from .answers import relay_answer
+from .compat import model_not_found_message
 from .errors import GatewayError, unreadable_body
-from .limits import Admission
+from .keepalive import HeartbeatOptions, KeepAlive
+from .limits import Admission, Ticket
 from .metrics import METRICS
+from .relay import RelayOptions, RouteEdits
 from .request_models import parse_json_object, validate_body
 from .request_target import upstream_target
 from .stats import STATS
@@ -31,9 +36,16 @@ from .upstream_pool import UNREACHABLE, UpstreamPool
 
 UPSTREAM = web.AppKey("fognode.upstream", UpstreamPool)
 ADMISSION = web.AppKey("fognode.admission", Admission)
+RELAY_OPTIONS = web.AppKey("fognode.relay_options", RelayOptions)
+HEARTBEAT_OPTIONS = web.AppKey("fognode.heartbeat_options", HeartbeatOptions)
 REQUEST_ID = web.RequestKey("fognode.request_id", str)
 
+RequestEdit = Callable[[bytes, dict[str, Any], str], bytes]
+UNEDITED = RouteEdits()
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+log = logging.getLogger("fognode.gateway")
 
 
 async def read_body(request: web.Request, limit: int, deadline: float) -> bytes:
@@ -72,6 +84,8 @@ def forward(
     json_body: bool = False,
     stream_body: bool = False,
     limited: bool = False,
+    edits: RouteEdits = UNEDITED,
+    request_edit: RequestEdit | None = None,
 ) -> Handler:
     """Build a handler that forwards the request to the same path upstream.
 
@@ -81,6 +95,7 @@ def forward(
     can be gigabytes; they are exempt from the body limit).
     ``limited``: inference; wait for an admission slot (after validation, so a
     bad request never queues).
+    ``edits`` and ``request_edit``: the route's compatibility edits (compat.py).
     """
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -88,6 +103,7 @@ def forward(
         settings = upstream.settings
         data: object = None
         wanted_model: str | None = request.match_info.get("model")
+        streams_sse = False
         if stream_body:
             data = request.content if request.body_exists else None
         elif request.body_exists or request.method in ("POST", "PUT", "PATCH"):
@@ -96,8 +112,11 @@ def forward(
                 parsed = parse_json_object(body)
                 if model is not None:
                     validate_body(model, parsed)
+                    streams_sse = parsed.get("stream") is True
                 if isinstance(parsed.get("model"), str):
                     wanted_model = parsed["model"]
+                if request_edit is not None:
+                    body = request_edit(body, parsed, upstream.kind)
             data = body
 
         headers = filter_request_headers(request.headers)
@@ -106,29 +125,71 @@ def forward(
             headers["X-Forwarded-For"] = request.remote
         headers["X-Forwarded-Proto"] = request.scheme
 
-        if not limited:
-            return await _send(request, upstream, headers, data, wanted_model)
-        principal = request.get(PRINCIPAL)
-        async with request.app[ADMISSION].admit(principal.uid if principal else "anonymous"):
-            return await _send(request, upstream, headers, data, wanted_model)
+        keepalive = KeepAlive(request, request.app[HEARTBEAT_OPTIONS]) if streams_sse else None
+        send = _Send(request, upstream, headers, data, wanted_model, edits, keepalive)
+        try:
+            if not limited:
+                return await send()
+            admission = request.app[ADMISSION]
+            principal = request.get(PRINCIPAL)
+            ticket = Ticket()
+            if keepalive is not None:
+                keepalive.status = lambda: _queued(admission.position(ticket))
+            permit = await admission.acquire(principal.uid if principal else "anonymous", ticket)
+            if keepalive is not None:
+                keepalive.status = None
+            try:
+                return await send()
+            finally:
+                admission.release(permit)
+        except GatewayError as exc:
+            if keepalive is not None and keepalive.started:
+                # The 200 headers are out (the request waited long): in-band.
+                log.warning("%s (%s), reported in-band", exc.message, exc.code)
+                return await keepalive.fail(exc)
+            raise
+        finally:
+            if keepalive is not None:
+                keepalive.close()
 
     return handler
 
 
-async def _send(
-    request: web.Request,
-    pool: UpstreamPool,
-    headers: CIMultiDict[str],
-    data: object,
-    model: str | None,
-) -> web.StreamResponse:
+def _queued(position: int | None) -> str | None:
+    return f"queued {position}" if position is not None else None
+
+
+class _Send:
+    """The forwarding of one request, once it may go upstream."""
+
+    __slots__ = ("data", "edits", "headers", "keepalive", "model", "pool", "request")
+
+    def __init__(
+        self,
+        request: web.Request,
+        pool: UpstreamPool,
+        headers: CIMultiDict[str],
+        data: object,
+        model: str | None,
+        edits: RouteEdits,
+        keepalive: KeepAlive | None,
+    ) -> None:
+        self.request, self.pool, self.headers, self.data = request, pool, headers, data
+        self.model, self.edits, self.keepalive = model, edits, keepalive
+
+    async def __call__(self) -> web.StreamResponse:
+        return await _send(self)
+
+
+async def _send(job: _Send) -> web.StreamResponse:
     """Send to the best upstream; on a connection failure, before anything was
     sent, try the next one."""
+    pool, model = job.pool, job.model
     if model and pool.kind != "ollama" and pool.lacks_model(model):
-        # Ollama's wording: the clients of the reference node match on it.
+        # The wording the SpeziLLMFog app matches on (compat.py).
         raise GatewayError(
             404,
-            f"model '{model}' not found, try pulling it first",
+            model_not_found_message(model),
             type="not_found_error",
             code="model_not_found",
         )
@@ -140,11 +201,11 @@ async def _send(
             code="upstreams_busy",
             headers={"Retry-After": "1"},
         )
-    if data is not None and not isinstance(data, bytes):
+    if job.data is not None and not isinstance(job.data, bytes):
         candidates = candidates[:1]  # a streamed body can be sent only once
     for index, member in enumerate(candidates):
         try:
-            return await _send_to(request, member, headers, data)
+            return await _send_to(job, member)
         except GatewayError as exc:
             if exc.code not in UNREACHABLE or index == len(candidates) - 1:
                 raise
@@ -152,9 +213,8 @@ async def _send(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def _send_to(
-    request: web.Request, upstream: Upstream, headers: CIMultiDict[str], data: object
-) -> web.StreamResponse:
+async def _send_to(job: _Send, upstream: Upstream) -> web.StreamResponse:
+    request = job.request
     stats = request.app[STATS]
     stats.active_requests += 1
     upstream.active += 1
@@ -162,7 +222,7 @@ async def _send_to(
         started = time.perf_counter()
         try:
             upstream_response = await upstream.open(
-                request.method, upstream_target(request), headers=headers, data=data
+                request.method, upstream_target(request), headers=job.headers, data=job.data
             )
         except GatewayError as exc:
             if exc.code in UNREACHABLE:
@@ -173,12 +233,20 @@ async def _send_to(
         request.app[METRICS].first_byte.labels(route.canonical if route else "other").observe(
             time.perf_counter() - started
         )
+        if job.keepalive is not None:
+            try:
+                await job.keepalive.settle()  # no heartbeat mid-write from here on
+            except BaseException:
+                upstream_response.close()
+                raise
         return await relay_answer(
             request,
             upstream_response,
-            idle_timeout=upstream.settings.idle_timeout,
-            write_timeout=upstream.settings.client_write_timeout,
+            options=request.app[RELAY_OPTIONS],
+            edits=job.edits,
             upstream_name=upstream.base,
+            model=job.model,
+            keepalive=job.keepalive,
             stats=stats,
         )
     finally:

@@ -1,28 +1,40 @@
 """Relay an upstream response to the client, chunk by chunk, as it arrives.
 
 Each read from the upstream is written to the client at once: no buffering
-of the answer, no re-chunking, so a token Ollama emits is on the wire to the
-client within the same event-loop turn. The relay is also where the three
-ways a stream can end are told apart:
+of the answer, no re-chunking beyond whole SSE lines, so a token Ollama emits
+is on the wire to the client within the same event-loop turn. The relay is
+in two parts:
 
-* the upstream finishes: release its connection back to the pool;
-* the client goes away: close the upstream connection at once so Ollama
-  stops generating (it notices the closed socket and cancels the request);
-* the upstream breaks or stalls: tell the client in the stream's own format
-  (an SSE ``error`` event the OpenAI SDK raises on, or an NDJSON ``error``
-  line the Ollama client raises on) and end the response cleanly.
+* :func:`_pump` moves bytes and keeps a silent SSE stream alive with comment
+  lines between events; it returns how the stream ended;
+* :func:`relay_response` sorts that ending out: the upstream finished
+  (connection back to the pool), the client went away (upstream connection
+  closed at once so Ollama stops generating), the client stopped reading
+  (dropped, so back-pressure cannot hold a slot forever), or the upstream
+  broke or stalled (an in-band error in the stream's own format: an SSE
+  ``error`` event the OpenAI SDK raises on, or an NDJSON ``error`` line the
+  Ollama client raises on).
+
+Before the body, an upstream 404 for a missing model is reworded the one way
+the SpeziLLMFog app recognises (compat.py), and a response whose headers went
+out early (keepalive.py) carries upstream errors in-band.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import enum
 import logging
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 
-from .errors import error_body
+from .. import safejson
+from .compat import is_model_not_found, model_not_found_message, native_error_body
+from .errors import GatewayError, json_error_response
+from .keepalive import SSE_HEADERS, KeepAlive
+from .sse import HEARTBEAT, LineEdit, SseFramer, error_event
 from .stats import GatewayStats
 from .upstream import filter_response_headers, relayable_reason
 
@@ -35,133 +47,197 @@ RELAYED_CHUNKS = web.RequestKey("fognode.relayed_chunks", int)
 
 SSE = "text/event-stream"
 NDJSON = "application/x-ndjson"
+# Upstream error bodies are read whole (to reword or report them); they are small.
+MAX_ERROR_BODY = 64 * 1024
+
+
+@dataclass(frozen=True)
+class RelayOptions:
+    idle_timeout: float  # longest upstream silence mid-body
+    write_timeout: float  # longest a client may leave the stream unread
+    heartbeat_interval: float  # comment lines on a silent SSE stream
+
+
+@dataclass(frozen=True)
+class RouteEdits:
+    """What a route's relay may change (compat.py): nothing, for most routes."""
+
+    sse_line_edit: LineEdit | None = None  # applied to each SSE data line
+    openai_errors: bool = True  # error bodies in OpenAI's shape (else Ollama's)
+    # Inference routes: a missing model in the words the SpeziLLMFog app matches.
+    reword_missing_model: bool = False
+
+
+class Ending(enum.Enum):
+    COMPLETED = "completed"
+    CLIENT_STALLED = "client stopped reading"
+    UPSTREAM_IDLE = "upstream idle"
+    UPSTREAM_BROKEN = "upstream broke off"
+
+
+@dataclass
+class _Progress:
+    sent: int = 0
+    chunks: int = 0
+    tail: bytes = b""
 
 
 def _media_type(resp: aiohttp.ClientResponse) -> str:
     return resp.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
 
 
-def _error_frame(media_type: str, message: str, code: str, tail: bytes) -> bytes:
+def _error_frame(framer: SseFramer | None, message: str, code: str, tail: bytes) -> bytes:
     """An in-band error in the stream's own framing.
 
-    ``tail`` is the end of what was already sent: if the upstream died in the
-    middle of an event, the partial event is terminated first so the error
-    frame is parsed on its own rather than glued to garbage.
+    If the upstream died in the middle of an event (SSE) or line (NDJSON),
+    what was sent is terminated first so the error frame is parsed on its own
+    rather than glued to garbage. The SSE framer only ever passed whole
+    lines; an event still open gets the one blank line that ends it, never a
+    second (an empty event ends the SpeziLLMFog app's stream).
     """
-    if media_type == SSE:
-        prefix = b"" if tail.endswith(b"\n\n") or not tail else b"\n\n"
-        body = error_body(message, status=502, type="upstream_error", code=code)
-        return prefix + b"data: " + json.dumps(body).encode() + b"\n\n"
+    if framer is not None:
+        prefix = b"\n" if framer.in_event else b""
+        return prefix + error_event(message, status=502, type="upstream_error", code=code)
     prefix = b"" if tail.endswith(b"\n") or not tail else b"\n"
     # Ollama's own NDJSON error line: {"error": "..."}
-    return prefix + json.dumps({"error": message}).encode() + b"\n"
+    return prefix + native_error_body(message) + b"\n"
+
+
+async def _write(response: web.StreamResponse, data: bytes, limit: float) -> bool:
+    """Write, giving up on a client that leaves the data unread for ``limit`` seconds."""
+    try:
+        async with asyncio.timeout(limit):
+            await response.write(data)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def _pump(
+    content: aiohttp.StreamReader,
+    response: web.StreamResponse,
+    framer: SseFramer | None,
+    options: RelayOptions,
+    progress: _Progress,
+) -> Ending:
+    loop = asyncio.get_running_loop()
+    silent_since = loop.time()
+    heartbeat_every = options.heartbeat_interval if framer is not None else float("inf")
+    beat_at = silent_since + heartbeat_every
+    while True:
+        try:
+            async with asyncio.timeout_at(min(silent_since + options.idle_timeout, beat_at)):
+                chunk = await content.readany()
+        except TimeoutError:
+            now = loop.time()
+            if now >= silent_since + options.idle_timeout:
+                return Ending.UPSTREAM_IDLE
+            assert framer is not None
+            if framer.at_boundary and not await _write(response, HEARTBEAT, options.write_timeout):
+                return Ending.CLIENT_STALLED
+            beat_at = now + heartbeat_every
+            continue
+        except (
+            aiohttp.ClientPayloadError,
+            aiohttp.ServerDisconnectedError,
+            aiohttp.ClientOSError,
+        ):
+            return Ending.UPSTREAM_BROKEN
+        if not chunk:
+            rest = framer.flush() if framer is not None else b""
+            if rest and not await _write(response, rest, options.write_timeout):
+                return Ending.CLIENT_STALLED
+            return Ending.COMPLETED
+        silent_since = loop.time()
+        beat_at = silent_since + heartbeat_every
+        out = framer.feed(chunk) if framer is not None else chunk
+        if not out:
+            continue
+        if not await _write(response, out, options.write_timeout):
+            return Ending.CLIENT_STALLED
+        progress.sent += len(out)
+        progress.chunks += 1
+        progress.tail = out[-2:]
 
 
 async def relay_response(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
     *,
-    idle_timeout: float,
+    options: RelayOptions,
+    edits: RouteEdits,
     upstream_name: str,
-    write_timeout: float = 60.0,
+    model: str | None,
+    keepalive: KeepAlive | None,
     stats: GatewayStats,
     prefix: bytes = b"",
 ) -> web.StreamResponse:
-    """Relay ``upstream`` to the client; ``prefix`` is the start of its body,
-    already read from it (by answers.py, which gave up buffering)."""
-    media_type = _media_type(upstream)
-    streaming = media_type in (SSE, NDJSON)
-    headers = filter_response_headers(upstream.headers)
-    if streaming:
-        # Tell any proxy in front of us (nginx) not to buffer the stream.
-        headers["X-Accel-Buffering"] = "no"
-        headers.setdefault("Cache-Control", "no-cache")
-    response = web.StreamResponse(
-        status=upstream.status, reason=relayable_reason(upstream.reason), headers=headers
-    )
-    if upstream.content_length is not None and not streaming:
-        response.content_length = upstream.content_length
+    """Answer ``request`` with ``upstream``; the caller owns neither afterwards.
 
-    loop = asyncio.get_running_loop()
-    content = upstream.content
-    tail = b""
-    sent = 0
-    chunks = 0
+    ``prefix`` is the start of the body, already read from ``upstream``
+    (answers.py reads a JSON answer to check it before relaying it).
+    """
+    progress = _Progress()
     completed = False
     stats.active_streams += 1
     try:
-        await response.prepare(request)
-        writing = False
-        try:
-            # One timer, re-armed for each phase: waiting on the upstream
-            # (idle gap) and waiting on the client (a reader that stopped
-            # reading holds a slot; back-pressure must not become a hang).
-            async with asyncio.timeout(None) as deadline:
-                if prefix:
-                    writing = True
-                    deadline.reschedule(loop.time() + write_timeout)
-                    await response.write(prefix)
-                    writing = False
-                    sent, tail = len(prefix), prefix[-2:]
-                while True:
-                    deadline.reschedule(loop.time() + idle_timeout)
-                    chunk = await content.readany()
-                    if not chunk:
-                        break
-                    writing = True
-                    deadline.reschedule(loop.time() + write_timeout)
-                    await response.write(chunk)
-                    writing = False
-                    sent += len(chunk)
-                    chunks += 1
-                    tail = chunk[-2:]
-                deadline.reschedule(None)
-        except TimeoutError:
-            if writing:
-                log.warning(
-                    "client stopped reading for %gs (FOGNODE_CLIENT_WRITE_TIMEOUT); "
-                    "dropping it after %d bytes",
-                    write_timeout,
-                    sent,
+        if upstream.status >= 400:
+            response = await _relay_error(request, upstream, edits, model, keepalive)
+            completed = True
+            return response
+        media_type = _media_type(upstream)
+        if keepalive is not None and keepalive.response is not None:
+            response = keepalive.response  # 200 text/event-stream went out already
+        else:
+            response = _response_like(upstream, media_type)
+            await response.prepare(request)
+        framer = SseFramer(edits.sse_line_edit) if media_type == SSE else None
+        ending: Ending | None = None
+        if prefix:  # the start of the body, read already (answers.py)
+            if await _write(response, prefix, options.write_timeout):
+                progress.sent, progress.chunks, progress.tail = len(prefix), 1, prefix[-2:]
+            else:
+                ending = Ending.CLIENT_STALLED
+        if ending is None:
+            ending = await _pump(upstream.content, response, framer, options, progress)
+        if ending is Ending.COMPLETED:
+            await response.write_eof()
+            completed = True
+        elif ending is Ending.CLIENT_STALLED:
+            log.warning(
+                "client stopped reading for %gs (FOGNODE_CLIENT_WRITE_TIMEOUT); "
+                "dropping it after %d bytes",
+                options.write_timeout,
+                progress.sent,
+            )
+            if request.transport is not None:
+                request.transport.abort()
+            # Handled below like any other client that went away.
+            raise ConnectionResetError("client stopped reading")
+        else:
+            stats.upstream_failures_total += 1
+            if ending is Ending.UPSTREAM_IDLE:
+                message = (
+                    f"The upstream at {upstream_name} sent nothing for "
+                    f"{options.idle_timeout:g}s (FOGNODE_IDLE_TIMEOUT); the response was cut off."
                 )
-                if request.transport is not None:
-                    request.transport.abort()
-                # Handled below like any other client that went away.
-                raise ConnectionResetError("client stopped reading") from None
-            stats.upstream_failures_total += 1
-            message = (
-                f"The upstream at {upstream_name} sent nothing for {idle_timeout:g}s "
-                "(FOGNODE_IDLE_TIMEOUT); the response was cut off."
-            )
-            await _fail_in_band(
-                request, response, media_type, message, "upstream_idle_timeout", tail
-            )
-            return response
-        except (
-            aiohttp.ClientPayloadError,
-            aiohttp.ServerDisconnectedError,
-            aiohttp.ClientOSError,
-        ) as exc:
-            stats.upstream_failures_total += 1
-            message = (
-                f"The upstream at {upstream_name} broke off the response "
-                f"({type(exc).__name__}); the answer is incomplete."
-            )
-            await _fail_in_band(
-                request, response, media_type, message, "upstream_disconnected", tail
-            )
-            return response
-        await response.write_eof()
-        completed = True
+                code = "upstream_idle_timeout"
+            else:
+                message = (
+                    f"The upstream at {upstream_name} broke off the response; "
+                    "the answer is incomplete."
+                )
+                code = "upstream_disconnected"
+            await _fail_in_band(request, response, media_type, framer, message, code, progress.tail)
         return response
     except (asyncio.CancelledError, ConnectionResetError):
         # The client left (handler cancelled, or a write hit a closed socket).
         stats.client_disconnects_total += 1
-        log.info("client disconnected after %d bytes; upstream request cancelled", sent)
+        log.info("client disconnected after %d bytes; upstream request cancelled", progress.sent)
         raise
     finally:
-        request[BODY_BYTES] = sent
-        request[RELAYED_CHUNKS] = chunks
+        request[BODY_BYTES] = progress.sent
+        request[RELAYED_CHUNKS] = progress.chunks
         stats.active_streams -= 1
         if completed:
             upstream.release()
@@ -171,17 +247,94 @@ async def relay_response(
             upstream.close()
 
 
+def _response_like(upstream: aiohttp.ClientResponse, media_type: str) -> web.StreamResponse:
+    headers = filter_response_headers(upstream.headers)
+    streaming = media_type in (SSE, NDJSON)
+    if streaming:
+        for name, value in SSE_HEADERS.items():
+            if name != "Content-Type":
+                headers.setdefault(name, value)
+    response = web.StreamResponse(
+        status=upstream.status, reason=relayable_reason(upstream.reason), headers=headers
+    )
+    if upstream.content_length is not None and not streaming:
+        response.content_length = upstream.content_length
+    return response
+
+
+async def _relay_error(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    edits: RouteEdits,
+    model: str | None,
+    keepalive: KeepAlive | None,
+) -> web.StreamResponse:
+    """An upstream error answer, read whole: reworded if it is a missing model,
+    in-band if the stream's headers went out already, else passed on as sent."""
+    body = await _read_capped(upstream.content, MAX_ERROR_BODY)
+    if upstream.status == 404 and model and edits.reword_missing_model and is_model_not_found(body):
+        message = model_not_found_message(model)
+        if keepalive is not None and keepalive.started:
+            return await keepalive.fail(
+                GatewayError(404, message, type="not_found_error", code="model_not_found")
+            )
+        if edits.openai_errors:
+            return json_error_response(404, message, type="not_found_error", code="model_not_found")
+        return web.Response(
+            status=404, body=native_error_body(message), content_type="application/json"
+        )
+    if keepalive is not None and keepalive.started:
+        return await keepalive.fail(
+            GatewayError(
+                upstream.status,
+                f"The upstream answered {upstream.status}: {_error_text(body)}",
+                code="upstream_error",
+            )
+        )
+    headers = filter_response_headers(upstream.headers)
+    return web.Response(
+        status=upstream.status, reason=relayable_reason(upstream.reason), body=body, headers=headers
+    )
+
+
+async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        part = await content.read(limit - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
+
+
+def _error_text(body: bytes) -> str:
+    """The message inside an upstream error body (OpenAI's or Ollama's shape)."""
+    try:
+        data = safejson.loads(body)  # an upstream's bytes: bounded nesting
+    except ValueError:
+        return body.decode(errors="replace")[:500]
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    if isinstance(error, str):
+        return error
+    return body.decode(errors="replace")[:500]
+
+
 async def _fail_in_band(
     request: web.Request,
     response: web.StreamResponse,
     media_type: str,
+    framer: SseFramer | None,
     message: str,
     code: str,
     tail: bytes,
 ) -> None:
     log.warning("%s", message)
     if media_type in (SSE, NDJSON):
-        await response.write(_error_frame(media_type, message, code, tail))
+        await response.write(_error_frame(framer, message, code, tail))
         await response.write_eof()
     else:
         # A plain body cannot carry an error after its headers; cut the

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from .access import ACCESS_BY_ROUTE, Access
+from .compat import add_max_tokens, fill_assistant_role
 from .errors import GatewayError
 from .health import healthz, readyz
 from .metrics import metrics_handler
 from .openapi import openapi_handler
 from .proxy import Handler, forward, forward_listing
+from .relay import RouteEdits
 from .request_models import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 
@@ -38,6 +40,14 @@ class Route:
 # Model names may contain slashes (hf.co/org/model:tag), hence the regex.
 MODEL = "{model:.+}"
 
+# What the SpeziLLMFog app needs (compat.py): a role on every chat delta, and
+# a missing model worded one way on the inference routes. Ollama's native API
+# answers errors in its own shape, which its clients parse.
+CHAT_EDITS = RouteEdits(sse_line_edit=fill_assistant_role, reword_missing_model=True)
+INFERENCE = RouteEdits(reword_missing_model=True)
+NATIVE_INFERENCE = RouteEdits(openai_errors=False, reword_missing_model=True)
+NATIVE = RouteEdits(openai_errors=False)
+
 PUBLIC_ROUTES = (
     Route("GET", "/healthz", healthz, Access.PUBLIC),
     Route("GET", "/readyz", readyz, Access.PUBLIC),
@@ -47,36 +57,71 @@ OPENAI_ROUTES = (
     Route(
         "POST",
         "/v1/chat/completions",
-        forward(model=ChatCompletionRequest, limited=True),
+        forward(
+            model=ChatCompletionRequest,
+            limited=True,
+            edits=CHAT_EDITS,
+            request_edit=add_max_tokens,
+        ),
         Access.USER,
     ),
-    Route("POST", "/v1/completions", forward(model=CompletionRequest, limited=True), Access.USER),
-    Route("POST", "/v1/embeddings", forward(model=EmbeddingRequest, limited=True), Access.USER),
+    Route(
+        "POST",
+        "/v1/completions",
+        forward(model=CompletionRequest, limited=True, edits=INFERENCE),
+        Access.USER,
+    ),
+    Route(
+        "POST",
+        "/v1/embeddings",
+        forward(model=EmbeddingRequest, limited=True, edits=INFERENCE),
+        Access.USER,
+    ),
     Route("GET", "/v1/models", forward_listing("data", "id"), Access.USER),
     Route("GET", f"/v1/models/{MODEL}", forward(), Access.USER),
 )
 
 OLLAMA_ROUTES = (
-    Route("POST", "/api/chat", forward(json_body=True, limited=True), Access.USER),
-    Route("POST", "/api/generate", forward(json_body=True, limited=True), Access.USER),
-    Route("POST", "/api/embed", forward(json_body=True, limited=True), Access.USER),
-    Route("POST", "/api/embeddings", forward(json_body=True, limited=True), Access.USER),
+    Route(
+        "POST",
+        "/api/chat",
+        forward(json_body=True, limited=True, edits=NATIVE_INFERENCE),
+        Access.USER,
+    ),
+    Route(
+        "POST",
+        "/api/generate",
+        forward(json_body=True, limited=True, edits=NATIVE_INFERENCE),
+        Access.USER,
+    ),
+    Route(
+        "POST",
+        "/api/embed",
+        forward(json_body=True, limited=True, edits=NATIVE_INFERENCE),
+        Access.USER,
+    ),
+    Route(
+        "POST",
+        "/api/embeddings",
+        forward(json_body=True, limited=True, edits=NATIVE_INFERENCE),
+        Access.USER,
+    ),
     Route("GET", "/api/tags", forward_listing("models", "name"), Access.USER),
-    Route("POST", "/api/show", forward(json_body=True), Access.USER),
-    Route("GET", "/api/ps", forward(), Access.USER),
-    Route("GET", "/api/version", forward(), Access.USER),
+    Route("POST", "/api/show", forward(json_body=True, edits=NATIVE), Access.USER),
+    Route("GET", "/api/ps", forward(edits=NATIVE), Access.USER),
+    Route("GET", "/api/version", forward(edits=NATIVE), Access.USER),
 )
 
 # The seam for the access policy: everything here changes what the node
 # serves to everyone, so only administrators may call it.
 MODEL_MANAGEMENT_ROUTES = (
-    Route("POST", "/api/pull", forward(json_body=True), Access.ADMIN),
-    Route("POST", "/api/push", forward(json_body=True), Access.ADMIN),
-    Route("POST", "/api/create", forward(json_body=True), Access.ADMIN),
-    Route("POST", "/api/copy", forward(json_body=True), Access.ADMIN),
-    Route("DELETE", "/api/delete", forward(json_body=True), Access.ADMIN),
-    Route("HEAD", "/api/blobs/{digest}", forward(), Access.ADMIN),
-    Route("POST", "/api/blobs/{digest}", forward(stream_body=True), Access.ADMIN),
+    Route("POST", "/api/pull", forward(json_body=True, edits=NATIVE), Access.ADMIN),
+    Route("POST", "/api/push", forward(json_body=True, edits=NATIVE), Access.ADMIN),
+    Route("POST", "/api/create", forward(json_body=True, edits=NATIVE), Access.ADMIN),
+    Route("POST", "/api/copy", forward(json_body=True, edits=NATIVE), Access.ADMIN),
+    Route("DELETE", "/api/delete", forward(json_body=True, edits=NATIVE), Access.ADMIN),
+    Route("HEAD", "/api/blobs/{digest}", forward(edits=NATIVE), Access.ADMIN),
+    Route("POST", "/api/blobs/{digest}", forward(stream_body=True, edits=NATIVE), Access.ADMIN),
 )
 
 ALL_ROUTES = PUBLIC_ROUTES + OPENAI_ROUTES + OLLAMA_ROUTES + MODEL_MANAGEMENT_ROUTES

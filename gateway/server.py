@@ -25,7 +25,7 @@ from .proxy import ADMISSION, UPSTREAM
 from .settings import Settings
 from .slow_clients import GuardedAppRunner
 from .tls import TlsTerminator
-from .upstream import without_password
+from .upstream_choice import choose_upstream, install_upstream_choice
 
 log = logging.getLogger("fognode.server")
 
@@ -37,6 +37,10 @@ class RunningServer:
     port: int
     tls: TlsTerminator | None = None
     announcer: NodeAnnouncer | None = None
+
+    @property
+    def upstream_base(self) -> str:
+        return self.runner.app[UPSTREAM].base
 
     @property
     def url(self) -> str:
@@ -58,7 +62,10 @@ async def start_server(
     if tls is not None:
         # Refuse to start with a pair no client would accept (CertError).
         await asyncio.to_thread(tls.load)
+    choice = await choose_upstream(settings)
+    settings = choice.settings  # with the upstream kind decided
     app = create_app(settings, authorizer=authorizer, tls=tls)
+    install_upstream_choice(app, choice)
     upstreams = max(1, len(settings.upstream_urls))
     runner = GuardedAppRunner(
         app,
@@ -97,27 +104,44 @@ async def start_server(
             settings, port=port, admission=app[ADMISSION], upstream=app[UPSTREAM], tls=tls
         )
         await running.announcer.start()
+        if choice.runtime is not None:  # announce the model as soon as it serves
+            choice.runtime.on_ready.append(running.announcer.refresh)
     return running
 
 
 async def serve(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM, then let open requests finish (bounded)."""
     running = await start_server(settings)
-    log.info(
-        "fognode listening on %s, forwarding to %s",
-        running.url,
-        without_password(settings.upstream_base),
-    )
+    log.info("fognode listening on %s, forwarding to %s", running.url, running.upstream_base)
     if running.tls is not None and running.tls.pair is not None:
         leaf = running.tls.pair.leaf
+        names = cert_names(leaf).dns
         log.info(
             "TLS certificate for %s valid until %s (CA %s)",
-            ", ".join(cert_names(leaf).dns),
+            ", ".join(names),
             leaf.not_valid_after_utc.isoformat(),
             running.tls.ca_file,
         )
+        if settings.app_host_name.rstrip(".").lower() not in names:
+            log.warning(
+                "the certificate does not carry %s, the name SpeziLLMFog apps check "
+                "(FOGNODE_APP_HOST_NAME): they will refuse it; issue one that does with "
+                "`fognode certs issue`",
+                settings.app_host_name,
+            )
     else:
         log.warning("TLS is off: serving plain HTTP (development only)")
+    app_port = 443 if settings.tls else 80
+    announced = running.announcer is not None and running.announcer.announced
+    if announced and running.port != app_port:
+        log.warning(
+            "announcing port %d, but SpeziLLMFog apps ignore the announced port and connect "
+            "to %d: they will not reach this node. Serve on %d without root with "
+            "`sudo .venv/bin/fognode service install` (see the README, Port 443).",
+            running.port,
+            app_port,
+            app_port,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

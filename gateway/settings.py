@@ -9,6 +9,7 @@ optional TOML file (``FOGNODE_CONFIG`` or ``--config``), then the defaults.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
@@ -67,6 +68,27 @@ def _project_of(service_account: Path) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None  # reported when the verifier loads the file
     return value if isinstance(value, str) else None
+
+
+# Where Ollama listens unless told otherwise; upstream_kind=auto probes it.
+DEFAULT_UPSTREAM_URL = "http://127.0.0.1:11434"
+
+_SERVICE_TYPE = re.compile(
+    r"_[A-Za-z0-9](?:[A-Za-z0-9-]{0,13}[A-Za-z0-9])?\._(?:tcp|udp)(?:\.[^.\s]+)*", re.ASCII
+)
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", re.ASCII)
+
+
+def _mdns_domain(value: str) -> str:
+    """A DNS-SD domain reachable by multicast: it must end in `local`."""
+    name = value.strip().rstrip(".").lower()
+    labels = name.split(".")
+    if labels[-1] != "local" or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(
+            f"{value!r} is not an mDNS domain: mDNS answers only names under `local.` "
+            "(such as `local.` or `spezillmfog.local.`)"
+        )
+    return f"{name}."
 
 
 def data_dir() -> Path:
@@ -259,11 +281,24 @@ class Settings(BaseSettings):
     )
 
     # --- mDNS / DNS-SD announcement -----------------------------------------
+    app_host_name: str = Field(
+        "spezillmfog.local",
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?$",
+        description="The host name SpeziLLMFog apps are configured with "
+        "(LLMFogPlatformConfiguration.host): they browse the DNS-SD domain `<name>.`, send it "
+        "as Host and check the server certificate for it.",
+    )
     mdns: bool = Field(True, description="Announce the node on the LAN with mDNS.")
     mdns_service_type: str | None = Field(
         None,
-        description="DNS-SD service type. Default `_https._tcp.local.` with TLS, "
-        "`_http._tcp.local.` without (as the reference fog node).",
+        description="DNS-SD service type, without a domain. Default `_https._tcp` with TLS, "
+        "`_http._tcp` without (what SpeziLLMFog apps browse for). A domain given here "
+        "(`_https._tcp.spezillmfog.local.`) is added to mdns_domains.",
+    )
+    mdns_domains: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="DNS-SD domains to register the service in (comma-separated). Default: "
+        "`local.` (generic tools) and `<app_host_name>.` (where SpeziLLMFog apps browse).",
     )
     mdns_instance_name: str = Field(
         "SpeziLLMFog Service",
@@ -272,10 +307,11 @@ class Settings(BaseSettings):
         description="Service instance name clients browse for. On a name clash the second "
         "node becomes `<name>-2`.",
     )
-    mdns_host_name: str = Field(
-        "spezillmfog.local.",
-        description="Host name in the SRV record (the name the certificate carries); shared "
-        "by all nodes by design.",
+    mdns_host_name: str | None = Field(
+        None,
+        description="This node's own host name in the SRV records, with its A/AAAA records. "
+        "Default `fognode-<first 8 characters of the node id>.local.`. Each node needs its own: "
+        "a shared name makes every service resolve to every node.",
     )
     mdns_interfaces: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -299,7 +335,7 @@ class Settings(BaseSettings):
 
     # --- upstream (Ollama) -----------------------------------------------
     upstream_url: AnyHttpUrl = Field(
-        AnyHttpUrl("http://127.0.0.1:11434"),
+        default_factory=lambda: AnyHttpUrl(DEFAULT_UPSTREAM_URL),
         description="Base URL of the Ollama server the gateway forwards to.",
     )
     upstream_urls: Annotated[list[str], NoDecode] = Field(
@@ -313,10 +349,13 @@ class Settings(BaseSettings):
     upstream_check_interval: float = Field(
         15, gt=0, description="Seconds between health and model-list checks of the upstreams."
     )
-    upstream_kind: Literal["ollama", "openai"] = Field(
-        "ollama",
+    upstream_kind: Literal["auto", "ollama", "openai", "embedded"] = Field(
+        "auto",
         description="`ollama`: Ollama, with its native /api routes. `openai`: any "
-        "OpenAI-compatible server (llama.cpp's server, vLLM, LocalAI); /api routes answer 501.",
+        "OpenAI-compatible server (llama.cpp's server, vLLM, LocalAI); /api routes answer 501. "
+        "`embedded`: fognode runs llama.cpp's server itself with embedded_model. `auto`: an "
+        "upstream_url or upstream_urls that is set is Ollama, as given; with neither set, "
+        "Ollama at the default address if it answers at start, else the embedded model.",
     )
     upstream_api_key: str | None = Field(
         None,
@@ -347,6 +386,19 @@ class Settings(BaseSettings):
         description="Longest a client may leave a response unread (back-pressure) before "
         "it is dropped and its Ollama request cancelled.",
     )
+    stream_heartbeat_after: float = Field(
+        5.0,
+        gt=0,
+        description="A streamed (SSE) request that has waited this many seconds (in the queue, "
+        "or for the upstream's first byte) gets its 200 headers and SSE comment heartbeats, so "
+        "phones (60 s idle timeout) do not give up; later errors then arrive in-band.",
+    )
+    stream_heartbeat_interval: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds between SSE comment heartbeats while a streamed request waits or "
+        "its upstream is silent.",
+    )
     readiness_timeout: float = Field(
         3.0, gt=0, description="Seconds /readyz waits for the upstream before answering 503."
     )
@@ -354,6 +406,48 @@ class Settings(BaseSettings):
         1.0,
         ge=0,
         description="How long a /readyz result is reused, so probes stay cheap under load.",
+    )
+
+    # --- the embedded model (upstream_kind embedded, or auto without Ollama) ---
+    embedded_model: str | None = Field(
+        None,
+        description="What the embedded llama.cpp server runs: a packaged model by name "
+        "(`smollm2:135m`, the default; `gemma3:270m`) or the path of a GGUF file.",
+    )
+    embedded_model_alias: str | None = Field(
+        None,
+        min_length=1,
+        description="Model name clients ask for. Default: a packaged model's name (Ollama's "
+        "name for it), else the file name without `.gguf`.",
+    )
+    embedded_chat_format: str | None = Field(
+        None,
+        description="llama-cpp-python chat format (`chatml`, `gemma`, `llama-3`, ...). "
+        "Default: the chat template stored in the GGUF file (`gemma` for gemma3:270m, whose "
+        "file has none).",
+    )
+    embedded_context_size: int = Field(
+        4096, ge=256, description="Context window of the embedded model, in tokens."
+    )
+    embedded_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads per llama.cpp server process. Default: the cores divided "
+        "by embedded_parallel.",
+    )
+    embedded_parallel: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Parallel slots: llama.cpp server processes, each answering one request "
+        "at a time (they share the model file's pages). Also the default "
+        "max_concurrent_requests when the embedded model serves.",
+    )
+    embedded_start_timeout: float = Field(
+        600,
+        gt=0,
+        description="Seconds a llama.cpp server process may take to load the model before it "
+        "is killed and restarted.",
     )
 
     # --- admission control ---------------------------------------------------
@@ -442,6 +536,7 @@ class Settings(BaseSettings):
         "allowed_email_domains",
         "api_keys",
         "mdns_interfaces",
+        "mdns_domains",
         "upstream_urls",
         mode="before",
     )
@@ -456,13 +551,76 @@ class Settings(BaseSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
+    @field_validator("mdns_service_type")
+    @classmethod
+    def _service_type_shape(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        text = value.strip().rstrip(".")
+        if not _SERVICE_TYPE.fullmatch(text):
+            raise ValueError(
+                f"{value!r} is not a DNS-SD service type: expected `_name._tcp` or `_name._udp` "
+                "(a name of at most 15 letters, digits or hyphens), optionally followed by a "
+                "domain such as `.local.`"
+            )
+        return text
+
+    @field_validator("mdns_domains")
+    @classmethod
+    def _domains_shape(cls, value: list[str]) -> list[str]:
+        return [_mdns_domain(d) for d in value]
+
+    @field_validator("mdns_host_name")
+    @classmethod
+    def _host_name_shape(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        name = value.strip().rstrip(".")
+        if name.lower().endswith(".local"):
+            name = name[: -len(".local")]
+        if not _HOST_LABEL.fullmatch(name):
+            raise ValueError(
+                f"{value!r} is not a host name for mDNS: one label of letters, digits and "
+                "hyphens, optionally followed by `.local`"
+            )
+        return f"{name}.local."
+
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
         if self.port is None:
             self.port = 8443 if self.tls else 8080
+        domains = self.mdns_domains or self._default_domains()
+        if self.mdns_service_type is not None:
+            # `_https._tcp.spezillmfog.local.`: the type, and a domain to announce in.
+            base, proto, domain = self.mdns_service_type.partition(
+                "._tcp" if "._tcp" in self.mdns_service_type else "._udp"
+            )
+            self.mdns_service_type = base + proto
+            if domain.strip("."):
+                extra = _mdns_domain(domain.lstrip("."))
+                domains = domains if extra in domains else [*domains, extra]
+        self.mdns_domains = list(dict.fromkeys(domains))
         if self.firebase_project_id is None and self.firebase_credentials_file is not None:
             self.firebase_project_id = _project_of(self.firebase_credentials_file)
+        if self.upstream_kind == "embedded" and self.upstream_configured:
+            raise ValueError(
+                "upstream_kind=embedded runs a model in fognode itself; unset upstream_url "
+                "and upstream_urls, or choose upstream_kind ollama or openai for them"
+            )
         return self
+
+    def _default_domains(self) -> list[str]:
+        return ["local.", _mdns_domain(self.app_host_name)]
+
+    @property
+    def service_type(self) -> str:
+        """The DNS-SD type announced: what the SpeziLLMFog app browses for in its mode."""
+        return self.mdns_service_type or ("_https._tcp" if self.tls else "_http._tcp")
+
+    @property
+    def upstream_configured(self) -> bool:
+        """An upstream the operator named (flag, env var or file), to be used as given."""
+        return "upstream_url" in self.model_fields_set or bool(self.upstream_urls)
 
     @property
     def bind_port(self) -> int:

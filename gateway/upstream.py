@@ -10,6 +10,7 @@ is not.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -107,10 +108,41 @@ def describe(exc: BaseException) -> str:
     return f"{kind} {status}: {first}" if status else f"{kind}: {first}" if first else kind
 
 
+def upstream_auth_headers(settings: Settings) -> dict[str, str]:
+    """The one place the upstream key is put on a request."""
+    key = settings.upstream_api_key
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def without_password(url: str) -> str:
     """The URL as messages, logs and `fognode config` show it."""
     parsed = URL(url)
     return str(parsed.with_password(None)) if parsed.password is not None else url
+
+
+class LocalUpstream(Protocol):
+    """An upstream process fognode runs itself (the embedded model).
+
+    Its supervisor knows when it is loading or restarting, so requests get a
+    503 with Retry-After then, instead of a connection error or a wait.
+    """
+
+    def not_ready(self) -> tuple[str, float] | None:
+        """None when it serves; else why not, and seconds until it likely will."""
+        ...
+
+    def crashed(self) -> tuple[str, float]:
+        """Same, for a request that found it gone before its supervisor noticed."""
+        ...
+
+
+def not_ready_error(reason: str, retry_after: float) -> GatewayError:
+    return GatewayError(
+        503,
+        reason,
+        code="upstream_starting",
+        headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
+    )
 
 
 class Upstream:
@@ -126,6 +158,7 @@ class Upstream:
         self.healthy: bool | None = None  # None: not checked yet
         self.models: frozenset[str] = frozenset()
         self.active = 0
+        self.local: LocalUpstream | None = None  # set when fognode runs it
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -155,13 +188,17 @@ class Upstream:
             raise RuntimeError("upstream session used before app startup")
         return self._session
 
+    def _raise_if_local(self) -> None:
+        """A process fognode runs died under this request: its supervisor restarts it."""
+        if self.local is not None:
+            raise not_ready_error(*self.local.crashed()) from None
+
     def url(self, raw_path_and_query: str) -> URL:
         return URL(self._origin + raw_path_and_query, encoded=True)
 
     def auth_headers(self) -> dict[str, str]:
         """The upstream's own credential, for every request to it (probes too)."""
-        key = self.settings.upstream_api_key
-        return {"Authorization": f"Bearer {key}"} if key else {}
+        return upstream_auth_headers(self.settings)
 
     async def get_json(self, path: str) -> Any:
         """GET one of the upstream's JSON documents (version, model list)."""
@@ -205,6 +242,8 @@ class Upstream:
         Connection problems and timeouts become GatewayErrors that name the
         upstream, so an operator reading the client's error knows what to fix.
         """
+        if self.local is not None and (waiting := self.local.not_ready()) is not None:
+            raise not_ready_error(*waiting)
         headers.update(self.auth_headers())
         timeout = first_byte_timeout or self.settings.first_byte_timeout
         try:
@@ -231,6 +270,7 @@ class Upstream:
                 code="upstream_first_byte_timeout",
             ) from None
         except aiohttp.ClientConnectorError as exc:
+            self._raise_if_local()
             raise GatewayError(
                 502,
                 f"Cannot reach the upstream at {self.base}: {exc.os_error.strerror or exc}. "
@@ -238,6 +278,7 @@ class Upstream:
                 code="upstream_unreachable",
             ) from None
         except aiohttp.ServerDisconnectedError:
+            self._raise_if_local()
             raise GatewayError(
                 502,
                 f"The upstream at {self.base} closed the connection before answering.",
@@ -246,6 +287,7 @@ class Upstream:
         except aiohttp.ClientError as exc:
             if isinstance(exc.__cause__, web.RequestPayloadError):
                 raise unreadable_body() from None  # the client's streamed body, not the upstream
+            self._raise_if_local()
             raise GatewayError(
                 502,
                 f"Request to the upstream at {self.base} failed: {describe(exc)}.",

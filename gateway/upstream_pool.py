@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 
@@ -32,7 +34,8 @@ from .upstream import Upstream
 
 log = logging.getLogger("fognode.upstreams")
 
-UNREACHABLE = frozenset({"upstream_unreachable", "upstream_connect_timeout"})
+# Nothing was sent: another upstream may take the request.
+UNREACHABLE = frozenset({"upstream_unreachable", "upstream_connect_timeout", "upstream_starting"})
 
 
 def _has(models: frozenset[str], name: str) -> bool:
@@ -46,6 +49,10 @@ class UpstreamPool:
         self.members = [Upstream(settings, url) for url in urls]
         self.cap = settings.upstream_max_concurrent
         self._task: asyncio.Task[None] | None = None
+        # Set by whoever chose the upstream at start: why this one, and the live
+        # state of an upstream fognode runs itself (both shown by /readyz).
+        self.choice: str | None = None
+        self.local_state: Callable[[], dict[str, Any]] | None = None
 
     # --- what the single-upstream code used -----------------------------------
     @property
@@ -79,6 +86,8 @@ class UpstreamPool:
 
     # --- health and models ------------------------------------------------------
     async def _check(self, member: Upstream) -> None:
+        if member.local is not None and member.local.not_ready() is not None:
+            return  # loading or restarting; it triggers a refresh once it serves
         try:
             async with asyncio.timeout(self.settings.readiness_timeout):
                 names = await member.model_names()
@@ -117,6 +126,24 @@ class UpstreamPool:
             assert isinstance(first, BaseException)
             raise first
         return sorted(names)
+
+    def not_ready(self) -> tuple[str, float] | None:
+        """When every upstream is one fognode runs and none serves yet: why, and
+        seconds until the first likely will (for /readyz)."""
+        if not all(m.local is not None for m in self.members):
+            return None
+        waits = [m.local.not_ready() for m in self.members if m.local is not None]
+        if any(w is None for w in waits):
+            return None
+        return min((w for w in waits if w is not None), key=lambda w: w[1])
+
+    def about(self) -> dict[str, Any]:
+        about: dict[str, Any] = {}
+        if self.choice:
+            about["upstream_choice"] = self.choice
+        if self.local_state is not None:
+            about["embedded"] = self.local_state()
+        return about
 
     def lacks_model(self, model: str) -> bool:
         """True when every upstream that reported its models lacks this one.

@@ -17,9 +17,14 @@ import pytest
 from fognode.gateway.server import RunningServer, start_server
 from fognode.gateway.settings import Settings
 from tests.firebase_emulator import AuthEmulator, firebase_binary
+from tests.netns import Proc
 from tests.ollama_standin import OllamaStandIn
+from tests.postgres import PostgresServer, postgres_bin_dir
 
 GatewayFactory = Callable[..., Awaitable[RunningServer]]
+
+# Browser fixtures (Debian chromium through Playwright) and the QR decoder.
+pytest_plugins = ["tests.browser"]
 
 
 @pytest.fixture
@@ -62,6 +67,15 @@ async def gateway(standin: OllamaStandIn, make_gateway: GatewayFactory) -> Runni
 
 
 @pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    """Processes a test starts (in network namespaces), stopped at its end."""
+    started: list[Proc] = []
+    yield started
+    for proc in reversed(started):
+        proc.stop()
+
+
+@pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
@@ -98,3 +112,21 @@ def auth_emulator_session() -> Iterator[AuthEmulator]:
 def emulator(auth_emulator_session: AuthEmulator) -> AuthEmulator:
     auth_emulator_session.clear()
     return auth_emulator_session
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One private PostgreSQL server for the session (setup.sh installs it)."""
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        pytest.fail("PostgreSQL is not installed: run ./setup.sh (it installs Debian's postgresql)")
+    server = PostgresServer(bin_dir)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def postgres_url(postgres_server: PostgresServer) -> str:
+    """A new, empty database on the session's server, for one test."""
+    return await postgres_server.new_database()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import socket
 from collections.abc import Callable
+from typing import Any
 
 
 def free_port() -> int:
@@ -25,3 +28,34 @@ async def wait_until(predicate: Callable[[], bool], what: str, limit: float = 10
                 await asyncio.sleep(0.01)
     except TimeoutError:
         raise AssertionError(f"timed out waiting for: {what}") from None
+
+
+HEARTBEAT_LINE = re.compile(rb"^: (?:keep-alive|queued \d+)\n", re.M)
+
+
+def without_heartbeats(stream: bytes) -> bytes:
+    """A stream without the comment lines the gateway adds while a request waits
+    (a busy machine can make any request wait past the heartbeat delay)."""
+    return HEARTBEAT_LINE.sub(b"", stream)
+
+
+def without_roles(stream: bytes) -> bytes:
+    """An OpenAI chat stream with every delta's role taken out.
+
+    Through the gateway every delta carries ``"role":"assistant"`` (the
+    SpeziLLMFog app needs it; compat.py); the upstream sends it in some
+    chunks only. Equal after this, the two streams differ by nothing else.
+    """
+    return stream.replace(b'"delta":{"role":"assistant",', b'"delta":{').replace(
+        b'"delta":{"role":"assistant"}', b'"delta":{}'
+    )
+
+
+def chat_deltas(stream: bytes) -> list[dict[str, Any]]:
+    """Every delta of an OpenAI chat stream, in order."""
+    deltas = []
+    for line in stream.split(b"\n"):
+        if line.startswith(b"data: {"):
+            chunk = json.loads(line[len(b"data: ") :])
+            deltas.extend(choice["delta"] for choice in chunk.get("choices", []))
+    return deltas

@@ -8,10 +8,15 @@ traffic that never leaves the sandbox.
 from __future__ import annotations
 
 import os
+import re
+import select
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +54,23 @@ class Host:
     def fognode(self, *argv: str) -> list[str]:
         return self.python("-m", "fognode.gateway.cli", *argv)
 
+    def attach(self, veth: str) -> None:
+        """Give the host its address on ``veth`` (already moved into its namespace)."""
+        _ip("-n", self.netns, "addr", "add", f"{self.address}/24", "dev", veth)
+        _ip("-n", self.netns, "link", "set", veth, "up", "multicast", "on")
+        _ip("-n", self.netns, "link", "set", "lo", "up")
+
+    def dig(self, server: str, *question: str) -> str:
+        """dig, an independent DNS client, asking ``server`` on the mDNS port
+        (a legacy unicast query, answered by unicast)."""
+        out = subprocess.run(
+            self.command("dig", "-p", "5353", f"@{server}", *question, "+time=3", "+tries=2"),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return out.stdout
+
 
 @dataclass
 class Lan:
@@ -69,9 +91,7 @@ class Lan:
             _ip("link", "set", veth_a, "netns", ns_a)
             _ip("link", "set", veth_b, "netns", ns_b)
             for host, veth in ((lan.a, veth_a), (lan.b, veth_b)):
-                _ip("-n", host.netns, "addr", "add", f"{host.address}/24", "dev", veth)
-                _ip("-n", host.netns, "link", "set", veth, "up", "multicast", "on")
-                _ip("-n", host.netns, "link", "set", "lo", "up")
+                host.attach(veth)
         except subprocess.CalledProcessError:
             lan.destroy()
             raise
@@ -81,3 +101,201 @@ class Lan:
         # Deleting a namespace also deletes the veth end inside it (and its peer).
         for host in (self.a, self.b):
             subprocess.run(["ip", "netns", "del", host.netns], capture_output=True)
+
+
+@dataclass
+class Segment:
+    """Several hosts on one Ethernet segment: a bridge in a namespace of its own
+    (the switch), each host joined to it by a veth pair. Multicast floods to
+    every port, as on a home LAN."""
+
+    hosts: list[Host]
+    switch: str
+
+    @classmethod
+    def create(cls, subnet: int, count: int) -> Segment:
+        suffix = uuid.uuid4().hex[:6]
+        segment = cls(
+            [Host(f"fn{i}{suffix}", f"10.232.{subnet}.{i + 1}") for i in range(count)],
+            f"fnS{suffix}",
+        )
+        try:
+            _ip("netns", "add", segment.switch)
+            _ip("-n", segment.switch, "link", "add", "br0", "type", "bridge")
+            _ip("-n", segment.switch, "link", "set", "br0", "up")
+            for index, host in enumerate(segment.hosts):
+                _ip("netns", "add", host.netns)
+                outer, inner = f"fs{index}{suffix}", f"fh{index}{suffix}"
+                _ip("link", "add", outer, "type", "veth", "peer", "name", inner)
+                _ip("link", "set", outer, "netns", segment.switch)
+                _ip("link", "set", inner, "netns", host.netns)
+                _ip("-n", segment.switch, "link", "set", outer, "master", "br0")
+                _ip("-n", segment.switch, "link", "set", outer, "up")
+                host.attach(inner)
+        except subprocess.CalledProcessError:
+            segment.destroy()
+            raise
+        return segment
+
+    def destroy(self) -> None:
+        for netns in (*(h.netns for h in self.hosts), self.switch):
+            subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+
+
+class Proc:
+    """A process in a namespace, killed at the end of the test."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.log = b""
+        self.popen = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    def lines(self, until: float) -> Iterator[str]:
+        """Output lines as they come, until the deadline (monotonic)."""
+        assert self.popen.stdout is not None
+        fd = self.popen.stdout.fileno()
+        buffer = b""
+        while time.monotonic() < until:
+            ready, _, _ = select.select([fd], [], [], max(0.0, until - time.monotonic()))
+            if not ready:
+                break
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            self.log += chunk
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                yield line.decode(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+
+def wait_http(host: Host, url: str, limit: float = 30) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            host.command("curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", url),
+            capture_output=True,
+            text=True,
+        )
+        if out.stdout.strip() not in ("", "000"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not come up in {host.netns}")
+
+
+AVAHI_CONF = """\
+[server]
+use-ipv4=yes
+use-ipv6=no
+enable-dbus=yes
+ratelimit-interval-usec=1000000
+ratelimit-burst=1000
+[wide-area]
+enable-wide-area=no
+[publish]
+disable-publishing=yes
+"""
+
+BUS_CONF = """\
+<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+"""
+
+
+class Avahi:
+    """Avahi, an mDNS implementation independent of python-zeroconf, on one host.
+
+    avahi-browse talks to avahi-daemon over D-Bus, so the host gets a private
+    bus of its own; the daemon runs in a private mount namespace with its own
+    /run, so it neither needs nor disturbs a system daemon.
+    """
+
+    def __init__(self, host: Host, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.host = host
+        socket = directory / "bus"
+        (directory / "bus.conf").write_text(BUS_CONF.format(socket=socket))
+        (directory / "avahi.conf").write_text(AVAHI_CONF)
+        self.env = {"DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={socket}"}
+        self.bus = Proc(
+            host.command(
+                "dbus-daemon", f"--config-file={directory / 'bus.conf'}", "--nofork", "--nopidfile"
+            )
+        )
+        deadline = time.monotonic() + 10
+        while not socket.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.daemon = Proc(
+            host.command(
+                "unshare",
+                "--mount",
+                "sh",
+                "-c",
+                "mount -t tmpfs tmpfs /run && exec avahi-daemon --no-drop-root --no-chroot "
+                f"--no-rlimits -f {directory / 'avahi.conf'}",
+            ),
+            env=self.env,
+        )
+        for line in self.daemon.lines(time.monotonic() + 15):
+            if "Server startup complete" in line:
+                return
+        raise AssertionError(f"avahi-daemon did not start: {self.daemon.log.decode()}")
+
+    def browse(self, service_type: str, domain: str) -> list[list[str]]:
+        """Resolved services (`avahi-browse -rtp`): [interface, protocol, name, type,
+        domain, host, address, port, txt...] for each."""
+        out = subprocess.run(
+            self.host.command("avahi-browse", "-d", domain, "-r", "-t", "-p", service_type),
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return [
+            [
+                re.sub(r"\\(\d{3})", lambda m: chr(int(m.group(1))), field)
+                for field in line.split(";")[1:]
+            ]
+            for line in out.stdout.splitlines()
+            if line.startswith("=")
+        ]
+
+    def resolve_host(self, name: str) -> list[str]:
+        out = subprocess.run(
+            self.host.command("avahi-resolve", "-4", "-n", name),
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return [line.split()[1] for line in out.stdout.splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        self.daemon.stop()
+        self.bus.stop()

@@ -8,6 +8,22 @@ the SSE chunks of the OpenAI-compatible API (``chatcmpl-`` ids,
 native API, Ollama's error texts and status codes, and that a generation is
 abandoned when the client's connection closes.
 
+It speaks two versions of Ollama's OpenAI stream (``wire``), because the
+gateway must keep clients working across both:
+
+* ``current`` (Ollama 0.32.6 and later, the default; middleware/openai.go's
+  ChatWriter): ``role`` only in the first chunk's delta, ``finish_reason``
+  in a chunk of its own with an empty delta ``{}``, with
+  ``stream_options.include_usage`` a usage chunk with ``choices: []``;
+  a missing model is ``model 'x' not found``.
+* ``legacy`` (before 0.32.6): ``role`` in every delta, the last content
+  chunk carries ``finish_reason``; a missing model is
+  ``model 'x' not found, try pulling it first``.
+
+Like Ollama's OpenAI endpoint it honours ``max_tokens`` (a word stands for
+a token; the answer stops with ``finish_reason: length``) and ignores
+``max_completion_tokens``.
+
 Failure modes for tests are switches on the instance (``first_byte_delay``,
 ``token_delay``, ``stall_after``, ``die_after``, ``gate``), and it records
 what it received so tests can check what the gateway forwarded.
@@ -21,12 +37,14 @@ import hashlib
 import json
 import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-VERSION = "0.12.6"
+VERSIONS = {"current": "0.32.6", "legacy": "0.12.6"}
+WIRE_FORMATS = tuple(VERSIONS)
 DEFAULT_MODELS = ("llama3.2:1b", "qwen2.5:0.5b", "nomic-embed-text:latest")
 DEFAULT_REPLY = "The sky is blue because air molecules scatter blue sunlight the most."
 FINGERPRINT = "fp_ollama"
@@ -46,6 +64,7 @@ class Recorded:
 class OllamaStandIn:
     models: tuple[str, ...] = DEFAULT_MODELS
     reply: str = DEFAULT_REPLY
+    wire: str = "current"  # one of WIRE_FORMATS
     token_delay: float = 0.0
     first_byte_delay: float = 0.0
     stall_after: int | None = None  # stop sending (but keep the socket) after N chunks
@@ -59,6 +78,9 @@ class OllamaStandIn:
     requests: list[Recorded] = field(default_factory=list)
     # SHA-256 of every byte a streamed answer wrote, by the X-Request-ID it got.
     sent_digests: dict[str, str] = field(default_factory=dict)
+    # The bytes themselves, when record_bodies is set (small loads only).
+    record_bodies: bool = False
+    sent_bodies: dict[str, bytes] = field(default_factory=dict)
     active: int = 0
     completed: int = 0
     cancelled: int = 0
@@ -148,6 +170,7 @@ class OllamaStandIn:
         """Send frames one by one with the configured delays and faults."""
         self.active += 1
         digest = hashlib.sha256()
+        written: list[bytes] = []
         rid = request.headers.get("X-Request-ID", "")
         try:
             for index, frame in enumerate(frames):
@@ -163,11 +186,15 @@ class OllamaStandIn:
                     await asyncio.sleep(self.token_delay)
                 await response.write(frame)
                 digest.update(frame)
+                if self.record_bodies:
+                    written.append(frame)
                 self.chunks_sent += 1
             await response.write_eof()
             self.completed += 1
             if rid:
                 self.sent_digests[rid] = digest.hexdigest()
+                if self.record_bodies:
+                    self.sent_bodies[rid] = b"".join(written)
         except (asyncio.CancelledError, ConnectionResetError):
             # Ollama logs this as a 499 and stops the runner for this request.
             self.cancelled += 1
@@ -196,14 +223,16 @@ class OllamaStandIn:
     def native_error(status: int, message: str) -> web.Response:
         return web.json_response({"error": message}, status=status)
 
-    @staticmethod
-    def not_found_text(model: str) -> str:
-        # Ollama's wording varies by version and path: the scheduler says
-        # `model "x" not found, try pulling it first`, newer /api/generate
-        # `model 'x' not found`. This is the form the SpeziLLMFog client
-        # matches on (the design card's contract); the gateway passes
-        # whichever Ollama sends.
-        return f"model '{model}' not found, try pulling it first"
+    def not_found_text(self, model: str) -> str:
+        """Ollama's wording for a missing model on the inference routes.
+
+        Current Ollama (server/routes.go) says `model 'x' not found`; older
+        ones added `, try pulling it first`, the form the SpeziLLMFog client
+        matches on. The gateway answers the classic form for both.
+        """
+        if self.wire == "legacy":
+            return f"model '{model}' not found, try pulling it first"
+        return f"model '{model}' not found"
 
     # --- OpenAI-compatible API ------------------------------------------
     async def _openai_body(self, request: web.Request) -> dict[str, Any] | web.Response:
@@ -223,7 +252,7 @@ class OllamaStandIn:
         if isinstance(data, web.Response):
             return data
         await self._before_first_byte()
-        words = self._words()
+        words, finish = self._limited_words(data)
         created = int(time.time())
         cid = f"chatcmpl-{random.randint(0, 999)}"
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in data["messages"])
@@ -252,28 +281,13 @@ class OllamaStandIn:
                         {
                             "index": 0,
                             "message": {"role": "assistant", "content": "".join(words)},
-                            "finish_reason": "stop",
+                            "finish_reason": finish,
                         }
                     ],
                     "usage": usage,
                 }
             )
-        frames = []
-        for word in words:
-            chunk = dict(base)
-            chunk["choices"] = [
-                {
-                    "index": 0,
-                    "delta": {"role": "assistant", "content": word},
-                    "finish_reason": None,
-                }
-            ]
-            frames.append(_sse(chunk))
-        final = dict(base)
-        final["choices"] = [
-            {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": "stop"}
-        ]
-        frames.append(_sse(final))
+        frames = self._chat_frames(base, words, finish)
         if (data.get("stream_options") or {}).get("include_usage"):
             frames.append(_sse(dict(base, choices=[], usage=usage)))
         frames.append(b"data: [DONE]\n\n")
@@ -281,6 +295,30 @@ class OllamaStandIn:
         await response.prepare(request)
         await self._emit(request, response, frames)
         return response
+
+    def _limited_words(self, data: dict[str, Any]) -> tuple[list[str], str]:
+        """The reply, cut at ``max_tokens`` as Ollama's num_predict would."""
+        words = self._words()
+        limit = data.get("max_tokens")
+        if isinstance(limit, int) and not isinstance(limit, bool) and 0 < limit < len(words):
+            return words[:limit], "length"
+        return words, "stop"
+
+    def _chat_frames(self, base: dict[str, Any], words: list[str], finish: str) -> list[bytes]:
+        def chunk(delta: dict[str, Any], reason: str | None) -> bytes:
+            choice = {"index": 0, "delta": delta, "finish_reason": reason}
+            return _sse(dict(base, choices=[choice]))
+
+        if self.wire == "legacy":
+            frames = [chunk({"role": "assistant", "content": w}, None) for w in words]
+            frames.append(chunk({"role": "assistant", "content": ""}, finish))
+            return frames
+        frames = [
+            chunk({"role": "assistant", "content": w} if i == 0 else {"content": w}, None)
+            for i, w in enumerate(words)
+        ]
+        frames.append(chunk({}, finish))  # FinishChunk: an empty delta of its own
+        return frames
 
     async def openai_completions(self, request: web.Request) -> web.StreamResponse:
         data = await self._openai_body(request)
@@ -506,18 +544,91 @@ class OllamaStandIn:
         return web.json_response({"models": []})
 
     async def api_version(self, request: web.Request) -> web.Response:
-        return web.json_response({"version": VERSION})
+        return web.json_response({"version": VERSIONS[self.wire]})
 
     async def root(self, request: web.Request) -> web.Response:
         return web.Response(text="Ollama is running")
+
+    # --- pulling a model, as Ollama streams it ------------------------------
+    # Layers of a pulled model (llama3.2:1b's sizes): "pulling <digest>" lines
+    # report each one's total and growing completed bytes, one layer after
+    # another. `pull_pace` is the pause between progress lines (Ollama ticks
+    # every 60 ms) so a test can watch a pull; `pull_steps` lines per layer.
+    pull_layers: tuple[int, ...] = (1_321_082_688, 7_711, 6_016, 1_401, 96, 485)
+    pull_steps: int = 4
+    pull_pace: float = 0.0
+    # Names the registry has; None: every well-formed name can be pulled.
+    registry: tuple[str, ...] | None = None
 
     async def api_pull(self, request: web.Request) -> web.StreamResponse:
         data = await self._native_body(request)
         if isinstance(data, web.Response):
             return data
         name = data.get("model") or data.get("name") or ""
-        if request.path == "/api/pull" and name and not self._has_model(name):
-            self.models = (*self.models, name if ":" in name else f"{name}:latest")
+        if request.path != "/api/pull":  # push and create: their short stream
+            return await self._short_progress(request, data)
+        if not name or any(c.isspace() for c in name) or name.startswith(("/", ":")):
+            return self.native_error(400, "invalid model name")
+        full = name if ":" in name else f"{name}:latest"
+        lines = self._pull_lines(full)
+        if data.get("stream", True) is False:
+            # Ollama still pulls, then answers with the last status (or the error).
+            latest: dict[str, Any] = {}
+            async for line in lines:
+                if "error" in line:
+                    return self.native_error(500, line["error"])
+                latest = line
+            return web.json_response(latest)
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        self.active += 1
+        try:
+            async for line in lines:
+                await response.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+                self.chunks_sent += 1
+            await response.write_eof()
+        except (asyncio.CancelledError, ConnectionResetError):
+            # Ollama cancels the blob download when its last waiting client leaves.
+            self.cancelled += 1
+            self.cancel_event.set()
+            raise
+        finally:
+            self.active -= 1
+        return response
+
+    async def _pull_lines(self, name: str) -> AsyncIterator[dict[str, Any]]:
+        """The status lines of a pull, paced; the model exists only after "success"."""
+        yield {"status": "pulling manifest"}
+        await asyncio.sleep(self.pull_pace)
+        if self.registry is not None and not any(
+            r in (name, name.removesuffix(":latest")) for r in self.registry
+        ):
+            yield {"error": "pull model manifest: file does not exist"}
+            return
+        for index, total in enumerate(self.pull_layers):
+            digest = "sha256:" + hashlib.sha256(f"{name}/{index}".encode()).hexdigest()
+            status = f"pulling {digest[7:19]}"
+            # The first line announces the size; `completed` is omitted while 0.
+            yield {"status": status, "digest": digest, "total": total}
+            for step in range(1, self.pull_steps + 1):
+                await asyncio.sleep(self.pull_pace)
+                yield {
+                    "status": status,
+                    "digest": digest,
+                    "total": total,
+                    "completed": total * step // self.pull_steps,
+                }
+        for status in ("verifying sha256 digest", "writing manifest"):
+            await asyncio.sleep(self.pull_pace)
+            yield {"status": status}
+        if not self._has_model(name):
+            self.models = (*self.models, name)
+        self.completed += 1
+        yield {"status": "success"}
+
+    async def _short_progress(
+        self, request: web.Request, data: dict[str, Any]
+    ) -> web.StreamResponse:
         statuses = [
             {"status": "pulling manifest"},
             {"status": "verifying sha256 digest"},
@@ -574,10 +685,19 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=11434)
     parser.add_argument("--token-delay", type=float, default=0.0)
     parser.add_argument("--reply", default=DEFAULT_REPLY)
+    parser.add_argument("--wire", choices=WIRE_FORMATS, default="current")
+    parser.add_argument(
+        "--first-byte-delay", type=float, default=0.0, help="seconds, like a model loading"
+    )
     args = parser.parse_args()
 
     async def run() -> None:
-        standin = OllamaStandIn(token_delay=args.token_delay, reply=args.reply)
+        standin = OllamaStandIn(
+            token_delay=args.token_delay,
+            reply=args.reply,
+            wire=args.wire,
+            first_byte_delay=args.first_byte_delay,
+        )
         url = await standin.start(args.host, args.port)
         print(f"Ollama stand-in listening on {url}", flush=True)
         await asyncio.Event().wait()

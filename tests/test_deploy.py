@@ -35,6 +35,20 @@ def test_dockerfile_is_pinned_non_root_and_checks_health() -> None:
     assert re.search(r"^USER\s+10001:10001$", text, re.M)  # the fognode user, numeric
     assert 'CMD ["fognode", "healthcheck"]' in text
     assert 'ENTRYPOINT ["fognode"]' in text
+    # Port 443, the one the SpeziLLMFog app connects to, as the non-root user:
+    # the interpreter carries exactly cap_net_bind_service=ep (the xattr
+    # setcap would write: revision 2, effective, permitted bit 10).
+    assert re.search(r"FOGNODE_PORT=443\b", text) and re.search(r"^EXPOSE 443$", text, re.M)
+    xattr = re.search(r"struct\.pack\('<5I', (0x[0-9a-f]+), 1 << (\d+), 0, 0, 0\)", text)
+    assert xattr is not None and xattr.groups() == ("0x02000001", "10")
+    assert text.index("setxattr") < text.index("USER 10001")
+    # Every folder the distribution installs is in the build context.
+    import tomllib
+
+    project = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())
+    folders = set(project["tool"]["setuptools"]["package-dir"].values())
+    copied = set(re.findall(r"^COPY\s+(\w+)\s+\1$", text, re.M))
+    assert folders <= copied, folders - copied
     root = DEPLOY.parent
     for source in re.findall(r"^COPY\s+(?!--from)(.+)\s+\S+$", text, re.M):
         for path in source.split():

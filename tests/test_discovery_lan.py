@@ -9,10 +9,7 @@ and goodbye packets make the node vanish when it stops.
 from __future__ import annotations
 
 import json
-import os
 import re
-import select
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,7 +21,7 @@ import pytest
 from fognode.auth.api_keys import entry_for, new_key
 from fognode.certs.inspect import fingerprint
 from fognode.certs.store import load_certs
-from tests.netns import ROOT, Host, Lan, unavailable_reason
+from tests.netns import ROOT, Lan, Proc, unavailable_reason, wait_http
 from tests.ollama_standin import DEFAULT_REPLY
 from tests.pki import make_pki
 
@@ -39,70 +36,6 @@ def lan() -> Iterator[Lan]:
     lan = Lan.create(subnet=int(time.time()) % 200 + 20)
     yield lan
     lan.destroy()
-
-
-class Proc:
-    """A process in a namespace, killed at the end of the test."""
-
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
-        self.log = b""
-        self.popen = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env={**os.environ, **(env or {})},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-
-    def lines(self, until: float) -> Iterator[str]:
-        """Output lines as they come, until the deadline (monotonic)."""
-        assert self.popen.stdout is not None
-        fd = self.popen.stdout.fileno()
-        buffer = b""
-        while time.monotonic() < until:
-            ready, _, _ = select.select([fd], [], [], max(0.0, until - time.monotonic()))
-            if not ready:
-                break
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            self.log += chunk
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                yield line.decode(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        return self.popen.returncode
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in reversed(started):
-        proc.stop()
-
-
-def wait_http(host: Host, url: str, limit: float = 30) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        out = subprocess.run(
-            host.command("curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", url),
-            capture_output=True,
-            text=True,
-        )
-        if out.stdout.strip() not in ("", "000"):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not come up in {host.netns}")
 
 
 @pytest.fixture
@@ -176,7 +109,10 @@ def test_node_is_discovered_with_its_txt_and_seen_by_dig(
     node = nodes[0]
     assert node["name"] == "SpeziLLMFog Service"
     assert node["service_type"] == "_https._tcp.local."
-    assert node["host"] == "spezillmfog.local"
+    # Found in both domains, shown once.
+    assert node["domains"] == ["local.", "spezillmfog.local."]
+    # Its own host name (from its node id), not one shared by every node.
+    assert node["host"] == f"fognode-{node['txt']['node_id'][:8]}.local"
     assert node["addresses"] == [lan.a.address]
     assert node["port"] == PORT
     txt = node["txt"]
@@ -188,25 +124,12 @@ def test_node_is_discovered_with_its_txt_and_seen_by_dig(
     assert txt["ca_sha256"] == fingerprint(ca, colons=False)
 
     # An independent DNS implementation: a legacy unicast query to port 5353.
-    dig = subprocess.run(
-        lan.b.command(
-            "dig",
-            "-p",
-            "5353",
-            f"@{lan.a.address}",
-            "_https._tcp.local",
-            "PTR",
-            "+time=3",
-            "+tries=2",
-        ),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert "SpeziLLMFog\\032Service._https._tcp.local." in dig.stdout, dig.stdout
-    assert re.search(rf"\sSRV\s+0 0 {PORT} spezillmfog\.local\.", dig.stdout), dig.stdout
-    assert re.search(rf"spezillmfog\.local\..*\sA\s+{re.escape(lan.a.address)}", dig.stdout)
-    assert '"ca=' in dig.stdout and '"models=llama3.2:1b,' in dig.stdout
+    dig = lan.b.dig(lan.a.address, "_https._tcp.local", "PTR")
+    assert "SpeziLLMFog\\032Service._https._tcp.local." in dig, dig
+    host = re.escape(node["host"])
+    assert re.search(rf"\sSRV\s+0 0 {PORT} {host}\.", dig), dig
+    assert re.search(rf"{host}\..*\sA\s+{re.escape(lan.a.address)}", dig)
+    assert '"ca=' in dig and '"models=llama3.2:1b,' in dig
 
 
 def test_chat_cli_finds_the_node_and_streams_with_the_ca_pinned(
@@ -303,34 +226,29 @@ def test_txt_update_on_model_pull_and_goodbye_on_shutdown(
     assert gone_after < 60
 
 
-def test_two_nodes_with_one_name_get_distinct_instances(
+def test_two_nodes_started_together_get_distinct_instances(
     lan: Lan, procs: list[Proc], node_files: dict[str, Any]
 ) -> None:
-    first = start_node(lan, procs, node_files)
-    wait_http(lan.a, f"https://127.0.0.1:{PORT}/healthz")
-    time.sleep(1)  # the first node's records are in place before the second probes
-    second_env = dict(node_files["env"], XDG_DATA_HOME=node_files["env"]["XDG_DATA_HOME"] + "2")
-    second = Proc(
-        lan.a.fognode(
-            "serve",
-            "--host",
-            "*",
-            "--port",
-            str(PORT + 1),
-            "--upstream-url",
-            "http://127.0.0.1:11434",
-        ),
-        env=second_env,
-    )
-    procs.append(second)
-    names: set[str] = set()
-    deadline = time.monotonic() + 30
-    while len(names) < 2 and time.monotonic() < deadline:
-        names = {n["name"] for n in discover_json(lan, timeout=2)}
-    assert names == {"SpeziLLMFog Service", "SpeziLLMFog Service-2"}, (
-        first.log + second.log
-    ).decode()
-    assert first.popen.poll() is None and second.popen.poll() is None
+    """Both find the name free and take it; a moment later the one with the
+    greater host name hears the other and moves to `-2`."""
+    procs.append(Proc(lan.a.python("-m", "tests.ollama_standin", "--port", "11434")))
+    wait_http(lan.a, "http://127.0.0.1:11434/api/version")
+    nodes = []
+    for index, port in enumerate((PORT, PORT + 1)):
+        env = dict(node_files["env"], XDG_DATA_HOME=node_files["env"]["XDG_DATA_HOME"] + str(index))
+        argv = ["serve", "--host", "*", "--port", str(port)]
+        nodes.append(Proc(lan.a.fognode(*argv, "--upstream-url", "http://127.0.0.1:11434"), env))
+    procs.extend(nodes)
+    found: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        found = discover_json(lan, timeout=2)
+        if {n["name"] for n in found} == {"SpeziLLMFog Service", "SpeziLLMFog Service-2"}:
+            break
+    assert {n["name"] for n in found} == {"SpeziLLMFog Service", "SpeziLLMFog Service-2"}, found
+    assert {n["port"] for n in found} == {PORT, PORT + 1}
+    assert len({n["host"] for n in found}) == 2
+    assert all(node.popen.poll() is None for node in nodes)
 
 
 def test_http_client_sees_the_node_port_and_ip_via_discovery_library(
@@ -352,7 +270,10 @@ def test_http_client_sees_the_node_port_and_ip_via_discovery_library(
             lan.b.python("-c", script), cwd=ROOT, capture_output=True, text=True, timeout=60
         )
         found = json.loads(out.stdout or "[]")
-    assert found == [[f"https://{lan.a.address}:{PORT}", "spezillmfog.local", True]]
+    assert len(found) == 1
+    url, host, has_model = found[0]
+    assert url == f"https://{lan.a.address}:{PORT}" and has_model is True
+    assert re.fullmatch(r"fognode-[0-9a-f]{8}\.local", host), host
     # And the URL it gives works with Host set and the CA pinned.
     response = subprocess.run(
         lan.b.command(

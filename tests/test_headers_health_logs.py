@@ -12,7 +12,7 @@ from aiohttp import web
 from fognode.gateway.server import RunningServer
 from tests.conftest import GatewayFactory
 from tests.helpers import free_port
-from tests.ollama_standin import VERSION, OllamaStandIn
+from tests.ollama_standin import VERSIONS, OllamaStandIn
 
 CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -153,8 +153,9 @@ async def test_readyz_reports_ollama_version_and_models(
         "status": "ready",
         "upstream": standin.url,
         "upstream_kind": "ollama",
-        "ollama_version": VERSION,
+        "ollama_version": VERSIONS["current"],
         "models": len(standin.models),
+        "upstream_choice": f"Ollama at {standin.url}, as configured",
     }
 
 

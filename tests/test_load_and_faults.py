@@ -9,40 +9,50 @@ import asyncio
 import hashlib
 
 import aiohttp
+import pytest
 
 from fognode.gateway.server import RunningServer
 from fognode.gateway.stats import STATS
 from tests.conftest import GatewayFactory
-from tests.helpers import free_port
-from tests.ollama_standin import OllamaStandIn
+from tests.helpers import chat_deltas, free_port, without_heartbeats, without_roles
+from tests.ollama_standin import WIRE_FORMATS, OllamaStandIn
 
 CHAT = {"model": "llama3.2:1b", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 GUARD = 60.0
 
 
+@pytest.mark.parametrize("wire", WIRE_FORMATS)
 async def test_concurrent_streams_arrive_byte_for_byte(
-    standin: OllamaStandIn, make_gateway: GatewayFactory
+    standin: OllamaStandIn, make_gateway: GatewayFactory, wire: str
 ) -> None:
-    """1,000 streams at once: every client gets exactly the bytes the upstream wrote."""
+    """1,000 streams at once: every client gets exactly the bytes the upstream wrote,
+    with only the documented edit (a role on every delta, compat.py)."""
     standin.token_delay = 0.002
+    standin.wire = wire
+    standin.record_bodies = True
     n = 1000
     gateway = await make_gateway(
         standin.url, max_concurrent_requests=n, per_user_concurrent_requests=n
     )
 
-    async def one(http: aiohttp.ClientSession, i: int) -> tuple[str, int, str]:
+    async def one(http: aiohttp.ClientSession, i: int) -> tuple[str, int, bytes]:
         rid = f"load-{i}"
         async with http.post(
             f"{gateway.url}/v1/chat/completions", json=CHAT, headers={"X-Request-ID": rid}
         ) as resp:
-            return rid, resp.status, hashlib.sha256(await resp.read()).hexdigest()
+            return rid, resp.status, await resp.read()
 
     connector = aiohttp.TCPConnector(limit=n)
     async with aiohttp.ClientSession(connector=connector) as http, asyncio.timeout(GUARD):
         results = await asyncio.gather(*(one(http, i) for i in range(n)))
     assert {status for _, status, _ in results} == {200}
-    for rid, _, digest in results:
-        assert standin.sent_digests[rid] == digest, rid
+    for rid, _, raw in results:
+        received = without_heartbeats(raw)
+        sent = standin.sent_bodies[rid]
+        assert without_roles(received) == without_roles(sent), rid
+        assert all(d.get("role") == "assistant" for d in chat_deltas(received)), rid
+        if wire == "legacy":  # every delta had its role: not a byte changed
+            assert standin.sent_digests[rid] == hashlib.sha256(received).hexdigest(), rid
     stats = gateway.runner.app[STATS]
     assert stats.active_streams == 0 and stats.upstream_failures_total == 0
 
@@ -69,6 +79,8 @@ async def test_slow_reader_gets_back_pressure_not_buffering(
     gateway: RunningServer, standin: OllamaStandIn
 ) -> None:
     """A client that stops reading stops the upstream too: the gateway holds no backlog."""
+    # Every delta has its role in the older format, so the bytes pass unedited.
+    standin.wire = "legacy"
     words = 40_000  # ~45 MB of SSE events, more than the kernel buffers in the path
     standin.reply = " ".join(["w" * 1000] * words)
     async with (

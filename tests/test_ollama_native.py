@@ -12,7 +12,7 @@ from fognode.gateway.access import ACCESS_BY_ROUTE, Access, Principal
 from fognode.gateway.routes import MODEL_MANAGEMENT_ROUTES
 from fognode.gateway.server import RunningServer
 from tests.conftest import GatewayFactory
-from tests.ollama_standin import VERSION, OllamaStandIn
+from tests.ollama_standin import VERSIONS, OllamaStandIn
 
 NATIVE_CALLS = [
     ("POST", "/api/generate", {"model": "llama3.2:1b", "prompt": "hi", "stream": False}),
@@ -64,7 +64,7 @@ async def test_native_streaming_generate(
 
 async def test_version_is_ollamas(gateway: RunningServer, http: aiohttp.ClientSession) -> None:
     async with http.get(f"{gateway.url}/api/version") as resp:
-        assert await resp.json() == {"version": VERSION}
+        assert await resp.json() == {"version": VERSIONS["current"]}
 
 
 def test_model_management_routes_are_admin_only_in_the_route_table() -> None:

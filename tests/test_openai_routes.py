@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 
 import aiohttp
 import pytest
 
 from fognode.gateway.server import RunningServer
-from tests.ollama_standin import OllamaStandIn
+from tests.helpers import chat_deltas
+from tests.ollama_standin import WIRE_FORMATS, OllamaStandIn
+
+# The SpeziLLMFog app's pattern for a missing model (LLMFogError.swift).
+APP_MODEL_NOT_FOUND = r"model '([\w:]+)' not found, try pulling it first"
 
 CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "Why is the sky blue?"}]}
 
@@ -30,9 +35,11 @@ async def test_chat_completion_non_streaming(
     assert body["usage"]["completion_tokens"] == len(standin.reply.split())
 
 
+@pytest.mark.parametrize("wire", WIRE_FORMATS)
 async def test_chat_completion_streaming_is_relayed_event_for_event(
-    gateway: RunningServer, standin: OllamaStandIn, http: aiohttp.ClientSession
+    gateway: RunningServer, standin: OllamaStandIn, http: aiohttp.ClientSession, wire: str
 ) -> None:
+    standin.wire = wire
     body = dict(CHAT, stream=True, stream_options={"include_usage": True})
     async with http.post(f"{gateway.url}/v1/chat/completions", json=body) as resp:
         assert resp.status == 200
@@ -42,10 +49,16 @@ async def test_chat_completion_streaming_is_relayed_event_for_event(
     events = sse_events(raw)
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
-    text = "".join(c["choices"][0]["delta"]["content"] for c in chunks if c["choices"])
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert text == standin.reply
+    assert chunks[-1]["choices"] == []  # the usage chunk, as Ollama sends it
     assert chunks[-1]["usage"]["completion_tokens"] == len(standin.reply.split())
     assert all(c["system_fingerprint"] == "fp_ollama" for c in chunks)
+    # Whatever Ollama's version, every delta names its role (the SpeziLLMFog
+    # app drops deltas without it).
+    assert {d.get("role") for d in chat_deltas(raw)} == {"assistant"}
+    finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finish[-1] == "stop" and set(finish[:-1]) == {None}
 
 
 async def test_completions_streaming_and_not(
@@ -102,6 +115,7 @@ async def test_request_body_reaches_ollama_byte_for_byte(
     assert forwarded.query == "trace=1"
 
 
+@pytest.mark.parametrize("wire", WIRE_FORMATS)
 @pytest.mark.parametrize(
     ("path", "body"),
     [
@@ -109,22 +123,36 @@ async def test_request_body_reaches_ollama_byte_for_byte(
             "/v1/chat/completions",
             {"model": "nope:1b", "messages": [{"role": "user", "content": "x"}]},
         ),
+        (
+            "/v1/chat/completions",
+            {"model": "nope:1b", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+        ),
         ("/v1/completions", {"model": "nope:1b", "prompt": "x"}),
         ("/v1/embeddings", {"model": "nope:1b", "input": "x"}),
     ],
 )
-async def test_ollama_model_not_found_passes_through_intact(
+async def test_model_not_found_is_worded_as_the_app_expects(
     gateway: RunningServer,
     standin: OllamaStandIn,
     http: aiohttp.ClientSession,
     path: str,
     body: dict[str, object],
+    wire: str,
 ) -> None:
-    """The client matches on Ollama's wording, so status and body must survive as sent."""
-    async with http.post(gateway.url + path, json=body) as via_gateway:
-        gateway_status, gateway_body = via_gateway.status, await via_gateway.read()
+    """The SpeziLLMFog app recognises a missing model only by Ollama's classic
+    words; current Ollama says just `model 'x' not found`. Either way, the
+    client gets the classic words in OpenAI's error shape."""
+    standin.wire = wire
     async with http.post(standin.url + path, json=body) as direct:
-        direct_status, direct_body = direct.status, await direct.read()
-    assert gateway_status == direct_status == 404
-    assert gateway_body == direct_body
-    assert b"model 'nope:1b' not found, try pulling it first" in gateway_body
+        assert direct.status == 404
+        assert "not found" in (await direct.json())["error"]["message"]
+    async with http.post(gateway.url + path, json=body) as via_gateway:
+        assert via_gateway.status == 404
+        error = (await via_gateway.json())["error"]
+    assert error == {
+        "message": "model 'nope:1b' not found, try pulling it first",
+        "type": "not_found_error",
+        "param": None,
+        "code": "model_not_found",
+    }
+    assert re.search(APP_MODEL_NOT_FOUND, error["message"])

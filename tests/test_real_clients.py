@@ -172,5 +172,5 @@ async def test_curl_streams_a_chat_completion(
     assert proc.returncode == 0, err.decode()
     events = [e.removeprefix("data: ") for e in out.decode().split("\n\n") if e]
     assert events[-1] == "[DONE]"
-    text = "".join(json.loads(e)["choices"][0]["delta"]["content"] for e in events[:-1])
+    text = "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-1])
     assert text == standin.reply

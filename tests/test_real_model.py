@@ -60,6 +60,10 @@ class LlamaServer:
                 "1024",
                 "--n_threads",
                 "2",
+                # By default a request that arrives during a stream (fognode's
+                # model-list health check, say) cuts that stream short.
+                "--interrupt_requests",
+                "false",
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -195,7 +195,7 @@ async def test_curl_with_cacert_and_resolve(
     assert code == 0, err
     events = [e.removeprefix("data: ") for e in out.split("\n\n") if e]
     assert events[-1] == "[DONE]"
-    text = "".join(json.loads(e)["choices"][0]["delta"]["content"] for e in events[:-1])
+    text = "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-1])
     assert text == standin.reply
 
 

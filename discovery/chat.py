@@ -1,0 +1,150 @@
+"""`fognode chat`: find the best node (or one at random, as the reference client
+does) and stream an answer from it, as a client on the LAN would.
+
+Exit codes let scripts tell failures apart: 0 ok, 1 other error, 3 no node
+found, 4 TLS failed (wrong CA?), 5 credentials refused (401/403), 6 model not
+on the node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import ssl
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+
+from .browser import SERVICE_NAME, FogNode, discover_all
+from .choose import pick_random, rank
+from .terminal import Progress
+
+EXIT_NO_NODE, EXIT_TLS, EXIT_AUTH, EXIT_MODEL = 3, 4, 5, 6
+
+# The SHA-256 of a CA certificate file, hex without colons; the gateway passes
+# certs/' own function (discovery/ does not import certs/).
+Fingerprint = Callable[[Path], str]
+
+
+async def chat_command(args: argparse.Namespace) -> int:
+    token = (
+        args.token
+        or args.api_key
+        or os.environ.get("FOGNODE_TOKEN")
+        or os.environ.get("FOGNODE_API_KEY")
+    )
+    ssl_context: ssl.SSLContext | bool = True
+    pinned = None
+    if args.ca:
+        ssl_context = ssl.create_default_context(cafile=str(args.ca))
+        pinned = args.ca_fingerprint(args.ca)
+    with Progress("Looking for fog nodes", args.timeout):
+        nodes = await discover_all(
+            args.timeout, interfaces=args.interface or None, instance_prefix=args.instance
+        )
+    if not nodes:
+        print(f"No fog node found within {args.timeout:g}s.", file=sys.stderr)
+        return EXIT_NO_NODE
+    if pinned:
+        trusted = [n for n in nodes if not n.txt.ca_sha256 or n.txt.ca_sha256 == pinned]
+        for n in (n for n in nodes if n not in trusted):
+            print(
+                f"Skipping {n.instance} at {n.preferred_address()}: it announces another CA.",
+                file=sys.stderr,
+            )
+        if not trusted:
+            print("Fog nodes were found, but none is signed by your CA (--ca).", file=sys.stderr)
+            return EXIT_TLS
+        nodes = trusted
+    if args.pick == "random":
+        node = pick_random(nodes)
+    else:
+        ranked = await rank(nodes, model=args.model, ssl_context=ssl_context, name=args.name)
+        node = ranked[0].node
+    print(f"Using {node.instance} at {node.url()}", file=sys.stderr)
+    return await stream_chat(node, args.prompt, args.model, token, ssl_context, args.name)
+
+
+async def stream_chat(
+    node: FogNode,
+    prompt: str,
+    model: str,
+    token: str | None,
+    ssl_context: ssl.SSLContext | bool,
+    name: str = SERVICE_NAME,
+) -> int:
+    """Stream an answer from ``node``, connecting by IP and checking ``name``
+    in its certificate (and sending it as Host), as the SpeziLLMFog app does."""
+    headers = {"Host": name}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": prompt}]}
+    url = f"{node.url()}{node.txt.path.rstrip('/')}/chat/completions"
+    try:
+        connector = aiohttp.TCPConnector(ssl=ssl_context)
+        async with (
+            aiohttp.ClientSession(connector=connector) as http,
+            http.post(
+                url,
+                json=body,
+                headers=headers,
+                server_hostname=name if node.tls else None,
+            ) as resp,
+        ):
+            if resp.status != 200:
+                return await _explain_failure(resp, model)
+            async for raw in resp.content:
+                line = raw.decode().strip()
+                if not line.startswith("data: "):
+                    continue
+                data = line[len("data: ") :]
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    print(
+                        f"\nThe node reported an error: {chunk['error'].get('message')}",
+                        file=sys.stderr,
+                    )
+                    return 1
+                for choice in chunk.get("choices", []):
+                    sys.stdout.write(choice.get("delta", {}).get("content") or "")
+                    sys.stdout.flush()
+            print()
+            return 0
+    except aiohttp.ClientConnectorCertificateError as exc:
+        print(
+            f"The node was found, but TLS failed (wrong CA?): {exc.certificate_error}",
+            file=sys.stderr,
+        )
+        return EXIT_TLS
+    except aiohttp.ClientSSLError as exc:
+        print(f"The node was found, but TLS failed (wrong CA?): {exc}", file=sys.stderr)
+        return EXIT_TLS
+    except aiohttp.ClientError as exc:
+        print(f"Cannot talk to {node.url()}: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _explain_failure(resp: aiohttp.ClientResponse, model: str) -> int:
+    text = await resp.text()
+    try:
+        error = json.loads(text).get("error")
+        message = error.get("message") if isinstance(error, dict) else str(error)
+    except (ValueError, AttributeError):
+        message = text[:200]
+    if resp.status in (401, 403):
+        print(
+            f"{resp.status}: the node refused the credentials ({message}). "
+            "Pass a fresh Firebase ID token (--token) or an API key (--api-key).",
+            file=sys.stderr,
+        )
+        return EXIT_AUTH
+    if resp.status == 404 and "not found" in (message or ""):
+        print(f"Model {model!r} is not on this node ({message}).", file=sys.stderr)
+        return EXIT_MODEL
+    print(f"The node answered {resp.status}: {message}", file=sys.stderr)
+    return 1

@@ -1,0 +1,110 @@
+"""Where the embedded model comes from, and whether the runtime is installed.
+
+A packaged model is a GGUF file inside a PyPI package (found without
+importing the package), or, when PyPI's file size limit split it, chunk
+packages and an assembler: then it is assembled once into fognode's data
+dir, atomically (a half-written file from an interrupted first start is
+never taken for the model), and its SHA-256 is checked that once; later
+starts compare the size and time recorded then, so they cost a stat, not a
+hash of 240 MB. Everything here touches the disk: call it off the loop.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+from .options import PACKAGED_MODELS, EmbeddedOptions, PackagedModel
+
+# What the child imports: llama-cpp-python and its [server] extra.
+_SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context")
+
+INSTALL_HINT = (
+    "./setup.sh installs it (it builds llama-cpp-python once, which takes minutes, and "
+    "installs the packaged models; --no-embedded skips them)"
+)
+
+
+class ModelUnavailable(Exception):
+    """The embedded model cannot run here; the message says why and what to do."""
+
+
+def runtime_missing() -> str | None:
+    """None if llama.cpp's server can run here, else what is missing."""
+    missing = [m for m in _SERVER_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"llama-cpp-python[server] is not installed (no {', '.join(missing)})"
+    return None
+
+
+def _package_dir(module: str) -> Path | None:
+    spec = importlib.util.find_spec(module)  # does not run the package's code
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def check_available(options: EmbeddedOptions) -> None:
+    """Raise ModelUnavailable unless the runtime and the model are there (cheap)."""
+    missing = runtime_missing()
+    packaged = options.packaged
+    if missing is None and packaged is not None and _package_dir(packaged.module) is None:
+        missing = f"the {packaged.name} model package ({packaged.requirement}) is not installed"
+    if missing is not None:
+        raise ModelUnavailable(f"The embedded model cannot run: {missing}; {INSTALL_HINT}.")
+    if packaged is None and not Path(options.model).is_file():
+        names = ", ".join(PACKAGED_MODELS)
+        raise ModelUnavailable(
+            f"The embedded model {options.model!r} is neither a GGUF file nor one of the "
+            f"packaged models ({names})."
+        )
+
+
+def model_file(options: EmbeddedOptions) -> Path:
+    """The GGUF file to run (a packaged one is assembled first if it must be)."""
+    check_available(options)
+    packaged = options.packaged
+    if packaged is None:
+        return Path(options.model)
+    if packaged.assembled:
+        return assemble(packaged, options.models_dir)
+    directory = _package_dir(packaged.module)
+    assert directory is not None  # checked above
+    path = directory / packaged.file
+    if not path.is_file():
+        raise ModelUnavailable(f"The package {packaged.requirement} lacks {path}; reinstall it.")
+    return path
+
+
+def assemble(packaged: PackagedModel, models_dir: Path) -> Path:
+    target = models_dir / packaged.file
+    stamp = target.with_name(target.name + ".verified")
+    if target.is_file() and stamp.is_file():
+        try:
+            recorded = json.loads(stamp.read_text())
+        except (OSError, ValueError):
+            recorded = None
+        if recorded == _identity(target):
+            return target
+    assembler = importlib.import_module(packaged.module)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        # The assembler checks the SHA-256 of what it wrote.
+        assembler.assemble(partial, overwrite=True)
+        os.replace(partial, target)
+    except (OSError, ValueError) as exc:
+        partial.unlink(missing_ok=True)
+        raise ModelUnavailable(
+            f"Could not assemble the packaged model into {target}: {exc}"
+        ) from exc
+    stamp.write_text(json.dumps(_identity(target)))
+    return target
+
+
+def _identity(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}

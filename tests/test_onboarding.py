@@ -1,0 +1,213 @@
+"""Phone onboarding: the plain-HTTP page with the QR code, and `fognode certs qr`.
+
+The page is checked as a person uses it: opened in a real Chromium, its QR
+code read from a screenshot by zbar (not by the library that drew it), the
+link followed as an iPhone and as an Android phone would, and the
+fingerprint on the page compared with what was downloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import plistlib
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from playwright.async_api import Page
+
+from fognode.certs.authority import load_ca
+from fognode.certs.export import CaExport, export_forms
+from fognode.certs.inspect import fingerprint
+from fognode.web.onboarding import (
+    OnboardingOptions,
+    OnboardingSite,
+    onboarding_urls,
+    start_onboarding,
+)
+from tests.browser import decode_qr
+from tests.helpers import free_port
+from tests.pki import Pki, make_pki
+
+IPHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/18.0 Mobile/15E148 Safari/604.1"
+)
+ANDROID = (
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/126.0.0.0 Mobile Safari/537.36"
+)
+
+
+def sha256_colons(der: bytes) -> str:
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return make_pki(tmp_path / "certs", common_name="fognode CA (clinic)")
+
+
+@pytest.fixture
+def ca_forms(pki: Pki) -> CaExport:
+    return export_forms(load_ca(pki.paths, None, need_key=False).cert)
+
+
+@pytest.fixture
+async def onboarding(ca_forms: CaExport) -> AsyncIterator[OnboardingSite]:
+    port = free_port()
+    site = await start_onboarding(
+        OnboardingOptions(
+            ca=ca_forms,
+            url=f"http://127.0.0.1:{port}",
+            host="127.0.0.1",
+            port=port,
+            node_name="Clinic fog node",
+            other_urls=("http://[fd00::5]:8080",),
+        )
+    )
+    yield site
+    await site.stop()
+
+
+def test_the_qr_url_prefers_the_lan_a_phone_is_on() -> None:
+    lan = ["127.0.0.1", "172.17.0.1", "fe80::1%eth0", "10.0.0.3", "192.168.1.20", "fd00::5"]
+    assert onboarding_urls(port=80, addresses=lan) == [
+        "http://192.168.1.20",
+        "http://10.0.0.3",
+        "http://172.17.0.1",  # Docker's bridges live in 172.16/12
+        "http://[fd00::5]",
+    ]
+    assert onboarding_urls(port=8080, addresses=lan, bind_host="10.0.0.3") == [
+        "http://10.0.0.3:8080"
+    ]
+    # The operator's own URL (a DNS name, a forwarded port) wins.
+    assert onboarding_urls(port=8080, addresses=lan, public_url="http://fog.lan/")[0] == (
+        "http://fog.lan"
+    )
+    # No LAN address at all: the page still works on this machine.
+    assert onboarding_urls(port=8080, addresses=["127.0.0.1", "::1"]) == ["http://127.0.0.1:8080"]
+
+
+async def test_phone_onboarding_in_a_real_browser(
+    onboarding: OnboardingSite, page: Page, ca_forms: CaExport, pki: Pki, tmp_path: Path
+) -> None:
+    ca = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    response = await page.goto(onboarding.url)
+    assert response is not None and response.status == 200
+    assert await page.title() == "Trust Clinic fog node on your phone"
+
+    # The QR code, read from pixels by an independent decoder.
+    shot = tmp_path / "onboarding.png"
+    await page.screenshot(path=str(shot), full_page=True)
+    assert await decode_qr(shot) == [f"{onboarding.url}/ca"]
+
+    # The fingerprint a person reads off the page is the CA's.
+    shown = await page.locator("#fingerprint").inner_text()
+    assert shown.split() == fingerprint(ca).split(":")
+    assert await page.locator("#ca-name").inner_text() == "fognode CA (clinic)"
+    assert "http://[fd00::5]:8080" in await page.locator(".files").inner_text()
+
+    # Follow the link as each phone would.
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{onboarding.url}/ca", headers={"User-Agent": ANDROID}) as resp:
+            assert resp.status == 200 and resp.url.path == "/fognode-ca.crt"
+            assert resp.content_type == "application/x-x509-ca-cert"
+            crt = x509.load_pem_x509_certificate(await resp.read())
+        async with http.get(f"{onboarding.url}/ca", headers={"User-Agent": IPHONE}) as resp:
+            assert resp.status == 200 and resp.url.path == "/fognode-ca.mobileconfig"
+            assert resp.content_type == "application/x-apple-aspen-config"
+            profile = plistlib.loads(await resp.read())
+    der = crt.public_bytes(Encoding.DER)
+    assert sha256_colons(der) == fingerprint(ca) == ca_forms.fingerprint
+    assert profile["PayloadContent"][0]["PayloadContent"] == der
+    assert profile["PayloadContent"][0]["PayloadType"] == "com.apple.security.root"
+
+    # The page's own download links, clicked in the browser.
+    async with page.expect_download() as download_info:
+        await page.click("text=fognode-ca.cer")
+    download = await download_info.value
+    saved = tmp_path / download.suggested_filename
+    await download.save_as(saved)
+    assert saved.name == "fognode-ca.cer" and saved.read_bytes() == der
+
+
+async def test_the_page_is_safe_to_expose(onboarding: OnboardingSite, pki: Pki) -> None:
+    async with aiohttp.ClientSession() as http:
+        bodies = []
+        for path in ("/", "/ca", "/fognode-ca.crt", "/fognode-ca.cer", "/fognode-ca.mobileconfig"):
+            async with http.get(onboarding.url + path) as resp:
+                assert resp.status == 200, path
+                assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+                assert resp.headers["X-Content-Type-Options"] == "nosniff"
+                assert resp.headers["Referrer-Policy"] == "no-referrer"
+                bodies.append(await resp.read())
+        # Nothing private: no key in any form, encrypted or not.
+        key = pki.paths.ca_key.read_bytes()
+        for body in bodies:
+            assert b"PRIVATE KEY" not in body and key not in body
+        # GET only; unknown paths and files next to the certificates are not served.
+        for method in ("POST", "PUT", "DELETE"):
+            async with http.request(method, onboarding.url + "/", data=b"x") as resp:
+                assert resp.status == 405
+                assert resp.headers["X-Frame-Options"] == "DENY"
+        for path in ("/ca.key", "/../ca.key", "/static/../onboarding.py", "/fognode-ca.key"):
+            async with http.get(onboarding.url + path) as resp:
+                assert resp.status == 404, path
+        async with http.head(onboarding.url + "/") as resp:
+            assert resp.status == 200
+
+
+def _matrix_from_blocks(text: str) -> list[list[int]]:
+    """Read segno's half-block drawing back into modules (1 = dark).
+
+    A block is light, a blank dark; each character holds two rows.
+    """
+    top = {"█": 0, "▀": 0, "▄": 1, " ": 1}
+    bottom = {"█": 0, "▀": 1, "▄": 0, " ": 1}
+    rows: list[list[int]] = []
+    for line in text.splitlines():
+        if not line or any(ch not in top for ch in line):
+            break
+        rows.append([top[ch] for ch in line])
+        rows.append([bottom[ch] for ch in line])
+    return rows
+
+
+def _write_pbm(rows: list[list[int]], path: Path, scale: int = 8) -> None:
+    pixels = [[bit for bit in row for _ in range(scale)] for row in rows for _ in range(scale)]
+    lines = [f"P1\n{len(pixels[0])} {len(pixels)}"]
+    lines += [" ".join(map(str, row)) for row in pixels]
+    path.write_text("\n".join(lines) + "\n")
+
+
+async def test_certs_qr_prints_the_same_code_in_the_terminal(pki: Pki, tmp_path: Path) -> None:
+    ca = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "fognode.gateway.cli",
+        "certs",
+        "qr",
+        "--dir",
+        str(pki.paths.directory),
+        "--url",
+        "http://192.168.1.20:8080",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    printed = out.decode()
+    rows = _matrix_from_blocks(printed)
+    image = tmp_path / "terminal-qr.pbm"
+    _write_pbm(rows, image)
+    assert await decode_qr(image) == ["http://192.168.1.20:8080/ca"]
+    assert "open http://192.168.1.20:8080/ca" in printed
+    shown = [pair for line in printed.splitlines()[-4:] for pair in line.split()]
+    assert shown == fingerprint(ca).split(":")

@@ -1,0 +1,250 @@
+"""Which upstream serves: as configured, else Ollama if it answers, else the embedded model.
+
+"Ollama's default address" is pointed at a stand-in or at a free loopback
+port, so the tests never depend on what runs at 127.0.0.1:11434 here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from pydantic import ValidationError
+
+from fognode.embedded.options import EmbeddedOptions
+from fognode.embedded.progress import show_startup
+from fognode.embedded.runtime import EmbeddedRuntime
+from fognode.embedded.supervisor import LlamaServer, State
+from fognode.gateway import settings as settings_module
+from fognode.gateway.announce import NodeAnnouncer
+from fognode.gateway.proxy import ADMISSION, UPSTREAM
+from fognode.gateway.server import RunningServer, start_server
+from fognode.gateway.settings import Settings
+from tests.conftest import GatewayFactory
+from tests.embedded_node import FOGNODE, MODEL, alive
+from tests.helpers import free_port, wait_until
+from tests.ollama_standin import OllamaStandIn
+
+CHAT = {"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
+
+
+@pytest.fixture
+async def unconfigured(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> AsyncIterator[list[RunningServer]]:
+    """start_server() with no upstream configured, as `fognode serve` on a fresh machine."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    started: list[RunningServer] = []
+    yield started
+    for running in started:
+        await running.stop()
+
+
+def fresh_settings() -> Settings:
+    return Settings(
+        host="127.0.0.1",
+        port=0,
+        tls=False,
+        auth="none",
+        mdns=False,
+        shutdown_timeout=1,
+        embedded_context_size=1024,
+    )
+
+
+async def test_a_configured_upstream_is_used_as_given_even_when_it_is_down(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    gateway = await make_gateway(down)
+    pool = gateway.runner.app[UPSTREAM]
+    assert pool.kind == "ollama" and pool.base == down
+    assert all(m.local is None for m in pool.members)
+    async with http.get(f"{gateway.url}/readyz") as resp:
+        body = await resp.json()
+    assert resp.status == 503 and body["status"] == "unavailable"
+    assert body["upstream_choice"] == f"Ollama at {down}, as configured"
+
+
+async def test_ollama_at_the_default_address_is_used_when_it_answers(
+    standin: OllamaStandIn,
+    unconfigured: list[RunningServer],
+    monkeypatch: pytest.MonkeyPatch,
+    http: aiohttp.ClientSession,
+) -> None:
+    monkeypatch.setattr(settings_module, "DEFAULT_UPSTREAM_URL", standin.url)
+    gateway = await start_server(fresh_settings())
+    unconfigured.append(gateway)
+    async with http.get(f"{gateway.url}/readyz") as resp:
+        body = await resp.json()
+    assert resp.status == 200 and body["upstream_kind"] == "ollama"
+    assert body["upstream_choice"] == f"Ollama answers at {standin.url}: forwarding to it"
+    assert "embedded" not in body
+
+
+async def test_the_embedded_model_serves_when_nothing_answers_at_the_default_address(
+    unconfigured: list[RunningServer],
+    monkeypatch: pytest.MonkeyPatch,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    nothing = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setattr(settings_module, "DEFAULT_UPSTREAM_URL", nothing)
+    caplog.set_level(logging.INFO, logger="fognode.upstream")
+    gateway = await start_server(fresh_settings())
+    unconfigured.append(gateway)
+    app = gateway.runner.app
+    pool = app[UPSTREAM]
+    assert pool.kind == "embedded" and app[ADMISSION].capacity == 1
+    [choice] = [r.getMessage() for r in caplog.records if r.name == "fognode.upstream"]
+    assert choice.startswith(
+        f"upstream: no upstream configured and no Ollama at {nothing} (Connection refused)"
+    )
+    assert f"serving the embedded model {MODEL}" in choice
+
+    async with http.get(f"{gateway.url}/readyz") as resp:
+        first = await resp.json()
+    if resp.status == 503:  # still loading: says so, with when to come back
+        assert first["status"] == "starting" and int(resp.headers["Retry-After"]) >= 1
+    runtime = app[UPSTREAM].members[0].local
+    assert isinstance(runtime, LlamaServer)
+    await asyncio.wait_for(runtime.wait_ready(), 120)
+
+    async with http.get(f"{gateway.url}/readyz") as resp:
+        body = await resp.json()
+    assert resp.status == 200 and body["upstream_choice"] == choice.removeprefix("upstream: ")
+    async with http.post(f"{gateway.url}/v1/chat/completions", json=CHAT) as resp:
+        assert resp.status == 200
+        answer = await resp.json()
+    assert answer["model"] == MODEL and answer["choices"][0]["message"]["content"] is not None
+    announcer = NodeAnnouncer(
+        pool.settings, port=gateway.port, admission=app[ADMISSION], upstream=pool, tls=None
+    )
+    assert await announcer.fetch_models() == (MODEL,)
+    assert announcer.current_txt().api == "openai"
+
+    pid = runtime.pid
+    assert pid is not None and alive(pid)
+    unconfigured.remove(gateway)
+    await gateway.stop()
+    assert not alive(pid)
+
+
+def test_embedded_together_with_an_upstream_url_is_a_settings_error() -> None:
+    with pytest.raises(ValidationError, match="upstream_kind=embedded"):
+        Settings(upstream_kind="embedded", upstream_url="http://10.0.0.5:11434")
+
+
+def test_forcing_the_embedded_model_without_one_refuses_to_start(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [*FOGNODE, "serve", "--no-tls", "--auth", "none", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "XDG_DATA_HOME": str(tmp_path),
+            "FOGNODE_UPSTREAM_KIND": "embedded",
+            "FOGNODE_EMBEDDED_MODEL": str(tmp_path / "missing.gguf"),
+        },
+    )
+    assert out.returncode == 1
+    assert "neither a GGUF file nor one of the packaged models" in out.stderr
+
+
+async def test_a_crashing_child_is_restarted_with_backoff_and_its_last_lines_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"this is not a GGUF file\n" * 100)
+    options = EmbeddedOptions(
+        models_dir=tmp_path,
+        model=str(broken),
+        restart_delay=0.05,
+        restart_max_delay=0.2,
+    )
+    caplog.set_level(logging.INFO, logger="fognode.embedded")
+    runtime = EmbeddedRuntime(options)
+    server = runtime.servers[0]
+    await runtime.start()
+    try:
+        await wait_until(lambda: server.restarts >= 3, "three restarts", 120)
+        waiting = server.not_ready()
+        assert waiting is not None and waiting[1] > 0
+    finally:
+        await runtime.stop()
+    assert server.state is State.STOPPED and server.pid is None
+    crashes = [r.getMessage() for r in caplog.records if "Its last lines" in r.getMessage()]
+    assert len(crashes) >= 3
+    assert "exited with status 1" in crashes[0] and "restart 1 in 0.05s" in crashes[0]
+    assert "restart 3 in 0.2s" in crashes[2]  # doubled, then capped
+    assert "failed to load model" in crashes[0].lower()  # llama-cpp-python's own words
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_loading_progress_is_one_live_line_on_a_terminal(tmp_path: Path) -> None:
+    server = LlamaServer(EmbeddedOptions(models_dir=tmp_path), port=free_port())
+    server.state, server.phase = State.STARTING, "loading the weights"
+    out = _Terminal()
+    handler = logging.StreamHandler(out)
+    logging.getLogger().addHandler(handler)
+    try:
+        task = asyncio.create_task(show_startup([server], MODEL, out))
+        await wait_until(lambda: "loading the weights" in out.getvalue(), "a progress frame")
+        logging.getLogger("fognode.test").warning("a log line while loading")
+        server.state = State.READY
+        await asyncio.wait_for(task, 10)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    text = out.getvalue()
+    assert f"Loading {MODEL} with llama.cpp: loading the weights" in text
+    # The live line is wiped before the log line and at the end.
+    assert "\r\033[Ka log line while loading" in text
+    assert text.endswith("\r\033[K")
+
+
+async def test_parallel_slots_are_processes_that_share_the_load(
+    unconfigured: list[RunningServer],
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = fresh_settings().model_copy(
+        update={"upstream_kind": "embedded", "embedded_parallel": 2, "embedded_threads": 1}
+    )
+    caplog.set_level(logging.DEBUG, logger="fognode.embedded.llama")
+    gateway = await start_server(settings)
+    unconfigured.append(gateway)
+    app = gateway.runner.app
+    pool = app[UPSTREAM]
+    assert len(pool.members) == 2 and app[ADMISSION].capacity == 2
+    servers = [m.local for m in pool.members if isinstance(m.local, LlamaServer)]
+    assert len(servers) == 2
+    await asyncio.wait_for(asyncio.gather(*(s.wait_ready() for s in servers)), 120)
+
+    async def ask() -> int:
+        async with http.post(f"{gateway.url}/v1/chat/completions", json=CHAT) as resp:
+            await resp.read()
+            return resp.status
+
+    assert await asyncio.gather(ask(), ask()) == [200, 200]
+    served = {
+        r.getMessage().split("]")[0]
+        for r in caplog.records
+        if r.name == "fognode.embedded.llama" and "POST /v1/chat/completions" in r.getMessage()
+    }
+    assert served == {"[0", "[1"}  # one request each, at the same time
+    async with http.get(f"{gateway.url}/v1/models") as resp:
+        assert [m["id"] for m in (await resp.json())["data"]] == [MODEL]
+    async with http.get(f"{gateway.url}/readyz") as resp:
+        slots = (await resp.json())["embedded"]["slots"]
+    assert slots == [{"state": "ready", "restarts": 0}] * 2

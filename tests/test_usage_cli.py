@@ -1,0 +1,157 @@
+"""`fognode usage` on a SQLite file and on PostgreSQL, as an operator runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fognode.gateway.cli import main
+from fognode.usage.cli import parse_when
+from fognode.usage.options import StoreOptions
+from fognode.usage.record import Outcome
+from fognode.usage.store import open_store
+from tests.postgres import PostgresServer
+from tests.test_usage_store import NOON, rec
+
+RANGE = ["--since", "2026-03-14", "--until", "2026-03-15T00:00:00+00:00"]
+RECORDS = [
+    rec("alice", model="a", prompt=100, completion=900),
+    rec("alice", model="b", prompt=10, completion=20, partial=True),
+    rec("apikey:ci", model="a", prompt=1, completion=2),
+    rec("apikey:ci", model="a", prompt=0, completion=0, outcome=Outcome.REJECTED),
+    rec("bob", model="a", at=NOON - 86400, prompt=5, completion=5),  # the day before
+]
+
+
+def populate(options: StoreOptions) -> None:
+    async def write() -> None:
+        store = open_store(options)
+        await store.open()
+        await store.write(RECORDS)
+        await store.close()
+
+    asyncio.run(write())
+
+
+@pytest.fixture
+def sqlite_file(tmp_path: Path) -> Path:
+    path = tmp_path / "usage.sqlite3"
+    populate(StoreOptions(sqlite_path=path))
+    return path
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object]:
+    assert main(["usage", *args, "--json"]) == 0
+    result: dict[str, object] = json.loads(capsys.readouterr().out)
+    return result
+
+
+def test_json_per_user(sqlite_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_json(capsys, "--sqlite", str(sqlite_file), *RANGE)
+    assert result["since"] == "2026-03-14T00:00:00+00:00"
+    assert result["totals"] == [
+        {
+            "uid": "alice",
+            "requests": 2,
+            "rejected": 0,
+            "partial": 1,
+            "prompt_tokens": 110,
+            "completion_tokens": 920,
+            "total_tokens": 1030,
+        },
+        {
+            "uid": "apikey:ci",
+            "requests": 1,
+            "rejected": 1,
+            "partial": 0,
+            "prompt_tokens": 1,
+            "completion_tokens": 2,
+            "total_tokens": 3,
+        },
+    ]
+
+
+def test_json_per_model_for_one_user(sqlite_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_json(
+        capsys, "--sqlite", str(sqlite_file), *RANGE, "--by", "model", "--user", "alice"
+    )
+    totals = result["totals"]
+    assert isinstance(totals, list)
+    assert [(t["model"], t["total_tokens"]) for t in totals] == [("a", 1000), ("b", 30)]
+
+
+def test_the_table(sqlite_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["usage", "--sqlite", str(sqlite_file), *RANGE, "--by", "user-model"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "Usage from 2026-03-14T00:00:00+00:00 to 2026-03-15T00:00:00+00:00 (UTC)"
+    assert lines[1].split() == [
+        "USER",
+        "MODEL",
+        "REQUESTS",
+        "REJECTED",
+        "PARTIAL",
+        "PROMPT",
+        "COMPLETION",
+        "TOTAL",
+    ]
+    assert lines[2].split() == ["alice", "a", "1", "0", "0", "100", "900", "1,000"]
+    assert lines[-1].split() == ["(all)", "3", "1", "1", "111", "922", "1,033"]
+
+
+def test_an_empty_range_and_a_missing_file(
+    sqlite_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(
+            [
+                "usage",
+                "--sqlite",
+                str(sqlite_file),
+                "--since",
+                "2020-01-01",
+                "--until",
+                "2020-01-02",
+            ]
+        )
+        == 0
+    )
+    assert "nothing recorded" in capsys.readouterr().out
+    assert run_json(capsys, "--sqlite", str(tmp_path / "absent.sqlite3"))["totals"] == []
+    assert not (tmp_path / "absent.sqlite3").exists()  # looking does not create it
+
+
+def test_bad_times_are_refused(sqlite_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["usage", "--sqlite", str(sqlite_file), "--since", "yesterday-ish"]) == 2
+    assert "not 'today', 'now', a span" in capsys.readouterr().err
+
+
+def test_parse_when() -> None:
+    now = NOON
+    assert parse_when("now", now=now) == now
+    assert parse_when("90m", now=now) == now - 5400
+    assert parse_when("7d", now=now) == now - 7 * 86400
+    assert parse_when("today", now=now) == NOON - 12 * 3600
+    assert parse_when("2026-03-14T13:00:00+01:00", now=now) == NOON
+
+
+def test_the_installed_command_on_postgres(postgres_server: PostgresServer) -> None:
+    url = asyncio.run(postgres_server.new_database())
+    populate(StoreOptions(database_url=url))
+    fognode = Path(sys.executable).with_name("fognode")
+    done = subprocess.run(
+        [str(fognode), "usage", "--database-url", url, *RANGE, "--by", "model", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    totals = json.loads(done.stdout)["totals"]
+    assert [(t["model"], t["requests"], t["total_tokens"]) for t in totals] == [
+        ("a", 2, 1003),
+        ("b", 1, 30),
+    ]

@@ -1,0 +1,386 @@
+"""The usage store, the batch writer and the ledger, on SQLite and on a real
+PostgreSQL server: the same tests for both backends."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from fognode.usage.ledger import UsageLedger
+from fognode.usage.migrations import MIGRATIONS, Migration
+from fognode.usage.options import Limits, QuotaOptions, StoreOptions
+from fognode.usage.postgres_store import PostgresStore
+from fognode.usage.record import Outcome, UsageRecord
+from fognode.usage.sqlite_store import SqliteStore
+from fognode.usage.store import Grouping, SchemaTooNew, Total, UsageStore, open_store
+from fognode.usage.writer import BatchWriter
+from tests.helpers import wait_until
+
+# 2026-03-14 12:00:00 UTC: far from a day boundary unless a test moves it.
+NOON = 1_773_489_600.0
+_seq = itertools.count()
+
+StoreFactory = Callable[..., Awaitable[UsageStore]]
+
+
+def rec(
+    uid: str = "alice",
+    *,
+    model: str = "llama3.2:1b",
+    at: float = NOON,
+    prompt: int = 10,
+    completion: int = 20,
+    outcome: Outcome = Outcome.COMPLETED,
+    partial: bool = False,
+    node: str = "node-a",
+) -> UsageRecord:
+    return UsageRecord(
+        uid=uid,
+        model=model,
+        upstream="http://127.0.0.1:11434",
+        route="/v1/chat/completions",
+        started_at=at,
+        ended_at=at + 1.5,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        outcome=outcome,
+        partial=partial,
+        request_id=f"req-{next(_seq)}",
+        node=node,
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """Opens stores on one fresh database (each call is another connection,
+    as another node or process would have)."""
+    opened: list[UsageStore] = []
+    if request.param == "postgres":
+        url = await request.getfixturevalue("postgres_server").new_database()
+
+    async def factory(migrations: tuple[Migration, ...] = MIGRATIONS) -> UsageStore:
+        store: UsageStore
+        if request.param == "sqlite":
+            store = SqliteStore(tmp_path / "usage.sqlite3", migrations=migrations)
+        else:
+            store = PostgresStore(url, migrations=migrations)
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield factory
+    for store in opened:
+        await store.close()
+
+
+# --- schema ----------------------------------------------------------------------------
+
+
+async def test_open_migrates_once_and_reopening_changes_nothing(make_store: StoreFactory) -> None:
+    first = await make_store()
+    assert await first.schema_version() == MIGRATIONS[-1].version
+    await first.write([rec()])
+    second = await make_store()
+    assert await second.schema_version() == MIGRATIONS[-1].version
+    totals = await second.totals(since=0, until=NOON + 10, by=Grouping.USER)
+    assert [t.requests for t in totals] == [1]
+
+
+async def test_concurrent_openers_apply_each_step_once(make_store: StoreFactory) -> None:
+    stores = await asyncio.gather(*(make_store() for _ in range(6)))
+    assert {await s.schema_version() for s in stores} == {MIGRATIONS[-1].version}
+
+
+EXTRA = Migration(
+    MIGRATIONS[-1].version + 1,
+    "index by model",
+    sqlite=("CREATE INDEX usage_by_model ON usage_records (model, started_at)",),
+    postgres=("CREATE INDEX usage_by_model ON usage_records (model, started_at)",),
+)
+
+
+async def test_a_new_step_is_applied_to_an_existing_database(make_store: StoreFactory) -> None:
+    old = await make_store()
+    await old.write([rec()])
+    new = await make_store((*MIGRATIONS, EXTRA))
+    assert await new.schema_version() == EXTRA.version
+    assert len(await new.totals(since=0, until=NOON + 10, by=Grouping.MODEL)) == 1
+    # A fognode that does not know the new step refuses the database.
+    with pytest.raises(SchemaTooNew, match="newer than this fognode knows"):
+        await make_store()
+
+
+# --- writing and totals ----------------------------------------------------------------
+
+
+async def test_totals_per_user_per_model_and_both(make_store: StoreFactory) -> None:
+    store = await make_store()
+    await store.write(
+        [
+            rec("alice", model="a", prompt=1, completion=2),
+            rec("alice", model="b", prompt=3, completion=4, partial=True),
+            rec("bob", model="a", prompt=5, completion=6),
+            rec("bob", model="a", prompt=0, completion=0, outcome=Outcome.REJECTED),
+            rec("carol", model="a", at=NOON - 3600, prompt=100, completion=100),  # outside
+        ]
+    )
+    since, until = NOON - 60, NOON + 60
+    by_user = await store.totals(since=since, until=until, by=Grouping.USER)
+    assert by_user == [
+        Total("bob", None, requests=1, rejected=1, partial=0, prompt_tokens=5, completion_tokens=6),
+        Total(
+            "alice", None, requests=2, rejected=0, partial=1, prompt_tokens=4, completion_tokens=6
+        ),
+    ]
+    by_model = await store.totals(since=since, until=until, by=Grouping.MODEL)
+    assert [(t.model, t.requests, t.total_tokens) for t in by_model] == [("a", 2, 14), ("b", 1, 7)]
+    both = await store.totals(since=since, until=until, by=Grouping.USER_MODEL, uid="alice")
+    assert [(t.uid, t.model, t.total_tokens) for t in both] == [
+        ("alice", "b", 7),
+        ("alice", "a", 3),
+    ]
+    assert await store.totals(since=NOON + 60, until=NOON + 120, by=Grouping.USER) == []
+
+
+async def test_a_batch_written_twice_counts_once(make_store: StoreFactory) -> None:
+    store = await make_store()
+    batch = [rec(), rec()]
+    await store.write(batch)
+    await store.write(batch)  # a retried flush whose first commit did land
+    [total] = await store.totals(since=0, until=NOON + 10, by=Grouping.USER)
+    assert (total.requests, total.total_tokens) == (2, 60)
+
+
+async def test_the_quota_window(make_store: StoreFactory) -> None:
+    store = await make_store()
+    day_start = NOON - 12 * 3600
+    await store.write(
+        [
+            rec(at=day_start - 1, prompt=1000),  # yesterday
+            rec(at=day_start + 5, prompt=1, completion=1),
+            rec(at=NOON - 61, prompt=1, completion=1),  # today, not in the last minute
+            rec(at=NOON - 50, prompt=1, completion=1),
+            rec(at=NOON - 10, prompt=1, completion=1, partial=True),
+            rec(at=NOON - 5, prompt=0, completion=0, outcome=Outcome.REJECTED),
+            rec("bob", at=NOON - 5, prompt=7, completion=7),
+        ]
+    )
+    window = await store.user_window("alice", day_start=day_start, minute_start=NOON - 60)
+    assert window.tokens_today == 8
+    assert window.requests_last_minute == 2
+    assert window.oldest_request == pytest.approx(NOON - 50)
+    assert window.newest_request == pytest.approx(NOON - 10)
+    # Just after the day boundary the minute window reaches into yesterday:
+    # yesterday's requests count there, their tokens do not.
+    await store.write([rec("dawn", at=day_start - 20, prompt=500), rec("dawn", at=day_start + 5)])
+    early = await store.user_window("dawn", day_start=day_start, minute_start=day_start - 30)
+    assert (early.tokens_today, early.requests_last_minute) == (30, 2)
+    nobody = await store.user_window("nobody", day_start=day_start, minute_start=NOON - 60)
+    assert (nobody.tokens_today, nobody.requests_last_minute, nobody.oldest_request) == (0, 0, None)
+
+
+async def test_nodes_sharing_a_database_see_one_budget(make_store: StoreFactory) -> None:
+    node_a, node_b = await make_store(), await make_store()
+    await node_a.write([rec(node="node-a", prompt=1, completion=1)])
+    await node_b.write([rec(node="node-b", prompt=2, completion=2)])
+    for store in (node_a, node_b):
+        window = await store.user_window("alice", day_start=NOON - 100, minute_start=NOON - 60)
+        assert (window.tokens_today, window.requests_last_minute) == (6, 2)
+
+
+# --- the batch writer ------------------------------------------------------------------
+
+
+async def test_the_writer_flushes_every_n_records(make_store: StoreFactory) -> None:
+    store = await make_store()
+    flushed: list[int] = []
+    options = StoreOptions(sqlite_path=Path("unused"), flush_records=5, flush_seconds=3600)
+    writer = BatchWriter(store, options, on_flushed=lambda batch: flushed.append(len(batch)))
+    writer.start()
+    for _ in range(12):
+        writer.add(rec())
+    await wait_until(lambda: sum(flushed) >= 10, "two batches")
+    assert flushed[:2] == [5, 5]
+    assert len(writer.pending()) == 2  # the flush-interval has not passed for these
+    await writer.close()
+    assert sum(flushed) == 12 and writer.pending() == []
+    [total] = await store.totals(since=0, until=NOON + 10, by=Grouping.USER)
+    assert total.requests == 12
+
+
+async def test_the_writer_flushes_after_t_seconds(make_store: StoreFactory) -> None:
+    store = await make_store()
+    options = StoreOptions(sqlite_path=Path("unused"), flush_records=100, flush_seconds=0.05)
+    writer = BatchWriter(store, options)
+    writer.start()
+    writer.add(rec())
+    await wait_until(lambda: writer.written == 1, "the timed flush")
+    assert writer.batches == 1
+    await writer.close()
+
+
+class FailingFirst:
+    """Fault injection around a real store: the first ``failures`` writes fail."""
+
+    def __init__(self, store: UsageStore, failures: int) -> None:
+        self.store = store
+        self.failures = failures
+
+    async def write(self, records: Sequence[UsageRecord]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("database restarting")
+        await self.store.write(records)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+
+async def test_a_failed_write_is_retried_and_counts_meanwhile(make_store: StoreFactory) -> None:
+    store = await make_store()
+    flaky = FailingFirst(store, failures=1)
+    options = StoreOptions(sqlite_path=Path("unused"), flush_records=1, flush_seconds=0.01)
+    writer = BatchWriter(flaky, options)  # type: ignore[arg-type]
+    ledger = UsageLedger(writer, QuotaOptions())
+    writer.start()
+    writer.add(rec(at=NOON))
+    await wait_until(lambda: writer.failures == 1, "a failed write")
+    assert len(writer.pending()) == 1
+    usage = await ledger.usage("alice", now=NOON + 1)
+    assert usage.tokens_today == 30  # not yet stored, still counted
+    await wait_until(lambda: writer.written == 1, "the retry")
+    usage = await ledger.usage("alice", now=NOON + 1)
+    assert usage.tokens_today == 30  # stored now, and not counted twice
+    await writer.close()
+
+
+async def test_a_full_buffer_drops_and_counts(make_store: StoreFactory) -> None:
+    store = await make_store()
+    options = StoreOptions(sqlite_path=Path("unused"), flush_records=2, buffer_limit=3)
+    writer = BatchWriter(store, options)  # not started: nothing drains the buffer
+    for _ in range(5):
+        writer.add(rec())
+    assert (len(writer.pending()), writer.dropped) == (3, 2)
+    await writer.flush()
+    assert writer.pending() == [] and writer.written == 3
+
+
+# --- the ledger --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Clock:
+    now: float = NOON
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_concurrent_requests_cannot_overshoot_the_daily_budget(
+    make_store: StoreFactory,
+) -> None:
+    store = await make_store()
+    clock = Clock()
+    writer = BatchWriter(store, StoreOptions(sqlite_path=Path("unused"), flush_seconds=0.01))
+    ledger = UsageLedger(writer, QuotaOptions(), clock=clock)
+    limits = Limits(tokens_per_day=1000)
+    writer.start()
+    tickets = await asyncio.gather(
+        *(ledger.admit("alice", limits, estimate=100) for _ in range(30))
+    )
+    admitted = [t for t in tickets if t.decision.allowed]
+    assert len(admitted) == 10  # 10 x 100 reserved fills the budget; 20 refused at once
+    assert {t.decision.code for t in tickets if not t.decision.allowed} == {"insufficient_quota"}
+    assert ledger.in_flight("alice") == 10
+    # Each used only 60: settling frees the rest of the reservations.
+    for ticket in admitted:
+        ledger.settle(ticket, rec(at=clock.now, prompt=20, completion=40))
+        ledger.settle(ticket, rec(at=clock.now))  # again: ignored
+    assert ledger.in_flight("alice") == 0
+    await writer.close()
+    usage = await ledger.usage("alice")
+    assert usage.tokens_today == 600
+    more = await ledger.admit("alice", limits, estimate=100)
+    assert more.decision.allowed
+    assert more.decision.headers["x-ratelimit-remaining-tokens"] == "300"
+    # Another user is not affected by alice's budget.
+    assert (await ledger.admit("bob", limits, estimate=100)).decision.allowed
+
+
+async def test_requests_per_minute_over_a_sliding_window(make_store: StoreFactory) -> None:
+    store = await make_store()
+    clock = Clock()
+    writer = BatchWriter(store, StoreOptions(sqlite_path=Path("unused")))
+    ledger = UsageLedger(writer, QuotaOptions(), clock=clock)
+    limits = Limits(requests_per_minute=3)
+    await store.write([rec(at=NOON - 50), rec(at=NOON - 20)])  # stored by an earlier run
+    first = await ledger.admit("alice", limits, estimate=10)
+    assert first.decision.allowed
+    assert first.decision.headers["x-ratelimit-remaining-requests"] == "0"
+    refused = await ledger.admit("alice", limits, estimate=10)
+    assert refused.decision.code == "rate_limit_exceeded"
+    assert refused.decision.headers["Retry-After"] == "10"  # the request of NOON-50 leaves
+    ledger.record(rec(at=NOON, outcome=Outcome.REJECTED, prompt=0, completion=0))
+    clock.now = NOON + 11
+    assert (await ledger.admit("alice", limits, estimate=10)).decision.allowed
+    await writer.flush()
+
+
+async def test_unlimited_users_skip_the_store(make_store: StoreFactory) -> None:
+    store = await make_store()
+    await store.close()  # any query would fail now
+    writer = BatchWriter(store, StoreOptions(sqlite_path=Path("unused")))
+    ledger = UsageLedger(writer, QuotaOptions())
+    ticket = await ledger.admit("alice", Limits(), estimate=10)
+    assert ticket.decision.allowed and dict(ticket.decision.headers) == {}
+    ledger.settle(ticket, rec())
+    assert len(writer.pending()) == 1
+
+
+# --- backend specifics ---------------------------------------------------------------------
+
+
+async def test_sqlite_file_is_in_wal_mode_and_the_quota_query_uses_the_index(
+    tmp_path: Path,
+) -> None:
+    store = open_store(StoreOptions(sqlite_path=tmp_path / "u.sqlite3"))
+    assert isinstance(store, SqliteStore)
+    await store.open()
+    try:
+        assert await store.integrity_check() == "ok"
+        await store.write([rec()])
+        for suffix in ("", "-wal", "-shm"):  # uids and times: for the node's user only
+            assert (tmp_path / f"u.sqlite3{suffix}").stat().st_mode & 0o777 == 0o600
+        db = store._db(write=False)
+        async with db.execute("PRAGMA journal_mode") as cur:
+            assert (await cur.fetchone()) == ("wal",)
+        from fognode.usage.sqlite_store import _USER_WINDOW
+
+        params = {"uid": "a", "day": 0.0, "minute": 0.0}
+        async with db.execute("EXPLAIN QUERY PLAN " + _USER_WINDOW, params) as cur:
+            plan = " ".join(str(row[-1]) for row in await cur.fetchall())
+        assert "COVERING INDEX usage_by_user_time" in plan
+    finally:
+        await store.close()
+
+
+async def test_postgres_quota_query_uses_the_index(postgres_url: str) -> None:
+    store = open_store(StoreOptions(database_url=postgres_url))
+    assert isinstance(store, PostgresStore)
+    await store.open()
+    await store.close()
+    from fognode.usage.postgres_store import _USER_WINDOW
+
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.execute("SET enable_seqscan = off")  # an empty table is scanned otherwise
+        plan = await conn.fetch("EXPLAIN " + _USER_WINDOW, "a", 0.0, 0.0)
+    finally:
+        await conn.close()
+    assert "usage_by_user_time" in " ".join(row[0] for row in plan)

@@ -1,0 +1,156 @@
+"""Admission against quotas, with in-flight requests counted.
+
+A user's usage is known for sure only once their requests end, so a burst of
+concurrent requests checked against recorded usage alone would all pass and
+overshoot the budget together. The ledger closes that gap:
+
+* **reserve at admission**: an admitted request holds a reservation of its
+  estimated tokens (:func:`~.request_body.estimate_tokens`) and one request
+  in the minute window, which every later check of the same user counts;
+* **settle on completion**: :meth:`UsageLedger.settle` swaps the
+  reservation for the real record in one synchronous step (no await in
+  between, so no check sees neither or both), and hands the record to the
+  batch writer;
+* **records not yet written count too**: a check adds the writer's pending
+  records to what the store reports. They are read *before* the store is
+  queried, so a batch committed in between is counted twice for that one
+  check (refusing a little early) rather than not at all;
+* checks of one user are serialised (a per-user lock around read, decide and
+  reserve), so two concurrent requests cannot both spend the last of a budget.
+
+A request is admitted while the budget is not spent after reservations (its
+own estimate need not fit, see :mod:`.quota`). Within one node the overshoot
+past a daily budget is therefore at most what the last admitted request uses
+beyond what was left, plus whatever the requests in flight use beyond their
+estimates (none when they set ``max_tokens``, which bounds the estimate of
+what they generate). Several nodes sharing PostgreSQL see each other's
+records once they are flushed (``flush_seconds``) but not each other's
+reservations, so across nodes the overshoot can grow by what the other nodes
+have in flight for that user, which the per-user concurrency cap bounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .options import Limits, QuotaOptions
+from .quota import ALLOW_UNLIMITED, WINDOW_SECONDS, Decision, Usage, day_bounds, decide
+from .record import UsageRecord
+from .writer import BatchWriter
+
+
+@dataclass(eq=False, slots=True)
+class Ticket:
+    """One admitted (or refused) request's place in the ledger."""
+
+    uid: str
+    estimate: int
+    started_at: float
+    decision: Decision
+    settled: bool = False
+
+
+class UsageLedger:
+    def __init__(
+        self,
+        writer: BatchWriter,
+        options: QuotaOptions,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.writer = writer
+        self.options = options
+        self._clock = clock
+        self._inflight: dict[str, set[Ticket]] = {}
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    async def admit(self, uid: str, limits: Limits, *, estimate: int) -> Ticket:
+        """Decide on a new request of ``uid``. An allowed ticket holds a
+        reservation until :meth:`settle`; a refused one holds nothing."""
+        if limits.unlimited:
+            ticket = Ticket(uid, estimate, self._clock(), ALLOW_UNLIMITED)
+            self._inflight.setdefault(uid, set()).add(ticket)
+            return ticket
+        lock = self._lock(uid)
+        try:
+            async with lock:
+                now = self._clock()
+                _, day_end = day_bounds(now, self.options.day_start)
+                usage = await self.usage(uid, now=now)
+                decision = decide(limits, usage, estimate=estimate, now=now, day_end=day_end)
+                ticket = Ticket(uid, estimate, now, decision, settled=not decision.allowed)
+                if decision.allowed:
+                    self._inflight.setdefault(uid, set()).add(ticket)
+                return ticket
+        finally:
+            self._unlock(uid)
+
+    def settle(self, ticket: Ticket, record: UsageRecord) -> None:
+        """The request ended: its record replaces its reservation. Calling it
+        again for the same ticket does nothing, so nothing is counted twice."""
+        if ticket.settled:
+            return
+        ticket.settled = True
+        tickets = self._inflight.get(ticket.uid)
+        if tickets is not None:
+            tickets.discard(ticket)
+            if not tickets:
+                del self._inflight[ticket.uid]
+        self.writer.add(record)
+
+    def record(self, record: UsageRecord) -> None:
+        """A request that never held a reservation (refused before admission)."""
+        self.writer.add(record)
+
+    def in_flight(self, uid: str) -> int:
+        return len(self._inflight.get(uid, ()))
+
+    async def usage(self, uid: str, *, now: float | None = None) -> Usage:
+        """What ``uid`` has used: stored, pending and reserved."""
+        now = self._clock() if now is None else now
+        day_start, _ = day_bounds(now, self.options.day_start)
+        minute_start = now - WINDOW_SECONDS
+        tokens = 0
+        requests = 0
+        times: list[float] = []
+        for record in self.writer.pending():  # before the query: see the module docstring
+            if record.uid != uid:
+                continue
+            if record.started_at >= day_start:
+                tokens += record.total_tokens
+            if record.counts_as_request and record.started_at >= minute_start:
+                requests += 1
+                times.append(record.started_at)
+        for ticket in self._inflight.get(uid, ()):
+            if ticket.started_at >= day_start:
+                tokens += ticket.estimate
+            if ticket.started_at >= minute_start:
+                requests += 1
+                times.append(ticket.started_at)
+        stored = await self.writer.store.user_window(
+            uid, day_start=day_start, minute_start=minute_start
+        )
+        times += [t for t in (stored.oldest_request, stored.newest_request) if t is not None]
+        return Usage(
+            tokens_today=stored.tokens_today + tokens,
+            requests_last_minute=stored.requests_last_minute + requests,
+            oldest_request=min(times, default=None),
+            newest_request=max(times, default=None),
+        )
+
+    def _lock(self, uid: str) -> asyncio.Lock:
+        lock, users = self._locks.get(uid, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[uid] = (lock, users + 1)
+        return lock
+
+    def _unlock(self, uid: str) -> None:
+        lock, users = self._locks[uid]
+        if users == 1:
+            del self._locks[uid]
+        else:
+            self._locks[uid] = (lock, users - 1)

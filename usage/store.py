@@ -1,0 +1,133 @@
+"""The store's interface and the answers it gives.
+
+Two backends implement it: :class:`~.sqlite_store.SqliteStore` (embedded,
+the default) and :class:`~.postgres_store.PostgresStore` (one database
+shared by several nodes). :func:`open_store` picks one from the options.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from .options import StoreOptions
+from .record import Outcome, UsageRecord
+
+
+class Grouping(enum.Enum):
+    USER = ("uid",)
+    MODEL = ("model",)
+    USER_MODEL = ("uid", "model")
+
+
+@dataclass(frozen=True, slots=True)
+class Total:
+    """Sums over a time range for one user, one model, or one user and model.
+
+    ``requests`` excludes rejected ones, which ``rejected`` counts;
+    ``partial`` counts answers that ended early.
+    """
+
+    uid: str | None
+    model: str | None
+    requests: int
+    rejected: int
+    partial: int
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class UserWindow:
+    """One user's recorded usage for a quota check (in-flight requests and
+    records not yet flushed are added by the ledger)."""
+
+    tokens_today: int
+    requests_last_minute: int
+    oldest_request: float | None
+    newest_request: float | None
+
+
+def totals_query(
+    by: Grouping,
+    *,
+    with_uid: bool,
+    time: Callable[[int], str],
+    param: Callable[[int], str],
+) -> str:
+    """The totals query in both dialects: ``time(n)`` and ``param(n)`` write the
+    n-th parameter as a timestamp and as a plain value. Parameters: since,
+    until, and the uid when ``with_uid``."""
+    columns = ", ".join(by.value)
+    where = f"started_at >= {time(1)} AND started_at < {time(2)}"
+    if with_uid:
+        where += f" AND uid = {param(3)}"
+    rejected = f"outcome = '{Outcome.REJECTED}'"
+    return f"""
+        SELECT {columns},
+            COUNT(*) FILTER (WHERE NOT ({rejected})), COUNT(*) FILTER (WHERE {rejected}),
+            COUNT(*) FILTER (WHERE partial), SUM(prompt_tokens), SUM(completion_tokens)
+        FROM usage_records WHERE {where}
+        GROUP BY {columns}
+        ORDER BY SUM(prompt_tokens + completion_tokens) DESC, {columns}
+    """
+
+
+def total_from_row(by: Grouping, row: Sequence[object]) -> Total:
+    """A :class:`Total` from a row of the group columns, then requests,
+    rejected, partial, prompt and completion sums (both backends' order)."""
+    keys = dict(zip(by.value, row, strict=False))
+    numbers = [int(str(value)) for value in row[len(by.value) :]]
+    uid, model = keys.get("uid"), keys.get("model")
+    return Total(
+        uid=uid if isinstance(uid, str) else None,
+        model=model if isinstance(model, str) else None,
+        requests=numbers[0],
+        rejected=numbers[1],
+        partial=numbers[2],
+        prompt_tokens=numbers[3],
+        completion_tokens=numbers[4],
+    )
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer fognode; refuse rather than guess."""
+
+
+class UsageStore(Protocol):
+    async def open(self) -> None:
+        """Connect and bring the schema up to date (safe to race with other openers)."""
+
+    async def close(self) -> None: ...
+
+    async def schema_version(self) -> int: ...
+
+    async def write(self, records: Sequence[UsageRecord]) -> None:
+        """Write a batch in one transaction; a record already stored (same
+        ``record_id``) is skipped, so a retried batch counts once."""
+
+    async def user_window(self, uid: str, *, day_start: float, minute_start: float) -> UserWindow:
+        """Tokens of ``uid`` since ``day_start`` and requests since ``minute_start``."""
+
+    async def totals(
+        self, *, since: float, until: float, by: Grouping, uid: str | None = None
+    ) -> list[Total]:
+        """Sums per group of records started in ``[since, until)``, largest first."""
+
+
+def open_store(options: StoreOptions) -> UsageStore:
+    """The backend the options ask for (not yet opened)."""
+    if options.database_url is not None:
+        from .postgres_store import PostgresStore
+
+        return PostgresStore(options.database_url)
+    from .sqlite_store import SqliteStore
+
+    assert options.sqlite_path is not None
+    return SqliteStore(options.sqlite_path)
