@@ -23,9 +23,10 @@ def bearer_token(header: str | None) -> str:
         )
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() != "bearer":
+        # Not quoted back: with no space, the "scheme" is the credential itself.
         raise AuthError(
             "malformed_token",
-            f"Unsupported authorization scheme '{scheme[:20]}': use 'Bearer <token>'.",
+            "Unsupported authorization scheme: use 'Authorization: Bearer <token>'.",
         )
     token = value.strip()
     if not token:

@@ -10,6 +10,17 @@ with locally minted RS256 tokens. That is the only seam; the checks
 themselves (kid, alg, aud, iss, sub, signature, iat, exp) are firebase-admin's
 own ``_JWTVerifier``, the same object ``auth.verify_id_token`` uses.
 
+firebase-admin checks only ``iat`` and ``exp``; Firebase's documented checks
+also want ``auth_time`` in the past, and a JWT's ``nbf`` means what it says.
+fognode checks all the time claims itself, in both modes, with one small
+allowance (:data:`CLOCK_SKEW_SECONDS`) for a node clock that lags Google's
+on the claims that say "not before" (iat, nbf, auth_time), and none on exp.
+
+The token's JSON is parsed by firebase-admin (and google-auth) with the
+standard library, which recurses once per nesting level: the header and
+payload are checked against a depth bound first (safejson), so a token
+nested a few thousand levels deep is a 401, not a RecursionError.
+
 Emulator mode is firebase-admin's: it is switched on by the process-wide
 FIREBASE_AUTH_EMULATOR_HOST variable and then skips signature *and expiry*
 checks. fognode therefore (a) refuses production mode while that variable
@@ -22,7 +33,6 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
-import json
 import os
 import time
 from pathlib import Path
@@ -32,6 +42,7 @@ import firebase_admin
 from firebase_admin import _token_gen as firebase_tokens
 from firebase_admin import auth, credentials
 
+from .. import safejson
 from .errors import AuthError, VerifierUnavailable
 
 EMULATOR_ENV = "FIREBASE_AUTH_EMULATOR_HOST"
@@ -42,17 +53,31 @@ os.environ.setdefault("NO_GCE_CHECK", "true")
 GOOGLE_CERTS_URL: str = firebase_tokens.ID_TOKEN_CERT_URI
 ISSUER_PREFIX: str = firebase_tokens.ID_TOKEN_ISSUER_PREFIX
 _app_numbers = itertools.count(1)
+# How far in the future iat, nbf and auth_time may lie (the node's clock may lag).
+CLOCK_SKEW_SECONDS = 60
+# A Firebase ID token's claims nest 4 levels; custom claims add a few.
+JOSE_MAX_DEPTH = 32
 
 
 class AuthConfigError(Exception):
     """fognode cannot verify tokens with this configuration; refuse to start."""
 
 
+def _segment(token: str, index: int) -> bytes:
+    segment = token.split(".")[index] if token.count(".") >= index else ""
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
 def unverified_header(token: str) -> dict[str, Any]:
+    """The JOSE header, parsed without trusting it; the payload's nesting is
+    checked too, before firebase-admin parses it with the standard library."""
     try:
-        segment = token.split(".")[0]
-        padded = segment + "=" * (-len(segment) % 4)
-        header = json.loads(base64.urlsafe_b64decode(padded))
+        header = safejson.loads(_segment(token, 0), JOSE_MAX_DEPTH)
+        safejson.check_depth(_segment(token, 1), JOSE_MAX_DEPTH)
+    except safejson.JsonTooDeep:
+        raise AuthError(
+            "malformed_token", "The bearer token's JSON nests deeper than any real token."
+        ) from None
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise AuthError(
             "malformed_token", "The bearer token is not a JWT (a Firebase ID token)."
@@ -83,6 +108,34 @@ def _classify(exc: Exception) -> AuthError:
         if needle in text:
             return AuthError(reason, message)
     return AuthError("invalid_token", "The bearer token is not a valid Firebase ID token.")
+
+
+def _time_claim(claims: dict[str, Any], name: str, *, required: bool) -> float | None:
+    value = claims.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise AuthError("invalid_token", f"The token's {name} claim is missing or not a time.")
+    return float(value)
+
+
+def check_times(claims: dict[str, Any], now: float | None = None) -> None:
+    """exp in the future; iat, auth_time and nbf (if present) not in the future.
+
+    firebase-admin checks iat and exp only, and in emulator mode neither.
+    """
+    now = time.time() if now is None else now
+    exp = _time_claim(claims, "exp", required=True)
+    assert exp is not None
+    if exp <= now:
+        raise AuthError("expired_token", "The Firebase ID token has expired; fetch a new one.")
+    for name in ("iat", "auth_time", "nbf"):
+        value = _time_claim(claims, name, required=name != "nbf")
+        if value is not None and value > now + CLOCK_SKEW_SECONDS:
+            raise AuthError(
+                "not_yet_valid",
+                f"The token is not valid yet: its {name} lies in the future (check the clocks).",
+            )
 
 
 class FirebaseVerifier:
@@ -165,30 +218,21 @@ class FirebaseVerifier:
                 "Unsigned tokens (alg 'none') are only accepted from the Auth Emulator.",
             )
         try:
-            claims: dict[str, Any] = self._jwt.verify(token, self._request)
+            # The skew here loosens iat and exp alike; _check_times then
+            # holds exp to the second.
+            claims: dict[str, Any] = self._jwt.verify(
+                token, self._request, clock_skew_seconds=CLOCK_SKEW_SECONDS
+            )
         except auth.CertificateFetchError as exc:
             raise VerifierUnavailable(
                 f"cannot fetch the public keys that sign Firebase tokens: {exc}"
             ) from None
         except (auth.InvalidIdTokenError, ValueError) as exc:
             raise _classify(exc) from None
-        if self.emulated:
-            self._check_times(claims)
+        check_times(claims)
         if self.check_revoked:
             self._check_not_revoked(claims)
         return claims
-
-    @staticmethod
-    def _check_times(claims: dict[str, Any]) -> None:
-        """What firebase-admin skips for emulator tokens."""
-        now = time.time()
-        exp, iat = claims.get("exp"), claims.get("iat")
-        if not isinstance(exp, int | float) or not isinstance(iat, int | float):
-            raise AuthError("invalid_token", "The token lacks iat/exp claims.")
-        if exp <= now:
-            raise AuthError("expired_token", "The Firebase ID token has expired; fetch a new one.")
-        if iat > now + 60:
-            raise AuthError("not_yet_valid", "The token is not valid yet (check the clocks).")
 
     def _check_not_revoked(self, claims: dict[str, Any]) -> None:
         try:

@@ -28,8 +28,10 @@ from .middleware import (
 from .openapi import OPENAPI, build_document
 from .proxy import ADMISSION, HEARTBEAT_OPTIONS, RELAY_OPTIONS, UPSTREAM
 from .relay import RelayOptions
+from .request_target import request_target
 from .routes import ALL_ROUTES, add_routes
 from .settings import Settings
+from .slow_clients import HEADER_FIELD_LIMIT, REQUEST_LINE_LIMIT
 from .stats import STATS, GatewayStats
 from .tls import TlsTerminator
 from .upstream_pool import UpstreamPool
@@ -47,9 +49,9 @@ def create_app(
     tls: TlsTerminator | None = None,
 ) -> web.Application:
     app = web.Application(
-        middlewares=[request_context, openai_errors, access_control],
+        middlewares=[request_context, openai_errors, request_target, access_control],
         client_max_size=settings.max_body_bytes,
-        handler_args={"max_field_size": 16384, "max_line_size": 16384},
+        handler_args={"max_field_size": HEADER_FIELD_LIMIT, "max_line_size": REQUEST_LINE_LIMIT},
     )
     app[SETTINGS] = settings
     app[STATS] = GatewayStats()

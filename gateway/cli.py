@@ -173,6 +173,10 @@ def _cmd_config(args: argparse.Namespace) -> int:
     for name in _SECRET_FIELDS:
         if data.get(name):
             data[name] = "***"
+    from .upstream import without_password
+
+    data["upstream_url"] = without_password(data["upstream_url"])
+    data["upstream_urls"] = [without_password(url) for url in data["upstream_urls"]]
     print(json.dumps(data, indent=2))
     return 0
 

@@ -96,6 +96,18 @@ class GatewayError(Exception):
         )
 
 
+def unreadable_body() -> GatewayError:
+    """The client's body broke off, or does not decode as its Content-Encoding
+    says (whether the gateway read it whole or was streaming it upstream)."""
+    return GatewayError(
+        400,
+        "The request body could not be read: it was cut off, or its Content-Encoding "
+        "does not match its bytes.",
+        code="invalid_body",
+        headers={"Connection": "close"},
+    )
+
+
 def json_error_response(
     status: int,
     message: str,

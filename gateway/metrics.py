@@ -15,7 +15,7 @@ Labels are bounded: the route label is the route's pattern
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -93,6 +93,42 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def watch_connections(self, connections: ConnectionCounts) -> None:
+        """Also report the connection guard's counts (it exists once the server runs)."""
+        self.registry.register(_ConnectionCollector(connections))
+
+
+class ConnectionCounts(Protocol):
+    """What the connection guard (connections.py) counts."""
+
+    refused_total: int
+    evicted_total: int
+    reaped_total: int
+
+    def __len__(self) -> int: ...
+
+
+class _ConnectionCollector(Collector):
+    def __init__(self, connections: ConnectionCounts) -> None:
+        self.connections = connections
+
+    def collect(self) -> Iterator[Metric]:
+        c = self.connections
+        yield GaugeMetricFamily(
+            "fognode_client_connections", "Client connections open.", value=len(c)
+        )
+        closed = CounterMetricFamily(
+            "fognode_client_connections_closed",
+            "Client connections the node closed or refused to protect itself, by reason: "
+            "refused (every connection busy), idle (closed to make room at a cap), silent "
+            "(no request within FOGNODE_CLIENT_FIRST_BYTE_TIMEOUT).",
+            labels=["reason"],
+        )
+        closed.add_metric(["refused"], c.refused_total)
+        closed.add_metric(["idle"], c.evicted_total)
+        closed.add_metric(["silent"], c.reaped_total)
+        yield closed
 
 
 class _LiveCollector(Collector):

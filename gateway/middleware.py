@@ -23,10 +23,11 @@ from aiohttp.typedefs import Handler
 from ..auth.errors import AuthError, VerifierUnavailable
 from .access import ACCESS_BY_ROUTE, AUTHORIZER, PRINCIPAL, Access, Authorizer
 from .errors import GatewayError, json_error_response
-from .logs import request_id_var
+from .logs import redact, request_id_var
 from .metrics import METRICS
 from .proxy import REQUEST_ID
 from .relay import BODY_BYTES, RELAYED_CHUNKS
+from .slow_clients import SERVER_NAME
 
 access_log = logging.getLogger("fognode.access")
 log = logging.getLogger("fognode.gateway")
@@ -37,9 +38,16 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 
 def _request_id(request: web.Request) -> str:
-    incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    if _VALID_REQUEST_ID.match(incoming):
-        return incoming
+    incoming = request.headers.getall(REQUEST_ID_HEADER, ())
+    # Two ids would name the request two ways in the logs, and one shaped like
+    # a credential would carry it into every log line, ours and the
+    # upstream's: mint one instead.
+    if (
+        len(incoming) == 1
+        and _VALID_REQUEST_ID.match(incoming[0])
+        and redact(incoming[0]) == incoming[0]
+    ):
+        return incoming[0]
     return uuid.uuid4().hex
 
 
@@ -87,7 +95,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
                 '%s "%s %s" %d %dB %.3fs uid=%s',
                 request.remote,
                 request.method,
-                request.path,
+                request.rel_url.raw_path,
                 status,
                 sent,
                 duration,
@@ -96,7 +104,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
                     "fields": {
                         "remote": request.remote,
                         "method": request.method,
-                        "path": request.path,
+                        "path": request.rel_url.raw_path,
                         "status": status,
                         "bytes": sent,
                         "duration_s": round(duration, 6),
@@ -113,8 +121,7 @@ async def add_request_id_header(request: web.Request, response: web.StreamRespon
     rid = request.get(REQUEST_ID)
     if rid is not None:
         response.headers[REQUEST_ID_HEADER] = rid
-    # Not "Python/3.x aiohttp/3.y": versions help attackers more than clients.
-    response.headers["Server"] = "fognode"
+    response.headers["Server"] = SERVER_NAME
 
 
 def _http_exception_message(request: web.Request, exc: web.HTTPException) -> tuple[str, str]:

@@ -19,14 +19,17 @@ from aiohttp import web
 from multidict import CIMultiDict
 from pydantic import BaseModel
 
+from .. import safejson
 from .access import PRINCIPAL
+from .answers import relay_answer
 from .compat import model_not_found_message
-from .errors import GatewayError
+from .errors import GatewayError, unreadable_body
 from .keepalive import HeartbeatOptions, KeepAlive
 from .limits import Admission, Ticket
 from .metrics import METRICS
-from .relay import RelayOptions, RouteEdits, relay_response
+from .relay import RelayOptions, RouteEdits
 from .request_models import parse_json_object, validate_body
+from .request_target import upstream_target
 from .stats import STATS
 from .upstream import Upstream, filter_request_headers
 from .upstream_pool import UNREACHABLE, UpstreamPool
@@ -55,6 +58,8 @@ async def read_body(request: web.Request, limit: int, deadline: float) -> bytes:
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large(None, limit) from None
+    except web.RequestPayloadError:
+        raise unreadable_body() from None
     except TimeoutError:
         raise GatewayError(
             408,
@@ -217,7 +222,7 @@ async def _send_to(job: _Send, upstream: Upstream) -> web.StreamResponse:
         started = time.perf_counter()
         try:
             upstream_response = await upstream.open(
-                request.method, request.raw_path, headers=job.headers, data=job.data
+                request.method, upstream_target(request), headers=job.headers, data=job.data
             )
         except GatewayError as exc:
             if exc.code in UNREACHABLE:
@@ -234,7 +239,7 @@ async def _send_to(job: _Send, upstream: Upstream) -> web.StreamResponse:
             except BaseException:
                 upstream_response.close()
                 raise
-        return await relay_response(
+        return await relay_answer(
             request,
             upstream_response,
             options=request.app[RELAY_OPTIONS],
@@ -265,9 +270,11 @@ def forward_listing(key: str, id_field: str) -> Handler:
 
         async def fetch(member: Upstream) -> dict[str, object]:
             async with asyncio.timeout(pool.settings.readiness_timeout):
-                async with member.session.get(member.url(request.raw_path)) as resp:
+                async with member.session.get(
+                    member.url(upstream_target(request)), headers=member.auth_headers()
+                ) as resp:
                     resp.raise_for_status()
-                    body = await resp.json(content_type=None)
+                    body = safejson.loads(await resp.read())
             return body if isinstance(body, dict) else {}
 
         results = await asyncio.gather(*(fetch(m) for m in members), return_exceptions=True)

@@ -24,19 +24,19 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import logging
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 
+from .. import safejson
 from .compat import is_model_not_found, model_not_found_message, native_error_body
 from .errors import GatewayError, json_error_response
 from .keepalive import SSE_HEADERS, KeepAlive
 from .sse import HEARTBEAT, LineEdit, SseFramer, error_event
 from .stats import GatewayStats
-from .upstream import filter_response_headers
+from .upstream import filter_response_headers, relayable_reason
 
 log = logging.getLogger("fognode.relay")
 
@@ -170,8 +170,13 @@ async def relay_response(
     model: str | None,
     keepalive: KeepAlive | None,
     stats: GatewayStats,
+    prefix: bytes = b"",
 ) -> web.StreamResponse:
-    """Answer ``request`` with ``upstream``; the caller owns neither afterwards."""
+    """Answer ``request`` with ``upstream``; the caller owns neither afterwards.
+
+    ``prefix`` is the start of the body, already read from ``upstream``
+    (answers.py reads a JSON answer to check it before relaying it).
+    """
     progress = _Progress()
     completed = False
     stats.active_streams += 1
@@ -187,7 +192,14 @@ async def relay_response(
             response = _response_like(upstream, media_type)
             await response.prepare(request)
         framer = SseFramer(edits.sse_line_edit) if media_type == SSE else None
-        ending = await _pump(upstream.content, response, framer, options, progress)
+        ending: Ending | None = None
+        if prefix:  # the start of the body, read already (answers.py)
+            if await _write(response, prefix, options.write_timeout):
+                progress.sent, progress.chunks, progress.tail = len(prefix), 1, prefix[-2:]
+            else:
+                ending = Ending.CLIENT_STALLED
+        if ending is None:
+            ending = await _pump(upstream.content, response, framer, options, progress)
         if ending is Ending.COMPLETED:
             await response.write_eof()
             completed = True
@@ -242,7 +254,9 @@ def _response_like(upstream: aiohttp.ClientResponse, media_type: str) -> web.Str
         for name, value in SSE_HEADERS.items():
             if name != "Content-Type":
                 headers.setdefault(name, value)
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    response = web.StreamResponse(
+        status=upstream.status, reason=relayable_reason(upstream.reason), headers=headers
+    )
     if upstream.content_length is not None and not streaming:
         response.content_length = upstream.content_length
     return response
@@ -278,7 +292,9 @@ async def _relay_error(
             )
         )
     headers = filter_response_headers(upstream.headers)
-    return web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
+    return web.Response(
+        status=upstream.status, reason=relayable_reason(upstream.reason), body=body, headers=headers
+    )
 
 
 async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
@@ -296,7 +312,7 @@ async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
 def _error_text(body: bytes) -> str:
     """The message inside an upstream error body (OpenAI's or Ollama's shape)."""
     try:
-        data = json.loads(body)
+        data = safejson.loads(body)  # an upstream's bytes: bounded nesting
     except ValueError:
         return body.decode(errors="replace")[:500]
     error = data.get("error") if isinstance(data, dict) else None

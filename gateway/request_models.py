@@ -12,7 +12,6 @@ only move the failure to Ollama's JSON decoder with a worse message.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from pydantic import (
@@ -24,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from .. import safejson
 from .errors import GatewayError
 
 ROLES = ("system", "user", "assistant", "tool", "developer", "function")
@@ -169,10 +169,16 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     if not body.strip():
         raise GatewayError(400, "Request body is empty; expected a JSON object.", code="empty_body")
     try:
-        data = json.loads(body)
+        data = safejson.loads(body)
     except UnicodeDecodeError:
         raise GatewayError(
             400, "Request body is not valid UTF-8.", code="invalid_encoding"
+        ) from None
+    except safejson.JsonTooDeep as exc:
+        raise GatewayError(
+            400,
+            f"Request body nests arrays and objects deeper than {exc.max_depth} levels.",
+            code="json_too_deep",
         ) from None
     except ValueError as exc:
         raise GatewayError(

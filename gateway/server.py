@@ -19,6 +19,8 @@ from ..certs.issuer import cert_names
 from .access import Authorizer
 from .announce import NodeAnnouncer
 from .app import create_app
+from .connections import connection_limits
+from .metrics import METRICS
 from .proxy import ADMISSION, UPSTREAM
 from .settings import Settings
 from .slow_clients import GuardedAppRunner
@@ -64,16 +66,25 @@ async def start_server(
     settings = choice.settings  # with the upstream kind decided
     app = create_app(settings, authorizer=authorizer, tls=tls)
     install_upstream_choice(app, choice)
+    upstreams = max(1, len(settings.upstream_urls))
     runner = GuardedAppRunner(
         app,
         header_timeout=settings.header_timeout,
+        limits=connection_limits(
+            max_connections=settings.max_connections,
+            max_per_client=settings.max_connections_per_client,
+            first_byte_timeout=settings.client_first_byte_timeout,
+            upstream_descriptors=upstreams * settings.upstream_max_connections,
+        ),
+        keepalive_timeout=settings.keepalive_timeout,
         handler_cancellation=True,
         access_log=None,  # request_context logs every request, cancelled ones too
         shutdown_timeout=settings.shutdown_timeout,
     )
     await runner.setup()
-    site = web.TCPSite(
-        runner,
+    assert runner.guard is not None
+    app[METRICS].watch_connections(runner.guard)
+    site = runner.site(
         # "*" (or empty): every interface, IPv4 and IPv6 (a "::" socket alone
         # would be IPv6-only under asyncio).
         None if settings.host in ("*", "") else settings.host,

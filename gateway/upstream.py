@@ -11,22 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
+from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .errors import GatewayError
+from .. import safejson
+from .errors import GatewayError, unreadable_body
 from .settings import Settings
 
 # RFC 9110 section 7.6.1 hop-by-hop fields, plus the ones that describe the
-# framing of one particular connection.
+# framing of one particular connection (HTTP2-Settings: RFC 7540 section 3.2.1).
 HOP_BY_HOP = frozenset(
     {
         "connection",
+        "http2-settings",
         "keep-alive",
         "proxy-authenticate",
         "proxy-authorization",
@@ -43,6 +47,13 @@ HOP_BY_HOP = frozenset(
 _DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "authorization", "cookie", "expect"}
 # Response headers the gateway sets itself.
 _DROP_RESPONSE = HOP_BY_HOP | {"content-length", "date", "server"}
+# aiohttp inflates request bodies in these encodings before a handler reads
+# them (aiohttp.http_parser), so what goes upstream is the inflated body and
+# its Content-Encoding must not go with it.
+DECODED_BY_SERVER = frozenset({"gzip", "deflate", "br", "zstd"})
+
+# What RFC 9110 section 5.5 forbids in a field (tab is allowed).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 START_OLLAMA_HINT = (
     "Start Ollama with `ollama serve` (or `systemctl start ollama`, or "
@@ -59,12 +70,54 @@ def _connection_tokens(headers: Any) -> set[str]:
 
 def filter_request_headers(headers: Any) -> CIMultiDict[str]:
     drop = _DROP_REQUEST | _connection_tokens(headers)
+    if headers.get("Content-Encoding", "").strip().lower() in DECODED_BY_SERVER:
+        drop = drop | {"content-encoding"}
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
 
 
 def filter_response_headers(headers: Any) -> CIMultiDict[str]:
+    """What of the upstream's response headers goes to the client: not the
+    hop-by-hop ones, and none with a control character, which aiohttp's
+    client accepts (it parses responses leniently) but its server refuses
+    to write, so relaying one failed the whole response."""
     drop = _DROP_RESPONSE | _connection_tokens(headers)
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    return CIMultiDict(
+        (k, v)
+        for k, v in headers.items()
+        if k.lower() not in drop and not _CONTROL.search(k) and not _CONTROL.search(v)
+    )
+
+
+def relayable_reason(reason: str | None) -> str | None:
+    """The upstream's reason phrase, unless it cannot be written (then the
+    standard phrase for the status)."""
+    return None if reason is None or _CONTROL.search(reason) else reason
+
+
+def describe(exc: BaseException) -> str:
+    """An upstream failure in words that do not quote the upstream's bytes.
+
+    aiohttp's parser errors quote the offending bytes on the lines after the
+    first (and a 502 body goes to the client): the first line says enough.
+    """
+    message = getattr(exc, "message", None)
+    text = str(message) if isinstance(message, str) and message else str(exc)
+    first = text.strip().splitlines()[0].rstrip(":") if text.strip() else ""
+    status = getattr(exc, "status", None)
+    kind = type(exc).__name__
+    return f"{kind} {status}: {first}" if status else f"{kind}: {first}" if first else kind
+
+
+def upstream_auth_headers(settings: Settings) -> dict[str, str]:
+    """The one place the upstream key is put on a request."""
+    key = settings.upstream_api_key
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def without_password(url: str) -> str:
+    """The URL as messages, logs and `fognode config` show it."""
+    parsed = URL(url)
+    return str(parsed.with_password(None)) if parsed.password is not None else url
 
 
 class LocalUpstream(Protocol):
@@ -97,7 +150,9 @@ class Upstream:
 
     def __init__(self, settings: Settings, base: str | None = None) -> None:
         self.settings = settings
-        self.base = (base or settings.upstream_base).rstrip("/")
+        self._origin = (base or settings.upstream_base).rstrip("/")
+        # What messages, logs and probes name: without a password in the URL.
+        self.base = without_password(self._origin)
         self._session: aiohttp.ClientSession | None = None
         # What the pool knows of this upstream (refreshed by its health checks).
         self.healthy: bool | None = None  # None: not checked yet
@@ -139,7 +194,17 @@ class Upstream:
             raise not_ready_error(*self.local.crashed()) from None
 
     def url(self, raw_path_and_query: str) -> URL:
-        return URL(self.base + raw_path_and_query, encoded=True)
+        return URL(self._origin + raw_path_and_query, encoded=True)
+
+    def auth_headers(self) -> dict[str, str]:
+        """The upstream's own credential, for every request to it (probes too)."""
+        return upstream_auth_headers(self.settings)
+
+    async def get_json(self, path: str) -> Any:
+        """GET one of the upstream's JSON documents (version, model list)."""
+        async with self.session.get(self.url(path), headers=self.auth_headers()) as resp:
+            resp.raise_for_status()
+            return safejson.loads(await resp.read())
 
     @property
     def kind(self) -> str:
@@ -149,22 +214,16 @@ class Upstream:
         """Ollama's version; OpenAI-compatible servers have no such endpoint."""
         if self.kind != "ollama":
             return None
-        async with self.session.get(self.url("/api/version")) as resp:
-            resp.raise_for_status()
-            value = (await resp.json(content_type=None)).get("version")
+        value = (await self.get_json("/api/version")).get("version")
         return value if isinstance(value, str) else None
 
     async def model_names(self) -> list[str]:
         """The models the upstream serves: Ollama's /api/tags, else /v1/models."""
         if self.kind == "ollama":
-            async with self.session.get(self.url("/api/tags")) as resp:
-                resp.raise_for_status()
-                entries = (await resp.json(content_type=None)).get("models") or []
+            entries = (await self.get_json("/api/tags")).get("models") or []
             names = [m.get("name") or m.get("model") for m in entries if isinstance(m, dict)]
         else:
-            async with self.session.get(self.url("/v1/models")) as resp:
-                resp.raise_for_status()
-                entries = (await resp.json(content_type=None)).get("data") or []
+            entries = (await self.get_json("/v1/models")).get("data") or []
             names = [m.get("id") for m in entries if isinstance(m, dict)]
         return sorted(n for n in names if isinstance(n, str))
 
@@ -185,8 +244,7 @@ class Upstream:
         """
         if self.local is not None and (waiting := self.local.not_ready()) is not None:
             raise not_ready_error(*waiting)
-        if self.settings.upstream_api_key:
-            headers["Authorization"] = f"Bearer {self.settings.upstream_api_key}"
+        headers.update(self.auth_headers())
         timeout = first_byte_timeout or self.settings.first_byte_timeout
         try:
             async with asyncio.timeout(timeout):
@@ -227,10 +285,12 @@ class Upstream:
                 code="upstream_disconnected",
             ) from None
         except aiohttp.ClientError as exc:
+            if isinstance(exc.__cause__, web.RequestPayloadError):
+                raise unreadable_body() from None  # the client's streamed body, not the upstream
             self._raise_if_local()
             raise GatewayError(
                 502,
-                f"Request to the upstream at {self.base} failed: {exc}.",
+                f"Request to the upstream at {self.base} failed: {describe(exc)}.",
                 code="upstream_error",
             ) from None
 
@@ -268,7 +328,7 @@ async def probe_upstream(upstream: ModelSource, wait_s: float) -> Readiness:
     except aiohttp.ClientConnectorError as exc:
         reason = f"cannot connect ({exc.os_error.strerror or exc})"
     except (aiohttp.ClientError, ValueError, AttributeError) as exc:
-        reason = f"unexpected answer ({exc})"
+        reason = f"unexpected answer ({describe(exc)})"
     else:
         return Readiness(
             True,

@@ -24,6 +24,7 @@ import aiohttp
 from aiohttp import web
 from pydantic import AnyHttpUrl
 
+from .. import safejson
 from ..embedded.metrics import EmbeddedCollector
 from ..embedded.model import ModelUnavailable, check_available
 from ..embedded.options import DEFAULT_MODEL, EmbeddedOptions
@@ -31,6 +32,7 @@ from ..embedded.runtime import EmbeddedRuntime
 from .metrics import METRICS
 from .proxy import UPSTREAM
 from .settings import Settings, data_dir
+from .upstream import without_password
 
 log = logging.getLogger("fognode.upstream")
 
@@ -66,7 +68,7 @@ async def ollama_unreachable(base: str, wait_s: float) -> str | None:
         ):
             if resp.status != 200:
                 return f"HTTP {resp.status}"
-            body = await resp.json(content_type=None)
+            body = safejson.loads(await resp.read())
     except aiohttp.ClientConnectorError as exc:
         errno = exc.os_error.errno
         return os.strerror(errno) if errno else str(exc)
@@ -83,10 +85,11 @@ async def choose_upstream(settings: Settings) -> UpstreamChoice:
     """Apply the rule above; raises ModelUnavailable when embedded is forced but cannot run."""
     kind = settings.upstream_kind
     base = settings.upstream_base
+    shown = without_password(base)  # in the log and /readyz
     if kind == "auto" and settings.upstream_configured:
         kind = "ollama"
     if kind in ("ollama", "openai"):
-        where = ", ".join(settings.upstream_urls) or base
+        where = ", ".join(without_password(url) for url in settings.upstream_urls) or shown
         name = "Ollama" if kind == "ollama" else "the OpenAI-compatible server"
         return _chosen(
             settings.model_copy(update={"upstream_kind": kind}), f"{name} at {where}, as configured"
@@ -100,18 +103,18 @@ async def choose_upstream(settings: Settings) -> UpstreamChoice:
         if refused is None:
             return _chosen(
                 settings.model_copy(update={"upstream_kind": "ollama"}),
-                f"Ollama answers at {base}: forwarding to it",
+                f"Ollama answers at {shown}: forwarding to it",
             )
         try:
             check_available(options)
         except ModelUnavailable as exc:
             return _chosen(
                 settings.model_copy(update={"upstream_kind": "ollama"}),
-                f"no upstream configured and nothing answers at {base} ({refused}); {exc} "
-                f"Forwarding to Ollama at {base} anyway: start it, or set FOGNODE_UPSTREAM_URL.",
+                f"no upstream configured and nothing answers at {shown} ({refused}); {exc} "
+                f"Forwarding to Ollama at {shown} anyway: start it, or set FOGNODE_UPSTREAM_URL.",
                 level=logging.WARNING,
             )
-        why = f"no upstream configured and no Ollama at {base} ({refused})"
+        why = f"no upstream configured and no Ollama at {shown} ({refused})"
     runtime = EmbeddedRuntime(options)
     update: dict[str, object] = {
         "upstream_kind": "embedded",

@@ -49,6 +49,8 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
         # Roomy limits: tests that are not about admission send bursts.
         overrides.setdefault("max_concurrent_requests", 128)
         overrides.setdefault("per_user_concurrent_requests", 128)
+        # Every test client is 127.0.0.1: no per-address cap unless a test sets one.
+        overrides.setdefault("max_connections_per_client", 0)
         settings = Settings(host="127.0.0.1", port=0, upstream_url=upstream_url, **overrides)
         running = await start_server(settings, authorizer=authorizer)
         started.append(running)
