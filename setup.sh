@@ -165,7 +165,7 @@ fi
 
 # --- an admin API key for the operator (first run only) ------------------------
 DATA_DIR=$(dirname "$("$VENV/bin/python" -c \
-  'from fognode.gateway.settings import default_certs_dir; print(default_certs_dir())')")
+  'from fognode.gateway.paths import default_certs_dir; print(default_certs_dir())')")
 if [[ ! -f $DATA_DIR/api-keys ]]; then
   mkdir -p "$DATA_DIR"
   created=$("$VENV/bin/fognode" apikey create local-admin --admin --json)

@@ -43,7 +43,14 @@ class TokenAuthorizer:
         self.cache: VerifiedCache[Principal] = VerifiedCache(cache_size)
         self.revocation_recheck_seconds = revocation_recheck_seconds
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fognode-auth")
-        self.failures: dict[str, int] = {}
+
+    @property
+    def kinds(self) -> str:
+        """The credentials this node accepts, as mDNS announces them."""
+        accepted = [
+            name for name, on in (("firebase", self.verifier), ("apikey", self.api_keys)) if on
+        ]
+        return "+".join(accepted) or "none"
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -51,12 +58,8 @@ class TokenAuthorizer:
             self.verifier.close()
 
     async def authorize(self, authorization: str | None, access: Access) -> Principal:
-        try:
-            principal = await self._authenticate(authorization)
-            self.policy.check(principal, access)
-        except AuthError as exc:
-            self.failures[exc.reason] = self.failures.get(exc.reason, 0) + 1
-            raise
+        principal = await self._authenticate(authorization)
+        self.policy.check(principal, access)
         return principal
 
     async def _authenticate(self, authorization: str | None) -> Principal:
@@ -97,6 +100,8 @@ class TokenAuthorizer:
 
 class NoAuth:
     """`auth = none`: everyone is admitted as an administrator. Development only."""
+
+    kinds = "none"
 
     async def authorize(self, authorization: str | None, access: Access) -> Principal:
         return ANONYMOUS

@@ -11,6 +11,7 @@ import argparse
 import json
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_issue(args: argparse.Namespace) -> int:
     paths = _paths(args)
-    names = SubjectNames.parse(args.names or default_names(include_lan_ips=not args.no_lan_ips))
+    lan_ips = () if args.no_lan_ips else args.lan_ips
+    names = SubjectNames.parse(args.names or default_names(lan_ips))
     cert = issue_to_files(
         paths,
         _passphrase(args),
@@ -195,8 +197,19 @@ def add_certs_commands(sub: Any) -> Any:
     return certs_sub
 
 
-def run_certs_command(args: argparse.Namespace, *, default_dir: Path, default_key_type: str) -> int:
-    """Fill defaults from the settings, run the action, report CertErrors plainly."""
+def run_certs_command(
+    args: argparse.Namespace,
+    *,
+    default_dir: Path,
+    default_key_type: str,
+    lan_ips: Sequence[str] = (),
+) -> int:
+    """Fill defaults from the settings, run the action, report CertErrors plainly.
+
+    ``lan_ips``: this machine's LAN addresses, for the names of a new server
+    certificate (the gateway looks them up; certs/ does not).
+    """
+    args.lan_ips = lan_ips
     if args.dir is None:
         args.dir = str(default_dir)
     if getattr(args, "key_type", "") is None:

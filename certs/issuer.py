@@ -79,9 +79,10 @@ def cert_names(cert: x509.Certificate) -> SubjectNames:
     )
 
 
-def default_names(*, include_lan_ips: bool = True) -> list[str]:
+def default_names(lan_ips: Iterable[str] = ()) -> list[str]:
     """spezillmfog.local (the client contract), this machine's .local name,
-    localhost, and the LAN addresses this machine has right now."""
+    localhost, and the LAN addresses given (the gateway knows them; certs/
+    does not look at the network)."""
     names = [
         DEFAULT_HOST_NAME,
         f"{socket.gethostname().split('.')[0]}.local",
@@ -89,36 +90,8 @@ def default_names(*, include_lan_ips: bool = True) -> list[str]:
         "127.0.0.1",
         "::1",
     ]
-    if include_lan_ips:
-        names.extend(str(ip) for ip in lan_addresses())
+    names.extend(ip for ip in lan_ips if ip not in names)
     return names
-
-
-def lan_addresses(*, include_loopback: bool = False) -> list[IPAddress]:
-    """This machine's unicast addresses, IPv4 and IPv6, without link-local ones
-    (a client on another link could not use them without a scope id).
-
-    Certificates list them as names; the gateway announces them on mDNS.
-    """
-    try:
-        import ifaddr
-    except ImportError:  # pragma: no cover - ifaddr is a dependency
-        return []
-    found: list[IPAddress] = []
-    for adapter in ifaddr.get_adapters():
-        for entry in adapter.ips:
-            raw = entry.ip if isinstance(entry.ip, str) else entry.ip[0]
-            try:
-                ip = ipaddress.ip_address(raw.split("%")[0])
-            except ValueError:
-                continue
-            if ip.is_link_local or ip.is_multicast or ip.is_unspecified:
-                continue
-            if ip.is_loopback and not include_loopback:
-                continue
-            if ip not in found:
-                found.append(ip)
-    return found
 
 
 def issue_server_cert(

@@ -1,18 +1,29 @@
-"""Who may call a route: the seam between routing and the auth step.
+"""The fourth stage: who is calling, and may they use this route.
 
-Every route is registered with an :class:`Access` level. The access middleware
-asks the configured :class:`Authorizer` to admit the request at that level
-before any handler runs, so a new route cannot forget to be protected: a route
-without a level is refused.
+Every route is registered with an :class:`Access` level (routes.py). Before
+any later stage runs, the authorizer (auth/) admits the request at that
+level or refuses it with 401/403, so nothing unauthenticated reaches the
+body parser, the queue or the upstream, and a route without a level is
+refused outright.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
+from ..auth.errors import AuthError, VerifierUnavailable
 from ..auth.principal import Access, Principal
+from .context import PRINCIPAL
+from .errors import GatewayError
+from .metrics import Metrics
+from .routes import spec_for
+
+log = logging.getLogger("fognode.gateway")
 
 
 class Authorizer(Protocol):
@@ -20,11 +31,70 @@ class Authorizer(Protocol):
         """Return the caller, or raise auth.errors.AuthError (401/403)."""
         ...
 
+    @property
+    def kinds(self) -> str:
+        """What credentials it accepts: "firebase", "apikey", both with "+", or "none"."""
+        ...
+
     def close(self) -> None: ...
 
 
-ACCESS_BY_ROUTE = web.AppKey("fognode.access_by_route", dict)
-AUTHORIZER = web.AppKey("fognode.authorizer", object)
-PRINCIPAL = web.RequestKey("fognode.principal", Principal)
+AUTHORIZER: web.AppKey[Authorizer] = web.AppKey("fognode.authorizer")
 
-__all__ = ["ACCESS_BY_ROUTE", "AUTHORIZER", "PRINCIPAL", "Access", "Authorizer", "Principal"]
+
+def setup_access(
+    app: web.Application,
+    metrics: Metrics,
+    *,
+    authorizer: Authorizer | None = None,
+    build: Callable[[], Authorizer],
+) -> None:
+    """Install the access check.
+
+    An ``authorizer`` given by the caller is the caller's to close; otherwise
+    one is built by ``build`` when the app starts (a bad configuration stops
+    the start) and closed when it stops.
+    """
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        own = authorizer is None
+        app[AUTHORIZER] = build() if authorizer is None else authorizer
+        yield
+        if own:
+            app[AUTHORIZER].close()
+
+    @web.middleware
+    async def access_control(request: web.Request, handler: Handler) -> web.StreamResponse:
+        spec = spec_for(request)
+        if spec is None:
+            if request.match_info.route.resource is None:
+                return await handler(request)  # no route matched: the router's 404/405
+            raise GatewayError(500, "Route has no access level; refusing.", code="misconfigured")
+        if spec.access is not Access.PUBLIC:
+            request[PRINCIPAL] = await _admit(request, spec.access)
+        return await handler(request)
+
+    async def _admit(request: web.Request, access: Access) -> Principal:
+        try:
+            return await request.app[AUTHORIZER].authorize(
+                request.headers.get("Authorization"), access
+            )
+        except AuthError as exc:
+            log.info("refused (%d %s): %s", exc.status, exc.reason, exc.message)
+            metrics.auth_failures.labels(exc.reason).inc()
+            raise GatewayError(
+                exc.status,
+                exc.message,
+                code=exc.reason,
+                headers={"WWW-Authenticate": exc.www_authenticate},
+            ) from None
+        except VerifierUnavailable as exc:
+            raise GatewayError(
+                503,
+                f"Cannot verify tokens right now: {exc}",
+                code="auth_unavailable",
+                headers={"Retry-After": "5"},
+            ) from None
+
+    app.cleanup_ctx.append(lifecycle)
+    app.middlewares.append(access_control)

@@ -1,9 +1,10 @@
 """Keep the node's mDNS announcement true: addresses, port, models, load.
 
-Wiring between the gateway and discovery/: it reads the settings, the
-bound port, the CA fingerprint and the live counters, asks Ollama for its
-model list now and then, and hands the advertiser a new TXT record when
-something changed (the advertiser rate-limits the re-announcements).
+Wiring between the gateway and discovery/: it builds the announcement from
+the settings, the bound port, the CA fingerprint and the accepted
+credentials, and hands the advertiser a new TXT record when the load or the
+models the upstream pool found change (the advertiser rate-limits the
+re-announcements). It asks no upstream anything itself.
 """
 
 from __future__ import annotations
@@ -13,19 +14,16 @@ import contextlib
 import ipaddress
 import logging
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-import aiohttp
-
-from ..certs.inspect import fingerprint
-from ..certs.issuer import lan_addresses
 from ..discovery.advertiser import Advertiser, Announcement
 from ..discovery.txt import NodeTxt
 from . import __version__
-from .limits import Admission
-from .settings import Settings, data_dir
-from .tls import TlsTerminator
-from .upstream import ModelSource
+from .admission import Admission
+from .network import is_wildcard, lan_addresses, wildcard_family
+from .paths import data_dir
+from .settings import Settings
+from .upstream_pool import UpstreamPool
 
 log = logging.getLogger("fognode.mdns")
 
@@ -66,7 +64,7 @@ def announced_addresses(settings: Settings) -> list[str]:
     if settings.mdns_interfaces:
         return list(settings.mdns_interfaces)
     bound = settings.host
-    if bound not in ("0.0.0.0", "::", "", "*"):
+    if not is_wildcard(bound):
         try:
             ip = ipaddress.ip_address(bound)
         except ValueError:
@@ -74,114 +72,97 @@ def announced_addresses(settings: Settings) -> list[str]:
         if ip.is_loopback and not settings.mdns_include_loopback:
             return []
         return [str(ip)]
-    found = [str(ip) for ip in lan_addresses(include_loopback=settings.mdns_include_loopback)]
-    if bound == "0.0.0.0":  # IPv4 only
-        found = [a for a in found if ":" not in a]
-    elif bound == "::":  # IPv6 only
-        found = [a for a in found if ":" in a]
-    return found
+    family = wildcard_family(bound)
+    return [
+        str(ip)
+        for ip in lan_addresses(include_loopback=settings.mdns_include_loopback)
+        if family is None or ip.version == family
+    ]
 
 
-def auth_kind(settings: Settings) -> str:
-    if settings.auth == "none":
-        return "none"
-    kinds = []
-    if settings.firebase_project_id or settings.firebase_auth_emulator_host:
-        kinds.append("firebase")
-    if settings.api_keys or settings.api_keys_file:
-        kinds.append("apikey")
-    return "+".join(kinds) or "firebase"
+@dataclass(frozen=True)
+class AnnounceOptions:
+    refresh_interval: float  # seconds between looks at the load and the models
+    min_update_interval: float  # TXT re-announced at most this often
+
+
+def announcement(
+    settings: Settings, *, port: int, ca_sha256: str, auth: str, capacity: int
+) -> Announcement:
+    """What the node announces, from the settings and what the server found at start."""
+    ident = node_id(settings)
+    txt = NodeTxt(
+        api="openai,ollama" if settings.upstream_kind == "ollama" else "openai",
+        version=__version__,
+        node_id=ident,
+        auth=auth,
+        ca_sha256=ca_sha256,
+        load_capacity=capacity,
+    )
+    return Announcement(
+        service_type=settings.service_type,
+        domains=tuple(settings.mdns_domains),
+        instance=settings.mdns_instance_name,
+        host=host_name(settings, ident),
+        port=port,
+        addresses=tuple(announced_addresses(settings)),
+        txt=txt,
+    )
 
 
 class NodeAnnouncer:
+    """Keeps the TXT record true: the models the pool found, the admission load."""
+
     def __init__(
         self,
-        settings: Settings,
+        base: Announcement,
+        options: AnnounceOptions,
         *,
-        port: int,
         admission: Admission,
-        upstream: ModelSource,
-        tls: TlsTerminator | None,
+        pool: UpstreamPool,
     ) -> None:
-        self.settings = settings
+        self.options = options
         self.admission = admission
-        self.upstream = upstream
-        self.tls = tls
-        self.models: tuple[str, ...] = ()
-        ca = ""
-        if tls is not None and tls.pair is not None:
-            ca = fingerprint(tls.pair.ca, colons=False)
-        ident = node_id(settings)
-        self._base_txt = NodeTxt(
-            api="openai,ollama" if settings.upstream_kind == "ollama" else "openai",
-            version=__version__,
-            node_id=ident,
-            auth=auth_kind(settings),
-            ca_sha256=ca,
-            load_capacity=admission.capacity,
-        )
-        self.advertiser = Advertiser(
-            Announcement(
-                service_type=settings.service_type,
-                domains=tuple(settings.mdns_domains),
-                instance=settings.mdns_instance_name,
-                host=host_name(settings, ident),
-                port=port,
-                addresses=tuple(announced_addresses(settings)),
-                txt=self._base_txt,
-            ),
-            min_update_interval=settings.mdns_min_update_interval,
-        )
+        self.pool = pool
+        self._base_txt = base.txt
+        self.advertiser = Advertiser(base, min_update_interval=options.min_update_interval)
         self._task: asyncio.Task[None] | None = None
         self.announced = False
 
     def current_txt(self) -> NodeTxt:
-        return NodeTxt(
-            api=self._base_txt.api,
-            version=self._base_txt.version,
-            node_id=self._base_txt.node_id,
-            auth=self._base_txt.auth,
-            ca_sha256=self._base_txt.ca_sha256,
-            models=self.models,
-            model_count=len(self.models),
+        models = tuple(self.pool.known_models())
+        return replace(
+            self._base_txt,
+            models=models,
+            model_count=len(models),
             load_active=self.admission.active,
             load_capacity=self.admission.capacity,
             queued=self.admission.queued,
         )
 
-    async def fetch_models(self) -> tuple[str, ...] | None:
-        try:
-            async with asyncio.timeout(self.settings.readiness_timeout):
-                return tuple(await self.upstream.model_names())
-        except (TimeoutError, aiohttp.ClientError, ValueError, AttributeError):
-            return None
-
     async def refresh(self) -> None:
-        models = await self.fetch_models()
-        if models is not None:
-            self.models = models
         self.advertiser.update_txt(self.current_txt())
 
     async def start(self) -> bool:
-        models = await self.fetch_models()
-        if models is not None:
-            self.models = models
         self.advertiser.announcement = replace(self.advertiser.announcement, txt=self.current_txt())
         ok = await self.advertiser.start()
         self.announced = ok
         if ok:
+            self.pool.on_checked.append(self.refresh)
             self._task = asyncio.create_task(self._loop(), name="fognode-mdns-refresh")
         return ok
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.mdns_refresh_interval)
+            await asyncio.sleep(self.options.refresh_interval)
             try:
                 await self.refresh()
             except Exception:
                 log.exception("mDNS refresh failed")
 
     async def stop(self) -> None:
+        if self.refresh in self.pool.on_checked:
+            self.pool.on_checked.remove(self.refresh)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -29,9 +29,10 @@ import aiohttp
 from aiohttp import web
 
 from .. import safejson
+from .compat import RouteEdits
 from .errors import GatewayError
 from .keepalive import KeepAlive
-from .relay import RelayOptions, RouteEdits, relay_response
+from .relay import RelayOptions, relay_response
 from .stats import GatewayStats
 
 log = logging.getLogger("fognode.relay")

@@ -6,7 +6,7 @@ which auth/ parts to assemble. auth/ itself knows nothing of settings.
 
 from __future__ import annotations
 
-import ipaddress
+import json
 import logging
 
 from ..auth.api_keys import ApiKeys, read_entries
@@ -14,6 +14,7 @@ from ..auth.authorizer import NoAuth, TokenAuthorizer
 from ..auth.firebase import FirebaseVerifier
 from ..auth.policy import AccessPolicy
 from .access import Authorizer
+from .network import is_loopback
 from .settings import Settings
 
 log = logging.getLogger("fognode.auth")
@@ -23,13 +24,18 @@ class UnsafeConfiguration(Exception):
     """A combination of settings fognode refuses to start with."""
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+def project_id(settings: Settings) -> str | None:
+    """The Firebase project whose tokens are accepted: configured, or the one of
+    the service account file (read here, not by the settings)."""
+    if settings.firebase_project_id or settings.firebase_credentials_file is None:
+        return settings.firebase_project_id
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        value = json.loads(settings.firebase_credentials_file.read_text(encoding="utf-8")).get(
+            "project_id"
+        )
+    except (OSError, ValueError, AttributeError):
+        return None  # reported when the verifier loads the file
+    return value if isinstance(value, str) else None
 
 
 def build_authorizer(settings: Settings) -> Authorizer:
@@ -50,7 +56,8 @@ def build_authorizer(settings: Settings) -> Authorizer:
     except (OSError, ValueError) as exc:
         raise UnsafeConfiguration(f"cannot load the API keys: {exc}") from None
     verifier = None
-    if settings.firebase_project_id or settings.firebase_auth_emulator_host or not entries:
+    project = project_id(settings)
+    if project or settings.firebase_auth_emulator_host or not entries:
         if settings.firebase_auth_emulator_host:
             if settings.tls and not settings.allow_emulator_with_tls:
                 raise UnsafeConfiguration(
@@ -64,7 +71,7 @@ def build_authorizer(settings: Settings) -> Authorizer:
                 settings.firebase_auth_emulator_host,
             )
         verifier = FirebaseVerifier(
-            project_id=settings.firebase_project_id or "",
+            project_id=project or "",
             credentials_file=settings.firebase_credentials_file,
             emulator_host=settings.firebase_auth_emulator_host,
             certs_url=settings.firebase_certs_url,
@@ -79,9 +86,7 @@ def build_authorizer(settings: Settings) -> Authorizer:
     )
     log.info(
         "auth: %s%s; %d API key(s)",
-        "Firebase project " + (settings.firebase_project_id or "?")
-        if verifier
-        else "API keys only",
+        "Firebase project " + (project or "?") if verifier else "API keys only",
         " (revocation checked)" if settings.check_revoked else "",
         len(entries),
     )

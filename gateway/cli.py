@@ -24,7 +24,6 @@ from ..certs.cli import add_certs_commands, run_certs_command
 from ..certs.errors import CertError
 from ..certs.export import export_forms
 from ..certs.inspect import file_fingerprint
-from ..certs.issuer import lan_addresses
 from ..certs.store import CertPaths
 from ..discovery.cli import add_discovery_commands, run_discovery_command
 from ..embedded.model import ModelUnavailable
@@ -32,10 +31,12 @@ from ..models.cli import ModelsDefaults, add_models_commands, run_models_command
 from ..usage.cli import add_usage_commands, run_usage_command
 from ..web.onboarding import onboarding_urls, terminal_text
 from . import __version__
-from .auth_setup import UnsafeConfiguration
+from .auth_setup import UnsafeConfiguration, project_id
 from .logs import configure_logging
+from .network import lan_addresses, local_url
+from .paths import data_dir
 from .service import add_service_commands
-from .settings import Settings, data_dir, load_settings
+from .settings import Settings, load_settings
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -140,9 +141,7 @@ or listen on a high port and redirect {port} to it:
 
 def _local_url(settings: Settings) -> str:
     """The gateway on this machine, as the settings say it listens."""
-    host = "127.0.0.1" if settings.host in ("*", "", "0.0.0.0", "::") else settings.host
-    host = f"[{host}]" if ":" in host else host
-    return f"{'https' if settings.tls else 'http'}://{host}:{settings.bind_port}"
+    return local_url(settings.host, settings.bind_port, tls=settings.tls)
 
 
 def _cmd_healthcheck(args: argparse.Namespace) -> int:
@@ -271,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_auth_command(
                 args,
                 {
-                    "project_id": settings.firebase_project_id,
+                    "project_id": project_id(settings),
                     "credentials_file": settings.firebase_credentials_file,
                     "emulator_host": settings.firebase_auth_emulator_host,
                     "admin_claim": settings.admin_claim,
@@ -292,7 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "certs":
             settings = load_settings(None)
             return run_certs_command(
-                args, default_dir=settings.certs_dir, default_key_type=settings.cert_key_type
+                args,
+                default_dir=settings.certs_dir,
+                default_key_type=settings.cert_key_type,
+                lan_ips=[str(ip) for ip in lan_addresses()],
             )
         return int(args.func(args))
     except ValidationError as exc:

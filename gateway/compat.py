@@ -26,7 +26,21 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
+
+from .sse import LineEdit
+
+
+@dataclass(frozen=True)
+class RouteEdits:
+    """What a route's relay may change: nothing, for most routes."""
+
+    sse_line_edit: LineEdit | None = None  # applied to each SSE data line
+    openai_errors: bool = True  # error bodies in OpenAI's shape (else Ollama's)
+    # Inference routes: a missing model in the words the SpeziLLMFog app matches.
+    reword_missing_model: bool = False
+
 
 # --- requests ------------------------------------------------------------------
 

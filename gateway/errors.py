@@ -1,17 +1,25 @@
-"""OpenAI-shaped errors for everything the gateway itself refuses.
+"""The second stage: OpenAI-shaped errors for everything the gateway refuses.
 
 Clients (the OpenAI SDK, SpeziLLMFog) parse ``{"error": {"message", "type",
 "param", "code"}}``; answering every gateway-made error in that one shape means
-they can show the message instead of a parse failure. Upstream errors are not
-rewritten: they pass through byte for byte so Ollama's wording survives.
+they can show the message instead of a parse failure. Upstream errors pass
+through as the upstream sent them, except a missing model, which is worded
+the one way the SpeziLLMFog app recognises (compat.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from .context import REQUEST_ID
+
+log = logging.getLogger("fognode.gateway")
 
 JSON_CONTENT_TYPE = "application/json"
 
@@ -124,3 +132,54 @@ def json_error_response(
         content_type=JSON_CONTENT_TYPE,
         headers=headers,
     )
+
+
+def _http_exception_message(request: web.Request, exc: web.HTTPException) -> tuple[str, str]:
+    if exc.status == 404:
+        return (
+            f"Unknown route: {request.method} {request.path}. fognode serves the OpenAI API "
+            "under /v1 and Ollama's API under /api.",
+            "unknown_route",
+        )
+    if exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        return (
+            f"Method {request.method} is not allowed on {request.path}"
+            + (f"; use {allowed}." if allowed else "."),
+            "method_not_allowed",
+        )
+    return exc.reason or "Request failed.", exc.reason.lower().replace(" ", "_")
+
+
+def setup_openai_errors(app: web.Application) -> None:
+    """Every error leaves as an OpenAI-shaped JSON body, whatever raised it:
+    a GatewayError of a later stage, the router's 404/405, or a bug (500,
+    logged once with its traceback)."""
+
+    @web.middleware
+    async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except GatewayError as exc:
+            if exc.status >= 500:
+                log.warning("%s (%s)", exc.message, exc.code)
+            return exc.to_response()
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            message, code = _http_exception_message(request, exc)
+            headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+            return json_error_response(exc.status, message, code=code, headers=headers)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            log.exception("unhandled error")
+            return json_error_response(
+                500,
+                f"Internal gateway error (request id {request.get(REQUEST_ID)}); see the node's "
+                "log.",
+                type="api_error",
+                code="internal_error",
+            )
+
+    app.middlewares.append(openai_errors)

@@ -15,7 +15,7 @@ Labels are bounded: the route label is the route's pattern
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -23,7 +23,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from .limits import Admission
+from ..auth.principal import Access
+from .routes import RouteSpec, add_route
+
+if TYPE_CHECKING:
+    from .admission import Admission
 from .stats import GatewayStats
 
 LATENCY_BUCKETS = (
@@ -89,7 +93,6 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_LiveCollector(stats, admission))
-        self.readiness: dict[str, Any] | None = None
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -187,6 +190,13 @@ class _LiveCollector(Collector):
 METRICS = web.AppKey("fognode.metrics", Metrics)
 
 
-async def metrics_handler(request: web.Request) -> web.Response:
-    body = request.app[METRICS].render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+def setup_metrics(app: web.Application, metrics: Metrics, *, public: bool) -> None:
+    """Serve /metrics: load and usage of the whole node, so administrators only
+    (or a scraper with an admin API key) unless the operator makes them public."""
+    app[METRICS] = metrics
+
+    async def metrics_handler(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    access = Access.PUBLIC if public else Access.ADMIN
+    add_route(app, RouteSpec("GET", "/metrics", access), metrics_handler)

@@ -10,17 +10,13 @@ described loosely (any JSON), since they are Ollama's to define.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel
 
+from ..auth.principal import Access
 from . import __version__
-from .access import Access
-from .request_models import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-
-if TYPE_CHECKING:
-    from .routes import Route
+from .routes import Body, RouteSpec, add_route, all_specs
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -39,12 +35,6 @@ ERROR_SCHEMA: dict[str, Any] = {
     },
 }
 
-_BODIES: dict[str, type[BaseModel]] = {
-    "/v1/chat/completions": ChatCompletionRequest,
-    "/v1/completions": CompletionRequest,
-    "/v1/embeddings": EmbeddingRequest,
-}
-
 _ERRORS = {
     "400": "Invalid request (OpenAI error body)",
     "401": "Missing or invalid credentials",
@@ -58,7 +48,7 @@ _ERRORS = {
 }
 
 
-def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
+def _operation(route: RouteSpec, components: dict[str, Any]) -> dict[str, Any]:
     op: dict[str, Any] = {
         "operationId": route.method.lower()
         + "".join(c if c.isalnum() else "_" for c in route.path.replace(":.+", "")),
@@ -84,7 +74,7 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
     }
     if route.access is not Access.PUBLIC:
         op["security"] = [{"bearer": []}]
-    model = _BODIES.get(route.path)
+    model = route.model
     if model is not None:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         for name, definition in schema.pop("$defs", {}).items():
@@ -96,7 +86,7 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
                 "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
             },
         }
-    elif route.method in ("POST", "DELETE") and "blobs" not in route.path:
+    elif route.method in ("POST", "DELETE") and route.body is not Body.STREAMED:
         op["requestBody"] = {
             "required": False,
             "content": {"application/json": {"schema": {"type": "object"}}},
@@ -115,7 +105,7 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
     return op
 
 
-def build_document(routes: Iterable[Route]) -> dict[str, Any]:
+def build_document(routes: Iterable[RouteSpec]) -> dict[str, Any]:
     components: dict[str, Any] = {"Error": ERROR_SCHEMA}
     paths: dict[str, Any] = {}
     for route in routes:
@@ -142,8 +132,15 @@ def build_document(routes: Iterable[Route]) -> dict[str, Any]:
     }
 
 
-OPENAPI = web.AppKey("fognode.openapi", dict)
+def setup_openapi(app: web.Application) -> None:
+    """Serve /openapi.json, built once the app starts from every route registered."""
+    document: dict[str, Any] = {}
 
+    async def build(app: web.Application) -> None:
+        document.update(build_document(all_specs(app)))
 
-async def openapi_handler(request: web.Request) -> web.Response:
-    return web.json_response(request.app[OPENAPI])
+    async def openapi_handler(request: web.Request) -> web.Response:
+        return web.json_response(document)
+
+    add_route(app, RouteSpec("GET", "/openapi.json", Access.PUBLIC), openapi_handler)
+    app.on_startup.append(build)

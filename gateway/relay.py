@@ -31,19 +31,16 @@ import aiohttp
 from aiohttp import web
 
 from .. import safejson
-from .compat import is_model_not_found, model_not_found_message, native_error_body
+from .compat import RouteEdits, is_model_not_found, model_not_found_message, native_error_body
+from .context import BODY_BYTES, RELAYED_CHUNKS
 from .errors import GatewayError, json_error_response
 from .keepalive import SSE_HEADERS, KeepAlive
-from .sse import HEARTBEAT, LineEdit, SseFramer, error_event
+from .sse import HEARTBEAT, SseFramer, error_event
 from .stats import GatewayStats
 from .upstream import filter_response_headers, relayable_reason
 
 log = logging.getLogger("fognode.relay")
 
-# Body bytes relayed to the client, for the access log (aiohttp's own
-# counter includes the header block).
-BODY_BYTES = web.RequestKey("fognode.body_bytes", int)
-RELAYED_CHUNKS = web.RequestKey("fognode.relayed_chunks", int)
 
 SSE = "text/event-stream"
 NDJSON = "application/x-ndjson"
@@ -56,16 +53,6 @@ class RelayOptions:
     idle_timeout: float  # longest upstream silence mid-body
     write_timeout: float  # longest a client may leave the stream unread
     heartbeat_interval: float  # comment lines on a silent SSE stream
-
-
-@dataclass(frozen=True)
-class RouteEdits:
-    """What a route's relay may change (compat.py): nothing, for most routes."""
-
-    sse_line_edit: LineEdit | None = None  # applied to each SSE data line
-    openai_errors: bool = True  # error bodies in OpenAI's shape (else Ollama's)
-    # Inference routes: a missing model in the words the SpeziLLMFog app matches.
-    reword_missing_model: bool = False
 
 
 class Ending(enum.Enum):

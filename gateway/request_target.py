@@ -1,4 +1,4 @@
-"""Make the request unambiguous before access is decided.
+"""The third stage: make the request unambiguous before access is decided.
 
 Access is decided on the route table, so the path the router matched must
 be the path the upstream receives, and there must be exactly one credential.
@@ -64,6 +64,10 @@ def upstream_target(request: web.BaseRequest) -> str:
     """The path and query to send upstream: the origin-form of what the
     router matched (for an absolute-form target, without scheme and host)."""
     return request.rel_url.raw_path_qs
+
+
+def setup_request_target(app: web.Application) -> None:
+    app.middlewares.append(request_target)
 
 
 @web.middleware

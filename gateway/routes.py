@@ -1,40 +1,69 @@
-"""The route table: every path fognode serves, its access level and handler.
+"""The route table: every path fognode serves, and what each stage does with it.
+
+A route is declared once, as a :class:`RouteSpec`: who may call it (the
+access stage), what its body must be (the validation stage), whether it
+waits for an admission slot (the admission stage), and which compatibility
+edits its answer gets (the proxy stage). The stages look the spec up for
+each request; a request for a route that is not in the table is refused, so
+a new route cannot forget to be protected.
 
 Routes are grouped as the access policy sees them:
 
-* public probes (no credentials, never touch the upstream's models),
 * the OpenAI-compatible API and Ollama's native inference API (any
   authenticated user),
-* Ollama's model management (administrators only).
-
-Keeping the table in one place makes the access level of each path
-reviewable at a glance, and the access middleware refuses any route that is
-missing from it.
+* Ollama's model management (administrators only),
+* and, registered by their own stages, the probes, metrics and the API
+  document.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel
 
-from .access import ACCESS_BY_ROUTE, Access
-from .compat import add_max_tokens, fill_assistant_role
-from .errors import GatewayError
-from .health import healthz, readyz
-from .metrics import metrics_handler
-from .openapi import openapi_handler
-from .proxy import Handler, forward, forward_listing
-from .relay import RouteEdits
+from ..auth.principal import Access
+from .compat import RouteEdits, add_max_tokens, fill_assistant_role
 from .request_models import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# A byte-level edit of the client's request body (compat.py): body, parsed body,
+# upstream kind -> body to send.
+RequestEdit = Callable[[bytes, dict[str, Any], str], bytes]
+
+
+class Body(Enum):
+    NONE = "none"  # read (within limits) but not looked at
+    JSON = "json"  # a JSON object, if there is a body
+    VALIDATED = "validated"  # a JSON object in the OpenAI shape of `RouteSpec.model`
+    STREAMED = "streamed"  # passed through unread (model blobs can be gigabytes)
+
+
+class Listing(Enum):
+    """A model list: from several upstreams it is their union, keyed so."""
+
+    OPENAI = ("data", "id")
+    OLLAMA = ("models", "name")
 
 
 @dataclass(frozen=True)
-class Route:
+class RouteSpec:
     method: str
     path: str
-    handler: Handler
     access: Access
+    forwarded: bool = False  # to the upstream (else answered by a handler of the gateway)
+    body: Body = Body.NONE
+    model: type[BaseModel] | None = None  # with Body.VALIDATED
+    limited: bool = False  # inference: waits for an admission slot
+    native: bool = False  # Ollama's own API (501 in front of an OpenAI-compatible server)
+    changes_models: bool = False  # the node's model list is read again after it
+    listing: Listing | None = None
+    edits: RouteEdits = field(default_factory=RouteEdits)
+    request_edit: RequestEdit | None = None
 
 
 # Model names may contain slashes (hf.co/org/model:tag), hence the regex.
@@ -48,117 +77,108 @@ INFERENCE = RouteEdits(reword_missing_model=True)
 NATIVE_INFERENCE = RouteEdits(openai_errors=False, reword_missing_model=True)
 NATIVE = RouteEdits(openai_errors=False)
 
-PUBLIC_ROUTES = (
-    Route("GET", "/healthz", healthz, Access.PUBLIC),
-    Route("GET", "/readyz", readyz, Access.PUBLIC),
-)
+
+def _openai(method: str, path: str, access: Access, **kwargs: Any) -> RouteSpec:
+    return RouteSpec(method, path, access, forwarded=True, **kwargs)
+
+
+def _native(method: str, path: str, access: Access, **kwargs: Any) -> RouteSpec:
+    kwargs.setdefault("edits", NATIVE)
+    return RouteSpec(method, path, access, forwarded=True, native=True, **kwargs)
+
 
 OPENAI_ROUTES = (
-    Route(
+    _openai(
         "POST",
         "/v1/chat/completions",
-        forward(
-            model=ChatCompletionRequest,
-            limited=True,
-            edits=CHAT_EDITS,
-            request_edit=add_max_tokens,
-        ),
         Access.USER,
+        body=Body.VALIDATED,
+        model=ChatCompletionRequest,
+        limited=True,
+        edits=CHAT_EDITS,
+        request_edit=add_max_tokens,
     ),
-    Route(
+    _openai(
         "POST",
         "/v1/completions",
-        forward(model=CompletionRequest, limited=True, edits=INFERENCE),
         Access.USER,
+        body=Body.VALIDATED,
+        model=CompletionRequest,
+        limited=True,
+        edits=INFERENCE,
     ),
-    Route(
+    _openai(
         "POST",
         "/v1/embeddings",
-        forward(model=EmbeddingRequest, limited=True, edits=INFERENCE),
         Access.USER,
+        body=Body.VALIDATED,
+        model=EmbeddingRequest,
+        limited=True,
+        edits=INFERENCE,
     ),
-    Route("GET", "/v1/models", forward_listing("data", "id"), Access.USER),
-    Route("GET", f"/v1/models/{MODEL}", forward(), Access.USER),
+    _openai("GET", "/v1/models", Access.USER, listing=Listing.OPENAI),
+    _openai("GET", f"/v1/models/{MODEL}", Access.USER),
 )
 
+
 OLLAMA_ROUTES = (
-    Route(
-        "POST",
-        "/api/chat",
-        forward(json_body=True, limited=True, edits=NATIVE_INFERENCE),
-        Access.USER,
+    _native("POST", "/api/chat", Access.USER, body=Body.JSON, limited=True, edits=NATIVE_INFERENCE),
+    _native(
+        "POST", "/api/generate", Access.USER, body=Body.JSON, limited=True, edits=NATIVE_INFERENCE
     ),
-    Route(
-        "POST",
-        "/api/generate",
-        forward(json_body=True, limited=True, edits=NATIVE_INFERENCE),
-        Access.USER,
+    _native(
+        "POST", "/api/embed", Access.USER, body=Body.JSON, limited=True, edits=NATIVE_INFERENCE
     ),
-    Route(
-        "POST",
-        "/api/embed",
-        forward(json_body=True, limited=True, edits=NATIVE_INFERENCE),
-        Access.USER,
+    _native(
+        "POST", "/api/embeddings", Access.USER, body=Body.JSON, limited=True, edits=NATIVE_INFERENCE
     ),
-    Route(
-        "POST",
-        "/api/embeddings",
-        forward(json_body=True, limited=True, edits=NATIVE_INFERENCE),
-        Access.USER,
-    ),
-    Route("GET", "/api/tags", forward_listing("models", "name"), Access.USER),
-    Route("POST", "/api/show", forward(json_body=True, edits=NATIVE), Access.USER),
-    Route("GET", "/api/ps", forward(edits=NATIVE), Access.USER),
-    Route("GET", "/api/version", forward(edits=NATIVE), Access.USER),
+    _native("GET", "/api/tags", Access.USER, listing=Listing.OLLAMA),
+    _native("POST", "/api/show", Access.USER, body=Body.JSON),
+    _native("GET", "/api/ps", Access.USER),
+    _native("GET", "/api/version", Access.USER),
 )
 
 # The seam for the access policy: everything here changes what the node
 # serves to everyone, so only administrators may call it.
 MODEL_MANAGEMENT_ROUTES = (
-    Route("POST", "/api/pull", forward(json_body=True, edits=NATIVE), Access.ADMIN),
-    Route("POST", "/api/push", forward(json_body=True, edits=NATIVE), Access.ADMIN),
-    Route("POST", "/api/create", forward(json_body=True, edits=NATIVE), Access.ADMIN),
-    Route("POST", "/api/copy", forward(json_body=True, edits=NATIVE), Access.ADMIN),
-    Route("DELETE", "/api/delete", forward(json_body=True, edits=NATIVE), Access.ADMIN),
-    Route("HEAD", "/api/blobs/{digest}", forward(edits=NATIVE), Access.ADMIN),
-    Route("POST", "/api/blobs/{digest}", forward(stream_body=True, edits=NATIVE), Access.ADMIN),
+    _native("POST", "/api/pull", Access.ADMIN, body=Body.JSON, changes_models=True),
+    _native("POST", "/api/push", Access.ADMIN, body=Body.JSON),
+    _native("POST", "/api/create", Access.ADMIN, body=Body.JSON, changes_models=True),
+    _native("POST", "/api/copy", Access.ADMIN, body=Body.JSON, changes_models=True),
+    _native("DELETE", "/api/delete", Access.ADMIN, body=Body.JSON, changes_models=True),
+    _native("HEAD", "/api/blobs/{digest}", Access.ADMIN),
+    _native("POST", "/api/blobs/{digest}", Access.ADMIN, body=Body.STREAMED),
 )
 
-ALL_ROUTES = PUBLIC_ROUTES + OPENAI_ROUTES + OLLAMA_ROUTES + MODEL_MANAGEMENT_ROUTES
+PROXIED_ROUTES = OPENAI_ROUTES + OLLAMA_ROUTES + MODEL_MANAGEMENT_ROUTES
 
 
-async def native_api_unavailable(request: web.Request) -> web.StreamResponse:
-    raise GatewayError(
-        501,
-        f"{request.path} is Ollama's native API, and this node's upstream is an "
-        "OpenAI-compatible server (FOGNODE_UPSTREAM_KIND=openai): use the /v1 API.",
-        code="native_api_unavailable",
-    )
+# --- the registry the stages read ------------------------------------------------
+
+SpecKey = tuple[str, str]  # (method, resource canonical)
+ROUTES = web.AppKey("fognode.routes", dict[SpecKey, RouteSpec])
 
 
-NATIVE_PATHS = frozenset(r.path for r in OLLAMA_ROUTES + MODEL_MANAGEMENT_ROUTES)
+def add_route(app: web.Application, spec: RouteSpec, handler: Handler) -> None:
+    """Register a route and its spec; every route fognode serves goes through here."""
+    specs = app.setdefault(ROUTES, {})
+    resource = app.router.add_resource(spec.path)
+    resource.add_route(spec.method, handler)
+    specs[(spec.method, resource.canonical)] = spec
+    levels = {s.access for (_, path), s in specs.items() if path == resource.canonical}
+    if len(levels) > 1:
+        raise ValueError(f"conflicting access levels for {spec.path}")
 
 
-def add_routes(
-    app: web.Application,
-    routes: tuple[Route, ...] = ALL_ROUTES,
-    *,
-    metrics_access: Access = Access.ADMIN,
-    upstream_kind: str = "ollama",
-) -> None:
-    access: dict[str, Access] = {}
-    # Metrics show load and usage of the whole node: administrators (or a
-    # scraper with an admin API key) unless the operator makes them public.
-    extra = (
-        Route("GET", "/metrics", metrics_handler, metrics_access),
-        Route("GET", "/openapi.json", openapi_handler, Access.PUBLIC),
-    )
-    for route in (*routes, *extra):
-        resource = app.router.add_resource(route.path)
-        handler = route.handler
-        if upstream_kind != "ollama" and route.path in NATIVE_PATHS:
-            handler = native_api_unavailable
-        resource.add_route(route.method, handler)
-        if access.setdefault(resource.canonical, route.access) is not route.access:
-            raise ValueError(f"conflicting access levels for {route.path}")
-    app[ACCESS_BY_ROUTE] = access
+def spec_for(request: web.Request) -> RouteSpec | None:
+    """The matched route's spec; None when no route matched (404/405 follow)."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return None
+    specs = request.app[ROUTES]
+    key = (request.method, resource.canonical)
+    return specs.get(key) or specs.get(("GET", resource.canonical) if key[0] == "HEAD" else key)
+
+
+def all_specs(app: web.Application) -> list[RouteSpec]:
+    return list(app.get(ROUTES, {}).values())

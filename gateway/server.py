@@ -15,13 +15,16 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from ..certs.inspect import fingerprint
 from ..certs.issuer import cert_names
-from .access import Authorizer
-from .announce import NodeAnnouncer
-from .app import create_app
+from .access import AUTHORIZER, Authorizer
+from .admission import ADMISSION
+from .announce import AnnounceOptions, NodeAnnouncer, announcement
+from .app import create_app, terminator
 from .connections import connection_limits
 from .metrics import METRICS
-from .proxy import ADMISSION, UPSTREAM
+from .network import bind_host, local_url
+from .proxy import UPSTREAM
 from .settings import Settings
 from .slow_clients import GuardedAppRunner
 from .tls import TlsTerminator
@@ -39,14 +42,16 @@ class RunningServer:
     announcer: NodeAnnouncer | None = None
 
     @property
+    def app(self) -> web.Application:
+        return self.runner.app
+
+    @property
     def upstream_base(self) -> str:
-        return self.runner.app[UPSTREAM].base
+        return self.app[UPSTREAM].base
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("*", "", "0.0.0.0") else self.host
-        host = f"[{host}]" if ":" in host else host
-        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+        return local_url(self.host, self.port, tls=self.tls is not None)
 
     async def stop(self) -> None:
         # Goodbye on mDNS first, so clients stop picking this node while it drains.
@@ -58,7 +63,7 @@ class RunningServer:
 async def start_server(
     settings: Settings, *, authorizer: Authorizer | None = None
 ) -> RunningServer:
-    tls = TlsTerminator(settings) if settings.tls else None
+    tls = terminator(settings) if settings.tls else None
     if tls is not None:
         # Refuse to start with a pair no client would accept (CertError).
         await asyncio.to_thread(tls.load)
@@ -87,7 +92,7 @@ async def start_server(
     site = runner.site(
         # "*" (or empty): every interface, IPv4 and IPv6 (a "::" socket alone
         # would be IPv6-only under asyncio).
-        None if settings.host in ("*", "") else settings.host,
+        bind_host(settings.host),
         settings.bind_port,
         reuse_address=True,
         ssl_context=tls.listening if tls else None,
@@ -100,8 +105,19 @@ async def start_server(
     port = int(runner.addresses[0][1]) if runner.addresses else settings.bind_port
     running = RunningServer(runner, settings.host, port, tls)
     if settings.mdns:
+        ca = fingerprint(tls.pair.ca, colons=False) if tls is not None and tls.pair else ""
+        base = announcement(
+            settings,
+            port=port,
+            ca_sha256=ca,
+            auth=app[AUTHORIZER].kinds,
+            capacity=app[ADMISSION].capacity,
+        )
         running.announcer = NodeAnnouncer(
-            settings, port=port, admission=app[ADMISSION], upstream=app[UPSTREAM], tls=tls
+            base,
+            AnnounceOptions(settings.mdns_refresh_interval, settings.mdns_min_update_interval),
+            admission=app[ADMISSION],
+            pool=app[UPSTREAM],
         )
         await running.announcer.start()
         if choice.runtime is not None:  # announce the model as soon as it serves

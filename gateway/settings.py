@@ -30,6 +30,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from .paths import default_api_keys_file, default_certs_dir
+
 CONFIG_ENV = "FOGNODE_CONFIG"
 # The --config flag wins over FOGNODE_CONFIG; a context variable carries it into
 # settings_customise_sources without mutating the process environment.
@@ -60,16 +62,6 @@ class _TomlFileSource(PydanticBaseSettingsSource):
         return dict(self._data)
 
 
-def _project_of(service_account: Path) -> str | None:
-    try:
-        import json
-
-        value = json.loads(service_account.read_text(encoding="utf-8")).get("project_id")
-    except (OSError, ValueError, AttributeError):
-        return None  # reported when the verifier loads the file
-    return value if isinstance(value, str) else None
-
-
 # Where Ollama listens unless told otherwise; upstream_kind=auto probes it.
 DEFAULT_UPSTREAM_URL = "http://127.0.0.1:11434"
 
@@ -89,22 +81,6 @@ def _mdns_domain(value: str) -> str:
             "(such as `local.` or `spezillmfog.local.`)"
         )
     return f"{name}."
-
-
-def data_dir() -> Path:
-    """Where setup.sh keeps the node's state: ~/.local/share/fognode."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return Path(base) / "fognode"
-
-
-def default_certs_dir() -> Path:
-    return data_dir() / "certs"
-
-
-def default_api_keys_file() -> Path | None:
-    """The keys file setup.sh writes, if there is one."""
-    path = data_dir() / "api-keys"
-    return path if path.is_file() else None
 
 
 class Settings(BaseSettings):
@@ -600,8 +576,6 @@ class Settings(BaseSettings):
                 extra = _mdns_domain(domain.lstrip("."))
                 domains = domains if extra in domains else [*domains, extra]
         self.mdns_domains = list(dict.fromkeys(domains))
-        if self.firebase_project_id is None and self.firebase_credentials_file is not None:
-            self.firebase_project_id = _project_of(self.firebase_credentials_file)
         if self.upstream_kind == "embedded" and self.upstream_configured:
             raise ValueError(
                 "upstream_kind=embedded runs a model in fognode itself; unset upstream_url "

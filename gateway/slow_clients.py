@@ -33,9 +33,9 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from .connections import ConnectionGuard, ConnectionLimits, Gate, GuardedTCPSite
+from .context import SERVER_NAME
 from .errors import error_body
 
-SERVER_NAME = "fognode"  # not "Python/3.x aiohttp/3.y": versions help attackers more
 # Longest request line and header field (name and value) the parser accepts.
 # Different on purpose: the limit a LineTooLong names tells which one was hit.
 REQUEST_LINE_LIMIT = 8190

@@ -1,18 +1,17 @@
-"""TLS termination: the server context, and certificate reload and renewal.
+"""TLS termination: the listening context, and swapping in a new certificate.
 
 The listening socket keeps one SSL context for its whole life, so a new
 certificate cannot simply replace it. Instead the listening context has a
 server-name callback that OpenSSL runs for every ClientHello (with or
 without SNI) and that switches the connection to the *current* context.
-Renewal builds a complete new context from checked files and swaps it in:
-new connections get the new certificate, open streams keep theirs, and a
-half-written or mismatched pair never reaches a client.
+:meth:`TlsTerminator.load` builds a complete new context from checked files
+and swaps it in: new connections get the new certificate, open streams keep
+theirs, and a half-written or mismatched pair never reaches a client. When
+to load and when to renew is cert_renewal.py's business.
 """
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 import logging
 import os
 import ssl
@@ -21,11 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..certs.errors import CertError
-from ..certs.issuer import SubjectNames, cert_names, default_names
-from ..certs.lifecycle import ServerPair, issue_to_files, load_server_pair, renewal_reason
-from ..certs.passphrase import read_passphrase_file
-from ..certs.store import CertPaths
-from .settings import Settings
+from ..certs.lifecycle import ServerPair, load_server_pair
 
 log = logging.getLogger("fognode.tls")
 
@@ -59,19 +54,16 @@ class _FileStamp:
 
 
 class TlsTerminator:
-    """Owns the listening SSL context and keeps its certificate fresh."""
+    """Owns the listening SSL context and the certificate it serves."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.cert_file = settings.server_cert_file
-        self.key_file = settings.server_key_file
-        self.ca_file = settings.ca_cert_file
+    def __init__(self, cert_file: Path, key_file: Path, ca_file: Path) -> None:
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.ca_file = ca_file
         self.listening = _base_context()
         self.current: ssl.SSLContext | None = None
         self.pair: ServerPair | None = None
         self._stamp: _FileStamp | None = None
-        self.reloads = 0
-        self.renewals = 0
 
     # --- loading ------------------------------------------------------------
     def load(self) -> ServerPair:
@@ -111,105 +103,10 @@ class TlsTerminator:
             sock.context = self.current
         return None
 
-    # --- reload and renewal ---------------------------------------------------
-    def wanted_names(self) -> SubjectNames | None:
-        """Names the certificate must carry, when the operator configured them."""
-        if self.settings.cert_names:
-            return SubjectNames.parse(self.settings.cert_names)
-        return None
-
-    def renewal_names(self) -> SubjectNames:
-        """Configured names, else exactly those of the current certificate, so a
-        renewal never drops a name the operator issued by hand."""
-        wanted = self.wanted_names()
-        if wanted is not None:
-            return wanted
-        if self.pair is not None:
-            current = cert_names(self.pair.leaf)
-            if current.dns:
-                return current
-        return SubjectNames.parse(default_names())
-
-    def passphrase(self) -> bytes | None:
-        if self.settings.ca_passphrase is not None:
-            return self.settings.ca_passphrase.get_secret_value().encode()
-        if self.settings.ca_passphrase_file is not None:
-            return read_passphrase_file(self.settings.ca_passphrase_file)
-        # Where setup.sh leaves a generated passphrase.
-        beside = self.settings.certs_dir / "ca.passphrase"
-        if beside.is_file():
-            return read_passphrase_file(beside)
-        return None
-
-    def check_once(self) -> str | None:
-        """Reload changed files, renew if due. Blocking: run it in a thread.
-
-        Returns what was done, for the log and the tests.
-        """
+    def changed_on_disk(self) -> bool:
+        """The files are not the ones loaded last (replaced, renewed, or touched)."""
         stamp = _FileStamp.of(self.cert_file, self.key_file)
-        if stamp is not None and stamp != self._stamp:
-            try:
-                self.load()
-            except CertError as exc:
-                # Possibly caught between the key and the chain being written;
-                # keep serving the old pair and look again next time.
-                log.warning("certificate files changed but cannot be used yet: %s", exc)
-            else:
-                self.reloads += 1
-                log.info("reloaded the server certificate from %s", self.cert_file)
-                return "reloaded"
-        assert self.pair is not None
-        reason = renewal_reason(
-            self.pair.leaf,
-            renew_before=dt.timedelta(days=self.settings.cert_renew_before_days),
-            wanted=self.wanted_names() if self._uses_own_ca() else None,
-        )
-        if reason is None:
-            return None
-        passphrase = self.passphrase()
-        if not self._uses_own_ca() or passphrase is None:
-            log.warning(
-                "the server certificate should be renewed (%s) but the CA key passphrase is "
-                "not configured; run `fognode certs issue` or set FOGNODE_CA_PASSPHRASE_FILE",
-                reason,
-            )
-            return "renewal-needed"
-        log.info("renewing the server certificate: %s", reason)
-        issue_to_files(
-            CertPaths(self.settings.certs_dir),
-            passphrase,
-            self.renewal_names(),
-            key_type=self.settings.cert_key_type,
-            validity_days=self.settings.cert_validity_days,
-        )
-        self.load()
-        self.renewals += 1
-        log.info(
-            "renewed: new certificate valid until %s",
-            self.pair.leaf.not_valid_after_utc.isoformat(),
-        )
-        return "renewed"
-
-    def _uses_own_ca(self) -> bool:
-        """Renewal only makes sense for files fognode itself manages."""
-        paths = CertPaths(self.settings.certs_dir)
-        return (
-            self.cert_file == paths.server_cert
-            and self.key_file == paths.server_key
-            and paths.ca_key.exists()
-        )
-
-    async def watch(self) -> None:
-        """Check the certificate periodically until cancelled."""
-        interval = self.settings.cert_check_interval
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await asyncio.to_thread(self.check_once)
-            except CertError as exc:
-                log.error("certificate renewal failed: %s", exc)
-            except Exception:
-                log.exception("certificate check failed")
+        return stamp is not None and stamp != self._stamp
 
 
 def _read(path: Path, what: str) -> bytes:

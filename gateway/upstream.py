@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,7 +22,6 @@ from yarl import URL
 
 from .. import safejson
 from .errors import GatewayError, unreadable_body
-from .settings import Settings
 
 # RFC 9110 section 7.6.1 hop-by-hop fields, plus the ones that describe the
 # framing of one particular connection (HTTP2-Settings: RFC 7540 section 3.2.1).
@@ -108,10 +106,26 @@ def describe(exc: BaseException) -> str:
     return f"{kind} {status}: {first}" if status else f"{kind}: {first}" if first else kind
 
 
-def upstream_auth_headers(settings: Settings) -> dict[str, str]:
+@dataclass(frozen=True)
+class UpstreamOptions:
+    kind: str  # "ollama", "openai" or "embedded" (decided at start)
+    connect_timeout: float
+    first_byte_timeout: float  # until the response headers (model load, prompt)
+    max_connections: int  # keep-alive pool size per upstream
+    api_key: str | None = None  # the upstream's own credential (never a client's)
+    check_interval: float = 15.0  # the pool's health and model-list checks
+    check_timeout: float = 3.0  # how long one check may take
+    max_concurrent: int = 0  # requests in flight per upstream (0: no cap)
+
+
+class UpstreamNotReached(GatewayError):
+    """Nothing was sent (refused, timed out connecting, still starting): another
+    upstream may take the request."""
+
+
+def upstream_auth_headers(api_key: str | None) -> dict[str, str]:
     """The one place the upstream key is put on a request."""
-    key = settings.upstream_api_key
-    return {"Authorization": f"Bearer {key}"} if key else {}
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def without_password(url: str) -> str:
@@ -136,8 +150,8 @@ class LocalUpstream(Protocol):
         ...
 
 
-def not_ready_error(reason: str, retry_after: float) -> GatewayError:
-    return GatewayError(
+def not_ready_error(reason: str, retry_after: float) -> UpstreamNotReached:
+    return UpstreamNotReached(
         503,
         reason,
         code="upstream_starting",
@@ -146,24 +160,25 @@ def not_ready_error(reason: str, retry_after: float) -> GatewayError:
 
 
 class Upstream:
-    """Owns the client session to Ollama for the lifetime of the app."""
+    """Owns the client session to one upstream for the lifetime of the app."""
 
-    def __init__(self, settings: Settings, base: str | None = None) -> None:
-        self.settings = settings
-        self._origin = (base or settings.upstream_base).rstrip("/")
+    def __init__(self, base: str, options: UpstreamOptions) -> None:
+        self.options = options
+        self._origin = base.rstrip("/")
         # What messages, logs and probes name: without a password in the URL.
         self.base = without_password(self._origin)
         self._session: aiohttp.ClientSession | None = None
         # What the pool knows of this upstream (refreshed by its health checks).
         self.healthy: bool | None = None  # None: not checked yet
+        self.last_error: str | None = None  # why the last check failed
         self.models: frozenset[str] = frozenset()
         self.active = 0
         self.local: LocalUpstream | None = None  # set when fognode runs it
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
-            limit=self.settings.upstream_max_connections,
-            limit_per_host=self.settings.upstream_max_connections,
+            limit=self.options.max_connections,
+            limit_per_host=self.options.max_connections,
             keepalive_timeout=30,
             enable_cleanup_closed=True,
         )
@@ -171,7 +186,7 @@ class Upstream:
             connector=connector,
             # Phase timeouts are enforced per request in open(); the session
             # only bounds the TCP connect.
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.options.connect_timeout),
             # Bodies pass through as the upstream encoded them.
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
@@ -198,7 +213,7 @@ class Upstream:
 
     def auth_headers(self) -> dict[str, str]:
         """The upstream's own credential, for every request to it (probes too)."""
-        return upstream_auth_headers(self.settings)
+        return upstream_auth_headers(self.options.api_key)
 
     async def get_json(self, path: str) -> Any:
         """GET one of the upstream's JSON documents (version, model list)."""
@@ -208,7 +223,7 @@ class Upstream:
 
     @property
     def kind(self) -> str:
-        return self.settings.upstream_kind
+        return self.options.kind
 
     async def version(self) -> str | None:
         """Ollama's version; OpenAI-compatible servers have no such endpoint."""
@@ -234,7 +249,6 @@ class Upstream:
         *,
         headers: CIMultiDict[str],
         data: Any = None,
-        first_byte_timeout: float | None = None,
     ) -> aiohttp.ClientResponse:
         """Send the request and wait for the response headers.
 
@@ -245,7 +259,7 @@ class Upstream:
         if self.local is not None and (waiting := self.local.not_ready()) is not None:
             raise not_ready_error(*waiting)
         headers.update(self.auth_headers())
-        timeout = first_byte_timeout or self.settings.first_byte_timeout
+        timeout = self.options.first_byte_timeout
         try:
             async with asyncio.timeout(timeout):
                 return await self.session.request(
@@ -256,10 +270,10 @@ class Upstream:
                     allow_redirects=False,
                 )
         except aiohttp.ConnectionTimeoutError:
-            raise GatewayError(
+            raise UpstreamNotReached(
                 504,
                 f"Timed out connecting to the upstream at {self.base} after "
-                f"{self.settings.connect_timeout:g}s. {START_OLLAMA_HINT}",
+                f"{self.options.connect_timeout:g}s. {START_OLLAMA_HINT}",
                 code="upstream_connect_timeout",
             ) from None
         except TimeoutError:
@@ -271,7 +285,7 @@ class Upstream:
             ) from None
         except aiohttp.ClientConnectorError as exc:
             self._raise_if_local()
-            raise GatewayError(
+            raise UpstreamNotReached(
                 502,
                 f"Cannot reach the upstream at {self.base}: {exc.os_error.strerror or exc}. "
                 f"{START_OLLAMA_HINT}",
@@ -293,66 +307,3 @@ class Upstream:
                 f"Request to the upstream at {self.base} failed: {describe(exc)}.",
                 code="upstream_error",
             ) from None
-
-
-@dataclass
-class Readiness:
-    ready: bool
-    body: dict[str, Any]
-    checked_at: float
-
-
-class ModelSource(Protocol):
-    """One upstream or the pool of them, as the probes and mDNS see it."""
-
-    @property
-    def base(self) -> str: ...
-
-    @property
-    def kind(self) -> str: ...
-
-    async def version(self) -> str | None: ...
-
-    async def model_names(self) -> list[str]: ...
-
-
-async def probe_upstream(upstream: ModelSource, wait_s: float) -> Readiness:
-    """Ask the upstream for its version (Ollama only) and model list; both are cheap."""
-    now = time.monotonic()
-    try:
-        async with asyncio.timeout(wait_s):
-            version = await upstream.version()
-            models = await upstream.model_names()
-    except TimeoutError:
-        reason = f"no answer within {wait_s:g}s"
-    except aiohttp.ClientConnectorError as exc:
-        reason = f"cannot connect ({exc.os_error.strerror or exc})"
-    except (aiohttp.ClientError, ValueError, AttributeError) as exc:
-        reason = f"unexpected answer ({describe(exc)})"
-    else:
-        return Readiness(
-            True,
-            {
-                "status": "ready",
-                "upstream": upstream.base,
-                "upstream_kind": upstream.kind,
-                "ollama_version": version,
-                "models": len(models),
-            },
-            now,
-        )
-    return Readiness(
-        False,
-        {
-            "status": "unavailable",
-            "upstream": upstream.base,
-            "error": {
-                "message": f"The upstream at {upstream.base} is not reachable: {reason}. "
-                f"{START_OLLAMA_HINT}",
-                "type": "service_unavailable_error",
-                "param": None,
-                "code": "upstream_unavailable",
-            },
-        },
-        now,
-    )

@@ -30,8 +30,9 @@ from ..embedded.model import ModelUnavailable, check_available
 from ..embedded.options import DEFAULT_MODEL, EmbeddedOptions
 from ..embedded.runtime import EmbeddedRuntime
 from .metrics import METRICS
+from .paths import data_dir
 from .proxy import UPSTREAM
-from .settings import Settings, data_dir
+from .settings import Settings
 from .upstream import without_password
 
 log = logging.getLogger("fognode.upstream")

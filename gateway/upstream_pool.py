@@ -5,7 +5,9 @@ can spread requests itself:
 
 * every `upstream_check_interval` seconds each upstream is asked for its
   models (Ollama's /api/tags or /v1/models); an upstream that does not answer
-  is marked down until it answers again;
+  is marked down until it answers again. This is the one place model lists
+  are fetched: /readyz, the mDNS announcement and routing read what it found
+  (after a model is pulled or removed through the node, at once);
 * a request for a model goes to an upstream that has it, the least busy
   first (requests in flight relative to its cap);
 * if the chosen upstream cannot be reached (connect refused or timed out,
@@ -23,19 +25,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from .errors import GatewayError
-from .settings import Settings
-from .upstream import Upstream
+from .upstream import Upstream, UpstreamOptions, describe
 
 log = logging.getLogger("fognode.upstreams")
 
-# Nothing was sent: another upstream may take the request.
-UNREACHABLE = frozenset({"upstream_unreachable", "upstream_connect_timeout", "upstream_starting"})
+
+@dataclass(frozen=True)
+class PoolState:
+    """What a check of every upstream found, for /readyz."""
+
+    ready: bool  # at least one upstream answered
+    models: list[str]  # the union of their models
+    version: str | None  # Ollama's version, when it is Ollama
+    error: str | None  # why none answered
 
 
 def _has(models: frozenset[str], name: str) -> bool:
@@ -43,12 +52,13 @@ def _has(models: frozenset[str], name: str) -> bool:
 
 
 class UpstreamPool:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        urls = settings.upstream_urls or [settings.upstream_base]
-        self.members = [Upstream(settings, url) for url in urls]
-        self.cap = settings.upstream_max_concurrent
+    def __init__(self, urls: list[str], options: UpstreamOptions) -> None:
+        self.options = options
+        self.members = [Upstream(url, options) for url in urls]
+        self.cap = options.max_concurrent
         self._task: asyncio.Task[None] | None = None
+        # Called after each check (the mDNS announcement follows the models).
+        self.on_checked: list[Callable[[], Awaitable[None]]] = []
         # Set by whoever chose the upstream at start: why this one, and the live
         # state of an upstream fognode runs itself (both shown by /readyz).
         self.choice: str | None = None
@@ -61,7 +71,7 @@ class UpstreamPool:
 
     @property
     def kind(self) -> str:
-        return self.settings.upstream_kind
+        return self.options.kind
 
     @property
     def single(self) -> bool:
@@ -70,11 +80,8 @@ class UpstreamPool:
     async def start(self) -> None:
         for member in self.members:
             await member.start()
-        # Several upstreams need checks to route; an OpenAI-compatible one needs
-        # its model list to answer "model not found" the way clients expect.
-        if not self.single or self.kind != "ollama":
-            await self.refresh()
-            self._task = asyncio.create_task(self._loop(), name="fognode-upstream-checks")
+        await self.refresh()
+        self._task = asyncio.create_task(self._loop(), name="fognode-upstream-checks")
 
     async def close(self) -> None:
         if self._task is not None:
@@ -89,43 +96,84 @@ class UpstreamPool:
         if member.local is not None and member.local.not_ready() is not None:
             return  # loading or restarting; it triggers a refresh once it serves
         try:
-            async with asyncio.timeout(self.settings.readiness_timeout):
+            async with asyncio.timeout(self.options.check_timeout):
                 names = await member.model_names()
-        except (TimeoutError, aiohttp.ClientError, ValueError, AttributeError):
-            if member.healthy is not False:
-                log.warning("upstream %s is down", member.base)
-            member.healthy = False
+        except TimeoutError:
+            failure = f"no answer within {self.options.check_timeout:g}s"
+        except aiohttp.ClientConnectorError as exc:
+            failure = f"cannot connect ({exc.os_error.strerror or exc})"
+        except (aiohttp.ClientError, ValueError, AttributeError) as exc:
+            failure = f"unexpected answer ({describe(exc)})"
+        else:
+            if member.healthy is False:
+                log.info("upstream %s is back", member.base)
+            member.healthy, member.last_error, member.models = True, None, frozenset(names)
             return
-        if member.healthy is False:
-            log.info("upstream %s is back", member.base)
-        member.healthy = True
-        member.models = frozenset(names)
+        if member.healthy is not False:
+            log.warning("upstream %s is down: %s", member.base, failure)
+        member.healthy, member.last_error = False, failure
 
     async def refresh(self) -> None:
+        """Check every upstream now, then tell whoever follows the results."""
         await asyncio.gather(*(self._check(m) for m in self.members))
+        for callback in self.on_checked:
+            await callback()
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.upstream_check_interval)
-            await self.refresh()
+            await asyncio.sleep(self.options.check_interval)
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("upstream check failed")
 
-    async def version(self) -> str | None:
-        for member in self.members:
+    def known_models(self) -> list[str]:
+        """The models the upstreams that answered the last check have."""
+        return sorted({n for m in self.members if m.healthy for n in m.models})
+
+    async def check(self) -> PoolState:
+        """Check every upstream now (for /readyz): ready when one answers."""
+        await self.refresh()
+        answered = [m for m in self.members if m.healthy]
+        version = None
+        if answered and self.kind == "ollama":
             with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
-                return await member.version()
-        return None
+                async with asyncio.timeout(self.options.check_timeout):
+                    version = await answered[0].version()
+        error = None if answered else next((m.last_error for m in self.members), None)
+        return PoolState(bool(answered), self.known_models(), version, error)
 
-    async def model_names(self) -> list[str]:
-        """Union over the upstreams that answer; raises if none does."""
-        results = await asyncio.gather(
-            *(m.model_names() for m in self.members), return_exceptions=True
-        )
-        names = {n for r in results if isinstance(r, list) for n in r}
-        if all(isinstance(r, BaseException) for r in results):
-            first = results[0]
-            assert isinstance(first, BaseException)
-            raise first
-        return sorted(names)
+    async def merged_listing(self, target: str, key: str, id_field: str) -> dict[str, object]:
+        """A model list (/v1/models, /api/tags) as the union over the upstreams
+        that answer: ``key`` is the list in the JSON body, ``id_field`` what
+        identifies an entry in it."""
+        members = [m for m in self.members if m.healthy is not False] or self.members
+
+        async def fetch(member: Upstream) -> dict[str, object]:
+            async with asyncio.timeout(self.options.check_timeout):
+                body = await member.get_json(target)
+            return body if isinstance(body, dict) else {}
+
+        results = await asyncio.gather(*(fetch(m) for m in members), return_exceptions=True)
+        bodies = [r for r in results if isinstance(r, dict)]
+        if not bodies:
+            raise GatewayError(
+                502,
+                f"No upstream answered the model list ({self.base}).",
+                code="upstream_unreachable",
+            )
+        merged: dict[str, object] = dict(bodies[0])
+        seen: set[object] = set()
+        entries: list[object] = []
+        for body in bodies:
+            items = body.get(key)
+            for item in items if isinstance(items, list) else []:
+                ident = item.get(id_field) if isinstance(item, dict) else None
+                if ident not in seen:
+                    seen.add(ident)
+                    entries.append(item)
+        merged[key] = entries
+        return merged
 
     def not_ready(self) -> tuple[str, float] | None:
         """When every upstream is one fognode runs and none serves yet: why, and

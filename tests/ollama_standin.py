@@ -109,6 +109,17 @@ class OllamaStandIn:
             await self._runner.cleanup()
             self._runner = None
 
+    @property
+    def forwarded(self) -> list[Recorded]:
+        """What reached it through a gateway's proxy (which always sends an
+        X-Request-ID), not the gateway's own health and model-list checks."""
+        return [r for r in self.requests if "X-Request-ID" in r.headers]
+
+    @property
+    def checks(self) -> list[Recorded]:
+        """The requests that came without a request id: the gateway's own checks."""
+        return [r for r in self.requests if "X-Request-ID" not in r.headers]
+
     def last(self, path: str) -> Recorded:
         for rec in reversed(self.requests):
             if rec.path == path:

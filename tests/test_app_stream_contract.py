@@ -15,8 +15,7 @@ import re
 import aiohttp
 import pytest
 
-from fognode.gateway.limits import Admission
-from fognode.gateway.proxy import ADMISSION
+from fognode.gateway.admission import ADMISSION, Admission
 from tests.conftest import GatewayFactory
 from tests.helpers import wait_until
 from tests.ollama_standin import WIRE_FORMATS, OllamaStandIn
@@ -147,7 +146,7 @@ async def test_heartbeats_tell_a_queued_client_its_place(
     )
     body = encode_request(APP, MESSAGES)
     first = asyncio.ensure_future(app_stream(gateway.url, body, http))
-    admission: Admission = gateway.runner.app[ADMISSION]
+    admission: Admission = gateway.app[ADMISSION]
     await wait_until(lambda: admission.active == 1, "the first request holds the slot")
     headers = {"Content-Type": "application/json", "Host": "spezillmfog.local"}
     async with asyncio.timeout(GUARD):
@@ -186,7 +185,7 @@ async def test_errors_after_early_headers_arrive_in_band(
         standin.url, max_concurrent_requests=1, per_user_concurrent_requests=4, **FAST_HEARTBEATS
     )
     holder = asyncio.ensure_future(app_stream(gateway.url, encode_request(APP, MESSAGES), http))
-    admission: Admission = gateway.runner.app[ADMISSION]
+    admission: Admission = gateway.app[ADMISSION]
     await wait_until(lambda: admission.active == 1, "the first request holds the slot")
     missing = AppConfig(model="phi4:14b", token=lambda: "unused")
     late = asyncio.ensure_future(app_stream(gateway.url, encode_request(missing, MESSAGES), http))
@@ -214,7 +213,7 @@ async def test_queue_timeout_after_early_headers_arrives_in_band(
         **FAST_HEARTBEATS,
     )
     holder = asyncio.ensure_future(app_stream(gateway.url, encode_request(APP, MESSAGES), http))
-    admission: Admission = gateway.runner.app[ADMISSION]
+    admission: Admission = gateway.app[ADMISSION]
     await wait_until(lambda: admission.active == 1, "the first request holds the slot")
     status, raw, data = await app_stream(gateway.url, encode_request(APP, MESSAGES), http)
     assert status == 200 and raw.count(b": queued 1\n") >= 1
@@ -247,7 +246,7 @@ async def test_a_client_that_leaves_the_queue_frees_its_place(
         standin.url, max_concurrent_requests=1, per_user_concurrent_requests=4, **FAST_HEARTBEATS
     )
     body = encode_request(APP, MESSAGES)
-    admission: Admission = gateway.runner.app[ADMISSION]
+    admission: Admission = gateway.app[ADMISSION]
     async with aiohttp.ClientSession() as holder_http:
         holder = asyncio.ensure_future(app_stream(gateway.url, body, holder_http))
         await wait_until(lambda: admission.active == 1, "the first request holds the slot")

@@ -135,7 +135,7 @@ async def test_missing_and_malformed_credentials_are_401(
         body = await resp.json()
     assert body["error"]["code"] == reason
     assert body["error"]["type"] == "authentication_error"
-    assert standin.requests == []
+    assert standin.forwarded == []
 
 
 def unsigned_token(claims: dict[str, Any]) -> str:
@@ -214,7 +214,7 @@ async def test_model_management_needs_the_admin_claim(
     status, body, _ = await call(gateway, user.id_token, path="/api/pull", body=pull)
     assert (status, body["error"]["code"]) == (403, "admin_required")
     assert "fog_admin" in body["error"]["message"]
-    assert [r.path for r in standin.requests] == []
+    assert [r.path for r in standin.forwarded] == []
 
     auth.set_custom_user_claims(user.uid, {"fog_admin": True}, app=admin_sdk)
     admin = emulator.sign_in(user.email)
@@ -249,7 +249,7 @@ async def test_one_verification_per_token_while_it_is_valid(
     token = emulator.sign_up("ivy@example.com").id_token
     results = await asyncio.gather(*(call(gateway, token) for _ in range(30)))
     assert {status for status, _, _ in results} == {200}
-    authorizer = gateway.runner.app[AUTHORIZER]
+    authorizer = gateway.app[AUTHORIZER]
     assert isinstance(authorizer, TokenAuthorizer)
     assert authorizer.cache.misses == 1
     assert authorizer.cache.hits == 29

@@ -15,13 +15,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fognode.gateway.admission import Admission, Ticket
 from fognode.gateway.compat import (
     add_max_tokens,
     fill_assistant_role,
     is_model_not_found,
     model_not_found_message,
 )
-from fognode.gateway.limits import Admission, Ticket
 from fognode.gateway.sse import SseFramer
 from tests.spezillmfog_client import SwiftSseDecoder
 

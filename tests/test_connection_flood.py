@@ -210,7 +210,7 @@ async def test_at_the_per_client_cap_idle_connections_make_room_then_busy_ones_r
     # Three requests in progress: nothing is idle, a fourth connection is refused.
     generate = request("POST", "/api/generate", body=b'{"model": "llama3.2:1b", "prompt": "x"}')
     busy = [asyncio.create_task(exchange(gateway.port, generate)) for _ in range(3)]
-    await wait_until(lambda: len(standin.requests) == 3, "three requests upstream")
+    await wait_until(lambda: len(standin.forwarded) == 3, "three requests upstream")
     refused = await exchange(gateway.port, request("GET", "/healthz"))
     assert refused.status == 503
     assert refused.error()["code"] == "too_many_connections"
@@ -289,7 +289,7 @@ async def test_a_pipelined_request_in_progress_is_not_taken_for_idle(
     writer.write(
         request("GET", "/healthz", close=False) + request("POST", "/api/generate", body=generate)
     )
-    await wait_until(lambda: len(standin.requests) == 1, "the second request upstream")
+    await wait_until(lambda: len(standin.forwarded) == 1, "the second request upstream")
     other = await exchange(gateway.port, request("GET", "/healthz"))
     assert other.status == 503  # the one connection allowed is busy: not closed for this one
     async with asyncio.timeout(GUARD):

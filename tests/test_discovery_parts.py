@@ -10,7 +10,8 @@ import pytest
 from fognode.discovery.browser import FogNode
 from fognode.discovery.choose import rank
 from fognode.discovery.txt import MAX_VALUE, NodeTxt
-from fognode.gateway.announce import announced_addresses, auth_kind
+from fognode.gateway.announce import announced_addresses
+from fognode.gateway.auth_setup import build_authorizer
 from fognode.gateway.settings import Settings
 from tests.conftest import GatewayFactory
 from tests.ollama_standin import OllamaStandIn
@@ -83,10 +84,14 @@ def test_announced_addresses_follow_the_bind_address() -> None:
     ]
     everything = announced_addresses(Settings(host="0.0.0.0"))
     assert all(":" not in a and not a.startswith("127.") for a in everything)
-    assert auth_kind(Settings(auth="none")) == "none"
-    assert auth_kind(Settings(firebase_project_id="p", api_keys="x:user:" + "0" * 64)) == (
-        "firebase+apikey"
-    )
+    # What the TXT record's `auth` says comes from the authorizer that was built.
+    assert build_authorizer(Settings(auth="none")).kinds == "none"
+    both = build_authorizer(Settings(firebase_project_id="p", api_keys="x:user:" + "0" * 64))
+    assert both.kinds == "firebase+apikey"
+    both.close()
+    keys_only = build_authorizer(Settings(api_keys="x:user:" + "0" * 64, api_keys_file=None))
+    assert keys_only.kinds == "apikey"
+    keys_only.close()
 
 
 async def test_gateway_keeps_serving_when_mdns_cannot_work(

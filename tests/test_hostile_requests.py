@@ -65,7 +65,7 @@ async def test_malformed_http_is_a_400_in_openai_shape(
 ) -> None:
     resp = await send(node, MALFORMED[case])
     assert_gateway_error(resp, 400, "malformed_http")
-    assert not standin.requests
+    assert not standin.forwarded
 
 
 async def test_oversized_headers_are_431_and_long_urls_414(node: RunningServer) -> None:
@@ -119,7 +119,7 @@ async def test_path_tricks_are_refused_before_anything_is_forwarded(
     assert resp.status == 400, resp.raw[:300]
     if method == "GET":
         assert resp.error()["code"] == "invalid_path"
-    assert not standin.requests
+    assert not standin.forwarded
 
 
 async def test_encoded_slashes_in_model_names_still_reach_the_upstream(
@@ -127,7 +127,7 @@ async def test_encoded_slashes_in_model_names_still_reach_the_upstream(
 ) -> None:
     """The openai SDK percent-encodes '/' in a model id (hf.co/org/model)."""
     await send(node, request("GET", "/v1/models/hf.co%2Forg%2Fmodel:q4", [AUTH]))
-    assert [r.path for r in standin.requests] == ["/v1/models/hf.co/org/model:q4"]
+    assert [r.path for r in standin.forwarded] == ["/v1/models/hf.co/org/model:q4"]
 
 
 async def test_transfer_codings_other_than_chunked_are_501(
@@ -137,7 +137,7 @@ async def test_transfer_codings_other_than_chunked_are_501(
     head = request("POST", "/api/show", [AUTH, ("Transfer-Encoding", "gzip, chunked")])
     resp = await send(node, head + b"2\r\n{}\r\n0\r\n\r\n")
     assert_gateway_error(resp, 501, "unsupported_transfer_encoding")
-    assert not standin.requests
+    assert not standin.forwarded
 
 
 async def test_two_authorization_headers_are_refused(
@@ -147,7 +147,7 @@ async def test_two_authorization_headers_are_refused(
         resp = await send(node, request("GET", "/v1/models", [AUTH, ("Authorization", second)]))
         assert_gateway_error(resp, 400, "duplicate_header")
         assert "Authorization" in resp.error()["message"]
-    assert not standin.requests
+    assert not standin.forwarded
 
 
 async def test_a_repeated_request_id_is_replaced_not_picked(
@@ -218,7 +218,7 @@ async def test_undecodable_bodies_are_400_without_an_error_log(
         gzip.compress(CHAT),
     )
     assert_gateway_error(await send(node, two), 400, "duplicate_header")
-    assert not standin.requests
+    assert not standin.forwarded
     # A streamed upload (model blobs) is the client's fault too, not the upstream's.
     blob = request(
         "POST", "/api/blobs/sha256:" + "0" * 64, [AUTH, ("Content-Encoding", "gzip")], b"x" * 4000
@@ -235,7 +235,7 @@ async def test_a_gzip_bomb_is_413_after_at_most_the_body_limit(
         "POST", "/v1/chat/completions", [AUTH, ("Content-Encoding", "gzip")], bomb
     )  # 64 KiB on the wire, 64 MiB inflated
     assert_gateway_error(await send(node, chat), 413, "request_too_large")
-    assert not standin.requests
+    assert not standin.forwarded
 
 
 @pytest.mark.parametrize("depth", [65, 100_000])
@@ -248,7 +248,7 @@ async def test_deeply_nested_json_bodies_are_400(
     nested = b'{"model": "llama3.2:1b", "x": ' + b"[" * depth + b"]" * depth + b"}"
     resp = await send(node, request("POST", "/api/chat", [AUTH], nested))
     assert_gateway_error(resp, 400, "json_too_deep")
-    assert not standin.requests
+    assert not standin.forwarded
 
 
 async def test_json_nested_64_levels_is_still_served(
@@ -286,7 +286,7 @@ async def test_connect_options_trace_and_head(node: RunningServer, standin: Olla
     assert_gateway_error(await send(node, request("TRACE", "/v1/models", [AUTH])), 405)
     head = await send(node, request("HEAD", "/healthz"))
     assert head.status == 405 and head.headers["allow"] == "GET"
-    assert not standin.requests
+    assert not standin.forwarded
 
 
 @pytest.mark.parametrize(

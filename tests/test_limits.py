@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 
 from fognode.auth.api_keys import entry_for, new_key
-from fognode.gateway.proxy import ADMISSION
+from fognode.gateway.admission import ADMISSION
 from fognode.gateway.server import RunningServer
 from tests.conftest import GatewayFactory
 from tests.helpers import wait_until
@@ -41,13 +41,13 @@ async def test_global_cap_queues_then_refuses_with_503_and_retry_after(
 ) -> None:
     standin.gate = asyncio.Queue()
     gateway = await make_gateway(standin.url, max_concurrent_requests=2, max_queued_requests=1)
-    admission = gateway.runner.app[ADMISSION]
+    admission = gateway.app[ADMISSION]
     async with aiohttp.ClientSession() as http:
         running = [asyncio.create_task(post(http, gateway)) for _ in range(2)]
         await wait_until(lambda: standin.active == 2, "two generations upstream")
         queued = asyncio.create_task(post(http, gateway))
         await wait_until(lambda: admission.queued == 1, "one request queued")
-        assert len(standin.requests) == 2  # the queued one has not reached Ollama
+        assert len(standin.forwarded) == 2  # the queued one has not reached Ollama
 
         status, body, headers = await post(http, gateway)
         assert status == 503
@@ -84,7 +84,7 @@ async def test_per_user_cap_is_429_and_other_users_are_not_affected(
         first = asyncio.create_task(post(http, gateway, alice))
         await wait_until(lambda: standin.active == 1, "alice's first request upstream")
         second = asyncio.create_task(post(http, gateway, alice))
-        await wait_until(lambda: gateway.runner.app[ADMISSION].queued == 1, "alice queued")
+        await wait_until(lambda: gateway.app[ADMISSION].queued == 1, "alice queued")
         status, body, headers = await post(http, gateway, alice)
         assert status == 429
         assert body is not None and body["error"]["code"] == "user_concurrency_limit"
@@ -104,7 +104,7 @@ async def test_queue_timeout_is_503(standin: OllamaStandIn, make_gateway: Gatewa
     gateway = await make_gateway(
         standin.url, max_concurrent_requests=1, max_queued_requests=4, queue_timeout=0.3
     )
-    admission = gateway.runner.app[ADMISSION]
+    admission = gateway.app[ADMISSION]
     async with aiohttp.ClientSession() as http:
         holder = asyncio.create_task(post(http, gateway))
         await wait_until(lambda: standin.active == 1, "the slot taken")
@@ -123,7 +123,7 @@ async def test_a_queued_client_leaving_is_dropped_from_the_queue(
 ) -> None:
     standin.gate = asyncio.Queue()
     gateway = await make_gateway(standin.url, max_concurrent_requests=1, queue_timeout=60)
-    admission = gateway.runner.app[ADMISSION]
+    admission = gateway.app[ADMISSION]
     async with aiohttp.ClientSession() as http:
         holder = asyncio.create_task(post(http, gateway))
         await wait_until(lambda: admission.active == 1 and standin.active == 1, "slot taken")
@@ -142,4 +142,4 @@ async def test_a_queued_client_leaving_is_dropped_from_the_queue(
             assert (await holder)[0] == 200
     assert admission.active == 0
     # The abandoned request never reached Ollama.
-    assert len(standin.requests) == 1
+    assert len(standin.forwarded) == 1

@@ -53,7 +53,7 @@ async def test_concurrent_streams_arrive_byte_for_byte(
         assert all(d.get("role") == "assistant" for d in chat_deltas(received)), rid
         if wire == "legacy":  # every delta had its role: not a byte changed
             assert standin.sent_digests[rid] == hashlib.sha256(received).hexdigest(), rid
-    stats = gateway.runner.app[STATS]
+    stats = gateway.app[STATS]
     assert stats.active_streams == 0 and stats.upstream_failures_total == 0
 
 
@@ -172,7 +172,7 @@ async def test_slow_body_gets_408(standin: OllamaStandIn, make_gateway: GatewayF
     writer.close()
     assert answer.startswith(b"HTTP/1.1 408")
     assert b'"code": "body_timeout"' in answer
-    assert standin.requests == []
+    assert standin.forwarded == []
 
 
 async def test_garbage_instead_of_http_gets_an_openai_shaped_400(gateway: RunningServer) -> None:
@@ -199,7 +199,7 @@ async def test_a_reader_that_stops_for_good_is_dropped_and_ollama_cancelled(
         await resp.content.readuntil(b"\n\n")  # then never read again
         async with asyncio.timeout(GUARD):
             await standin.cancel_event.wait()
-        stats = gateway.runner.app[STATS]
+        stats = gateway.app[STATS]
         assert stats.client_disconnects_total == 1 and stats.active_streams == 0
         resp.close()
     assert standin.completed == 0

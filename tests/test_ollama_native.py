@@ -8,8 +8,8 @@ import aiohttp
 import pytest
 
 from fognode.auth.errors import PolicyError
-from fognode.gateway.access import ACCESS_BY_ROUTE, Access, Principal
-from fognode.gateway.routes import MODEL_MANAGEMENT_ROUTES
+from fognode.auth.principal import Access, Principal
+from fognode.gateway.routes import MODEL_MANAGEMENT_ROUTES, ROUTES
 from fognode.gateway.server import RunningServer
 from tests.conftest import GatewayFactory
 from tests.ollama_standin import VERSIONS, OllamaStandIn
@@ -48,7 +48,7 @@ async def test_native_route_answers_exactly_as_ollama(
     for doc in (via_body, direct_body):
         doc.pop("created_at", None)
     assert via_body == direct_body
-    assert standin.requests[0].path == path
+    assert standin.forwarded[0].path == path
 
 
 async def test_native_streaming_generate(
@@ -110,7 +110,7 @@ async def test_admin_seam_guards_model_management(
         assert resp.status == 403
     async with http.get(f"{gateway.url}/api/tags") as resp:
         assert resp.status == 200
-    assert [r.path for r in standin.requests] == ["/api/tags"]
+    assert [r.path for r in standin.forwarded] == ["/api/tags"]
 
 
 async def test_model_management_passes_for_admins(
@@ -128,8 +128,8 @@ async def test_model_management_passes_for_admins(
 
 
 async def test_every_route_has_an_access_level(gateway: RunningServer) -> None:
-    table = gateway.runner.app[ACCESS_BY_ROUTE]
-    for resource in gateway.runner.app.router.resources():
+    table = {path: spec.access for (_, path), spec in gateway.app[ROUTES].items()}
+    for resource in gateway.app.router.resources():
         assert resource.canonical in table, resource.canonical
     assert table["/healthz"] is Access.PUBLIC
     assert table["/v1/chat/completions"] is Access.USER

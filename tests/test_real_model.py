@@ -195,7 +195,7 @@ async def test_cancelling_mid_stream_stops_the_generation(
         if received >= 3:
             break
     await stream.close()  # the phone goes away
-    stats = gateway.runner.app[STATS]
+    stats = gateway.app[STATS]
     async with asyncio.timeout(30):
         while stats.client_disconnects_total == 0:  # noqa: ASYNC110
             await asyncio.sleep(0.05)

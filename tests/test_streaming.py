@@ -99,7 +99,7 @@ async def test_client_disconnect_cancels_upstream_at_once(
     assert standin.cancelled == 1
     assert standin.completed == 0
     assert standin.chunks_sent == 2  # generation stopped where the client left
-    stats = gateway.runner.app[STATS]
+    stats = gateway.app[STATS]
     await wait_until(lambda: stats.active_streams == 0, "stream slot released")
     assert stats.client_disconnects_total == 1
     assert stats.active_requests == 0
@@ -122,7 +122,7 @@ async def test_client_disconnect_before_first_byte_cancels_upstream(
             pass
     async with asyncio.timeout(HANG_GUARD):
         await standin.cancel_event.wait()
-    stats = gateway.runner.app[STATS]
+    stats = gateway.app[STATS]
     await wait_until(lambda: stats.active_requests == 0, "request slot released")
 
 
@@ -135,7 +135,7 @@ async def test_repeated_disconnects_leave_no_tasks_connections_or_objects(
     for _ in range(rounds):
         await _stream_then_disconnect(gateway.url, events_to_read=1)
     await wait_until(lambda: standin.cancelled == rounds, "every generation cancelled")
-    stats = gateway.runner.app[STATS]
+    stats = gateway.app[STATS]
     await wait_until(lambda: stats.active_streams == 0 and stats.active_requests == 0, "slots")
     assert stats.client_disconnects_total == rounds
     assert standin.completed == 0

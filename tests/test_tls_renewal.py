@@ -14,7 +14,7 @@ from cryptography import x509
 
 from fognode.certs.issuer import SubjectNames
 from fognode.certs.lifecycle import issue_to_files
-from fognode.gateway.app import TLS
+from fognode.gateway.cert_renewal import CERTIFICATES
 from tests.conftest import GatewayFactory
 from tests.helpers import wait_until
 from tests.ollama_standin import OllamaStandIn
@@ -50,7 +50,7 @@ async def test_expiring_certificate_is_renewed_while_a_stream_stays_open(
         cert_check_interval=0.25,
         cert_validity_days=2,
     )
-    terminator = gateway.runner.app[TLS]
+    terminator = gateway.app[CERTIFICATES]
     first = await asyncio.to_thread(served_serial, gateway.port, pki.ca)
 
     # Open a stream over the first certificate and hold it mid-answer.
@@ -95,7 +95,7 @@ async def test_certificate_replaced_on_disk_is_picked_up(
     gateway = await make_gateway(
         standin.url, tls=True, certs_dir=pki.paths.directory, cert_check_interval=0.25
     )
-    terminator = gateway.runner.app[TLS]
+    terminator = gateway.app[CERTIFICATES]
     first = await asyncio.to_thread(served_serial, gateway.port, pki.ca)
     # What an operator's cron job running `fognode certs issue` does.
     await asyncio.to_thread(issue_to_files, pki.paths, PASSPHRASE, SubjectNames.parse(NODE_NAMES))
@@ -117,7 +117,7 @@ async def test_renewal_without_passphrase_warns_and_keeps_serving(
         cert_renew_before_days=1,
         cert_check_interval=3600,
     )
-    terminator = gateway.runner.app[TLS]
+    terminator = gateway.app[CERTIFICATES]
     first = await asyncio.to_thread(served_serial, gateway.port, pki.ca)
     assert await asyncio.to_thread(terminator.check_once) == "renewal-needed"
     assert "passphrase is not configured" in caplog.text
@@ -133,7 +133,7 @@ async def test_half_written_pair_is_not_loaded(
     gateway = await make_gateway(
         standin.url, tls=True, certs_dir=pki.paths.directory, cert_check_interval=3600
     )
-    terminator = gateway.runner.app[TLS]
+    terminator = gateway.app[CERTIFICATES]
     first = await asyncio.to_thread(served_serial, gateway.port, pki.ca)
     pki.paths.server_key.write_bytes(other.paths.server_key.read_bytes())
     assert await asyncio.to_thread(terminator.check_once) is None

@@ -22,8 +22,9 @@ from fognode.embedded.progress import show_startup
 from fognode.embedded.runtime import EmbeddedRuntime
 from fognode.embedded.supervisor import LlamaServer, State
 from fognode.gateway import settings as settings_module
-from fognode.gateway.announce import NodeAnnouncer
-from fognode.gateway.proxy import ADMISSION, UPSTREAM
+from fognode.gateway.admission import ADMISSION
+from fognode.gateway.announce import AnnounceOptions, NodeAnnouncer, announcement
+from fognode.gateway.proxy import UPSTREAM
 from fognode.gateway.server import RunningServer, start_server
 from fognode.gateway.settings import Settings
 from tests.conftest import GatewayFactory
@@ -63,7 +64,7 @@ async def test_a_configured_upstream_is_used_as_given_even_when_it_is_down(
 ) -> None:
     down = f"http://127.0.0.1:{free_port()}"
     gateway = await make_gateway(down)
-    pool = gateway.runner.app[UPSTREAM]
+    pool = gateway.app[UPSTREAM]
     assert pool.kind == "ollama" and pool.base == down
     assert all(m.local is None for m in pool.members)
     async with http.get(f"{gateway.url}/readyz") as resp:
@@ -99,7 +100,7 @@ async def test_the_embedded_model_serves_when_nothing_answers_at_the_default_add
     caplog.set_level(logging.INFO, logger="fognode.upstream")
     gateway = await start_server(fresh_settings())
     unconfigured.append(gateway)
-    app = gateway.runner.app
+    app = gateway.app
     pool = app[UPSTREAM]
     assert pool.kind == "embedded" and app[ADMISSION].capacity == 1
     [choice] = [r.getMessage() for r in caplog.records if r.name == "fognode.upstream"]
@@ -123,10 +124,11 @@ async def test_the_embedded_model_serves_when_nothing_answers_at_the_default_add
         assert resp.status == 200
         answer = await resp.json()
     assert answer["model"] == MODEL and answer["choices"][0]["message"]["content"] is not None
-    announcer = NodeAnnouncer(
-        pool.settings, port=gateway.port, admission=app[ADMISSION], upstream=pool, tls=None
+    base = announcement(
+        Settings(upstream_kind="embedded"), port=gateway.port, ca_sha256="", auth="none", capacity=1
     )
-    assert await announcer.fetch_models() == (MODEL,)
+    announcer = NodeAnnouncer(base, AnnounceOptions(10, 5), admission=app[ADMISSION], pool=pool)
+    assert announcer.current_txt().models == (MODEL,)
     assert announcer.current_txt().api == "openai"
 
     pid = runtime.pid
@@ -224,7 +226,7 @@ async def test_parallel_slots_are_processes_that_share_the_load(
     caplog.set_level(logging.DEBUG, logger="fognode.embedded.llama")
     gateway = await start_server(settings)
     unconfigured.append(gateway)
-    app = gateway.runner.app
+    app = gateway.app
     pool = app[UPSTREAM]
     assert len(pool.members) == 2 and app[ADMISSION].capacity == 2
     servers = [m.local for m in pool.members if isinstance(m.local, LlamaServer)]

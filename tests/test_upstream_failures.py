@@ -62,7 +62,7 @@ async def test_stalled_stream_ends_with_an_sse_error_event(
     last = json.loads(events[-1].removeprefix("data: "))
     assert last["error"]["code"] == "upstream_idle_timeout"
     assert "[DONE]" not in raw.decode()
-    assert gateway.runner.app[STATS].upstream_failures_total == 1
+    assert gateway.app[STATS].upstream_failures_total == 1
     async with asyncio.timeout(10):
         await standin.cancel_event.wait()  # the stalled generation was abandoned
 

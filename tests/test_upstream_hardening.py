@@ -15,9 +15,11 @@ import pytest
 from aiohttp import web
 
 from fognode.gateway import answers, cli
-from fognode.gateway.announce import NodeAnnouncer
-from fognode.gateway.proxy import ADMISSION, UPSTREAM
+from fognode.gateway.admission import ADMISSION
+from fognode.gateway.announce import AnnounceOptions, NodeAnnouncer, announcement
+from fognode.gateway.proxy import UPSTREAM
 from fognode.gateway.server import RunningServer
+from fognode.gateway.settings import Settings
 from fognode.gateway.stats import STATS
 from tests.conftest import GatewayFactory
 from tests.helpers import free_port, wait_until
@@ -83,15 +85,14 @@ async def test_the_upstream_key_goes_with_probes_and_model_lists(
         body = await resp.json()
         assert resp.status == 200, body
     assert body["models"] == 2
-    app = gateway.runner.app
-    announcer = NodeAnnouncer(
-        app[UPSTREAM].settings,
-        port=gateway.port,
-        admission=app[ADMISSION],
-        upstream=app[UPSTREAM],
-        tls=None,
+    app = gateway.app
+    base = announcement(
+        Settings(upstream_kind=kind), port=gateway.port, ca_sha256="", auth="none", capacity=4
     )
-    assert await announcer.fetch_models() == ("m1", "m2")  # what mDNS announces
+    announcer = NodeAnnouncer(
+        base, AnnounceOptions(10, 5), admission=app[ADMISSION], pool=app[UPSTREAM]
+    )
+    assert announcer.current_txt().models == ("m1", "m2")  # what mDNS announces
     # Several upstreams: the merged model list asks each one, with the key.
     several = await make_gateway(
         keyed_upstream,
@@ -229,7 +230,9 @@ async def test_answers_over_the_check_limit_are_relayed_unchecked_and_whole(
 
 
 async def raw_upstream(replies: list[bytes]) -> tuple[str, asyncio.Server]:
-    """An upstream that answers each connection's request with the next raw reply."""
+    """An upstream that answers each connection's request with the next raw reply
+    (the gateway's own model-list checks, which carry no request id, get an
+    empty list and take no reply)."""
     pending = list(replies)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -244,6 +247,10 @@ async def raw_upstream(replies: list[bytes]) -> tuple[str, asyncio.Server]:
                 0,
             )
             await reader.readexactly(length)
+            if b"x-request-id" not in head.lower():
+                writer.write(JSON_HEAD + b'Content-Length: 13\r\n\r\n{"models":[]}')
+                await writer.drain()
+                continue
             if not pending:
                 break
             writer.write(pending.pop(0))
@@ -402,7 +409,7 @@ async def test_a_client_that_stops_reading_a_checked_answer_is_dropped(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n" % len(body) + body
     )
-    stats = gateway.runner.app[STATS]
+    stats = gateway.app[STATS]
     try:
         await wait_until(lambda: stats.client_disconnects_total == 1, "the reader dropped", 30)
     finally:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from fognode.gateway.announce import NodeAnnouncer
-from fognode.gateway.proxy import ADMISSION, UPSTREAM
+from fognode.gateway.admission import ADMISSION
+from fognode.gateway.announce import AnnounceOptions, NodeAnnouncer, announcement
+from fognode.gateway.proxy import UPSTREAM
+from fognode.gateway.settings import Settings
 from tests.conftest import GatewayFactory
 from tests.ollama_standin import OllamaStandIn
 
@@ -40,16 +42,17 @@ async def test_model_list_for_mdns_comes_from_the_right_endpoint(
     standin: OllamaStandIn, make_gateway: GatewayFactory, kind: str
 ) -> None:
     gateway = await make_gateway(standin.url, upstream_kind=kind)
-    app = gateway.runner.app
-    announcer = NodeAnnouncer(
-        app[UPSTREAM].settings,
-        port=gateway.port,
-        admission=app[ADMISSION],
-        upstream=app[UPSTREAM],
-        tls=None,
+    app = gateway.app
+    base = announcement(
+        Settings(upstream_kind=kind), port=gateway.port, ca_sha256="", auth="none", capacity=4
     )
-    assert await announcer.fetch_models() == tuple(sorted(standin.models))
-    assert announcer.current_txt().api == ("openai,ollama" if kind == "ollama" else "openai")
+    announcer = NodeAnnouncer(
+        base, AnnounceOptions(10, 5), admission=app[ADMISSION], pool=app[UPSTREAM]
+    )
+    txt = announcer.current_txt()
+    assert txt.models == tuple(sorted(standin.models))
+    assert txt.api == ("openai,ollama" if kind == "ollama" else "openai")
+    # What the pool's one check found: it asked the endpoint of its kind, nothing else.
     expected = "/api/tags" if kind == "ollama" else "/v1/models"
     assert {r.path for r in standin.requests} == {expected}
 

@@ -89,7 +89,7 @@ async def test_failover_before_the_first_byte_and_recovery(
     gateway = await make_gateway(
         backup.url, upstream_urls=[down_url, backup.url], upstream_check_interval=0.2
     )
-    pool = gateway.runner.app[UPSTREAM]
+    pool = gateway.app[UPSTREAM]
     try:
         # Pretend the health check has not noticed yet: the dead upstream looks
         # like it has the model and comes first. The request still succeeds.

@@ -117,7 +117,7 @@ async def test_bad_chat_requests_get_400_and_never_reach_ollama(
     assert error["type"] == "invalid_request_error"
     assert error["param"] == param
     assert error["code"] == code
-    assert standin.requests == []
+    assert standin.forwarded == []
 
 
 @pytest.mark.parametrize(
@@ -148,7 +148,7 @@ async def test_bad_completion_and_embedding_requests(
     async with http.post(gateway.url + path, json=body) as resp:
         assert resp.status == 400
         assert assert_openai_error(await resp.json())["param"] == param
-    assert standin.requests == []
+    assert standin.forwarded == []
 
 
 UNPARSEABLE = [
@@ -189,7 +189,7 @@ async def test_unparseable_bodies(
     ) as resp:
         assert resp.status == 400
         assert assert_openai_error(await resp.json())["code"] == code
-    assert standin.requests == []
+    assert standin.forwarded == []
 
 
 async def test_valid_edge_cases_pass(
@@ -232,7 +232,7 @@ async def test_valid_edge_cases_pass(
         f"{gateway.url}/v1/completions", json={"model": "llama3.2:1b", "prompt": [1, 2, 3]}
     ) as resp:
         assert resp.status == 200
-    assert len(standin.requests) == 4
+    assert len(standin.forwarded) == 4
 
 
 async def test_body_limit_413_by_content_length_and_by_stream(
@@ -252,7 +252,7 @@ async def test_body_limit_413_by_content_length_and_by_stream(
     async with http.post(f"{gateway.url}/api/chat", data=chunked()) as resp:
         assert resp.status == 413
         assert assert_openai_error(await resp.json())["code"] == "request_too_large"
-    assert standin.requests == []
+    assert standin.forwarded == []
 
 
 async def test_unknown_route_and_wrong_method_are_openai_shaped(

@@ -1,4 +1,4 @@
-"""Admission control: how many inference requests reach Ollama at once.
+"""The sixth stage: admission control, how many inference requests reach the upstream at once.
 
 Ollama queues by itself, but without a bound the gateway cannot see (and
 only up to OLLAMA_MAX_QUEUE, after which it answers 503 "server busy").
@@ -14,18 +14,32 @@ fognode owns the queue instead:
 
 Retry-After is estimated from the recent average request duration and the
 queue ahead, so clients back off for about as long as it takes to drain.
+
+A streamed (SSE) request that waits long gets its headers early and
+heartbeats with its place in the queue (keepalive.py); an error after that
+(a queue timeout, an upstream failure) goes in-band.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from .context import PRINCIPAL
 from .errors import GatewayError
+from .keepalive import HeartbeatOptions, KeepAlive
+from .routes import spec_for
+from .validation import REQUEST_BODY
+
+log = logging.getLogger("fognode.gateway")
 
 
 @dataclass
@@ -224,3 +238,52 @@ class Admission:
                 code="queue_timeout",
                 headers={"Retry-After": self._retry_after(len(gate.waiters), gate.capacity)},
             ) from None
+
+
+ADMISSION = web.AppKey("fognode.admission", Admission)
+# A waiting streamed request's early headers and heartbeats; the proxy stage
+# settles it before it writes the upstream's answer.
+KEEPALIVE = web.RequestKey("fognode.keepalive", KeepAlive)
+
+
+def setup_admission(
+    app: web.Application, admission: Admission, heartbeats: HeartbeatOptions
+) -> None:
+    app[ADMISSION] = admission
+
+    @web.middleware
+    async def admission_control(request: web.Request, handler: Handler) -> web.StreamResponse:
+        spec = spec_for(request)
+        if spec is None or not spec.limited:
+            return await handler(request)
+        body = request.get(REQUEST_BODY)
+        keepalive = None
+        if body is not None and body.streams_sse:
+            keepalive = request[KEEPALIVE] = KeepAlive(request, heartbeats)
+        ticket = Ticket()
+        principal = request.get(PRINCIPAL)
+        try:
+            if keepalive is not None:
+                keepalive.status = lambda: _queued(admission.position(ticket))
+            permit = await admission.acquire(principal.uid if principal else "anonymous", ticket)
+            if keepalive is not None:
+                keepalive.status = None
+            try:
+                return await handler(request)
+            finally:
+                admission.release(permit)
+        except GatewayError as exc:
+            if keepalive is not None and keepalive.started:
+                # The 200 headers are out (the request waited long): in-band.
+                log.warning("%s (%s), reported in-band", exc.message, exc.code)
+                return await keepalive.fail(exc)
+            raise
+        finally:
+            if keepalive is not None:
+                keepalive.close()
+
+    app.middlewares.append(admission_control)
+
+
+def _queued(position: int | None) -> str | None:
+    return f"queued {position}" if position is not None else None

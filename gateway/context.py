@@ -1,0 +1,136 @@
+"""The first stage: a request id, and one record of every request when it ends.
+
+Outermost, so that it sees every request, including the ones that fail in a
+later stage and the ones whose client leaves (aiohttp's own access log
+skips those): it accepts or mints the request id, makes every log line made
+while handling the request carry it (logs.request_id_var), echoes it on the
+response, and at the end writes one access-log line and the per-request
+metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ..auth.principal import Principal
+from .logs import redact, request_id_var
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
+access_log = logging.getLogger("fognode.access")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+SERVER_NAME = "fognode"  # not "Python/3.x aiohttp/3.y": versions help attackers more
+
+REQUEST_ID = web.RequestKey("fognode.request_id", str)
+# Who called (set by the access stage), for the access log.
+PRINCIPAL = web.RequestKey("fognode.principal", Principal)
+# Body bytes and chunks relayed to the client (set by the relay; aiohttp's own
+# count includes the header block).
+BODY_BYTES = web.RequestKey("fognode.body_bytes", int)
+RELAYED_CHUNKS = web.RequestKey("fognode.relayed_chunks", int)
+
+# Accept a caller's id only if it is short and harmless in logs and headers.
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+
+
+def request_id_of(request: web.BaseRequest) -> str:
+    incoming = request.headers.getall(REQUEST_ID_HEADER, ())
+    # Two ids would name the request two ways in the logs, and one shaped like
+    # a credential would carry it into every log line, ours and the
+    # upstream's: mint one instead.
+    if (
+        len(incoming) == 1
+        and _VALID_REQUEST_ID.match(incoming[0])
+        and redact(incoming[0]) == incoming[0]
+    ):
+        return incoming[0]
+    return uuid.uuid4().hex
+
+
+def _bytes_sent(request: web.Request, response: web.StreamResponse | None) -> int:
+    if BODY_BYTES in request:
+        return request[BODY_BYTES]
+    if response is None:
+        return 0
+    body = getattr(response, "body", None)
+    return len(body) if isinstance(body, bytes | bytearray) else 0
+
+
+def setup_request_context(app: web.Application, metrics: Metrics) -> None:
+    @web.middleware
+    async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+        rid = request_id_of(request)
+        request[REQUEST_ID] = rid
+        token = request_id_var.set(rid)
+        started = time.perf_counter()
+        status = 500
+        response: web.StreamResponse | None = None
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except (asyncio.CancelledError, ConnectionResetError):
+            status = 499  # nginx's "client closed request"
+            raise
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            duration = time.perf_counter() - started
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            metrics.requests.labels(route, request.method, str(status)).inc()
+            metrics.duration.labels(route).observe(duration)
+            if RELAYED_CHUNKS in request:
+                metrics.chunks.labels(route).inc(request[RELAYED_CHUNKS])
+                metrics.bytes.labels(route).inc(request[BODY_BYTES])
+            if access_log.isEnabledFor(logging.INFO):
+                _log_access(request, rid, status, _bytes_sent(request, response), duration)
+            request_id_var.reset(token)
+
+    async def identify(request: web.Request, response: web.StreamResponse) -> None:
+        """Every response, streamed or not, echoes the id and names the server."""
+        rid = request.get(REQUEST_ID)
+        if rid is not None:
+            response.headers[REQUEST_ID_HEADER] = rid
+        response.headers["Server"] = SERVER_NAME
+
+    app.middlewares.append(request_context)
+    app.on_response_prepare.append(identify)
+
+
+def _log_access(request: web.Request, rid: str, status: int, sent: int, duration: float) -> None:
+    principal = request.get(PRINCIPAL)
+    uid = principal.uid if principal else None
+    access_log.info(
+        '%s "%s %s" %d %dB %.3fs uid=%s',
+        request.remote,
+        request.method,
+        request.rel_url.raw_path,
+        status,
+        sent,
+        duration,
+        uid or "-",
+        extra={
+            "fields": {
+                "remote": request.remote,
+                "method": request.method,
+                "path": request.rel_url.raw_path,
+                "status": status,
+                "bytes": sent,
+                "duration_s": round(duration, 6),
+                "uid": uid,
+                "request_id": rid,
+            }
+        },
+    )

@@ -1,0 +1,26 @@
+"""Where the node keeps its state on disk.
+
+The settings name these as defaults; knowing the file system (and whether a
+file exists yet) is kept out of the settings model itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def data_dir() -> Path:
+    """Where setup.sh keeps the node's state: ~/.local/share/fognode (XDG_DATA_HOME)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "fognode"
+
+
+def default_certs_dir() -> Path:
+    return data_dir() / "certs"
+
+
+def default_api_keys_file() -> Path | None:
+    """The keys file setup.sh writes, if there is one."""
+    path = data_dir() / "api-keys"
+    return path if path.is_file() else None
