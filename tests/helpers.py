@@ -9,6 +9,14 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+# The request most tests send: a chat completion for a model the stand-in has.
+CHAT: dict[str, Any] = {
+    "model": "llama3.2:1b",
+    "messages": [{"role": "user", "content": "hi"}],
+}
+STREAMED_CHAT: dict[str, Any] = {**CHAT, "stream": True}
+CHAT_BYTES = json.dumps(CHAT).encode()
+
 
 def free_port() -> int:
     """A loopback port with nothing listening on it (right now)."""

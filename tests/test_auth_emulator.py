@@ -28,9 +28,8 @@ from fognode.gateway.auth_setup import UnsafeConfiguration
 from fognode.gateway.server import RunningServer
 from tests.conftest import GatewayFactory
 from tests.firebase_emulator import PROJECT, AuthEmulator
+from tests.helpers import CHAT
 from tests.ollama_standin import OllamaStandIn
-
-CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}
 
 
 @pytest.fixture

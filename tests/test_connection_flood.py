@@ -21,6 +21,7 @@ from fognode.auth.api_keys import entry_for, new_key
 from fognode.gateway.connections import client_key
 from fognode.gateway.server import RunningServer
 from tests.conftest import GatewayFactory
+from tests.helpers import STREAMED_CHAT as CHAT
 from tests.helpers import wait_until
 from tests.node_process import NodeProcess
 from tests.ollama_standin import OllamaStandIn
@@ -28,11 +29,6 @@ from tests.pki import make_pki
 from tests.raw_http import exchange, request
 
 KEY = new_key()
-CHAT = {
-    "model": "llama3.2:1b",
-    "stream": True,
-    "messages": [{"role": "user", "content": "hi"}],
-}
 GUARD = 60.0  # turns a hang into a failure; nothing asserts on time
 
 

@@ -11,10 +11,8 @@ from aiohttp import web
 
 from fognode.gateway.server import RunningServer
 from tests.conftest import GatewayFactory
-from tests.helpers import free_port
+from tests.helpers import CHAT, free_port
 from tests.ollama_standin import VERSIONS, OllamaStandIn
-
-CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}
 
 
 async def test_request_id_is_echoed_forwarded_and_generated(

@@ -14,12 +14,12 @@ import pytest
 from fognode.auth.api_keys import entry_for, new_key
 from fognode.gateway.server import RunningServer
 from tests.conftest import GatewayFactory
+from tests.helpers import CHAT_BYTES as CHAT
 from tests.ollama_standin import OllamaStandIn
 from tests.raw_http import RawResponse, exchange, request
 
 KEY = new_key()
 AUTH = ("Authorization", f"Bearer {KEY}")
-CHAT = b'{"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}'
 
 
 @pytest.fixture

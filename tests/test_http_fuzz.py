@@ -21,13 +21,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fognode.auth.api_keys import entry_for, new_key
+from tests.helpers import CHAT_BYTES as CHAT
 from tests.node_process import NodeProcess
 from tests.ollama_standin import OllamaStandIn
 from tests.raw_http import RawResponse, exchange_blocking
 
 KEY = new_key()
 AUTH = f"Authorization: Bearer {KEY}\r\n".encode()
-CHAT = b'{"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}'
 
 
 def _request(head: bytes, body: bytes = b"") -> bytes:

@@ -11,14 +11,10 @@ from fognode.auth.api_keys import entry_for, new_key
 from fognode.gateway.admission import ADMISSION
 from fognode.gateway.server import RunningServer
 from tests.conftest import GatewayFactory
+from tests.helpers import STREAMED_CHAT as CHAT
 from tests.helpers import wait_until
 from tests.ollama_standin import OllamaStandIn
 
-CHAT = {
-    "model": "llama3.2:1b",
-    "stream": True,
-    "messages": [{"role": "user", "content": "hi"}],
-}
 GUARD = 10.0
 
 

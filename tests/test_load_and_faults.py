@@ -14,10 +14,10 @@ import pytest
 from fognode.gateway.server import RunningServer
 from fognode.gateway.stats import STATS
 from tests.conftest import GatewayFactory
+from tests.helpers import STREAMED_CHAT as CHAT
 from tests.helpers import chat_deltas, free_port, without_heartbeats, without_roles
 from tests.ollama_standin import WIRE_FORMATS, OllamaStandIn
 
-CHAT = {"model": "llama3.2:1b", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 GUARD = 60.0
 
 

@@ -8,14 +8,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from fognode.auth.api_keys import entry_for, new_key
 from fognode.gateway.server import RunningServer
 from tests.conftest import GatewayFactory
+from tests.helpers import STREAMED_CHAT as CHAT
 from tests.helpers import free_port
 from tests.ollama_standin import OllamaStandIn
-
-CHAT = {
-    "model": "llama3.2:1b",
-    "stream": True,
-    "messages": [{"role": "user", "content": "hi"}],
-}
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

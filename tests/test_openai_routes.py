@@ -9,13 +9,11 @@ import aiohttp
 import pytest
 
 from fognode.gateway.server import RunningServer
-from tests.helpers import chat_deltas
+from tests.helpers import CHAT, chat_deltas
 from tests.ollama_standin import WIRE_FORMATS, OllamaStandIn
 
 # The SpeziLLMFog app's pattern for a missing model (LLMFogError.swift).
 APP_MODEL_NOT_FOUND = r"model '([\w:]+)' not found, try pulling it first"
-
-CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "Why is the sky blue?"}]}
 
 
 def sse_events(raw: bytes) -> list[str]:

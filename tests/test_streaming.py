@@ -16,15 +16,11 @@ import aiohttp
 
 from fognode.gateway.server import RunningServer
 from fognode.gateway.stats import STATS
+from tests.helpers import STREAMED_CHAT as CHAT
 from tests.helpers import wait_until
 from tests.ollama_standin import OllamaStandIn
 
 HANG_GUARD = 10.0  # seconds; only to turn a deadlock into a failure
-CHAT = {
-    "model": "llama3.2:1b",
-    "stream": True,
-    "messages": [{"role": "user", "content": "Why is the sky blue?"}],
-}
 
 
 async def test_each_sse_event_reaches_client_before_the_next_is_produced(

@@ -12,10 +12,8 @@ import pytest
 
 from fognode.gateway.stats import STATS
 from tests.conftest import GatewayFactory
-from tests.helpers import free_port
+from tests.helpers import CHAT, free_port
 from tests.ollama_standin import OllamaStandIn
-
-CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}
 
 
 async def test_unreachable_upstream_is_502_naming_it_and_how_to_start_ollama(

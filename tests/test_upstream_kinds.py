@@ -10,9 +10,8 @@ from fognode.gateway.announce import AnnounceOptions, NodeAnnouncer, announcemen
 from fognode.gateway.proxy import UPSTREAM
 from fognode.gateway.settings import Settings
 from tests.conftest import GatewayFactory
+from tests.helpers import CHAT
 from tests.ollama_standin import OllamaStandIn
-
-CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}
 
 
 async def test_openai_kind_serves_v1_and_refuses_native_routes_with_501(
