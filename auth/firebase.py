@@ -41,15 +41,12 @@ from typing import Any
 import firebase_admin
 from firebase_admin import _token_gen as firebase_tokens
 from firebase_admin import auth, credentials
+from google.auth import credentials as google_credentials
 
 from .. import safejson
 from .errors import AuthError, VerifierUnavailable
 
 EMULATOR_ENV = "FIREBASE_AUTH_EMULATOR_HOST"
-# Without explicit credentials google-auth probes the cloud metadata server
-# (169.254.169.254) to see whether it runs on Google Cloud. A fog node on a
-# LAN never does; don't send that packet.
-os.environ.setdefault("NO_GCE_CHECK", "true")
 GOOGLE_CERTS_URL: str = firebase_tokens.ID_TOKEN_CERT_URI
 ISSUER_PREFIX: str = firebase_tokens.ID_TOKEN_ISSUER_PREFIX
 _app_numbers = itertools.count(1)
@@ -57,6 +54,13 @@ _app_numbers = itertools.count(1)
 CLOCK_SKEW_SECONDS = 60
 # A Firebase ID token's claims nest 4 levels; custom claims add a few.
 JOSE_MAX_DEPTH = 32
+
+
+class _NoCredentials(credentials.Base):  # type: ignore[misc]
+    """A credential for a firebase-admin app that only verifies tokens."""
+
+    def get_credential(self) -> google_credentials.Credentials:
+        return google_credentials.AnonymousCredentials()  # type: ignore[no-untyped-call]
 
 
 class AuthConfigError(Exception):
@@ -170,7 +174,12 @@ class FirebaseVerifier:
                 "unsigned tokens. Unset it for production, or configure emulator mode "
                 "(FOGNODE_FIREBASE_AUTH_EMULATOR_HOST)."
             )
-        credential: credentials.Base | None = None
+        # Without a service account, no credentials at all: checking a token's
+        # signature needs only Google's public keys, and letting firebase-admin
+        # look for application default credentials would have google-auth probe
+        # the cloud metadata server (169.254.169.254), which a fog node on a LAN
+        # never needs.
+        credential: credentials.Base = _NoCredentials()
         if credentials_file is not None:
             try:
                 credential = credentials.Certificate(str(credentials_file))

@@ -174,3 +174,41 @@ def test_api_keys_file_with_comments(tmp_path: Path) -> None:
     path.write_text(f"# operators\n\n{entry_for(key, 'op', admin=True)}\n")
     entries = read_entries([], path)
     assert len(entries) == 1 and entries[0].admin
+
+
+def test_token_verification_alone_asks_no_cloud_for_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a service account there are no credentials to look for: importing
+    the verifier changes no environment variable, and neither building it nor
+    using it asks google-auth for application default credentials (which would
+    probe the cloud metadata server from a LAN node)."""
+    import subprocess
+    import sys
+
+    import google.auth
+
+    from fognode.auth import firebase
+
+    imported = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os; before = dict(os.environ); import fognode.auth.firebase; "
+            "assert dict(os.environ) == before, set(os.environ) ^ set(before)",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert imported.returncode == 0, imported.stderr
+
+    def no_default(*args: object, **kwargs: object) -> None:
+        raise AssertionError("application default credentials were looked up")
+
+    monkeypatch.setattr(google.auth, "default", no_default)
+    verifier = firebase.FirebaseVerifier(project_id="demo-no-cloud")
+    try:
+        credential = verifier.app.credential.get_credential()
+        assert type(credential).__name__ == "AnonymousCredentials"
+    finally:
+        verifier.close()
