@@ -22,15 +22,10 @@ from typing import Any
 from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from .names import DEFAULT_INSTANCE, DEFAULT_TYPES, SERVICE_NAME
 from .txt import NodeTxt
 
-# The name a fog node's certificate carries and its clients send as Host (the
-# SpeziLLMFog contract); a node's SRV host name is its own and differs.
-SERVICE_NAME = "spezillmfog.local"
-SERVICES = ("_https._tcp", "_http._tcp")
-DOMAINS = ("local.", "spezillmfog.local.")
-DEFAULT_TYPES = tuple(f"{service}.{domain}" for service in SERVICES for domain in DOMAINS)
-DEFAULT_INSTANCE = "SpeziLLMFog Service"
+__all__ = ["DEFAULT_INSTANCE", "DEFAULT_TYPES", "SERVICE_NAME"]
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from ..discovery.names import DEFAULT_INSTANCE
 from .paths import default_api_keys_file, default_certs_dir
 
 CONFIG_ENV = "FOGNODE_CONFIG"
@@ -277,7 +278,7 @@ class Settings(BaseSettings):
         "`local.` (generic tools) and `<app_host_name>.` (where SpeziLLMFog apps browse).",
     )
     mdns_instance_name: str = Field(
-        "SpeziLLMFog Service",
+        DEFAULT_INSTANCE,
         min_length=1,
         max_length=63,
         description="Service instance name clients browse for. On a name clash the second "
