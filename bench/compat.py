@@ -80,16 +80,20 @@ def main() -> None:
             for name, run in targets.items():
                 samples[name].append(per_event_ns(run, stream))
         print(f"\n{label}: {len(stream[1])} bytes per event, {args.rounds} interleaved rounds")
-        print("| target | median ns/event | min | max |")
-        print("|---|---|---|---|")
+        print("| target | median ns/event | min | max | x framer, per round: median (min-max) |")
+        print("|---|---|---|---|---|")
         for name, values in samples.items():
+            ratios = [v / f for v, f in zip(values, samples["framer"], strict=True)]
             print(
                 f"| {name} | {statistics.median(values):.0f} | {min(values):.0f} "
-                f"| {max(values):.0f} |"
+                f"| {max(values):.0f} | {statistics.median(ratios):.2f} "
+                f"({min(ratios):.2f}-{max(ratios):.2f}) |"
             )
-        extra = statistics.median(samples["framer+role"]) - statistics.median(samples["join"])
-        print(f"added by the edits: {extra:.0f} ns per event (median difference)")
-
+        role = [r - f for r, f in zip(samples["framer+role"], samples["framer"], strict=True)]
+        print(
+            f"the role edit alone: {statistics.median(role):.0f} ns per event "
+            f"(per-round difference, median; {min(role):.0f}-{max(role):.0f})"
+        )
 
 if __name__ == "__main__":
     main()

@@ -77,45 +77,47 @@ _DELTA = re.compile(rb'"delta"\s*:\s*\{\s*(\})?')
 _ROLE_KEY = re.compile(rb'"role"\s*:')
 
 
-# The two ways real upstreams write a delta: compact (Ollama's Go encoder,
-# llama.cpp's server) and spaced (Python's json.dumps, llama-cpp-python).
-_FAST_FORMS = (
-    (
-        b'"delta":{',
-        b'"delta":{"',
-        b'"delta":{"role":"assistant","',
-        b'"delta":{}',
-        b'"delta":{"role":"assistant"}',
-    ),
-    (
-        b'"delta": {',
-        b'"delta": {"',
-        b'"delta": {"role": "assistant", "',
-        b'"delta": {}',
-        b'"delta": {"role": "assistant"}',
-    ),
-)
+# The two ways real upstreams write a delta's opening: compact (Ollama's Go
+# encoder, llama.cpp's server) and spaced (Python's json.dumps,
+# llama-cpp-python), each with the role as it would write it.
+_OPENINGS = ((b":{", b'"role":"assistant"', b","), (b": {", b'"role": "assistant"', b", "))
 
 
 def fill_assistant_role(line: bytes) -> bytes:
     """Give every ``delta`` object of one SSE data line a role, if it has none.
 
-    A quote inside a JSON string is escaped, so ``"delta": {`` and
-    ``"role":`` (a closing quote followed by a colon) can only be keys; and in
-    a chat chunk nothing between a delta's opening brace and the next delta
-    (or the end of the line) but the delta itself has a ``role`` key. So one
-    search per delta is exact without parsing the JSON.
+    A quote inside a JSON string is escaped, so ``"delta"`` and ``"role"``
+    (a key, or a string that is exactly ``role``) cannot come from string
+    content; and in a chat chunk nothing between a delta's opening brace and
+    the next delta (or the end of the line) but the delta itself has a
+    ``role`` key. So one search per delta is exact without parsing the JSON.
 
-    The common case, a line with no ``"role"`` at all written in one of the two
-    usual forms, is two ``bytes.replace`` calls.
+    The common case, one delta in one of the two usual forms, costs one
+    search up to the delta and two short ones after it (the delta sits near
+    the end of the line); anything else takes the general path.
     """
-    if b'"role"' not in line:
-        deltas = line.count(b'"delta"')
-        if not deltas:
-            return line
-        for opening, key_start, with_role, empty, empty_with_role in _FAST_FORMS:
-            if line.count(opening) == deltas:
-                return line.replace(key_start, with_role).replace(empty, empty_with_role)
+    at = line.find(b'"delta"')
+    if at < 0:
+        return line
+    after = at + 7
+    if line.find(b'"delta"', after) < 0:
+        for opening, role, comma in _OPENINGS:
+            if line.startswith(opening, after):
+                inner = after + len(opening)
+                role_at = line.find(b'"role"', inner)
+                if role_at == inner:  # the role first, as every upstream writes it
+                    return line
+                if role_at < 0:
+                    if line.startswith(b'"', inner):
+                        return line[:inner] + role + comma + line[inner:]
+                    if line.startswith(b"}", inner):
+                        return line[:inner] + role + line[inner:]
+                break
+    return _fill_every_delta(line)
+
+
+def _fill_every_delta(line: bytes) -> bytes:
+    """The general path of :func:`fill_assistant_role`: any number of deltas, any spacing."""
     matches = list(_DELTA.finditer(line))
     if not matches:
         return line

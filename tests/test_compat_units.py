@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from fognode.gateway.admission import Admission, Ticket
 from fognode.gateway.compat import (
+    _fill_every_delta,
     add_max_tokens,
     fill_assistant_role,
     is_model_not_found,
@@ -109,6 +111,40 @@ def test_fill_assistant_role_keeps_any_content(content: str, separators: tuple[s
     line = b"data: " + json.dumps(chunk, separators=separators).encode()
     payload = json.loads(fill_assistant_role(line).removeprefix(b"data: "))
     assert payload["choices"][0]["delta"] == {"role": "assistant", "content": content}
+
+
+@st.composite
+def chat_chunks(draw: st.DrawFn) -> dict[str, Any]:
+    """Chat chunks as any upstream might write them: roles anywhere or nowhere."""
+    choices = []
+    for index in range(draw(st.integers(0, 3))):
+        members = draw(
+            st.lists(st.sampled_from(["content", "role", "tool_calls", "refusal"]), unique=True)
+        )
+        values = {
+            "content": draw(st.text(max_size=12)),
+            "role": draw(st.sampled_from(["assistant", "role", "delta"])),
+            "tool_calls": [{"index": 0, "function": {"arguments": '{"role":1}'}}],
+            "refusal": None,
+        }
+        delta = {name: values[name] for name in members}
+        choices.append({"index": index, "delta": delta, "finish_reason": None})
+    return {"id": draw(st.sampled_from(["c", "delta", "role"])), "choices": choices}
+
+
+@given(chat_chunks(), st.sampled_from([(",", ":"), (", ", ": ")]))
+@settings(max_examples=300, deadline=None)
+def test_fast_path_agrees_with_the_general_one(
+    chunk: dict[str, Any], separators: tuple[str, str]
+) -> None:
+    """The shortcut for one delta never changes what the edit does, only its cost."""
+    line = b"data: " + json.dumps(chunk, separators=separators).encode()
+    out = fill_assistant_role(line)
+    assert json.loads(out.removeprefix(b"data: ")) == json.loads(
+        _fill_every_delta(line).removeprefix(b"data: ")
+    )
+    expected = [dict({"role": "assistant"}, **c["delta"]) for c in chunk["choices"]]
+    assert [c["delta"] for c in json.loads(out.removeprefix(b"data: "))["choices"]] == expected
 
 
 @pytest.mark.parametrize(
