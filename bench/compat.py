@@ -95,5 +95,6 @@ def main() -> None:
             f"(per-round difference, median; {min(role):.0f}-{max(role):.0f})"
         )
 
+
 if __name__ == "__main__":
     main()
