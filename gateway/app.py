@@ -14,10 +14,12 @@ access stage guards them too.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from .access import Authorizer, setup_access
-from .admission import Admission, setup_admission
+from .admission import Admission, AdmissionControl, setup_admission
 from .auth_setup import build_authorizer
 from .cert_renewal import CertificateKeeper, RenewalOptions, setup_certificate_renewal
 from .context import setup_request_context
@@ -43,14 +45,20 @@ def create_app(
     *,
     authorizer: Authorizer | None = None,
     tls: TlsTerminator | None = None,
+    admission: AdmissionControl[Any] | None = None,
 ) -> web.Application:
+    """The app. ``admission``: what admits requests when this process does not
+    hold the node's Admission itself (a worker process, whose supervisor
+    does; it also counts admission in /metrics then)."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         handler_args={"max_field_size": HEADER_FIELD_LIMIT, "max_line_size": REQUEST_LINE_LIMIT},
     )
     stats = app[STATS] = GatewayStats()
-    admission = admission_from(settings)
-    metrics = Metrics(stats, admission)
+    held: Admission | None = None  # the node's Admission, when this process holds it
+    if admission is None:
+        admission = held = admission_from(settings)
+    metrics = Metrics(stats, held)
     pool = UpstreamPool(
         settings.upstream_urls or [settings.upstream_base], upstream_options(settings)
     )

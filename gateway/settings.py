@@ -106,6 +106,14 @@ class Settings(BaseSettings):
         le=65535,
         description="TCP port to listen on (0 = any free). Default 8443 with TLS, 8080 without.",
     )
+    workers: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="Processes that serve requests, sharing the port (0: one per core). "
+        "Admission caps, metrics, mDNS and certificate renewal stay node-wide (README, "
+        "Every core); 1: everything in one process.",
+    )
 
     # --- TLS ---------------------------------------------------------------
     tls: bool = Field(

@@ -1,0 +1,303 @@
+"""`fognode serve --workers 2`: several processes on one port, one node (issue 14, Every core).
+
+Real `fognode serve` processes against the Ollama stand-in, which counts
+the requests in flight at the upstream: a cap counted per process would
+show there as more requests at once than the cap allows. The requests go
+over real TLS, each on a connection of its own, so the kernel spreads them
+over both workers (SO_REUSEPORT); the node's log says which worker served
+each one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import ssl
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fognode.auth.api_keys import entry_for, new_key
+from tests.helpers import STREAMED_CHAT, wait_until
+from tests.node_process import NodeProcess
+from tests.ollama_standin import OllamaStandIn
+from tests.pki import make_pki
+
+USERS = {name: new_key() for name in ("alice", "bob", "carol", "dave")}
+GLOBAL_CAP = 3
+PER_USER_CAP = 2
+GUARD = 60.0  # turns a hang into a failure; nothing asserts on time
+
+
+def chat_as(tag: str) -> dict[str, Any]:
+    """A streamed chat whose last message is ``tag``: the stand-in counts by it."""
+    return {**STREAMED_CHAT, "messages": [{"role": "user", "content": tag}]}
+
+
+def node_settings(standin: OllamaStandIn, pki_dir: Path, **more: str) -> dict[str, str]:
+    return {
+        "workers": "2",
+        "certs_dir": str(pki_dir),
+        "upstream_url": standin.url,
+        "api_keys": json.dumps([entry_for(key, name, admin=False) for name, key in USERS.items()]),
+        "metrics_public": "true",
+        "max_concurrent_requests": str(GLOBAL_CAP),
+        "per_user_concurrent_requests": str(PER_USER_CAP),
+        # Long: a refusal is a status, never an in-band error after early headers.
+        "stream_heartbeat_after": "60",
+        **more,
+    }
+
+
+@pytest.fixture
+async def tls_node(tmp_path: Path) -> AsyncIterator[tuple[Path, ssl.SSLContext]]:
+    pki = make_pki(tmp_path / "certs")
+    yield pki.paths.directory, ssl.create_default_context(cafile=str(pki.ca))
+
+
+async def metrics(node: NodeProcess, tls: ssl.SSLContext) -> dict[tuple[str, str], float]:
+    """The node's /metrics as {(sample name, sorted labels as text): value}."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"https://localhost:{node.port}/metrics", ssl=tls) as resp,
+    ):
+        assert resp.status == 200
+        text = await resp.text()
+    return {
+        (s.name, ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def metrics_until(
+    node: NodeProcess, tls: ssl.SSLContext, check: Callable[[dict[tuple[str, str], float]], bool]
+) -> None:
+    """Scrape until ``check`` holds (the limit only turns a hang into a failure)."""
+    async with asyncio.timeout(GUARD):
+        while not check(await metrics(node, tls)):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+def worker_pids(parent: int) -> list[int]:
+    text = Path(f"/proc/{parent}/task/{parent}/children").read_text()
+    return [int(pid) for pid in text.split()]
+
+
+def running(pid: int) -> bool:
+    """Alive (an exited process nobody reaped yet is a zombie, state Z)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def none_running(pids: list[int]) -> bool:
+    return not any(map(running, pids))
+
+
+def connection_owner(pids: list[int], server_port: int, client_port: int) -> int:
+    """Which of ``pids`` holds the server side of the loopback connection
+    from ``client_port`` (read from /proc: the socket's inode, then its fd)."""
+    inodes: dict[str, int] = {}
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes[target[8:-1]] = pid
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], fields[9]
+        ports = int(local.split(":")[1], 16), int(remote.split(":")[1], 16)
+        if ports == (server_port, client_port) and inode in inodes:
+            return inodes[inode]
+    raise AssertionError(f"no worker holds the connection from port {client_port}")
+
+
+def served_by(log: str) -> Counter[str]:
+    """Chat requests in the access log, by the worker that served them."""
+    return Counter(
+        m.group(1) for m in re.finditer(r" (w\d+) fognode\.access .*POST /v1/chat/completions", log)
+    )
+
+
+async def test_caps_are_the_nodes_across_workers(
+    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+) -> None:
+    """16 requests at once from 4 users over 2 workers; the node allows 3 at once,
+    2 per user: the upstream never sees more, the rest are refused as one
+    process refuses them (429 for the user's cap, 503 for the node's), and
+    /metrics counts every request of both workers."""
+    standin.token_delay = 0.2  # about 2.4 s per answer: every request arrives while others run
+    pki_dir, tls = tls_node
+    node = NodeProcess(
+        tmp_path,
+        node_settings(standin, pki_dir, max_queued_requests="2", per_user_queued_requests="1"),
+    )
+    await node.start(tls)
+    try:
+
+        async def one(user: str, tag: str = "") -> tuple[int, dict[str, str], bytes]:
+            connector = aiohttp.TCPConnector(ssl=tls, force_close=True)
+            async with (
+                aiohttp.ClientSession(connector=connector) as http,
+                http.post(
+                    f"https://localhost:{node.port}/v1/chat/completions",
+                    json=chat_as(tag or user),
+                    headers={"Authorization": f"Bearer {USERS[user]}"},
+                ) as resp,
+            ):
+                return resp.status, dict(resp.headers), await resp.read()
+
+        async with asyncio.timeout(GUARD):
+            answers = await asyncio.gather(*(one(u) for u in USERS for _ in range(4)))
+        statuses = Counter(status for status, _, _ in answers)
+        assert set(statuses) <= {200, 429, 503}, answers
+        assert statuses[429] >= 1 and statuses[503] >= 1 and statuses[200] >= GLOBAL_CAP
+        for status, headers, body in answers:
+            if status == 200:
+                assert body.endswith(b"data: [DONE]\n\n")
+            else:  # admission's own answers, with its Retry-After
+                code = {429: "user_concurrency_limit", 503: "node_busy"}[status]
+                assert json.loads(body)["error"]["code"] == code, body
+                assert int(headers["Retry-After"]) >= 1
+
+        # What the upstream saw: never more than the caps, and the node's cap reached.
+        assert standin.peak_in_flight[""] == GLOBAL_CAP
+        for user in USERS:
+            assert standin.peak_in_flight[user] <= PER_USER_CAP
+        assert len(standin.forwarded) == statuses[200]
+
+        # One user alone, 6 at once: 2 run, 1 waits, 3 are refused with 429.
+        async with asyncio.timeout(GUARD):
+            alone = await asyncio.gather(*(one("alice", "alice alone") for _ in range(6)))
+        assert Counter(status for status, _, _ in alone) == {200: 3, 429: 3}, alone
+        assert standin.peak_in_flight["alice alone"] == PER_USER_CAP
+        statuses += Counter(status for status, _, _ in alone)
+        answers += alone
+
+        # Both workers served, and /metrics counts the requests of both.
+        by_worker = served_by(node.log())
+        assert set(by_worker) == {"w1", "w2"}, by_worker
+        seen = await metrics(node, tls)
+        chats = {
+            labels: value
+            for (name, labels), value in seen.items()
+            if name == "fognode_requests_total" and "route=/v1/chat/completions" in labels
+        }
+        assert sum(chats.values()) == len(answers) == sum(by_worker.values())
+        for status, count in statuses.items():
+            assert chats[f"method=POST,route=/v1/chat/completions,status={status}"] == count
+        refused = "fognode_admission_rejections_total"
+        assert seen[(refused, "reason=user_concurrency_limit")] == statuses[429]
+        assert seen[(refused, "reason=node_busy")] == statuses[503]
+        assert seen[("fognode_admission_active", "")] == 0
+        assert seen[("fognode_admission_capacity", "")] == GLOBAL_CAP
+    finally:
+        await node.stop()
+
+
+async def test_a_killed_worker_gives_its_slots_back(
+    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+) -> None:
+    """Fill every slot with streams that never end, SIGKILL a worker that holds
+    some: its slots come back (new requests are admitted up to the cap, not
+    beyond), and the worker is started again."""
+    standin.stall_after = 1  # one event, then the stream stays open
+    pki_dir, tls = tls_node
+    node = NodeProcess(
+        tmp_path, node_settings(standin, pki_dir, per_user_concurrent_requests=str(GLOBAL_CAP))
+    )
+    await node.start(tls)
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def open_stream() -> tuple[aiohttp.ClientResponse, int]:
+        """A stream admitted and running (its first event read), and its client port."""
+        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls, force_close=True))
+        sessions.append(http)
+        resp = await http.post(
+            f"https://localhost:{node.port}/v1/chat/completions",
+            json=chat_as("alice"),
+            headers={"Authorization": f"Bearer {USERS['alice']}"},
+        )
+        assert resp.status == 200
+        assert (await resp.content.readline()).startswith(b"data: ")
+        assert resp.connection is not None and resp.connection.transport is not None
+        return resp, int(resp.connection.transport.get_extra_info("sockname")[1])
+
+    try:
+        assert node.proc is not None
+        async with asyncio.timeout(GUARD):
+            pids = worker_pids(node.proc.pid)
+            assert len(pids) == 2
+            streams: list[tuple[aiohttp.ClientResponse, int]] = []
+            owners: Counter[int] = Counter()
+            # Until the cap is full and a worker holds a slot (the kernel
+            # chooses the worker; a full node makes room as streams end).
+            while len(streams) < GLOBAL_CAP:
+                resp, port = await open_stream()
+                streams.append((resp, port))
+                owners[connection_owner(pids, node.port, port)] += 1
+            assert standin.in_flight[""] == GLOBAL_CAP
+            victim, held = owners.most_common(1)[0]
+            assert (await metrics(node, tls))[("fognode_admission_active", "")] == GLOBAL_CAP
+
+            os.kill(victim, signal.SIGKILL)
+            await wait_until(
+                lambda: standin.in_flight[""] == GLOBAL_CAP - held,
+                "the killed worker's upstream requests to end",
+            )
+            active = ("fognode_admission_active", "")
+            await metrics_until(node, tls, lambda m: m[active] == GLOBAL_CAP - held)
+            # Its slots are free again: as many new streams are admitted.
+            for _ in range(held):
+                await open_stream()
+            assert standin.in_flight[""] == GLOBAL_CAP
+            assert standin.peak_in_flight[""] == GLOBAL_CAP
+            seen = await metrics(node, tls)
+            assert seen[active] == GLOBAL_CAP
+
+            # The supervisor noticed and started the worker again.
+            number = "1" if victim == pids[0] else "2"
+            restarts = ("fognode_worker_restarts_total", f"worker={number}")
+            up = ("fognode_worker_up", f"worker={number}")
+            await metrics_until(node, tls, lambda m: m.get(restarts) == 1 and m.get(up) == 1)
+        assert f"(pid {victim}) was killed by SIGKILL" in node.log()
+        assert node.alive
+    finally:
+        for http in sessions:
+            await http.close()
+        await node.stop()
+
+
+async def test_sigterm_stops_every_worker_and_sigkill_takes_them_along(
+    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+) -> None:
+    pki_dir, tls = tls_node
+    for sig, code in ((signal.SIGTERM, 0), (signal.SIGKILL, -signal.SIGKILL)):
+        node = NodeProcess(tmp_path, node_settings(standin, pki_dir))
+        await node.start(tls)
+        try:
+            assert node.proc is not None
+            pids = worker_pids(node.proc.pid)
+            assert len(pids) == 2
+            node.proc.send_signal(sig)
+            async with asyncio.timeout(GUARD):
+                assert await node.proc.wait() == code
+            # SIGTERM: stopped in order; SIGKILL: they die with it (PR_SET_PDEATHSIG).
+            await wait_until(partial(none_running, pids), "the workers to exit")
+        finally:
+            await node.stop()

@@ -1,0 +1,146 @@
+"""The pieces of `serve --workers N` whose logic is subtle, in one process:
+the channel gives back each lease exactly once whichever way the call ends,
+the node's /metrics is the sum of the workers', caps are divided so their
+shares add up, and the shared port is one port for every worker."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fognode.gateway.metrics import merge_expositions
+from fognode.gateway.supervisor import worker_share
+from fognode.workers.channel import Channel, ChannelClosed, Reply
+from fognode.workers.ports import SharedPort
+from tests.helpers import wait_until
+
+Pair = tuple[Channel, Channel, list[str]]
+waiting: list[asyncio.Future[None]] = []  # the handlers of "wait" calls, still waiting
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[Pair]:
+    """A caller and a callee whose ``hold`` call leases a slot at once (and logs
+    its release); a ``wait`` call waits for ever first."""
+    log: list[str] = []
+    waiting.clear()
+
+    async def serve(op: str, args: list[object]) -> Reply:
+        if op == "wait":
+            never = asyncio.get_running_loop().create_future()
+            waiting.append(never)
+            await never
+        if op in ("hold", "wait"):
+            log.append(f"granted {args[0]}")
+            return Reply(["granted"], release=lambda: log.append(f"released {args[0]}"))
+        return Reply([op, *args])
+
+    ours, theirs = socket.socketpair()
+    loop = asyncio.get_running_loop()
+    caller, callee = Channel(), Channel(serve=serve)
+    await loop.create_unix_connection(lambda: caller, sock=ours)
+    await loop.create_unix_connection(lambda: callee, sock=theirs)
+    yield caller, callee, log
+    caller.close()
+    callee.close()
+
+
+async def test_a_lease_is_released_once_when_the_caller_is_done(pair: Pair) -> None:
+    caller, callee, log = pair
+    answer = await caller.call("hold", 1)
+    assert answer.values == ["granted"] and callee.leases == 1
+    caller.done(answer.id)
+    caller.done(answer.id)  # a second "done" finds nothing to release
+    await wait_until(lambda: callee.leases == 0, "the release")
+    await caller.call("echo")  # one round trip later nothing more happened
+    assert log == ["granted 1", "released 1"]
+
+
+async def test_a_caller_that_gives_up_while_waiting_gets_nothing(pair: Pair) -> None:
+    caller, callee, log = pair
+    task = asyncio.create_task(caller.call("wait", 2))  # waits for a grant that never comes
+    await wait_until(lambda: bool(waiting), "the handler to wait")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await wait_until(lambda: waiting[0].cancelled(), "the handler to be cancelled")
+    await caller.call("echo")
+    assert log == [] and callee.leases == 0
+
+
+async def test_leases_are_released_when_the_connection_drops(pair: Pair) -> None:
+    caller, callee, log = pair
+    answers = [await caller.call("hold", n) for n in (3, 4)]
+    assert callee.leases == 2 and all(a.values == ["granted"] for a in answers)
+    caller.close()  # the worker is gone
+    await wait_until(lambda: callee.lost.is_set(), "the callee to notice")
+    assert sorted(log) == ["granted 3", "granted 4", "released 3", "released 4"]
+    with pytest.raises(ChannelClosed):
+        await caller.call("echo")
+
+
+def exposition(requests: int, streams: int, up: int, seconds: list[float]) -> str:
+    registry = CollectorRegistry()
+    Counter("fognode_requests", "r", ["status"], registry=registry).labels("200").inc(requests)
+    Gauge("fognode_active_streams", "s", registry=registry).set(streams)
+    Gauge("fognode_upstream_up", "u", registry=registry).set(up)
+    latency = Histogram("fognode_seconds", "l", buckets=(1.0, 5.0), registry=registry)
+    for value in seconds:
+        latency.observe(value)
+    return generate_latest(registry).decode()
+
+
+def test_the_nodes_metrics_are_the_workers_summed() -> None:
+    merged = merge_expositions(
+        [exposition(3, 1, 0, [0.5, 2.0]), exposition(4, 2, 1, [7.0]), exposition(0, 0, 0, [])]
+    )
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(merged.decode())
+        for s in family.samples
+    }
+    assert samples[("fognode_requests_total", (("status", "200"),))] == 7
+    assert samples[("fognode_active_streams", ())] == 3
+    assert samples[("fognode_upstream_up", ())] == 1  # up if any worker reached it
+    assert samples[("fognode_seconds_bucket", (("le", "1.0"),))] == 1
+    assert samples[("fognode_seconds_bucket", (("le", "5.0"),))] == 2
+    assert samples[("fognode_seconds_bucket", (("le", "+Inf"),))] == 3
+    assert samples[("fognode_seconds_count", ())] == 3
+    assert samples[("fognode_seconds_sum", ())] == 9.5
+
+
+@pytest.mark.parametrize("total", [0, 1, 2, 3, 7, 64, 1000])
+@pytest.mark.parametrize("workers", [1, 2, 3, 8])
+def test_divided_caps_add_up_to_the_setting(total: int, workers: int) -> None:
+    shares = [worker_share(total, workers, i) for i in range(workers)]
+    if total == 0:
+        assert shares == [0] * workers  # no cap stays no cap
+    elif total >= workers:
+        assert sum(shares) == total and max(shares) - min(shares) <= 1
+    else:  # each worker needs one: warned about at start
+        assert shares == [1] * workers
+
+
+def test_the_shared_port_is_one_port_for_every_worker() -> None:
+    port = SharedPort.reserve("127.0.0.1", 0)
+    try:
+        assert port.port > 0
+        sockets = port.sockets() + port.sockets()
+        try:
+            assert {s.getsockname()[1] for s in sockets} == {port.port}
+            for sock in sockets:
+                sock.listen()
+            # The reservation itself never listens, so it takes no connection.
+            with socket.create_connection(("127.0.0.1", port.port)):
+                pass
+        finally:
+            for sock in sockets:
+                sock.close()
+    finally:
+        port.close()
