@@ -182,16 +182,6 @@ def make_certs(directory: Path) -> tuple[Path, ssl.SSLContext]:
     return directory, ca
 
 
-def fognode_supports_workers() -> bool:
-    out = subprocess.run(
-        [sys.executable, "-m", "fognode.gateway.cli", "serve", "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return "--workers" in out
-
-
 NGINX = """\
 worker_processes 1;
 worker_rlimit_nofile {nofile};
@@ -284,7 +274,8 @@ def build_targets(
                 targets.append(upstream)
             return
         if family in ("fognode", "fognode-workers"):
-            workers = opts.fognode_workers if family == "fognode-workers" else None
+            # "fognode" is one process (the default is one per core).
+            workers = opts.fognode_workers if family == "fognode-workers" else 1
             argv = [
                 sys.executable,
                 "-m",
@@ -299,9 +290,9 @@ def build_targets(
                 "--log-level",
                 "WARNING",
                 "--tls" if secure else "--no-tls",
+                "--workers",
+                str(workers),
             ]
-            if workers:
-                argv += ["--workers", str(workers)]
             # Admission and the upstream pool sized above the streams the
             # memory figure opens: a cap there would hide streams, not
             # measure them (the bench checks how many are really open).
@@ -313,10 +304,12 @@ def build_targets(
                 "FOGNODE_PER_USER_CONCURRENT_REQUESTS": room,
                 "FOGNODE_PER_USER_QUEUED_REQUESTS": room,
                 "FOGNODE_UPSTREAM_MAX_CONNECTIONS": room,
+                # Every bench client comes from 127.0.0.1: one "client address".
+                "FOGNODE_MAX_CONNECTIONS_PER_CLIENT": "0",
                 "FOGNODE_CERTS_DIR": str(certs),
                 "FOGNODE_API_KEYS_FILE": "",
             }
-            name = "fognode" if workers is None else f"fognode x{workers}"
+            name = "fognode" if family == "fognode" else f"fognode x{workers}"
             targets.append(
                 Target(name + suffix, family, secure, port, argv, env, log=work / f"{tag}.log")
             )
