@@ -24,13 +24,18 @@ from typing import Any
 
 import aiohttp
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from prometheus_client.parser import text_string_to_metric_families
 
 from fognode.auth.api_keys import entry_for, new_key
+from fognode.certs.issuer import SubjectNames
+from fognode.certs.lifecycle import issue_to_files
+from fognode.certs.store import CertPaths
 from tests.helpers import STREAMED_CHAT, wait_until
 from tests.node_process import NodeProcess
 from tests.ollama_standin import OllamaStandIn
-from tests.pki import make_pki
+from tests.pki import NODE_NAMES, PASSPHRASE, make_pki
 
 USERS = {name: new_key() for name in ("alice", "bob", "carol", "dave")}
 GLOBAL_CAP = 3
@@ -301,3 +306,89 @@ async def test_sigterm_stops_every_worker_and_sigkill_takes_them_along(
             await wait_until(partial(none_running, pids), "the workers to exit")
         finally:
             await node.stop()
+
+
+async def served_certificate(port: int, tls: ssl.SSLContext) -> bytes:
+    """The certificate a new TLS connection to ``port`` is served (DER)."""
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=tls, server_hostname="localhost"
+    )
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        assert isinstance(der, bytes)
+        return der
+    finally:
+        writer.close()
+
+
+async def test_a_certificate_replaced_on_disk_reaches_every_worker(
+    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+) -> None:
+    """The main process alone watches the files; every worker then serves the new pair."""
+    pki_dir, tls = tls_node
+    node = NodeProcess(tmp_path, node_settings(standin, pki_dir, cert_check_interval="0.2"))
+    await node.start(tls)
+    try:
+        old = await served_certificate(node.port, tls)
+        paths = CertPaths(pki_dir)
+        await asyncio.to_thread(issue_to_files, paths, PASSPHRASE, SubjectNames.parse(NODE_NAMES))
+        new = x509.load_pem_x509_certificate(paths.server_cert.read_bytes()).public_bytes(
+            serialization.Encoding.DER
+        )
+        assert new != old
+
+        async def reloaded() -> bool:
+            # Many new connections: the kernel spreads them over both workers.
+            served = await asyncio.gather(*(served_certificate(node.port, tls) for _ in range(16)))
+            return set(served) == {new}
+
+        async with asyncio.timeout(GUARD):
+            while not await reloaded():  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        log = node.log()
+        assert log.count("reloaded the server certificate") == 1  # checked once, by main
+        assert re.search(r" w1 .*loaded the new server certificate", log)
+        assert re.search(r" w2 .*loaded the new server certificate", log)
+    finally:
+        await node.stop()
+
+
+async def test_a_waiting_stream_hears_its_place_in_the_nodes_queue(
+    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+) -> None:
+    """The heartbeat's `: queued N` is the place in the main process's queue,
+    whichever worker holds the waiting request."""
+    standin.stall_after = 1  # the first stream holds the only slot
+    pki_dir, tls = tls_node
+    settings = node_settings(
+        standin,
+        pki_dir,
+        max_concurrent_requests="1",
+        stream_heartbeat_after="0.2",
+        stream_heartbeat_interval="0.2",
+    )
+    node = NodeProcess(tmp_path, settings)
+    await node.start(tls)
+    try:
+        connector = aiohttp.TCPConnector(ssl=tls, force_close=True, limit=0)
+        async with aiohttp.ClientSession(connector=connector) as http, asyncio.timeout(GUARD):
+
+            async def post(user: str) -> aiohttp.ClientResponse:
+                return await http.post(
+                    f"https://localhost:{node.port}/v1/chat/completions",
+                    json=chat_as(user),
+                    headers={"Authorization": f"Bearer {USERS[user]}"},
+                )
+
+            first = await post("alice")
+            assert (await first.content.readline()).startswith(b"data: ")
+            second = await post("bob")
+            assert second.status == 200  # early headers: it waits
+            while (line := await second.content.readline()) != b": queued 1\n":
+                assert line in (b": keep-alive\n",), line
+            first.close()  # the slot is free: bob's stream starts
+            while not (line := await second.content.readline()).startswith(b"data: "):
+                assert line.startswith(b": "), line
+            second.close()
+    finally:
+        await node.stop()
