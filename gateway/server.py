@@ -166,7 +166,15 @@ def node_announcer(
 
 async def serve(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM, then let open requests finish (bounded)."""
-    count = worker_count(settings)
+    count, wanted = worker_count(settings), settings.workers or cores()
+    if count < wanted:
+        log.warning(
+            "serving with %d worker process(es), not %d: each worker enforces a share of "
+            "at least 1 of %s, so there are no more workers than the smallest of them",
+            count,
+            wanted,
+            ", ".join(f"{name}={getattr(settings, name)}" for name in SPLIT_CAPS),
+        )
     if count > 1:
         from .supervisor import serve_workers
 
@@ -183,9 +191,17 @@ async def serve(settings: Settings) -> None:
         await running.stop()
 
 
+# Caps a worker process enforces alone (a connection, an upstream request
+# lives in one process): each worker gets a share (supervisor.worker_share).
+SPLIT_CAPS = ("max_connections", "max_connections_per_client", "upstream_max_concurrent")
+
+
 def worker_count(settings: Settings) -> int:
-    """Processes to serve with: the setting, or one per core (0)."""
-    return settings.workers or cores()
+    """Processes to serve with: the setting, or one per core (0); never more
+    than the smallest divided cap allows (each worker's share is at least 1,
+    so more workers would together allow more than the cap)."""
+    caps = [int(getattr(settings, name)) for name in SPLIT_CAPS]
+    return max(1, min([settings.workers or cores(), *(cap for cap in caps if cap > 0)]))
 
 
 def stop_signals() -> asyncio.Event:

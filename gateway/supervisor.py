@@ -46,7 +46,7 @@ from .cert_renewal import CertificateKeeper
 from .coordinator import Coordinator
 from .metrics import AdmissionCollector
 from .network import bind_host, local_url
-from .server import log_serving, node_announcer, stop_signals
+from .server import SPLIT_CAPS, log_serving, node_announcer, stop_signals
 from .settings import Settings
 from .upstream_choice import choose_upstream
 from .upstream_pool import UpstreamPool
@@ -59,14 +59,12 @@ EXIT_GRACE = 10.0
 
 def worker_share(total: int, workers: int, index: int) -> int:
     """Worker ``index``'s part of a cap of ``total`` (0: no cap), so that the
-    parts add up to the cap. Every worker gets at least 1, which exceeds a
-    cap smaller than the number of workers (warned about at start)."""
+    parts add up to the cap. Every worker gets at least 1, which would exceed
+    a cap smaller than the number of workers (server.worker_count starts no
+    more workers than that)."""
     if total <= 0:
         return 0
     return max(1, total // workers + (1 if index < total % workers else 0))
-
-
-SPLIT_CAPS = ("max_connections", "max_connections_per_client", "upstream_max_concurrent")
 
 
 def worker_settings(settings: Settings, workers: int, index: int) -> Settings:
@@ -102,16 +100,6 @@ async def serve_workers(settings: Settings, count: int) -> None:
         await asyncio.to_thread(tls.load)  # a pair no client would accept: CertError, once
     choice = await choose_upstream(settings)
     settings = choice.settings
-    for name in SPLIT_CAPS:
-        if 0 < getattr(settings, name) < count:
-            log.warning(
-                "%s=%d is split across %d workers and each needs at least 1: the node allows "
-                "up to %d",
-                name,
-                getattr(settings, name),
-                count,
-                count,
-            )
     port = SharedPort.reserve(bind_host(settings.host), settings.bind_port)
     admission = admission_from(settings)
     registry = CollectorRegistry(auto_describe=True)

@@ -15,6 +15,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fognode.gateway.metrics import merge_expositions
+from fognode.gateway.server import worker_count
+from fognode.gateway.settings import Settings
 from fognode.gateway.supervisor import worker_share
 from fognode.workers.channel import Channel, ChannelClosed, Reply
 from fognode.workers.ports import SharedPort
@@ -125,6 +127,17 @@ def test_divided_caps_add_up_to_the_setting(total: int, workers: int) -> None:
         assert sum(shares) == total and max(shares) - min(shares) <= 1
     else:  # each worker needs one: warned about at start
         assert shares == [1] * workers
+
+
+def test_no_more_workers_than_the_smallest_divided_cap() -> None:
+    def count(**settings: int) -> int:
+        return worker_count(Settings(host="127.0.0.1", **settings))
+
+    assert count(workers=4) == 4  # the per-client cap (64) allows 4
+    assert count(workers=4, upstream_max_concurrent=2) == 2
+    assert count(workers=4, max_connections_per_client=3, max_connections=100) == 3
+    assert count(workers=4, max_connections_per_client=0) == 4  # 0: no cap, no limit
+    assert count(workers=1, upstream_max_concurrent=8) == 1
 
 
 def test_the_shared_port_is_one_port_for_every_worker() -> None:
