@@ -84,6 +84,15 @@ async def metrics(node: NodeProcess, tls: ssl.SSLContext) -> dict[tuple[str, str
     }
 
 
+def chat_counts(seen: dict[tuple[str, str], float]) -> dict[str, float]:
+    """fognode_requests_total of the chat route, by its labels."""
+    return {
+        labels: value
+        for (name, labels), value in seen.items()
+        if name == "fognode_requests_total" and "route=/v1/chat/completions" in labels
+    }
+
+
 async def metrics_until(
     node: NodeProcess, tls: ssl.SSLContext, check: Callable[[dict[tuple[str, str], float]], bool]
 ) -> None:
@@ -194,16 +203,18 @@ async def test_caps_are_the_nodes_across_workers(
         statuses += Counter(status for status, _, _ in alone)
         answers += alone
 
-        # Both workers served, and /metrics counts the requests of both.
+        # Both workers served, and /metrics counts the requests of both. (A
+        # worker counts and logs a request just after its last byte left:
+        # wait for the counts to be complete, then compare them exactly.)
+        await wait_until(
+            lambda: sum(served_by(node.log()).values()) == len(answers), "every access line"
+        )
         by_worker = served_by(node.log())
         assert set(by_worker) == {"w1", "w2"}, by_worker
+        await metrics_until(node, tls, lambda m: sum(chat_counts(m).values()) >= len(answers))
         seen = await metrics(node, tls)
-        chats = {
-            labels: value
-            for (name, labels), value in seen.items()
-            if name == "fognode_requests_total" and "route=/v1/chat/completions" in labels
-        }
-        assert sum(chats.values()) == len(answers) == sum(by_worker.values())
+        chats = chat_counts(seen)
+        assert sum(chats.values()) == len(answers)
         for status, count in statuses.items():
             assert chats[f"method=POST,route=/v1/chat/completions,status={status}"] == count
         refused = "fognode_admission_rejections_total"
