@@ -95,7 +95,7 @@ async def test_failover_before_the_first_byte_and_recovery(
         # like it has the model and comes first. The request still succeeds.
         pool.members[0].healthy = None
         pool.members[0].models = frozenset({"llama3.2:1b"})
-        assert pool.candidates("llama3.2:1b")[0] is pool.members[0]
+        assert pool.route("llama3.2:1b").choices[0].member is pool.members[0]
         async with aiohttp.ClientSession() as http:
             async with http.post(
                 f"{gateway.url}/v1/chat/completions", json=chat("llama3.2:1b")
