@@ -104,4 +104,9 @@ def rank(options: Sequence[Option], *, model: bool, affine: int | None = None) -
         return tuple(words)
 
     down = [i for i, o in enumerate(options) if o.up is False and not o.at_cap]
-    return [Ranked(i, reasons(i)) for i in sorted(candidates, key=key) + sorted(down, key=key)]
+    # Tried only after every candidate failed to connect (the proxy adds FAILOVER).
+    last_resort = [
+        Ranked(i, (LOADED if options[i].loaded else COLD,) if model else ())
+        for i in sorted(down, key=key)
+    ]
+    return [Ranked(i, reasons(i)) for i in sorted(candidates, key=key)] + last_resort
