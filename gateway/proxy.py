@@ -187,7 +187,7 @@ class _Sender:
 
     def _explain(self, request: web.Request, choice: Choice, *, failover: bool) -> None:
         """For the response headers, the access log and /metrics (with one upstream: nothing)."""
-        if not choice.reasons:
+        if self.pool.single:
             return
         reasons = ",".join((*choice.reasons, FAILOVER) if failover else choice.reasons)
         request[ROUTED] = Routed(choice.member.base, choice.position, reasons)

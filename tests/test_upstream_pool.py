@@ -101,6 +101,9 @@ async def test_failover_before_the_first_byte_and_recovery(
                 f"{gateway.url}/v1/chat/completions", json=chat("llama3.2:1b")
             ) as r:
                 assert r.status == 200
+                # Said so: the second upstream answered, after the first failed.
+                assert r.headers["X-Fognode-Upstream"] == "2"
+                assert r.headers["X-Fognode-Upstream-Reason"] == "cold,least-busy,failover"
             assert pool.members[0].healthy is False
 
             # The dead one comes back with a model only it has; checks notice.
