@@ -55,7 +55,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import machine, start, stop, wait_ready
+from bench.common import machine, start_fognode, stop, wait_ready
 from fognode.embedded.model import model_file
 from fognode.embedded.options import EmbeddedOptions
 from fognode.embedded.supervisor import LlamaServer
@@ -254,25 +254,18 @@ def stickiness(samples: list[Sample], way: str) -> str:
 
 
 async def fognode(port: int, upstreams: list[str], affinity: bool, data: Path) -> Any:
-    proc = await start(
-        sys.executable,
-        "-m",
-        "fognode.gateway.cli",
-        "serve",
+    """fognode in front of both servers, as two OpenAI-compatible upstreams."""
+    proc = await start_fognode(
+        port,
+        upstreams[0],  # FOGNODE_UPSTREAM_URLS wins over it
         "--no-tls",
         "--auth",
         "none",
-        "--port",
-        str(port),
-        "--log-level",
-        "WARNING",
-        env={
-            "FOGNODE_UPSTREAM_URLS": ",".join(upstreams),
-            "FOGNODE_UPSTREAM_KIND": "openai",
-            "FOGNODE_UPSTREAM_AFFINITY": "true" if affinity else "false",
-            "FOGNODE_MDNS": "false",
-            "XDG_DATA_HOME": str(data),
-        },
+        FOGNODE_UPSTREAM_URLS=",".join(upstreams),
+        FOGNODE_UPSTREAM_KIND="openai",
+        FOGNODE_UPSTREAM_AFFINITY="true" if affinity else "false",
+        FOGNODE_MDNS="false",
+        XDG_DATA_HOME=str(data),
     )
     await wait_ready(f"http://127.0.0.1:{port}/readyz", limit=60)
     return proc

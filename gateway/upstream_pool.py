@@ -174,7 +174,7 @@ class UpstreamPool:
     # --- hot models ---------------------------------------------------------------
     @staticmethod
     def _is_loaded(member: Upstream, model: str, now: float) -> bool:
-        if model in member.warmed:
+        if _has(frozenset(member.warmed), model):
             return True
         entry = warm.find(member.loaded, model)
         return entry is not None and entry.hot(now)
@@ -317,8 +317,11 @@ class UpstreamPool:
     def served(self, route: Route, choice: Choice) -> None:
         """The upstream answered the request: it holds the conversation now,
         and the model is in its memory whatever the last check said."""
-        if route.model is not None:
-            choice.member.warmed.add(route.model)
+        model, member = route.model, choice.member
+        if model is not None:
+            # As the upstream lists it ("llama3.2" is Ollama's "llama3.2:latest").
+            latest = f"{model}:latest"
+            member.warmed.add(latest if ":" not in model and latest in member.models else model)
         if self.affinity is not None and route.conversation is not None:
             self.affinity.remember(route.conversation.record, choice.position - 1)
 
