@@ -121,6 +121,9 @@ def upstream_options(settings: Settings) -> UpstreamOptions:
         check_interval=settings.upstream_check_interval,
         check_timeout=settings.readiness_timeout,
         max_concurrent=settings.upstream_max_concurrent,
+        affinity=settings.upstream_affinity,
+        affinity_entries=settings.upstream_affinity_entries,
+        affinity_seconds=settings.upstream_affinity_seconds,
     )
 
 

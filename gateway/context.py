@@ -15,6 +15,7 @@ import logging
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -38,6 +39,19 @@ PRINCIPAL = web.RequestKey("fognode.principal", Principal)
 # count includes the header block).
 BODY_BYTES = web.RequestKey("fognode.body_bytes", int)
 RELAYED_CHUNKS = web.RequestKey("fognode.relayed_chunks", int)
+
+
+@dataclass(frozen=True)
+class Routed:
+    """Which of several upstreams took the request, and why (routing/order.py)."""
+
+    upstream: str  # its URL, without a password: for the operator's log only
+    position: int  # 1-based in FOGNODE_UPSTREAM_URLS: what the client is told
+    reasons: str  # "loaded,affinity"
+
+
+# Set by the proxy when it chose among several upstreams.
+ROUTED = web.RequestKey("fognode.routed", Routed)
 
 # Accept a caller's id only if it is short and harmless in logs and headers.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
@@ -112,8 +126,23 @@ def setup_request_context(app: web.Application, metrics: Metrics) -> None:
 def _log_access(request: web.Request, rid: str, status: int, sent: int, duration: float) -> None:
     principal = request.get(PRINCIPAL)
     uid = principal.uid if principal else None
+    routed = request.get(ROUTED)
+    fields = {
+        "remote": request.remote,
+        "method": request.method,
+        "path": request.rel_url.raw_path,
+        "status": status,
+        "bytes": sent,
+        "duration_s": round(duration, 6),
+        "uid": uid,
+        "request_id": rid,
+    }
+    route = ""
+    if routed is not None:
+        fields |= {"upstream": routed.upstream, "route": routed.reasons}
+        route = f" upstream={routed.upstream} route={routed.reasons}"
     access_log.info(
-        '%s "%s %s" %d %dB %.3fs uid=%s',
+        '%s "%s %s" %d %dB %.3fs uid=%s%s',
         request.remote,
         request.method,
         request.rel_url.raw_path,
@@ -121,16 +150,6 @@ def _log_access(request: web.Request, rid: str, status: int, sent: int, duration
         sent,
         duration,
         uid or "-",
-        extra={
-            "fields": {
-                "remote": request.remote,
-                "method": request.method,
-                "path": request.rel_url.raw_path,
-                "status": status,
-                "bytes": sent,
-                "duration_s": round(duration, 6),
-                "uid": uid,
-                "request_id": rid,
-            }
-        },
+        route,
+        extra={"fields": fields},
     )

@@ -44,7 +44,8 @@ class Body(Enum):
 
 
 class Listing(Enum):
-    """A model list: from several upstreams it is their union, keyed so."""
+    """A model list (/v1/models, /api/tags, /api/ps): from several upstreams it
+    is their union, keyed so."""
 
     OPENAI = ("data", "id")
     OLLAMA = ("models", "name")
@@ -62,6 +63,9 @@ class RouteSpec:
     native: bool = False  # Ollama's own API (501 in front of an OpenAI-compatible server)
     changes_models: bool = False  # the node's model list is read again after it
     listing: Listing | None = None
+    # A chat: its messages send it to the upstream that served the conversation
+    # before (routing/conversation.py).
+    conversation: bool = False
     edits: RouteEdits = field(default_factory=RouteEdits)
     request_edit: RequestEdit | None = None
 
@@ -95,6 +99,7 @@ OPENAI_ROUTES = (
         body=Body.VALIDATED,
         model=ChatCompletionRequest,
         limited=True,
+        conversation=True,
         edits=CHAT_EDITS,
         request_edit=add_max_tokens,
     ),
@@ -122,7 +127,15 @@ OPENAI_ROUTES = (
 
 
 OLLAMA_ROUTES = (
-    _native("POST", "/api/chat", Access.USER, body=Body.JSON, limited=True, edits=NATIVE_INFERENCE),
+    _native(
+        "POST",
+        "/api/chat",
+        Access.USER,
+        body=Body.JSON,
+        limited=True,
+        conversation=True,
+        edits=NATIVE_INFERENCE,
+    ),
     _native(
         "POST", "/api/generate", Access.USER, body=Body.JSON, limited=True, edits=NATIVE_INFERENCE
     ),
@@ -134,7 +147,7 @@ OLLAMA_ROUTES = (
     ),
     _native("GET", "/api/tags", Access.USER, listing=Listing.OLLAMA),
     _native("POST", "/api/show", Access.USER, body=Body.JSON),
-    _native("GET", "/api/ps", Access.USER),
+    _native("GET", "/api/ps", Access.USER, listing=Listing.OLLAMA),
     _native("GET", "/api/version", Access.USER),
 )
 

@@ -318,13 +318,33 @@ class Settings(BaseSettings):
     upstream_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Several upstreams (comma-separated base URLs) instead of upstream_url: "
-        "requests go to one that has the model, the least busy first, with failover.",
+        "requests go to one that has the model, loaded first, then the one that served the "
+        "conversation, then the least busy, with failover.",
     )
     upstream_max_concurrent: int = Field(
-        0, ge=0, description="Requests in flight per upstream (0: no per-upstream cap)."
+        0,
+        ge=0,
+        description="Requests in flight per upstream (0: no per-upstream cap). Set it to what "
+        "one upstream runs at once (OLLAMA_NUM_PARALLEL) so routing knows when one would queue.",
     )
     upstream_check_interval: float = Field(
-        15, gt=0, description="Seconds between health and model-list checks of the upstreams."
+        15,
+        gt=0,
+        description="Seconds between health, model-list and loaded-model checks of the upstreams.",
+    )
+    upstream_affinity: bool = Field(
+        True,
+        description="With several upstreams, send a conversation's next turn to the upstream "
+        "that served its previous one (its KV cache holds the prompt) unless that one is busy "
+        "and another with the model loaded is idle. false: least busy only.",
+    )
+    upstream_affinity_entries: int = Field(
+        10_000, ge=1, description="Conversations remembered for affinity (oldest forgotten first)."
+    )
+    upstream_affinity_seconds: float = Field(
+        600,
+        gt=0,
+        description="How long a conversation's upstream is remembered after its last turn.",
     )
     upstream_kind: Literal["auto", "ollama", "openai", "embedded"] = Field(
         "auto",

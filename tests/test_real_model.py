@@ -219,3 +219,15 @@ async def test_a_model_the_node_does_not_have_is_404_in_ollamas_words(
         await client.chat.completions.create(model="llama3.1:70b", messages=MESSAGES)
     assert "model 'llama3.1:70b' not found, try pulling it first" in str(caught.value)
     await client.close()
+
+
+async def test_the_served_model_is_listed_as_loaded(
+    node: tuple[RunningServer, openai.AsyncOpenAI],
+) -> None:
+    """llama.cpp's server holds its model while it runs: the OpenAI SDK sees
+    the node's extension field on the model list."""
+    _, client = node
+    models = [m async for m in client.models.list()]
+    assert [m.id for m in models] == [MODEL]
+    assert (models[0].model_extra or {})["fognode"]["loaded"] is True
+    await client.close()
