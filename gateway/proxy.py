@@ -25,6 +25,7 @@ from .context import REQUEST_ID
 from .errors import GatewayError
 from .keepalive import KeepAlive
 from .metrics import Metrics
+from .quotas import METER, Meter
 from .relay import RelayOptions
 from .request_target import upstream_target
 from .routes import PROXIED_ROUTES, Handler, RouteSpec, add_route
@@ -88,7 +89,7 @@ class _Sender:
                 assert isinstance(data, bytes)
                 data = spec.request_edit(data, body.parsed, self.pool.kind)
             response = await self.send(
-                request, data, body.model, spec.edits, request.get(KEEPALIVE)
+                request, data, body.model, spec.edits, request.get(KEEPALIVE), request.get(METER)
             )
             if spec.changes_models and response.status < 400:
                 await self.pool.refresh()  # the node's model list changed
@@ -103,6 +104,7 @@ class _Sender:
         model: str | None,
         edits: RouteEdits,
         keepalive: KeepAlive | None,
+        meter: Meter | None = None,
     ) -> web.StreamResponse:
         """Send to the best upstream; when nothing could be sent, try the next one."""
         pool = self.pool
@@ -122,9 +124,15 @@ class _Sender:
         if data is not None and not isinstance(data, bytes):
             candidates = candidates[:1]  # a streamed body can be sent only once
         headers = _upstream_headers(request)
+        if meter is not None:
+            # The counter reads the answer's bytes: uncompressed, please (the
+            # upstream is local; compressing for the relay would only cost CPU).
+            headers["Accept-Encoding"] = "identity"
         for index, member in enumerate(candidates):
             try:
-                return await self._send_to(request, member, headers, data, model, edits, keepalive)
+                return await self._send_to(
+                    request, member, headers, data, model, edits, keepalive, meter
+                )
             except UpstreamNotReached as exc:
                 if index == len(candidates) - 1:
                     raise
@@ -140,12 +148,15 @@ class _Sender:
         model: str | None,
         edits: RouteEdits,
         keepalive: KeepAlive | None,
+        meter: Meter | None,
     ) -> web.StreamResponse:
         stats = self.stats
         stats.active_requests += 1
         upstream.active += 1
         try:
             started = time.perf_counter()
+            if meter is not None:
+                meter.sending(upstream.base)
             try:
                 answer = await upstream.open(
                     request.method, upstream_target(request), headers=headers.copy(), data=data
@@ -173,6 +184,7 @@ class _Sender:
                 model=model,
                 keepalive=keepalive,
                 stats=stats,
+                meter=meter,
             )
         finally:
             stats.active_requests -= 1
