@@ -1,7 +1,7 @@
 """The gateway, assembled: the request pipeline in the order a request meets it.
 
-    client ─TLS─▶ context ▶ errors ▶ target ▶ access ▶ body ▶ admission ▶ proxy ─▶ upstream
-    client ◀──────────────── relay: each chunk as it arrives ◀──────────────── upstream
+    client ─TLS─▶ context ▶ errors ▶ target ▶ access ▶ body ▶ usage ▶ admission ▶ proxy ─▶ upstream
+    client ◀──────────────── relay: each chunk as it arrives (metered) ◀──────────────── upstream
 
 TLS, connection limits and malformed HTTP are handled below the app, on the
 connection (server.py). Each stage is a module that installs itself with its
@@ -14,10 +14,15 @@ access stage guards them too.
 
 from __future__ import annotations
 
+import functools
+from datetime import timedelta
+
 from aiohttp import web
 
+from ..usage.options import Limits, QuotaOptions, StoreOptions
 from .access import Authorizer, setup_access
 from .admission import Admission, setup_admission
+from .announce import node_id
 from .auth_setup import build_authorizer
 from .cert_renewal import CertificateKeeper, RenewalOptions, setup_certificate_renewal
 from .context import setup_request_context
@@ -27,6 +32,7 @@ from .keepalive import HeartbeatOptions
 from .metrics import Metrics, setup_metrics
 from .openapi import setup_openapi
 from .proxy import setup_proxy
+from .quotas import UsageOptions, setup_quotas
 from .relay import RelayOptions
 from .request_target import setup_request_target
 from .settings import Settings
@@ -68,7 +74,13 @@ def create_app(
     setup_validation(
         app, BodyLimits(max_bytes=settings.max_body_bytes, timeout=settings.body_timeout)
     )
-    # 6. Inference waits for a slot (per user, then the node); a streamed request
+    # 6. Usage and quotas: a user over budget is refused here, before the queue;
+    #    every inference request that passes is metered and recorded once.
+    if settings.usage_accounting:
+        setup_quotas(
+            app, usage_options(settings), metrics, node=functools.partial(node_id, settings)
+        )
+    # 7. Inference waits for a slot (per user, then the node); a streamed request
     #    that waits long gets its headers and heartbeats early.
     setup_admission(
         app,
@@ -77,7 +89,7 @@ def create_app(
             after=settings.stream_heartbeat_after, interval=settings.stream_heartbeat_interval
         ),
     )
-    # 7. Forward to an upstream; relay the answer back as it arrives.
+    # 8. Forward to an upstream; relay the answer back as it arrives.
     setup_proxy(
         app,
         pool,
@@ -108,6 +120,40 @@ def admission_from(settings: Settings) -> Admission:
         per_user_concurrent=settings.per_user_concurrent_requests,
         per_user_queue=settings.per_user_queued_requests,
         queue_timeout=settings.queue_timeout,
+    )
+
+
+def usage_options(settings: Settings) -> UsageOptions:
+    return UsageOptions(
+        store=store_options(settings),
+        quota=quota_options(settings),
+        metrics_per_user=settings.usage_metrics_per_user,
+    )
+
+
+def store_options(settings: Settings) -> StoreOptions:
+    url = settings.usage_database_url
+    return StoreOptions(
+        sqlite_path=None if url is not None else settings.usage_sqlite_path,
+        database_url=url.get_secret_value() if url is not None else None,
+        flush_records=settings.usage_flush_records,
+        flush_seconds=settings.usage_flush_seconds,
+        buffer_limit=settings.usage_buffer_limit,
+    )
+
+
+def quota_options(settings: Settings) -> QuotaOptions:
+    start = settings.quota_day_start
+    return QuotaOptions(
+        default=Limits(settings.quota_tokens_per_day, settings.quota_requests_per_minute),
+        tiers={
+            name: Limits(tier.tokens_per_day, tier.requests_per_minute)
+            for name, tier in settings.quota_tiers.items()
+        },
+        tier_claim=settings.quota_tier_claim,
+        api_key_tiers=settings.quota_api_key_tiers,
+        day_start=timedelta(hours=start.hour, minutes=start.minute, seconds=start.second),
+        default_completion_tokens=settings.quota_default_completion_tokens,
     )
 
 

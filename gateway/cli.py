@@ -31,10 +31,12 @@ from ..models.cli import ModelsDefaults, add_models_commands, run_models_command
 from ..usage.cli import add_usage_commands, run_usage_command
 from ..web.onboarding import onboarding_urls, terminal_text
 from . import __version__
+from .app import quota_options
 from .auth_setup import UnsafeConfiguration, project_id
 from .logs import configure_logging
 from .network import lan_addresses, local_url
 from .paths import data_dir
+from .quotas import UsageStoreUnavailable
 from .service import add_service_commands
 from .settings import Settings, load_settings
 
@@ -116,7 +118,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except (UnsafeConfiguration, AuthConfigError) as exc:
         print(f"fognode: refusing to start: {exc}", file=sys.stderr)
         return 1
-    except ModelUnavailable as exc:
+    except (ModelUnavailable, UsageStoreUnavailable) as exc:
         print(f"fognode: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
@@ -163,7 +165,7 @@ def _cmd_healthcheck(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-_SECRET_FIELDS = {"upstream_api_key", "ca_passphrase"}
+_SECRET_FIELDS = {"upstream_api_key", "ca_passphrase", "usage_database_url"}
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -277,7 +279,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 },
             )
         if args.command == "usage":
-            return run_usage_command(args, sqlite_path=data_dir() / "usage.sqlite3")
+            settings = load_settings(None)
+            url = settings.usage_database_url
+            return run_usage_command(
+                args,
+                sqlite_path=settings.usage_sqlite_path,
+                database_url=url.get_secret_value() if url is not None else None,
+                day_start=quota_options(settings).day_start,
+            )
         if args.command == "models":
             settings = load_settings(None)
             return run_models_command(

@@ -24,3 +24,7 @@ def default_api_keys_file() -> Path | None:
     """The keys file setup.sh writes, if there is one."""
     path = data_dir() / "api-keys"
     return path if path.is_file() else None
+
+
+def default_usage_file() -> Path:
+    return data_dir() / "usage.sqlite3"

@@ -32,6 +32,7 @@ from .context import PRINCIPAL, REQUEST_ID, ROUTED, Routed
 from .errors import GatewayError
 from .keepalive import KeepAlive
 from .metrics import Metrics
+from .quotas import METER, Meter
 from .relay import RelayOptions
 from .request_target import upstream_target
 from .routes import PROXIED_ROUTES, Handler, Listing, RouteSpec, add_route
@@ -123,6 +124,7 @@ class _Sender:
                 spec.edits,
                 request.get(KEEPALIVE),
                 self._conversation(request, spec, body),
+                request.get(METER),
             )
             if spec.changes_models and response.status < 400:
                 await self.pool.refresh()  # the node's model list changed
@@ -148,6 +150,7 @@ class _Sender:
         edits: RouteEdits,
         keepalive: KeepAlive | None,
         conversation: Conversation | None = None,
+        meter: Meter | None = None,
     ) -> web.StreamResponse:
         """Send to the best upstream; when nothing could be sent, try the next one."""
         pool = self.pool
@@ -168,12 +171,16 @@ class _Sender:
         if data is not None and not isinstance(data, bytes):
             choices = choices[:1]  # a streamed body can be sent only once
         headers = _upstream_headers(request)
+        if meter is not None:
+            # The counter reads the answer's bytes: uncompressed, please (the
+            # upstream is local; compressing for the relay would only cost CPU).
+            headers["Accept-Encoding"] = "identity"
         for index, choice in enumerate(choices):
             pool.sending(choice)
             self._explain(request, choice, failover=index > 0)
             try:
                 response = await self._send_to(
-                    request, choice.member, headers, data, model, edits, keepalive
+                    request, choice.member, headers, data, model, edits, keepalive, meter
                 )
             except UpstreamNotReached as exc:
                 if index == len(choices) - 1:
@@ -202,12 +209,15 @@ class _Sender:
         model: str | None,
         edits: RouteEdits,
         keepalive: KeepAlive | None,
+        meter: Meter | None,
     ) -> web.StreamResponse:
         stats = self.stats
         stats.active_requests += 1
         upstream.active += 1
         try:
             started = time.perf_counter()
+            if meter is not None:
+                meter.sending(upstream.base)
             try:
                 answer = await upstream.open(
                     request.method, upstream_target(request), headers=headers.copy(), data=data
@@ -235,6 +245,7 @@ class _Sender:
                 model=model,
                 keepalive=keepalive,
                 stats=stats,
+                meter=meter,
             )
         finally:
             stats.active_requests -= 1

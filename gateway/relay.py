@@ -18,6 +18,11 @@ in two parts:
 Before the body, an upstream 404 for a missing model is reworded the one way
 the SpeziLLMFog app recognises (compat.py), and a response whose headers went
 out early (keepalive.py) carries upstream errors in-band.
+
+An inference request comes with a meter (quotas.py): its token counter sees
+each upstream chunk before the framer, hands back the bytes to send (the
+same bytes, less a usage chunk the gateway asked for on the client's behalf)
+and learns after each write that they were delivered.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import asyncio
 import enum
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -35,9 +41,13 @@ from .compat import RouteEdits, is_model_not_found, model_not_found_message, nat
 from .context import BODY_BYTES, RELAYED_CHUNKS
 from .errors import GatewayError, json_error_response
 from .keepalive import SSE_HEADERS, KeepAlive
+from .quotas import Meter
 from .sse import HEARTBEAT, SseFramer, error_event
 from .stats import GatewayStats
 from .upstream import filter_response_headers, relayable_reason
+
+if TYPE_CHECKING:
+    from ..usage.counter import TokenCounter
 
 log = logging.getLogger("fognode.relay")
 
@@ -106,6 +116,7 @@ async def _pump(
     framer: SseFramer | None,
     options: RelayOptions,
     progress: _Progress,
+    counter: TokenCounter | None = None,
 ) -> Ending:
     loop = asyncio.get_running_loop()
     silent_since = loop.time()
@@ -131,17 +142,25 @@ async def _pump(
         ):
             return Ending.UPSTREAM_BROKEN
         if not chunk:
-            rest = framer.flush() if framer is not None else b""
+            rest = counter.finish() if counter is not None else b""
+            if framer is not None:
+                rest = (framer.feed(rest) if rest else b"") + framer.flush()
             if rest and not await _write(response, rest, options.write_timeout):
                 return Ending.CLIENT_STALLED
+            if counter is not None:
+                counter.delivered()
             return Ending.COMPLETED
         silent_since = loop.time()
         beat_at = silent_since + heartbeat_every
-        out = framer.feed(chunk) if framer is not None else chunk
+        out = counter.feed(chunk) if counter is not None else chunk
+        if framer is not None and out:
+            out = framer.feed(out)
         if not out:
             continue
         if not await _write(response, out, options.write_timeout):
             return Ending.CLIENT_STALLED
+        if counter is not None:
+            counter.delivered()
         progress.sent += len(out)
         progress.chunks += 1
         progress.tail = out[-2:]
@@ -158,11 +177,13 @@ async def relay_response(
     keepalive: KeepAlive | None,
     stats: GatewayStats,
     prefix: bytes = b"",
+    meter: Meter | None = None,
 ) -> web.StreamResponse:
     """Answer ``request`` with ``upstream``; the caller owns neither afterwards.
 
     ``prefix`` is the start of the body, already read from ``upstream``
     (answers.py reads a JSON answer to check it before relaying it).
+    ``meter``: an inference request's (quotas.py), told what was delivered.
     """
     progress = _Progress()
     completed = False
@@ -179,17 +200,24 @@ async def relay_response(
             response = _response_like(upstream, media_type)
             await response.prepare(request)
         framer = SseFramer(edits.sse_line_edit) if media_type == SSE else None
+        counter = meter.count(upstream.headers.get("Content-Type", "")) if meter else None
         ending: Ending | None = None
         if prefix:  # the start of the body, read already (answers.py)
+            if counter is not None:
+                prefix = counter.feed(prefix)  # a JSON answer: the same bytes
             if await _write(response, prefix, options.write_timeout):
                 progress.sent, progress.chunks, progress.tail = len(prefix), 1, prefix[-2:]
+                if counter is not None:
+                    counter.delivered()
             else:
                 ending = Ending.CLIENT_STALLED
         if ending is None:
-            ending = await _pump(upstream.content, response, framer, options, progress)
+            ending = await _pump(upstream.content, response, framer, options, progress, counter)
         if ending is Ending.COMPLETED:
             await response.write_eof()
             completed = True
+            if meter is not None:
+                meter.completed = True
         elif ending is Ending.CLIENT_STALLED:
             log.warning(
                 "client stopped reading for %gs (FOGNODE_CLIENT_WRITE_TIMEOUT); "

@@ -14,7 +14,8 @@ gateway must keep clients working across both:
 * ``current`` (Ollama 0.32.6 and later, the default; middleware/openai.go's
   ChatWriter): ``role`` only in the first chunk's delta, ``finish_reason``
   in a chunk of its own with an empty delta ``{}``, with
-  ``stream_options.include_usage`` a usage chunk with ``choices: []``;
+  ``stream_options.include_usage`` a usage chunk with ``choices: []`` (on
+  ``/v1/completions`` too);
   a missing model is ``model 'x' not found``.
 * ``legacy`` (before 0.32.6): ``role`` in every delta, the last content
   chunk carries ``finish_reason``; a missing model is
@@ -85,6 +86,9 @@ class OllamaStandIn:
     running: dict[str, float] = field(default_factory=dict)
     keep_alive: float = 300.0  # Ollama's default: 5 minutes after the last request
     load_on_use: bool = True
+    # False: ignore stream_options.include_usage, as llama-cpp-python's server
+    # and Ollama before 0.5 do (no usage chunk in a stream).
+    honours_include_usage: bool = True
 
     requests: list[Recorded] = field(default_factory=list)
     # SHA-256 of every byte a streamed answer wrote, by the X-Request-ID it got.
@@ -330,13 +334,17 @@ class OllamaStandIn:
                 }
             )
         frames = self._chat_frames(base, words, finish)
-        if (data.get("stream_options") or {}).get("include_usage"):
+        if self._wants_usage(data):
             frames.append(_sse(dict(base, choices=[], usage=usage)))
         frames.append(b"data: [DONE]\n\n")
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         await self._emit(request, response, frames)
         return response
+
+    def _wants_usage(self, data: dict[str, Any]) -> bool:
+        options = data.get("stream_options") or {}
+        return self.honours_include_usage and options.get("include_usage") is True
 
     def _limited_words(self, data: dict[str, Any]) -> tuple[list[str], str]:
         """The reply, cut at ``max_tokens`` as Ollama's num_predict would."""
@@ -397,6 +405,8 @@ class OllamaStandIn:
             for w in words
         ]
         frames.append(_sse(dict(base, choices=[{"text": "", "index": 0, "finish_reason": "stop"}])))
+        if self._wants_usage(data):
+            frames.append(_sse(dict(base, choices=[], usage=usage)))  # as Ollama's CompleteWriter
         frames.append(b"data: [DONE]\n\n")
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
