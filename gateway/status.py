@@ -36,6 +36,7 @@ from ..auth.principal import Access
 from ..certs.export import export_forms
 from ..certs.issuer import cert_names
 from ..models.progress import PullProgress
+from ..usage.quota import day_bounds
 from ..usage.store import Grouping, UsageStore
 from ..web.status import (
     STATIC_FILES,
@@ -102,10 +103,7 @@ def usage_report(store: UsageStore, *, day_start: dt.timedelta = dt.timedelta(0)
 
     async def report() -> tuple[float, Sequence[UsageView]]:
         now = time.time()
-        today = dt.datetime.fromtimestamp(now - day_start.total_seconds(), dt.UTC).date()
-        since = (
-            dt.datetime.combine(today, dt.time(0), dt.UTC).timestamp() + day_start.total_seconds()
-        )
+        since, _ = day_bounds(now, day_start)
         totals = await store.totals(since=since, until=now, by=Grouping.USER)
         rows = [
             UsageView(t.uid or "?", t.requests, t.rejected, t.prompt_tokens, t.completion_tokens)
