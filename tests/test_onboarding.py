@@ -196,8 +196,8 @@ def _write_pbm(rows: list[list[int]], path: Path, scale: int = 8) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-async def test_certs_qr_prints_the_same_code_in_the_terminal(pki: Pki, tmp_path: Path) -> None:
-    ca = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+async def certs_qr(pki: Pki, *flags: str, **env: str) -> tuple[str, str]:
+    """`fognode certs qr` as its own process, with FOGNODE_* ``env``: its stdout and stderr."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -206,13 +206,19 @@ async def test_certs_qr_prints_the_same_code_in_the_terminal(pki: Pki, tmp_path:
         "qr",
         "--dir",
         str(pki.paths.directory),
-        "--url",
-        "http://192.168.1.20:8080",
+        *flags,
+        env={**os.environ, **{f"FOGNODE_{k.upper()}": v for k, v in env.items()}},
         stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0
-    printed = out.decode()
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    return out.decode(), err.decode()
+
+
+async def test_certs_qr_prints_the_same_code_in_the_terminal(pki: Pki, tmp_path: Path) -> None:
+    ca = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    printed, _ = await certs_qr(pki, "--url", "http://192.168.1.20:8080")
     rows = _matrix_from_blocks(printed)
     image = tmp_path / "terminal-qr.pbm"
     _write_pbm(rows, image)
@@ -222,21 +228,27 @@ async def test_certs_qr_prints_the_same_code_in_the_terminal(pki: Pki, tmp_path:
     assert shown == fingerprint(ca).split(":")
 
 
-async def test_fognode_serve_serves_the_page_phones_can_follow(
-    standin: OllamaStandIn, pki: Pki, page: Page, tmp_path: Path
-) -> None:
-    port = free_port()
+async def serving_node(workdir: Path, pki: Pki, upstream: str, port: int) -> NodeProcess:
+    """`fognode serve` with TLS, an admin key and the onboarding page on ``port``."""
     node = NodeProcess(
-        tmp_path,
+        workdir,
         {
             "certs_dir": str(pki.paths.directory),
-            "upstream_url": standin.url,
+            "upstream_url": upstream,
             "api_keys": entry_for(new_key(), "operator", admin=True),
             "onboarding": "true",
             "onboarding_port": str(port),
         },
     )
     await node.start(ssl.create_default_context(cafile=str(pki.ca)))
+    return node
+
+
+async def test_fognode_serve_serves_the_page_phones_can_follow(
+    standin: OllamaStandIn, pki: Pki, page: Page, tmp_path: Path
+) -> None:
+    port = free_port()
+    node = await serving_node(tmp_path, pki, standin.url, port)
     try:
         url = f"http://127.0.0.1:{port}"
         assert f"phone onboarding page at {url}" in node.log()
@@ -275,17 +287,7 @@ async def test_a_port_that_cannot_be_bound_is_explained_and_the_api_serves_on(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        node = NodeProcess(
-            tmp_path,
-            {
-                "certs_dir": str(pki.paths.directory),
-                "upstream_url": standin.url,
-                "api_keys": entry_for(new_key(), "operator", admin=True),
-                "onboarding": "true",
-                "onboarding_port": str(port),
-            },
-        )
-        await node.start(ssl.create_default_context(cafile=str(pki.ca)))
+        node = await serving_node(tmp_path, pki, standin.url, port)
         try:
             assert node.alive
             [line] = [ln for ln in node.log().splitlines() if "no phone onboarding page" in ln]
@@ -332,21 +334,8 @@ async def test_the_page_port_is_behind_the_api_connection_guard(
 
 async def test_certs_qr_follows_the_onboarding_settings(pki: Pki) -> None:
     async def qr(**env: str) -> str:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "fognode.gateway.cli",
-            "certs",
-            "qr",
-            "--dir",
-            str(pki.paths.directory),
-            env={**os.environ, **{f"FOGNODE_{k.upper()}": v for k, v in env.items()}},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await proc.communicate()
-        assert proc.returncode == 0, err
-        return out.decode() + err.decode()
+        out, err = await certs_qr(pki, **env)
+        return out + err
 
     # The page listens on one address: the link is that address and the page's port.
     printed = await qr(host="192.168.1.20", onboarding_port="8081")
