@@ -25,6 +25,7 @@ from ..auth.principal import Principal
 from .logs import redact, request_id_var
 
 if TYPE_CHECKING:
+    from .activity import Activity
     from .metrics import Metrics
 
 access_log = logging.getLogger("fognode.access")
@@ -39,6 +40,10 @@ PRINCIPAL = web.RequestKey("fognode.principal", Principal)
 # count includes the header block).
 BODY_BYTES = web.RequestKey("fognode.body_bytes", int)
 RELAYED_CHUNKS = web.RequestKey("fognode.relayed_chunks", int)
+# Why the request failed, in words, set by whichever stage answered the error
+# (errors.py, or the relay for a failure inside a stream): for the status
+# page's latest errors (activity.py).
+FAILURE = web.RequestKey("fognode.failure", str)
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,11 @@ def _bytes_sent(request: web.Request, response: web.StreamResponse | None) -> in
     return len(body) if isinstance(body, bytes | bytearray) else 0
 
 
-def setup_request_context(app: web.Application, metrics: Metrics) -> None:
+def setup_request_context(
+    app: web.Application, metrics: Metrics, activity: Activity | None = None
+) -> None:
+    """``activity``: where finished requests are counted for the status page."""
+
     @web.middleware
     async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
         rid = request_id_of(request)
@@ -110,6 +119,16 @@ def setup_request_context(app: web.Application, metrics: Metrics) -> None:
                 metrics.bytes.labels(route).inc(request[BODY_BYTES])
             if access_log.isEnabledFor(logging.INFO):
                 _log_access(request, rid, status, _bytes_sent(request, response), duration)
+            if activity is not None:
+                principal = request.get(PRINCIPAL)
+                activity.record(
+                    method=request.method,
+                    route=route,
+                    status=status,
+                    request_id=rid,
+                    uid=principal.uid if principal else None,
+                    failure=request.get(FAILURE),
+                )
             request_id_var.reset(token)
 
     async def identify(request: web.Request, response: web.StreamResponse) -> None:

@@ -20,6 +20,11 @@ def default_certs_dir() -> Path:
     return data_dir() / "certs"
 
 
+def default_session_key_file() -> Path:
+    """The key that signs the status page's session cookies (made at first start)."""
+    return data_dir() / "session-key"
+
+
 def default_api_keys_file() -> Path | None:
     """The keys file setup.sh writes, if there is one."""
     path = data_dir() / "api-keys"

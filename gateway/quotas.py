@@ -198,9 +198,10 @@ def setup_quotas(
     metrics: Metrics,
     *,
     node: Callable[[], str],
-) -> None:
+) -> UsageAccounting:
     """Install the usage stage and ``GET /admin/usage``. ``node`` names this
-    node in the records (it may read a file: called off the event loop)."""
+    node in the records (it may read a file: called off the event loop). The
+    state it returns is what the status page reads usage from."""
     accounting = app[USAGE] = UsageAccounting(options, metrics)
     quota = options.quota
 
@@ -332,6 +333,7 @@ def setup_quotas(
     app.middlewares.append(usage_stage)
     app.on_response_prepare.append(rate_limit_headers)
     add_route(app, RouteSpec("GET", "/admin/usage", Access.ADMIN), report)
+    return accounting
 
 
 def _tier(quota: QuotaOptions, principal: Principal | None) -> str | None:

@@ -38,7 +38,7 @@ from aiohttp import web
 
 from .. import safejson
 from .compat import RouteEdits, is_model_not_found, model_not_found_message, native_error_body
-from .context import BODY_BYTES, RELAYED_CHUNKS
+from .context import BODY_BYTES, FAILURE, RELAYED_CHUNKS
 from .errors import GatewayError, json_error_response
 from .keepalive import SSE_HEADERS, KeepAlive
 from .quotas import Meter
@@ -287,6 +287,7 @@ async def _relay_error(
     """An upstream error answer, read whole: reworded if it is a missing model,
     in-band if the stream's headers went out already, else passed on as sent."""
     body = await _read_capped(upstream.content, MAX_ERROR_BODY)
+    request[FAILURE] = f"The upstream answered {upstream.status}: {_error_text(body)}"
     if upstream.status == 404 and model and edits.reword_missing_model and is_model_not_found(body):
         message = model_not_found_message(model)
         if keepalive is not None and keepalive.started:
@@ -348,6 +349,7 @@ async def _fail_in_band(
     tail: bytes,
 ) -> None:
     log.warning("%s", message)
+    request[FAILURE] = message
     if media_type in (SSE, NDJSON):
         await response.write(_error_frame(framer, message, code, tail))
         await response.write_eof()

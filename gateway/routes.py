@@ -12,8 +12,9 @@ Routes are grouped as the access policy sees them:
 * the OpenAI-compatible API and Ollama's native inference API (any
   authenticated user),
 * Ollama's model management (administrators only),
-* and, registered by their own stages, the probes, metrics and the API
-  document.
+* and, registered by their own stages, the probes, metrics, the API
+  document and the operator's pages (``page=True``: the only routes a
+  browser session admits).
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class RouteSpec:
     conversation: bool = False
     edits: RouteEdits = field(default_factory=RouteEdits)
     request_edit: RequestEdit | None = None
+    # An operator's page (status, sign-in, their assets), not the API: a signed-in
+    # browser's session cookie admits it (access.py); the API never accepts one.
+    page: bool = False
 
 
 # Model names may contain slashes (hf.co/org/model:tag), hence the regex.

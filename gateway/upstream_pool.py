@@ -173,7 +173,9 @@ class UpstreamPool:
 
     # --- hot models ---------------------------------------------------------------
     @staticmethod
-    def _is_loaded(member: Upstream, model: str, now: float) -> bool:
+    def is_loaded(member: Upstream, model: str, now: float) -> bool:
+        """Is ``model`` in ``member``'s memory (its /api/ps, its one served model,
+        or a model this node just sent a request for)?"""
         if _has(frozenset(member.warmed), model):
             return True
         entry = warm.find(member.loaded, model)
@@ -191,7 +193,7 @@ class UpstreamPool:
         """The ``fognode`` field of a model in /v1/models: is it loaded, where the
         node knows its size in memory and expiry, and on how many upstreams."""
         now = time.time()
-        on = [m for m in self.members if m.healthy and self._is_loaded(m, model, now)]
+        on = [m for m in self.members if m.healthy and self.is_loaded(m, model, now)]
         entries = [e for m in on if (e := warm.find(m.loaded, model)) is not None]
         latest = max(entries, key=lambda e: e.expires or float("inf"), default=None)
         return {
@@ -296,7 +298,7 @@ class UpstreamPool:
             Option(
                 up=m.healthy,
                 has_model=(_has(m.models, model) if m.models else None) if model else True,
-                loaded=bool(model) and self._is_loaded(m, model or "", now),
+                loaded=bool(model) and self.is_loaded(m, model or "", now),
                 active=m.active,
                 cap=self.cap,
                 picked=m.picked,

@@ -36,9 +36,7 @@ async def standin() -> AsyncIterator[OllamaStandIn]:
 
 
 @pytest.fixture
-async def make_gateway(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[GatewayFactory]:
+async def make_gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayFactory]:
     started: list[RunningServer] = []
 
     async def factory(upstream_url: str, **overrides: Any) -> RunningServer:
@@ -58,6 +56,10 @@ async def make_gateway(
             overrides.setdefault(
                 "usage_sqlite_path", tmp_path_factory.mktemp("usage") / "usage.sqlite3"
             )
+        # No phone onboarding page on port 80 unless a test asks for one on its own port;
+        # the status page's session key in the test's own directory.
+        overrides.setdefault("onboarding", False)
+        overrides.setdefault("session_key_file", tmp_path_factory.mktemp("data") / "session-key")
         settings = Settings(host="127.0.0.1", port=0, upstream_url=upstream_url, **overrides)
         running = await start_server(settings, authorizer=authorizer)
         started.append(running)
