@@ -63,6 +63,7 @@ async def photograph_status(page: Page, node: RunningServer, key: str, out: Path
     await page.wait_for_function(
         "() => document.querySelector('#active-streams').textContent.trim() === '1'"
     )
+    await page.locator(".usage-row").first.wait_for()  # the usage store's first batch
     await page.screenshot(path=str(out), full_page=True)
 
 
@@ -90,6 +91,7 @@ async def main(out: Path) -> None:
             onboarding_port=free_port(),
             onboarding_url="http://192.168.1.20",  # what the status page links to
             session_key_file=tmp / "session-key",
+            usage_sqlite_path=tmp / "usage.sqlite3",
             status_refresh_seconds=0.5,
             shutdown_timeout=1,
         )
