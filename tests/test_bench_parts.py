@@ -99,6 +99,24 @@ def test_one_connection_carries_many_answers(upstream: int) -> None:
         assert b"Content-Length:" in head
 
 
+def test_a_stream_that_asks_for_usage_ends_with_ollamas_usage_chunk(upstream: int) -> None:
+    """What fognode's accounting asks a streamed upstream for (and strips
+    again): only a request with include_usage gets the extra chunk."""
+    endpoint = Endpoint("127.0.0.1", upstream)
+    asking = json.loads(chat_body(stream=True))
+    asking["stream_options"] = {"include_usage": True}
+    with _connect(endpoint) as sock:
+        sock.sendall(endpoint.request(json.dumps(asking)))
+        events = [event for _, event in _events(sock, b"")]
+        sock.sendall(endpoint.request(chat_body(stream=True)))
+        plain = [event for _, event in _events(sock, b"")]
+    assert len(events) == 8  # 5 content events, the finish, the usage chunk, [DONE]
+    usage = json.loads(events[-2].removeprefix(b"data: "))
+    assert usage["choices"] == []
+    assert usage["usage"] == {"prompt_tokens": 1, "completion_tokens": 5, "total_tokens": 6}
+    assert len(plain) == 7 and b'"usage"' not in b"".join(plain)
+
+
 def test_paced_delays_are_one_way_and_apart_from_the_request(upstream: int) -> None:
     got = paced_delays(Endpoint("127.0.0.1", upstream), streams=2, events=3)
     assert len(got.first_us) == 2
