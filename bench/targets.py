@@ -313,8 +313,13 @@ def build_targets(
                 "FOGNODE_PER_USER_CONCURRENT_REQUESTS": room,
                 "FOGNODE_PER_USER_QUEUED_REQUESTS": room,
                 "FOGNODE_UPSTREAM_MAX_CONNECTIONS": room,
+                # Every client of the bench is 127.0.0.1: the per-address cap
+                # (64) would refuse wrk's c=256 and the held streams.
+                "FOGNODE_MAX_CONNECTIONS_PER_CLIENT": room,
                 "FOGNODE_CERTS_DIR": str(certs),
                 "FOGNODE_API_KEYS_FILE": "",
+                # The run's own usage records, never the data dir of whoever runs it.
+                "FOGNODE_USAGE_SQLITE_PATH": str(work / f"{tag}-usage.sqlite3"),
             }
             name = "fognode" if workers is None else f"fognode x{workers}"
             targets.append(
