@@ -31,6 +31,7 @@ from bench.loadgen import (
 )
 from bench.peers import report
 from bench.profile import parse_collapsed
+from bench.usage import report as usage_report
 from tests.helpers import free_port
 
 
@@ -227,6 +228,31 @@ def test_report_takes_ratios_round_by_round() -> None:
     assert "0.600 (0.500-0.700)" in row  # request path: c=1 p50 minus direct's, per round
     assert "10,000 [1 invalid]" in row
     assert "- round 2, fognode, streams: status 1" in text
+
+
+def test_usage_report_takes_on_off_ratios_round_by_round() -> None:
+    saved = {
+        "meta": {
+            "date": "2026-01-01T00:00:00",
+            "machine": "m",
+            "minutes": 1,
+            "command": "python -m bench.usage",
+            "loadavg_start": ["0.1", "0.1", "0.1"],
+            "plan": {"rounds": 2, "seconds": 5, "warmup_seconds": 3},
+        },
+        "targets": ["fognode usage off", "fognode"],
+        "values": {
+            "cpu_us_plain": {"fognode usage off": [500, 1000], "fognode": [600, 1400]},
+            "rps_plain": {"fognode usage off": [100, 200], "fognode": [90, None]},
+        },
+        "problems": ["round 2, fognode, plain: status 1"],
+    }
+    text = usage_report(saved)
+    row = next(line for line in text.splitlines() if line.startswith("| fognode | 1,000"))
+    # per round 1.2 and 1.4, their median 1.3: not 1000 / 750
+    assert "| 1.300 (1.200-1.400) |" in row
+    assert "| 0.900 [1 invalid] |" in row
+    assert "- round 2, fognode, plain: status 1" in text
 
 
 def test_profile_counts_own_and_cumulative_samples() -> None:
