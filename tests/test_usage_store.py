@@ -451,6 +451,33 @@ async def test_a_retry_after_a_commit_whose_answer_was_lost_counts_once(
     assert (window.tokens_today, window.requests_last_minute) == (0 + 1 + 2 + 3, 3)
 
 
+async def test_nodes_writing_at_once_add_up_exactly(make_store: StoreFactory) -> None:
+    """Several nodes' batches for the same users and minutes, concurrently:
+    every upsert of a minute row lands, none twice."""
+    nodes = await asyncio.gather(*(make_store() for _ in range(4)))
+    batches = [
+        [
+            rec(uid, at=NOON + (i * 7 + j) % 150, prompt=j, completion=n, node=f"node-{n}")
+            for j, uid in enumerate(("alice", "bob", "carol") * 5)
+        ]
+        for n in range(4)
+        for i in range(6)
+    ]
+
+    async def node_writes(n: int) -> None:  # one batch at a time, as its writer does
+        for batch in batches[n::4]:
+            await nodes[n].write(batch)
+        for batch in batches[(n + 1) % 4 :: 12]:  # another node's batch again
+            await nodes[n].write(batch)
+
+    await asyncio.gather(*(node_writes(n) for n in range(4)))
+    records = [r for batch in batches for r in batch]
+    assert await minute_sums(nodes[0]) == expected_sums(records) == await record_sums(nodes[0])
+    for node in nodes:
+        window = await node.user_window("bob", day_start=NOON, minute_start=NOON + 90)
+        assert window.tokens_today == sum(r.total_tokens for r in records if r.uid == "bob")
+
+
 async def test_migrating_a_version_1_database_fills_the_minute_sums(
     make_store: StoreFactory,
 ) -> None:
