@@ -8,6 +8,8 @@ them over real sockets.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -25,6 +27,17 @@ GatewayFactory = Callable[..., Awaitable[RunningServer]]
 
 # Browser fixtures (Debian chromium through Playwright) and the QR decoder.
 pytest_plugins = ["tests.browser"]
+
+# No test reads or writes the data directory of whoever runs the suite
+# (~/.local/share/fognode: their node's keys, certificates, usage records,
+# session key): everything that falls back to the defaults lands here instead,
+# in this process and in the processes tests start with its environment.
+DATA_HOME = tempfile.mkdtemp(prefix="fognode-tests-data-")
+os.environ["XDG_DATA_HOME"] = DATA_HOME
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(DATA_HOME, ignore_errors=True)
 
 
 @pytest.fixture
