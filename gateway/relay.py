@@ -236,9 +236,9 @@ async def relay_response(
             await _fail_in_band(request, response, media_type, framer, message, code, progress.last)
         return response
     except (asyncio.CancelledError, ConnectionResetError):
-        # The client left (handler cancelled, or a write hit a closed socket).
+        # The client left (handler cancelled, or a write hit a closed socket):
+        # its access-log line says so (499, and the bytes it got), once.
         stats.client_disconnects_total += 1
-        log.info("client disconnected after %d bytes; upstream request cancelled", progress.sent)
         raise
     finally:
         request[BODY_BYTES] = progress.sent
