@@ -8,6 +8,8 @@ certificate issued by fognode's own CA code for ``localhost`` and
 
     direct    the compiled upstream itself (bench/upstream/fastup.c): the limit
     fognode   this project, no auth, log level WARNING; optionally N workers
+    fognode base  the same from another checkout (--baseline DIR): before/after
+              in the same interleaved rounds
     nginx     one worker, upstream keep-alive, proxy_buffering off
     Caddy     Debian's caddy, flush_interval -1, upstream keep-alive
     LiteLLM   LiteLLM's proxy, one worker, no master key
@@ -48,6 +50,7 @@ class Options:
     paced_us: int
     max_streams: int  # streams the memory figure opens: no pool may cap below it
     fognode_workers: int | None = None
+    baseline: Path | None = None  # another checkout of fognode, measured as "fognode base"
 
 
 @dataclass
@@ -125,6 +128,21 @@ class Target:
         raise RuntimeError(
             f"{self.name} did not answer {url} in {limit:g}s ({last}); see {self.log}"
         )
+
+
+def baseline_package(checkout: Path, work: Path) -> Path:
+    """A directory where ``import fognode`` finds ``checkout``'s code (its parts
+    linked as fognode's subpackages, as setuptools maps them); on PYTHONPATH it
+    comes before the editable install of this checkout."""
+    root = work / "baseline"
+    package = root / "fognode"
+    package.mkdir(parents=True, exist_ok=True)
+    for part in checkout.iterdir():
+        if (part / "__init__.py").is_file() and part.name not in ("tests", "bench"):
+            link = package / part.name
+            if not link.is_symlink():
+                link.symlink_to(part.resolve())
+    return root
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -283,7 +301,7 @@ def build_targets(
             if not secure:
                 targets.append(upstream)
             return
-        if family in ("fognode", "fognode-workers"):
+        if family in ("fognode", "fognode-workers", "fognode-base"):
             workers = opts.fognode_workers if family == "fognode-workers" else None
             argv = [
                 sys.executable,
@@ -317,6 +335,10 @@ def build_targets(
                 "FOGNODE_API_KEYS_FILE": "",
             }
             name = "fognode" if workers is None else f"fognode x{workers}"
+            if family == "fognode-base":
+                assert opts.baseline is not None
+                name = "fognode base"
+                env["PYTHONPATH"] = str(baseline_package(opts.baseline, work))
             targets.append(
                 Target(name + suffix, family, secure, port, argv, env, log=work / f"{tag}.log")
             )
