@@ -7,7 +7,8 @@ certificate issued by fognode's own CA code for ``localhost`` and
 ``127.0.0.1``; the bench's Python clients verify it against that CA.
 
     direct    the compiled upstream itself (bench/upstream/fastup.c): the limit
-    fognode   this project, no auth, log level WARNING; optionally N workers
+    fognode   this project, no auth, log level WARNING; optionally N workers;
+              for bench/usage.py also with usage accounting off, and with quotas
     fognode base  the same from another checkout (--baseline DIR): before/after
               in the same interleaved rounds
     nginx     one worker, upstream keep-alive, proxy_buffering off
@@ -267,6 +268,21 @@ litellm_settings:
 """
 
 
+# fognode's usage variants (bench/usage.py): the family's name and what it sets.
+# "fognode" itself runs with the defaults, usage accounting on, no quota.
+FOGNODE_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "fognode-usage-off": ("fognode usage off", {"FOGNODE_USAGE_ACCOUNTING": "false"}),
+    # Limits no run reaches: every request is checked against the store, none refused.
+    "fognode-quota": (
+        "fognode quota",
+        {
+            "FOGNODE_QUOTA_TOKENS_PER_DAY": str(10**15),
+            "FOGNODE_QUOTA_REQUESTS_PER_MINUTE": str(10**9),
+        },
+    ),
+}
+
+
 def build_targets(
     opts: Options, families: list[str], *, tls: bool, ports: list[int]
 ) -> tuple[Target, list[Target]]:
@@ -301,7 +317,7 @@ def build_targets(
             if not secure:
                 targets.append(upstream)
             return
-        if family in ("fognode", "fognode-workers", "fognode-base"):
+        if family in ("fognode", "fognode-workers", "fognode-base", *FOGNODE_VARIANTS):
             workers = opts.fognode_workers if family == "fognode-workers" else None
             argv = [
                 sys.executable,
@@ -332,17 +348,21 @@ def build_targets(
                 "FOGNODE_PER_USER_QUEUED_REQUESTS": room,
                 "FOGNODE_UPSTREAM_MAX_CONNECTIONS": room,
                 # Every client of the bench is 127.0.0.1: the per-address cap
-                # (64 by default) would refuse the memory figure's streams and
-                # the c=256 runs.
+                # (64 by default) would refuse wrk's c=256 and the held streams.
                 "FOGNODE_MAX_CONNECTIONS_PER_CLIENT": "0",
                 "FOGNODE_CERTS_DIR": str(certs),
                 "FOGNODE_API_KEYS_FILE": "",
+                # The run's own usage records, never the data dir of whoever runs it.
+                "FOGNODE_USAGE_SQLITE_PATH": str(work / f"{tag}-usage.sqlite3"),
             }
             name = "fognode" if workers is None else f"fognode x{workers}"
             if family == "fognode-base":
                 assert opts.baseline is not None
                 name = "fognode base"
                 env["PYTHONPATH"] = str(baseline_package(opts.baseline, work))
+            if family in FOGNODE_VARIANTS:
+                name, variant = FOGNODE_VARIANTS[family]
+                env.update(variant)
             targets.append(
                 Target(name + suffix, family, secure, port, argv, env, log=work / f"{tag}.log")
             )

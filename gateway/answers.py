@@ -32,6 +32,7 @@ from .compat import RouteEdits
 from .deadline import Deadline
 from .errors import GatewayError
 from .keepalive import KeepAlive
+from .quotas import Meter
 from .relay import RelayOptions, relay_response
 from .stats import GatewayStats
 from .upstream import UpstreamBroken, UpstreamResponse
@@ -79,6 +80,7 @@ async def relay_answer(
     model: str | None,
     keepalive: KeepAlive | None,
     stats: GatewayStats,
+    meter: Meter | None = None,
 ) -> web.StreamResponse:
     """Relay the upstream's answer (relay.relay_response, same arguments); a
     non-streamed JSON success is checked first."""
@@ -92,6 +94,7 @@ async def relay_answer(
         model=model,
         keepalive=keepalive,
         stats=stats,
+        meter=meter,
     )
     if not _checkable(request, upstream) or (keepalive is not None and keepalive.started):
         return await relay()  # a stream's headers went out already: errors go in-band

@@ -93,6 +93,13 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.upstream_choices = Counter(
+            "fognode_upstream_choices",
+            "Requests sent to one of several upstreams, by its position and the reasons "
+            "it was chosen (loaded, cold, affinity, affinity-yielded, least-busy, only, failover).",
+            ["upstream", "reason"],
+            registry=self.registry,
+        )
         self.registry.register(_LiveCollector(stats, admission))
         # The labelled children per label values: prometheus-client's labels()
         # validates, locks and builds a tuple on every call.

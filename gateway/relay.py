@@ -18,6 +18,11 @@ in two parts:
 Before the body, an upstream 404 for a missing model is reworded the one way
 the SpeziLLMFog app recognises (compat.py), and a response whose headers went
 out early (keepalive.py) carries upstream errors in-band.
+
+An inference request comes with a meter (quotas.py): its token counter sees
+each upstream chunk before the framer, hands back the bytes to send (the
+same bytes, less a usage chunk the gateway asked for on the client's behalf)
+and learns after each write that they were delivered.
 """
 
 from __future__ import annotations
@@ -26,15 +31,17 @@ import asyncio
 import enum
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from .. import safejson
 from .compat import RouteEdits, is_model_not_found, model_not_found_message, native_error_body
-from .context import BODY_BYTES, RELAYED_CHUNKS
+from .context import BODY_BYTES, FAILURE, RELAYED_CHUNKS
 from .deadline import Deadline
 from .errors import GatewayError, json_error_response
 from .keepalive import SSE_HEADERS, KeepAlive
+from .quotas import Meter
 from .sse import HEARTBEAT, SseFramer, error_event
 from .stats import GatewayStats
 from .upstream import (
@@ -43,6 +50,9 @@ from .upstream import (
     filter_response_headers,
     relayable_reason,
 )
+
+if TYPE_CHECKING:
+    from ..usage.counter import TokenCounter
 
 log = logging.getLogger("fognode.relay")
 
@@ -117,6 +127,7 @@ async def _pump(
     framer: SseFramer | None,
     options: RelayOptions,
     progress: _Progress,
+    counter: TokenCounter | None = None,
 ) -> Ending:
     """Move the body, chunk by chunk; one deadline for the reads and one for
     the writes, for the whole stream (deadline.py)."""
@@ -150,16 +161,24 @@ async def _pump(
                 reading.clear()
             silent_since = loop.time()
             if not chunk:
-                rest = framer.flush() if framer is not None else b""
+                rest = counter.finish() if counter is not None else b""
+                if framer is not None:
+                    rest = (framer.feed(rest) if rest else b"") + framer.flush()
                 if rest and not await _write(response, rest, writing, silent_since + write_timeout):
                     return Ending.CLIENT_STALLED
+                if counter is not None:
+                    counter.delivered()
                 return Ending.COMPLETED
             beat_at = silent_since + heartbeat_every
-            out = framer.feed(chunk) if framer is not None else chunk
+            out = counter.feed(chunk) if counter is not None else chunk
+            if framer is not None and out:
+                out = framer.feed(out)
             if not out:
                 continue
             if not await _write(response, out, writing, silent_since + write_timeout):
                 return Ending.CLIENT_STALLED
+            if counter is not None:
+                counter.delivered()
             progress.sent += len(out)
             progress.chunks += 1
             progress.last = out[-1]
@@ -179,11 +198,13 @@ async def relay_response(
     keepalive: KeepAlive | None,
     stats: GatewayStats,
     prefix: bytes = b"",
+    meter: Meter | None = None,
 ) -> web.StreamResponse:
     """Answer ``request`` with ``upstream``; the caller owns neither afterwards.
 
     ``prefix`` is the start of the body, already read from ``upstream``
     (answers.py reads a JSON answer to check it before relaying it).
+    ``meter``: an inference request's (quotas.py), told what was delivered.
     """
     progress = _Progress()
     completed = False
@@ -200,14 +221,21 @@ async def relay_response(
             response = _response_like(upstream, media_type)
             await response.prepare(request)
         framer = SseFramer(edits.sse_line_edit) if media_type == SSE else None
+        counter = meter.count(upstream.headers.get("Content-Type", "")) if meter else None
         ending: Ending | None = None
         if prefix:  # the start of the body, read already (answers.py)
+            if counter is not None:
+                prefix = counter.feed(prefix)  # a JSON answer: the same bytes
             ending = await _write_prefix(response, prefix, options, progress)
+            if ending is None and counter is not None:
+                counter.delivered()
         if ending is None:
-            ending = await _pump(upstream, response, framer, options, progress)
+            ending = await _pump(upstream, response, framer, options, progress, counter)
         if ending is Ending.COMPLETED:
             await response.write_eof()
             completed = True
+            if meter is not None:
+                meter.completed = True
         elif ending is Ending.CLIENT_STALLED:
             log.warning(
                 "client stopped reading for %gs (FOGNODE_CLIENT_WRITE_TIMEOUT); "
@@ -262,7 +290,9 @@ async def _write_prefix(
             return Ending.CLIENT_STALLED
     finally:
         writing.close()
-    progress.sent, progress.chunks, progress.last = len(prefix), 1, prefix[-1]
+    progress.sent, progress.chunks = len(prefix), 1
+    if prefix:
+        progress.last = prefix[-1]
     return None
 
 
@@ -303,6 +333,7 @@ async def _relay_error(
         body = await upstream.read(MAX_ERROR_BODY)
     except UpstreamBroken:
         body = b""  # what it was is lost; the status still says it failed
+    request[FAILURE] = f"The upstream answered {upstream.status}: {_error_text(body)}"
     if upstream.status == 404 and model and edits.reword_missing_model and is_model_not_found(body):
         message = model_not_found_message(model)
         if keepalive is not None and keepalive.started:
@@ -352,6 +383,7 @@ async def _fail_in_band(
     last: int,
 ) -> None:
     log.warning("%s", message)
+    request[FAILURE] = message
     if media_type in (SSE, NDJSON):
         await response.write(_error_frame(framer, message, code, last))
         await response.write_eof()

@@ -17,16 +17,19 @@ from aiohttp import web
 
 from ..certs.inspect import fingerprint
 from ..certs.issuer import cert_names
+from ..web.onboarding import OnboardingSite
 from .access import AUTHORIZER, Authorizer
 from .admission import ADMISSION
 from .announce import AnnounceOptions, NodeAnnouncer, announcement
 from .app import create_app, terminator, upstream_connections
 from .connections import connection_limits
 from .metrics import METRICS
-from .network import bind_host, local_url
+from .network import bind_host, is_wildcard, local_url
+from .onboarding import start_onboarding_page
 from .proxy import UPSTREAM
 from .settings import Settings
 from .slow_clients import GuardedAppRunner
+from .status import LISTENING
 from .tls import TlsTerminator
 from .upstream_choice import choose_upstream, install_upstream_choice
 
@@ -40,6 +43,7 @@ class RunningServer:
     port: int
     tls: TlsTerminator | None = None
     announcer: NodeAnnouncer | None = None
+    onboarding: OnboardingSite | None = None  # the phone onboarding page, if it serves
 
     @property
     def app(self) -> web.Application:
@@ -57,6 +61,8 @@ class RunningServer:
         # Goodbye on mDNS first, so clients stop picking this node while it drains.
         if self.announcer is not None:
             await self.announcer.stop()
+        if self.onboarding is not None:
+            await self.onboarding.stop()
         await self.runner.cleanup()
 
 
@@ -104,6 +110,18 @@ async def start_server(
         raise
     port = int(runner.addresses[0][1]) if runner.addresses else settings.bind_port
     running = RunningServer(runner, settings.host, port, tls)
+    if settings.onboarding_enabled:
+        try:
+            running.onboarding = await start_onboarding_page(settings, tls, runner.guard)
+        except BaseException:
+            await running.stop()
+            raise
+    listening = app.get(LISTENING)
+    if listening is not None:  # what the status page shows
+        where = "every interface" if is_wildcard(settings.host) else settings.host
+        listening.url = f"{where}, port {port} ({'HTTPS' if tls else 'plain HTTP'})"
+        listening.connections = runner.guard
+        listening.onboarding_url = running.onboarding.url if running.onboarding else None
     if settings.mdns:
         ca = fingerprint(tls.pair.ca, colons=False) if tls is not None and tls.pair else ""
         base = announcement(

@@ -20,6 +20,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .. import safejson
+from ..routing import warm
+from ..routing.warm import LoadedModel
 from .errors import GatewayError, unreadable_body
 from .hop import (
     BodyBroken,
@@ -133,6 +135,10 @@ class UpstreamOptions:
     check_interval: float = 15.0  # the pool's health and model-list checks
     check_timeout: float = 3.0  # how long one check may take
     max_concurrent: int = 0  # requests in flight per upstream (0: no cap)
+    # Conversation affinity (routing/): on, conversations remembered, for how long.
+    affinity: bool = True
+    affinity_entries: int = 10_000
+    affinity_seconds: float = 600.0
 
 
 class UpstreamNotReached(GatewayError):
@@ -189,7 +195,12 @@ class Upstream:
         self.healthy: bool | None = None  # None: not checked yet
         self.last_error: str | None = None  # why the last check failed
         self.models: frozenset[str] = frozenset()
+        # The models in its memory (Ollama's /api/ps), and those it answered
+        # for since the last check (in memory now, whatever the check said).
+        self.loaded: dict[str, LoadedModel] = {}
+        self.warmed: set[str] = set()
         self.active = 0
+        self.picked = 0  # when routing last chose it (a counter): equals take turns
         self.local: LocalUpstream | None = None  # set when fognode runs it
 
     async def start(self) -> None:
@@ -221,18 +232,18 @@ class Upstream:
         """The upstream's own credential, for every request to it (probes too)."""
         return upstream_auth_headers(self.options.api_key)
 
-    async def get_json(self, path: str) -> Any:
+    async def get_json(self, path: str, headers: CIMultiDict[str] | None = None) -> Any:
         """GET one of the upstream's JSON documents (version, model list).
 
+        ``headers``: a client's, when the document answers a client's request.
         Callers bound the time (the pool's check timeout); a status that is
         not a success raises StatusError.
         """
+        sent = CIMultiDict(headers or {})
+        sent.popall("Accept-Encoding", None)  # the body is parsed here, not relayed
+        sent.update(self.auth_headers())
         answer = await self.hop.request(
-            "GET",
-            path,
-            CIMultiDict(self.auth_headers()),
-            None,
-            head_timeout=self.options.first_byte_timeout,
+            "GET", path, sent, None, head_timeout=self.options.first_byte_timeout
         )
         try:
             if answer.status >= 400:
@@ -264,6 +275,13 @@ class Upstream:
             entries = (await self.get_json("/v1/models")).get("data") or []
             names = [m.get("id") for m in entries if isinstance(m, dict)]
         return sorted(n for n in names if isinstance(n, str))
+
+    async def loaded_models(self, names: list[str]) -> dict[str, LoadedModel]:
+        """The models in its memory: Ollama's /api/ps; what an OpenAI-compatible
+        server serves (``names``, its model list) is loaded while it runs."""
+        if self.kind != "ollama":
+            return warm.served(names)
+        return warm.from_ollama_ps(await self.get_json("/api/ps"))
 
     async def open(
         self,

@@ -36,7 +36,7 @@ async def standin() -> AsyncIterator[OllamaStandIn]:
 
 
 @pytest.fixture
-async def make_gateway() -> AsyncIterator[GatewayFactory]:
+async def make_gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayFactory]:
     started: list[RunningServer] = []
 
     async def factory(upstream_url: str, **overrides: Any) -> RunningServer:
@@ -51,6 +51,15 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
         overrides.setdefault("per_user_concurrent_requests", 128)
         # Every test client is 127.0.0.1: no per-address cap unless a test sets one.
         overrides.setdefault("max_connections_per_client", 0)
+        # Each gateway records usage in a file of its own, never the user's data dir.
+        if "usage_database_url" not in overrides:
+            overrides.setdefault(
+                "usage_sqlite_path", tmp_path_factory.mktemp("usage") / "usage.sqlite3"
+            )
+        # No phone onboarding page on port 80 unless a test asks for one on its own port;
+        # the status page's session key in the test's own directory.
+        overrides.setdefault("onboarding", False)
+        overrides.setdefault("session_key_file", tmp_path_factory.mktemp("data") / "session-key")
         settings = Settings(host="127.0.0.1", port=0, upstream_url=upstream_url, **overrides)
         running = await start_server(settings, authorizer=authorizer)
         started.append(running)

@@ -36,6 +36,7 @@ from bench.loadgen import (
 from bench.peers import report
 from bench.profile import parse_collapsed
 from bench.targets import baseline_package
+from bench.usage import report as usage_report
 from tests.helpers import free_port
 
 
@@ -102,6 +103,24 @@ def test_one_connection_carries_many_answers(upstream: int) -> None:
         head = sock.recv(65536)
         assert head.startswith(b"HTTP/1.1 200 OK\r\n")
         assert b"Content-Length:" in head
+
+
+def test_a_stream_that_asks_for_usage_ends_with_ollamas_usage_chunk(upstream: int) -> None:
+    """What fognode's accounting asks a streamed upstream for (and strips
+    again): only a request with include_usage gets the extra chunk."""
+    endpoint = Endpoint("127.0.0.1", upstream)
+    asking = json.loads(chat_body(stream=True))
+    asking["stream_options"] = {"include_usage": True}
+    with _connect(endpoint) as sock:
+        sock.sendall(endpoint.request(json.dumps(asking)))
+        events = [event for _, event in _events(sock, b"")]
+        sock.sendall(endpoint.request(chat_body(stream=True)))
+        plain = [event for _, event in _events(sock, b"")]
+    assert len(events) == 8  # 5 content events, the finish, the usage chunk, [DONE]
+    usage = json.loads(events[-2].removeprefix(b"data: "))
+    assert usage["choices"] == []
+    assert usage["usage"] == {"prompt_tokens": 1, "completion_tokens": 5, "total_tokens": 6}
+    assert len(plain) == 7 and b'"usage"' not in b"".join(plain)
 
 
 def test_paced_delays_are_one_way_and_apart_from_the_request(upstream: int) -> None:
@@ -235,6 +254,31 @@ def test_report_sets_this_checkout_against_the_baseline_round_by_round() -> None
     row = next(line for line in text.splitlines() if line.startswith("| fognode | 0.45"))
     # CPU 0.5 and 0.4 per round; request path (0.2/0.4 and 0.4/1.0) minus direct's first
     assert row.startswith("| fognode | 0.45 (0.40-0.50) | n/a | 0.45 (0.40-0.50) |")
+
+
+def test_usage_report_takes_on_off_ratios_round_by_round() -> None:
+    saved = {
+        "meta": {
+            "date": "2026-01-01T00:00:00",
+            "machine": "m",
+            "minutes": 1,
+            "command": "python -m bench.usage",
+            "loadavg_start": ["0.1", "0.1", "0.1"],
+            "plan": {"rounds": 2, "seconds": 5, "warmup_seconds": 3},
+        },
+        "targets": ["fognode usage off", "fognode"],
+        "values": {
+            "cpu_us_plain": {"fognode usage off": [500, 1000], "fognode": [600, 1400]},
+            "rps_plain": {"fognode usage off": [100, 200], "fognode": [90, None]},
+        },
+        "problems": ["round 2, fognode, plain: status 1"],
+    }
+    text = usage_report(saved)
+    row = next(line for line in text.splitlines() if line.startswith("| fognode | 1,000"))
+    # per round 1.2 and 1.4, their median 1.3: not 1000 / 750
+    assert "| 1.300 (1.200-1.400) |" in row
+    assert "| 0.900 [1 invalid] |" in row
+    assert "- round 2, fognode, plain: status 1" in text
 
 
 def test_profile_counts_own_and_cumulative_samples() -> None:

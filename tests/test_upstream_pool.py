@@ -97,12 +97,15 @@ async def test_failover_before_the_first_byte_and_recovery(
         # like it has the model and comes first. The request still succeeds.
         pool.members[0].healthy = None
         pool.members[0].models = frozenset({"llama3.2:1b"})
-        assert pool.candidates("llama3.2:1b")[0] is pool.members[0]
+        assert pool.route("llama3.2:1b").choices[0].member is pool.members[0]
         async with aiohttp.ClientSession() as http:
             async with http.post(
                 f"{gateway.url}/v1/chat/completions", json=chat("llama3.2:1b")
             ) as r:
                 assert r.status == 200
+                # Said so: the second upstream answered, after the first failed.
+                assert r.headers["X-Fognode-Upstream"] == "2"
+                assert r.headers["X-Fognode-Upstream-Reason"] == "cold,least-busy,failover"
             assert pool.members[0].healthy is False
 
             # The dead one comes back with a model only it has; checks notice.

@@ -42,6 +42,19 @@ class Total:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def as_json(self) -> dict[str, object]:
+        """The figures as `fognode usage --json` and ``GET /admin/usage`` show them."""
+        return {
+            **({"uid": self.uid} if self.uid is not None else {}),
+            **({"model": self.model} if self.model is not None else {}),
+            "requests": self.requests,
+            "rejected": self.rejected,
+            "partial": self.partial,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class UserWindow:
