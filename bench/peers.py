@@ -436,6 +436,10 @@ def run(args: argparse.Namespace) -> int:
     plan = Plan(**{**asdict(plan), **overrides})
     chosen = args.targets or (QUICK_FAMILIES if args.quick else FAMILIES)
     families = [f for f in FAMILIES if f in chosen]
+    if args.baseline:
+        families.insert(
+            families.index("fognode") + 1 if "fognode" in families else 1, "fognode-base"
+        )
     if args.fognode_workers:
         if not fognode_supports_workers():
             print(
@@ -447,7 +451,12 @@ def run(args: argparse.Namespace) -> int:
         families.insert(
             families.index("fognode") + 1 if "fognode" in families else 1, "fognode-workers"
         )
-    opts = set_up(plan, args.out, fognode_workers=args.fognode_workers)
+    opts = set_up(
+        plan,
+        args.out,
+        fognode_workers=args.fognode_workers,
+        baseline=Path(args.baseline).resolve() if args.baseline else None,
+    )
     work = opts.workdir
     upstream, targets = build_targets(
         opts, families, tls=not args.no_tls, ports=[free_port() for _ in range(2 * len(families))]
@@ -644,6 +653,34 @@ def report(saved: dict[str, Any]) -> str:
             f"| {ratio('rps_c64', t, 'caddy')} | {ratio('events_per_s', t, 'nginx')} "
             f"| {delay or 'n/a'} | {ratio('kib_per_stream', t, 'caddy')} |"
         )
+    if any(t["family"] == "fognode-base" for t in targets):
+        w("")
+        w("### This checkout against the baseline (--baseline), round by round")
+        w("")
+        w(
+            "| target | CPU per request x base | req/s c=64 x base | request path x base "
+            "| added delay per event x base | events/s x base | KiB per stream x base |"
+        )
+        w("|---|---|---|---|---|---|---|")
+        for t in targets:
+            base = peer(t, "fognode-base")
+            direct = peer(t, "direct")
+            if t["family"] != "fognode" or base is None or direct is None:
+                continue
+            n = t["name"]
+
+            def added_ratio(figure: str, n: str = n, base: str = base, d: str = direct) -> str:
+                """What this target adds over direct, over what the baseline adds."""
+                mine = per_round(v(figure, n), v(figure, d), lambda x, y: x - y)
+                theirs = per_round(v(figure, base), v(figure, d), lambda x, y: x - y)
+                return cell(per_round(mine, theirs, lambda x, y: x / y), 2)
+
+            w(
+                f"| {n} | {ratio('cpu_us_per_request', t, 'fognode-base')} "
+                f"| {ratio('rps_c64', t, 'fognode-base')} | {added_ratio('p50_ms_c1')} "
+                f"| {added_ratio('event_delay_us')} | {ratio('events_per_s', t, 'fognode-base')} "
+                f"| {ratio('kib_per_stream', t, 'fognode-base')} |"
+            )
     w("")
     w("### Requests (small non-streamed chat completions, wrk)")
     w("")
@@ -746,6 +783,12 @@ def main() -> None:
         type=int,
         metavar="N",
         help="also fognode with `serve --workers N` (once the CLI has it)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also fognode from another checkout (e.g. `git worktree add /tmp/base main`), "
+        "as 'fognode base': before and after in the same rounds",
     )
     run_or_report(parser, run, report)
 

@@ -9,6 +9,8 @@ certificate issued by fognode's own CA code for ``localhost`` and
     direct    the compiled upstream itself (bench/upstream/fastup.c): the limit
     fognode   this project, no auth, log level WARNING; optionally N workers;
               for bench/usage.py also with usage accounting off, and with quotas
+    fognode base  the same from another checkout (--baseline DIR): before/after
+              in the same interleaved rounds
     nginx     one worker, upstream keep-alive, proxy_buffering off
     Caddy     Debian's caddy, flush_interval -1, upstream keep-alive
     LiteLLM   LiteLLM's proxy, one worker, no master key
@@ -49,6 +51,7 @@ class Options:
     paced_us: int
     max_streams: int  # streams the memory figure opens: no pool may cap below it
     fognode_workers: int | None = None
+    baseline: Path | None = None  # another checkout of fognode, measured as "fognode base"
 
 
 @dataclass
@@ -126,6 +129,21 @@ class Target:
         raise RuntimeError(
             f"{self.name} did not answer {url} in {limit:g}s ({last}); see {self.log}"
         )
+
+
+def baseline_package(checkout: Path, work: Path) -> Path:
+    """A directory where ``import fognode`` finds ``checkout``'s code (its parts
+    linked as fognode's subpackages, as setuptools maps them); on PYTHONPATH it
+    comes before the editable install of this checkout."""
+    root = work / "baseline"
+    package = root / "fognode"
+    package.mkdir(parents=True, exist_ok=True)
+    for part in checkout.iterdir():
+        if (part / "__init__.py").is_file() and part.name not in ("tests", "bench"):
+            link = package / part.name
+            if not link.is_symlink():
+                link.symlink_to(part.resolve())
+    return root
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -299,7 +317,7 @@ def build_targets(
             if not secure:
                 targets.append(upstream)
             return
-        if family in ("fognode", "fognode-workers", *FOGNODE_VARIANTS):
+        if family in ("fognode", "fognode-workers", "fognode-base", *FOGNODE_VARIANTS):
             workers = opts.fognode_workers if family == "fognode-workers" else None
             argv = [
                 sys.executable,
@@ -330,14 +348,18 @@ def build_targets(
                 "FOGNODE_PER_USER_QUEUED_REQUESTS": room,
                 "FOGNODE_UPSTREAM_MAX_CONNECTIONS": room,
                 # Every client of the bench is 127.0.0.1: the per-address cap
-                # (64) would refuse wrk's c=256 and the held streams.
-                "FOGNODE_MAX_CONNECTIONS_PER_CLIENT": room,
+                # (64 by default) would refuse wrk's c=256 and the held streams.
+                "FOGNODE_MAX_CONNECTIONS_PER_CLIENT": "0",
                 "FOGNODE_CERTS_DIR": str(certs),
                 "FOGNODE_API_KEYS_FILE": "",
                 # The run's own usage records, never the data dir of whoever runs it.
                 "FOGNODE_USAGE_SQLITE_PATH": str(work / f"{tag}-usage.sqlite3"),
             }
             name = "fognode" if workers is None else f"fognode x{workers}"
+            if family == "fognode-base":
+                assert opts.baseline is not None
+                name = "fognode base"
+                env["PYTHONPATH"] = str(baseline_package(opts.baseline, work))
             if family in FOGNODE_VARIANTS:
                 name, variant = FOGNODE_VARIANTS[family]
                 env.update(variant)

@@ -195,12 +195,25 @@ def quota_options(settings: Settings) -> QuotaOptions:
     )
 
 
+# Connections per upstream beyond the admitted requests: what takes no slot
+# (model lists, /api/show, model management, the pool's own checks).
+UNADMITTED_CONNECTIONS = 64
+
+
+def upstream_connections(settings: Settings) -> int:
+    """The size of each upstream's connection pool: every admitted request
+    gets a connection without waiting (the pool is never the hidden cap)."""
+    return settings.upstream_max_connections or (
+        settings.max_concurrent_requests + UNADMITTED_CONNECTIONS
+    )
+
+
 def upstream_options(settings: Settings) -> UpstreamOptions:
     return UpstreamOptions(
         kind=settings.upstream_kind,
         connect_timeout=settings.connect_timeout,
         first_byte_timeout=settings.first_byte_timeout,
-        max_connections=settings.upstream_max_connections,
+        max_connections=upstream_connections(settings),
         api_key=settings.upstream_api_key,
         check_interval=settings.upstream_check_interval,
         check_timeout=settings.readiness_timeout,

@@ -227,8 +227,8 @@ class _Sender:
                 raise
             stats.upstream_up = True
             route = request.match_info.route.resource
-            self.metrics.first_byte.labels(route.canonical if route else "other").observe(
-                time.perf_counter() - started
+            self.metrics.first_byte_after(
+                route.canonical if route else "other", time.perf_counter() - started
             )
             if keepalive is not None:
                 try:

@@ -21,7 +21,7 @@ from ..web.onboarding import OnboardingSite
 from .access import AUTHORIZER, Authorizer
 from .admission import ADMISSION
 from .announce import AnnounceOptions, NodeAnnouncer, announcement
-from .app import create_app, terminator
+from .app import create_app, terminator, upstream_connections
 from .connections import connection_limits
 from .metrics import METRICS
 from .network import bind_host, is_wildcard, local_url
@@ -85,7 +85,7 @@ async def start_server(
             max_connections=settings.max_connections,
             max_per_client=settings.max_connections_per_client,
             first_byte_timeout=settings.client_first_byte_timeout,
-            upstream_descriptors=upstreams * settings.upstream_max_connections,
+            upstream_descriptors=upstreams * upstream_connections(settings),
         ),
         keepalive_timeout=settings.keepalive_timeout,
         handler_cancellation=True,

@@ -381,7 +381,12 @@ class Settings(BaseSettings):
         "Client credentials are never forwarded.",
     )
     upstream_max_connections: int = Field(
-        256, ge=1, description="Size of the keep-alive connection pool to the upstream."
+        0,
+        ge=0,
+        description="Connections to each upstream at once (its keep-alive pool). 0: "
+        "max_concurrent_requests plus 64 for requests that take no admission slot (model "
+        "lists, model management), so an admitted request never waits for a connection. "
+        "A value set must be at least max_concurrent_requests.",
     )
     connect_timeout: float = Field(
         10.0, gt=0, description="Seconds to establish a TCP connection to the upstream."
@@ -743,6 +748,13 @@ class Settings(BaseSettings):
                 extra = _mdns_domain(domain.lstrip("."))
                 domains = domains if extra in domains else [*domains, extra]
         self.mdns_domains = list(dict.fromkeys(domains))
+        if 0 < self.upstream_max_connections < self.max_concurrent_requests:
+            raise ValueError(
+                f"upstream_max_connections={self.upstream_max_connections} is below "
+                f"max_concurrent_requests={self.max_concurrent_requests}: admitted requests "
+                "would wait for a connection to the upstream. Raise it, or set 0 (sized "
+                "from max_concurrent_requests)"
+            )
         self._check_quotas()
         if self.upstream_kind == "embedded" and self.upstream_configured:
             raise ValueError(

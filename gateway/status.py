@@ -26,7 +26,6 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence, Sized
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -63,7 +62,7 @@ from .routes import RouteSpec, add_route
 from .sessions import SESSION, SIGN_IN, SIGN_OUT, BrowserSessions, read_form
 from .stats import GatewayStats
 from .tls import TlsTerminator
-from .upstream import Upstream
+from .upstream import Upstream, UpstreamBroken, UpstreamResponse
 from .upstream_pool import UpstreamPool
 
 log = logging.getLogger("fognode.status")
@@ -71,6 +70,8 @@ log = logging.getLogger("fognode.status")
 # Ollama's model names: [host/][namespace/]model[:tag], e.g. hf.co/org/model:Q4_K_M.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,254}")
 USAGE_TIMEOUT = 3.0  # seconds the page waits for the usage store
+# Longest status line of a pull taken from Ollama (its lines are under 300 bytes).
+MAX_STATUS_LINE = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -282,22 +283,34 @@ async def pull_model(
 
 
 async def _status_lines(
-    resp: aiohttp.ClientResponse, upstream: str, idle_timeout: float
+    resp: UpstreamResponse, upstream: str, idle_timeout: float
 ) -> AsyncGenerator[dict[str, object], None]:
     """Ollama's NDJSON status lines, each as it arrives."""
     if resp.status >= 400:
-        text = (await resp.content.read(4096)).decode(errors="replace")
+        text = (await resp.read(4096)).decode(errors="replace")
         raise PullError(f"Ollama at {upstream} answered {resp.status}: {text}")
+    pending = b""
     while True:
         try:
             async with asyncio.timeout(idle_timeout):
-                raw = await resp.content.readline()
-            line = safejson.loads(raw) if raw.strip() else None
+                chunk = await resp.readany()
         except TimeoutError:
             raise PullError(f"Ollama at {upstream} was silent for {idle_timeout:g}s.") from None
-        except ValueError:  # not JSON, or longer than aiohttp reads as a line
-            raise PullError(f"Ollama at {upstream} sent a status line that is not JSON.") from None
-        if not raw:
+        except UpstreamBroken:
+            raise PullError(f"Ollama at {upstream} broke off the pull.") from None
+        *lines, pending = (pending + chunk).split(b"\n")
+        if not chunk:
+            lines.append(pending)
+        elif len(pending) > MAX_STATUS_LINE:
+            raise PullError(f"Ollama at {upstream} sent a status line that is not JSON.")
+        for raw in lines:
+            try:
+                line = safejson.loads(raw) if raw.strip() else None
+            except ValueError:
+                raise PullError(
+                    f"Ollama at {upstream} sent a status line that is not JSON."
+                ) from None
+            if isinstance(line, dict):
+                yield line
+        if not chunk:
             return
-        if isinstance(line, dict):
-            yield line

@@ -35,7 +35,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from multidict import CIMultiDict
 
 from ..routing import warm
@@ -43,6 +42,7 @@ from ..routing.affinity import AffinityTable
 from ..routing.conversation import Conversation
 from ..routing.order import Option, rank
 from .errors import GatewayError
+from .hop import ConnectFailed, HopError
 from .upstream import Upstream, UpstreamOptions, describe
 
 log = logging.getLogger("fognode.upstreams")
@@ -134,14 +134,14 @@ class UpstreamPool:
                 names = await member.model_names()
                 try:
                     loaded = await member.loaded_models(names)
-                except (aiohttp.ClientError, ValueError, AttributeError) as exc:
+                except (HopError, ValueError, AttributeError) as exc:
                     log.debug("upstream %s: no list of loaded models (%s)", member.base, exc)
                     loaded = {}  # an Ollama before /api/ps: nothing known to be hot
         except TimeoutError:
             failure = f"no answer within {self.options.check_timeout:g}s"
-        except aiohttp.ClientConnectorError as exc:
-            failure = f"cannot connect ({exc.os_error.strerror or exc})"
-        except (aiohttp.ClientError, ValueError, AttributeError) as exc:
+        except ConnectFailed as exc:
+            failure = f"cannot connect ({exc.reason})"
+        except (HopError, ValueError, AttributeError) as exc:
             failure = f"unexpected answer ({describe(exc)})"
         else:
             if member.healthy is False:
@@ -217,7 +217,7 @@ class UpstreamPool:
         answered = [m for m in self.members if m.healthy]
         version = None
         if answered and self.kind == "ollama":
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+            with contextlib.suppress(HopError, TimeoutError, ValueError):
                 async with asyncio.timeout(self.options.check_timeout):
                     version = await answered[0].version()
         error = None if answered else next((m.last_error for m in self.members), None)

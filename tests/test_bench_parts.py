@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -31,6 +35,7 @@ from bench.loadgen import (
 )
 from bench.peers import report
 from bench.profile import parse_collapsed
+from bench.targets import baseline_package
 from bench.usage import report as usage_report
 from tests.helpers import free_port
 
@@ -183,8 +188,8 @@ def test_wrk_summary_is_parsed_and_judged() -> None:
         parse_wrk("unable to connect to 127.0.0.1:1 Connection refused\n")
 
 
-def test_report_takes_ratios_round_by_round() -> None:
-    saved = {
+def _two_round_run() -> dict[str, Any]:
+    return {
         "meta": {
             "date": "2026-01-01T00:00:00",
             "machine": "m",
@@ -219,7 +224,10 @@ def test_report_takes_ratios_round_by_round() -> None:
         "problems": ["round 2, fognode, streams: status 1"],
         "notes": [],
     }
-    text = report(saved)
+
+
+def test_report_takes_ratios_round_by_round() -> None:
+    text = report(_two_round_run())
     row = next(line for line in text.splitlines() if line.startswith("| fognode | 700"))
     # ratios per round (40 and 20), then their median: not 700 / 25
     assert "| 30.00 (20.00-40.00) |" in next(
@@ -228,6 +236,24 @@ def test_report_takes_ratios_round_by_round() -> None:
     assert "0.600 (0.500-0.700)" in row  # request path: c=1 p50 minus direct's, per round
     assert "10,000 [1 invalid]" in row
     assert "- round 2, fognode, streams: status 1" in text
+    assert "against the baseline" not in text  # no --baseline, no such table
+
+
+def test_report_sets_this_checkout_against_the_baseline_round_by_round() -> None:
+    saved = _two_round_run()
+    saved["targets"] = [
+        {"name": "direct", "family": "direct", "tls": False},
+        {"name": "fognode", "family": "fognode", "tls": False},
+        {"name": "fognode base", "family": "fognode-base", "tls": False},
+    ]
+    saved["values"] = {
+        "cpu_us_per_request": {"fognode": [300, 400], "fognode base": [600, 1000]},
+        "p50_ms_c1": {"direct": [0.1, 0.2], "fognode": [0.3, 0.6], "fognode base": [0.5, 1.2]},
+    }
+    text = report(saved)
+    row = next(line for line in text.splitlines() if line.startswith("| fognode | 0.45"))
+    # CPU 0.5 and 0.4 per round; request path (0.2/0.4 and 0.4/1.0) minus direct's first
+    assert row.startswith("| fognode | 0.45 (0.40-0.50) | n/a | 0.45 (0.40-0.50) |")
 
 
 def test_usage_report_takes_on_off_ratios_round_by_round() -> None:
@@ -267,3 +293,21 @@ def test_profile_counts_own_and_cumulative_samples() -> None:
     assert own["handler (proxy.py)"] == 2
     assert cumulative["handler (proxy.py)"] == 9
     assert cumulative["main (cli.py)"] == 10
+
+
+def test_a_baseline_checkout_is_what_fognode_imports_on_its_path(tmp_path: Path) -> None:
+    """--baseline: the other checkout's parts come before this editable install."""
+    checkout = tmp_path / "base"
+    for part in ("gateway", "tests"):
+        (checkout / part).mkdir(parents=True)
+        (checkout / part / "__init__.py").write_text(f"WHERE = {str(checkout)!r}\n")
+    root = baseline_package(checkout, tmp_path / "run")
+    assert sorted(p.name for p in (root / "fognode").iterdir()) == ["gateway"]
+    where = subprocess.run(
+        [sys.executable, "-c", "import fognode.gateway as g; print(g.WHERE)"],
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert where == str(checkout)

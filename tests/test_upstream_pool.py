@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from fognode.gateway.app import upstream_connections
 from fognode.gateway.proxy import UPSTREAM
+from fognode.gateway.settings import Settings
 from tests.conftest import GatewayFactory
 from tests.helpers import free_port
 from tests.ollama_standin import OllamaStandIn
@@ -161,3 +163,31 @@ async def test_per_upstream_cap(make_gateway: GatewayFactory) -> None:
     finally:
         await only.stop()
         await other.stop()
+
+
+# --- sizing: the connection pool is never the hidden cap on admitted streams --------
+
+
+@pytest.mark.parametrize("admitted", [1, 300, 5000])
+async def test_each_upstreams_connections_are_sized_above_the_admitted_requests(
+    make_gateway: GatewayFactory, standin: OllamaStandIn, admitted: int
+) -> None:
+    """Before, the pool held 256 connections whatever admission allowed: the
+    257th admitted stream waited for a connection, unseen (issue 14)."""
+    gateway = await make_gateway(
+        standin.url,
+        upstream_urls=[standin.url, standin.url],
+        max_concurrent_requests=admitted,
+        per_user_concurrent_requests=admitted,
+    )
+    members = gateway.app[UPSTREAM].members
+    assert len(members) == 2
+    for member in members:
+        assert member.hop.options.max_connections >= admitted + 1  # + model lists, checks
+
+
+def test_an_upstream_pool_set_below_the_admitted_requests_is_refused() -> None:
+    with pytest.raises(ValueError, match="upstream_max_connections"):
+        Settings(max_concurrent_requests=300, upstream_max_connections=256)
+    chosen = Settings(max_concurrent_requests=300, upstream_max_connections=400)
+    assert upstream_connections(chosen) == 400
