@@ -8,7 +8,8 @@ one process and in interleaved rounds after a warm-up, the time per event of:
 * ``framer``: the framer alone (an upstream that already sends roles);
 * ``framer+role``: the framer with the role edit (Ollama >= 0.32.6).
 
-Events are fed one per chunk, as Ollama writes them, in the compact form of
+Times are this thread's CPU time (not wall time), so other work on the
+machine does not count. Events are fed one per chunk, as Ollama writes them, in the compact form of
 Ollama's Go encoder and in the spaced form of llama-cpp-python.
 
     .venv/bin/python -m bench.compat --rounds 15
@@ -43,9 +44,11 @@ def events(separators: tuple[str, str], n: int) -> list[bytes]:
 
 
 def per_event_ns(run: Callable[[list[bytes]], None], stream: list[bytes]) -> float:
-    started = time.perf_counter_ns()
+    """CPU time of this thread per event: on a shared machine, wall time would
+    also count the time other processes had the core."""
+    started = time.thread_time_ns()
     run(stream)
-    return (time.perf_counter_ns() - started) / len(stream)
+    return (time.thread_time_ns() - started) / len(stream)
 
 
 def join_only(stream: list[bytes]) -> None:
@@ -80,7 +83,9 @@ def main() -> None:
             for name, run in targets.items():
                 samples[name].append(per_event_ns(run, stream))
         print(f"\n{label}: {len(stream[1])} bytes per event, {args.rounds} interleaved rounds")
-        print("| target | median ns/event | min | max | x framer, per round: median (min-max) |")
+        print(
+            "| target | median CPU ns/event | min | max | x framer, per round: median (min-max) |"
+        )
         print("|---|---|---|---|---|")
         for name, values in samples.items():
             ratios = [v / f for v, f in zip(values, samples["framer"], strict=True)]

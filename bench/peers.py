@@ -323,6 +323,21 @@ class Bench:
         per = win.cpu / win.requests * 1e6 if ok else None
         self.results.put("cpu_us_per_connection", t.name, r, per)
 
+    def rounds(self, each: Callable[[int], None]) -> float:
+        """Run ``each`` round; return the cores other processes used meanwhile
+        (the machine's busy time less the targets', the upstream's and the
+        bench's own, wrk included)."""
+        procs = [*self.targets, *([] if self.upstream in self.targets else [self.upstream])]
+
+        def ours() -> float:
+            return own_cpu() + sum(cpu_seconds(t.pids()) for t in procs)
+
+        busy, mine, wall = cores_busy(), ours(), time.monotonic()
+        for r in range(self.plan.rounds):
+            each(r)
+        wall = time.monotonic() - wall
+        return round((cores_busy() - busy - (ours() - mine)) / wall, 2)
+
     def round(self, r: int) -> None:
         self.figure("requests/s at c=1", self.rate(1), r)
         self.figure("requests/s at c=64 and CPU per request", self.rate(64), r)
@@ -388,6 +403,30 @@ def versions() -> dict[str, str]:
     }
 
 
+def set_up(plan: Plan, out: str | None, *, prefix: str = "", **extra: Any) -> Options:
+    """What a run needs before any target starts: wrk, the upstream built,
+    file descriptors for every stream, and its directory (``out``, or a new
+    one in the cache named by ``prefix`` and the time)."""
+    need("wrk")
+    fastup.build()
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    work = Path(out) if out else fastup.cache_dir() / "runs" / f"{prefix}{stamp}"
+    work.mkdir(parents=True, exist_ok=True)
+    return Options(
+        workdir=work,
+        upstream_port=free_port(),
+        stream_events=plan.stream_events,
+        paced_events=plan.paced_events,
+        paced_us=plan.paced_us,
+        max_streams=plan.streams,
+        **extra,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
     overrides = {k: getattr(args, k) for k in ("seconds", "rounds", "streams") if getattr(args, k)}
@@ -396,28 +435,21 @@ def run(args: argparse.Namespace) -> int:
     plan = Plan(**{**asdict(plan), **overrides})
     chosen = args.targets or (QUICK_FAMILIES if args.quick else FAMILIES)
     families = [f for f in FAMILIES if f in chosen]
+    if args.baseline:
+        families.insert(
+            families.index("fognode") + 1 if "fognode" in families else 1, "fognode-base"
+        )
     if args.fognode_workers:
         families.insert(
             families.index("fognode") + 1 if "fognode" in families else 1, "fognode-workers"
         )
-    need("wrk")
-    fastup.build()
-
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
-
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    work = Path(args.out) if args.out else fastup.cache_dir() / "runs" / stamp
-    work.mkdir(parents=True, exist_ok=True)
-    opts = Options(
-        workdir=work,
-        upstream_port=free_port(),
-        stream_events=plan.stream_events,
-        paced_events=plan.paced_events,
-        paced_us=plan.paced_us,
-        max_streams=plan.streams,
+    opts = set_up(
+        plan,
+        args.out,
         fognode_workers=args.fognode_workers,
+        baseline=Path(args.baseline).resolve() if args.baseline else None,
     )
+    work = opts.workdir
     upstream, targets = build_targets(
         opts, families, tls=not args.no_tls, ports=[free_port() for _ in range(2 * len(families))]
     )
@@ -451,21 +483,9 @@ def run(args: argparse.Namespace) -> int:
             progress("warming up")
             for t in targets:
                 bench.warm(t, warmup)
-        busy, ours = cores_busy(), own_cpu() + sum(cpu_seconds(t.pids()) for t in targets)
-        if upstream not in targets:
-            ours += cpu_seconds(upstream.pids())
-        wall = time.monotonic()
-        for r in range(plan.rounds):
-            bench.round(r)
-        wall = time.monotonic() - wall
-        ours = own_cpu() + sum(cpu_seconds(t.pids()) for t in targets) - ours
-        if upstream not in targets:
-            ours += cpu_seconds(upstream.pids())
-        meta["other_load_cores"] = round((cores_busy() - busy - ours) / wall, 2)
+        meta["other_load_cores"] = bench.rounds(bench.round)
     finally:
         bench.stop_all()
-    meta["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
-    meta["minutes"] = round((time.monotonic() - started) / 60, 1)
     saved = {
         "meta": meta,
         "targets": [{"name": t.name, "family": t.family, "tls": t.tls} for t in targets],
@@ -473,7 +493,16 @@ def run(args: argparse.Namespace) -> int:
         "problems": bench.results.problems + bench.memory.problems,
         "notes": bench.results.notes + bench.memory.notes,
     }
-    path = work / "results.json"
+    return finish(saved, started, report)
+
+
+def finish(saved: dict[str, Any], started: float, report: Callable[[dict[str, Any]], str]) -> int:
+    """Keep a run's results in its directory and print its tables; the exit
+    status is 1 when any figure was invalid."""
+    meta = saved["meta"]
+    meta["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    meta["minutes"] = round((time.monotonic() - started) / 60, 1)
+    path = Path(meta["workdir"]) / "results.json"
     path.write_text(json.dumps(saved, indent=1))
     print(report(saved))
     progress(f"raw results: {path}")
@@ -616,6 +645,34 @@ def report(saved: dict[str, Any]) -> str:
             f"| {ratio('rps_c64', t, 'caddy')} | {ratio('events_per_s', t, 'nginx')} "
             f"| {delay or 'n/a'} | {ratio('kib_per_stream', t, 'caddy')} |"
         )
+    if any(t["family"] == "fognode-base" for t in targets):
+        w("")
+        w("### This checkout against the baseline (--baseline), round by round")
+        w("")
+        w(
+            "| target | CPU per request x base | req/s c=64 x base | request path x base "
+            "| added delay per event x base | events/s x base | KiB per stream x base |"
+        )
+        w("|---|---|---|---|---|---|---|")
+        for t in targets:
+            base = peer(t, "fognode-base")
+            direct = peer(t, "direct")
+            if t["family"] != "fognode" or base is None or direct is None:
+                continue
+            n = t["name"]
+
+            def added_ratio(figure: str, n: str = n, base: str = base, d: str = direct) -> str:
+                """What this target adds over direct, over what the baseline adds."""
+                mine = per_round(v(figure, n), v(figure, d), lambda x, y: x - y)
+                theirs = per_round(v(figure, base), v(figure, d), lambda x, y: x - y)
+                return cell(per_round(mine, theirs, lambda x, y: x / y), 2)
+
+            w(
+                f"| {n} | {ratio('cpu_us_per_request', t, 'fognode-base')} "
+                f"| {ratio('rps_c64', t, 'fognode-base')} | {added_ratio('p50_ms_c1')} "
+                f"| {added_ratio('event_delay_us')} | {ratio('events_per_s', t, 'fognode-base')} "
+                f"| {ratio('kib_per_stream', t, 'fognode-base')} |"
+            )
     w("")
     w("### Requests (small non-streamed chat completions, wrk)")
     w("")
@@ -734,8 +791,24 @@ def main() -> None:
         "--fognode-workers",
         type=int,
         metavar="N",
-        help='also fognode with `serve --workers N` ("fognode" itself runs --workers 1)',
+        help='also fognode with `serve --workers N` ("fognode" itself is one process)',
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also fognode from another checkout (e.g. `git worktree add /tmp/base main`), "
+        "as 'fognode base': before and after in the same rounds",
+    )
+    run_or_report(parser, run, report)
+
+
+def run_or_report(
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], int],
+    report: Callable[[dict[str, Any]], str],
+) -> None:
+    """A bench's command line ends the same way: ``--out`` for the run's
+    directory, ``--report`` to print a saved run's tables instead of running."""
     parser.add_argument("--out", help="run directory (default ~/.cache/fognode/bench/runs/...)")
     parser.add_argument("--report", metavar="FILE", help="print the tables of a saved run")
     args = parser.parse_args()

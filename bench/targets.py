@@ -7,7 +7,10 @@ certificate issued by fognode's own CA code for ``localhost`` and
 ``127.0.0.1``; the bench's Python clients verify it against that CA.
 
     direct    the compiled upstream itself (bench/upstream/fastup.c): the limit
-    fognode   this project, no auth, log level WARNING; optionally N workers
+    fognode   this project, no auth, log level WARNING; optionally N workers;
+              for bench/usage.py also with usage accounting off, and with quotas
+    fognode base  the same from another checkout (--baseline DIR): before/after
+              in the same interleaved rounds
     nginx     one worker, upstream keep-alive, proxy_buffering off
     Caddy     Debian's caddy, flush_interval -1, upstream keep-alive
     LiteLLM   LiteLLM's proxy, one worker, no master key
@@ -48,6 +51,7 @@ class Options:
     paced_us: int
     max_streams: int  # streams the memory figure opens: no pool may cap below it
     fognode_workers: int | None = None
+    baseline: Path | None = None  # another checkout of fognode, measured as "fognode base"
 
 
 @dataclass
@@ -125,6 +129,21 @@ class Target:
         raise RuntimeError(
             f"{self.name} did not answer {url} in {limit:g}s ({last}); see {self.log}"
         )
+
+
+def baseline_package(checkout: Path, work: Path) -> Path:
+    """A directory where ``import fognode`` finds ``checkout``'s code (its parts
+    linked as fognode's subpackages, as setuptools maps them); on PYTHONPATH it
+    comes before the editable install of this checkout."""
+    root = work / "baseline"
+    package = root / "fognode"
+    package.mkdir(parents=True, exist_ok=True)
+    for part in checkout.iterdir():
+        if (part / "__init__.py").is_file() and part.name not in ("tests", "bench"):
+            link = package / part.name
+            if not link.is_symlink():
+                link.symlink_to(part.resolve())
+    return root
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -239,6 +258,21 @@ litellm_settings:
 """
 
 
+# fognode's usage variants (bench/usage.py): the family's name and what it sets.
+# "fognode" itself runs with the defaults, usage accounting on, no quota.
+FOGNODE_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "fognode-usage-off": ("fognode usage off", {"FOGNODE_USAGE_ACCOUNTING": "false"}),
+    # Limits no run reaches: every request is checked against the store, none refused.
+    "fognode-quota": (
+        "fognode quota",
+        {
+            "FOGNODE_QUOTA_TOKENS_PER_DAY": str(10**15),
+            "FOGNODE_QUOTA_REQUESTS_PER_MINUTE": str(10**9),
+        },
+    ),
+}
+
+
 def build_targets(
     opts: Options, families: list[str], *, tls: bool, ports: list[int]
 ) -> tuple[Target, list[Target]]:
@@ -273,9 +307,8 @@ def build_targets(
             if not secure:
                 targets.append(upstream)
             return
-        if family in ("fognode", "fognode-workers"):
-            # "fognode" is one process (the default is one per core).
-            workers = opts.fognode_workers if family == "fognode-workers" else 1
+        if family in ("fognode", "fognode-workers", "fognode-base", *FOGNODE_VARIANTS):
+            workers = opts.fognode_workers if family == "fognode-workers" else None
             argv = [
                 sys.executable,
                 "-m",
@@ -290,9 +323,9 @@ def build_targets(
                 "--log-level",
                 "WARNING",
                 "--tls" if secure else "--no-tls",
-                "--workers",
-                str(workers),
             ]
+            if workers:  # otherwise one process, the default
+                argv += ["--workers", str(workers)]
             # Admission and the upstream pool sized above the streams the
             # memory figure opens: a cap there would hide streams, not
             # measure them (the bench checks how many are really open).
@@ -304,12 +337,22 @@ def build_targets(
                 "FOGNODE_PER_USER_CONCURRENT_REQUESTS": room,
                 "FOGNODE_PER_USER_QUEUED_REQUESTS": room,
                 "FOGNODE_UPSTREAM_MAX_CONNECTIONS": room,
-                # Every bench client comes from 127.0.0.1: one "client address".
+                # Every client of the bench is 127.0.0.1: the per-address cap
+                # (64 by default) would refuse wrk's c=256 and the held streams.
                 "FOGNODE_MAX_CONNECTIONS_PER_CLIENT": "0",
                 "FOGNODE_CERTS_DIR": str(certs),
                 "FOGNODE_API_KEYS_FILE": "",
+                # The run's own usage records, never the data dir of whoever runs it.
+                "FOGNODE_USAGE_SQLITE_PATH": str(work / f"{tag}-usage.sqlite3"),
             }
-            name = "fognode" if family == "fognode" else f"fognode x{workers}"
+            name = "fognode" if workers is None else f"fognode x{workers}"
+            if family == "fognode-base":
+                assert opts.baseline is not None
+                name = "fognode base"
+                env["PYTHONPATH"] = str(baseline_package(opts.baseline, work))
+            if family in FOGNODE_VARIANTS:
+                name, variant = FOGNODE_VARIANTS[family]
+                env.update(variant)
             targets.append(
                 Target(name + suffix, family, secure, port, argv, env, log=work / f"{tag}.log")
             )

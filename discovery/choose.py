@@ -1,8 +1,12 @@
-"""Pick a node: by requested model, then by load, then by measured round trip.
+"""Pick a node: by requested model, then where it is loaded, then by load,
+then by measured round trip.
 
-TXT records say what a node serves and how busy it is; the round trip of
-`GET /healthz` says how far away it is. `random` mimics the reference
-client, which took whichever node answered.
+TXT records say what a node serves, which models it has in memory (``hot``)
+and how busy it is; the round trip of `GET /healthz` says how far away it
+is. A model that is not loaded costs seconds to minutes before its first
+token, more than any difference in load or distance on a LAN, hence the
+order. `random` mimics the reference client, which took whichever node
+answered.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from .browser import SERVICE_NAME, FogNode
 class Ranked:
     node: FogNode
     has_model: bool | None
+    hot: bool | None  # the model is loaded there (None: the node does not say)
     load: float
     rtt_ms: float | None
 
@@ -68,13 +73,24 @@ async def rank(
         else [None] * len(nodes)
     )
     ranked = [
-        Ranked(n, n.txt.has_model(model) if model else True, n.txt.load_ratio, rtt)
+        Ranked(
+            n,
+            n.txt.has_model(model) if model else True,
+            n.txt.is_hot(model) if model else None,
+            n.txt.load_ratio,
+            rtt,
+        )
         for n, rtt in zip(nodes, rtts, strict=True)
     ]
+    known = {True: 0, None: 1, False: 2}  # yes, cannot tell, no
 
-    def key(r: Ranked) -> tuple[int, float, float]:
-        model_rank = {True: 0, None: 1, False: 2}[r.has_model]
-        return (model_rank, r.load, r.rtt_ms if r.rtt_ms is not None else float("inf"))
+    def key(r: Ranked) -> tuple[int, int, float, float]:
+        return (
+            known[r.has_model],
+            known[r.hot],
+            r.load,
+            r.rtt_ms if r.rtt_ms is not None else float("inf"),
+        )
 
     return sorted(ranked, key=key)
 

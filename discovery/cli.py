@@ -100,7 +100,8 @@ def add_discovery_commands(sub: Any, *, ca_fingerprint: Fingerprint) -> None:
         "--pick",
         choices=["best", "random"],
         default="best",
-        help="best: has the model, least loaded, nearest; random: as the reference client",
+        help="best: has the model, has it loaded (hot), least loaded, nearest; "
+        "random: as the reference client",
     )
     chat.set_defaults(discovery_func=chat_command, ca_fingerprint=ca_fingerprint)
 

@@ -17,6 +17,7 @@ from .browser import FogNode
 def node_dict(node: FogNode) -> dict[str, Any]:
     txt = asdict(node.txt)
     txt["models"] = list(node.txt.models)
+    txt["hot"] = list(node.txt.hot) if node.txt.hot is not None else None
     return {
         "name": node.instance,
         "service_type": node.service_type,
@@ -31,13 +32,11 @@ def node_dict(node: FogNode) -> dict[str, Any]:
 
 def row(node: FogNode) -> list[str]:
     txt = node.txt
-    models = ",".join(txt.models) or "-"
-    if txt.model_count > len(txt.models):
-        models += f" (+{txt.model_count - len(txt.models)})"
     return [
         node.instance,
         f"{node.preferred_address()}:{node.port}",
-        models,
+        _names(txt.models, txt.model_count),
+        _names(txt.hot, txt.hot_count) if txt.hot is not None else "?",
         f"{txt.load_active}/{txt.load_capacity}" if txt.load_capacity else "-",
         txt.auth or "-",
         txt.ca_sha256[:16] or "-",
@@ -45,14 +44,20 @@ def row(node: FogNode) -> list[str]:
     ]
 
 
-HEADER = ["NAME", "ADDRESS", "MODELS", "LOAD", "AUTH", "CA SHA-256", "VERSION"]
+def _names(names: tuple[str, ...], total: int) -> str:
+    shown = ",".join(names) or "-"
+    return shown + (f" (+{total - len(names)})" if total > len(names) else "")
+
+
+# HOT: the models loaded in memory now ("?": the node does not say).
+HEADER = ["NAME", "ADDRESS", "MODELS", "HOT", "LOAD", "AUTH", "CA SHA-256", "VERSION"]
 
 
 def print_table(nodes: list[FogNode], out: TextIO = sys.stdout) -> None:
     rows = [HEADER, *(row(n) for n in nodes)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
-    for row in rows:
-        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for cells in rows:
+        out.write("  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True)).rstrip())
         out.write("\n")
 
 

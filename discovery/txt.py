@@ -13,6 +13,9 @@ Keys (all optional for a reader; unknown keys are ignored):
     id       stable node id (survives restarts and renames)
     models   comma-separated model names Ollama has, cut to fit 255 bytes
     nmodels  how many models there are in total
+    hot      comma-separated names of the models loaded in memory now (they
+             answer without loading first), cut to fit 255 bytes like models
+    nhot     how many models are loaded in total
     load     "<in flight>/<capacity>" inference requests (admission slots)
     queue    requests waiting for a slot
     auth     "firebase", "apikey", "firebase+apikey" or "none"
@@ -51,6 +54,8 @@ class NodeTxt:
     node_id: str = ""
     models: tuple[str, ...] = ()
     model_count: int = 0
+    hot: tuple[str, ...] | None = None  # None: the node does not say (not a fognode)
+    hot_count: int = 0
     load_active: int = 0
     load_capacity: int = 0
     queued: int = 0
@@ -71,6 +76,9 @@ class NodeTxt:
             "queue": str(self.queued),
             "auth": self.auth,
         }
+        if self.hot is not None:
+            props["hot"] = _fit_models(self.hot, MAX_VALUE - len("hot="))
+            props["nhot"] = str(self.hot_count or len(self.hot))
         if self.ca_sha256:
             props["ca"] = self.ca_sha256
         return props
@@ -87,6 +95,8 @@ class NodeTxt:
             text[k.lower()] = v
         active, _, capacity = text.get("load", "0/0").partition("/")
         models = tuple(m for m in text.get("models", "").split(",") if m)
+        hot = tuple(m for m in text.get("hot", "").split(",") if m)
+        says_hot = "hot" in text or "nhot" in text
         known = {
             "txtvers",
             "path",
@@ -95,6 +105,8 @@ class NodeTxt:
             "id",
             "models",
             "nmodels",
+            "hot",
+            "nhot",
             "load",
             "queue",
             "auth",
@@ -107,6 +119,8 @@ class NodeTxt:
             node_id=text.get("id", ""),
             models=models,
             model_count=_int(text.get("nmodels"), len(models)),
+            hot=hot if says_hot else None,
+            hot_count=_int(text.get("nhot"), len(hot)),
             load_active=_int(active, 0),
             load_capacity=_int(capacity, 0),
             queued=_int(text.get("queue"), 0),
@@ -124,10 +138,23 @@ class NodeTxt:
 
     def has_model(self, name: str) -> bool | None:
         """True/False when the list is complete enough to tell, None when cut."""
-        wanted = {name, name if ":" in name else f"{name}:latest"}
-        if wanted & set(self.models):
-            return True
-        return False if len(self.models) >= self.model_count else None
+        return _listed(name, self.models, self.model_count)
+
+    def is_hot(self, name: str) -> bool | None:
+        """Loaded in memory now: True/False when the list tells; None when it is
+        cut, or the node does not announce it (an older fognode, the reference)."""
+        if self.hot is None:
+            return None
+        return _listed(name, self.hot, self.hot_count)
+
+
+def _listed(name: str, names: tuple[str, ...], total: int) -> bool | None:
+    """Is ``name`` (or Ollama's ``name:latest``) in a list cut to fit: None when
+    it is not in what was kept and more was left out."""
+    wanted = {name, name if ":" in name else f"{name}:latest"}
+    if wanted & set(names):
+        return True
+    return False if len(names) >= total else None
 
 
 def _int(value: str | None, default: int) -> int:

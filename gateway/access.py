@@ -5,6 +5,15 @@ any later stage runs, the authorizer (auth/) admits the request at that
 level or refuses it with 401/403, so nothing unauthenticated reaches the
 body parser, the queue or the upstream, and a route without a level is
 refused outright.
+
+The operator's pages (routes with ``page=True``) are what a browser opens,
+and a browser cannot send a bearer header: for those routes only, a signed-in
+browser's session cookie admits the request (``sessions``, gateway/sessions.py,
+which also checks the CSRF token of anything that changes something). A page
+route also takes a bearer credential (a script with an admin key); without
+either, a browser is sent to the sign-in form. API routes never look at the
+cookie, so a session cannot be used against the API, nor a page of another
+site make a browser call it.
 """
 
 from __future__ import annotations
@@ -42,12 +51,26 @@ class Authorizer(Protocol):
 AUTHORIZER: web.AppKey[Authorizer] = web.AppKey("fognode.authorizer")
 
 
+class SessionCheck(Protocol):
+    """Browser sessions for the operator's pages (gateway/sessions.py)."""
+
+    async def admit(self, request: web.Request, access: Access) -> Principal | None:
+        """The signed-in administrator, or None when the request has no valid
+        session; raises a GatewayError when it has one but lacks the CSRF token."""
+        ...
+
+    def sign_in_first(self, request: web.Request) -> Exception:
+        """What to answer a browser that is not signed in."""
+        ...
+
+
 def setup_access(
     app: web.Application,
     metrics: Metrics,
     *,
     authorizer: Authorizer | None = None,
     build: Callable[[], Authorizer],
+    sessions: SessionCheck | None = None,
 ) -> None:
     """Install the access check.
 
@@ -71,8 +94,19 @@ def setup_access(
                 return await handler(request)  # no route matched: the router's 404/405
             raise GatewayError(500, "Route has no access level; refusing.", code="misconfigured")
         if spec.access is not Access.PUBLIC:
-            request[PRINCIPAL] = await _admit(request, spec.access)
+            if spec.page and sessions is not None:
+                request[PRINCIPAL] = await _admit_page(request, spec.access, sessions)
+            else:
+                request[PRINCIPAL] = await _admit(request, spec.access)
         return await handler(request)
+
+    async def _admit_page(request: web.Request, access: Access, check: SessionCheck) -> Principal:
+        principal = await check.admit(request, access)
+        if principal is not None:
+            return principal
+        if "Authorization" in request.headers:
+            return await _admit(request, access)
+        raise check.sign_in_first(request)
 
     async def _admit(request: web.Request, access: Access) -> Principal:
         try:

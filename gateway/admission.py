@@ -122,6 +122,14 @@ class Permit:
     started: float
 
 
+@dataclass(frozen=True, slots=True)
+class Load:
+    """The node's slots in use and requests waiting, as the status page shows them."""
+
+    active: int
+    queued: int
+
+
 class Admission:
     def __init__(
         self,
@@ -153,6 +161,9 @@ class Admission:
     @property
     def queued(self) -> int:
         return len(self.global_gate.waiters) + sum(len(g.waiters) for g in self._users.values())
+
+    async def load(self) -> Load:
+        return Load(self.active, self.queued)
 
     async def position(self, ticket: Ticket) -> int | None:
         """1 for the next request to get a slot; None once admitted (or not waiting).
@@ -260,6 +271,8 @@ class AdmissionControl(Protocol[PermitT]):
     def release(self, permit: PermitT) -> None: ...
 
     async def position(self, ticket: Ticket) -> int | None: ...
+
+    async def load(self) -> Load: ...
 
 
 ADMISSION: web.AppKey[AdmissionControl[Any]] = web.AppKey("fognode.admission")

@@ -1,4 +1,4 @@
-"""Keep the node's mDNS announcement true: addresses, port, models, load.
+"""Keep the node's mDNS announcement true: addresses, port, models, hot models, load.
 
 Wiring between the gateway and discovery/: it builds the announcement from
 the settings, the bound port, the CA fingerprint and the accepted
@@ -111,7 +111,8 @@ def announcement(
 
 
 class NodeAnnouncer:
-    """Keeps the TXT record true: the models the pool found, the admission load."""
+    """Keeps the TXT record true: the models the pool found (and which of them
+    are loaded), the admission load."""
 
     def __init__(
         self,
@@ -131,10 +132,13 @@ class NodeAnnouncer:
 
     def current_txt(self) -> NodeTxt:
         models = tuple(self.pool.known_models())
+        hot = tuple(self.pool.hot_models())
         return replace(
             self._base_txt,
             models=models,
             model_count=len(models),
+            hot=hot,
+            hot_count=len(hot),
             load_active=self.admission.active,
             load_capacity=self.admission.capacity,
             queued=self.admission.queued,

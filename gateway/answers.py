@@ -25,15 +25,17 @@ import functools
 import logging
 import zlib
 
-import aiohttp
 from aiohttp import web
 
 from .. import safejson
 from .compat import RouteEdits
+from .deadline import Deadline
 from .errors import GatewayError
 from .keepalive import KeepAlive
+from .quotas import Meter
 from .relay import RelayOptions, relay_response
 from .stats import GatewayStats
+from .upstream import UpstreamBroken, UpstreamResponse
 
 log = logging.getLogger("fognode.relay")
 
@@ -41,12 +43,12 @@ CHECK_LIMIT = 16 * 1024 * 1024
 _ZLIB_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS, "identity": 0, "": 0}
 
 
-def _json_media_type(upstream: aiohttp.ClientResponse) -> bool:
+def _json_media_type(upstream: UpstreamResponse) -> bool:
     media = upstream.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
     return media == "application/json" or media.endswith("+json")
 
 
-def _checkable(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:
+def _checkable(request: web.Request, upstream: UpstreamResponse) -> bool:
     encoding = upstream.headers.get("Content-Encoding", "").strip().lower()
     return (
         200 <= upstream.status < 300
@@ -70,7 +72,7 @@ def _decoded(body: bytes, encoding: str) -> bytes | None:
 
 async def relay_answer(
     request: web.Request,
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamResponse,
     *,
     options: RelayOptions,
     edits: RouteEdits,
@@ -78,6 +80,7 @@ async def relay_answer(
     model: str | None,
     keepalive: KeepAlive | None,
     stats: GatewayStats,
+    meter: Meter | None = None,
 ) -> web.StreamResponse:
     """Relay the upstream's answer (relay.relay_response, same arguments); a
     non-streamed JSON success is checked first."""
@@ -91,24 +94,29 @@ async def relay_answer(
         model=model,
         keepalive=keepalive,
         stats=stats,
+        meter=meter,
     )
     if not _checkable(request, upstream) or (keepalive is not None and keepalive.started):
         return await relay()  # a stream's headers went out already: errors go in-band
     idle_timeout = options.idle_timeout
     loop = asyncio.get_running_loop()
-    body = bytearray()
+    parts: list[bytes] = []
+    size = 0
     complete = False
+    reading = Deadline()
     try:
-        async with asyncio.timeout(None) as deadline:
-            while len(body) <= CHECK_LIMIT:
-                deadline.reschedule(loop.time() + idle_timeout)
-                chunk = await upstream.content.readany()
-                if not chunk:
-                    complete = True
-                    break
-                body += chunk
-    except TimeoutError:
+        while size <= CHECK_LIMIT:
+            reading.at(loop.time() + idle_timeout)
+            chunk = await upstream.readany()
+            if not chunk:
+                complete = True
+                break
+            parts.append(chunk)
+            size += len(chunk)
+    except asyncio.CancelledError:
         upstream.close()
+        if not reading.expired():
+            raise  # the client left: the upstream connection is dropped too
         stats.upstream_failures_total += 1
         raise GatewayError(
             504,
@@ -116,7 +124,7 @@ async def relay_answer(
             f"{idle_timeout:g}s (FOGNODE_IDLE_TIMEOUT).",
             code="upstream_idle_timeout",
         ) from None
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+    except UpstreamBroken as exc:
         upstream.close()
         stats.upstream_failures_total += 1
         raise GatewayError(
@@ -125,11 +133,14 @@ async def relay_answer(
             code="upstream_disconnected",
         ) from None
     except BaseException:
-        upstream.close()  # the client left: drop the upstream connection too
+        upstream.close()
         raise
+    finally:
+        reading.close()
+    body = parts[0] if len(parts) == 1 else b"".join(parts)  # mostly one piece: no copy
     encoding = upstream.headers.get("Content-Encoding", "").strip().lower()
     try:
-        plain = _decoded(bytes(body), encoding) if complete else None
+        plain = _decoded(body, encoding) if complete else None
         if plain is not None:  # else too large to check, like a long answer
             safejson.loads(plain)
     except (ValueError, zlib.error):
@@ -150,4 +161,4 @@ async def relay_answer(
         ) from None
     # Written by the relay like every answer: the client-write deadline holds,
     # and what was not read yet (past the limit) follows.
-    return await relay(prefix=bytes(body))
+    return await relay(prefix=body)

@@ -29,12 +29,15 @@ from ..discovery.cli import add_discovery_commands, run_discovery_command
 from ..embedded.model import ModelUnavailable
 from ..models.cli import ModelsDefaults, add_models_commands, run_models_command
 from ..usage.cli import add_usage_commands, run_usage_command
-from ..web.onboarding import onboarding_urls, terminal_text
+from ..web.onboarding import terminal_text
 from . import __version__
+from .app import quota_options
 from .auth_setup import UnsafeConfiguration, project_id
 from .logs import configure_logging
 from .network import lan_addresses, local_url
+from .onboarding import onboarding_links
 from .paths import data_dir
+from .quotas import UsageStoreUnavailable
 from .service import add_service_commands
 from .settings import Settings, load_settings
 
@@ -146,7 +149,7 @@ def startup_failure(exc: BaseException, settings: Settings) -> str | None:
         return f"fognode: cannot serve TLS: {exc}"
     if isinstance(exc, UnsafeConfiguration | AuthConfigError):
         return f"fognode: refusing to start: {exc}"
-    if isinstance(exc, ModelUnavailable):
+    if isinstance(exc, ModelUnavailable | UsageStoreUnavailable):
         return f"fognode: {exc}"
     if isinstance(exc, OSError):
         message = (
@@ -191,7 +194,7 @@ def _cmd_healthcheck(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-_SECRET_FIELDS = {"upstream_api_key", "ca_passphrase"}
+_SECRET_FIELDS = {"upstream_api_key", "ca_passphrase", "usage_database_url"}
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -208,16 +211,18 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-# Until the gateway serves the onboarding page (FOGNODE_ONBOARDING_PORT), the
-# port `certs qr` points phones to: 80 is free on a TLS node (the SpeziLLMFog
-# app uses it only in its plain-HTTP development mode) and keeps the link short.
-ONBOARDING_PORT = 80
-
-
 def _cmd_certs_qr(args: argparse.Namespace) -> int:
-    """The onboarding page's QR code in the terminal (same link as the page's)."""
+    """The onboarding page's QR code in the terminal: the same link as the page's,
+    from the same settings (FOGNODE_ONBOARDING_PORT, FOGNODE_ONBOARDING_URL, the host)."""
+    settings = load_settings(None)
     ca = load_ca(CertPaths(Path(args.dir).expanduser()), None, need_key=False).cert
-    urls = onboarding_urls(port=args.port, addresses=lan_addresses(), public_url=args.url)
+    urls = onboarding_links(settings, port=args.port, url=args.url)
+    if not settings.onboarding_enabled:
+        print(
+            "fognode certs qr: the node does not serve the onboarding page with these settings "
+            "(FOGNODE_ONBOARDING=true turns it on).",
+            file=sys.stderr,
+        )
     print(terminal_text(urls[0], export_forms(ca)), end="")
     return 0
 
@@ -233,13 +238,13 @@ def _add_certs_qr(certs_sub: Any) -> None:
     qr.add_argument(
         "--port",
         type=int,
-        default=ONBOARDING_PORT,
-        help=f"port of the onboarding page (default {ONBOARDING_PORT})",
+        default=None,
+        help="port of the onboarding page (default FOGNODE_ONBOARDING_PORT, 80)",
     )
     qr.add_argument(
         "--url",
         help="base URL phones use for the onboarding page, if not this machine's LAN "
-        "address (a DNS name, a port forwarded by a router)",
+        "address (a DNS name, a port forwarded by a router; default FOGNODE_ONBOARDING_URL)",
     )
     qr.set_defaults(func=_cmd_certs_qr)
 
@@ -305,7 +310,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 },
             )
         if args.command == "usage":
-            return run_usage_command(args, sqlite_path=data_dir() / "usage.sqlite3")
+            settings = load_settings(None)
+            url = settings.usage_database_url
+            return run_usage_command(
+                args,
+                sqlite_path=settings.usage_sqlite_path,
+                database_url=url.get_secret_value() if url is not None else None,
+                day_start=quota_options(settings).day_start,
+            )
         if args.command == "models":
             settings = load_settings(None)
             return run_models_command(

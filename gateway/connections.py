@@ -190,9 +190,17 @@ class Gate(asyncio.Protocol):
     not an HTTP protocol and a 256 KiB TLS buffer.
     """
 
-    def __init__(self, guard: ConnectionGuard, tls: ssl.SSLContext | None) -> None:
+    def __init__(
+        self,
+        guard: ConnectionGuard,
+        tls: ssl.SSLContext | None,
+        make_handler: Callable[[], Handler] | None = None,
+    ) -> None:
         self.guard = guard
         self.tls = tls
+        # The HTTP protocol of the site this connection came in on (a guard
+        # shared by several servers); the guard's own server by default.
+        self.make_handler = make_handler or guard.make_handler
         self.transport: asyncio.Transport | None = None
         self.handler: Handler | None = None
         self.client = ""
@@ -219,7 +227,7 @@ class Gate(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        handler = self.guard.make_handler()
+        handler = self.make_handler()
         handler.gate = self
         self.handler = handler
         if self.tls is None:
@@ -300,8 +308,10 @@ class ConnectionGuard:
     def __len__(self) -> int:
         return len(self._open)
 
-    def protocol_factory(self, tls: ssl.SSLContext | None) -> Callable[[], Gate]:
-        return lambda: Gate(self, tls)
+    def protocol_factory(
+        self, tls: ssl.SSLContext | None, make_handler: Callable[[], Handler] | None = None
+    ) -> Callable[[], Gate]:
+        return lambda: Gate(self, tls, make_handler)
 
     def admit(self, gate: Gate) -> bool:
         """Make room for a new connection, or refuse it."""
@@ -365,7 +375,9 @@ class ConnectionGuard:
 class GuardedTCPSite(web.TCPSite):
     """A TCPSite whose connections go through the runner's guard (and whose
     TLS the guard starts); it binds host and port, or listens on a socket
-    bound already (``sock``: a worker's share of the node's port)."""
+    bound already (``sock``: a worker's share of the node's port).
+    ``make_handler``: the HTTP protocol of this site's server, when the guard
+    is shared with another server."""
 
     def __init__(
         self,
@@ -373,16 +385,18 @@ class GuardedTCPSite(web.TCPSite):
         *args: Any,
         guard: ConnectionGuard,
         sock: socket.socket | None = None,
+        make_handler: Callable[[], Handler] | None = None,
         **kwargs: Any,
     ):
         super().__init__(runner, *args, **kwargs)
         self._guard = guard
         self._sock = sock
+        self._make_handler = make_handler
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with the runner
         loop = asyncio.get_running_loop()
-        factory = self._guard.protocol_factory(self._ssl_context)
+        factory = self._guard.protocol_factory(self._ssl_context, self._make_handler)
         if self._sock is not None:
             self._server = await loop.create_server(factory, sock=self._sock, backlog=self._backlog)
         else:

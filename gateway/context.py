@@ -11,10 +11,12 @@ metrics.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import re
 import time
-import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -24,6 +26,7 @@ from ..auth.principal import Principal
 from .logs import redact, request_id_var
 
 if TYPE_CHECKING:
+    from .activity import Activity
     from .metrics import Metrics
 
 access_log = logging.getLogger("fognode.access")
@@ -38,6 +41,23 @@ PRINCIPAL = web.RequestKey("fognode.principal", Principal)
 # count includes the header block).
 BODY_BYTES = web.RequestKey("fognode.body_bytes", int)
 RELAYED_CHUNKS = web.RequestKey("fognode.relayed_chunks", int)
+# Why the request failed, in words, set by whichever stage answered the error
+# (errors.py, or the relay for a failure inside a stream): for the status
+# page's latest errors (activity.py).
+FAILURE = web.RequestKey("fognode.failure", str)
+
+
+@dataclass(frozen=True)
+class Routed:
+    """Which of several upstreams took the request, and why (routing/order.py)."""
+
+    upstream: str  # its URL, without a password: for the operator's log only
+    position: int  # 1-based in FOGNODE_UPSTREAM_URLS: what the client is told
+    reasons: str  # "loaded,affinity"
+
+
+# Set by the proxy when it chose among several upstreams.
+ROUTED = web.RequestKey("fognode.routed", Routed)
 
 # Accept a caller's id only if it is short and harmless in logs and headers.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
@@ -54,7 +74,17 @@ def request_id_of(request: web.BaseRequest) -> str:
         and redact(incoming[0]) == incoming[0]
     ):
         return incoming[0]
-    return uuid.uuid4().hex
+    return mint_request_id()
+
+
+# Minted ids: 16 random hex digits for this process, then a counter; unique
+# without a system call per request (uuid4 reads the kernel's random source).
+_ID_PREFIX = os.urandom(8).hex()
+_id_counter = itertools.count(1)
+
+
+def mint_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
 def _bytes_sent(request: web.Request, response: web.StreamResponse | None) -> int:
@@ -66,7 +96,11 @@ def _bytes_sent(request: web.Request, response: web.StreamResponse | None) -> in
     return len(body) if isinstance(body, bytes | bytearray) else 0
 
 
-def setup_request_context(app: web.Application, metrics: Metrics) -> None:
+def setup_request_context(
+    app: web.Application, metrics: Metrics, activity: Activity | None = None
+) -> None:
+    """``activity``: where finished requests are counted for the status page."""
+
     @web.middleware
     async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
         rid = request_id_of(request)
@@ -89,13 +123,26 @@ def setup_request_context(app: web.Application, metrics: Metrics) -> None:
             duration = time.perf_counter() - started
             resource = request.match_info.route.resource
             route = resource.canonical if resource is not None else "unmatched"
-            metrics.requests.labels(route, request.method, str(status)).inc()
-            metrics.duration.labels(route).observe(duration)
-            if RELAYED_CHUNKS in request:
-                metrics.chunks.labels(route).inc(request[RELAYED_CHUNKS])
-                metrics.bytes.labels(route).inc(request[BODY_BYTES])
+            metrics.request_done(
+                route,
+                request.method,
+                status,
+                duration,
+                request.get(RELAYED_CHUNKS),
+                request.get(BODY_BYTES, 0),
+            )
             if access_log.isEnabledFor(logging.INFO):
                 _log_access(request, rid, status, _bytes_sent(request, response), duration)
+            if activity is not None:
+                principal = request.get(PRINCIPAL)
+                activity.record(
+                    method=request.method,
+                    route=route,
+                    status=status,
+                    request_id=rid,
+                    uid=principal.uid if principal else None,
+                    failure=request.get(FAILURE),
+                )
             request_id_var.reset(token)
 
     async def identify(request: web.Request, response: web.StreamResponse) -> None:
@@ -112,8 +159,23 @@ def setup_request_context(app: web.Application, metrics: Metrics) -> None:
 def _log_access(request: web.Request, rid: str, status: int, sent: int, duration: float) -> None:
     principal = request.get(PRINCIPAL)
     uid = principal.uid if principal else None
+    routed = request.get(ROUTED)
+    fields = {
+        "remote": request.remote,
+        "method": request.method,
+        "path": request.rel_url.raw_path,
+        "status": status,
+        "bytes": sent,
+        "duration_s": round(duration, 6),
+        "uid": uid,
+        "request_id": rid,
+    }
+    route = ""
+    if routed is not None:
+        fields |= {"upstream": routed.upstream, "route": routed.reasons}
+        route = f" upstream={routed.upstream} route={routed.reasons}"
     access_log.info(
-        '%s "%s %s" %d %dB %.3fs uid=%s',
+        '%s "%s %s" %d %dB %.3fs uid=%s%s',
         request.remote,
         request.method,
         request.rel_url.raw_path,
@@ -121,16 +183,6 @@ def _log_access(request: web.Request, rid: str, status: int, sent: int, duration
         sent,
         duration,
         uid or "-",
-        extra={
-            "fields": {
-                "remote": request.remote,
-                "method": request.method,
-                "path": request.rel_url.raw_path,
-                "status": status,
-                "bytes": sent,
-                "duration_s": round(duration, 6),
-                "uid": uid,
-                "request_id": rid,
-            }
-        },
+        route,
+        extra={"fields": fields},
     )

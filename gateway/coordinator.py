@@ -10,6 +10,7 @@ over a socketpair made for it). On it the worker calls:
                    answer is ``granted``, a lease given back when the request
                    ends, or ``refused`` with the GatewayError admission raised
     position K     where wait K is in the queue (for the ``: queued N`` heartbeat)
+    load           the node's slots in use and requests waiting (the status page)
     metrics        the whole node's exposition (every worker's, summed, and ours)
 
 and tells (notices): ``ready`` (it serves; with the kinds of credentials
@@ -128,6 +129,9 @@ class _Link:
             ticket = self.waiting.get(int(args[0]))
             place = await self.coordinator.admission.position(ticket) if ticket else None
             return Reply([place])
+        if op == "load":
+            load = await self.coordinator.admission.load()
+            return Reply([load.active, load.queued])
         if op == "metrics":
             return Reply([await self.coordinator.node_metrics()])
         if op == "hello":

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .context import REQUEST_ID
+from .context import FAILURE, REQUEST_ID
 
 log = logging.getLogger("fognode.gateway")
 
@@ -163,17 +163,20 @@ def setup_openai_errors(app: web.Application) -> None:
         except GatewayError as exc:
             if exc.status >= 500:
                 log.warning("%s (%s)", exc.message, exc.code)
+            request[FAILURE] = exc.message
             return exc.to_response()
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             message, code = _http_exception_message(request, exc)
+            request[FAILURE] = message
             headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
             return json_error_response(exc.status, message, code=code, headers=headers)
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception:
             log.exception("unhandled error")
+            request[FAILURE] = "Internal gateway error; see the node's log."
             return json_error_response(
                 500,
                 f"Internal gateway error (request id {request.get(REQUEST_ID)}); see the node's "

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from .context import FAILURE
 from .errors import GatewayError
 from .sse import HEARTBEAT, comment, error_event
 
@@ -113,6 +114,7 @@ class KeepAlive:
 
     async def fail(self, exc: GatewayError) -> web.StreamResponse:
         """Report an error after the headers went out, and end the stream."""
+        self.request[FAILURE] = exc.message
         await self.settle()
         assert self.response is not None
         with contextlib.suppress(ConnectionResetError):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
@@ -106,9 +107,50 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.upstream_choices = Counter(
+            "fognode_upstream_choices",
+            "Requests sent to one of several upstreams, by its position and the reasons "
+            "it was chosen (loaded, cold, affinity, affinity-yielded, least-busy, only, failover).",
+            ["upstream", "reason"],
+            registry=self.registry,
+        )
         self.registry.register(_LiveCollector(stats))
         if admission is not None:
             self.registry.register(AdmissionCollector(admission))
+        # The labelled children per label values: prometheus-client's labels()
+        # validates, locks and builds a tuple on every call.
+        self._per_request: dict[tuple[str, str, int], _RequestChildren] = {}
+        self._first_byte: dict[str, Histogram] = {}
+
+    def request_done(
+        self,
+        route: str,
+        method: str,
+        status: int,
+        duration: float,
+        chunks: int | None,
+        sent: int,
+    ) -> None:
+        """Count one finished request (``chunks`` None: nothing was relayed)."""
+        children = self._per_request.get((route, method, status))
+        if children is None:
+            children = self._per_request[(route, method, status)] = _RequestChildren(
+                self.requests.labels(route, method, str(status)),
+                self.duration.labels(route),
+                self.chunks.labels(route),
+                self.bytes.labels(route),
+            )
+        children.requests.inc()
+        children.duration.observe(duration)
+        if chunks is not None:
+            children.chunks.inc(chunks)
+            children.bytes.inc(sent)
+
+    def first_byte_after(self, route: str, seconds: float) -> None:
+        child = self._first_byte.get(route)
+        if child is None:
+            child = self._first_byte[route] = self.first_byte.labels(route)
+        child.observe(seconds)
 
     def render(self) -> bytes:
         """This process's own series."""
@@ -121,6 +163,14 @@ class Metrics:
     def watch_connections(self, connections: ConnectionCounts) -> None:
         """Also report the connection guard's counts (it exists once the server runs)."""
         self.registry.register(_ConnectionCollector(connections))
+
+
+@dataclass(frozen=True)
+class _RequestChildren:
+    requests: Counter
+    duration: Histogram
+    chunks: Counter
+    bytes: Counter
 
 
 class ConnectionCounts(Protocol):

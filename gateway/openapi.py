@@ -137,7 +137,7 @@ def setup_openapi(app: web.Application) -> None:
     document: dict[str, Any] = {}
 
     async def build(app: web.Application) -> None:
-        document.update(build_document(all_specs(app)))
+        document.update(build_document(s for s in all_specs(app) if not s.page))
 
     async def openapi_handler(request: web.Request) -> web.Response:
         return web.json_response(document)

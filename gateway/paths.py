@@ -20,7 +20,16 @@ def default_certs_dir() -> Path:
     return data_dir() / "certs"
 
 
+def default_session_key_file() -> Path:
+    """The key that signs the status page's session cookies (made at first start)."""
+    return data_dir() / "session-key"
+
+
 def default_api_keys_file() -> Path | None:
     """The keys file setup.sh writes, if there is one."""
     path = data_dir() / "api-keys"
     return path if path.is_file() else None
+
+
+def default_usage_file() -> Path:
+    return data_dir() / "usage.sqlite3"

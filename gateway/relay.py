@@ -18,6 +18,11 @@ in two parts:
 Before the body, an upstream 404 for a missing model is reworded the one way
 the SpeziLLMFog app recognises (compat.py), and a response whose headers went
 out early (keepalive.py) carries upstream errors in-band.
+
+An inference request comes with a meter (quotas.py): its token counter sees
+each upstream chunk before the framer, hands back the bytes to send (the
+same bytes, less a usage chunk the gateway asked for on the client's behalf)
+and learns after each write that they were delivered.
 """
 
 from __future__ import annotations
@@ -26,18 +31,28 @@ import asyncio
 import enum
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import aiohttp
 from aiohttp import web
 
 from .. import safejson
 from .compat import RouteEdits, is_model_not_found, model_not_found_message, native_error_body
-from .context import BODY_BYTES, RELAYED_CHUNKS
+from .context import BODY_BYTES, FAILURE, RELAYED_CHUNKS
+from .deadline import Deadline
 from .errors import GatewayError, json_error_response
 from .keepalive import SSE_HEADERS, KeepAlive
+from .quotas import Meter
 from .sse import HEARTBEAT, SseFramer, error_event
 from .stats import GatewayStats
-from .upstream import filter_response_headers, relayable_reason
+from .upstream import (
+    UpstreamBroken,
+    UpstreamResponse,
+    filter_response_headers,
+    relayable_reason,
+)
+
+if TYPE_CHECKING:
+    from ..usage.counter import TokenCounter
 
 log = logging.getLogger("fognode.relay")
 
@@ -66,14 +81,14 @@ class Ending(enum.Enum):
 class _Progress:
     sent: int = 0
     chunks: int = 0
-    tail: bytes = b""
+    last: int = 0x0A  # the last byte sent (an int: no slice per chunk)
 
 
-def _media_type(resp: aiohttp.ClientResponse) -> str:
+def _media_type(resp: UpstreamResponse) -> str:
     return resp.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
 
 
-def _error_frame(framer: SseFramer | None, message: str, code: str, tail: bytes) -> bytes:
+def _error_frame(framer: SseFramer | None, message: str, code: str, last: int) -> bytes:
     """An in-band error in the stream's own framing.
 
     If the upstream died in the middle of an event (SSE) or line (NDJSON),
@@ -85,71 +100,96 @@ def _error_frame(framer: SseFramer | None, message: str, code: str, tail: bytes)
     if framer is not None:
         prefix = b"\n" if framer.in_event else b""
         return prefix + error_event(message, status=502, type="upstream_error", code=code)
-    prefix = b"" if tail.endswith(b"\n") or not tail else b"\n"
+    prefix = b"" if last == 0x0A else b"\n"
     # Ollama's own NDJSON error line: {"error": "..."}
     return prefix + native_error_body(message) + b"\n"
 
 
-async def _write(response: web.StreamResponse, data: bytes, limit: float) -> bool:
-    """Write, giving up on a client that leaves the data unread for ``limit`` seconds."""
+async def _write(
+    response: web.StreamResponse, data: bytes, deadline: Deadline, when: float
+) -> bool:
+    """Write, giving up on a client that leaves the data unread until ``when``."""
+    deadline.at(when)
     try:
-        async with asyncio.timeout(limit):
-            await response.write(data)
-    except TimeoutError:
-        return False
+        await response.write(data)
+    except asyncio.CancelledError:
+        if deadline.expired():
+            return False
+        raise
+    finally:
+        deadline.clear()
     return True
 
 
 async def _pump(
-    content: aiohttp.StreamReader,
+    upstream: UpstreamResponse,
     response: web.StreamResponse,
     framer: SseFramer | None,
     options: RelayOptions,
     progress: _Progress,
+    counter: TokenCounter | None = None,
 ) -> Ending:
+    """Move the body, chunk by chunk; one deadline for the reads and one for
+    the writes, for the whole stream (deadline.py)."""
     loop = asyncio.get_running_loop()
-    silent_since = loop.time()
-    heartbeat_every = options.heartbeat_interval if framer is not None else float("inf")
-    beat_at = silent_since + heartbeat_every
-    while True:
-        try:
-            async with asyncio.timeout_at(min(silent_since + options.idle_timeout, beat_at)):
-                chunk = await content.readany()
-        except TimeoutError:
-            now = loop.time()
-            if now >= silent_since + options.idle_timeout:
-                return Ending.UPSTREAM_IDLE
-            assert framer is not None
-            if framer.at_boundary and not await _write(response, HEARTBEAT, options.write_timeout):
-                return Ending.CLIENT_STALLED
-            beat_at = now + heartbeat_every
-            continue
-        except (
-            aiohttp.ClientPayloadError,
-            aiohttp.ServerDisconnectedError,
-            aiohttp.ClientOSError,
-        ):
-            return Ending.UPSTREAM_BROKEN
-        if not chunk:
-            rest = framer.flush() if framer is not None else b""
-            if rest and not await _write(response, rest, options.write_timeout):
-                return Ending.CLIENT_STALLED
-            return Ending.COMPLETED
+    reading, writing = Deadline(), Deadline()
+    write_timeout = options.write_timeout
+    try:
         silent_since = loop.time()
+        heartbeat_every = options.heartbeat_interval if framer is not None else float("inf")
         beat_at = silent_since + heartbeat_every
-        out = framer.feed(chunk) if framer is not None else chunk
-        if not out:
-            continue
-        if not await _write(response, out, options.write_timeout):
-            return Ending.CLIENT_STALLED
-        progress.sent += len(out)
-        progress.chunks += 1
-        progress.tail = out[-2:]
+        while True:
+            reading.at(min(silent_since + options.idle_timeout, beat_at))
+            try:
+                chunk = await upstream.readany()
+            except asyncio.CancelledError:
+                if not reading.expired():
+                    raise
+                now = loop.time()
+                if now >= silent_since + options.idle_timeout:
+                    return Ending.UPSTREAM_IDLE
+                assert framer is not None
+                if framer.at_boundary and not await _write(
+                    response, HEARTBEAT, writing, now + write_timeout
+                ):
+                    return Ending.CLIENT_STALLED
+                beat_at = now + heartbeat_every
+                continue
+            except UpstreamBroken:
+                return Ending.UPSTREAM_BROKEN
+            finally:
+                reading.clear()
+            silent_since = loop.time()
+            if not chunk:
+                rest = counter.finish() if counter is not None else b""
+                if framer is not None:
+                    rest = (framer.feed(rest) if rest else b"") + framer.flush()
+                if rest and not await _write(response, rest, writing, silent_since + write_timeout):
+                    return Ending.CLIENT_STALLED
+                if counter is not None:
+                    counter.delivered()
+                return Ending.COMPLETED
+            beat_at = silent_since + heartbeat_every
+            out = counter.feed(chunk) if counter is not None else chunk
+            if framer is not None and out:
+                out = framer.feed(out)
+            if not out:
+                continue
+            if not await _write(response, out, writing, silent_since + write_timeout):
+                return Ending.CLIENT_STALLED
+            if counter is not None:
+                counter.delivered()
+            progress.sent += len(out)
+            progress.chunks += 1
+            progress.last = out[-1]
+    finally:
+        reading.close()
+        writing.close()
 
 
 async def relay_response(
     request: web.Request,
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamResponse,
     *,
     options: RelayOptions,
     edits: RouteEdits,
@@ -158,11 +198,13 @@ async def relay_response(
     keepalive: KeepAlive | None,
     stats: GatewayStats,
     prefix: bytes = b"",
+    meter: Meter | None = None,
 ) -> web.StreamResponse:
     """Answer ``request`` with ``upstream``; the caller owns neither afterwards.
 
     ``prefix`` is the start of the body, already read from ``upstream``
     (answers.py reads a JSON answer to check it before relaying it).
+    ``meter``: an inference request's (quotas.py), told what was delivered.
     """
     progress = _Progress()
     completed = False
@@ -179,17 +221,21 @@ async def relay_response(
             response = _response_like(upstream, media_type)
             await response.prepare(request)
         framer = SseFramer(edits.sse_line_edit) if media_type == SSE else None
+        counter = meter.count(upstream.headers.get("Content-Type", "")) if meter else None
         ending: Ending | None = None
         if prefix:  # the start of the body, read already (answers.py)
-            if await _write(response, prefix, options.write_timeout):
-                progress.sent, progress.chunks, progress.tail = len(prefix), 1, prefix[-2:]
-            else:
-                ending = Ending.CLIENT_STALLED
+            if counter is not None:
+                prefix = counter.feed(prefix)  # a JSON answer: the same bytes
+            ending = await _write_prefix(response, prefix, options, progress)
+            if ending is None and counter is not None:
+                counter.delivered()
         if ending is None:
-            ending = await _pump(upstream.content, response, framer, options, progress)
+            ending = await _pump(upstream, response, framer, options, progress, counter)
         if ending is Ending.COMPLETED:
             await response.write_eof()
             completed = True
+            if meter is not None:
+                meter.completed = True
         elif ending is Ending.CLIENT_STALLED:
             log.warning(
                 "client stopped reading for %gs (FOGNODE_CLIENT_WRITE_TIMEOUT); "
@@ -215,12 +261,12 @@ async def relay_response(
                     "the answer is incomplete."
                 )
                 code = "upstream_disconnected"
-            await _fail_in_band(request, response, media_type, framer, message, code, progress.tail)
+            await _fail_in_band(request, response, media_type, framer, message, code, progress.last)
         return response
     except (asyncio.CancelledError, ConnectionResetError):
-        # The client left (handler cancelled, or a write hit a closed socket).
+        # The client left (handler cancelled, or a write hit a closed socket):
+        # its access-log line says so (499, and the bytes it got), once.
         stats.client_disconnects_total += 1
-        log.info("client disconnected after %d bytes; upstream request cancelled", progress.sent)
         raise
     finally:
         request[BODY_BYTES] = progress.sent
@@ -234,14 +280,39 @@ async def relay_response(
             upstream.close()
 
 
-def _response_like(upstream: aiohttp.ClientResponse, media_type: str) -> web.StreamResponse:
+async def _write_prefix(
+    response: web.StreamResponse, prefix: bytes, options: RelayOptions, progress: _Progress
+) -> Ending | None:
+    writing = Deadline()
+    try:
+        now = asyncio.get_running_loop().time()
+        if not await _write(response, prefix, writing, now + options.write_timeout):
+            return Ending.CLIENT_STALLED
+    finally:
+        writing.close()
+    progress.sent, progress.chunks = len(prefix), 1
+    if prefix:
+        progress.last = prefix[-1]
+    return None
+
+
+class _CoalescedResponse(web.StreamResponse):
+    """A response whose head goes out with the first piece of its body, in one
+    write (aiohttp's web.Response does this; a StreamResponse sends its head
+    on its own at prepare). For answers that are not streams."""
+
+    _send_headers_immediately = False
+
+
+def _response_like(upstream: UpstreamResponse, media_type: str) -> web.StreamResponse:
     headers = filter_response_headers(upstream.headers)
     streaming = media_type in (SSE, NDJSON)
     if streaming:
         for name, value in SSE_HEADERS.items():
             if name != "Content-Type":
                 headers.setdefault(name, value)
-    response = web.StreamResponse(
+    kind = web.StreamResponse if streaming else _CoalescedResponse
+    response = kind(
         status=upstream.status, reason=relayable_reason(upstream.reason), headers=headers
     )
     if upstream.content_length is not None and not streaming:
@@ -251,14 +322,18 @@ def _response_like(upstream: aiohttp.ClientResponse, media_type: str) -> web.Str
 
 async def _relay_error(
     request: web.Request,
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamResponse,
     edits: RouteEdits,
     model: str | None,
     keepalive: KeepAlive | None,
 ) -> web.StreamResponse:
     """An upstream error answer, read whole: reworded if it is a missing model,
     in-band if the stream's headers went out already, else passed on as sent."""
-    body = await _read_capped(upstream.content, MAX_ERROR_BODY)
+    try:
+        body = await upstream.read(MAX_ERROR_BODY)
+    except UpstreamBroken:
+        body = b""  # what it was is lost; the status still says it failed
+    request[FAILURE] = f"The upstream answered {upstream.status}: {_error_text(body)}"
     if upstream.status == 404 and model and edits.reword_missing_model and is_model_not_found(body):
         message = model_not_found_message(model)
         if keepalive is not None and keepalive.started:
@@ -284,18 +359,6 @@ async def _relay_error(
     )
 
 
-async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
-    parts: list[bytes] = []
-    size = 0
-    while size < limit:
-        part = await content.read(limit - size)
-        if not part:
-            break
-        parts.append(part)
-        size += len(part)
-    return b"".join(parts)
-
-
 def _error_text(body: bytes) -> str:
     """The message inside an upstream error body (OpenAI's or Ollama's shape)."""
     try:
@@ -317,11 +380,12 @@ async def _fail_in_band(
     framer: SseFramer | None,
     message: str,
     code: str,
-    tail: bytes,
+    last: int,
 ) -> None:
     log.warning("%s", message)
+    request[FAILURE] = message
     if media_type in (SSE, NDJSON):
-        await response.write(_error_frame(framer, message, code, tail))
+        await response.write(_error_frame(framer, message, code, last))
         await response.write_eof()
     else:
         # A plain body cannot carry an error after its headers; cut the

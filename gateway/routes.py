@@ -12,8 +12,9 @@ Routes are grouped as the access policy sees them:
 * the OpenAI-compatible API and Ollama's native inference API (any
   authenticated user),
 * Ollama's model management (administrators only),
-* and, registered by their own stages, the probes, metrics and the API
-  document.
+* and, registered by their own stages, the probes, metrics, the API
+  document and the operator's pages (``page=True``: the only routes a
+  browser session admits).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class Body(Enum):
 
 
 class Listing(Enum):
-    """A model list: from several upstreams it is their union, keyed so."""
+    """A model list (/v1/models, /api/tags, /api/ps): from several upstreams it
+    is their union, keyed so."""
 
     OPENAI = ("data", "id")
     OLLAMA = ("models", "name")
@@ -62,8 +64,14 @@ class RouteSpec:
     native: bool = False  # Ollama's own API (501 in front of an OpenAI-compatible server)
     changes_models: bool = False  # the node's model list is read again after it
     listing: Listing | None = None
+    # A chat: its messages send it to the upstream that served the conversation
+    # before (routing/conversation.py).
+    conversation: bool = False
     edits: RouteEdits = field(default_factory=RouteEdits)
     request_edit: RequestEdit | None = None
+    # An operator's page (status, sign-in, their assets), not the API: a signed-in
+    # browser's session cookie admits it (access.py); the API never accepts one.
+    page: bool = False
 
 
 # Model names may contain slashes (hf.co/org/model:tag), hence the regex.
@@ -95,6 +103,7 @@ OPENAI_ROUTES = (
         body=Body.VALIDATED,
         model=ChatCompletionRequest,
         limited=True,
+        conversation=True,
         edits=CHAT_EDITS,
         request_edit=add_max_tokens,
     ),
@@ -122,7 +131,15 @@ OPENAI_ROUTES = (
 
 
 OLLAMA_ROUTES = (
-    _native("POST", "/api/chat", Access.USER, body=Body.JSON, limited=True, edits=NATIVE_INFERENCE),
+    _native(
+        "POST",
+        "/api/chat",
+        Access.USER,
+        body=Body.JSON,
+        limited=True,
+        conversation=True,
+        edits=NATIVE_INFERENCE,
+    ),
     _native(
         "POST", "/api/generate", Access.USER, body=Body.JSON, limited=True, edits=NATIVE_INFERENCE
     ),
@@ -134,7 +151,7 @@ OLLAMA_ROUTES = (
     ),
     _native("GET", "/api/tags", Access.USER, listing=Listing.OLLAMA),
     _native("POST", "/api/show", Access.USER, body=Body.JSON),
-    _native("GET", "/api/ps", Access.USER),
+    _native("GET", "/api/ps", Access.USER, listing=Listing.OLLAMA),
     _native("GET", "/api/version", Access.USER),
 )
 

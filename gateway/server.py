@@ -23,16 +23,19 @@ from aiohttp import web
 from ..certs.inspect import fingerprint
 from ..certs.issuer import cert_names
 from ..embedded.options import cores
+from ..web.onboarding import OnboardingSite
 from .access import AUTHORIZER, Authorizer
 from .admission import ADMISSION, Admission
 from .announce import AnnounceOptions, NodeAnnouncer, announcement
-from .app import create_app, terminator
+from .app import create_app, terminator, upstream_connections
 from .connections import connection_limits
 from .metrics import METRICS
-from .network import bind_host, local_url
+from .network import bind_host, is_wildcard, local_url
+from .onboarding import start_onboarding_page
 from .proxy import UPSTREAM
 from .settings import Settings
 from .slow_clients import GuardedAppRunner
+from .status import LISTENING
 from .tls import TlsTerminator
 from .upstream_choice import choose_upstream, install_upstream_choice
 from .upstream_pool import UpstreamPool
@@ -47,6 +50,7 @@ class RunningServer:
     port: int
     tls: TlsTerminator | None = None
     announcer: NodeAnnouncer | None = None
+    onboarding: OnboardingSite | None = None  # the phone onboarding page, if it serves
 
     @property
     def app(self) -> web.Application:
@@ -64,6 +68,8 @@ class RunningServer:
         # Goodbye on mDNS first, so clients stop picking this node while it drains.
         if self.announcer is not None:
             await self.announcer.stop()
+        if self.onboarding is not None:
+            await self.onboarding.stop()
         await self.runner.cleanup()
 
 
@@ -104,9 +110,12 @@ async def run_app(
     tls: TlsTerminator | None,
     *,
     sockets: list[socket.socket] | None = None,
+    onboarding: bool = True,
 ) -> RunningServer:
     """Serve ``app`` on guarded connections: on the host and port of the
-    settings, or on ``sockets`` bound already (a worker's share of the port)."""
+    settings, or on ``sockets`` bound already (a worker's share of the port).
+    ``onboarding``: also the phone onboarding page when the settings want it
+    (a worker does not: its supervisor serves the one page, on its own port)."""
     upstreams = max(1, len(settings.upstream_urls))
     runner = GuardedAppRunner(
         app,
@@ -115,7 +124,7 @@ async def run_app(
             max_connections=settings.max_connections,
             max_per_client=settings.max_connections_per_client,
             first_byte_timeout=settings.client_first_byte_timeout,
-            upstream_descriptors=upstreams * settings.upstream_max_connections,
+            upstream_descriptors=upstreams * upstream_connections(settings),
         ),
         keepalive_timeout=settings.keepalive_timeout,
         handler_cancellation=True,
@@ -141,7 +150,20 @@ async def run_app(
         await runner.cleanup()
         raise
     port = int(runner.addresses[0][1]) if runner.addresses else settings.bind_port
-    return RunningServer(runner, settings.host, port, tls)
+    running = RunningServer(runner, settings.host, port, tls)
+    if onboarding and settings.onboarding_enabled:
+        try:
+            running.onboarding = await start_onboarding_page(settings, tls, runner.guard)
+        except BaseException:
+            await running.stop()
+            raise
+    listening = app.get(LISTENING)
+    if listening is not None:  # what the status page shows
+        where = "every interface" if is_wildcard(settings.host) else settings.host
+        listening.url = f"{where}, port {port} ({'HTTPS' if tls else 'plain HTTP'})"
+        listening.connections = runner.guard
+        listening.onboarding_url = running.onboarding.url if running.onboarding else None
+    return running
 
 
 def node_announcer(

@@ -12,12 +12,15 @@ import os
 import re
 import tomllib
 from contextvars import ContextVar
+from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AliasChoices,
     AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
     Field,
     SecretStr,
     field_validator,
@@ -31,7 +34,12 @@ from pydantic_settings import (
 )
 
 from ..discovery.names import DEFAULT_INSTANCE
-from .paths import default_api_keys_file, default_certs_dir
+from .paths import (
+    default_api_keys_file,
+    default_certs_dir,
+    default_session_key_file,
+    default_usage_file,
+)
 
 CONFIG_ENV = "FOGNODE_CONFIG"
 # The --config flag wins over FOGNODE_CONFIG; a context variable carries it into
@@ -84,6 +92,15 @@ def _mdns_domain(value: str) -> str:
     return f"{name}."
 
 
+class QuotaTier(BaseModel):
+    """One tier's limits in quota_tiers (0 or absent: no limit)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tokens_per_day: int = Field(0, ge=0)
+    requests_per_minute: int = Field(0, ge=0)
+
+
 class Settings(BaseSettings):
     """fognode settings. Environment variables are ``FOGNODE_<FIELD>``."""
 
@@ -92,6 +109,10 @@ class Settings(BaseSettings):
         populate_by_name=True,
         extra="forbid",
         validate_default=True,
+        # A validation error would otherwise quote the values it was given,
+        # secrets included (usage_database_url, ca_passphrase, upstream_api_key):
+        # the messages name the setting and what is wrong with it, not its value.
+        hide_input_in_errors=True,
     )
 
     # --- listening -------------------------------------------------------
@@ -326,13 +347,33 @@ class Settings(BaseSettings):
     upstream_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Several upstreams (comma-separated base URLs) instead of upstream_url: "
-        "requests go to one that has the model, the least busy first, with failover.",
+        "requests go to one that has the model, loaded first, then the one that served the "
+        "conversation, then the least busy, with failover.",
     )
     upstream_max_concurrent: int = Field(
-        0, ge=0, description="Requests in flight per upstream (0: no per-upstream cap)."
+        0,
+        ge=0,
+        description="Requests in flight per upstream (0: no per-upstream cap). Set it to what "
+        "one upstream runs at once (OLLAMA_NUM_PARALLEL) so routing knows when one would queue.",
     )
     upstream_check_interval: float = Field(
-        15, gt=0, description="Seconds between health and model-list checks of the upstreams."
+        15,
+        gt=0,
+        description="Seconds between health, model-list and loaded-model checks of the upstreams.",
+    )
+    upstream_affinity: bool = Field(
+        True,
+        description="With several upstreams, send a conversation's next turn to the upstream "
+        "that served its previous one (its KV cache holds the prompt) unless that one is busy "
+        "and another with the model loaded is idle. false: least busy only.",
+    )
+    upstream_affinity_entries: int = Field(
+        10_000, ge=1, description="Conversations remembered for affinity (oldest forgotten first)."
+    )
+    upstream_affinity_seconds: float = Field(
+        600,
+        gt=0,
+        description="How long a conversation's upstream is remembered after its last turn.",
     )
     upstream_kind: Literal["auto", "ollama", "openai", "embedded"] = Field(
         "auto",
@@ -348,7 +389,12 @@ class Settings(BaseSettings):
         "Client credentials are never forwarded.",
     )
     upstream_max_connections: int = Field(
-        256, ge=1, description="Size of the keep-alive connection pool to the upstream."
+        0,
+        ge=0,
+        description="Connections to each upstream at once (its keep-alive pool). 0: "
+        "max_concurrent_requests plus 64 for requests that take no admission slot (model "
+        "lists, model management), so an admitted request never waits for a connection. "
+        "A value set must be at least max_concurrent_requests.",
     )
     connect_timeout: float = Field(
         10.0, gt=0, description="Seconds to establish a TCP connection to the upstream."
@@ -453,6 +499,76 @@ class Settings(BaseSettings):
     )
     queue_timeout: float = Field(120, gt=0, description="Longest wait in the queue before a 503.")
 
+    # --- usage accounting and quotas (usage/) ----------------------------------
+    usage_accounting: bool = Field(
+        True,
+        description="Record every inference request (user, model, tokens, outcome; never a "
+        "prompt, an answer or a credential) in the usage store. Quotas need it.",
+    )
+    usage_database_url: SecretStr | None = Field(
+        None,
+        description="`postgresql://user:password@host/db`: keep usage in PostgreSQL, shared by "
+        "several nodes so that they enforce one budget per user. Default: SQLite in "
+        "usage_sqlite_path. A secret: masked by `fognode config`, never logged.",
+    )
+    usage_sqlite_path: Path = Field(
+        default_factory=default_usage_file,
+        description="The embedded usage store (SQLite, WAL). Default: "
+        "~/.local/share/fognode/usage.sqlite3.",
+    )
+    usage_flush_records: int = Field(
+        100, ge=1, description="Usage records written in one batch (one transaction)."
+    )
+    usage_flush_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="Longest a usage record waits for its batch; a `kill -9` loses at most "
+        "what waited.",
+    )
+    usage_buffer_limit: int = Field(
+        10_000,
+        ge=1,
+        description="Usage records kept in memory while the store is unreachable; beyond it "
+        "new ones are dropped (and counted in /metrics).",
+    )
+    quota_tokens_per_day: int = Field(
+        0, ge=0, description="Tokens (prompt + completion) one user may use per day (0: no limit)."
+    )
+    quota_requests_per_minute: int = Field(
+        0, ge=0, description="Inference requests one user may start per minute (0: no limit)."
+    )
+    quota_tiers: dict[str, QuotaTier] = Field(
+        default_factory=dict,
+        description='Limits per tier, as JSON: {"staff": {"tokens_per_day": 0, '
+        '"requests_per_minute": 600}, "guest": {"tokens_per_day": 20000}} (0 or absent: no '
+        "limit). A user's tier is their quota_tier_claim, an API key's quota_api_key_tiers.",
+    )
+    quota_tier_claim: str = Field(
+        "fog_tier",
+        min_length=1,
+        description="Firebase custom claim that names a user's tier (`fognode claims set UID "
+        "fog_tier=staff`).",
+    )
+    quota_api_key_tiers: dict[str, str] = Field(
+        default_factory=dict,
+        description='Tier of each API key, by key name, as JSON: {"ci": "staff"}.',
+    )
+    quota_day_start: time = Field(
+        time(0, 0),
+        description="When the daily token budget resets, as HH:MM in UTC.",
+    )
+    quota_default_completion_tokens: int = Field(
+        512,
+        ge=1,
+        description="What a request that sets no max_tokens is assumed to generate when it is "
+        "admitted (its reservation against the daily budget; settled with the real count).",
+    )
+    usage_metrics_per_user: bool = Field(
+        False,
+        description="Label the token counters in /metrics by user as well as by model (one "
+        "series per user: mind the cardinality).",
+    )
+
     # --- connections and requests ----------------------------------------
     client_first_byte_timeout: float = Field(
         10,
@@ -491,6 +607,44 @@ class Settings(BaseSettings):
         32 * 1024 * 1024,
         ge=1024,
         description="Largest request body accepted (images in chat requests are base64).",
+    )
+
+    # --- the operator's pages: status page, sign-in, phone onboarding (web/) --------
+    status_page: bool = Field(
+        True,
+        description="Serve the status page at `/` to administrators who sign in from a browser "
+        "(an admin API key or a Firebase admin's ID token).",
+    )
+    status_refresh_seconds: float = Field(
+        2.0, gt=0, le=300, description="How often an open status page fetches fresh values."
+    )
+    session_lifetime: float = Field(
+        3600,
+        ge=60,
+        le=7 * 86400,
+        description="Seconds a status page sign-in lasts; then the browser signs in again.",
+    )
+    session_key_file: Path = Field(
+        default_factory=default_session_key_file,
+        description="Key that signs the status page's session cookies, made (mode 0600) at "
+        "first start. Delete it and restart to sign every browser out.",
+    )
+    onboarding: bool | None = Field(
+        None,
+        description="Serve the phone onboarding page (QR code and the CA for phones) on its own "
+        "plain-HTTP port. Default: on when TLS is on, off without TLS.",
+    )
+    onboarding_port: int = Field(
+        80,
+        ge=1,
+        le=65535,
+        description="Port of the onboarding page. If it cannot be bound (port 80 needs "
+        "CAP_NET_BIND_SERVICE), the node logs how to fix it and serves without the page.",
+    )
+    onboarding_url: AnyHttpUrl | None = Field(
+        None,
+        description="Base URL phones open for the onboarding page (a DNS name, a port a router "
+        "forwards), put in its QR code. Default: http://<this machine's LAN address>[:port].",
     )
 
     # --- server lifecycle and logs ---------------------------------------
@@ -534,6 +688,23 @@ class Settings(BaseSettings):
 
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("usage_database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            # The value is a secret: the message does not quote it.
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("quota_day_start")
+    @classmethod
+    def _utc_day_start(cls, value: time) -> time:
+        if value.tzinfo is not None:
+            raise ValueError("give HH:MM in UTC, without an offset")
         return value
 
     @field_validator("mdns_service_type")
@@ -585,12 +756,39 @@ class Settings(BaseSettings):
                 extra = _mdns_domain(domain.lstrip("."))
                 domains = domains if extra in domains else [*domains, extra]
         self.mdns_domains = list(dict.fromkeys(domains))
+        if 0 < self.upstream_max_connections < self.max_concurrent_requests:
+            raise ValueError(
+                f"upstream_max_connections={self.upstream_max_connections} is below "
+                f"max_concurrent_requests={self.max_concurrent_requests}: admitted requests "
+                "would wait for a connection to the upstream. Raise it, or set 0 (sized "
+                "from max_concurrent_requests)"
+            )
+        self._check_quotas()
         if self.upstream_kind == "embedded" and self.upstream_configured:
             raise ValueError(
                 "upstream_kind=embedded runs a model in fognode itself; unset upstream_url "
                 "and upstream_urls, or choose upstream_kind ollama or openai for them"
             )
         return self
+
+    def _check_quotas(self) -> None:
+        unknown = sorted(set(self.quota_api_key_tiers.values()) - set(self.quota_tiers))
+        if unknown:
+            raise ValueError(
+                f"quota_api_key_tiers names tiers that quota_tiers does not define: {unknown}"
+            )
+        if self.usage_buffer_limit < self.usage_flush_records:
+            raise ValueError("usage_buffer_limit must be at least usage_flush_records")
+        limited = (
+            self.quota_tokens_per_day
+            or self.quota_requests_per_minute
+            or any(t.tokens_per_day or t.requests_per_minute for t in self.quota_tiers.values())
+        )
+        if limited and not self.usage_accounting:
+            raise ValueError(
+                "quotas are counted from the usage records: set usage_accounting=true, "
+                "or remove the quota limits"
+            )
 
     def _default_domains(self) -> list[str]:
         return ["local.", _mdns_domain(self.app_host_name)]
@@ -626,6 +824,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @property
+    def onboarding_enabled(self) -> bool:
+        """The onboarding page hands out the CA: by default only a TLS node has one to hand."""
+        return self.tls if self.onboarding is None else self.onboarding
 
     @property
     def upstream_base(self) -> str:

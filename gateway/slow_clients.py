@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from .connections import ConnectionGuard, ConnectionLimits, Gate, GuardedTCPSite
+from .connections import ConnectionGuard, ConnectionLimits, Gate, GuardedTCPSite, Handler
 from .context import SERVER_NAME
 from .errors import error_body
 
@@ -214,33 +215,46 @@ class _HeadDeadlineServer(web.Server):
 class GuardedAppRunner(web.AppRunner):
     """An AppRunner whose connections go through a ConnectionGuard (caps,
     silent connections reaped, TLS started there) and enforce the
-    request-head deadline. Sites for it are made with :meth:`site`."""
+    request-head deadline. Sites for it are made with :meth:`site`.
+
+    With ``limits`` it makes a guard of its own; with ``guard`` it shares
+    another runner's (the phone onboarding page's port counts against the
+    same connection caps as the API's), and leaves closing it to that runner.
+    """
 
     def __init__(
         self,
         app: web.Application,
         *,
         header_timeout: float,
-        limits: ConnectionLimits,
+        limits: ConnectionLimits | None = None,
+        guard: ConnectionGuard | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)
+        if (limits is None) == (guard is None):
+            raise ValueError("give either limits (a guard of its own) or a guard to share")
         self._header_timeout = header_timeout
         self._limits = limits
-        self.guard: ConnectionGuard | None = None
+        self._owns_guard = guard is None
+        self.guard: ConnectionGuard | None = guard
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _HeadDeadlineServer
         server.header_timeout = self._header_timeout  # type: ignore[attr-defined]
-        self.guard = ConnectionGuard(self._limits, server)  # type: ignore[arg-type]
+        if self._owns_guard:
+            assert self._limits is not None
+            self.guard = ConnectionGuard(self._limits, server)  # type: ignore[arg-type]
         return server
 
     def site(self, host: str | None, port: int, **kwargs: Any) -> GuardedTCPSite:
-        assert self.guard is not None, "setup() first"
-        return GuardedTCPSite(self, host, port, guard=self.guard, **kwargs)
+        assert self.guard is not None and self.server is not None, "setup() first"
+        # The server makes _HeadDeadlineHandlers, which have what the guard needs.
+        handlers = cast(Callable[[], Handler], self.server)
+        return GuardedTCPSite(self, host, port, guard=self.guard, make_handler=handlers, **kwargs)
 
     async def cleanup(self) -> None:
         await super().cleanup()
-        if self.guard is not None:
+        if self.guard is not None and self._owns_guard:
             self.guard.close_all()

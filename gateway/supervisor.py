@@ -12,6 +12,8 @@ serves no requests. It owns what must happen once for the node:
 * the mDNS announcement (announced once, its load and capacity the node's);
 * certificate renewal (issued once; the workers load the new files when
   told);
+* the phone onboarding page, on its own port (web/onboarding), with a
+  connection guard of its own;
 * the workers themselves (workers/processes.py): started, restarted with
   backoff when one dies (its slots come back through its channel), and
   stopped in order: mDNS goodbye first, then the workers drain
@@ -38,6 +40,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..embedded.metrics import EmbeddedCollector
+from ..web.onboarding import OnboardingSite
 from ..workers.ports import SharedPort
 from ..workers.processes import Launch, RestartPolicy, WorkerProcess
 from .announce import NodeAnnouncer
@@ -46,6 +49,7 @@ from .cert_renewal import CertificateKeeper
 from .coordinator import Coordinator
 from .metrics import AdmissionCollector
 from .network import bind_host, local_url
+from .onboarding import start_onboarding_page
 from .server import SPLIT_CAPS, log_serving, node_announcer, stop_signals
 from .settings import Settings
 from .upstream_choice import choose_upstream
@@ -162,10 +166,15 @@ async def serve_workers(settings: Settings, count: int) -> None:
     coordinator.on_models = models_reported
     announcer: NodeAnnouncer | None = None
     renewal: asyncio.Task[None] | None = None
+    onboarding: OnboardingSite | None = None
     try:
         if runtime is not None:
             await runtime.start()
         await pool.start()
+        if settings.onboarding_enabled:
+            # One page on its own port, here: a worker restarting never takes it away.
+            onboarding = await start_onboarding_page(settings, tls, None)
+            coordinator.hello["onboarding"] = onboarding.url if onboarding else None
         started = await asyncio.gather(*(w.start() for w in workers), return_exceptions=True)
         failed = [r for r in started if isinstance(r, BaseException)]
         if failed:
@@ -204,6 +213,8 @@ async def serve_workers(settings: Settings, count: int) -> None:
         if announcer is not None:
             await announcer.stop()
         await asyncio.gather(*(w.stop(settings.shutdown_timeout + EXIT_GRACE) for w in workers))
+        if onboarding is not None:
+            await onboarding.stop()
         if renewal is not None:
             renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):

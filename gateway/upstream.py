@@ -1,27 +1,45 @@
-"""The connection to Ollama: one pooled client session and its failure modes.
+"""The connection to Ollama: one pool of kept-alive connections and its failure modes.
 
-A single ``ClientSession`` with a bounded keep-alive pool is shared by every
-request, so a busy node reuses TCP connections instead of paying a connect per
-request. Timeouts are split by phase (connect, first byte, idle gap) instead
-of one total timeout: a long generation on a CPU is normal, a silent upstream
-is not.
+One pool per upstream (hop.py, a lean HTTP/1.1 client) is shared by every
+request and by the pool's checks, so a busy node reuses TCP connections
+instead of paying a connect per request. Timeouts are split by phase
+(connect, first byte, idle gap) instead of one total timeout: a long
+generation on a CPU is normal, a silent upstream is not.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
+from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aiohttp
-from aiohttp import web
+from aiohttp import StreamReader
 from multidict import CIMultiDict
 from yarl import URL
 
 from .. import safejson
+from ..routing import warm
+from ..routing.warm import LoadedModel
 from .errors import GatewayError, unreadable_body
+from .hop import (
+    BodyBroken,
+    ConnectFailed,
+    ConnectTimeout,
+    Disconnected,
+    HeadTimeout,
+    HopError,
+    HopOptions,
+    HopPool,
+    HopResponse,
+    RequestBodyError,
+    StatusError,
+)
+
+# What the relay reads: the upstream's answer, and how its body can break off.
+UpstreamResponse = HopResponse
+UpstreamBroken = BodyBroken
 
 # RFC 9110 section 7.6.1 hop-by-hop fields, plus the ones that describe the
 # framing of one particular connection (HTTP2-Settings: RFC 7540 section 3.2.1).
@@ -95,8 +113,9 @@ def relayable_reason(reason: str | None) -> str | None:
 def describe(exc: BaseException) -> str:
     """An upstream failure in words that do not quote the upstream's bytes.
 
-    aiohttp's parser errors quote the offending bytes on the lines after the
-    first (and a 502 body goes to the client): the first line says enough.
+    Parser errors may quote the offending bytes on the lines after the first
+    (and a 502 body goes to the client): the first line says enough (hop.py's
+    errors never quote them at all).
     """
     message = getattr(exc, "message", None)
     text = str(message) if isinstance(message, str) and message else str(exc)
@@ -116,6 +135,10 @@ class UpstreamOptions:
     check_interval: float = 15.0  # the pool's health and model-list checks
     check_timeout: float = 3.0  # how long one check may take
     max_concurrent: int = 0  # requests in flight per upstream (0: no cap)
+    # Conversation affinity (routing/): on, conversations remembered, for how long.
+    affinity: bool = True
+    affinity_entries: int = 10_000
+    affinity_seconds: float = 600.0
 
 
 class UpstreamNotReached(GatewayError):
@@ -160,66 +183,77 @@ def not_ready_error(reason: str, retry_after: float) -> UpstreamNotReached:
 
 
 class Upstream:
-    """Owns the client session to one upstream for the lifetime of the app."""
+    """Owns the connections to one upstream for the lifetime of the app."""
 
     def __init__(self, base: str, options: UpstreamOptions) -> None:
         self.options = options
         self._origin = base.rstrip("/")
         # What messages, logs and probes name: without a password in the URL.
         self.base = without_password(self._origin)
-        self._session: aiohttp.ClientSession | None = None
+        self._hop: HopPool | None = None
         # What the pool knows of this upstream (refreshed by its health checks).
         self.healthy: bool | None = None  # None: not checked yet
         self.last_error: str | None = None  # why the last check failed
         self.models: frozenset[str] = frozenset()
+        # The models in its memory (Ollama's /api/ps), and those it answered
+        # for since the last check (in memory now, whatever the check said).
+        self.loaded: dict[str, LoadedModel] = {}
+        self.warmed: set[str] = set()
         self.active = 0
+        self.picked = 0  # when routing last chose it (a counter): equals take turns
         self.local: LocalUpstream | None = None  # set when fognode runs it
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self.options.max_connections,
-            limit_per_host=self.options.max_connections,
-            keepalive_timeout=30,
-            enable_cleanup_closed=True,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            # Phase timeouts are enforced per request in open(); the session
-            # only bounds the TCP connect.
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.options.connect_timeout),
-            # Bodies pass through as the upstream encoded them.
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        self._hop = HopPool(
+            self._origin,
+            HopOptions(
+                max_connections=self.options.max_connections,
+                connect_timeout=self.options.connect_timeout,
+            ),
         )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._hop is not None:
+            await self._hop.close()
+            self._hop = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("upstream session used before app startup")
-        return self._session
+    def hop(self) -> HopPool:
+        if self._hop is None:
+            raise RuntimeError("upstream used before app startup")
+        return self._hop
 
     def _raise_if_local(self) -> None:
         """A process fognode runs died under this request: its supervisor restarts it."""
         if self.local is not None:
             raise not_ready_error(*self.local.crashed()) from None
 
-    def url(self, raw_path_and_query: str) -> URL:
-        return URL(self._origin + raw_path_and_query, encoded=True)
-
     def auth_headers(self) -> dict[str, str]:
         """The upstream's own credential, for every request to it (probes too)."""
         return upstream_auth_headers(self.options.api_key)
 
-    async def get_json(self, path: str) -> Any:
-        """GET one of the upstream's JSON documents (version, model list)."""
-        async with self.session.get(self.url(path), headers=self.auth_headers()) as resp:
-            resp.raise_for_status()
-            return safejson.loads(await resp.read())
+    async def get_json(self, path: str, headers: CIMultiDict[str] | None = None) -> Any:
+        """GET one of the upstream's JSON documents (version, model list).
+
+        ``headers``: a client's, when the document answers a client's request.
+        Callers bound the time (the pool's check timeout); a status that is
+        not a success raises StatusError.
+        """
+        sent = CIMultiDict(headers or {})
+        sent.popall("Accept-Encoding", None)  # the body is parsed here, not relayed
+        sent.update(self.auth_headers())
+        answer = await self.hop.request(
+            "GET", path, sent, None, head_timeout=self.options.first_byte_timeout
+        )
+        try:
+            if answer.status >= 400:
+                raise StatusError(answer.status)
+            body = await answer.read()
+        except BaseException:
+            answer.close()
+            raise
+        answer.release()
+        return safejson.loads(body)
 
     @property
     def kind(self) -> str:
@@ -242,14 +276,21 @@ class Upstream:
             names = [m.get("id") for m in entries if isinstance(m, dict)]
         return sorted(n for n in names if isinstance(n, str))
 
+    async def loaded_models(self, names: list[str]) -> dict[str, LoadedModel]:
+        """The models in its memory: Ollama's /api/ps; what an OpenAI-compatible
+        server serves (``names``, its model list) is loaded while it runs."""
+        if self.kind != "ollama":
+            return warm.served(names)
+        return warm.from_ollama_ps(await self.get_json("/api/ps"))
+
     async def open(
         self,
         method: str,
         raw_path_and_query: str,
         *,
         headers: CIMultiDict[str],
-        data: Any = None,
-    ) -> aiohttp.ClientResponse:
+        data: object = None,
+    ) -> UpstreamResponse:
         """Send the request and wait for the response headers.
 
         The caller owns the returned response and must release or close it.
@@ -260,47 +301,47 @@ class Upstream:
             raise not_ready_error(*waiting)
         headers.update(self.auth_headers())
         timeout = self.options.first_byte_timeout
+        if isinstance(data, StreamReader):
+            body: bytes | AsyncIterable[bytes] | None = data.iter_any()
+        elif data is None or isinstance(data, bytes):
+            body = data
+        else:
+            raise TypeError(f"cannot send a {type(data).__name__} upstream")
         try:
-            async with asyncio.timeout(timeout):
-                return await self.session.request(
-                    method,
-                    self.url(raw_path_and_query),
-                    headers=headers,
-                    data=data,
-                    allow_redirects=False,
-                )
-        except aiohttp.ConnectionTimeoutError:
+            return await self.hop.request(
+                method, raw_path_and_query, headers, body, head_timeout=timeout
+            )
+        except ConnectTimeout:
             raise UpstreamNotReached(
                 504,
                 f"Timed out connecting to the upstream at {self.base} after "
                 f"{self.options.connect_timeout:g}s. {START_OLLAMA_HINT}",
                 code="upstream_connect_timeout",
             ) from None
-        except TimeoutError:
+        except HeadTimeout:
             raise GatewayError(
                 504,
                 f"The upstream at {self.base} sent no response within "
                 f"{timeout:g}s (FOGNODE_FIRST_BYTE_TIMEOUT).",
                 code="upstream_first_byte_timeout",
             ) from None
-        except aiohttp.ClientConnectorError as exc:
+        except ConnectFailed as exc:
             self._raise_if_local()
             raise UpstreamNotReached(
                 502,
-                f"Cannot reach the upstream at {self.base}: {exc.os_error.strerror or exc}. "
-                f"{START_OLLAMA_HINT}",
+                f"Cannot reach the upstream at {self.base}: {exc.reason}. {START_OLLAMA_HINT}",
                 code="upstream_unreachable",
             ) from None
-        except aiohttp.ServerDisconnectedError:
+        except Disconnected:
             self._raise_if_local()
             raise GatewayError(
                 502,
                 f"The upstream at {self.base} closed the connection before answering.",
                 code="upstream_disconnected",
             ) from None
-        except aiohttp.ClientError as exc:
-            if isinstance(exc.__cause__, web.RequestPayloadError):
-                raise unreadable_body() from None  # the client's streamed body, not the upstream
+        except RequestBodyError:
+            raise unreadable_body() from None  # the client's streamed body, not the upstream
+        except HopError as exc:
             self._raise_if_local()
             raise GatewayError(
                 502,

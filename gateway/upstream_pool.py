@@ -1,37 +1,48 @@
-"""Several upstreams behind one node: health checks, model-aware routing, failover.
+"""Several upstreams behind one node: health checks, warm-model routing, failover.
 
 For a handful of machines (a desktop with a GPU and a NUC, say) the gateway
 can spread requests itself:
 
 * every `upstream_check_interval` seconds each upstream is asked for its
-  models (Ollama's /api/tags or /v1/models); an upstream that does not answer
-  is marked down until it answers again. This is the one place model lists
-  are fetched: /readyz, the mDNS announcement and routing read what it found
-  (after a model is pulled or removed through the node, at once);
-* a request for a model goes to an upstream that has it, the least busy
-  first (requests in flight relative to its cap);
+  models (Ollama's /api/tags or /v1/models) and for the ones in its memory
+  (Ollama's /api/ps; an OpenAI-compatible server's served models are);
+  an upstream that does not answer is marked down until it answers again.
+  This is the one place model lists are fetched: /readyz, the mDNS
+  announcement, the listings' ``fognode`` field and routing read what it
+  found (after a model is pulled or removed through the node, at once);
+* a request for a model goes to an upstream that has it, by the rule in
+  routing/order.py: loaded first, then the one that served the
+  conversation before (routing/affinity.py), then the least busy;
 * if the chosen upstream cannot be reached (connect refused or timed out,
   so nothing was sent), the next candidate is tried: failover happens only
   before the first byte, never after Ollama may have started generating;
 * each upstream can have its own concurrency cap.
 
-Model lists (/v1/models, /api/tags) are the union over the healthy upstreams.
-This is deliberately not a scheduler; for more than a few machines, point
-fognode at a vLLM or Ray Serve cluster as a single OpenAI-compatible upstream.
+Model lists (/v1/models, /api/tags, /api/ps) are the union over the healthy
+upstreams. This is deliberately not a scheduler; for more than a few
+machines, point fognode at a vLLM or Ray Serve cluster as a single
+OpenAI-compatible upstream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
+from multidict import CIMultiDict
 
+from ..routing import warm
+from ..routing.affinity import AffinityTable
+from ..routing.conversation import Conversation
+from ..routing.order import Option, rank
 from .errors import GatewayError
+from .hop import ConnectFailed, HopError
 from .upstream import Upstream, UpstreamOptions, describe
 
 log = logging.getLogger("fognode.upstreams")
@@ -51,6 +62,22 @@ def _has(models: frozenset[str], name: str) -> bool:
     return name in models or (":" not in name and f"{name}:latest" in models)
 
 
+@dataclass(frozen=True)
+class Choice:
+    member: Upstream
+    position: int  # 1-based, in the order the upstreams are configured
+    reasons: tuple[str, ...]  # routing/order.py's words; empty with one upstream
+
+
+@dataclass(frozen=True)
+class Route:
+    """The upstreams to try for one request, best first (none at its cap)."""
+
+    choices: list[Choice]
+    model: str | None
+    conversation: Conversation | None
+
+
 class UpstreamPool:
     def __init__(self, urls: list[str], options: UpstreamOptions) -> None:
         self.options = options
@@ -63,6 +90,13 @@ class UpstreamPool:
         # state of an upstream fognode runs itself (both shown by /readyz).
         self.choice: str | None = None
         self.local_state: Callable[[], dict[str, Any]] | None = None
+        # Which upstream served a conversation last (only worth it with several).
+        self.affinity = (
+            AffinityTable(options.affinity_entries, options.affinity_seconds)
+            if options.affinity and len(self.members) > 1
+            else None
+        )
+        self._turns = itertools.count(1)
 
     # --- what the single-upstream code used -----------------------------------
     @property
@@ -98,16 +132,22 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(self.options.check_timeout):
                 names = await member.model_names()
+                try:
+                    loaded = await member.loaded_models(names)
+                except (HopError, ValueError, AttributeError) as exc:
+                    log.debug("upstream %s: no list of loaded models (%s)", member.base, exc)
+                    loaded = {}  # an Ollama before /api/ps: nothing known to be hot
         except TimeoutError:
             failure = f"no answer within {self.options.check_timeout:g}s"
-        except aiohttp.ClientConnectorError as exc:
-            failure = f"cannot connect ({exc.os_error.strerror or exc})"
-        except (aiohttp.ClientError, ValueError, AttributeError) as exc:
+        except ConnectFailed as exc:
+            failure = f"cannot connect ({exc.reason})"
+        except (HopError, ValueError, AttributeError) as exc:
             failure = f"unexpected answer ({describe(exc)})"
         else:
             if member.healthy is False:
                 log.info("upstream %s is back", member.base)
             member.healthy, member.last_error, member.models = True, None, frozenset(names)
+            member.loaded, member.warmed = loaded, set()
             return
         if member.healthy is not False:
             log.warning("upstream %s is down: %s", member.base, failure)
@@ -131,35 +171,78 @@ class UpstreamPool:
         """The models the upstreams that answered the last check have."""
         return sorted({n for m in self.members if m.healthy for n in m.models})
 
+    # --- hot models ---------------------------------------------------------------
+    @staticmethod
+    def is_loaded(member: Upstream, model: str, now: float) -> bool:
+        """Is ``model`` in ``member``'s memory (its /api/ps, its one served model,
+        or a model this node just sent a request for)?"""
+        if _has(frozenset(member.warmed), model):
+            return True
+        entry = warm.find(member.loaded, model)
+        return entry is not None and entry.hot(now)
+
+    def hot_models(self) -> list[str]:
+        """The models in the memory of an upstream that answered the last check."""
+        now = time.time()
+        return sorted(
+            {n for m in self.members if m.healthy for n in m.loaded if m.loaded[n].hot(now)}
+            | {n for m in self.members if m.healthy for n in m.warmed}
+        )
+
+    def warmth(self, model: str) -> dict[str, object]:
+        """The ``fognode`` field of a model in /v1/models: is it loaded, where the
+        node knows its size in memory and expiry, and on how many upstreams."""
+        now = time.time()
+        on = [m for m in self.members if m.healthy and self.is_loaded(m, model, now)]
+        entries = [e for m in on if (e := warm.find(m.loaded, model)) is not None]
+        latest = max(entries, key=lambda e: e.expires or float("inf"), default=None)
+        return {
+            "loaded": bool(on),
+            "size": latest.size if latest else None,
+            "size_vram": latest.size_vram if latest else None,
+            "expires_at": latest.expires_at if latest else None,
+            "loaded_on": len(on),
+        }
+
+    def mark_warmth(self, listing: dict[str, object]) -> None:
+        """Give each entry of an OpenAI model list its ``fognode`` field."""
+        entries = listing.get("data")
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                entry["fognode"] = self.warmth(entry["id"])
+
     async def check(self) -> PoolState:
         """Check every upstream now (for /readyz): ready when one answers."""
         await self.refresh()
         answered = [m for m in self.members if m.healthy]
         version = None
         if answered and self.kind == "ollama":
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+            with contextlib.suppress(HopError, TimeoutError, ValueError):
                 async with asyncio.timeout(self.options.check_timeout):
                     version = await answered[0].version()
         error = None if answered else next((m.last_error for m in self.members), None)
         return PoolState(bool(answered), self.known_models(), version, error)
 
-    async def merged_listing(self, target: str, key: str, id_field: str) -> dict[str, object]:
-        """A model list (/v1/models, /api/tags) as the union over the upstreams
-        that answer: ``key`` is the list in the JSON body, ``id_field`` what
-        identifies an entry in it."""
+    async def merged_listing(
+        self, target: str, key: str, id_field: str, headers: CIMultiDict[str] | None = None
+    ) -> dict[str, object]:
+        """A model list (/v1/models, /api/tags, /api/ps) as the union over the
+        upstreams that answer: ``key`` is the list in the JSON body, ``id_field``
+        what identifies an entry in it; ``headers`` the client's, as forwarded."""
         members = [m for m in self.members if m.healthy is not False] or self.members
 
         async def fetch(member: Upstream) -> dict[str, object]:
             async with asyncio.timeout(self.options.check_timeout):
-                body = await member.get_json(target)
+                body = await member.get_json(target, headers)
             return body if isinstance(body, dict) else {}
 
         results = await asyncio.gather(*(fetch(m) for m in members), return_exceptions=True)
         bodies = [r for r in results if isinstance(r, dict)]
         if not bodies:
+            why = next((describe(r) for r in results if isinstance(r, BaseException)), "")
             raise GatewayError(
                 502,
-                f"No upstream answered the model list ({self.base}).",
+                f"No upstream answered the model list ({self.base}: {why}).",
                 code="upstream_unreachable",
             )
         merged: dict[str, object] = dict(bodies[0])
@@ -204,25 +287,45 @@ class UpstreamPool:
         return bool(known) and not any(_has(m.models, model) for m in known)
 
     # --- routing ------------------------------------------------------------------
-    def candidates(self, model: str | None) -> list[Upstream]:
-        """Upstreams to try, best first: up, has the model, least busy."""
+    def route(self, model: str | None, conversation: Conversation | None = None) -> Route:
+        """The upstreams to try for a request, best first, with the reasons
+        (routing/order.py); none at its cap, so an empty route means all are."""
         if self.single:
-            return list(self.members)
+            only = self.members[0]
+            return Route([] if self.at_cap(only) else [Choice(only, 1, ())], model, None)
+        now = time.time()
+        options = [
+            Option(
+                up=m.healthy,
+                has_model=(_has(m.models, model) if m.models else None) if model else True,
+                loaded=bool(model) and self.is_loaded(m, model or "", now),
+                active=m.active,
+                cap=self.cap,
+                picked=m.picked,
+            )
+            for m in self.members
+        ]
+        affine = None
+        if self.affinity is not None and conversation is not None:
+            affine = self.affinity.find(conversation.lookups)
+        ranked = rank(options, model=model is not None, affine=affine)
+        choices = [Choice(self.members[r.position], r.position + 1, r.reasons) for r in ranked]
+        return Route(choices, model, conversation)
 
-        def load(m: Upstream) -> float:
-            return m.active / self.cap if self.cap else float(m.active)
+    def sending(self, choice: Choice) -> None:
+        """The request goes to this upstream now: among equals, the others are next."""
+        choice.member.picked = next(self._turns)
 
-        up = [m for m in self.members if m.healthy is not False]
-        if model:
-            with_model = [m for m in up if _has(m.models, model)]
-            unknown = [m for m in up if not m.models]
-            preferred = with_model or unknown or up
-        else:
-            preferred = up
-        ordered = sorted(preferred, key=load)
-        # Last resort: the ones marked down (maybe they are back).
-        ordered += [m for m in self.members if m not in ordered and m.healthy is False]
-        return ordered
+    def served(self, route: Route, choice: Choice) -> None:
+        """The upstream answered the request: it holds the conversation now,
+        and the model is in its memory whatever the last check said."""
+        model, member = route.model, choice.member
+        if model is not None:
+            # As the upstream lists it ("llama3.2" is Ollama's "llama3.2:latest").
+            latest = f"{model}:latest"
+            member.warmed.add(latest if ":" not in model and latest in member.models else model)
+        if self.affinity is not None and route.conversation is not None:
+            self.affinity.remember(route.conversation.record, choice.position - 1)
 
     def at_cap(self, member: Upstream) -> bool:
         return bool(self.cap) and member.active >= self.cap

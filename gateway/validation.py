@@ -47,6 +47,8 @@ async def read_body(request: web.Request, limits: BodyLimits) -> bytes:
     if request.content_length is not None and request.content_length > limits.max_bytes:
         raise too_large(request.content_length, limits.max_bytes)
     try:
+        if request.content.is_eof():
+            return await request.read()  # all of it came with the head: nothing to wait for
         async with asyncio.timeout(limits.timeout):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:

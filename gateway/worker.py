@@ -34,7 +34,7 @@ from ..embedded.child import die_with_parent
 from ..embedded.supervisor import ServerStatus
 from ..workers.channel import Channel, ChannelClosed, Reply
 from .access import AUTHORIZER
-from .admission import Ticket
+from .admission import Load, Ticket
 from .app import create_app, terminator
 from .coordinator import GRANTED, refused
 from .errors import GatewayError
@@ -43,6 +43,7 @@ from .metrics import METRICS, Metrics
 from .proxy import UPSTREAM
 from .server import RunningServer, run_app, stop_signals
 from .settings import Settings
+from .status import LISTENING
 from .tls import TlsTerminator
 from .upstream_choice import follow_upstream_choice
 
@@ -96,6 +97,13 @@ class RemoteAdmission:
 
     def release(self, permit: RemotePermit) -> None:
         self.channel.done(permit.lease)
+
+    async def load(self) -> Load:
+        try:
+            answer = await self.channel.call("load")
+        except ChannelClosed:
+            return Load(0, 0)
+        return Load(int(answer.values[0]), int(answer.values[1]))
 
     async def position(self, ticket: Ticket) -> int | None:
         key = self._waiting.get(ticket)
@@ -166,7 +174,11 @@ async def start_worker(
         channel.notify("models", pool.known_models())
 
     pool.on_checked.append(report_models)
-    return await run_app(app, settings, tls, sockets=sockets)
+    running = await run_app(app, settings, tls, sockets=sockets, onboarding=False)
+    listening = app.get(LISTENING)
+    if listening is not None:  # the supervisor serves the one onboarding page
+        listening.onboarding_url = hello.get("onboarding")
+    return running
 
 
 async def _reload(tls: TlsTerminator) -> None:

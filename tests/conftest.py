@@ -8,6 +8,8 @@ them over real sockets.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -26,6 +28,17 @@ GatewayFactory = Callable[..., Awaitable[RunningServer]]
 # Browser fixtures (Debian chromium through Playwright) and the QR decoder.
 pytest_plugins = ["tests.browser"]
 
+# No test reads or writes the data directory of whoever runs the suite
+# (~/.local/share/fognode: their node's keys, certificates, usage records,
+# session key): everything that falls back to the defaults lands here instead,
+# in this process and in the processes tests start with its environment.
+DATA_HOME = tempfile.mkdtemp(prefix="fognode-tests-data-")
+os.environ["XDG_DATA_HOME"] = DATA_HOME
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(DATA_HOME, ignore_errors=True)
+
 
 @pytest.fixture
 async def standin() -> AsyncIterator[OllamaStandIn]:
@@ -36,7 +49,7 @@ async def standin() -> AsyncIterator[OllamaStandIn]:
 
 
 @pytest.fixture
-async def make_gateway() -> AsyncIterator[GatewayFactory]:
+async def make_gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayFactory]:
     started: list[RunningServer] = []
 
     async def factory(upstream_url: str, **overrides: Any) -> RunningServer:
@@ -51,6 +64,15 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
         overrides.setdefault("per_user_concurrent_requests", 128)
         # Every test client is 127.0.0.1: no per-address cap unless a test sets one.
         overrides.setdefault("max_connections_per_client", 0)
+        # Each gateway records usage in a file of its own, never the user's data dir.
+        if "usage_database_url" not in overrides:
+            overrides.setdefault(
+                "usage_sqlite_path", tmp_path_factory.mktemp("usage") / "usage.sqlite3"
+            )
+        # No phone onboarding page on port 80 unless a test asks for one on its own port;
+        # the status page's session key in the test's own directory.
+        overrides.setdefault("onboarding", False)
+        overrides.setdefault("session_key_file", tmp_path_factory.mktemp("data") / "session-key")
         settings = Settings(host="127.0.0.1", port=0, upstream_url=upstream_url, **overrides)
         running = await start_server(settings, authorizer=authorizer)
         started.append(running)

@@ -59,6 +59,15 @@ def without_roles(stream: bytes) -> bytes:
     )
 
 
+USAGE_CHUNK = re.compile(rb'data: \{[^\n]*"choices":\[\],"usage":\{[^\n]*\n\n')
+
+
+def without_usage_chunk(stream: bytes) -> bytes:
+    """An upstream's stream without its usage chunk (``"choices": []``), which
+    the gateway asks for and takes out again when the client did not ask for it."""
+    return USAGE_CHUNK.sub(b"", stream)
+
+
 def chat_deltas(stream: bytes) -> list[dict[str, Any]]:
     """Every delta of an OpenAI chat stream, in order."""
     deltas = []

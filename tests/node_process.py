@@ -39,6 +39,8 @@ class NodeProcess:
             "FOGNODE_PORT": str(self.port),
             "FOGNODE_MDNS": "false",
             "FOGNODE_SHUTDOWN_TIMEOUT": "1",
+            # Not port 80 on the test machine; tests of the page name a port of their own.
+            "FOGNODE_ONBOARDING": "false",
             **{f"FOGNODE_{k.upper()}": v for k, v in settings.items()},
             **(extra_env or {}),
         }

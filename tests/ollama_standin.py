@@ -14,7 +14,8 @@ gateway must keep clients working across both:
 * ``current`` (Ollama 0.32.6 and later, the default; middleware/openai.go's
   ChatWriter): ``role`` only in the first chunk's delta, ``finish_reason``
   in a chunk of its own with an empty delta ``{}``, with
-  ``stream_options.include_usage`` a usage chunk with ``choices: []``;
+  ``stream_options.include_usage`` a usage chunk with ``choices: []`` (on
+  ``/v1/completions`` too);
   a missing model is ``model 'x' not found``.
 * ``legacy`` (before 0.32.6): ``role`` in every delta, the last content
   chunk carries ``finish_reason``; a missing model is
@@ -23,6 +24,12 @@ gateway must keep clients working across both:
 Like Ollama's OpenAI endpoint it honours ``max_tokens`` (a word stands for
 a token; the answer stops with ``finish_reason: length``) and ignores
 ``max_completion_tokens``.
+
+Which models are in memory is Ollama's ``/api/ps`` (its exact fields:
+``name``, ``model``, ``size``, ``digest``, ``details``, ``expires_at`` in
+RFC 3339 with nanoseconds, ``size_vram``, ``context_length``). As in Ollama,
+a generation loads its model for ``keep_alive`` seconds (5 minutes), unless
+``load_on_use`` is off; tests say what is loaded with ``load()``/``unload()``.
 
 Failure modes for tests are switches on the instance (``first_byte_delay``,
 ``token_delay``, ``stall_after``, ``die_after``, ``gate``), and it records
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import random
@@ -75,6 +83,13 @@ class OllamaStandIn:
     gate: asyncio.Queue[None] | None = None
     # Answer every inference request with this (status, json body) instead.
     force_error: tuple[int, dict[str, Any]] | None = None
+    # Models in memory (/api/ps): name -> Unix time at which it is unloaded.
+    running: dict[str, float] = field(default_factory=dict)
+    keep_alive: float = 300.0  # Ollama's default: 5 minutes after the last request
+    load_on_use: bool = True
+    # False: ignore stream_options.include_usage, as llama-cpp-python's server
+    # and Ollama before 0.5 do (no usage chunk in a stream).
+    honours_include_usage: bool = True
 
     requests: list[Recorded] = field(default_factory=list)
     # SHA-256 of every byte a streamed answer wrote, by the X-Request-ID it got.
@@ -190,6 +205,25 @@ class OllamaStandIn:
         full = name if ":" in name else f"{name}:latest"
         return any(m in (name, full) for m in self.models)
 
+    def load(self, *names: str, keep_alive: float | None = None) -> None:
+        """Put models in memory, as a request for them (or ``ollama run``) would."""
+        for name in names:
+            full = name if ":" in name else f"{name}:latest"
+            listed = next((m for m in self.models if m in (name, full)), full)
+            self.running[listed] = time.time() + (
+                self.keep_alive if keep_alive is None else keep_alive
+            )
+
+    def unload(self, *names: str) -> None:
+        """Drop models from memory (``ollama stop``, or keep_alive running out)."""
+        for name in names:
+            self.running.pop(name, None)
+            self.running.pop(f"{name}:latest", None)
+
+    def _used(self, model: str) -> None:
+        if self.load_on_use:
+            self.load(model)
+
     async def _emit(
         self, request: web.Request, response: web.StreamResponse, frames: list[bytes]
     ) -> None:
@@ -271,6 +305,7 @@ class OllamaStandIn:
         model = data.get("model", "")
         if not self._has_model(model):
             return self.openai_error(404, self.not_found_text(model))
+        self._used(model)
         return data
 
     async def openai_chat(self, request: web.Request) -> web.StreamResponse:
@@ -314,13 +349,17 @@ class OllamaStandIn:
                 }
             )
         frames = self._chat_frames(base, words, finish)
-        if (data.get("stream_options") or {}).get("include_usage"):
+        if self._wants_usage(data):
             frames.append(_sse(dict(base, choices=[], usage=usage)))
         frames.append(b"data: [DONE]\n\n")
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         await self._emit(request, response, frames)
         return response
+
+    def _wants_usage(self, data: dict[str, Any]) -> bool:
+        options = data.get("stream_options") or {}
+        return self.honours_include_usage and options.get("include_usage") is True
 
     def _limited_words(self, data: dict[str, Any]) -> tuple[list[str], str]:
         """The reply, cut at ``max_tokens`` as Ollama's num_predict would."""
@@ -381,6 +420,8 @@ class OllamaStandIn:
             for w in words
         ]
         frames.append(_sse(dict(base, choices=[{"text": "", "index": 0, "finish_reason": "stop"}])))
+        if self._wants_usage(data):
+            frames.append(_sse(dict(base, choices=[], usage=usage)))  # as Ollama's CompleteWriter
         frames.append(b"data: [DONE]\n\n")
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -459,6 +500,7 @@ class OllamaStandIn:
             return self.native_error(400, "model is required")
         if not self._has_model(model):
             return self.native_error(404, self.not_found_text(model))
+        self._used(model)
         await self._before_first_byte()
         words = self._words()
 
@@ -506,6 +548,7 @@ class OllamaStandIn:
             return data
         if not self._has_model(data.get("model", "")):
             return self.native_error(404, self.not_found_text(data.get("model", "")))
+        self._used(data["model"])
         inputs = data.get("input", "")
         inputs = inputs if isinstance(inputs, list) else [inputs]
         return web.json_response(
@@ -524,6 +567,7 @@ class OllamaStandIn:
             return data
         if not self._has_model(data.get("model", "")):
             return self.native_error(404, self.not_found_text(data.get("model", "")))
+        self._used(data["model"])
         return web.json_response({"embedding": self._vector(str(data.get("prompt", "")))})
 
     def _tag(self, name: str) -> dict[str, Any]:
@@ -567,7 +611,29 @@ class OllamaStandIn:
         )
 
     async def api_ps(self, request: web.Request) -> web.Response:
-        return web.json_response({"models": []})
+        return web.json_response({"models": self.running_models()})
+
+    def running_models(self) -> list[dict[str, Any]]:
+        """/api/ps's entries, in Ollama's fields."""
+        now = time.time()
+        for name in [n for n, until in self.running.items() if until <= now]:
+            del self.running[name]  # Ollama unloads a model when its keep_alive runs out
+        entries = []
+        for name, until in sorted(self.running.items()):
+            tag = self._tag(name)
+            entries.append(
+                {
+                    "name": name,
+                    "model": name,
+                    "size": tag["size"],
+                    "digest": tag["digest"],
+                    "details": tag["details"],
+                    "expires_at": _rfc3339(until),
+                    "size_vram": tag["size"],
+                    "context_length": 4096,
+                }
+            )
+        return entries
 
     async def api_version(self, request: web.Request) -> web.Response:
         return web.json_response({"version": VERSIONS[self.wire]})
@@ -698,6 +764,16 @@ class OllamaStandIn:
         return web.Response(status=201)
 
 
+def _rfc3339(when: float) -> str:
+    """A time as Go's RFC3339Nano writes it: local time, nanoseconds without
+    trailing zeros, the offset (``2025-06-04T14:38:31.83753-07:00``; ``Z`` in UTC)."""
+    local = dt.datetime.fromtimestamp(when).astimezone()
+    nanos = f"{round(when * 1e9) % 1_000_000_000:09d}".rstrip("0")
+    offset = local.strftime("%z")
+    zone = "Z" if offset == "+0000" else f"{offset[:3]}:{offset[3:]}"
+    return f"{local:%Y-%m-%dT%H:%M:%S}" + (f".{nanos}" if nanos else "") + zone
+
+
 def _sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
@@ -724,6 +800,9 @@ def main() -> None:
     parser.add_argument(
         "--first-byte-delay", type=float, default=0.0, help="seconds, like a model loading"
     )
+    parser.add_argument(
+        "--loaded", action="append", default=[], help="a model in memory at start (repeatable)"
+    )
     args = parser.parse_args()
 
     async def run() -> None:
@@ -733,6 +812,7 @@ def main() -> None:
             wire=args.wire,
             first_byte_delay=args.first_byte_delay,
         )
+        standin.load(*args.loaded)
         url = await standin.start(args.host, args.port)
         print(f"Ollama stand-in listening on {url}", flush=True)
         await asyncio.Event().wait()

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -31,6 +35,8 @@ from bench.loadgen import (
 )
 from bench.peers import report
 from bench.profile import parse_collapsed
+from bench.targets import baseline_package
+from bench.usage import report as usage_report
 from tests.helpers import free_port
 
 
@@ -99,6 +105,24 @@ def test_one_connection_carries_many_answers(upstream: int) -> None:
         assert b"Content-Length:" in head
 
 
+def test_a_stream_that_asks_for_usage_ends_with_ollamas_usage_chunk(upstream: int) -> None:
+    """What fognode's accounting asks a streamed upstream for (and strips
+    again): only a request with include_usage gets the extra chunk."""
+    endpoint = Endpoint("127.0.0.1", upstream)
+    asking = json.loads(chat_body(stream=True))
+    asking["stream_options"] = {"include_usage": True}
+    with _connect(endpoint) as sock:
+        sock.sendall(endpoint.request(json.dumps(asking)))
+        events = [event for _, event in _events(sock, b"")]
+        sock.sendall(endpoint.request(chat_body(stream=True)))
+        plain = [event for _, event in _events(sock, b"")]
+    assert len(events) == 8  # 5 content events, the finish, the usage chunk, [DONE]
+    usage = json.loads(events[-2].removeprefix(b"data: "))
+    assert usage["choices"] == []
+    assert usage["usage"] == {"prompt_tokens": 1, "completion_tokens": 5, "total_tokens": 6}
+    assert len(plain) == 7 and b'"usage"' not in b"".join(plain)
+
+
 def test_paced_delays_are_one_way_and_apart_from_the_request(upstream: int) -> None:
     got = paced_delays(Endpoint("127.0.0.1", upstream), streams=2, events=3)
     assert len(got.first_us) == 2
@@ -164,8 +188,8 @@ def test_wrk_summary_is_parsed_and_judged() -> None:
         parse_wrk("unable to connect to 127.0.0.1:1 Connection refused\n")
 
 
-def test_report_takes_ratios_round_by_round() -> None:
-    saved = {
+def _two_round_run() -> dict[str, Any]:
+    return {
         "meta": {
             "date": "2026-01-01T00:00:00",
             "machine": "m",
@@ -200,7 +224,10 @@ def test_report_takes_ratios_round_by_round() -> None:
         "problems": ["round 2, fognode, streams: status 1"],
         "notes": [],
     }
-    text = report(saved)
+
+
+def test_report_takes_ratios_round_by_round() -> None:
+    text = report(_two_round_run())
     row = next(line for line in text.splitlines() if line.startswith("| fognode | 700"))
     # ratios per round (40 and 20), then their median: not 700 / 25
     assert "| 30.00 (20.00-40.00) |" in next(
@@ -209,6 +236,49 @@ def test_report_takes_ratios_round_by_round() -> None:
     assert "0.600 (0.500-0.700)" in row  # request path: c=1 p50 minus direct's, per round
     assert "10,000 [1 invalid]" in row
     assert "- round 2, fognode, streams: status 1" in text
+    assert "against the baseline" not in text  # no --baseline, no such table
+
+
+def test_report_sets_this_checkout_against_the_baseline_round_by_round() -> None:
+    saved = _two_round_run()
+    saved["targets"] = [
+        {"name": "direct", "family": "direct", "tls": False},
+        {"name": "fognode", "family": "fognode", "tls": False},
+        {"name": "fognode base", "family": "fognode-base", "tls": False},
+    ]
+    saved["values"] = {
+        "cpu_us_per_request": {"fognode": [300, 400], "fognode base": [600, 1000]},
+        "p50_ms_c1": {"direct": [0.1, 0.2], "fognode": [0.3, 0.6], "fognode base": [0.5, 1.2]},
+    }
+    text = report(saved)
+    row = next(line for line in text.splitlines() if line.startswith("| fognode | 0.45"))
+    # CPU 0.5 and 0.4 per round; request path (0.2/0.4 and 0.4/1.0) minus direct's first
+    assert row.startswith("| fognode | 0.45 (0.40-0.50) | n/a | 0.45 (0.40-0.50) |")
+
+
+def test_usage_report_takes_on_off_ratios_round_by_round() -> None:
+    saved = {
+        "meta": {
+            "date": "2026-01-01T00:00:00",
+            "machine": "m",
+            "minutes": 1,
+            "command": "python -m bench.usage",
+            "loadavg_start": ["0.1", "0.1", "0.1"],
+            "plan": {"rounds": 2, "seconds": 5, "warmup_seconds": 3},
+        },
+        "targets": ["fognode usage off", "fognode"],
+        "values": {
+            "cpu_us_plain": {"fognode usage off": [500, 1000], "fognode": [600, 1400]},
+            "rps_plain": {"fognode usage off": [100, 200], "fognode": [90, None]},
+        },
+        "problems": ["round 2, fognode, plain: status 1"],
+    }
+    text = usage_report(saved)
+    row = next(line for line in text.splitlines() if line.startswith("| fognode | 1,000"))
+    # per round 1.2 and 1.4, their median 1.3: not 1000 / 750
+    assert "| 1.300 (1.200-1.400) |" in row
+    assert "| 0.900 [1 invalid] |" in row
+    assert "- round 2, fognode, plain: status 1" in text
 
 
 def test_profile_counts_own_and_cumulative_samples() -> None:
@@ -223,3 +293,21 @@ def test_profile_counts_own_and_cumulative_samples() -> None:
     assert own["handler (proxy.py)"] == 2
     assert cumulative["handler (proxy.py)"] == 9
     assert cumulative["main (cli.py)"] == 10
+
+
+def test_a_baseline_checkout_is_what_fognode_imports_on_its_path(tmp_path: Path) -> None:
+    """--baseline: the other checkout's parts come before this editable install."""
+    checkout = tmp_path / "base"
+    for part in ("gateway", "tests"):
+        (checkout / part).mkdir(parents=True)
+        (checkout / part / "__init__.py").write_text(f"WHERE = {str(checkout)!r}\n")
+    root = baseline_package(checkout, tmp_path / "run")
+    assert sorted(p.name for p in (root / "fognode").iterdir()) == ["gateway"]
+    where = subprocess.run(
+        [sys.executable, "-c", "import fognode.gateway as g; print(g.WHERE)"],
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert where == str(checkout)

@@ -63,10 +63,14 @@ def start_node(
     *,
     port: int = PORT,
     standin: bool = True,
+    loaded: tuple[str, ...] = (),
     extra_env: dict[str, str] | None = None,
 ) -> Proc:
     if standin:
-        procs.append(Proc(lan.a.python("-m", "tests.ollama_standin", "--port", "11434")))
+        in_memory = [arg for name in loaded for arg in ("--loaded", name)]
+        procs.append(
+            Proc(lan.a.python("-m", "tests.ollama_standin", "--port", "11434", *in_memory))
+        )
         wait_http(lan.a, "http://127.0.0.1:11434/api/version")
     node = Proc(
         lan.a.fognode(
@@ -99,7 +103,7 @@ def test_node_is_discovered_with_its_txt_and_seen_by_dig(
     lan: Lan, procs: list[Proc], node_files: dict[str, Any]
 ) -> None:
     started = time.monotonic()
-    start_node(lan, procs, node_files)
+    start_node(lan, procs, node_files, loaded=("llama3.2:1b",))
     nodes: list[dict[str, Any]] = []
     while not nodes and time.monotonic() - started < 30:
         nodes = discover_json(lan, timeout=1)
@@ -118,6 +122,7 @@ def test_node_is_discovered_with_its_txt_and_seen_by_dig(
     txt = node["txt"]
     assert txt["path"] == "/v1"
     assert txt["models"] == ["llama3.2:1b", "nomic-embed-text:latest", "qwen2.5:0.5b"]
+    assert txt["hot"] == ["llama3.2:1b"] and txt["hot_count"] == 1  # Ollama's /api/ps
     assert txt["load_capacity"] > 0 and txt["load_active"] == 0
     assert txt["auth"] == "apikey"
     ca = load_certs(node_files["pki"].ca, "ca")[0]
@@ -129,7 +134,20 @@ def test_node_is_discovered_with_its_txt_and_seen_by_dig(
     host = re.escape(node["host"])
     assert re.search(rf"\sSRV\s+0 0 {PORT} {host}\.", dig), dig
     assert re.search(rf"{host}\..*\sA\s+{re.escape(lan.a.address)}", dig)
-    assert '"ca=' in dig and '"models=llama3.2:1b,' in dig
+    assert '"ca=' in dig and '"models=llama3.2:1b,' in dig and '"hot=llama3.2:1b"' in dig
+
+    # The table a person reads: the hot models have a column of their own.
+    shown = subprocess.run(
+        lan.b.fognode("discover", "--timeout", "3"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    table = shown.stdout.splitlines()
+    assert table, shown.stderr
+    assert table[0].split()[:5] == ["NAME", "ADDRESS", "MODELS", "HOT", "LOAD"], table
+    assert "llama3.2:1b,nomic-embed-text:latest,qwen2.5:0.5b  llama3.2:1b " in table[1], table
 
 
 def test_chat_cli_finds_the_node_and_streams_with_the_ca_pinned(

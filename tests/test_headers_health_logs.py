@@ -165,8 +165,9 @@ async def test_readyz_is_503_when_ollama_is_down_and_cached_briefly(
     for _ in range(5):
         async with http.get(f"{gateway.url}/readyz") as resp:
             assert resp.status == 200
-    # Five probes, one upstream check (version + tags).
-    assert sorted(r.path for r in standin.checks[started:]) == ["/api/tags", "/api/version"]
+    # Five probes, one upstream check (version, models, loaded models).
+    checked = sorted(r.path for r in standin.checks[started:])
+    assert checked == ["/api/ps", "/api/tags", "/api/version"]
 
     down = await make_gateway(f"http://127.0.0.1:{free_port()}")
     async with http.get(f"{down.url}/readyz") as resp:

@@ -15,7 +15,13 @@ from fognode.gateway.server import RunningServer
 from fognode.gateway.stats import STATS
 from tests.conftest import GatewayFactory
 from tests.helpers import STREAMED_CHAT as CHAT
-from tests.helpers import chat_deltas, free_port, without_heartbeats, without_roles
+from tests.helpers import (
+    chat_deltas,
+    free_port,
+    without_heartbeats,
+    without_roles,
+    without_usage_chunk,
+)
 from tests.ollama_standin import WIRE_FORMATS, OllamaStandIn
 
 GUARD = 60.0
@@ -26,7 +32,8 @@ async def test_concurrent_streams_arrive_byte_for_byte(
     standin: OllamaStandIn, make_gateway: GatewayFactory, wire: str
 ) -> None:
     """1,000 streams at once: every client gets exactly the bytes the upstream wrote,
-    with only the documented edit (a role on every delta, compat.py)."""
+    with only the documented edits (a role on every delta, compat.py; the usage
+    chunk the node asked for taken out again, usage/counter.py)."""
     standin.token_delay = 0.002
     standin.wire = wire
     standin.record_bodies = True
@@ -48,11 +55,12 @@ async def test_concurrent_streams_arrive_byte_for_byte(
     assert {status for _, status, _ in results} == {200}
     for rid, _, raw in results:
         received = without_heartbeats(raw)
-        sent = standin.sent_bodies[rid]
+        sent = without_usage_chunk(standin.sent_bodies[rid])
+        assert len(sent) < len(standin.sent_bodies[rid]), "the stand-in sent its usage chunk"
         assert without_roles(received) == without_roles(sent), rid
         assert all(d.get("role") == "assistant" for d in chat_deltas(received)), rid
-        if wire == "legacy":  # every delta had its role: not a byte changed
-            assert standin.sent_digests[rid] == hashlib.sha256(received).hexdigest(), rid
+        if wire == "legacy":  # every delta had its role: not another byte changed
+            assert sent == received, rid
     stats = gateway.app[STATS]
     assert stats.active_streams == 0 and stats.upstream_failures_total == 0
 
@@ -79,14 +87,16 @@ async def test_slow_reader_gets_back_pressure_not_buffering(
     gateway: RunningServer, standin: OllamaStandIn
 ) -> None:
     """A client that stops reading stops the upstream too: the gateway holds no backlog."""
-    # Every delta has its role in the older format, so the bytes pass unedited.
+    # Every delta has its role in the older format, and the client asks for the
+    # usage chunk itself, so the bytes pass unedited.
     standin.wire = "legacy"
+    body = {**CHAT, "stream_options": {"include_usage": True}}
     words = 40_000  # ~45 MB of SSE events, more than the kernel buffers in the path
     standin.reply = " ".join(["w" * 1000] * words)
     async with (
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(), read_bufsize=2**16) as http,
         http.post(
-            f"{gateway.url}/v1/chat/completions", json=CHAT, headers={"X-Request-ID": "slow-1"}
+            f"{gateway.url}/v1/chat/completions", json=body, headers={"X-Request-ID": "slow-1"}
         ) as resp,
     ):
         first = await resp.content.readuntil(b"\n\n")  # first event, then stop reading
@@ -102,9 +112,9 @@ async def test_slow_reader_gets_back_pressure_not_buffering(
         digest = hashlib.sha256(first)
         async for chunk in resp.content.iter_any():
             digest.update(chunk)
-    assert standin.chunks_sent == words + 2
+    assert standin.chunks_sent == words + 3  # the words, the finish, usage and [DONE]
     assert standin.sent_digests["slow-1"] == digest.hexdigest()
-    print(f"\nupstream stalled after {stalled_at} of {words + 2} events while the client paused")
+    print(f"\nupstream stalled after {stalled_at} of {words + 3} events while the client paused")
 
 
 async def test_many_requests_on_one_keep_alive_connection(

@@ -12,11 +12,10 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from fognode.auth.api_keys import entry_for, new_key
 from fognode.gateway.server import RunningServer
@@ -28,32 +27,12 @@ from tests.pki import Pki, make_pki
 ADMIN_KEY, USER_KEY = new_key(), new_key()
 
 
-class StandInWithLoadedModels(OllamaStandIn):
-    """The stand-in's /api/ps lists nothing; this one reports a loaded model
-    in the shape of Ollama's docs/api.md ("List Running Models")."""
-
-    loaded: tuple[str, ...] = ("llama3.2:1b",)
-
-    async def api_ps(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "models": [
-                    dict(
-                        self._tag(name),
-                        expires_at="2025-01-01T00:05:00.000000000Z",
-                        size_vram=1_321_098_329,
-                    )
-                    for name in self.loaded
-                ]
-            }
-        )
-
-
 @pytest.fixture
-async def standin() -> StandInWithLoadedModels:  # type: ignore[override]
-    server = StandInWithLoadedModels()
+async def standin() -> AsyncIterator[OllamaStandIn]:
+    server = OllamaStandIn()
+    server.load("llama3.2:1b")  # in memory: /api/ps lists it
     await server.start()
-    yield server  # type: ignore[misc]
+    yield server
     await server.stop()
 
 

@@ -3,14 +3,19 @@
 The page is checked as a person uses it: opened in a real Chromium, its QR
 code read from a screenshot by zbar (not by the library that drew it), the
 link followed as an iPhone and as an Android phone would, and the
-fingerprint on the page compared with what was downloaded.
+fingerprint on the page compared with what was downloaded; and as
+`fognode serve` runs it: beside the API, behind the same connection guard,
+and not a reason to stop serving when its port cannot be bound.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import plistlib
+import socket
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from playwright.async_api import Page
 
+from fognode.auth.api_keys import entry_for, new_key
 from fognode.certs.authority import load_ca
 from fognode.certs.export import CaExport, export_forms
 from fognode.certs.inspect import fingerprint
@@ -31,7 +37,10 @@ from fognode.web.onboarding import (
     start_onboarding,
 )
 from tests.browser import decode_qr
-from tests.helpers import free_port
+from tests.conftest import GatewayFactory
+from tests.helpers import free_port, wait_until
+from tests.node_process import NodeProcess
+from tests.ollama_standin import OllamaStandIn
 from tests.pki import Pki, make_pki
 
 IPHONE = (
@@ -66,7 +75,7 @@ async def onboarding(ca_forms: CaExport) -> AsyncIterator[OnboardingSite]:
         OnboardingOptions(
             ca=ca_forms,
             url=f"http://127.0.0.1:{port}",
-            host="127.0.0.1",
+            bind="127.0.0.1",
             port=port,
             node_name="Clinic fog node",
             other_urls=("http://[fd00::5]:8080",),
@@ -84,9 +93,9 @@ def test_the_qr_url_prefers_the_lan_a_phone_is_on() -> None:
         "http://172.17.0.1",  # Docker's bridges live in 172.16/12
         "http://[fd00::5]",
     ]
-    assert onboarding_urls(port=8080, addresses=lan, bind_host="10.0.0.3") == [
-        "http://10.0.0.3:8080"
-    ]
+    # A page bound to one address answers there only, loopback included.
+    assert onboarding_urls(port=8080, addresses=lan, bound="10.0.0.3") == ["http://10.0.0.3:8080"]
+    assert onboarding_urls(port=8080, addresses=lan, bound="127.0.0.1") == ["http://127.0.0.1:8080"]
     # The operator's own URL (a DNS name, a forwarded port) wins.
     assert onboarding_urls(port=8080, addresses=lan, public_url="http://fog.lan/")[0] == (
         "http://fog.lan"
@@ -187,8 +196,8 @@ def _write_pbm(rows: list[list[int]], path: Path, scale: int = 8) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-async def test_certs_qr_prints_the_same_code_in_the_terminal(pki: Pki, tmp_path: Path) -> None:
-    ca = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+async def certs_qr(pki: Pki, *flags: str, **env: str) -> tuple[str, str]:
+    """`fognode certs qr` as its own process, with FOGNODE_* ``env``: its stdout and stderr."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -197,13 +206,19 @@ async def test_certs_qr_prints_the_same_code_in_the_terminal(pki: Pki, tmp_path:
         "qr",
         "--dir",
         str(pki.paths.directory),
-        "--url",
-        "http://192.168.1.20:8080",
+        *flags,
+        env={**os.environ, **{f"FOGNODE_{k.upper()}": v for k, v in env.items()}},
         stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0
-    printed = out.decode()
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    return out.decode(), err.decode()
+
+
+async def test_certs_qr_prints_the_same_code_in_the_terminal(pki: Pki, tmp_path: Path) -> None:
+    ca = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    printed, _ = await certs_qr(pki, "--url", "http://192.168.1.20:8080")
     rows = _matrix_from_blocks(printed)
     image = tmp_path / "terminal-qr.pbm"
     _write_pbm(rows, image)
@@ -211,3 +226,123 @@ async def test_certs_qr_prints_the_same_code_in_the_terminal(pki: Pki, tmp_path:
     assert "open http://192.168.1.20:8080/ca" in printed
     shown = [pair for line in printed.splitlines()[-4:] for pair in line.split()]
     assert shown == fingerprint(ca).split(":")
+
+
+async def serving_node(workdir: Path, pki: Pki, upstream: str, port: int) -> NodeProcess:
+    """`fognode serve` with TLS, an admin key and the onboarding page on ``port``."""
+    node = NodeProcess(
+        workdir,
+        {
+            "certs_dir": str(pki.paths.directory),
+            "upstream_url": upstream,
+            "api_keys": entry_for(new_key(), "operator", admin=True),
+            "onboarding": "true",
+            "onboarding_port": str(port),
+        },
+    )
+    await node.start(ssl.create_default_context(cafile=str(pki.ca)))
+    return node
+
+
+async def test_fognode_serve_serves_the_page_phones_can_follow(
+    standin: OllamaStandIn, pki: Pki, page: Page, tmp_path: Path
+) -> None:
+    port = free_port()
+    node = await serving_node(tmp_path, pki, standin.url, port)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert f"phone onboarding page at {url}" in node.log()
+        response = await page.goto(url)
+        assert response is not None and response.status == 200
+
+        # What the phone's camera reads, and what that link hands it.
+        shot = tmp_path / "served.png"
+        await page.screenshot(path=str(shot), full_page=True)
+        [link] = await decode_qr(shot)
+        assert link == f"{url}/ca"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(link, headers={"User-Agent": ANDROID}) as resp:
+                assert resp.status == 200
+                crt = x509.load_pem_x509_certificate(await resp.read())
+            async with http.get(link, headers={"User-Agent": IPHONE}) as resp:
+                assert resp.url.path == "/fognode-ca.mobileconfig"
+                profile = plistlib.loads(await resp.read())
+        der = crt.public_bytes(Encoding.DER)
+        ca = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+        shown = (await page.locator("#fingerprint").inner_text()).split()
+        assert shown == sha256_colons(der).split(":") == fingerprint(ca).split(":")
+        assert profile["PayloadContent"][0]["PayloadContent"] == der
+    finally:
+        await node.stop()
+    # Stopped with the node.
+    with pytest.raises(aiohttp.ClientConnectionError):
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/"):
+            pass
+
+
+async def test_a_port_that_cannot_be_bound_is_explained_and_the_api_serves_on(
+    standin: OllamaStandIn, pki: Pki, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        node = await serving_node(tmp_path, pki, standin.url, port)
+        try:
+            assert node.alive
+            [line] = [ln for ln in node.log().splitlines() if "no phone onboarding page" in ln]
+            assert "INFO" in line and f"port {port} is in use" in line
+            assert "FOGNODE_ONBOARDING_PORT" in line and "FOGNODE_ONBOARDING=false" in line
+        finally:
+            await node.stop()
+
+
+async def test_the_page_port_is_behind_the_api_connection_guard(
+    standin: OllamaStandIn, make_gateway: GatewayFactory, pki: Pki
+) -> None:
+    port = free_port()
+    node = await make_gateway(
+        standin.url,
+        tls=True,
+        certs_dir=pki.paths.directory,
+        onboarding=True,
+        onboarding_port=port,
+        client_first_byte_timeout=0.5,
+    )
+    guard = node.runner.guard
+    assert guard is not None and node.onboarding is not None
+    assert node.onboarding.url == f"http://127.0.0.1:{port}"
+
+    # A silent connection to the page's port is counted and reaped like one to the API's.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await wait_until(lambda: len(guard) == 1, "the guard counts the connection")
+    assert await reader.read() == b""  # closed by the node
+    writer.close()
+    await wait_until(lambda: len(guard) == 0, "the guard lets it go")
+    assert guard.reaped_total == 1
+
+    # One that speaks gets the page, and the status page links to it.
+    async with aiohttp.ClientSession() as http:
+        async with http.get(node.onboarding.url + "/") as resp:
+            assert resp.status == 200 and resp.headers["Server"] == "fognode"
+        live = f"https://127.0.0.1:{node.port}/status/live"
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        async with http.get(live, ssl=context, headers={"Authorization": "Bearer -"}) as resp:
+            assert resp.status == 200
+            assert node.onboarding.url in await resp.text()
+
+
+async def test_certs_qr_follows_the_onboarding_settings(pki: Pki) -> None:
+    async def qr(**env: str) -> str:
+        out, err = await certs_qr(pki, **env)
+        return out + err
+
+    # The page listens on one address: the link is that address and the page's port.
+    printed = await qr(host="192.168.1.20", onboarding_port="8081")
+    assert "open http://192.168.1.20:8081/ca" in printed
+    # The operator's own URL wins.
+    printed = await qr(onboarding_url="http://fog.lan:8000")
+    assert "open http://fog.lan:8000/ca" in printed
+    # Without TLS the node serves no page by default, and says so.
+    printed = await qr(tls="false", host="10.0.0.3")
+    assert "open http://10.0.0.3/ca" in printed and "FOGNODE_ONBOARDING=true" in printed

@@ -124,8 +124,10 @@ async def test_ollama_client_chat_generate_embed_list_show_ps(
     assert [m.model for m in listed.models] == list(standin.models)
     shown = await client.show("llama3.2:1b")
     assert shown.details is not None and shown.details.family == "llama"
+    # Ollama keeps what it just served in memory: the two models used above.
     running = await client.ps()
-    assert running.models == []
+    assert sorted(m.model for m in running.models) == ["llama3.2:1b", "nomic-embed-text:latest"]
+    assert all(m.size_vram is not None and m.expires_at is not None for m in running.models)
 
 
 async def test_ollama_client_sees_model_not_found(gateway: RunningServer) -> None:

@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,9 +26,10 @@ from fognode.gateway.server import RunningServer
 from fognode.gateway.stats import STATS
 from tests.conftest import GatewayFactory
 from tests.firebase_emulator import PROJECT, AuthEmulator
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until
 from tests.pki import make_pki
 from tests.test_tls import HOST, ConnectByIp
+from tests.test_usage_gateway import recorded
 
 MODEL = "gemma3-270m"
 
@@ -83,6 +85,26 @@ class LlamaServer:
         """Tokens generated per request, from llama.cpp's own performance lines."""
         text = self.log_path.read_text(errors="replace")
         return [int(n) for n in re.findall(r"eval time =\s+[\d.]+ ms /\s+(\d+) runs", text)]
+
+    def generated(self) -> list[int]:
+        """Tokens each request generated, by llama.cpp's own count, for answers
+        cut at max_tokens (finish_reason "length") whose prompt was not all in
+        the cache.
+
+        llama.cpp counts a decode of several tokens as prompt evaluation and a
+        decode of one as an eval run; every generated token is fed back (one
+        run) except the last, which was never needed. So generated = runs + 1.
+        (A prompt the cache holds whole is re-read as one token, an eval run
+        too, and the printed prompt count is then 1, llama.cpp's floor: those
+        requests are not counted here.)
+        """
+        text = self.log_path.read_text(errors="replace")
+        pairs = re.findall(
+            r"prompt eval time =\s+[\d.]+ ms /\s+(\d+) tokens.*\n"
+            r".*eval time =\s+[\d.]+ ms /\s+(\d+) runs",
+            text,
+        )
+        return [int(runs) + 1 for prompt, runs in pairs if int(prompt) > 1]
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -218,4 +240,66 @@ async def test_a_model_the_node_does_not_have_is_404_in_ollamas_words(
     with pytest.raises(openai.NotFoundError) as caught:
         await client.chat.completions.create(model="llama3.1:70b", messages=MESSAGES)
     assert "model 'llama3.1:70b' not found, try pulling it first" in str(caught.value)
+    await client.close()
+
+
+async def test_the_served_model_is_listed_as_loaded(
+    node: tuple[RunningServer, openai.AsyncOpenAI],
+) -> None:
+    """llama.cpp's server holds its model while it runs: the OpenAI SDK sees
+    the node's extension field on the model list."""
+    _, client = node
+    models = [m async for m in client.models.list()]
+    assert [m.id for m in models] == [MODEL]
+    assert (models[0].model_extra or {})["fognode"]["loaded"] is True
+    await client.close()
+
+
+# --- usage accounting on a real model -------------------------------------------------------
+
+
+async def test_usage_records_match_llama_cpps_own_token_counts(
+    node: tuple[RunningServer, openai.AsyncOpenAI], llama: LlamaServer
+) -> None:
+    """llama-cpp-python's server ignores stream_options.include_usage: a stream is
+    counted by the content chunks delivered, which must be what llama.cpp
+    generated; a plain answer's usage object is recorded as it is."""
+    gateway, client = node
+    ids = []
+    delivered: list[int] = []
+    usages: list[tuple[int, int]] = []
+    for n, stream in enumerate((True, False, True)):
+        ids.append(uuid.uuid4().hex)  # llama-cpp-python refuses request ids that are not UUIDs
+        # A prompt of its own each time, so that llama.cpp reads it as a batch.
+        messages = [{"role": "user", "content": f"Count from {n + 1} to 90, in words."}]
+        extra = {"extra_headers": {"X-Request-ID": ids[-1]}}
+        before = len(llama.generated())
+        if stream:
+            chunks = await client.chat.completions.create(
+                model=MODEL, messages=messages, stream=True, max_tokens=12, **extra
+            )
+            pieces = [
+                c.choices[0]
+                async for c in chunks
+                if c.choices and (c.choices[0].delta.content or c.choices[0].finish_reason)
+            ]
+            assert pieces[-1].finish_reason == "length"
+            delivered.append(sum(1 for p in pieces if p.delta.content))
+        else:
+            completion = await client.chat.completions.create(
+                model=MODEL, messages=messages, max_tokens=12, **extra
+            )
+            assert completion.choices[0].finish_reason == "length"
+            assert completion.usage is not None
+            usages.append((completion.usage.prompt_tokens, completion.usage.completion_tokens))
+            delivered.append(completion.usage.completion_tokens)
+        await wait_until(lambda seen=before: len(llama.generated()) > seen, "llama.cpp logged")
+    records = {r["request_id"]: r for r in await recorded(gateway, ids)}
+    generated = llama.generated()[-3:]
+    assert [records[i]["completion_tokens"] for i in ids] == delivered == generated == [12] * 3
+    plain = records[ids[1]]
+    assert (plain["prompt_tokens"], plain["completion_tokens"]) == usages[0]
+    assert {r["outcome"] for r in records.values()} == {"completed"}
+    assert not any(r["partial"] for r in records.values())
+    print(f"\nreal model: recorded {delivered} completion tokens, llama.cpp generated {generated}")
     await client.close()

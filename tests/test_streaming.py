@@ -29,7 +29,11 @@ async def test_each_sse_event_reaches_client_before_the_next_is_produced(
     standin.gate = asyncio.Queue()
     words = standin.reply.split(" ")
     received: list[str] = []
-    async with http.post(f"{gateway.url}/v1/chat/completions", json=CHAT) as resp:
+    # Asking for the usage chunk ourselves: otherwise the gateway asks for it and
+    # takes it out again, and one event produced is never received (the usage
+    # tests check that case).
+    body = {**CHAT, "stream_options": {"include_usage": True}}
+    async with http.post(f"{gateway.url}/v1/chat/completions", json=body) as resp:
         assert resp.status == 200
         while True:
             standin.gate.put_nowait(None)  # allow exactly one more chunk upstream
@@ -41,7 +45,8 @@ async def test_each_sse_event_reaches_client_before_the_next_is_produced(
                 break
             # Nothing more may have been produced than what we have seen.
             assert standin.chunks_sent == len(received)
-    deltas = [json.loads(p)["choices"][0]["delta"]["content"] for p in received[:-2]]
+    assert json.loads(received[-2])["usage"]["completion_tokens"] == len(words)
+    deltas = [json.loads(p)["choices"][0]["delta"]["content"] for p in received[:-3]]
     assert "".join(deltas).split(" ") == words
 
 

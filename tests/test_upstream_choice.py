@@ -250,3 +250,44 @@ async def test_parallel_slots_are_processes_that_share_the_load(
     async with http.get(f"{gateway.url}/readyz") as resp:
         slots = (await resp.json())["embedded"]["slots"]
     assert slots == [{"state": "ready", "restarts": 0}] * 2
+
+
+async def test_slots_say_their_model_is_hot_and_keep_a_conversation(
+    unconfigured: list[RunningServer], http: aiohttp.ClientSession
+) -> None:
+    """Real llama.cpp children: the served model is hot (in /v1/models and for
+    mDNS), and a conversation's next turn goes to the child that holds its prompt."""
+    settings = fresh_settings().model_copy(
+        update={"upstream_kind": "embedded", "embedded_parallel": 2, "embedded_threads": 1}
+    )
+    gateway = await start_server(settings)
+    unconfigured.append(gateway)
+    pool = gateway.app[UPSTREAM]
+    servers = [m.local for m in pool.members if isinstance(m.local, LlamaServer)]
+    await asyncio.wait_for(asyncio.gather(*(s.wait_ready() for s in servers)), 120)
+    await pool.refresh()
+    async with http.get(f"{gateway.url}/v1/models") as resp:
+        (entry,) = (await resp.json())["data"]
+    assert entry["id"] == MODEL
+    assert entry["fognode"]["loaded"] is True and entry["fognode"]["loaded_on"] == 2
+    assert pool.hot_models() == [MODEL]
+
+    messages = [{"role": "user", "content": "Name a colour."}]
+    async with http.post(
+        f"{gateway.url}/v1/chat/completions", json={**CHAT, "messages": messages}
+    ) as resp:
+        assert resp.status == 200
+        where = resp.headers["X-Fognode-Upstream"]
+        answer = (await resp.json())["choices"][0]["message"]["content"]
+    messages += [
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "And another one?"},
+    ]
+    async with http.post(
+        f"{gateway.url}/v1/chat/completions", json={**CHAT, "messages": messages}
+    ) as resp:
+        assert resp.status == 200
+        assert (resp.headers["X-Fognode-Upstream"], resp.headers["X-Fognode-Upstream-Reason"]) == (
+            where,
+            "loaded,affinity",
+        )

@@ -51,9 +51,10 @@ async def test_model_list_for_mdns_comes_from_the_right_endpoint(
     txt = announcer.current_txt()
     assert txt.models == tuple(sorted(standin.models))
     assert txt.api == ("openai,ollama" if kind == "ollama" else "openai")
-    # What the pool's one check found: it asked the endpoint of its kind, nothing else.
-    expected = "/api/tags" if kind == "ollama" else "/v1/models"
-    assert {r.path for r in standin.requests} == {expected}
+    # What the pool's one check found: it asked the endpoints of its kind, nothing else
+    # (Ollama also for its loaded models; an OpenAI-compatible server's are those it serves).
+    expected = {"/api/tags", "/api/ps"} if kind == "ollama" else {"/v1/models"}
+    assert {r.path for r in standin.requests} == expected
 
 
 async def test_openai_kind_answers_model_not_found_in_ollamas_words(

@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from fognode.gateway.app import upstream_connections
 from fognode.gateway.proxy import UPSTREAM
+from fognode.gateway.settings import Settings
 from tests.conftest import GatewayFactory
 from tests.helpers import free_port
 from tests.ollama_standin import OllamaStandIn
@@ -95,12 +97,15 @@ async def test_failover_before_the_first_byte_and_recovery(
         # like it has the model and comes first. The request still succeeds.
         pool.members[0].healthy = None
         pool.members[0].models = frozenset({"llama3.2:1b"})
-        assert pool.candidates("llama3.2:1b")[0] is pool.members[0]
+        assert pool.route("llama3.2:1b").choices[0].member is pool.members[0]
         async with aiohttp.ClientSession() as http:
             async with http.post(
                 f"{gateway.url}/v1/chat/completions", json=chat("llama3.2:1b")
             ) as r:
                 assert r.status == 200
+                # Said so: the second upstream answered, after the first failed.
+                assert r.headers["X-Fognode-Upstream"] == "2"
+                assert r.headers["X-Fognode-Upstream-Reason"] == "cold,least-busy,failover"
             assert pool.members[0].healthy is False
 
             # The dead one comes back with a model only it has; checks notice.
@@ -158,3 +163,31 @@ async def test_per_upstream_cap(make_gateway: GatewayFactory) -> None:
     finally:
         await only.stop()
         await other.stop()
+
+
+# --- sizing: the connection pool is never the hidden cap on admitted streams --------
+
+
+@pytest.mark.parametrize("admitted", [1, 300, 5000])
+async def test_each_upstreams_connections_are_sized_above_the_admitted_requests(
+    make_gateway: GatewayFactory, standin: OllamaStandIn, admitted: int
+) -> None:
+    """Before, the pool held 256 connections whatever admission allowed: the
+    257th admitted stream waited for a connection, unseen (issue 14)."""
+    gateway = await make_gateway(
+        standin.url,
+        upstream_urls=[standin.url, standin.url],
+        max_concurrent_requests=admitted,
+        per_user_concurrent_requests=admitted,
+    )
+    members = gateway.app[UPSTREAM].members
+    assert len(members) == 2
+    for member in members:
+        assert member.hop.options.max_connections >= admitted + 1  # + model lists, checks
+
+
+def test_an_upstream_pool_set_below_the_admitted_requests_is_refused() -> None:
+    with pytest.raises(ValueError, match="upstream_max_connections"):
+        Settings(max_concurrent_requests=300, upstream_max_connections=256)
+    chosen = Settings(max_concurrent_requests=300, upstream_max_connections=400)
+    assert upstream_connections(chosen) == 400

@@ -288,3 +288,44 @@ def test_a_last_event_without_its_blank_line_counts_once_written(strip: bool) ->
     counter.delivered()
     assert sent.endswith(b'"b"}}]}')
     assert counter.tokens(completed=True) == Tokens(0, 2, partial=False, exact=False)
+
+
+@pytest.mark.parametrize("kind", [BodyKind.SSE, BodyKind.NDJSON, BodyKind.JSON])
+def test_upstream_json_nested_too_deep_is_malformed_not_a_recursion_error(
+    kind: BodyKind,
+) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    usage = b'{"choices":[],"usage":{"prompt_tokens":' + deep.encode() + b"}}"
+    body = {
+        BodyKind.SSE: b"data: " + usage + b"\n\n",
+        BodyKind.NDJSON: b'{"done":true,"eval_count":' + deep.encode() + b"}\n",
+        BodyKind.JSON: usage,
+    }[kind]
+    counter = TokenCounter(kind, strip_usage_chunk=True, prompt_estimate=3)
+    assert run(counter, [body]) == body  # not a usage chunk it can read: relayed as it is
+    assert counter.tokens(completed=True) == Tokens(3, 0, partial=False, exact=False)
+
+
+@pytest.mark.parametrize("strip", [True, False])
+def test_an_event_that_never_ends_is_neither_held_back_nor_kept(strip: bool) -> None:
+    counter = TokenCounter(BodyKind.SSE, strip_usage_chunk=strip, max_event=1000)
+    first = sse({"choices": [{"delta": {"content": "a"}}]})
+    endless = [b'data: {"choices":[{"delta":{"content":"' + b"x" * 400 for _ in range(5)]
+    out = counter.feed(first + endless[0])
+    counter.delivered()
+    for piece in endless[1:]:
+        out += counter.feed(piece)
+        counter.delivered()
+    assert out == first + b"".join(endless)  # everything went out, the last part at once
+    assert counter._partial == b""
+    out += counter.finish()
+    counter.delivered()
+    assert counter.tokens(completed=False) == Tokens(0, 1, partial=True, exact=False)
+
+
+def test_an_ndjson_line_that_never_ends_is_not_kept() -> None:
+    counter = TokenCounter(BodyKind.NDJSON, max_event=100)
+    line = json.dumps({"message": {"content": "a"}, "done": False}).encode() + b"\n"
+    assert run(counter, [line, b"y" * 80, b"y" * 80, line]) == line + b"y" * 160 + line
+    assert counter._partial == b""
+    assert counter.tokens(completed=True).completion_tokens == 1

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
@@ -343,6 +345,191 @@ async def test_unlimited_users_skip_the_store(make_store: StoreFactory) -> None:
     assert len(writer.pending()) == 1
 
 
+# --- tokens per user and minute (migration 2) -----------------------------------------------
+
+
+async def minute_sums(store: UsageStore) -> dict[tuple[str, int], int]:
+    """usage_minutes as it is stored."""
+    query = "SELECT uid, minute, tokens FROM usage_minutes"
+    if isinstance(store, SqliteStore):
+        async with store._db(write=False).execute(query) as cur:
+            rows = [tuple(row) for row in await cur.fetchall()]
+    else:
+        assert isinstance(store, PostgresStore)
+        rows = [tuple(row) for row in await store._db().fetch(query)]
+    return {(str(uid), int(minute)): int(tokens) for uid, minute, tokens in rows}
+
+
+async def record_sums(store: UsageStore) -> dict[tuple[str, int], int]:
+    """The same sums computed from usage_records, minute by minute."""
+    if isinstance(store, SqliteStore):
+        query = "SELECT uid, started_at, prompt_tokens + completion_tokens FROM usage_records"
+        async with store._db(write=False).execute(query) as cur:
+            rows = [tuple(row) for row in await cur.fetchall()]
+    else:
+        assert isinstance(store, PostgresStore)
+        query = (
+            "SELECT uid, EXTRACT(EPOCH FROM started_at)::float8, "
+            "prompt_tokens + completion_tokens FROM usage_records"
+        )
+        rows = [tuple(row) for row in await store._db().fetch(query)]
+    sums: dict[tuple[str, int], int] = {}
+    for uid, started_at, tokens in rows:
+        key = (str(uid), math.floor(float(started_at)) // 60)
+        sums[key] = sums.get(key, 0) + int(tokens)
+    return sums
+
+
+def expected_sums(records: Sequence[UsageRecord]) -> dict[tuple[str, int], int]:
+    """What the distinct records add up to, per user and minute."""
+    sums: dict[tuple[str, int], int] = {}
+    for r in {r.record_id: r for r in records}.values():
+        key = (r.uid, math.floor(r.started_at) // 60)
+        sums[key] = sums.get(key, 0) + r.total_tokens
+    return sums
+
+
+async def test_minute_sums_follow_every_batch_and_a_retried_one_adds_nothing(
+    make_store: StoreFactory,
+) -> None:
+    store = await make_store()
+    minute = math.floor(NOON) // 60
+    first = [
+        rec(at=NOON, prompt=1, completion=2),
+        rec(at=NOON + 59.999, prompt=3, completion=4),  # same minute, at its very end
+        rec(at=NOON + 60, prompt=5, completion=6),  # the next one, at its very start
+        rec("bob", at=NOON + 1, prompt=7, completion=8),
+        rec(at=NOON + 2, prompt=0, completion=0, outcome=Outcome.REJECTED),
+    ]
+    await store.write(first)
+    assert await minute_sums(store) == {
+        ("alice", minute): 10,
+        ("alice", minute + 1): 11,
+        ("bob", minute): 15,
+    }
+    await store.write(first)  # a retried flush whose first commit did land
+    second = [*first[:2], rec(at=NOON + 30, prompt=100, completion=0), rec("carol", at=NOON)]
+    await store.write(second)  # partly written before
+    await store.write([first[0], first[0]])  # one record twice in one batch
+    assert await minute_sums(store) == expected_sums([*first, *second])
+    assert await minute_sums(store) == await record_sums(store)
+    window = await store.user_window("alice", day_start=NOON, minute_start=NOON + 30)
+    assert window.tokens_today == 1 + 2 + 3 + 4 + 5 + 6 + 100
+
+
+async def test_a_retry_after_a_commit_whose_answer_was_lost_counts_once(
+    make_store: StoreFactory,
+) -> None:
+    store = await make_store()
+
+    class LostAnswer:
+        """Commits the first batch, then fails as a dropped connection would."""
+
+        def __init__(self) -> None:
+            self.lost = False
+
+        async def write(self, records: Sequence[UsageRecord]) -> None:
+            await store.write(records)
+            if not self.lost:
+                self.lost = True
+                raise ConnectionResetError("connection lost after COMMIT")
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(store, name)
+
+    options = StoreOptions(sqlite_path=Path("unused"), flush_records=3, flush_seconds=0.01)
+    writer = BatchWriter(LostAnswer(), options)  # type: ignore[arg-type]
+    writer.start()
+    records = [rec(at=NOON + i, prompt=i, completion=1) for i in range(3)]
+    for record in records:
+        writer.add(record)
+    await wait_until(lambda: writer.written == 3, "the retry")
+    await writer.close()
+    assert writer.failures == 1
+    assert await minute_sums(store) == expected_sums(records) == await record_sums(store)
+    window = await store.user_window("alice", day_start=NOON - 60, minute_start=NOON)
+    assert (window.tokens_today, window.requests_last_minute) == (0 + 1 + 2 + 3, 3)
+
+
+async def test_nodes_writing_at_once_add_up_exactly(make_store: StoreFactory) -> None:
+    """Several nodes' batches for the same users and minutes, concurrently:
+    every upsert of a minute row lands, none twice."""
+    nodes = await asyncio.gather(*(make_store() for _ in range(4)))
+    batches = [
+        [
+            rec(uid, at=NOON + (i * 7 + j) % 150, prompt=j, completion=n, node=f"node-{n}")
+            for j, uid in enumerate(("alice", "bob", "carol") * 5)
+        ]
+        for n in range(4)
+        for i in range(6)
+    ]
+
+    async def node_writes(n: int) -> None:  # one batch at a time, as its writer does
+        for batch in batches[n::4]:
+            await nodes[n].write(batch)
+        for batch in batches[(n + 1) % 4 :: 12]:  # another node's batch again
+            await nodes[n].write(batch)
+
+    await asyncio.gather(*(node_writes(n) for n in range(4)))
+    records = [r for batch in batches for r in batch]
+    assert await minute_sums(nodes[0]) == expected_sums(records) == await record_sums(nodes[0])
+    for node in nodes:
+        window = await node.user_window("bob", day_start=NOON, minute_start=NOON + 90)
+        assert window.tokens_today == sum(r.total_tokens for r in records if r.uid == "bob")
+
+
+async def test_migrating_a_version_1_database_fills_the_minute_sums(
+    make_store: StoreFactory,
+) -> None:
+    old = await make_store(MIGRATIONS[:1])
+    assert await old.schema_version() == 1
+    before = [
+        rec(at=NOON - 86_400, prompt=1000),  # yesterday
+        *(rec(at=NOON - 3600 + 7 * i, prompt=i, completion=2) for i in range(40)),
+        rec("bob", at=NOON - 10, prompt=5, completion=5),
+        rec(at=NOON - 5, prompt=0, completion=0, outcome=Outcome.REJECTED),
+    ]
+    await old.write(before)
+    new = await make_store()
+    assert await new.schema_version() == MIGRATIONS[-1].version
+    assert await minute_sums(new) == expected_sums(before) == await record_sums(new)
+    after = [rec(at=NOON - 1, prompt=3, completion=3), rec("bob", at=NOON)]
+    await new.write(after)
+    assert await minute_sums(new) == expected_sums([*before, *after])
+    window = await new.user_window("alice", day_start=NOON - 7200, minute_start=NOON - 60)
+    assert window.tokens_today == sum(range(40)) + 40 * 2 + 6
+    assert window.requests_last_minute == 1  # the rejected one is not a request
+
+
+async def test_a_day_that_starts_off_midnight_and_off_the_minute(
+    make_store: StoreFactory,
+) -> None:
+    store = await make_store()
+    three = NOON - 9 * 3600  # 03:00 UTC
+    await store.write(
+        [
+            rec(at=three - 60.5, prompt=1000, completion=0),  # the day before
+            rec(at=three - 0.001, prompt=1000, completion=0),  # the day before, just
+            rec(at=three, prompt=1, completion=0),
+            rec(at=three + 29, prompt=2, completion=0),
+            rec(at=three + 30, prompt=4, completion=0),
+            rec(at=three + 59.5, prompt=8, completion=0),
+            rec(at=three + 60, prompt=16, completion=0),
+            rec(at=NOON - 1, prompt=32, completion=0),
+        ]
+    )
+    at_three = await store.user_window("alice", day_start=three, minute_start=NOON - 60)
+    assert at_three.tokens_today == 1 + 2 + 4 + 8 + 16 + 32
+    # FOGNODE_QUOTA_DAY_START takes seconds too (03:00:30): the part minute
+    # before the first whole one is summed from its records.
+    at_half = await store.user_window("alice", day_start=three + 30, minute_start=NOON - 60)
+    assert at_half.tokens_today == 4 + 8 + 16 + 32
+    options = QuotaOptions(day_start=timedelta(hours=3, seconds=30))
+    ledger = UsageLedger(BatchWriter(store, StoreOptions(sqlite_path=Path("unused"))), options)
+    for now in (three + 30, NOON):
+        assert (await ledger.usage("alice", now=now)).tokens_today == 4 + 8 + 16 + 32
+
+
 # --- backend specifics ---------------------------------------------------------------------
 
 
@@ -362,10 +549,20 @@ async def test_sqlite_file_is_in_wal_mode_and_the_quota_query_uses_the_index(
             assert (await cur.fetchone()) == ("wal",)
         from fognode.usage.sqlite_store import _USER_WINDOW
 
-        params = {"uid": "a", "day": 0.0, "minute": 0.0}
+        params = {"uid": "a", "day": 0.0, "minute": 0.0, "first_minute": 0}
         async with db.execute("EXPLAIN QUERY PLAN " + _USER_WINDOW, params) as cur:
-            plan = " ".join(str(row[-1]) for row in await cur.fetchall())
-        assert "COVERING INDEX usage_by_user_time" in plan
+            plan = [str(row[-1]) for row in await cur.fetchall()]
+        # No step scans the user's day of records: the day from the minute
+        # sums, the sliding minute and the day's part minute by index range.
+        minute_range = (
+            "SEARCH usage_records USING COVERING INDEX usage_by_user_time (uid=? AND started_at>?)"
+        )
+        assert plan.count(minute_range) == 1
+        assert "SEARCH usage_minutes USING PRIMARY KEY (uid=? AND minute>?)" in plan
+        assert (
+            "SEARCH usage_records USING COVERING INDEX usage_by_user_time "
+            "(uid=? AND started_at>? AND started_at<?)" in plan
+        )
     finally:
         await store.close()
 
@@ -380,7 +577,9 @@ async def test_postgres_quota_query_uses_the_index(postgres_url: str) -> None:
     conn = await asyncpg.connect(postgres_url)
     try:
         await conn.execute("SET enable_seqscan = off")  # an empty table is scanned otherwise
-        plan = await conn.fetch("EXPLAIN " + _USER_WINDOW, "a", 0.0, 0.0)
+        rows = await conn.fetch("EXPLAIN " + _USER_WINDOW, "a", 0.0, 0.0, 0)
+        plan = " ".join(row[0] for row in rows)
     finally:
         await conn.close()
-    assert "usage_by_user_time" in " ".join(row[0] for row in plan)
+    assert "usage_by_user_time" in plan
+    assert "usage_minutes_pkey" in plan

@@ -127,28 +127,16 @@ async def _totals(
         await store.close()
 
 
-def _iso(moment: float) -> str:
+def iso_utc(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds")
 
 
 def _as_json(totals: list[Total], since: float, until: float, by: str) -> dict[str, Any]:
     return {
-        "since": _iso(since),
-        "until": _iso(until),
+        "since": iso_utc(since),
+        "until": iso_utc(until),
         "by": by,
-        "totals": [
-            {
-                **({"uid": t.uid} if t.uid is not None else {}),
-                **({"model": t.model} if t.model is not None else {}),
-                "requests": t.requests,
-                "rejected": t.rejected,
-                "partial": t.partial,
-                "prompt_tokens": t.prompt_tokens,
-                "completion_tokens": t.completion_tokens,
-                "total_tokens": t.total_tokens,
-            }
-            for t in totals
-        ],
+        "totals": [t.as_json() for t in totals],
     }
 
 
@@ -187,7 +175,7 @@ def _table(totals: list[Total], by: Grouping, since: float, until: float) -> str
         right = [c.rjust(w) for c, w in zip(cells[len(keys) :], widths[len(keys) :], strict=False)]
         return "  ".join(left + right).rstrip()
 
-    title = f"Usage from {_iso(since)} to {_iso(until)} (UTC)"
+    title = f"Usage from {iso_utc(since)} to {iso_utc(until)} (UTC)"
     if not totals:
         return f"{title}: nothing recorded."
     return "\n".join([title, line(head), *(line(row) for row in rows)])

@@ -27,16 +27,24 @@ two is still removed whole.
 SSE events are separated by ``\\n\\n`` or ``\\r\\n\\r\\n`` (Ollama,
 llama.cpp, vLLM and OpenAI use one of these); a lone ``\\r`` as line end is
 not recognised.
+
+The upstream's bytes are not trusted to be well-formed: JSON is parsed with
+:mod:`fognode.safejson` (a deeply nested answer is malformed, not a
+``RecursionError``), and an event or line longer than ``max_event`` (an
+upstream that never ends its event) is not held back or kept in memory: the
+counter stops inspecting the response and passes the rest through, as the
+relay's SSE framer does with an overlong line.
 """
 
 from __future__ import annotations
 
 import enum
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TypeGuard
+
+from .. import safejson
 
 # Keys whose non-empty string value is generated output, most frequent first,
 # and the list key of tool calls. Found with bytes.find, which costs a
@@ -64,7 +72,7 @@ class BodyKind(enum.Enum):
     SSE = "sse"  # text/event-stream: OpenAI streams (chat, completions)
     NDJSON = "ndjson"  # application/x-ndjson: Ollama's /api/chat, /api/generate
     JSON = "json"  # one JSON body: non-streamed answers
-    OTHER = "other"  # nothing to count
+    OTHER = "other"  # nothing to count (or given up on: see max_event)
 
 
 def body_kind(content_type: str) -> BodyKind:
@@ -102,6 +110,7 @@ class TokenCounter:
         "_body",
         "_body_limit",
         "_kind",
+        "_max_event",
         "_partial",
         "_prompt_estimate",
         "_strip",
@@ -119,11 +128,13 @@ class TokenCounter:
         strip_usage_chunk: bool = False,
         prompt_estimate: int = 0,
         max_json_body: int = 8 << 20,
+        max_event: int = 1 << 20,
     ) -> None:
         self._kind = kind
         self._strip = strip_usage_chunk and kind is BodyKind.SSE
         self._prompt_estimate = prompt_estimate
         self._body_limit = max_json_body
+        self._max_event = max_event
         self._body = bytearray()
         self._partial = b""
         self._unconfirmed = 0
@@ -204,10 +215,15 @@ class TokenCounter:
             start = end
         self._partial = data[start:]
         if not self._strip:
-            return chunk
-        if kept is not None:
-            return b"".join(kept)
-        return data if start == len(data) else data[:start]
+            out = chunk
+        elif kept is not None:
+            out = b"".join(kept)
+        else:
+            out = data if start == len(data) else data[:start]
+        if len(self._partial) > self._max_event:
+            out = out + self._partial if self._strip else out
+            self._give_up()
+        return out
 
     def _inspect_event(self, event: bytes) -> bool:
         """Count one SSE event; True if it is a usage-only chunk."""
@@ -215,7 +231,7 @@ class TokenCounter:
         if b'"usage"' in event and _USAGE_OBJECT.search(event) is not None:
             payload = b"\n".join(_DATA_LINE.findall(event))
             try:
-                obj = json.loads(payload)
+                obj = safejson.loads(payload)
             except ValueError:
                 obj = None
             if isinstance(obj, dict):
@@ -233,13 +249,21 @@ class TokenCounter:
             self._inspect_line(data[start:newline])
             start = newline + 1
         self._partial = data[start:]
+        if len(self._partial) > self._max_event:
+            self._give_up()
+
+    def _give_up(self) -> None:
+        """An event or line longer than ``max_event``: not one the counter can
+        read. Pass everything through from here on and count no more."""
+        self._partial = b""
+        self._kind = BodyKind.OTHER
 
     def _inspect_line(self, line: bytes) -> None:
         if _has_content(line):
             self._unconfirmed += 1
         if b'"done"' in line and _DONE.search(line) is not None:
             try:
-                obj = json.loads(line)
+                obj = safejson.loads(line)
             except ValueError:
                 return
             if isinstance(obj, dict):
@@ -248,7 +272,7 @@ class TokenCounter:
     # --- figures -------------------------------------------------------------------
     def _read_body(self, body: bytes) -> None:
         try:
-            obj = json.loads(body)
+            obj = safejson.loads(body)
         except ValueError:
             return
         if not isinstance(obj, dict):

@@ -7,6 +7,11 @@ openers (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: an advisory lock). A
 database that has a version this code does not know raises
 :class:`~.store.SchemaTooNew`. Steps are only ever appended: an applied step
 is never edited.
+
+Step 2 keeps ``usage_minutes``: each user's tokens per minute of
+``started_at``, added to by a trigger in the transaction that inserts the
+records, so the per-request quota check sums at most 1,440 rows for a day
+however many requests the user made (see :func:`~.store.first_whole_minute`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,14 @@ class Migration:
 
 
 _OUTCOMES = "'completed', 'client_disconnected', 'upstream_failed', 'rejected'"
+
+# The minute bucket of a record, floor(started_at / 60), as
+# :func:`~.store.first_whole_minute` counts minutes (times are positive, so
+# truncation is flooring; integer division keeps it exact at the boundaries).
+# Step 2 is written with them: never edit them.
+_SQLITE_MINUTE = "CAST({} AS INTEGER) / 60"
+_POSTGRES_MINUTE = "floor(extract(epoch FROM {}))::bigint / 60"
+_TOKENS = "prompt_tokens + completion_tokens"
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -76,6 +89,75 @@ MIGRATIONS: tuple[Migration, ...] = (
                 INCLUDE (outcome, prompt_tokens, completion_tokens)
             """,
             "CREATE INDEX usage_by_time ON usage_records (started_at)",
+        ),
+    ),
+    Migration(
+        2,
+        "tokens per user and minute",
+        sqlite=(
+            """
+            CREATE TABLE usage_minutes (
+                uid TEXT NOT NULL,
+                minute INTEGER NOT NULL,
+                tokens INTEGER NOT NULL,
+                PRIMARY KEY (uid, minute)
+            ) WITHOUT ROWID
+            """,
+            f"""
+            INSERT INTO usage_minutes (uid, minute, tokens)
+            SELECT uid, {_SQLITE_MINUTE.format("started_at")}, SUM({_TOKENS})
+            FROM usage_records GROUP BY 1, 2
+            """,
+            # Fires only for rows actually inserted: a record skipped by
+            # INSERT OR IGNORE (a retried batch) adds nothing.
+            f"""
+            CREATE TRIGGER usage_minutes_add AFTER INSERT ON usage_records BEGIN
+                INSERT INTO usage_minutes (uid, minute, tokens)
+                VALUES (
+                    NEW.uid, {_SQLITE_MINUTE.format("NEW.started_at")},
+                    NEW.prompt_tokens + NEW.completion_tokens
+                )
+                ON CONFLICT (uid, minute) DO UPDATE SET tokens = tokens + excluded.tokens;
+            END
+            """,
+        ),
+        postgres=(
+            # Other nodes may be writing (an older fognode in a rolling
+            # upgrade): hold their inserts until the trigger exists, so each
+            # record is in the backfill or passes through the trigger.
+            "LOCK TABLE usage_records IN SHARE MODE",
+            """
+            CREATE TABLE usage_minutes (
+                uid text NOT NULL,
+                minute bigint NOT NULL,
+                tokens bigint NOT NULL,
+                PRIMARY KEY (uid, minute)
+            )
+            """,
+            f"""
+            INSERT INTO usage_minutes (uid, minute, tokens)
+            SELECT uid, {_POSTGRES_MINUTE.format("started_at")}, SUM({_TOKENS})
+            FROM usage_records GROUP BY 1, 2
+            """,
+            # One grouped upsert per statement from the rows it inserted (a
+            # row skipped by ON CONFLICT DO NOTHING is not among them), in
+            # key order so that concurrent batches lock rows in one order.
+            f"""
+            CREATE FUNCTION usage_minutes_add() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO usage_minutes AS m (uid, minute, tokens)
+                SELECT uid, {_POSTGRES_MINUTE.format("started_at")}, SUM({_TOKENS})
+                FROM inserted GROUP BY 1, 2 ORDER BY 1, 2
+                ON CONFLICT (uid, minute) DO UPDATE SET tokens = m.tokens + excluded.tokens;
+                RETURN NULL;
+            END
+            $$
+            """,
+            """
+            CREATE TRIGGER usage_minutes_add AFTER INSERT ON usage_records
+                REFERENCING NEW TABLE AS inserted
+                FOR EACH STATEMENT EXECUTE FUNCTION usage_minutes_add()
+            """,
         ),
     ),
 )

@@ -103,7 +103,7 @@ class StoreOptions:
     """
 
     sqlite_path: Path | None = None
-    database_url: str | None = None
+    database_url: str | None = field(default=None, repr=False)  # may carry a password
     flush_records: int = 100
     flush_seconds: float = 1.0
     buffer_limit: int = 10_000

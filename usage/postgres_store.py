@@ -16,32 +16,42 @@ from asyncpg.pool import PoolConnectionProxy
 
 from .migrations import MIGRATIONS, Migration, check_known
 from .record import COLUMNS, Outcome, UsageRecord
-from .store import Grouping, Total, UserWindow, total_from_row, totals_query
+from .store import Grouping, Total, UserWindow, first_whole_minute, total_from_row, totals_query
 
 # pg_advisory_xact_lock key: "fognode usage" folded into a bigint.
 _LOCK_KEY = 0x666F67_7573616765
 
+# One statement per batch, so the statement trigger of migration 2 adds the
+# batch's inserted rows to usage_minutes in one grouped upsert.
+_ARRAY_TYPES = (
+    "text", "text", "text", "text", "text", "text", "text",
+    "float8", "float8", "bigint", "bigint", "text", "boolean",
+)  # fmt: skip
 _INSERT = f"""
-INSERT INTO usage_records ({", ".join(COLUMNS)}) VALUES (
-    $1, $2, $3, $4, $5, $6, $7, to_timestamp($8::float8), to_timestamp($9::float8),
-    $10, $11, $12, $13
-)
+INSERT INTO usage_records ({", ".join(COLUMNS)})
+SELECT record_id, request_id, node, uid, model, upstream, route,
+    to_timestamp(started_at), to_timestamp(ended_at),
+    prompt_tokens, completion_tokens, outcome, partial
+FROM unnest({", ".join(f"${n}::{kind}[]" for n, kind in enumerate(_ARRAY_TYPES, 1))})
+    AS batch ({", ".join(COLUMNS)})
 ON CONFLICT (record_id) DO NOTHING
 """
 
-_COUNTED = f"outcome <> '{Outcome.REJECTED}'"
-
+# Today's tokens from the per-minute sums (at most 1,440 rows), plus the
+# records before the day's first whole minute (none for an HH:MM start);
+# the sliding minute from the records themselves (the index bounds it to
+# that minute's), since Retry-After needs their exact times.
 _USER_WINDOW = f"""
 SELECT
-    COALESCE(SUM(prompt_tokens + completion_tokens)
-        FILTER (WHERE started_at >= to_timestamp($2::float8)), 0),
-    COUNT(*) FILTER (WHERE started_at >= to_timestamp($3::float8) AND {_COUNTED}),
-    EXTRACT(EPOCH FROM MIN(started_at) FILTER (WHERE started_at >= to_timestamp($3::float8)
-        AND {_COUNTED}))::float8,
-    EXTRACT(EPOCH FROM MAX(started_at) FILTER (WHERE started_at >= to_timestamp($3::float8)
-        AND {_COUNTED}))::float8
+    (SELECT COALESCE(SUM(tokens), 0) FROM usage_minutes WHERE uid = $1 AND minute >= $4)
+    + (SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM usage_records
+        WHERE uid = $1 AND started_at >= to_timestamp($2::float8)
+            AND started_at < to_timestamp($4::bigint * 60)),
+    COUNT(*),
+    EXTRACT(EPOCH FROM MIN(started_at))::float8,
+    EXTRACT(EPOCH FROM MAX(started_at))::float8
 FROM usage_records
-WHERE uid = $1 AND started_at >= to_timestamp(LEAST($2::float8, $3::float8))
+WHERE uid = $1 AND started_at >= to_timestamp($3::float8) AND outcome <> '{Outcome.REJECTED}'
 """
 
 
@@ -108,12 +118,13 @@ class PostgresStore:
     async def write(self, records: Sequence[UsageRecord]) -> None:
         if not records:
             return
-        rows = [r.row() for r in records]
-        async with self._db().acquire() as conn, conn.transaction():
-            await conn.executemany(_INSERT, rows)
+        columns = [list(column) for column in zip(*(r.row() for r in records), strict=True)]
+        await self._db().execute(_INSERT, *columns)
 
     async def user_window(self, uid: str, *, day_start: float, minute_start: float) -> UserWindow:
-        row = await self._db().fetchrow(_USER_WINDOW, uid, day_start, minute_start)
+        row = await self._db().fetchrow(
+            _USER_WINDOW, uid, day_start, minute_start, first_whole_minute(day_start)
+        )
         assert row is not None
         return UserWindow(int(row[0]), int(row[1]), row[2], row[3])
 

@@ -23,6 +23,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .. import safejson
+
 _INSERTED = b'"stream_options":{"include_usage":true},'
 
 # Characters per token for the prompt estimate: ~4 for English with common
@@ -51,7 +53,7 @@ def ask_for_usage(body: bytes, parsed: Mapping[str, object] | None = None) -> Us
     requests are returned unchanged: their answer always carries ``usage``.
     """
     if parsed is None:
-        decoded = json.loads(body)
+        decoded = safejson.loads(body)
         if not isinstance(decoded, dict):
             raise ValueError("the request body is not a JSON object")
         parsed = decoded

@@ -21,23 +21,28 @@ import aiosqlite
 
 from .migrations import MIGRATIONS, Migration, check_known
 from .record import COLUMNS, Outcome, UsageRecord
-from .store import Grouping, Total, UserWindow, total_from_row, totals_query
+from .store import Grouping, Total, UserWindow, first_whole_minute, total_from_row, totals_query
 
 _INSERT = (
     f"INSERT OR IGNORE INTO usage_records ({', '.join(COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(COLUMNS))})"
 )
 
+# Today's tokens from the per-minute sums (at most 1,440 rows), plus the
+# records before the day's first whole minute (none for an HH:MM start);
+# the sliding minute from the records themselves, which the covering index
+# bounds to that minute's: Retry-After needs their exact times.
 _USER_WINDOW = f"""
 SELECT
-    COALESCE(SUM(CASE WHEN started_at >= :day THEN prompt_tokens + completion_tokens END), 0),
-    COALESCE(SUM(started_at >= :minute AND outcome != '{Outcome.REJECTED}'), 0),
-    MIN(CASE WHEN started_at >= :minute AND outcome != '{Outcome.REJECTED}'
-        THEN started_at END),
-    MAX(CASE WHEN started_at >= :minute AND outcome != '{Outcome.REJECTED}'
-        THEN started_at END)
+    (SELECT COALESCE(SUM(tokens), 0) FROM usage_minutes
+        WHERE uid = :uid AND minute >= :first_minute)
+    + (SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM usage_records
+        WHERE uid = :uid AND started_at >= :day AND started_at < :first_minute * 60),
+    COUNT(*),
+    MIN(started_at),
+    MAX(started_at)
 FROM usage_records
-WHERE uid = :uid AND started_at >= MIN(:day, :minute)
+WHERE uid = :uid AND started_at >= :minute AND outcome != '{Outcome.REJECTED}'
 """
 
 
@@ -125,7 +130,12 @@ class SqliteStore:
             raise
 
     async def user_window(self, uid: str, *, day_start: float, minute_start: float) -> UserWindow:
-        params = {"uid": uid, "day": day_start, "minute": minute_start}
+        params = {
+            "uid": uid,
+            "day": day_start,
+            "first_minute": first_whole_minute(day_start),
+            "minute": minute_start,
+        }
         async with self._db(write=False).execute(_USER_WINDOW, params) as cur:
             row = await cur.fetchone()
         assert row is not None

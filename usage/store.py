@@ -8,6 +8,7 @@ shared by several nodes). :func:`open_store` picks one from the options.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -42,6 +43,19 @@ class Total:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def as_json(self) -> dict[str, object]:
+        """The figures as `fognode usage --json` and ``GET /admin/usage`` show them."""
+        return {
+            **({"uid": self.uid} if self.uid is not None else {}),
+            **({"model": self.model} if self.model is not None else {}),
+            "requests": self.requests,
+            "rejected": self.rejected,
+            "partial": self.partial,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class UserWindow:
@@ -52,6 +66,16 @@ class UserWindow:
     requests_last_minute: int
     oldest_request: float | None
     newest_request: float | None
+
+
+def first_whole_minute(day_start: float) -> int:
+    """The first minute bucket (``floor(t / 60)``) that starts at or after
+    ``day_start``: the quota check sums ``usage_minutes`` from it, and the
+    records of ``[day_start, 60 * it)`` one by one (none when the day starts
+    on a whole minute, as an HH:MM setting does; with seconds, less than one
+    minute's worth), so the day's tokens are exact for any start."""
+    minute = math.floor(day_start) // 60
+    return minute if minute * 60 >= day_start else minute + 1
 
 
 def totals_query(

@@ -29,6 +29,7 @@ from aiohttp import web
 from markupsafe import Markup
 
 from .qr import qr_svg, qr_text
+from .security import page_headers
 
 HERE = Path(__file__).parent
 # The link in the QR code: one URL for every phone (see `phone_file`).
@@ -54,9 +55,10 @@ class CaForms(Protocol):
 @dataclass(frozen=True)
 class OnboardingOptions:
     ca: CaForms
-    # What phones open: `onboarding_url()` chooses it (scheme, address, port).
+    # What phones open: `onboarding_urls()` chooses it (scheme, address, port).
     url: str
-    host: str = "*"  # address to bind; "*" every interface
+    # Where to listen, as asyncio takes it: an address, or None for every interface.
+    bind: str | None = None
     port: int = 80
     node_name: str = "fognode"
     # Other addresses of the node, shown in case the phone cannot reach `url`.
@@ -99,22 +101,22 @@ def onboarding_urls(
     *,
     port: int,
     addresses: Iterable[object],
-    bind_host: str = "*",
+    bound: str | None = None,
     public_url: str | None = None,
 ) -> list[str]:
     """The URLs phones can use for the page, the one to put in the QR code first.
 
     An operator-given URL wins (a DNS name, a port mapped by a router or
-    compose); then the bound address if it is a LAN one; then this
-    machine's LAN addresses by `_rank`. Loopback only as a last resort: the
-    page then works on this machine alone.
+    compose). A page listening on one address (``bound``) answers there
+    only. A page on every interface (``bound`` None) is reachable at this
+    machine's LAN ``addresses``, ordered by `_rank`; with none of those,
+    loopback (the page then works on this machine alone).
     """
     urls = [public_url.rstrip("/")] if public_url else []
-    wildcard = bind_host in ("*", "", "0.0.0.0", "::")
-    bound = [] if wildcard else lan_candidates([bind_host])
-    urls += [_url(a, port) for a in (bound or lan_candidates(addresses))]
-    if not urls:
-        urls.append(_url("127.0.0.1" if wildcard else bind_host, port))
+    if bound is not None:
+        urls.append(_url(bound, port))
+    else:
+        urls += [_url(a, port) for a in lan_candidates(addresses)] or [_url("127.0.0.1", port)]
     return list(dict.fromkeys(urls))
 
 
@@ -157,19 +159,7 @@ class _Prepared:
 
 PREPARED = web.AppKey("fognode.web.onboarding", _Prepared)
 
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; "
-        "form-action 'none'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Cross-Origin-Resource-Policy": "same-origin",
-    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
-    "Server": "fognode",
-}
+SECURITY_HEADERS = page_headers(scripts=False)
 
 
 def create_onboarding_app(options: OnboardingOptions) -> web.Application:
@@ -265,21 +255,23 @@ class OnboardingSite:
 
 
 RunnerFactory = Callable[[web.Application], web.AppRunner]
+SiteFactory = Callable[[web.AppRunner, str | None, int], web.BaseSite]
 
 
 async def start_onboarding(
     options: OnboardingOptions,
     *,
     make_runner: RunnerFactory = web.AppRunner,
+    make_site: SiteFactory = web.TCPSite,
 ) -> OnboardingSite:
     """Serve the page on its own port until `stop()`.
 
-    `make_runner` lets the gateway put the same slow-client deadlines on this
-    port as on its own.
+    `make_runner` and `make_site` let the gateway put this port behind the
+    same connection guard (caps, slow-client deadlines) as its own.
     """
     runner = make_runner(create_onboarding_app(options))
     await runner.setup()
-    site = web.TCPSite(runner, None if options.host in ("*", "") else options.host, options.port)
+    site = make_site(runner, options.bind, options.port)
     try:
         await site.start()
     except BaseException:

@@ -25,7 +25,9 @@
  *
  * Every content event carries the CLOCK_MONOTONIC time (ns) at which it was
  * written, as its delta content, so a client on the same machine measures
- * each event's one-way delay through whatever sits between.
+ * each event's one-way delay through whatever sits between. A stream whose
+ * request asks for "include_usage": true ends, like Ollama's, with a usage
+ * chunk ("choices": [] and the token figures) after the finish chunk.
  *
  *   cc -O2 -o fastup fastup.c && ./fastup --port 11434
  */
@@ -67,6 +69,7 @@ struct conn {
     int active_index;   /* position in the active list, -1 if absent */
     int counted_slow;
     int tag;            /* of a slow stream: index in tags[], -1 if none */
+    int usage_tokens;   /* completion tokens for the usage chunk; 0: not asked for */
     char model[64];
     char id[32];
 };
@@ -289,18 +292,23 @@ static void chunk(struct conn *c, const char *data, size_t len) {
     out_append(c, "\r\n", 2);
 }
 
+/* The start every chunk of a stream shares; returns its length in ev. */
+static int chunk_head(const struct conn *c, char *ev, size_t size) {
+    return snprintf(ev, size,
+                    "data: {\"id\":\"%s\",\"object\":\"chat.completion.chunk\",\"created\":%lld,"
+                    "\"model\":\"%s\",\"system_fingerprint\":\"fp_ollama\",",
+                    c->id, (long long)(now_ns(CLOCK_REALTIME) / 1000000000LL), c->model);
+}
+
 static void send_event(struct conn *c) {
     char ev[1024];
-    int n;
+    int n = chunk_head(c, ev, sizeof ev);
     if (c->events_left > 0) {
         int64_t t = now_ns(CLOCK_MONOTONIC);
-        n = snprintf(ev, sizeof ev,
-                     "data: {\"id\":\"%s\",\"object\":\"chat.completion.chunk\",\"created\":%lld,"
-                     "\"model\":\"%s\",\"system_fingerprint\":\"fp_ollama\",\"choices\":[{"
-                     "\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"%lld\"},"
-                     "\"finish_reason\":null}]}\n\n",
-                     c->id, (long long)(now_ns(CLOCK_REALTIME) / 1000000000LL), c->model,
-                     (long long)t);
+        n += snprintf(ev + n, sizeof ev - (size_t)n,
+                      "\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\","
+                      "\"content\":\"%lld\"},\"finish_reason\":null}]}\n\n",
+                      (long long)t);
         chunk(c, ev, (size_t)n);
         c->events_left--;
         stats.events++;
@@ -311,13 +319,18 @@ static void send_event(struct conn *c) {
         }
         return;
     }
-    n = snprintf(ev, sizeof ev,
-                 "data: {\"id\":\"%s\",\"object\":\"chat.completion.chunk\",\"created\":%lld,"
-                 "\"model\":\"%s\",\"system_fingerprint\":\"fp_ollama\",\"choices\":[{"
-                 "\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
-                 "\"finish_reason\":\"stop\"}]}\n\n",
-                 c->id, (long long)(now_ns(CLOCK_REALTIME) / 1000000000LL), c->model);
+    n += snprintf(ev + n, sizeof ev - (size_t)n,
+                  "\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
+                  "\"finish_reason\":\"stop\"}]}\n\n");
     chunk(c, ev, (size_t)n);
+    if (c->usage_tokens) {
+        n = chunk_head(c, ev, sizeof ev);
+        n += snprintf(ev + n, sizeof ev - (size_t)n,
+                      "\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":%d,"
+                      "\"total_tokens\":%d}}\n\n",
+                      c->usage_tokens, c->usage_tokens + 1);
+        chunk(c, ev, (size_t)n);
+    }
     static const char done[] = "data: [DONE]\n\n";
     chunk(c, done, sizeof done - 1);
     out_append(c, "0\r\n\r\n", 5);
@@ -326,7 +339,7 @@ static void send_event(struct conn *c) {
     active_remove(c);
 }
 
-static void start_stream(struct conn *c, const char *model, const char *tag) {
+static void start_stream(struct conn *c, const char *model, const char *tag, int usage) {
     snprintf(c->model, sizeof c->model, "%s", model);
     snprintf(c->id, sizeof c->id, "chatcmpl-%llu", (unsigned long long)++next_id);
     c->streaming = 1;
@@ -345,6 +358,7 @@ static void start_stream(struct conn *c, const char *model, const char *tag) {
         c->shape = FAST;
         c->events_left = opt.events;
     }
+    c->usage_tokens = usage ? c->events_left : 0;
     out_printf(c,
                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nDate: %s\r\n"
                "Transfer-Encoding: chunked\r\n\r\n",
@@ -358,7 +372,7 @@ static void start_stream(struct conn *c, const char *model, const char *tag) {
 }
 
 static void chat(struct conn *c, const char *body, size_t len) {
-    char model[64] = "", stream[16] = "", tag[48] = "";
+    char model[64] = "", stream[16] = "", tag[48] = "", include_usage[16] = "";
     if (!json_string(body, len, "model", model, sizeof model) || !model[0]) {
         respond(c, 400, "Bad Request", "application/json",
                 "{\"error\":{\"message\":\"model is required\",\"type\":\"invalid_request_error\","
@@ -371,7 +385,8 @@ static void chat(struct conn *c, const char *body, size_t len) {
         /* the tag of a held stream is its (first) message's content: every
          * proxy forwards that untouched */
         json_string(body, len, "content", tag, sizeof tag);
-        start_stream(c, model, tag);
+        json_string(body, len, "include_usage", include_usage, sizeof include_usage);
+        start_stream(c, model, tag, strcmp(include_usage, "true") == 0);
         return;
     }
     char out[1024];
