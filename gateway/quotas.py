@@ -207,14 +207,7 @@ def setup_quotas(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         store_options = dataclasses.replace(options.store, node=await asyncio.to_thread(node))
-        store = open_store(store_options)
-        try:
-            await store.open()
-        except Exception as exc:
-            raise UsageStoreUnavailable(
-                f"cannot open the usage store ({_where(store_options)}): "
-                f"{type(exc).__name__}: {exc}"
-            ) from None
+        store = await open_usage_store(store_options)
         writer = BatchWriter(store, store_options)
         writer.start()
         accounting.store, accounting.writer = store, writer
@@ -334,6 +327,20 @@ def setup_quotas(
     app.on_response_prepare.append(rate_limit_headers)
     add_route(app, RouteSpec("GET", "/admin/usage", Access.ADMIN), report)
     return accounting
+
+
+async def open_usage_store(options: StoreOptions) -> UsageStore:
+    """The store, open and migrated to this fognode's schema (the supervisor of
+    worker processes does this once before any worker starts), or
+    UsageStoreUnavailable naming it."""
+    store = open_store(options)
+    try:
+        await store.open()
+    except Exception as exc:
+        raise UsageStoreUnavailable(
+            f"cannot open the usage store ({_where(options)}): {type(exc).__name__}: {exc}"
+        ) from None
+    return store
 
 
 def _tier(quota: QuotaOptions, principal: Principal | None) -> str | None:

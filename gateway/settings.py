@@ -128,12 +128,12 @@ class Settings(BaseSettings):
         description="TCP port to listen on (0 = any free). Default 8443 with TLS, 8080 without.",
     )
     workers: int = Field(
-        0,
+        1,
         ge=0,
         le=1024,
-        description="Processes that serve requests, sharing the port (0: one per core). "
-        "Admission caps, metrics, mDNS and certificate renewal stay node-wide (README, "
-        "Every core); 1: everything in one process.",
+        description="Processes that serve requests, sharing the port (1: everything in one "
+        "process; 0: one per core). Admission caps, metrics, mDNS and certificate renewal "
+        "stay node-wide; some state is kept per worker (README, Every core).",
     )
 
     # --- TLS ---------------------------------------------------------------

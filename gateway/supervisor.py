@@ -39,17 +39,19 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..auth.sessions import load_or_create_key
 from ..embedded.metrics import EmbeddedCollector
 from ..web.onboarding import OnboardingSite
 from ..workers.ports import SharedPort
 from ..workers.processes import Launch, RestartPolicy, WorkerProcess
-from .announce import NodeAnnouncer
-from .app import admission_from, renewal_options, terminator, upstream_options
+from .announce import NodeAnnouncer, node_id
+from .app import admission_from, renewal_options, store_options, terminator, upstream_options
 from .cert_renewal import CertificateKeeper
 from .coordinator import Coordinator
 from .metrics import AdmissionCollector
 from .network import bind_host, local_url
 from .onboarding import start_onboarding_page
+from .quotas import open_usage_store
 from .server import SPLIT_CAPS, log_serving, node_announcer, stop_signals
 from .settings import Settings
 from .upstream_choice import choose_upstream
@@ -96,12 +98,56 @@ class _WorkerCollector(Collector):
         yield from (up, restarts)
 
 
+def per_worker_state(settings: Settings) -> list[str]:
+    """What each worker keeps for itself with these settings, so that with
+    several workers it holds per worker, not for the node (README, Every core)."""
+    kept: list[str] = []
+    if settings.usage_accounting and (
+        settings.quota_tokens_per_day or settings.quota_requests_per_minute or settings.quota_tiers
+    ):
+        kept.append(
+            "quota reservations of requests in flight and records not yet written (a user's "
+            "concurrent requests on different workers can together pass a quota)"
+        )
+    if settings.upstream_affinity and len(settings.upstream_urls) > 1:
+        kept.append(
+            "conversation affinity (a conversation's next turn on another worker may go to "
+            "another upstream)"
+        )
+    if settings.status_page:
+        kept.append(
+            "the status page's requests and errors per minute, live counts and connections, "
+            "the sign-in throttle and sign-outs (a signed-out session stays valid on the "
+            "other workers until it expires)"
+        )
+    kept.append("upstream checks (each worker checks every upstream)")
+    return kept
+
+
+async def prepare_once(settings: Settings) -> Settings:
+    """What every worker would otherwise make at its start, at the same moment
+    as the others: made here, once, before any worker starts. The node id
+    (each worker would write a different one to the same file), the status
+    page's session key (a worker reading the file another has created but not
+    yet written would fail), and the usage store opened and migrated to this
+    fognode's schema (one migration, its error said once). Returns the settings
+    the workers get: with the node id fixed."""
+    settings = settings.model_copy(update={"node_id": await asyncio.to_thread(node_id, settings)})
+    if settings.status_page:
+        await asyncio.to_thread(load_or_create_key, settings.session_key_file)
+    if settings.usage_accounting:
+        store = await open_usage_store(store_options(settings))
+        await store.close()
+    return settings
+
+
 async def serve_workers(settings: Settings, count: int) -> None:
     """Serve with ``count`` workers until SIGINT/SIGTERM, then stop in order."""
     stop = stop_signals()
     tls = terminator(settings) if settings.tls else None
     if tls is not None:
         await asyncio.to_thread(tls.load)  # a pair no client would accept: CertError, once
+    settings = await prepare_once(settings)
     choice = await choose_upstream(settings)
     settings = choice.settings
     port = SharedPort.reserve(bind_host(settings.host), settings.bind_port)
@@ -205,6 +251,11 @@ async def serve_workers(settings: Settings, count: int) -> None:
             announcer is not None and announcer.announced,
             port.port,
             workers=count,
+        )
+        log.warning(
+            "with %d workers, kept per worker, not for the node: %s",
+            count,
+            "; ".join(per_worker_state(settings)),
         )
         await stop.wait()
         log.info("shutting down; open requests get %ss to finish", settings.shutdown_timeout)

@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sqlite3
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fognode.gateway.announce import node_id
 from fognode.gateway.metrics import merge_expositions
 from fognode.gateway.server import worker_count
 from fognode.gateway.settings import Settings
-from fognode.gateway.supervisor import worker_share
+from fognode.gateway.supervisor import per_worker_state, prepare_once, worker_share
+from fognode.usage.migrations import MIGRATIONS
+from fognode.usage.sqlite_store import SqliteStore
 from fognode.workers.channel import Channel, ChannelClosed, Reply
 from fognode.workers.ports import SharedPort
 from tests.helpers import wait_until
@@ -157,3 +163,77 @@ def test_the_shared_port_is_one_port_for_every_worker() -> None:
                 sock.close()
     finally:
         port.close()
+
+
+def test_one_process_is_the_default() -> None:
+    """Several workers are opt-in (README, Kept per worker, says why)."""
+    settings = Settings(host="127.0.0.1")
+    assert settings.workers == 1 and worker_count(settings) == 1
+
+
+OPEN_STORE = """
+import asyncio, sys
+from pathlib import Path
+from fognode.usage.sqlite_store import SqliteStore
+
+async def main():
+    store = SqliteStore(Path(sys.argv[1]))
+    await store.open()
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_processes_opening_a_new_usage_store_at_once_migrate_it_once(
+    tmp_path: Path,
+) -> None:
+    """What workers restarting, or nodes sharing a file, do: each step applied
+    exactly once however the openers interleave (BEGIN IMMEDIATE)."""
+    path = tmp_path / "usage.sqlite3"
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", OPEN_STORE, str(path), stderr=asyncio.subprocess.PIPE
+        )
+        for _ in range(6)
+    ]
+    results = await asyncio.gather(*(p.communicate() for p in procs))
+    assert [p.returncode for p in procs] == [0] * 6, [err.decode() for _, err in results]
+    with sqlite3.connect(path) as db:
+        versions = [row[0] for row in db.execute("SELECT version FROM usage_schema_migrations")]
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert versions == [m.version for m in MIGRATIONS]
+    assert {"usage_records", "usage_minutes"} <= tables
+
+
+async def test_the_supervisor_makes_once_what_workers_would_race_for(tmp_path: Path) -> None:
+    """Node id, session key and the migrated store exist before any worker
+    starts, and every worker gets the one node id in its settings."""
+    settings = Settings(
+        host="127.0.0.1",
+        status_page=True,
+        session_key_file=tmp_path / "session.key",
+        usage_sqlite_path=tmp_path / "usage.sqlite3",
+    )
+    prepared = await prepare_once(settings)
+    assert prepared.node_id and prepared.node_id == node_id(settings)
+    assert len(bytes.fromhex((tmp_path / "session.key").read_text().strip())) == 32
+    store = SqliteStore(tmp_path / "usage.sqlite3")
+    await store.open()
+    try:
+        assert await store.schema_version() == MIGRATIONS[-1].version
+    finally:
+        await store.close()
+
+
+def test_the_start_says_what_is_kept_per_worker() -> None:
+    quiet = Settings(host="127.0.0.1", status_page=False)
+    assert [s.split(" (")[0] for s in per_worker_state(quiet)] == ["upstream checks"]
+    busy = Settings(
+        host="127.0.0.1",
+        quota_tokens_per_day=1000,
+        upstream_urls=["http://127.0.0.1:1", "http://127.0.0.1:2"],
+    )
+    kept = " ".join(per_worker_state(busy))
+    for what in ("quota reservations", "conversation affinity", "status page", "sign-outs"):
+        assert what in kept
