@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..usage.ledger import QuotaLedger
 from ..usage.options import Limits, QuotaOptions, StoreOptions
 from .access import Authorizer, setup_access
 from .activity import Activity
@@ -56,10 +57,12 @@ def create_app(
     authorizer: Authorizer | None = None,
     tls: TlsTerminator | None = None,
     admission: AdmissionControl[Any] | None = None,
+    ledger: QuotaLedger | None = None,
 ) -> web.Application:
-    """The app. ``admission``: what admits requests when this process does not
-    hold the node's Admission itself (a worker process, whose supervisor
-    does; it also counts admission in /metrics then)."""
+    """The app. ``admission`` and ``ledger``: what admits requests and checks
+    quotas when this process does not hold the node's Admission and quota
+    ledger itself (a worker process, whose supervisor does; it also counts
+    admission and writes the usage records then)."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         handler_args={"max_field_size": HEADER_FIELD_LIMIT, "max_line_size": REQUEST_LINE_LIMIT},
@@ -101,7 +104,11 @@ def create_app(
     #    every inference request that passes is metered and recorded once.
     accounting = (
         setup_quotas(
-            app, usage_options(settings), metrics, node=functools.partial(node_id, settings)
+            app,
+            usage_options(settings),
+            metrics,
+            node=functools.partial(node_id, settings),
+            ledger=ledger,
         )
         if settings.usage_accounting
         else None

@@ -11,9 +11,17 @@ over a socketpair made for it). On it the worker calls:
                    ends, or ``refused`` with the GatewayError admission raised
     position K     where wait K is in the queue (for the ``: queued N`` heartbeat)
     load           the node's slots in use and requests waiting (the status page)
+    quota K UID TOKENS RPM ESTIMATE
+                   the node's quota ledger decides on a request (K: the worker's
+                   key for it): ``[decision]``, and when allowed the reservation
+                   is a lease, ended by ``settle`` or, should the worker die, by
+                   the channel dropping
+    pending        records the node's usage writer holds, not yet stored
     metrics        the whole node's exposition (every worker's, summed, and ours)
 
-and tells (notices): ``ready`` (it serves; with the kinds of credentials
+and tells (notices): ``settle K RECORD`` (request K ended: its record
+replaces its reservation), ``record RECORD`` (a request that held none),
+``ready`` (it serves; with the kinds of credentials
 it accepts, for the announcement), ``failed`` (it cannot start, and
 why), ``models`` (what its upstream check found, so the mDNS record follows
 a pull through any worker). The supervisor calls ``expose`` on each worker
@@ -39,6 +47,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
+from ..usage.ledger import Ticket as QuotaTicket
+from ..usage.ledger import UsageLedger
+from ..usage.options import Limits
+from ..usage.record import UsageRecord
 from ..workers.channel import Answer, Channel, Reply
 from ..workers.processes import WorkerStartError
 from .admission import Admission, Ticket
@@ -52,8 +64,15 @@ EXPOSE_TIMEOUT = 5.0  # seconds a worker has to hand over its metrics
 
 
 class Coordinator:
-    def __init__(self, admission: Admission, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        admission: Admission,
+        registry: CollectorRegistry,
+        ledger: UsageLedger | None = None,
+    ) -> None:
         self.admission = admission
+        # The node's quota ledger and usage writer (with usage accounting on).
+        self.ledger = ledger
         self.registry = registry  # the supervisor's own series (admission, workers, model)
         self.links: dict[int, Channel] = {}
         # What every worker gets at hello; the supervisor keeps it current.
@@ -120,6 +139,7 @@ class _Link:
         self.number = number
         self.ready = ready
         self.waiting: dict[int, Ticket] = {}  # the worker's key -> its place in the queues
+        self.reserved: dict[int, QuotaTicket] = {}  # the worker's key -> its reservation
 
     async def serve(self, op: str, args: list[Any]) -> Reply:
         if op == "acquire":
@@ -134,6 +154,13 @@ class _Link:
             return Reply([load.active, load.queued])
         if op == "metrics":
             return Reply([await self.coordinator.node_metrics()])
+        if op == "quota":
+            key, uid, tokens, rpm, estimate = args
+            return await self.quota(
+                int(key), str(uid), Limits(int(tokens), int(rpm)), int(estimate)
+            )
+        if op == "pending":
+            return Reply([await self._ledger().pending_records()])
         if op == "hello":
             return Reply([self.coordinator.hello])
         raise ValueError(f"unknown call {op!r}")
@@ -149,8 +176,34 @@ class _Link:
             self.waiting.pop(key, None)
         return Reply([GRANTED], release=lambda: admission.release(permit))
 
+    def _ledger(self) -> UsageLedger:
+        if self.coordinator.ledger is None:
+            raise RuntimeError("usage accounting is off")
+        return self.coordinator.ledger
+
+    async def quota(self, key: int, uid: str, limits: Limits, estimate: int) -> Reply:
+        ledger = self._ledger()
+        ticket = await ledger.admit(uid, limits, estimate=estimate)
+        answer = [ticket.started_at, ticket.decision.as_json()]
+        if not ticket.decision.allowed:
+            return Reply(answer)
+        self.reserved[key] = ticket
+
+        def release() -> None:  # after settle: nothing left; a dead worker: no record
+            left = self.reserved.pop(key, None)
+            if left is not None:
+                ledger.drop(left)
+
+        return Reply(answer, release=release)
+
     def notice(self, op: str, args: list[Any]) -> None:
-        if op == "ready":
+        if op == "settle":
+            ticket = self.reserved.pop(int(args[0]), None)
+            if ticket is not None:
+                self._ledger().settle(ticket, UsageRecord.from_json(args[1]))
+        elif op == "record":
+            self._ledger().record(UsageRecord.from_json(args[0]))
+        elif op == "ready":
             self.coordinator.auth = str(args[0]) if args else None
             if not self.ready.done():
                 self.ready.set_result(None)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import pickle
@@ -41,17 +42,27 @@ from prometheus_client.registry import Collector
 
 from ..auth.sessions import load_or_create_key
 from ..embedded.metrics import EmbeddedCollector
+from ..usage.ledger import UsageLedger
+from ..usage.writer import BatchWriter
 from ..web.onboarding import OnboardingSite
 from ..workers.ports import SharedPort
 from ..workers.processes import Launch, RestartPolicy, WorkerProcess
 from .announce import NodeAnnouncer, node_id
-from .app import admission_from, renewal_options, store_options, terminator, upstream_options
+from .app import (
+    admission_from,
+    quota_options,
+    renewal_options,
+    store_options,
+    terminator,
+    upstream_options,
+    usage_options,
+)
 from .cert_renewal import CertificateKeeper
 from .coordinator import Coordinator
 from .metrics import AdmissionCollector
 from .network import bind_host, local_url
 from .onboarding import start_onboarding_page
-from .quotas import open_usage_store
+from .quotas import WriterCollector, open_usage_store
 from .server import SPLIT_CAPS, log_serving, node_announcer, stop_signals
 from .settings import Settings
 from .upstream_choice import choose_upstream
@@ -102,13 +113,6 @@ def per_worker_state(settings: Settings) -> list[str]:
     """What each worker keeps for itself with these settings, so that with
     several workers it holds per worker, not for the node (README, Every core)."""
     kept: list[str] = []
-    if settings.usage_accounting and (
-        settings.quota_tokens_per_day or settings.quota_requests_per_minute or settings.quota_tiers
-    ):
-        kept.append(
-            "quota reservations of requests in flight and records not yet written (a user's "
-            "concurrent requests on different workers can together pass a quota)"
-        )
     if settings.upstream_affinity and len(settings.upstream_urls) > 1:
         kept.append(
             "conversation affinity (a conversation's next turn on another worker may go to "
@@ -127,18 +131,32 @@ def per_worker_state(settings: Settings) -> list[str]:
 async def prepare_once(settings: Settings) -> Settings:
     """What every worker would otherwise make at its start, at the same moment
     as the others: made here, once, before any worker starts. The node id
-    (each worker would write a different one to the same file), the status
+    (each worker would write a different one to the same file) and the status
     page's session key (a worker reading the file another has created but not
-    yet written would fail), and the usage store opened and migrated to this
-    fognode's schema (one migration, its error said once). Returns the settings
-    the workers get: with the node id fixed."""
+    yet written would fail); the usage store: :func:`node_ledger`. Returns the
+    settings the workers get: with the node id fixed."""
     settings = settings.model_copy(update={"node_id": await asyncio.to_thread(node_id, settings)})
     if settings.status_page:
         await asyncio.to_thread(load_or_create_key, settings.session_key_file)
-    if settings.usage_accounting:
-        store = await open_usage_store(store_options(settings))
-        await store.close()
     return settings
+
+
+async def node_ledger(settings: Settings) -> UsageLedger:
+    """The node's quota ledger, with its batch writer and the usage store,
+    opened and migrated here once, before any worker starts (the workers
+    then only read it, for reports). Every worker's quota checks and
+    records come here (coordinator.py), so reservations and unwritten
+    records are the node's."""
+    options = dataclasses.replace(store_options(settings), node=settings.node_id or "")
+    store = await open_usage_store(options)
+    writer = BatchWriter(store, options)
+    writer.start()
+    return UsageLedger(writer, quota_options(settings))
+
+
+async def close_ledger(ledger: UsageLedger, grace: float) -> None:
+    await ledger.writer.close(grace)
+    await ledger.writer.store.close()
 
 
 async def serve_workers(settings: Settings, count: int) -> None:
@@ -213,7 +231,11 @@ async def serve_workers(settings: Settings, count: int) -> None:
     announcer: NodeAnnouncer | None = None
     renewal: asyncio.Task[None] | None = None
     onboarding: OnboardingSite | None = None
+    ledger: UsageLedger | None = None
     try:
+        if settings.usage_accounting:
+            ledger = coordinator.ledger = await node_ledger(settings)
+            registry.register(WriterCollector(lambda: ledger.writer if ledger else None))
         if runtime is not None:
             await runtime.start()
         await pool.start()
@@ -271,6 +293,8 @@ async def serve_workers(settings: Settings, count: int) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewal
         coordinator.close()
+        if ledger is not None:  # every worker has stopped: no record comes any more
+            await close_ledger(ledger, usage_options(settings).close_grace)
         await pool.close()
         if runtime is not None:
             await runtime.stop()

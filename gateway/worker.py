@@ -8,8 +8,9 @@ as privately), through a pipe only the supervisor holds. The descriptors
 are inherited: the worker's end of its channel to the supervisor and the
 sockets it listens on.
 
-The worker runs the same app as a single process, with three differences:
-admission is the supervisor's (:class:`RemoteAdmission`), /metrics asks the
+The worker runs the same app as a single process, with four differences:
+admission is the supervisor's (:class:`RemoteAdmission`), so is the quota
+ledger, which also writes the usage records (:class:`RemoteLedger`), /metrics asks the
 supervisor for the whole node's series, and the certificate files are
 reloaded when the supervisor says they changed (it alone renews them). It
 dies with the supervisor (PR_SET_PDEATHSIG), and stops when its channel
@@ -25,6 +26,7 @@ import logging
 import pickle
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +34,10 @@ from typing import Any
 from ..certs.errors import CertError
 from ..embedded.child import die_with_parent
 from ..embedded.supervisor import ServerStatus
+from ..usage.ledger import Ticket as QuotaTicket
+from ..usage.options import Limits
+from ..usage.quota import ALLOW_UNLIMITED, Decision
+from ..usage.record import UsageRecord
 from ..workers.channel import Channel, ChannelClosed, Reply
 from .access import AUTHORIZER
 from .admission import Load, Ticket
@@ -117,6 +123,56 @@ class RemoteAdmission:
         return int(place) if place is not None else None
 
 
+class RemoteLedger:
+    """The usage stage's quota ledger, answered by the supervisor's UsageLedger.
+
+    The reservations of requests in flight and the records not yet written
+    are the node's: a request with a quota costs one round trip at its start
+    (the supervisor decides and reserves, the reservation a lease on the
+    channel), and its record goes to the supervisor's writer at its end, in
+    the same step that ends the reservation. A request without limits costs
+    no round trip, only its record. Should this worker die, the channel drops
+    and the supervisor ends its reservations (their records are lost, as
+    with a crash of a single process).
+    """
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self._keys = itertools.count(1)
+        self._leases: dict[QuotaTicket, tuple[int, int]] = {}  # ticket -> (key, lease)
+
+    async def admit(self, uid: str, limits: Limits, *, estimate: int) -> QuotaTicket:
+        if limits.unlimited:
+            return QuotaTicket(uid, estimate, time.time(), ALLOW_UNLIMITED)
+        key = next(self._keys)
+        answer = await self.channel.call(
+            "quota", key, uid, limits.tokens_per_day, limits.requests_per_minute, estimate
+        )
+        started_at, decision = float(answer.values[0]), Decision.from_json(answer.values[1])
+        ticket = QuotaTicket(uid, estimate, started_at, decision, settled=not decision.allowed)
+        if decision.allowed:
+            self._leases[ticket] = (key, answer.id)
+        return ticket
+
+    def settle(self, ticket: QuotaTicket, record: UsageRecord) -> None:
+        if ticket.settled:
+            return
+        ticket.settled = True
+        lease = self._leases.pop(ticket, None)
+        if lease is None:  # no limits: nothing reserved
+            self.record(record)
+            return
+        key, ident = lease
+        self.channel.notify("settle", key, record.as_json())
+        self.channel.done(ident)
+
+    def record(self, record: UsageRecord) -> None:
+        self.channel.notify("record", record.as_json())
+
+    async def pending_records(self) -> int:
+        return int((await self.channel.call("pending")).values[0])
+
+
 class SupervisorCalls:
     """What the supervisor asks of this worker and tells it, over the channel.
 
@@ -157,7 +213,11 @@ async def start_worker(
     tls = terminator(settings) if settings.tls else None
     if tls is not None:
         await asyncio.to_thread(tls.load)
-    app = create_app(settings, admission=RemoteAdmission(channel, settings.max_concurrent_requests))
+    app = create_app(
+        settings,
+        admission=RemoteAdmission(channel, settings.max_concurrent_requests),
+        ledger=RemoteLedger(channel) if settings.usage_accounting else None,
+    )
     statuses = calls.embedded or [ServerStatus.from_json(s) for s in hello["embedded"]]
     calls.follow = follow_upstream_choice(app, str(hello["choice"]), statuses)
     calls.metrics = metrics = app[METRICS]

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -224,6 +225,64 @@ async def test_caps_are_the_nodes_across_workers(
         assert seen[("fognode_admission_capacity", "")] == GLOBAL_CAP
     finally:
         await node.stop()
+
+
+async def test_quotas_are_the_nodes_across_workers(
+    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+) -> None:
+    """12 requests of one user at once over 2 workers, 3 a minute allowed: the
+    node admits exactly 3 (one worker's reservations count in the other's
+    check), refuses 9 with rate_limit_exceeded, and writes 12 records once,
+    all with the node's one id."""
+    standin.token_delay = 0.05
+    pki_dir, tls = tls_node
+    store = tmp_path / "usage.sqlite3"
+    node = NodeProcess(
+        tmp_path,
+        node_settings(
+            standin,
+            pki_dir,
+            quota_requests_per_minute="3",
+            max_concurrent_requests="20",
+            per_user_concurrent_requests="20",
+            usage_sqlite_path=str(store),
+        ),
+    )
+    await node.start(tls)
+    try:
+
+        async def one() -> tuple[int, bytes]:
+            connector = aiohttp.TCPConnector(ssl=tls, force_close=True)
+            async with (
+                aiohttp.ClientSession(connector=connector) as http,
+                http.post(
+                    f"https://localhost:{node.port}/v1/chat/completions",
+                    json=chat_as("alice"),
+                    headers={"Authorization": f"Bearer {USERS['alice']}"},
+                ) as resp,
+            ):
+                return resp.status, await resp.read()
+
+        async with asyncio.timeout(GUARD):
+            answers = await asyncio.gather(*(one() for _ in range(12)))
+        statuses = Counter(status for status, _ in answers)
+        assert statuses == {200: 3, 429: 9}, answers
+        for status, body in answers:
+            if status == 429:
+                assert json.loads(body)["error"]["code"] == "rate_limit_exceeded", body
+        assert len(standin.forwarded) == 3
+        await wait_until(lambda: sum(served_by(node.log()).values()) == 12, "every access line")
+        assert set(served_by(node.log())) == {"w1", "w2"}  # both workers checked quotas
+        seen = await metrics(node, tls)
+        assert seen[("fognode_quota_rejections_total", "code=rate_limit_exceeded")] == 9
+    finally:
+        await node.stop()
+    # The supervisor wrote every record before it exited, once.
+    with sqlite3.connect(store) as db:
+        rows = db.execute("SELECT outcome, node FROM usage_records WHERE uid = 'apikey:alice'")
+        records = list(rows)
+    assert Counter(outcome for outcome, _ in records) == {"completed": 3, "rejected": 9}
+    assert len({node_id for _, node_id in records}) == 1
 
 
 async def test_a_killed_worker_gives_its_slots_back(

@@ -6,6 +6,7 @@ shares add up, and the shared port is one port for every worker."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import sqlite3
 import sys
@@ -21,9 +22,17 @@ from fognode.gateway.announce import node_id
 from fognode.gateway.metrics import merge_expositions
 from fognode.gateway.server import worker_count
 from fognode.gateway.settings import Settings
-from fognode.gateway.supervisor import per_worker_state, prepare_once, worker_share
+from fognode.gateway.supervisor import (
+    close_ledger,
+    node_ledger,
+    per_worker_state,
+    prepare_once,
+    worker_share,
+)
 from fognode.usage.migrations import MIGRATIONS
-from fognode.usage.sqlite_store import SqliteStore
+from fognode.usage.options import Limits
+from fognode.usage.quota import Decision, Usage, decide
+from fognode.usage.record import Outcome, UsageRecord
 from fognode.workers.channel import Channel, ChannelClosed, Reply
 from fognode.workers.ports import SharedPort
 from tests.helpers import wait_until
@@ -218,12 +227,11 @@ async def test_the_supervisor_makes_once_what_workers_would_race_for(tmp_path: P
     prepared = await prepare_once(settings)
     assert prepared.node_id and prepared.node_id == node_id(settings)
     assert len(bytes.fromhex((tmp_path / "session.key").read_text().strip())) == 32
-    store = SqliteStore(tmp_path / "usage.sqlite3")
-    await store.open()
+    ledger = await node_ledger(prepared)
     try:
-        assert await store.schema_version() == MIGRATIONS[-1].version
+        assert await ledger.writer.store.schema_version() == MIGRATIONS[-1].version
     finally:
-        await store.close()
+        await close_ledger(ledger, 1.0)
 
 
 def test_the_start_says_what_is_kept_per_worker() -> None:
@@ -235,5 +243,30 @@ def test_the_start_says_what_is_kept_per_worker() -> None:
         upstream_urls=["http://127.0.0.1:1", "http://127.0.0.1:2"],
     )
     kept = " ".join(per_worker_state(busy))
-    for what in ("quota reservations", "conversation affinity", "status page", "sign-outs"):
+    assert "quota" not in kept  # the supervisor's ledger: the node's
+    for what in ("conversation affinity", "status page", "sign-outs"):
         assert what in kept
+
+
+def test_quota_decisions_and_records_cross_the_channel_unchanged() -> None:
+    """What a worker's RemoteLedger and the coordinator send each other is
+    JSON on the channel: nothing may be lost or retyped on the way."""
+    record = UsageRecord(
+        uid="apikey:alice",
+        model="llama3.2:1b",
+        upstream="http://127.0.0.1:11434",
+        route="/v1/chat/completions",
+        started_at=1_700_000_000.25,
+        ended_at=1_700_000_003.5,
+        prompt_tokens=12,
+        completion_tokens=34,
+        outcome=Outcome.CLIENT_DISCONNECTED,
+        partial=True,
+        request_id="r-1",
+        node="n1",
+    )
+    assert UsageRecord.from_json(json.loads(json.dumps(record.as_json()))) == record
+    used = Usage(requests_last_minute=3, oldest_request=1_700_000_000.0)
+    refused = decide(Limits(0, 3), used, estimate=10, now=1_700_000_010.0, day_end=1_700_050_000)
+    assert not refused.allowed and refused.code == "rate_limit_exceeded"
+    assert Decision.from_json(json.loads(json.dumps(refused.as_json()))) == refused
