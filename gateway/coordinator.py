@@ -21,7 +21,8 @@ over a socketpair made for it). On it the worker calls:
 
 and tells (notices): ``settle K RECORD`` (request K ended: its record
 replaces its reservation), ``record RECORD`` (a request that held none),
-``ready`` (it serves; with the kinds of credentials
+``revoke SID UNTIL`` (a sign-out from the status page, passed on to
+every worker as ``revoke``), ``ready`` (it serves; with the kinds of credentials
 it accepts, for the announcement), ``failed`` (it cannot start, and
 why), ``models`` (what its upstream check found, so the mDNS record follows
 a pull through any worker). The supervisor calls ``expose`` on each worker
@@ -203,6 +204,8 @@ class _Link:
                 self._ledger().settle(ticket, UsageRecord.from_json(args[1]))
         elif op == "record":
             self._ledger().record(UsageRecord.from_json(args[0]))
+        elif op == "revoke":  # a sign-out: every worker refuses the session from now on
+            self.coordinator.broadcast("revoke", *args)
         elif op == "ready":
             self.coordinator.auth = str(args[0]) if args else None
             if not self.ready.done():

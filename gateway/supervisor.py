@@ -121,8 +121,7 @@ def per_worker_state(settings: Settings) -> list[str]:
     if settings.status_page:
         kept.append(
             "the status page's requests and errors per minute, live counts and connections, "
-            "the sign-in throttle and sign-outs (a signed-out session stays valid on the "
-            "other workers until it expires)"
+            "and the sign-in throttle (N workers allow N times the failed sign-ins)"
         )
     kept.append("upstream checks (each worker checks every upstream)")
     return kept

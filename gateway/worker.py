@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from ..certs.errors import CertError
@@ -48,6 +49,7 @@ from .logs import configure_logging
 from .metrics import METRICS, Metrics
 from .proxy import UPSTREAM
 from .server import RunningServer, run_app, stop_signals
+from .sessions import SESSIONS, BrowserSessions
 from .settings import Settings
 from .status import LISTENING
 from .tls import TlsTerminator
@@ -185,6 +187,7 @@ class SupervisorCalls:
         self.tls: TlsTerminator | None = None
         self.follow: Callable[[list[ServerStatus]], None] | None = None
         self.embedded: list[ServerStatus] | None = None  # arrived before follow was set
+        self.sessions: BrowserSessions | None = None
         self._reloading: set[asyncio.Task[None]] = set()
 
     async def serve(self, op: str, args: list[Any]) -> Reply:
@@ -197,6 +200,8 @@ class SupervisorCalls:
             task = asyncio.create_task(_reload(self.tls), name="fognode-tls-reload")
             self._reloading.add(task)
             task.add_done_callback(self._reloading.discard)
+        elif op == "revoke" and self.sessions is not None:
+            self.sessions.signer.refuse(str(args[0]), float(args[1]))
         elif op == "embedded":
             statuses = [ServerStatus.from_json(s) for s in args[0]]
             if self.follow is not None:
@@ -235,6 +240,10 @@ async def start_worker(
 
     pool.on_checked.append(report_models)
     running = await run_app(app, settings, tls, sockets=sockets, onboarding=False)
+    sessions = app.get(SESSIONS)
+    if sessions is not None:  # a sign-out here holds on every worker
+        calls.sessions = sessions
+        sessions.signer.on_revoke.append(partial(channel.notify, "revoke"))
     listening = app.get(LISTENING)
     if listening is not None:  # the supervisor serves the one onboarding page
         listening.onboarding_url = hello.get("onboarding")

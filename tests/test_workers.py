@@ -285,6 +285,61 @@ async def test_quotas_are_the_nodes_across_workers(
     assert len({node_id for _, node_id in records}) == 1
 
 
+async def test_a_sign_out_holds_on_every_worker(
+    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+) -> None:
+    """Sign in to the status page, sign out: the kept cookie opens the page on
+    no worker any more (each worker keeps the sign-outs it was told of)."""
+    pki_dir, tls = tls_node
+    admin = new_key()
+    keys = [entry_for(key, name, admin=False) for name, key in USERS.items()]
+    node = NodeProcess(
+        tmp_path,
+        node_settings(
+            standin, pki_dir, api_keys=json.dumps([*keys, entry_for(admin, "op", admin=True)])
+        ),
+    )
+    await node.start(tls)
+    url = f"https://localhost:{node.port}"
+    try:
+        # Every request on a new connection: the kernel spreads them over both workers.
+        connector = aiohttp.TCPConnector(ssl=tls, force_close=True)
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(connector=connector, cookie_jar=jar) as http:
+
+            async def page_statuses() -> Counter[int]:
+                statuses: Counter[int] = Counter()
+                for _ in range(10):
+                    async with http.get(f"{url}/", allow_redirects=False) as resp:
+                        statuses[resp.status] += 1
+                return statuses
+
+            async with http.get(f"{url}/signin") as resp:
+                form = re.search(r'name="csrf" value="([^"]+)"', await resp.text())
+            assert form is not None
+            async with http.post(
+                f"{url}/signin",
+                data={"csrf": form.group(1), "credential": admin},
+                allow_redirects=False,
+            ) as resp:
+                assert resp.status == 303 and resp.headers["Location"] == "/"
+            kept = {c.key: c.value for c in jar}  # what a stolen or kept cookie would be
+            assert await page_statuses() == {200: 10}
+            async with http.get(f"{url}/", allow_redirects=False) as resp:
+                token = re.search(r'name="csrf-token" content="([^"]+)"', await resp.text())
+            assert token is not None
+            async with http.post(
+                f"{url}/signout", data={"csrf": token.group(1)}, allow_redirects=False
+            ) as resp:
+                assert resp.status == 303
+            jar.update_cookies(kept)
+            assert await page_statuses() == {303: 10}
+        pages = Counter(re.findall(r' (w\d+) fognode\.access .*"GET /" ', node.log()))
+        assert set(pages) == {"w1", "w2"}, pages  # both workers answered the page
+    finally:
+        await node.stop()
+
+
 async def test_a_killed_worker_gives_its_slots_back(
     standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
 ) -> None:

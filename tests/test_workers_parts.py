@@ -244,7 +244,7 @@ def test_the_start_says_what_is_kept_per_worker() -> None:
     )
     kept = " ".join(per_worker_state(busy))
     assert "quota" not in kept  # the supervisor's ledger: the node's
-    for what in ("conversation affinity", "status page", "sign-outs"):
+    for what in ("conversation affinity", "status page", "sign-in throttle"):
         assert what in kept
 
 
