@@ -33,7 +33,7 @@ from fognode.auth.api_keys import entry_for, new_key
 from fognode.certs.issuer import SubjectNames
 from fognode.certs.lifecycle import issue_to_files
 from fognode.certs.store import CertPaths
-from tests.helpers import STREAMED_CHAT, wait_until
+from tests.helpers import STREAMED_CHAT, free_port, wait_until
 from tests.node_process import NodeProcess
 from tests.ollama_standin import OllamaStandIn
 from tests.pki import NODE_NAMES, PASSPHRASE, make_pki
@@ -336,6 +336,50 @@ async def test_a_sign_out_holds_on_every_worker(
             assert await page_statuses() == {303: 10}
         pages = Counter(re.findall(r' (w\d+) fognode\.access .*"GET /" ', node.log()))
         assert set(pages) == {"w1", "w2"}, pages  # both workers answered the page
+    finally:
+        await node.stop()
+
+
+async def test_the_onboarding_page_is_served_once_by_the_main_process(
+    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+) -> None:
+    """Its own port, bound once (no worker competes for it): the main process
+    serves it, and every worker's status page links to it."""
+    pki_dir, tls = tls_node
+    page_port = free_port()
+    admin = new_key()
+    node = NodeProcess(
+        tmp_path,
+        node_settings(
+            standin,
+            pki_dir,
+            onboarding="true",
+            onboarding_port=str(page_port),
+            api_keys=json.dumps([entry_for(admin, "op", admin=True)]),
+        ),
+    )
+    await node.start(tls)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", page_port)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ")
+            # Answered, and the connection kept open: whoever holds it served it.
+            assert node.proc is not None
+            client_port = writer.get_extra_info("sockname")[1]
+            assert connection_owner([node.proc.pid], page_port, client_port) == node.proc.pid
+        finally:
+            writer.close()
+        connector = aiohttp.TCPConnector(ssl=tls, force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as https:
+            for _ in range(6):  # both workers, most likely: each knows the page's URL
+                async with https.get(
+                    f"https://localhost:{node.port}/status/live",
+                    headers={"Authorization": f"Bearer {admin}"},
+                ) as resp:
+                    assert resp.status == 200
+                    assert f":{page_port}" in await resp.text()
     finally:
         await node.stop()
 
