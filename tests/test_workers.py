@@ -237,11 +237,14 @@ async def test_quotas_are_the_nodes_across_workers(
     standin.token_delay = 0.05
     pki_dir, tls = tls_node
     store = tmp_path / "usage.sqlite3"
+    admin = new_key()
+    keys = [entry_for(key, name, admin=False) for name, key in USERS.items()]
     node = NodeProcess(
         tmp_path,
         node_settings(
             standin,
             pki_dir,
+            api_keys=json.dumps([*keys, entry_for(admin, "op", admin=True)]),
             quota_requests_per_minute="3",
             max_concurrent_requests="20",
             per_user_concurrent_requests="20",
@@ -275,6 +278,28 @@ async def test_quotas_are_the_nodes_across_workers(
         assert set(served_by(node.log())) == {"w1", "w2"}  # both workers checked quotas
         seen = await metrics(node, tls)
         assert seen[("fognode_quota_rejections_total", "code=rate_limit_exceeded")] == 9
+
+        # Any worker's /admin/usage reads the store the supervisor writes, and
+        # asks it for the records not yet written.
+        async def report() -> dict[str, Any]:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(
+                    f"https://localhost:{node.port}/admin/usage",
+                    params={"user": "apikey:alice"},
+                    headers={"Authorization": f"Bearer {admin}"},
+                    ssl=tls,
+                ) as resp,
+            ):
+                assert resp.status == 200
+                answer: dict[str, Any] = await resp.json()
+                return answer
+
+        async with asyncio.timeout(GUARD):
+            while (usage := await report())["pending_records"]:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        [alice] = usage["users"]
+        assert (alice["requests"], alice["rejected"]) == (3, 9)
     finally:
         await node.stop()
     # The supervisor wrote every record before it exited, once.
