@@ -9,6 +9,9 @@ serves no requests. It owns what must happen once for the node:
   the workers forward to it and follow its state);
 * the node's one Admission, behind the coordinator (coordinator.py): caps
   and queues are the node's, never a process's;
+* the node's quota ledger and usage writer (:func:`node_ledger`): quota
+  reservations and unwritten records are the node's, every record written
+  here; a sign-out in one worker is passed on to all;
 * the mDNS announcement (announced once, its load and capacity the node's);
 * certificate renewal (issued once; the workers load the new files when
   told);
