@@ -165,7 +165,17 @@ _BUSY = _busy_response()
 class _AlertingSSLProtocol(sslproto.SSLProtocol):
     """asyncio's TLS protocol, but a failed handshake sends its alert, and the
     guard hears of the connection's end even when the handshake never
-    finished (the HTTP protocol is not told then)."""
+    finished (the HTTP protocol is not told then).
+
+    Its receive buffer is 32 KiB, not asyncio's 256 KiB: the buffer is a
+    zero-filled bytearray made per connection, so all of it is resident
+    memory for as long as the connection is open (256 KiB per open TLS
+    stream, measured in bench/). A TLS record is at most 16 KiB plus its
+    header, so 32 KiB still takes whole records; only bulk uploads pay a
+    few more reads.
+    """
+
+    max_size = 32 * 1024
 
     def __init__(self, gate: Gate, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

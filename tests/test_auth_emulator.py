@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -30,6 +31,7 @@ from tests.conftest import GatewayFactory
 from tests.firebase_emulator import PROJECT, AuthEmulator
 from tests.helpers import CHAT
 from tests.ollama_standin import OllamaStandIn
+from tests.pki import make_pki
 
 
 @pytest.fixture
@@ -255,13 +257,15 @@ async def test_one_verification_per_token_while_it_is_valid(
 
 
 async def test_emulator_with_tls_is_refused_unless_allowed(
-    standin: OllamaStandIn, make_gateway: GatewayFactory, emulator: AuthEmulator
+    standin: OllamaStandIn, make_gateway: GatewayFactory, emulator: AuthEmulator, tmp_path: Path
 ) -> None:
+    pki = make_pki(tmp_path / "certs")
     with pytest.raises(UnsafeConfiguration, match="unsigned tokens"):
         await make_gateway(
             standin.url,
             auth="firebase",
             tls=True,
+            certs_dir=pki.paths.directory,
             firebase_project_id=PROJECT,
             firebase_auth_emulator_host=emulator.host,
         )

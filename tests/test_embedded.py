@@ -23,6 +23,7 @@ import pytest
 
 from fognode.auth.api_keys import entry_for, new_key
 from tests.embedded_node import MODEL, FognodeProcess, alive, llama_children, wait_for
+from tests.helpers import wait_until
 from tests.pki import make_pki
 from tests.test_tls import HOST, ConnectByIp
 
@@ -172,9 +173,15 @@ async def test_kill_9_of_the_child_is_followed_by_a_restart(node: FognodeProcess
         assert response.status_code == 503
         assert int(response.headers["Retry-After"]) >= 1
         assert response.json()["error"]["code"] == "upstream_starting"
-        ready = node.readyz()
-        assert ready is not None and ready.status_code == 503
-        assert ready.json()["status"] == "starting" and "Retry-After" in ready.headers
+
+        # /readyz says so too, as soon as the supervisor has seen the exit (the
+        # request above can find the port closed a moment before; 503 either way).
+        def starting() -> bool:
+            ready = node.readyz()
+            assert ready is not None and ready.status_code == 503
+            return ready.json()["status"] == "starting" and "Retry-After" in ready.headers
+
+        await wait_until(starting, "/readyz says the embedded model is starting")
 
         await asyncio.to_thread(node.wait_ready)
         answer = await api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)

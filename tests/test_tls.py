@@ -9,6 +9,7 @@ fail against another CA, a wrong host name, and an expired certificate.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -392,3 +393,24 @@ async def test_ollama_client_over_tls(
         )
     ]
     assert "".join(parts) == standin.reply
+
+
+async def test_a_large_body_over_tls_arrives_whole(
+    tls_gateway: RunningServer, node_pki: Pki, standin: OllamaStandIn
+) -> None:
+    """The TLS receive buffer is smaller than asyncio's (connections.py): a body
+    of many TLS records, as an image in a chat request, still arrives byte for
+    byte."""
+    image = base64.b64encode(os.urandom(3 * 1024 * 1024)).decode()  # 4 MiB of base64
+    client = openai_client(tls_gateway.port, node_pki.ca)
+    content = [
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}},
+    ]
+    answer = await client.chat.completions.create(
+        model="llama3.2:1b", messages=[{"role": "user", "content": content}]
+    )
+    assert answer.choices[0].message.content == standin.reply
+    sent = json.loads(standin.last("/v1/chat/completions").body)
+    assert sent["messages"][0]["content"][1]["image_url"]["url"] == f"data:image/png;base64,{image}"
+    await client.close()
