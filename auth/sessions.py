@@ -117,6 +117,9 @@ class SessionSigner:
         self._forms = serializer("fognode.signin-form")
         self._csrf = Signer(key, salt="fognode.csrf", digest_method=hashlib.sha256)
         self._revoked: OrderedDict[str, float] = OrderedDict()  # sid -> when it expires
+        # Told of each sign-out here (sid, when the session would expire): worker
+        # processes pass it on, so a sign-out holds on every worker.
+        self.on_revoke: list[Callable[[str, float], None]] = []
 
     # --- sessions ---------------------------------------------------------------
     def issue(self, principal: Principal) -> tuple[str, Session]:
@@ -152,12 +155,20 @@ class SessionSigner:
 
     def revoke(self, session: Session) -> None:
         """Sign-out: this session is refused from now on, even if its cookie was kept."""
+        until = session.issued + self.lifetime
+        self.refuse(session.sid, until)
+        for tell in self.on_revoke:
+            tell(session.sid, until)
+
+    def refuse(self, sid: str, until: float) -> None:
+        """Refuse session ``sid`` until it would expire anyway (a sign-out here,
+        or in another worker process of the node)."""
         now = self._clock()
         while self._revoked and (
             next(iter(self._revoked.values())) <= now or len(self._revoked) >= MAX_REVOKED
         ):
             self._revoked.popitem(last=False)
-        self._revoked[session.sid] = session.issued + self.lifetime
+        self._revoked[sid] = until
 
     # --- CSRF -------------------------------------------------------------------
     def csrf_token(self, session: Session) -> str:

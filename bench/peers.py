@@ -56,7 +56,6 @@ from bench.targets import (
     Target,
     build_targets,
     cpu_seconds,
-    fognode_supports_workers,
     make_certs,
     need,
     rss_kib,
@@ -441,13 +440,6 @@ def run(args: argparse.Namespace) -> int:
             families.index("fognode") + 1 if "fognode" in families else 1, "fognode-base"
         )
     if args.fognode_workers:
-        if not fognode_supports_workers():
-            print(
-                "bench: --fognode-workers needs `fognode serve --workers N`, which this fognode "
-                "does not have yet (issue 14).",
-                file=sys.stderr,
-            )
-            return 2
         families.insert(
             families.index("fognode") + 1 if "fognode" in families else 1, "fognode-workers"
         )
@@ -692,6 +684,23 @@ def report(saved: dict[str, Any]) -> str:
             f"| {cell(v('p50_ms_c1', n), 3)} | {cell(v('p99_ms_c1', n), 3)} "
             f"| {cell(v('p99_ms_c64', n), 2)} |"
         )
+    several = [t for t in targets if t["family"] == "fognode-workers"]
+    if several:
+        w("")
+        w("### fognode with several workers, x one process (fognode of the same round)")
+        w("")
+        w(
+            "| target | req/s c=1 x one | req/s c=64 x one | req/s c=256 x one "
+            "| events/s x one | CPU per request x one |"
+        )
+        w("|---|---|---|---|---|---|")
+        for t in several:
+            w(
+                f"| {t['name']} | {ratio('rps_c1', t, 'fognode')} "
+                f"| {ratio('rps_c64', t, 'fognode')} | {ratio('rps_c256', t, 'fognode')} "
+                f"| {ratio('events_per_s', t, 'fognode')} "
+                f"| {ratio('cpu_us_per_request', t, 'fognode')} |"
+            )
     w("")
     w("### Streams")
     w("")
@@ -782,7 +791,7 @@ def main() -> None:
         "--fognode-workers",
         type=int,
         metavar="N",
-        help="also fognode with `serve --workers N` (once the CLI has it)",
+        help='also fognode with `serve --workers N` ("fognode" itself is one process)',
     )
     parser.add_argument(
         "--baseline",

@@ -201,16 +201,6 @@ def make_certs(directory: Path) -> tuple[Path, ssl.SSLContext]:
     return directory, ca
 
 
-def fognode_supports_workers() -> bool:
-    out = subprocess.run(
-        [sys.executable, "-m", "fognode.gateway.cli", "serve", "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return "--workers" in out
-
-
 NGINX = """\
 worker_processes 1;
 worker_rlimit_nofile {nofile};
@@ -334,7 +324,7 @@ def build_targets(
                 "WARNING",
                 "--tls" if secure else "--no-tls",
             ]
-            if workers:
+            if workers:  # otherwise one process, the default
                 argv += ["--workers", str(workers)]
             # Admission and the upstream pool sized above the streams the
             # memory figure opens: a cap there would hide streams, not

@@ -18,7 +18,7 @@ from typing import Any
 from .model import model_file
 from .options import EmbeddedOptions
 from .progress import show_startup
-from .supervisor import LlamaServer
+from .supervisor import LlamaServer, ServerStatus
 
 ReadyCallback = Callable[[], Awaitable[None]]
 
@@ -40,6 +40,10 @@ class EmbeddedRuntime:
         # Called whenever a server (re)starts serving: the gateway refreshes
         # its model lists and the mDNS record then, instead of minutes later.
         self.on_ready: list[ReadyCallback] = []
+        # Called whenever a server's status changes (see statuses()).
+        self.on_change: list[Callable[[], None]] = []
+        for server in self.servers:
+            server.on_change = self._changed
         self._progress: asyncio.Task[None] | None = None
 
     @property
@@ -76,9 +80,20 @@ class EmbeddedRuntime:
         for callback in self.on_ready:
             await callback()
 
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            callback()
+
+    def statuses(self) -> list[ServerStatus]:
+        return [s.status() for s in self.servers]
+
     def describe(self) -> dict[str, Any]:
-        """For /readyz: public, so no paths or process ids."""
-        return {
-            "model": self.alias,
-            "slots": [{"state": s.state.value, "restarts": s.restarts} for s in self.servers],
-        }
+        return describe(self.alias, self.statuses())
+
+
+def describe(alias: str, statuses: list[ServerStatus]) -> dict[str, Any]:
+    """The runtime for /readyz: public, so no paths or process ids."""
+    return {
+        "model": alias,
+        "slots": [{"state": s.state.value, "restarts": s.restarts} for s in statuses],
+    }

@@ -34,8 +34,10 @@ import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -58,6 +60,65 @@ class State(StrEnum):
     STOPPED = "stopped"
 
 
+@dataclass(frozen=True)
+class ServerStatus:
+    """One server's state at a moment, enough to answer for it: why it cannot
+    serve now and when to retry (the gateway's LocalUpstream protocol).
+
+    A value, so that it can travel: worker processes of the gateway get each
+    new one from the supervisor that runs the server. Times are
+    ``time.monotonic()`` readings, CLOCK_MONOTONIC, which on Linux is one
+    clock for every process of the machine.
+    """
+
+    url: str
+    alias: str
+    state: State
+    since: float  # when the state began
+    restart_at: float  # when a restart begins (RESTARTING)
+    load_seconds: float | None  # the last successful load
+    restart_delay: float
+    restarts: int
+
+    def not_ready(self) -> tuple[str, float] | None:
+        """Why requests cannot be served now, and in how many seconds to retry."""
+        now = time.monotonic()
+        alias = self.alias
+        expected = self.load_seconds or FIRST_LOAD_GUESS
+        if self.state is State.READY:
+            return None
+        if self.state is State.STARTING:
+            elapsed = now - self.since
+            return (
+                f"The embedded model {alias} is still loading ({elapsed:.0f}s so far); "
+                "retry shortly.",
+                max(1.0, expected - elapsed),
+            )
+        if self.state is State.RESTARTING:
+            wait = max(0.0, self.restart_at - now)
+            return (
+                f"The embedded model {alias} stopped unexpectedly and is restarted in "
+                f"{math.ceil(wait)}s; retry shortly.",
+                wait + expected,
+            )
+        return (f"The embedded model {alias} is not running (fognode is stopping).", expected)
+
+    def crashed(self) -> tuple[str, float]:
+        """For a request that found the port closed before the exit was noticed."""
+        return self.not_ready() or (
+            f"The embedded model {self.alias} stopped unexpectedly and is "
+            "being restarted; retry shortly.",
+            self.restart_delay + (self.load_seconds or FIRST_LOAD_GUESS),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "state": self.state.value}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ServerStatus:
+        return cls(**{**data, "state": State(data["state"])})
+
+
 class LlamaServer:
     """A supervised ``llama_cpp.server`` process serving one model on one port."""
 
@@ -74,6 +135,9 @@ class LlamaServer:
         self.slot = slot
         self.url = f"http://127.0.0.1:{port}"
         self.on_ready = on_ready
+        # Called at every change of status (state, restarts): the gateway's
+        # supervisor passes each new one on to its worker processes.
+        self.on_change: Callable[[], None] | None = None
         self.state = State.STOPPED
         self.restarts = 0
         self.load_seconds: float | None = None  # last successful load
@@ -94,36 +158,23 @@ class LlamaServer:
         proc = self._proc
         return proc.pid if proc is not None and proc.returncode is None else None
 
+    def status(self) -> ServerStatus:
+        return ServerStatus(
+            url=self.url,
+            alias=self.options.model_alias,
+            state=self.state,
+            since=self._state_since,
+            restart_at=self._restart_at,
+            load_seconds=self.load_seconds,
+            restart_delay=self.options.restart_delay,
+            restarts=self.restarts,
+        )
+
     def not_ready(self) -> tuple[str, float] | None:
-        """Why requests cannot be served now, and in how many seconds to retry."""
-        now = time.monotonic()
-        alias = self.options.model_alias
-        expected = self.load_seconds or FIRST_LOAD_GUESS
-        if self.state is State.READY:
-            return None
-        if self.state is State.STARTING:
-            elapsed = now - self._state_since
-            return (
-                f"The embedded model {alias} is still loading ({elapsed:.0f}s so far); "
-                "retry shortly.",
-                max(1.0, expected - elapsed),
-            )
-        if self.state is State.RESTARTING:
-            wait = max(0.0, self._restart_at - now)
-            return (
-                f"The embedded model {alias} stopped unexpectedly and is restarted in "
-                f"{math.ceil(wait)}s; retry shortly.",
-                wait + expected,
-            )
-        return (f"The embedded model {alias} is not running (fognode is stopping).", expected)
+        return self.status().not_ready()
 
     def crashed(self) -> tuple[str, float]:
-        """For a request that found the port closed before the exit was noticed."""
-        return self.not_ready() or (
-            f"The embedded model {self.options.model_alias} stopped unexpectedly and is "
-            "being restarted; retry shortly.",
-            self.options.restart_delay + (self.load_seconds or FIRST_LOAD_GUESS),
-        )
+        return self.status().crashed()
 
     def rss_bytes(self) -> int | None:
         """Resident memory of the child, from /proc (Linux)."""
@@ -200,6 +251,8 @@ class LlamaServer:
     def _set_state(self, state: State) -> None:
         self.state = state
         self._state_since = time.monotonic()
+        if self.on_change is not None:
+            self.on_change()
 
     async def _supervise(self) -> None:
         delay = self.options.restart_delay

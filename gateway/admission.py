@@ -18,6 +18,11 @@ queue ahead, so clients back off for about as long as it takes to drain.
 A streamed (SSE) request that waits long gets its headers early and
 heartbeats with its place in the queue (keepalive.py); an error after that
 (a queue timeout, an upstream failure) goes in-band.
+
+The stage asks whatever :class:`AdmissionControl` it is given: the node's
+:class:`Admission` itself in a single process, or, in a worker process, a
+client of the one Admission the supervisor holds for every worker
+(worker.py), so a cap is never counted per process.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -116,6 +122,14 @@ class Permit:
     started: float
 
 
+@dataclass(frozen=True, slots=True)
+class Load:
+    """The node's slots in use and requests waiting, as the status page shows them."""
+
+    active: int
+    queued: int
+
+
 class Admission:
     def __init__(
         self,
@@ -148,7 +162,10 @@ class Admission:
     def queued(self) -> int:
         return len(self.global_gate.waiters) + sum(len(g.waiters) for g in self._users.values())
 
-    def position(self, ticket: Ticket) -> int | None:
+    async def load(self) -> Load:
+        return Load(self.active, self.queued)
+
+    async def position(self, ticket: Ticket) -> int | None:
         """1 for the next request to get a slot; None once admitted (or not waiting).
 
         A request still in its user's queue also waits behind everyone in the
@@ -240,14 +257,32 @@ class Admission:
             ) from None
 
 
-ADMISSION = web.AppKey("fognode.admission", Admission)
+PermitT = TypeVar("PermitT")
+
+
+class AdmissionControl(Protocol[PermitT]):
+    """What the stage needs of admission: Admission here, or a worker's client of it."""
+
+    @property
+    def capacity(self) -> int: ...
+
+    async def acquire(self, uid: str, ticket: Ticket | None = None) -> PermitT: ...
+
+    def release(self, permit: PermitT) -> None: ...
+
+    async def position(self, ticket: Ticket) -> int | None: ...
+
+    async def load(self) -> Load: ...
+
+
+ADMISSION: web.AppKey[AdmissionControl[Any]] = web.AppKey("fognode.admission")
 # A waiting streamed request's early headers and heartbeats; the proxy stage
 # settles it before it writes the upstream's answer.
 KEEPALIVE = web.RequestKey("fognode.keepalive", KeepAlive)
 
 
 def setup_admission(
-    app: web.Application, admission: Admission, heartbeats: HeartbeatOptions
+    app: web.Application, admission: AdmissionControl[Any], heartbeats: HeartbeatOptions
 ) -> None:
     app[ADMISSION] = admission
 
@@ -264,7 +299,12 @@ def setup_admission(
         principal = request.get(PRINCIPAL)
         try:
             if keepalive is not None:
-                keepalive.status = lambda: _queued(admission.position(ticket))
+
+                async def queued() -> str | None:
+                    position = await admission.position(ticket)
+                    return f"queued {position}" if position is not None else None
+
+                keepalive.status = queued
             permit = await admission.acquire(principal.uid if principal else "anonymous", ticket)
             if keepalive is not None:
                 keepalive.status = None
@@ -283,7 +323,3 @@ def setup_admission(
                 keepalive.close()
 
     app.middlewares.append(admission_control)
-
-
-def _queued(position: int | None) -> str | None:
-    return f"queued {position}" if position is not None else None

@@ -17,13 +17,15 @@ from __future__ import annotations
 import functools
 import socket
 from datetime import timedelta
+from typing import Any
 
 from aiohttp import web
 
+from ..usage.ledger import QuotaLedger
 from ..usage.options import Limits, QuotaOptions, StoreOptions
 from .access import Authorizer, setup_access
 from .activity import Activity
-from .admission import Admission, setup_admission
+from .admission import Admission, AdmissionControl, setup_admission
 from .announce import node_id
 from .auth_setup import build_authorizer
 from .cert_renewal import CertificateKeeper, RenewalOptions, setup_certificate_renewal
@@ -54,14 +56,22 @@ def create_app(
     *,
     authorizer: Authorizer | None = None,
     tls: TlsTerminator | None = None,
+    admission: AdmissionControl[Any] | None = None,
+    ledger: QuotaLedger | None = None,
 ) -> web.Application:
+    """The app. ``admission`` and ``ledger``: what admits requests and checks
+    quotas when this process does not hold the node's Admission and quota
+    ledger itself (a worker process, whose supervisor does; it also counts
+    admission and writes the usage records then)."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         handler_args={"max_field_size": HEADER_FIELD_LIMIT, "max_line_size": REQUEST_LINE_LIMIT},
     )
     stats = app[STATS] = GatewayStats()
-    admission = admission_from(settings)
-    metrics = Metrics(stats, admission)
+    held: Admission | None = None  # the node's Admission, when this process holds it
+    if admission is None:
+        admission = held = admission_from(settings)
+    metrics = Metrics(stats, held)
     pool = UpstreamPool(
         settings.upstream_urls or [settings.upstream_base], upstream_options(settings)
     )
@@ -94,7 +104,11 @@ def create_app(
     #    every inference request that passes is metered and recorded once.
     accounting = (
         setup_quotas(
-            app, usage_options(settings), metrics, node=functools.partial(node_id, settings)
+            app,
+            usage_options(settings),
+            metrics,
+            node=functools.partial(node_id, settings),
+            ledger=ledger,
         )
         if settings.usage_accounting
         else None

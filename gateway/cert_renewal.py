@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,13 +142,16 @@ class CertificateKeeper:
             and paths.ca_key.exists()
         )
 
-    async def watch(self) -> None:
-        """Check the certificate periodically until cancelled."""
+    async def watch(self, on_change: Callable[[], None] | None = None) -> None:
+        """Check the certificate periodically until cancelled; ``on_change`` after
+        each reload or renewal (worker processes then load the new files)."""
         interval = self.options.check_interval
         while True:
             await asyncio.sleep(interval)
             try:
-                await asyncio.to_thread(self.check_once)
+                done = await asyncio.to_thread(self.check_once)
+                if done in ("reloaded", "renewed") and on_change is not None:
+                    on_change()
             except CertError as exc:
                 log.error("certificate renewal failed: %s", exc)
             except Exception:

@@ -75,6 +75,13 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         choices=["firebase", "none"],
         help="firebase (default): tokens or API keys required; none: development only",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes serving requests on the one port (FOGNODE_WORKERS; default 1: a "
+        "single process; 0: one per core; README, Every core, says what is per worker)",
+    )
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--log-format", choices=["text", "json"])
 
@@ -87,6 +94,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         upstream_url=args.upstream_url,
         tls=args.tls,
         auth=args.auth,
+        workers=args.workers,
         log_level=args.log_level,
         log_format=args.log_format,
     )
@@ -108,29 +116,49 @@ def run_loop(main: Coroutine[Any, Any, None], kind: str) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings_from(args)
-    configure_logging(settings.log_level, settings.log_format, settings.access_log)
-    from .server import serve
+    from .server import serve, worker_count
 
+    workers = worker_count(settings)
+    # With worker processes every line says which process wrote it.
+    configure_logging(
+        settings.log_level,
+        settings.log_format,
+        settings.access_log,
+        process="main" if workers > 1 else "",
+    )
     try:
         run_loop(serve(settings), settings.event_loop)
-    except CertError as exc:
-        print(f"fognode: cannot serve TLS: {exc}", file=sys.stderr)
-        return 1
-    except (UnsafeConfiguration, AuthConfigError) as exc:
-        print(f"fognode: refusing to start: {exc}", file=sys.stderr)
-        return 1
-    except (ModelUnavailable, UsageStoreUnavailable) as exc:
-        print(f"fognode: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(
-            f"fognode: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
-        if exc.errno == errno.EACCES and settings.bind_port < 1024:
-            print(PRIVILEGED_PORT_HINT.format(port=settings.bind_port), file=sys.stderr)
+    except Exception as exc:
+        message = startup_failure(exc, settings)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
         return 1
     return 0
+
+
+def startup_failure(exc: BaseException, settings: Settings) -> str | None:
+    """What to tell the operator when serving could not start (None: a bug,
+    let its traceback show). A worker process that cannot start says it this
+    way too, and its supervisor prints it once (WorkerStartError)."""
+    from ..workers.processes import WorkerStartError
+
+    if isinstance(exc, WorkerStartError):
+        return str(exc)
+    if isinstance(exc, CertError):
+        return f"fognode: cannot serve TLS: {exc}"
+    if isinstance(exc, UnsafeConfiguration | AuthConfigError):
+        return f"fognode: refusing to start: {exc}"
+    if isinstance(exc, ModelUnavailable | UsageStoreUnavailable):
+        return f"fognode: {exc}"
+    if isinstance(exc, OSError):
+        message = (
+            f"fognode: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+        )
+        if exc.errno == errno.EACCES and settings.bind_port < 1024:
+            message += "\n" + PRIVILEGED_PORT_HINT.format(port=settings.bind_port)
+        return message
+    return None
 
 
 PRIVILEGED_PORT_HINT = """\

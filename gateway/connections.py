@@ -40,6 +40,7 @@ import ipaddress
 import json
 import logging
 import resource
+import socket
 import ssl
 import time
 from asyncio import sslproto
@@ -383,32 +384,40 @@ class ConnectionGuard:
 
 class GuardedTCPSite(web.TCPSite):
     """A TCPSite whose connections go through the runner's guard (and whose
-    TLS the guard starts). ``make_handler``: the HTTP protocol of this site's
-    server, when the guard is shared with another server."""
+    TLS the guard starts); it binds host and port, or listens on a socket
+    bound already (``sock``: a worker's share of the node's port).
+    ``make_handler``: the HTTP protocol of this site's server, when the guard
+    is shared with another server."""
 
     def __init__(
         self,
         runner: web.BaseRunner,
         *args: Any,
         guard: ConnectionGuard,
+        sock: socket.socket | None = None,
         make_handler: Callable[[], Handler] | None = None,
         **kwargs: Any,
     ):
         super().__init__(runner, *args, **kwargs)
         self._guard = guard
+        self._sock = sock
         self._make_handler = make_handler
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with the runner
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._guard.protocol_factory(self._ssl_context, self._make_handler),
-            self._host,
-            self._port,
-            backlog=self._backlog,
-            reuse_address=self._reuse_address,
-            reuse_port=self._reuse_port,
-        )
+        factory = self._guard.protocol_factory(self._ssl_context, self._make_handler)
+        if self._sock is not None:
+            self._server = await loop.create_server(factory, sock=self._sock, backlog=self._backlog)
+        else:
+            self._server = await loop.create_server(
+                factory,
+                self._host,
+                self._port,
+                backlog=self._backlog,
+                reuse_address=self._reuse_address,
+                reuse_port=self._reuse_port,
+            )
         if self._server.sockets:
             self._bound_port = self._server.sockets[0].getsockname()[1]
         else:

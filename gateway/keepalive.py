@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -59,7 +59,10 @@ class KeepAlive:
         self.request = request
         self.options = options
         # Words the next heartbeat (``queued 3``); None for a plain keep-alive.
-        self.status: Callable[[], str | None] | None = None
+        # Awaited: with worker processes the place in the queue is the
+        # supervisor's to tell (one round trip per heartbeat, not a push per
+        # move of the queue).
+        self.status: Callable[[], Awaitable[str | None]] | None = None
         self.response: web.StreamResponse | None = None
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = self._loop.call_later(options.after, self._due)
@@ -80,7 +83,7 @@ class KeepAlive:
                 response = web.StreamResponse(status=200, headers=SSE_HEADERS)
                 await response.prepare(self.request)
                 self.response = response
-            text = self.status() if self.status is not None else None
+            text = await self.status() if self.status is not None else None
             await self.response.write(comment(text) if text else HEARTBEAT)
         except (ConnectionResetError, RuntimeError) as exc:
             # The client left; its handler is being cancelled and closes us.

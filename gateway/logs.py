@@ -122,6 +122,10 @@ class RedactingFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; extra fields given via ``extra={"fields": {...}}``."""
 
+    def __init__(self, process: str = "") -> None:
+        super().__init__()
+        self.process = process
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -131,6 +135,8 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", "-"),
             "msg": record.getMessage(),
         }
+        if self.process:
+            entry["process"] = self.process
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             entry.update(fields)
@@ -141,15 +147,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(level: str = "INFO", fmt: str = "text", access_log: bool = True) -> None:
+def configure_logging(
+    level: str = "INFO", fmt: str = "text", access_log: bool = True, process: str = ""
+) -> None:
+    """``process`` names the process in every line when there are several
+    (``main`` for the supervisor, ``w1``... for the workers)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RequestIdFilter())
     handler.addFilter(RedactingFilter())  # after the id is stamped: it is scrubbed too
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(process))
     else:
+        tag = f"{process} " if process else ""
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s")
+            logging.Formatter(
+                f"%(asctime)s %(levelname)-7s {tag}%(name)s [%(request_id)s] %(message)s"
+            )
         )
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -10,11 +10,20 @@ mirrored on every change.
 
 Labels are bounded: the route label is the route's pattern
 (`/v1/models/{model}`), never the raw path, and no label carries a user.
+
+With worker processes, /metrics answered by any worker shows the whole
+node: the supervisor gathers every worker's exposition, adds its own (the
+admission counters it holds for all of them, the workers, the embedded
+model) and sums the series (:func:`merge_expositions`). prometheus-client's
+multiprocess mode was the other way; it would replace the per-app
+registries and the collectors that read live state at scrape time with
+files of its own, which these counters do not need.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -22,7 +31,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from ..auth.principal import Access
 from .routes import RouteSpec, add_route
@@ -53,8 +64,11 @@ LATENCY_BUCKETS = (
 
 
 class Metrics:
-    def __init__(self, stats: GatewayStats, admission: Admission) -> None:
+    def __init__(self, stats: GatewayStats, admission: Admission | None) -> None:
+        """``admission`` None: it is counted elsewhere (a worker's supervisor holds it)."""
         self.registry = CollectorRegistry(auto_describe=True)
+        # Set in a worker process: the whole node's exposition, from its supervisor.
+        self.node: Callable[[], Awaitable[bytes]] | None = None
         self.requests = Counter(
             "fognode_requests",
             "Requests answered, by route pattern, method and status.",
@@ -100,7 +114,9 @@ class Metrics:
             ["upstream", "reason"],
             registry=self.registry,
         )
-        self.registry.register(_LiveCollector(stats, admission))
+        self.registry.register(_LiveCollector(stats))
+        if admission is not None:
+            self.registry.register(AdmissionCollector(admission))
         # The labelled children per label values: prometheus-client's labels()
         # validates, locks and builds a tuple on every call.
         self._per_request: dict[tuple[str, str, int], _RequestChildren] = {}
@@ -137,7 +153,12 @@ class Metrics:
         child.observe(seconds)
 
     def render(self) -> bytes:
+        """This process's own series."""
         return generate_latest(self.registry)
+
+    async def exposition(self) -> bytes:
+        """What /metrics answers: the node's series."""
+        return await self.node() if self.node is not None else self.render()
 
     def watch_connections(self, connections: ConnectionCounts) -> None:
         """Also report the connection guard's counts (it exists once the server runs)."""
@@ -187,12 +208,11 @@ class _ConnectionCollector(Collector):
 class _LiveCollector(Collector):
     """Reads the counters the gateway keeps anyway, at scrape time."""
 
-    def __init__(self, stats: GatewayStats, admission: Admission) -> None:
+    def __init__(self, stats: GatewayStats) -> None:
         self.stats = stats
-        self.admission = admission
 
     def collect(self) -> Iterator[Metric]:
-        s, a = self.stats, self.admission
+        s = self.stats
         yield GaugeMetricFamily(
             "fognode_active_streams", "Responses being relayed right now.", value=s.active_streams
         )
@@ -201,24 +221,6 @@ class _LiveCollector(Collector):
             "Requests sent to Ollama and not finished.",
             value=s.active_requests,
         )
-        yield GaugeMetricFamily(
-            "fognode_admission_active", "Inference slots in use.", value=a.active
-        )
-        yield GaugeMetricFamily(
-            "fognode_admission_capacity", "Inference slots in all.", value=a.capacity
-        )
-        yield GaugeMetricFamily(
-            "fognode_queue_depth", "Inference requests waiting for a slot.", value=a.queued
-        )
-        rejected = CounterMetricFamily(
-            "fognode_admission_rejections",
-            "Requests refused by admission control, by reason.",
-            labels=["reason"],
-        )
-        rejected.add_metric(["user_concurrency_limit"], a.rejected_user)
-        rejected.add_metric(["node_busy"], a.rejected_full)
-        rejected.add_metric(["queue_timeout"], a.timed_out)
-        yield rejected
         yield CounterMetricFamily(
             "fognode_client_disconnects",
             "Responses cut short because the client left (upstream cancelled).",
@@ -237,6 +239,34 @@ class _LiveCollector(Collector):
             )
 
 
+class AdmissionCollector(Collector):
+    """The admission counters, where the node's Admission is held."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+
+    def collect(self) -> Iterator[Metric]:
+        a = self.admission
+        yield GaugeMetricFamily(
+            "fognode_admission_active", "Inference slots in use.", value=a.active
+        )
+        yield GaugeMetricFamily(
+            "fognode_admission_capacity", "Inference slots in all.", value=a.capacity
+        )
+        yield GaugeMetricFamily(
+            "fognode_queue_depth", "Inference requests waiting for a slot.", value=a.queued
+        )
+        rejected = CounterMetricFamily(
+            "fognode_admission_rejections",
+            "Requests refused by admission control, by reason.",
+            labels=["reason"],
+        )
+        rejected.add_metric(["user_concurrency_limit"], a.rejected_user)
+        rejected.add_metric(["node_busy"], a.rejected_full)
+        rejected.add_metric(["queue_timeout"], a.timed_out)
+        yield rejected
+
+
 METRICS = web.AppKey("fognode.metrics", Metrics)
 
 
@@ -246,7 +276,53 @@ def setup_metrics(app: web.Application, metrics: Metrics, *, public: bool) -> No
     app[METRICS] = metrics
 
     async def metrics_handler(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=await metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     access = Access.PUBLIC if public else Access.ADMIN
     add_route(app, RouteSpec("GET", "/metrics", access), metrics_handler)
+
+
+# --- the whole node from its workers' expositions -----------------------------------
+
+# Gauges that do not add up over processes: how they combine instead.
+# (Any worker's last contact with the upstream worked: the upstream is up.)
+_COMBINE: dict[str, Callable[[Iterable[float]], float]] = {"fognode_upstream_up": max}
+
+
+def merge_expositions(texts: Iterable[str]) -> bytes:
+    """One exposition with every series summed over ``texts``.
+
+    Counters and histograms (buckets, counts, sums) add up; so do the
+    gauges that count things (connections, streams in flight). A
+    ``_created`` timestamp is the earliest; the gauges in ``_COMBINE``
+    combine as listed there. A family appears once, with the first help
+    text and type seen.
+    """
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], list[float]]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            if family.name not in families:
+                families[family.name] = Metric(family.name, family.documentation, family.type)
+                values[family.name] = defaultdict(list)
+            for sample in family.samples:
+                key = (sample.name, tuple(sample.labels.items()))  # as written
+                values[family.name][key].append(sample.value)
+    for name, family in families.items():
+        combine = _COMBINE.get(name, sum)
+        for (sample_name, labels), seen in values[name].items():
+            value = min(seen) if sample_name.endswith("_created") else combine(seen)
+            family.samples.append(Sample(sample_name, dict(labels), value))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(list(families.values())))
+    return generate_latest(registry)
+
+
+class _Fixed(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)

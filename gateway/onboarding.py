@@ -23,13 +23,17 @@ from ..certs.errors import CertError
 from ..certs.export import export_forms
 from ..certs.store import load_certs
 from ..web.onboarding import OnboardingOptions, OnboardingSite, onboarding_urls, start_onboarding
-from .connections import ConnectionGuard
+from .connections import ConnectionGuard, ConnectionLimits
 from .network import bind_host, is_wildcard, lan_addresses, wildcard_family
 from .settings import Settings
 from .slow_clients import GuardedAppRunner
 from .tls import TlsTerminator
 
 log = logging.getLogger("fognode.onboarding")
+
+# The page's own connection cap where it shares no guard with the API (the
+# supervisor of worker processes serves it): a few phones at a time.
+ONBOARDING_CONNECTIONS = 64
 
 
 def onboarding_links(
@@ -75,9 +79,12 @@ def _why(exc: OSError, port: int) -> str:
 
 
 async def start_onboarding_page(
-    settings: Settings, tls: TlsTerminator | None, guard: ConnectionGuard
+    settings: Settings, tls: TlsTerminator | None, guard: ConnectionGuard | None
 ) -> OnboardingSite | None:
-    """Start the page, or say why not and return None."""
+    """Start the page, or say why not and return None. ``guard``: the API's, so
+    the page counts against its caps; None (the supervisor of worker
+    processes, which serves no API) gives the page a guard of its own, with at
+    most ONBOARDING_CONNECTIONS connections."""
     ca = await _ca(settings, tls)
     if ca is None:
         return None
@@ -93,10 +100,20 @@ async def start_onboarding_page(
     quiet: dict[str, Any] = {} if settings.access_log else {"access_log": None}
 
     def runner(app: web.Application) -> web.AppRunner:
+        own = (
+            ConnectionLimits(
+                ONBOARDING_CONNECTIONS,
+                settings.max_connections_per_client,
+                settings.client_first_byte_timeout,
+            )
+            if guard is None
+            else None
+        )
         return GuardedAppRunner(
             app,
             header_timeout=settings.header_timeout,
             guard=guard,
+            limits=own,
             keepalive_timeout=settings.keepalive_timeout,
             shutdown_timeout=1.0,  # every answer is small and precomputed
             **quiet,

@@ -42,7 +42,7 @@ from prometheus_client.registry import Collector
 from ..auth.principal import Access, Principal
 from ..usage.cli import iso_utc, parse_when
 from ..usage.counter import TokenCounter, Tokens, body_kind
-from ..usage.ledger import Ticket, UsageLedger
+from ..usage.ledger import QuotaLedger, Ticket, UsageLedger
 from ..usage.options import QuotaOptions, StoreOptions
 from ..usage.quota import limits_for, tier_of
 from ..usage.record import Outcome, UsageRecord
@@ -120,7 +120,7 @@ class UsageAccounting:
         self.options = options
         self.store: UsageStore | None = None
         self.writer: BatchWriter | None = None
-        self.ledger: UsageLedger | None = None
+        self.ledger: QuotaLedger | None = None
         self.node = ""
         per_user = options.metrics_per_user
         labels = ["model", "uid"] if per_user else ["model"]
@@ -144,7 +144,7 @@ class UsageAccounting:
             ["code"],
             registry=metrics.registry,
         )
-        metrics.registry.register(_WriterCollector(self))
+        metrics.registry.register(WriterCollector(lambda: self.writer))
 
     def observe(self, record: UsageRecord) -> None:
         self.outcomes.labels(record.outcome.value).inc()
@@ -157,12 +157,15 @@ class UsageAccounting:
             self.completion_tokens.labels(*labels).inc(record.completion_tokens)
 
 
-class _WriterCollector(Collector):
-    def __init__(self, accounting: UsageAccounting) -> None:
-        self.accounting = accounting
+class WriterCollector(Collector):
+    """The batch writer's counters, where it runs (a worker process has none:
+    its supervisor writes the node's records and reports them)."""
+
+    def __init__(self, writer: Callable[[], BatchWriter | None]) -> None:
+        self.writer = writer
 
     def collect(self) -> Iterator[Metric]:
-        writer = self.accounting.writer
+        writer = self.writer()
         if writer is None:
             return
         yield GaugeMetricFamily(
@@ -198,27 +201,30 @@ def setup_quotas(
     metrics: Metrics,
     *,
     node: Callable[[], str],
+    ledger: QuotaLedger | None = None,
 ) -> UsageAccounting:
     """Install the usage stage and ``GET /admin/usage``. ``node`` names this
     node in the records (it may read a file: called off the event loop). The
-    state it returns is what the status page reads usage from."""
+    state it returns is what the status page reads usage from. ``ledger``:
+    where quotas are checked and records written when this process does not
+    hold the node's ledger (a worker process: its supervisor does, so
+    reservations and unwritten records are the node's, never a worker's)."""
     accounting = app[USAGE] = UsageAccounting(options, metrics)
     quota = options.quota
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         store_options = dataclasses.replace(options.store, node=await asyncio.to_thread(node))
-        store = open_store(store_options)
-        try:
-            await store.open()
-        except Exception as exc:
-            raise UsageStoreUnavailable(
-                f"cannot open the usage store ({_where(store_options)}): "
-                f"{type(exc).__name__}: {exc}"
-            ) from None
+        store = await open_usage_store(store_options)
+        accounting.node = store_options.node
+        if ledger is not None:  # read here (reports); checked and written by the supervisor
+            accounting.store, accounting.ledger = store, ledger
+            yield
+            accounting.ledger = None
+            await store.close()
+            return
         writer = BatchWriter(store, store_options)
         writer.start()
         accounting.store, accounting.writer = store, writer
-        accounting.node = store_options.node
         accounting.ledger = UsageLedger(writer, quota)
         yield
         accounting.ledger = None
@@ -336,6 +342,20 @@ def setup_quotas(
     return accounting
 
 
+async def open_usage_store(options: StoreOptions) -> UsageStore:
+    """The store, open and migrated to this fognode's schema (the supervisor of
+    worker processes does this once before any worker starts), or
+    UsageStoreUnavailable naming it."""
+    store = open_store(options)
+    try:
+        await store.open()
+    except Exception as exc:
+        raise UsageStoreUnavailable(
+            f"cannot open the usage store ({_where(options)}): {type(exc).__name__}: {exc}"
+        ) from None
+    return store
+
+
 def _tier(quota: QuotaOptions, principal: Principal | None) -> str | None:
     if principal is None:
         return None
@@ -353,8 +373,8 @@ def _where(options: StoreOptions) -> str:
 async def _report(
     accounting: UsageAccounting, request: web.Request, quota: QuotaOptions
 ) -> dict[str, object]:
-    store, writer = accounting.store, accounting.writer
-    if store is None or writer is None:
+    store, ledger = accounting.store, accounting.ledger
+    if store is None or ledger is None:
         raise GatewayError(503, "The usage store is not open.", code="usage_store_unavailable")
     now = time.time()
     day_start = quota.day_start
@@ -378,5 +398,5 @@ async def _report(
         "users": [t.as_json() for t in users],
         "models": [t.as_json() for t in models],
         # Recorded but not yet written (at most usage_flush_seconds old): not in the sums.
-        "pending_records": len(writer.pending()),
+        "pending_records": await ledger.pending_records(),
     }

@@ -1,5 +1,9 @@
 """Run the app: bind, serve until told to stop, drain, exit.
 
+With ``workers`` above 1 the process becomes a supervisor of worker
+processes instead (supervisor.py); each worker runs the app with
+:func:`run_app`, like the single process does.
+
 Handler cancellation is on: when a client disconnects, aiohttp cancels the
 handler task at once instead of waiting for the next write to fail, which is
 what lets the relay close the upstream connection and stop Ollama
@@ -11,15 +15,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from ..certs.inspect import fingerprint
 from ..certs.issuer import cert_names
+from ..embedded.options import cores
 from ..web.onboarding import OnboardingSite
 from .access import AUTHORIZER, Authorizer
-from .admission import ADMISSION
+from .admission import ADMISSION, Admission
 from .announce import AnnounceOptions, NodeAnnouncer, announcement
 from .app import create_app, terminator, upstream_connections
 from .connections import connection_limits
@@ -32,6 +38,7 @@ from .slow_clients import GuardedAppRunner
 from .status import LISTENING
 from .tls import TlsTerminator
 from .upstream_choice import choose_upstream, install_upstream_choice
+from .upstream_pool import UpstreamPool
 
 log = logging.getLogger("fognode.server")
 
@@ -69,6 +76,8 @@ class RunningServer:
 async def start_server(
     settings: Settings, *, authorizer: Authorizer | None = None
 ) -> RunningServer:
+    """Everything in this process (``workers`` = 1, and the tests): the upstream
+    choice, the app, the listening socket, the mDNS announcement."""
     tls = terminator(settings) if settings.tls else None
     if tls is not None:
         # Refuse to start with a pair no client would accept (CertError).
@@ -77,6 +86,36 @@ async def start_server(
     settings = choice.settings  # with the upstream kind decided
     app = create_app(settings, authorizer=authorizer, tls=tls)
     install_upstream_choice(app, choice)
+    running = await run_app(app, settings, tls)
+    if settings.mdns:
+        admission = app[ADMISSION]
+        assert isinstance(admission, Admission)  # held here, in a single process
+        running.announcer = node_announcer(
+            settings,
+            port=running.port,
+            tls=tls,
+            auth=app[AUTHORIZER].kinds,
+            admission=admission,
+            pool=app[UPSTREAM],
+        )
+        await running.announcer.start()
+        if choice.runtime is not None:  # announce the model as soon as it serves
+            choice.runtime.on_ready.append(running.announcer.refresh)
+    return running
+
+
+async def run_app(
+    app: web.Application,
+    settings: Settings,
+    tls: TlsTerminator | None,
+    *,
+    sockets: list[socket.socket] | None = None,
+    onboarding: bool = True,
+) -> RunningServer:
+    """Serve ``app`` on guarded connections: on the host and port of the
+    settings, or on ``sockets`` bound already (a worker's share of the port).
+    ``onboarding``: also the phone onboarding page when the settings want it
+    (a worker does not: its supervisor serves the one page, on its own port)."""
     upstreams = max(1, len(settings.upstream_urls))
     runner = GuardedAppRunner(
         app,
@@ -95,22 +134,24 @@ async def start_server(
     await runner.setup()
     assert runner.guard is not None
     app[METRICS].watch_connections(runner.guard)
-    site = runner.site(
-        # "*" (or empty): every interface, IPv4 and IPv6 (a "::" socket alone
-        # would be IPv6-only under asyncio).
-        bind_host(settings.host),
-        settings.bind_port,
-        reuse_address=True,
-        ssl_context=tls.listening if tls else None,
+    context = tls.listening if tls else None
+    # "*" (or empty): every interface, IPv4 and IPv6 (a "::" socket alone
+    # would be IPv6-only under asyncio).
+    host = bind_host(settings.host)
+    sites = (
+        [runner.site(host, settings.bind_port, sock=s, ssl_context=context) for s in sockets]
+        if sockets
+        else [runner.site(host, settings.bind_port, reuse_address=True, ssl_context=context)]
     )
     try:
-        await site.start()
+        for site in sites:
+            await site.start()
     except BaseException:
         await runner.cleanup()
         raise
     port = int(runner.addresses[0][1]) if runner.addresses else settings.bind_port
     running = RunningServer(runner, settings.host, port, tls)
-    if settings.onboarding_enabled:
+    if onboarding and settings.onboarding_enabled:
         try:
             running.onboarding = await start_onboarding_page(settings, tls, runner.guard)
         except BaseException:
@@ -122,39 +163,98 @@ async def start_server(
         listening.url = f"{where}, port {port} ({'HTTPS' if tls else 'plain HTTP'})"
         listening.connections = runner.guard
         listening.onboarding_url = running.onboarding.url if running.onboarding else None
-    if settings.mdns:
-        ca = fingerprint(tls.pair.ca, colons=False) if tls is not None and tls.pair else ""
-        base = announcement(
-            settings,
-            port=port,
-            ca_sha256=ca,
-            auth=app[AUTHORIZER].kinds,
-            capacity=app[ADMISSION].capacity,
-        )
-        running.announcer = NodeAnnouncer(
-            base,
-            AnnounceOptions(settings.mdns_refresh_interval, settings.mdns_min_update_interval),
-            admission=app[ADMISSION],
-            pool=app[UPSTREAM],
-        )
-        await running.announcer.start()
-        if choice.runtime is not None:  # announce the model as soon as it serves
-            choice.runtime.on_ready.append(running.announcer.refresh)
     return running
+
+
+def node_announcer(
+    settings: Settings,
+    *,
+    port: int,
+    tls: TlsTerminator | None,
+    auth: str,
+    admission: Admission,
+    pool: UpstreamPool,
+) -> NodeAnnouncer:
+    """The node's one mDNS announcement, kept true by the node's admission and pool."""
+    ca = fingerprint(tls.pair.ca, colons=False) if tls is not None and tls.pair else ""
+    base = announcement(settings, port=port, ca_sha256=ca, auth=auth, capacity=admission.capacity)
+    return NodeAnnouncer(
+        base,
+        AnnounceOptions(settings.mdns_refresh_interval, settings.mdns_min_update_interval),
+        admission=admission,
+        pool=pool,
+    )
 
 
 async def serve(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM, then let open requests finish (bounded)."""
+    count, wanted = worker_count(settings), settings.workers or cores()
+    if count < wanted:
+        log.warning(
+            "serving with %d worker process(es), not %d: each worker enforces a share of "
+            "at least 1 of %s, so there are no more workers than the smallest of them",
+            count,
+            wanted,
+            ", ".join(f"{name}={getattr(settings, name)}" for name in SPLIT_CAPS),
+        )
+    if count > 1:
+        from .supervisor import serve_workers
+
+        await serve_workers(settings, count)
+        return
     running = await start_server(settings)
-    log.info("fognode listening on %s, forwarding to %s", running.url, running.upstream_base)
-    if running.tls is not None and running.tls.pair is not None:
-        leaf = running.tls.pair.leaf
+    announced = running.announcer is not None and running.announcer.announced
+    log_serving(settings, running.url, running.upstream_base, running.tls, announced, running.port)
+    stop = stop_signals()
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down; open requests get %ss to finish", settings.shutdown_timeout)
+        await running.stop()
+
+
+# Caps a worker process enforces alone (a connection, an upstream request
+# lives in one process): each worker gets a share (supervisor.worker_share).
+SPLIT_CAPS = ("max_connections", "max_connections_per_client", "upstream_max_concurrent")
+
+
+def worker_count(settings: Settings) -> int:
+    """Processes to serve with: the setting, or one per core (0); never more
+    than the smallest divided cap allows (each worker's share is at least 1,
+    so more workers would together allow more than the cap)."""
+    caps = [int(getattr(settings, name)) for name in SPLIT_CAPS]
+    return max(1, min([settings.workers or cores(), *(cap for cap in caps if cap > 0)]))
+
+
+def stop_signals() -> asyncio.Event:
+    """Set at SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def log_serving(
+    settings: Settings,
+    url: str,
+    upstream: str,
+    tls: TlsTerminator | None,
+    announced: bool,
+    port: int,
+    workers: int = 1,
+) -> None:
+    """What an operator should know once the node serves."""
+    processes = f" with {workers} worker processes" if workers > 1 else ""
+    log.info("fognode listening on %s%s, forwarding to %s", url, processes, upstream)
+    if tls is not None and tls.pair is not None:
+        leaf = tls.pair.leaf
         names = cert_names(leaf).dns
         log.info(
             "TLS certificate for %s valid until %s (CA %s)",
             ", ".join(names),
             leaf.not_valid_after_utc.isoformat(),
-            running.tls.ca_file,
+            tls.ca_file,
         )
         if settings.app_host_name.rstrip(".").lower() not in names:
             log.warning(
@@ -166,22 +266,12 @@ async def serve(settings: Settings) -> None:
     else:
         log.warning("TLS is off: serving plain HTTP (development only)")
     app_port = 443 if settings.tls else 80
-    announced = running.announcer is not None and running.announcer.announced
-    if announced and running.port != app_port:
+    if announced and port != app_port:
         log.warning(
             "announcing port %d, but SpeziLLMFog apps ignore the announced port and connect "
             "to %d: they will not reach this node. Serve on %d without root with "
             "`sudo .venv/bin/fognode service install` (see the README, Port 443).",
-            running.port,
+            port,
             app_port,
             app_port,
         )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        log.info("shutting down; open requests get %ss to finish", settings.shutdown_timeout)
-        await running.stop()

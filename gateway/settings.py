@@ -127,6 +127,14 @@ class Settings(BaseSettings):
         le=65535,
         description="TCP port to listen on (0 = any free). Default 8443 with TLS, 8080 without.",
     )
+    workers: int = Field(
+        1,
+        ge=0,
+        le=1024,
+        description="Processes that serve requests, sharing the port (1: everything in one "
+        "process; 0: one per core). Admission caps, metrics, mDNS and certificate renewal "
+        "stay node-wide; some state is kept per worker (README, Every core).",
+    )
 
     # --- TLS ---------------------------------------------------------------
     tls: bool = Field(

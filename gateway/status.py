@@ -25,6 +25,7 @@ import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence, Sized
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -55,7 +56,7 @@ from ..web.status import (
 )
 from . import __version__
 from .activity import Activity
-from .admission import Admission
+from .admission import AdmissionControl
 from .context import PRINCIPAL, REQUEST_ID
 from .errors import GatewayError
 from .routes import RouteSpec, add_route
@@ -144,7 +145,7 @@ def setup_status(
     *,
     sessions: BrowserSessions,
     pool: UpstreamPool,
-    admission: Admission,
+    admission: AdmissionControl[Any],
     stats: GatewayStats,
     activity: Activity,
     listening: Listening,
@@ -161,6 +162,7 @@ def setup_status(
             for m in pool.members
         ]
         since, rows, usage_error = await _usage()
+        load = await admission.load()  # the node's, from the supervisor in a worker
         conns = listening.connections
         return StatusView(
             node=NodeView(
@@ -175,8 +177,8 @@ def setup_status(
             load=LoadView(
                 active_streams=stats.active_streams,
                 in_flight=stats.active_requests,
-                queued=admission.queued,
-                slots_used=admission.active,
+                queued=load.queued,
+                slots_used=load.active,
                 capacity=admission.capacity,
                 connections=len(conns) if conns is not None else None,
             ),

@@ -15,9 +15,10 @@ The choice is logged in one line and shown by /readyz (``upstream_choice``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -28,7 +29,8 @@ from .. import safejson
 from ..embedded.metrics import EmbeddedCollector
 from ..embedded.model import ModelUnavailable, check_available
 from ..embedded.options import DEFAULT_MODEL, EmbeddedOptions
-from ..embedded.runtime import EmbeddedRuntime
+from ..embedded.runtime import EmbeddedRuntime, describe
+from ..embedded.supervisor import ServerStatus, State
 from .metrics import METRICS
 from .paths import data_dir
 from .proxy import UPSTREAM
@@ -167,3 +169,35 @@ def install_upstream_choice(app: web.Application, choice: UpstreamChoice) -> Non
 
     # First in: the model starts loading before anything else, and is stopped last.
     app.cleanup_ctx.insert(0, run_embedded)
+
+
+def follow_upstream_choice(
+    app: web.Application, reason: str, statuses: list[ServerStatus]
+) -> Callable[[list[ServerStatus]], None]:
+    """A worker process's side of :func:`install_upstream_choice`: its supervisor
+    chose the upstream and runs the embedded model, if chosen; this app
+    follows the model's state (requests while it loads or restarts get 503
+    with Retry-After, as in one process). Returns what to call with each new
+    state."""
+    pool = app[UPSTREAM]
+    pool.choice = reason
+    current = statuses
+    refreshing: set[asyncio.Task[None]] = set()
+
+    def follow(new: list[ServerStatus]) -> None:
+        nonlocal current
+        was_ready = {s.url for s in current if s.state is State.READY}
+        current = new
+        by_url = {s.url: s for s in new}
+        for member in pool.members:
+            member.local = by_url.get(member.base.rstrip("/"))
+        if any(s.state is State.READY and s.url not in was_ready for s in new):
+            # As runtime.on_ready does in one process: the model list, now.
+            task = asyncio.create_task(pool.refresh(), name="fognode-upstream-refresh")
+            refreshing.add(task)
+            task.add_done_callback(refreshing.discard)
+
+    if statuses:
+        pool.local_state = lambda: describe(statuses[0].alias, current)
+        follow(statuses)
+    return follow

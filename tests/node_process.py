@@ -84,12 +84,19 @@ class NodeProcess:
                     raise AssertionError(f"fognode exited at start:\n{self.log()}")
                 try:
                     async with http.get(f"{self.url}/healthz", ssl=ssl_context or False) as resp:
-                        if resp.status == 200:
+                        if resp.status == 200 and self.started():
                             return
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.1)
         raise AssertionError(f"fognode did not answer /healthz:\n{self.log()}")
+
+    def started(self) -> bool:
+        """Every process serves: with workers the first one answers /healthz
+        before the others listen; the main process logs once all of them do."""
+        if self.env.get("FOGNODE_LOG_LEVEL", "INFO").upper() not in ("DEBUG", "INFO"):
+            return True
+        return "fognode listening on" in self.log()
 
     @property
     def alive(self) -> bool:

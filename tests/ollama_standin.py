@@ -45,6 +45,7 @@ import hashlib
 import json
 import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,6 +102,10 @@ class OllamaStandIn:
     cancelled: int = 0
     chunks_sent: int = 0
     cancel_event: asyncio.Event = field(default_factory=asyncio.Event)
+    # Forwarded requests in flight right now, and the most at once: in total
+    # (key "") and by the last message's content (a test's tag per user).
+    in_flight: Counter[str] = field(default_factory=Counter)
+    peak_in_flight: Counter[str] = field(default_factory=Counter)
     url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -156,7 +161,17 @@ class OllamaStandIn:
                 tuple(peer[:2]) if peer else None,
             )
         )
-        return await handler(request)
+        if "X-Request-ID" not in request.headers:
+            return await handler(request)
+        keys = ("", _last_content(body))
+        for key in keys:
+            self.in_flight[key] += 1
+            self.peak_in_flight[key] = max(self.peak_in_flight[key], self.in_flight[key])
+        try:
+            return await handler(request)
+        finally:
+            for key in keys:
+                self.in_flight[key] -= 1
 
     def _add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -761,6 +776,15 @@ def _rfc3339(when: float) -> str:
 
 def _sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _last_content(body: bytes) -> str:
+    """The content of a chat request's last message ("" for anything else)."""
+    try:
+        messages = json.loads(body)["messages"]
+        return str(messages[-1]["content"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""
 
 
 def main() -> None:

@@ -275,14 +275,14 @@ async def test_ticket_reports_the_place_in_the_queue() -> None:
     ]
     await asyncio.sleep(0)
     # bob and carol wait for the node; bob's second waits for bob's own slot first.
-    assert [admission.position(t) for t in tickets] == [1, 2, 3]
+    assert [await admission.position(t) for t in tickets] == [1, 2, 3]
     admission.release(first)
     bob = await waiting[0]
-    assert admission.position(tickets[0]) is None  # admitted
-    assert admission.position(tickets[1]) == 1
+    assert await admission.position(tickets[0]) is None  # admitted
+    assert await admission.position(tickets[1]) == 1
     admission.release(bob)
     carol = await waiting[1]
-    assert admission.position(tickets[2]) == 1  # now first for the node
+    assert await admission.position(tickets[2]) == 1  # now first for the node
     admission.release(carol)
     admission.release(await waiting[2])
     assert admission.active == 0 and admission.queued == 0

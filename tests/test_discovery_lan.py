@@ -308,3 +308,23 @@ def test_http_client_sees_the_node_port_and_ip_via_discovery_library(
         timeout=30,
     )
     assert json.loads(response.stdout)["status"] == "ok"
+
+
+def test_a_node_with_two_workers_is_announced_once(
+    lan: Lan, procs: list[Proc], node_files: dict[str, Any]
+) -> None:
+    """Two processes serve the port; the supervisor alone announces, with the
+    node's capacity (a worker announcing too would show as a second
+    instance, `-2`, or as twice the capacity)."""
+    start_node(lan, procs, node_files, extra_env={"FOGNODE_WORKERS": "2"})
+    wait_http(lan.b, f"https://{lan.a.address}:{PORT}/healthz")
+    nodes: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 30
+    while not nodes and time.monotonic() < deadline:
+        nodes = discover_json(lan, timeout=1)
+    # Looked at again after a while: a late second announcer would be there now.
+    nodes = discover_json(lan, timeout=3)
+    assert [n["name"] for n in nodes] == ["SpeziLLMFog Service"], nodes
+    assert nodes[0]["port"] == PORT
+    assert nodes[0]["txt"]["load_capacity"] == 4  # FOGNODE_MAX_CONCURRENT_REQUESTS' default
+    assert "llama3.2:1b" in nodes[0]["txt"]["models"]

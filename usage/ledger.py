@@ -35,6 +35,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from .options import Limits, QuotaOptions
 from .quota import ALLOW_UNLIMITED, WINDOW_SECONDS, Decision, Usage, day_bounds, decide
@@ -51,6 +52,19 @@ class Ticket:
     started_at: float
     decision: Decision
     settled: bool = False
+
+
+class QuotaLedger(Protocol):
+    """What the usage stage asks: :class:`UsageLedger` where this process holds
+    the node's ledger, or a worker process's client of its supervisor's."""
+
+    async def admit(self, uid: str, limits: Limits, *, estimate: int) -> Ticket: ...
+
+    def settle(self, ticket: Ticket, record: UsageRecord) -> None: ...
+
+    def record(self, record: UsageRecord) -> None: ...
+
+    async def pending_records(self) -> int: ...
 
 
 class UsageLedger:
@@ -93,13 +107,24 @@ class UsageLedger:
         again for the same ticket does nothing, so nothing is counted twice."""
         if ticket.settled:
             return
+        self.drop(ticket)
+        self.writer.add(record)
+
+    def drop(self, ticket: Ticket) -> None:
+        """The request is gone without a record (its worker process died):
+        its reservation ends, nothing is recorded."""
+        if ticket.settled:
+            return
         ticket.settled = True
         tickets = self._inflight.get(ticket.uid)
         if tickets is not None:
             tickets.discard(ticket)
             if not tickets:
                 del self._inflight[ticket.uid]
-        self.writer.add(record)
+
+    async def pending_records(self) -> int:
+        """Records accepted but not yet known to be stored."""
+        return len(self.writer.pending())
 
     def record(self, record: UsageRecord) -> None:
         """A request that never held a reservation (refused before admission)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 COLUMNS = (
     "record_id",
@@ -76,6 +77,18 @@ class UsageRecord:
             self.completion_tokens,
             self.outcome.value,
             self.partial,
+        )
+
+    def as_json(self) -> dict[str, object]:
+        """The record as JSON values (a worker process hands it to its supervisor)."""
+        return dict(zip(COLUMNS, self.row(), strict=True))
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> UsageRecord:
+        return cls(
+            **{k: v for k, v in values.items() if k not in ("outcome", "partial")},
+            outcome=Outcome(values["outcome"]),
+            partial=bool(values["partial"]),
         )
 
     @property

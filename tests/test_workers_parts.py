@@ -1,0 +1,272 @@
+"""The pieces of `serve --workers N` whose logic is subtle, in one process:
+the channel gives back each lease exactly once whichever way the call ends,
+the node's /metrics is the sum of the workers', caps are divided so their
+shares add up, and the shared port is one port for every worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fognode.gateway.announce import node_id
+from fognode.gateway.metrics import merge_expositions
+from fognode.gateway.server import worker_count
+from fognode.gateway.settings import Settings
+from fognode.gateway.supervisor import (
+    close_ledger,
+    node_ledger,
+    per_worker_state,
+    prepare_once,
+    worker_share,
+)
+from fognode.usage.migrations import MIGRATIONS
+from fognode.usage.options import Limits
+from fognode.usage.quota import Decision, Usage, decide
+from fognode.usage.record import Outcome, UsageRecord
+from fognode.workers.channel import Channel, ChannelClosed, Reply
+from fognode.workers.ports import SharedPort
+from tests.helpers import wait_until
+
+Pair = tuple[Channel, Channel, list[str]]
+waiting: list[asyncio.Future[None]] = []  # the handlers of "wait" calls, still waiting
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[Pair]:
+    """A caller and a callee whose ``hold`` call leases a slot at once (and logs
+    its release); a ``wait`` call waits for ever first."""
+    log: list[str] = []
+    waiting.clear()
+
+    async def serve(op: str, args: list[object]) -> Reply:
+        if op == "wait":
+            never = asyncio.get_running_loop().create_future()
+            waiting.append(never)
+            await never
+        if op in ("hold", "wait"):
+            log.append(f"granted {args[0]}")
+            return Reply(["granted"], release=lambda: log.append(f"released {args[0]}"))
+        return Reply([op, *args])
+
+    ours, theirs = socket.socketpair()
+    loop = asyncio.get_running_loop()
+    caller, callee = Channel(), Channel(serve=serve)
+    await loop.create_unix_connection(lambda: caller, sock=ours)
+    await loop.create_unix_connection(lambda: callee, sock=theirs)
+    yield caller, callee, log
+    caller.close()
+    callee.close()
+
+
+async def test_a_lease_is_released_once_when_the_caller_is_done(pair: Pair) -> None:
+    caller, callee, log = pair
+    answer = await caller.call("hold", 1)
+    assert answer.values == ["granted"] and callee.leases == 1
+    caller.done(answer.id)
+    caller.done(answer.id)  # a second "done" finds nothing to release
+    await wait_until(lambda: callee.leases == 0, "the release")
+    await caller.call("echo")  # one round trip later nothing more happened
+    assert log == ["granted 1", "released 1"]
+
+
+async def test_a_caller_that_gives_up_while_waiting_gets_nothing(pair: Pair) -> None:
+    caller, callee, log = pair
+    task = asyncio.create_task(caller.call("wait", 2))  # waits for a grant that never comes
+    await wait_until(lambda: bool(waiting), "the handler to wait")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await wait_until(lambda: waiting[0].cancelled(), "the handler to be cancelled")
+    await caller.call("echo")
+    assert log == [] and callee.leases == 0
+
+
+async def test_leases_are_released_when_the_connection_drops(pair: Pair) -> None:
+    caller, callee, log = pair
+    answers = [await caller.call("hold", n) for n in (3, 4)]
+    assert callee.leases == 2 and all(a.values == ["granted"] for a in answers)
+    caller.close()  # the worker is gone
+    await wait_until(lambda: callee.lost.is_set(), "the callee to notice")
+    assert sorted(log) == ["granted 3", "granted 4", "released 3", "released 4"]
+    with pytest.raises(ChannelClosed):
+        await caller.call("echo")
+
+
+def exposition(requests: int, streams: int, up: int, seconds: list[float]) -> str:
+    registry = CollectorRegistry()
+    Counter("fognode_requests", "r", ["status"], registry=registry).labels("200").inc(requests)
+    Gauge("fognode_active_streams", "s", registry=registry).set(streams)
+    Gauge("fognode_upstream_up", "u", registry=registry).set(up)
+    latency = Histogram("fognode_seconds", "l", buckets=(1.0, 5.0), registry=registry)
+    for value in seconds:
+        latency.observe(value)
+    return generate_latest(registry).decode()
+
+
+def test_the_nodes_metrics_are_the_workers_summed() -> None:
+    merged = merge_expositions(
+        [exposition(3, 1, 0, [0.5, 2.0]), exposition(4, 2, 1, [7.0]), exposition(0, 0, 0, [])]
+    )
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(merged.decode())
+        for s in family.samples
+    }
+    assert samples[("fognode_requests_total", (("status", "200"),))] == 7
+    assert samples[("fognode_active_streams", ())] == 3
+    assert samples[("fognode_upstream_up", ())] == 1  # up if any worker reached it
+    assert samples[("fognode_seconds_bucket", (("le", "1.0"),))] == 1
+    assert samples[("fognode_seconds_bucket", (("le", "5.0"),))] == 2
+    assert samples[("fognode_seconds_bucket", (("le", "+Inf"),))] == 3
+    assert samples[("fognode_seconds_count", ())] == 3
+    assert samples[("fognode_seconds_sum", ())] == 9.5
+
+
+@pytest.mark.parametrize("total", [0, 1, 2, 3, 7, 64, 1000])
+@pytest.mark.parametrize("workers", [1, 2, 3, 8])
+def test_divided_caps_add_up_to_the_setting(total: int, workers: int) -> None:
+    shares = [worker_share(total, workers, i) for i in range(workers)]
+    if total == 0:
+        assert shares == [0] * workers  # no cap stays no cap
+    elif total >= workers:
+        assert sum(shares) == total and max(shares) - min(shares) <= 1
+    else:  # each worker needs one: warned about at start
+        assert shares == [1] * workers
+
+
+def test_no_more_workers_than_the_smallest_divided_cap() -> None:
+    def count(**settings: int) -> int:
+        return worker_count(Settings(host="127.0.0.1", **settings))
+
+    assert count(workers=4) == 4  # the per-client cap (64) allows 4
+    assert count(workers=4, upstream_max_concurrent=2) == 2
+    assert count(workers=4, max_connections_per_client=3, max_connections=100) == 3
+    assert count(workers=4, max_connections_per_client=0) == 4  # 0: no cap, no limit
+    assert count(workers=1, upstream_max_concurrent=8) == 1
+
+
+def test_the_shared_port_is_one_port_for_every_worker() -> None:
+    port = SharedPort.reserve("127.0.0.1", 0)
+    try:
+        assert port.port > 0
+        sockets = port.sockets() + port.sockets()
+        try:
+            assert {s.getsockname()[1] for s in sockets} == {port.port}
+            for sock in sockets:
+                sock.listen()
+            # The reservation itself never listens, so it takes no connection.
+            with socket.create_connection(("127.0.0.1", port.port)):
+                pass
+        finally:
+            for sock in sockets:
+                sock.close()
+    finally:
+        port.close()
+
+
+def test_one_process_is_the_default() -> None:
+    """Several workers are opt-in (README, Kept per worker, says why)."""
+    settings = Settings(host="127.0.0.1")
+    assert settings.workers == 1 and worker_count(settings) == 1
+
+
+OPEN_STORE = """
+import asyncio, sys
+from pathlib import Path
+from fognode.usage.sqlite_store import SqliteStore
+
+async def main():
+    store = SqliteStore(Path(sys.argv[1]))
+    await store.open()
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_processes_opening_a_new_usage_store_at_once_migrate_it_once(
+    tmp_path: Path,
+) -> None:
+    """What workers restarting, or nodes sharing a file, do: each step applied
+    exactly once however the openers interleave (BEGIN IMMEDIATE)."""
+    path = tmp_path / "usage.sqlite3"
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", OPEN_STORE, str(path), stderr=asyncio.subprocess.PIPE
+        )
+        for _ in range(6)
+    ]
+    results = await asyncio.gather(*(p.communicate() for p in procs))
+    assert [p.returncode for p in procs] == [0] * 6, [err.decode() for _, err in results]
+    with sqlite3.connect(path) as db:
+        versions = [row[0] for row in db.execute("SELECT version FROM usage_schema_migrations")]
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert versions == [m.version for m in MIGRATIONS]
+    assert {"usage_records", "usage_minutes"} <= tables
+
+
+async def test_the_supervisor_makes_once_what_workers_would_race_for(tmp_path: Path) -> None:
+    """Node id, session key and the migrated store exist before any worker
+    starts, and every worker gets the one node id in its settings."""
+    settings = Settings(
+        host="127.0.0.1",
+        status_page=True,
+        session_key_file=tmp_path / "session.key",
+        usage_sqlite_path=tmp_path / "usage.sqlite3",
+    )
+    prepared = await prepare_once(settings)
+    assert prepared.node_id and prepared.node_id == node_id(settings)
+    assert len(bytes.fromhex((tmp_path / "session.key").read_text().strip())) == 32
+    ledger = await node_ledger(prepared)
+    try:
+        assert await ledger.writer.store.schema_version() == MIGRATIONS[-1].version
+    finally:
+        await close_ledger(ledger, 1.0)
+
+
+def test_the_start_says_what_is_kept_per_worker() -> None:
+    quiet = Settings(host="127.0.0.1", status_page=False)
+    assert [s.split(" (")[0] for s in per_worker_state(quiet)] == ["upstream checks"]
+    busy = Settings(
+        host="127.0.0.1",
+        quota_tokens_per_day=1000,
+        upstream_urls=["http://127.0.0.1:1", "http://127.0.0.1:2"],
+    )
+    kept = " ".join(per_worker_state(busy))
+    assert "quota" not in kept  # the supervisor's ledger: the node's
+    for what in ("conversation affinity", "status page", "sign-in throttle"):
+        assert what in kept
+
+
+def test_quota_decisions_and_records_cross_the_channel_unchanged() -> None:
+    """What a worker's RemoteLedger and the coordinator send each other is
+    JSON on the channel: nothing may be lost or retyped on the way."""
+    record = UsageRecord(
+        uid="apikey:alice",
+        model="llama3.2:1b",
+        upstream="http://127.0.0.1:11434",
+        route="/v1/chat/completions",
+        started_at=1_700_000_000.25,
+        ended_at=1_700_000_003.5,
+        prompt_tokens=12,
+        completion_tokens=34,
+        outcome=Outcome.CLIENT_DISCONNECTED,
+        partial=True,
+        request_id="r-1",
+        node="n1",
+    )
+    assert UsageRecord.from_json(json.loads(json.dumps(record.as_json()))) == record
+    used = Usage(requests_last_minute=3, oldest_request=1_700_000_000.0)
+    refused = decide(Limits(0, 3), used, estimate=10, now=1_700_000_010.0, day_end=1_700_050_000)
+    assert not refused.allowed and refused.code == "rate_limit_exceeded"
+    assert Decision.from_json(json.loads(json.dumps(refused.as_json()))) == refused

@@ -1,0 +1,275 @@
+"""One connection between the supervisor and a worker: framed, multiplexed, leased.
+
+Every frame is a JSON array on one line (JSON never puts a raw newline
+inside a value): ``[op, id, args...]``. Either side may call the other:
+
+    [op, id, args...]   a call (id > 0) that wants a reply; id 0: a notice, no reply
+    ["=", id, values...] the reply to call ``id``
+    ["!", id, message]  the call failed (the handler raised)
+    ["-", id]           the caller gave up (its task was cancelled)
+    ["~", id]           the caller is done with what call ``id`` leased to it
+
+Many calls are in flight at once on one connection; the ids tell the
+replies apart. What makes it more than request/reply is ownership: a
+handler may answer with a *lease* (a reply with a release function), such
+as an admission slot. The callee keeps the release until the caller says
+``~`` (done), or ``-`` arrives after the reply was sent (the caller gave up
+just as the answer came: nobody will use it), or the connection drops (the
+worker crashed). So whatever one side holds for the other is given back
+exactly once, whichever of these comes first.
+
+Frames written in one turn of the event loop leave in one write: under
+load a worker's acquires and releases share system calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+log = logging.getLogger("fognode.workers")
+
+# The longest frame either side accepts (a worker's metrics are the largest).
+MAX_FRAME = 16 << 20
+
+REPLY, FAILED, GAVE_UP, DONE = "=", "!", "-", "~"
+
+
+class ChannelClosed(ConnectionError):
+    """The other side is gone (or this side closed): no reply will come."""
+
+
+class CallFailed(Exception):
+    """The other side's handler raised; the message is its text."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What a handler answers: values, and optionally a lease to give back later."""
+
+    values: list[Any]
+    release: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A reply as the caller sees it; ``id`` names a lease in :meth:`Channel.done`."""
+
+    id: int
+    values: list[Any]
+
+
+Handler = Callable[[str, list[Any]], Awaitable[Reply]]
+NoticeHandler = Callable[[str, list[Any]], None]
+
+
+class Channel(asyncio.Protocol):
+    """One end of the connection (the same class on both ends)."""
+
+    def __init__(
+        self,
+        *,
+        serve: Handler | None = None,
+        notice: NoticeHandler | None = None,
+        max_frame: int = MAX_FRAME,
+    ) -> None:
+        self._serve = serve
+        self._notice = notice
+        self._max_frame = max_frame
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._out: list[bytes] = []
+        self._next_id = 0
+        self._calls: dict[int, asyncio.Future[list[Any]]] = {}
+        self._running: dict[int, asyncio.Task[None]] = {}
+        self._leases: dict[int, Callable[[], None]] = {}
+        self._closed = False
+        self.lost = asyncio.Event()  # set when the connection is gone
+        self.on_lost: list[Callable[[], None]] = []
+
+    # --- what callers use -------------------------------------------------------
+    @property
+    def open(self) -> bool:
+        return self._transport is not None and not self._closed
+
+    @property
+    def leases(self) -> int:
+        """Leases this side holds for the other (slots it granted, for instance)."""
+        return len(self._leases)
+
+    async def call(self, op: str, *args: Any) -> Answer:
+        """Call the other side and wait for its reply.
+
+        Cancelled, it tells the other side, which stops the handler or gives
+        back what the handler leased. Raises ChannelClosed when the
+        connection is (or goes) away, CallFailed when the handler raised.
+        """
+        if not self.open:
+            raise ChannelClosed("the channel is closed")
+        self._next_id += 1
+        ident = self._next_id
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._calls[ident] = future
+        self._send([op, ident, *args])
+        try:
+            values = await future
+        except asyncio.CancelledError:
+            self._calls.pop(ident, None)
+            if self.open:
+                # Even when the reply has arrived (and this task was cancelled
+                # before it could take it): the other side then releases it.
+                self._send([GAVE_UP, ident])
+            raise
+        return Answer(ident, values)
+
+    def done(self, ident: int) -> None:
+        """Give back what call ``ident`` leased (no reply; a gone peer released it already)."""
+        if self.open:
+            self._send([DONE, ident])
+
+    def notify(self, op: str, *args: Any) -> None:
+        """A one-way message (dropped if the connection is gone)."""
+        if self.open:
+            self._send([op, 0, *args])
+
+    def close(self) -> None:
+        """Send what is queued, then close."""
+        if self._transport is not None and not self._closed:
+            self._flush()
+            self._closed = True
+            self._transport.close()
+
+    # --- asyncio.Protocol ---------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio's or uvloop's transport (uvloop's is no asyncio.Transport subclass).
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        while True:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                break
+            line = bytes(buffer[start:end])
+            start = end + 1
+            if not self._frame(line):
+                return
+        if start:
+            del buffer[:start]
+        if len(buffer) > self._max_frame:
+            self._abort(f"a frame longer than {self._max_frame} bytes")
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._closed = True
+        self._transport = None
+        self._out.clear()
+        calls, self._calls = self._calls, {}
+        for future in calls.values():
+            if not future.done():
+                future.set_exception(ChannelClosed("the other side is gone"))
+        running, self._running = self._running, {}
+        for task in running.values():
+            task.cancel()
+        leases, self._leases = self._leases, {}
+        for release in leases.values():
+            release()  # the other side is gone: it holds nothing any more
+        self.lost.set()
+        for callback in self.on_lost:
+            callback()
+
+    # --- frames -------------------------------------------------------------------
+    def _frame(self, line: bytes) -> bool:
+        """Handle one frame; False when it was malformed (the connection is closed)."""
+        try:
+            frame = json.loads(line)
+        except ValueError:
+            self._abort("a frame that is not JSON")
+            return False
+        if (
+            not isinstance(frame, list)
+            or len(frame) < 2
+            or not isinstance(frame[0], str)
+            or type(frame[1]) is not int
+        ):
+            self._abort("a frame that is not [op, id, ...]")
+            return False
+        op, ident = frame[0], frame[1]
+        if op in (REPLY, FAILED):
+            future = self._calls.pop(ident, None)
+            if future is not None and not future.done():
+                if op == REPLY:
+                    future.set_result(frame[2:])
+                else:
+                    future.set_exception(CallFailed(str(frame[2]) if len(frame) > 2 else ""))
+        elif op == GAVE_UP:
+            task = self._running.pop(ident, None)
+            if task is not None:
+                task.cancel()
+            else:
+                self._release(ident)
+        elif op == DONE:
+            self._release(ident)
+        elif ident == 0:
+            if self._notice is not None:
+                try:
+                    self._notice(op, frame[2:])
+                except Exception:
+                    log.exception("the handler of the notice %r failed", op)
+        elif self._serve is None or ident < 0 or ident in self._running:
+            self._abort(f"an unexpected call {op!r}")
+            return False
+        else:
+            self._running[ident] = asyncio.get_running_loop().create_task(
+                self._answer(ident, self._serve, op, frame[2:])
+            )
+        return True
+
+    async def _answer(self, ident: int, serve: Handler, op: str, args: list[Any]) -> None:
+        try:
+            reply = await serve(op, args)
+        except asyncio.CancelledError:
+            return  # the caller gave up (or is gone): nobody waits for an answer
+        except Exception as exc:
+            log.exception("the handler of %r failed", op)
+            if self._running.pop(ident, None) is not None and self.open:
+                self._send([FAILED, ident, f"{type(exc).__name__}: {exc}"])
+            return
+        if self._running.pop(ident, None) is None or not self.open:
+            # Given up after the handler finished but before this step ran.
+            if reply.release is not None:
+                reply.release()
+            return
+        if reply.release is not None:
+            self._leases[ident] = reply.release
+        self._send([REPLY, ident, *reply.values])
+
+    def _release(self, ident: int) -> None:
+        release = self._leases.pop(ident, None)
+        if release is not None:
+            release()
+
+    def _send(self, frame: list[Any]) -> None:
+        data = json.dumps(frame, separators=(",", ":")).encode()
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(data)
+        self._out.append(b"\n")
+
+    def _flush(self) -> None:
+        if self._out and self._transport is not None:
+            self._transport.write(b"".join(self._out))
+        self._out.clear()
+
+    def _abort(self, what: str) -> None:
+        log.error("closing the channel: the other side sent %s", what)
+        if self._transport is not None:
+            self._transport.abort()
+        self._closed = True
