@@ -118,17 +118,22 @@ def sandbox() -> Iterator[tuple[str, Path]]:
 def as_nobody(netns: str, directory: Path, capability: bool) -> list[str]:
     """fognode as user nobody on port 443, with or without the capability.
 
-    The interpreter of this venv may live under root's home (mode 700); a
-    private mount namespace shows nobody a traversable copy of that path.
+    The interpreter of this venv may live under a directory nobody cannot
+    enter (root's home, mode 700, with pyenv); a private mount namespace
+    shows nobody a traversable copy of that path.
     """
     python = Path(sys.executable)
-    home = Path.home()
+    needed = (python.resolve(), python.parent, ROOT)
+    closed = {  # for each path nobody needs, the first directory on it nobody may enter
+        next(d for d in reversed(p.parents) if not d.stat().st_mode & stat.S_IXOTH)
+        for p in needed
+        if any(not d.stat().st_mode & stat.S_IXOTH for d in p.parents)
+    }
     mounts = ""
-    if not home.stat().st_mode & stat.S_IXOTH:
-        shadow = directory / "home"
+    for index, home in enumerate(sorted(closed)):
+        shadow = directory / f"shadow{index}"
         shadow.mkdir(exist_ok=True)
         shadow.chmod(0o711)
-        needed = {python.resolve(), python.parent, ROOT}
         tops = {home / p.relative_to(home).parts[0] for p in needed if p.is_relative_to(home)}
         for top in sorted(tops):
             (shadow / top.name).mkdir(exist_ok=True)
