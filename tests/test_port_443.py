@@ -115,6 +115,10 @@ def sandbox() -> Iterator[tuple[str, Path]]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def _first_closed(path: Path) -> Path | None:
+    return next((d for d in reversed(path.parents) if not d.stat().st_mode & stat.S_IXOTH), None)
+
+
 def as_nobody(netns: str, directory: Path, capability: bool) -> list[str]:
     """fognode as user nobody on port 443, with or without the capability.
 
@@ -124,11 +128,8 @@ def as_nobody(netns: str, directory: Path, capability: bool) -> list[str]:
     """
     python = Path(sys.executable)
     needed = (python.resolve(), python.parent, ROOT)
-    closed = {  # for each path nobody needs, the first directory on it nobody may enter
-        next(d for d in reversed(p.parents) if not d.stat().st_mode & stat.S_IXOTH)
-        for p in needed
-        if any(not d.stat().st_mode & stat.S_IXOTH for d in p.parents)
-    }
+    # For each path nobody needs, the first directory on it nobody may enter.
+    closed = {d for p in needed if (d := _first_closed(p)) is not None}
     mounts = ""
     for index, home in enumerate(sorted(closed)):
         shadow = directory / f"shadow{index}"
