@@ -139,10 +139,11 @@ async def relay_answer(
         reading.close()
     body = parts[0] if len(parts) == 1 else b"".join(parts)  # mostly one piece: no copy
     encoding = upstream.headers.get("Content-Encoding", "").strip().lower()
+    answer: object = None
     try:
         plain = _decoded(body, encoding) if complete else None
         if plain is not None:  # else too large to check, like a long answer
-            safejson.loads(plain)
+            answer = safejson.loads(plain)
     except (ValueError, zlib.error):
         upstream.release()  # read to its end: the connection can be reused
         stats.upstream_failures_total += 1
@@ -160,5 +161,6 @@ async def relay_answer(
             code="upstream_invalid_json",
         ) from None
     # Written by the relay like every answer: the client-write deadline holds,
-    # and what was not read yet (past the limit) follows.
-    return await relay(prefix=body)
+    # and what was not read yet (past the limit) follows. The meter takes its
+    # figures from the parsed answer (not parsing it again).
+    return await relay(prefix=body, whole=complete, answer=answer)

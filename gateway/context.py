@@ -74,17 +74,27 @@ def request_id_of(request: web.BaseRequest) -> str:
         and redact(incoming[0]) == incoming[0]
     ):
         return incoming[0]
-    return mint_request_id()
+    return mint_id()
 
 
-# Minted ids: 16 random hex digits for this process, then a counter; unique
-# without a system call per request (uuid4 reads the kernel's random source).
-_ID_PREFIX = os.urandom(8).hex()
+# Minted ids (requests', usage records'): 16 random hex digits drawn once per
+# process, then a counter: 32 hex digits like uuid4's, unique without a system
+# call each (uuid4 reads the kernel's random source). A forked child draws a
+# prefix of its own.
+_id_prefix = os.urandom(8).hex()
 _id_counter = itertools.count(1)
 
 
-def mint_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_id_counter):016x}"
+def mint_id() -> str:
+    return f"{_id_prefix}{next(_id_counter):016x}"
+
+
+def _new_id_prefix() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix, _id_counter = os.urandom(8).hex(), itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 def _bytes_sent(request: web.Request, response: web.StreamResponse | None) -> int:

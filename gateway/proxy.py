@@ -68,7 +68,8 @@ def setup_proxy(
         await pool.close()
 
     app.cleanup_ctx.append(lifecycle)
-    app.on_response_prepare.append(_say_which_upstream)
+    if not pool.single:  # with one upstream there is no choice to tell
+        app.on_response_prepare.append(_say_which_upstream)
     sender = _Sender(pool, relay, metrics, stats)
     for spec in routes:
         add_route(app, spec, sender.handler_for(spec))

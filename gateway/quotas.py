@@ -46,10 +46,10 @@ from ..usage.ledger import QuotaLedger, Ticket, UsageLedger
 from ..usage.options import QuotaOptions, StoreOptions
 from ..usage.quota import limits_for, tier_of
 from ..usage.record import Outcome, UsageRecord
-from ..usage.request_body import ask_for_usage, estimate_prompt_tokens, estimate_tokens
+from ..usage.request_body import ask_for_usage, completion_limit, estimate_prompt_tokens
 from ..usage.store import Grouping, UsageStore, open_store
 from ..usage.writer import BatchWriter
-from .context import PRINCIPAL, REQUEST_ID
+from .context import PRINCIPAL, REQUEST_ID, mint_id
 from .errors import GatewayError
 from .metrics import Metrics
 from .routes import RouteSpec, add_route, spec_for
@@ -145,16 +145,33 @@ class UsageAccounting:
             registry=metrics.registry,
         )
         metrics.registry.register(WriterCollector(lambda: self.writer))
+        self._outcome_children: dict[Outcome, Counter] = {}
+        self._token_children: dict[tuple[str, ...], tuple[Counter, Counter]] = {}
 
     def observe(self, record: UsageRecord) -> None:
-        self.outcomes.labels(record.outcome.value).inc()
+        # The children are kept per label values: ``labels()`` checks and locks
+        # on every call, three times a request.
+        outcome = self._outcome_children.get(record.outcome)
+        if outcome is None:
+            outcome = self._outcome_children[record.outcome] = self.outcomes.labels(
+                record.outcome.value
+            )
+        outcome.inc()
         # Only models that produced tokens get a series: a made-up model name
         # is refused (0 tokens) and adds none.
+        if not (record.prompt_tokens or record.completion_tokens):
+            return
         labels = (record.model, record.uid) if self.options.metrics_per_user else (record.model,)
+        tokens = self._token_children.get(labels)
+        if tokens is None:
+            tokens = self._token_children[labels] = (
+                self.prompt_tokens.labels(*labels),
+                self.completion_tokens.labels(*labels),
+            )
         if record.prompt_tokens:
-            self.prompt_tokens.labels(*labels).inc(record.prompt_tokens)
+            tokens[0].inc(record.prompt_tokens)
         if record.completion_tokens:
-            self.completion_tokens.labels(*labels).inc(record.completion_tokens)
+            tokens[1].inc(record.completion_tokens)
 
 
 class WriterCollector(Collector):
@@ -242,7 +259,8 @@ def setup_quotas(
         body = request[REQUEST_BODY]
         parsed = body.parsed or {}
         limits = limits_for(quota, _tier(quota, principal))
-        estimate = estimate_tokens(parsed, default_completion=quota.default_completion_tokens)
+        prompt_estimate = estimate_prompt_tokens(parsed)
+        estimate = prompt_estimate + completion_limit(parsed, quota.default_completion_tokens)
         try:
             ticket = await ledger.admit(uid, limits, estimate=estimate)
         except Exception as exc:  # the store did not answer: no budget can be checked
@@ -273,9 +291,7 @@ def setup_quotas(
             if asked.added:
                 request[REQUEST_BODY] = dataclasses.replace(body, data=asked.body)
                 strip = True
-        meter = request[METER] = Meter(
-            strip_usage_chunk=strip, prompt_estimate=estimate_prompt_tokens(parsed)
-        )
+        meter = request[METER] = Meter(strip_usage_chunk=strip, prompt_estimate=prompt_estimate)
         outcome = Outcome.CLIENT_DISCONNECTED
         try:
             response = await handler(request)
@@ -320,6 +336,7 @@ def setup_quotas(
             partial=tokens.partial,
             request_id=request[REQUEST_ID],
             node=accounting.node,
+            record_id=mint_id(),
         )
         if ticket is not None and ticket.decision.allowed:
             ledger.settle(ticket, record)  # its reservation becomes the record
@@ -337,7 +354,8 @@ def setup_quotas(
 
     app.cleanup_ctx.append(lifecycle)
     app.middlewares.append(usage_stage)
-    app.on_response_prepare.append(rate_limit_headers)
+    if quota.enabled:  # without limits no decision carries headers
+        app.on_response_prepare.append(rate_limit_headers)
     add_route(app, RouteSpec("GET", "/admin/usage", Access.ADMIN), report)
     return accounting
 

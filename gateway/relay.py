@@ -198,12 +198,16 @@ async def relay_response(
     keepalive: KeepAlive | None,
     stats: GatewayStats,
     prefix: bytes = b"",
+    whole: bool = False,
+    answer: object = None,
     meter: Meter | None = None,
 ) -> web.StreamResponse:
     """Answer ``request`` with ``upstream``; the caller owns neither afterwards.
 
     ``prefix`` is the start of the body, already read from ``upstream``
-    (answers.py reads a JSON answer to check it before relaying it).
+    (answers.py reads a JSON answer to check it before relaying it); ``whole``
+    when it is all of it (the upstream's body ended), ``answer`` the JSON it
+    parsed to, if it did.
     ``meter``: an inference request's (quotas.py), told what was delivered.
     """
     progress = _Progress()
@@ -225,10 +229,20 @@ async def relay_response(
         ending: Ending | None = None
         if prefix:  # the start of the body, read already (answers.py)
             if counter is not None:
-                prefix = counter.feed(prefix)  # a JSON answer: the same bytes
+                if answer is not None:
+                    counter.read_answer(answer)
+                else:
+                    prefix = counter.feed(prefix)  # a JSON answer: the same bytes
             ending = await _write_prefix(response, prefix, options, progress)
             if ending is None and counter is not None:
                 counter.delivered()
+        if ending is None and whole:
+            # Read to its end already: nothing more to pump.
+            if counter is not None:
+                rest = counter.finish()
+                assert not rest, "a JSON answer leaves no bytes to send"
+                counter.delivered()
+            ending = Ending.COMPLETED
         if ending is None:
             ending = await _pump(upstream, response, framer, options, progress, counter)
         if ending is Ending.COMPLETED:

@@ -85,7 +85,8 @@ def _connection_tokens(headers: Any) -> set[str]:
 
 
 def filter_request_headers(headers: Any) -> CIMultiDict[str]:
-    drop = _DROP_REQUEST | _connection_tokens(headers)
+    # A new set only for a request that names fields in Connection (rare).
+    drop = _DROP_REQUEST | _connection_tokens(headers) if "Connection" in headers else _DROP_REQUEST
     if headers.get("Content-Encoding", "").strip().lower() in DECODED_BY_SERVER:
         drop = drop | {"content-encoding"}
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
@@ -96,11 +97,12 @@ def filter_response_headers(headers: Any) -> CIMultiDict[str]:
     hop-by-hop ones, and none with a control character, which aiohttp's
     client accepts (it parses responses leniently) but its server refuses
     to write, so relaying one failed the whole response."""
-    drop = _DROP_RESPONSE | _connection_tokens(headers)
+    drop = (
+        _DROP_RESPONSE | _connection_tokens(headers) if "Connection" in headers else _DROP_RESPONSE
+    )
+    search = _CONTROL.search
     return CIMultiDict(
-        (k, v)
-        for k, v in headers.items()
-        if k.lower() not in drop and not _CONTROL.search(k) and not _CONTROL.search(v)
+        (k, v) for k, v in headers.items() if k.lower() not in drop and not search(k + v)
     )
 
 

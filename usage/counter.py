@@ -275,6 +275,12 @@ class TokenCounter:
             obj = safejson.loads(body)
         except ValueError:
             return
+        self.read_answer(obj)
+
+    def read_answer(self, obj: object) -> None:
+        """A whole JSON answer that was parsed already (gateway/answers.py
+        checks every one): its figures, without parsing it a second time.
+        Instead of :meth:`feed`."""
         if not isinstance(obj, dict):
             return
         if "usage" in obj:

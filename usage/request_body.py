@@ -83,7 +83,7 @@ def estimate_tokens(parsed: Mapping[str, object], *, default_completion: int) ->
     """A guess at the tokens a request will use: its prompt plus the most it
     may generate (``max_completion_tokens``, ``max_tokens``, Ollama's
     ``options.num_predict``, else ``default_completion``)."""
-    return _prompt_estimate(parsed) + _completion_limit(parsed, default_completion)
+    return _prompt_estimate(parsed) + completion_limit(parsed, default_completion)
 
 
 def estimate_prompt_tokens(parsed: Mapping[str, object]) -> int:
@@ -133,7 +133,9 @@ def _text_chars(value: object) -> int:
     return 0
 
 
-def _completion_limit(parsed: Mapping[str, object], default: int) -> int:
+def completion_limit(parsed: Mapping[str, object], default: int) -> int:
+    """The completion part of :func:`estimate_tokens` (the stage adds it to
+    the prompt estimate it keeps for the record: each is computed once)."""
     candidates: list[object] = [parsed.get("max_completion_tokens"), parsed.get("max_tokens")]
     options = parsed.get("options")
     if isinstance(options, Mapping):
