@@ -48,7 +48,7 @@ from .errors import GatewayError
 from .logs import configure_logging
 from .metrics import METRICS, Metrics
 from .proxy import UPSTREAM
-from .server import RunningServer, run_app, stop_signals
+from .server import RunningServer, run_app, settle_heap, stop_signals
 from .sessions import SESSIONS, BrowserSessions
 from .settings import Settings
 from .status import LISTENING
@@ -275,6 +275,7 @@ async def run(settings: Settings, channel_sock: socket.socket, sockets: list[soc
         channel.notify("failed", message)  # the supervisor prints it, once for all workers
         channel.close()
         return 1
+    settle_heap()
     channel.notify("ready", running.app[AUTHORIZER].kinds)
     lost = asyncio.create_task(channel.lost.wait())
     stopping = asyncio.create_task(stop.wait())
