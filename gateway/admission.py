@@ -182,8 +182,27 @@ class Admission:
     def _retry_after(self, ahead: int, capacity: int) -> str:
         return str(max(1, math.ceil(self._avg_seconds * (ahead + 1) / max(1, capacity))))
 
+    def try_acquire(self, uid: str) -> Permit | None:
+        """Slots for ``uid`` now, when both are free and nobody waits for
+        either; None otherwise (then :meth:`acquire` queues or refuses). No
+        await: most requests find a slot free, and take it in one step."""
+        user = self._users.get(uid)
+        if user is not None and (user.full() or user.waiters):
+            return None
+        gate = self.global_gate
+        if gate.full() or gate.waiters:
+            return None
+        if user is None:
+            user = self._users[uid] = _Gate(self.per_user_concurrent, self.per_user_queue)
+        user.active += 1
+        gate.active += 1
+        return Permit(uid, user, asyncio.get_running_loop().time())
+
     async def acquire(self, uid: str, ticket: Ticket | None = None) -> Permit:
         """Wait for a slot for ``uid``: its own first, then the node's."""
+        permit = self.try_acquire(uid)
+        if permit is not None:
+            return permit
         user = self._users.get(uid)
         if user is None:
             user = self._users[uid] = _Gate(self.per_user_concurrent, self.per_user_queue)

@@ -307,6 +307,24 @@ async def test_a_released_slot_goes_to_the_first_waiter_without_a_gap() -> None:
     assert gate.active == 0
 
 
+async def test_a_free_slot_is_taken_at_once_but_never_ahead_of_a_waiter() -> None:
+    gate = admission(max_concurrent=2, per_user_concurrent=1, per_user_queue=1)
+    first = gate.try_acquire("a")
+    assert first is not None and gate.active == 1
+    assert gate.try_acquire("a") is None  # "a" is at its own cap
+    second = gate.try_acquire("b")
+    assert second is not None and gate.active == 2
+    assert gate.try_acquire("c") is None  # the node is full
+    waiting = asyncio.ensure_future(gate.acquire("c"))
+    await asyncio.sleep(0)
+    assert gate.queued == 1
+    gate.release(second)  # handed to the waiter ...
+    assert gate.try_acquire("d") is None  # ... not to a newcomer
+    gate.release(await waiting)
+    gate.release(first)
+    assert gate.active == 0 and gate.queued == 0
+
+
 async def test_a_waiter_cancelled_as_its_slot_arrives_passes_it_on() -> None:
     gate = admission(per_user_concurrent=4, per_user_queue=4)
     first = await gate.acquire("a")
