@@ -33,7 +33,7 @@ from fognode.usage.migrations import MIGRATIONS
 from fognode.usage.options import Limits
 from fognode.usage.quota import Decision, Usage, decide
 from fognode.usage.record import Outcome, UsageRecord
-from fognode.workers.channel import Channel, ChannelClosed, Reply
+from fognode.workers.channel import CallFailed, Channel, ChannelClosed, Reply
 from fognode.workers.ports import SharedPort
 from tests.helpers import wait_until
 
@@ -41,12 +41,18 @@ Pair = tuple[Channel, Channel, list[str]]
 waiting: list[asyncio.Future[None]] = []  # the handlers of "wait" calls, still waiting
 
 
-@pytest.fixture
-async def pair() -> AsyncIterator[Pair]:
+@pytest.fixture(params=["in a task", "in the step that reads it"])
+async def pair(request: pytest.FixtureRequest) -> AsyncIterator[Pair]:
     """A caller and a callee whose ``hold`` call leases a slot at once (and logs
-    its release); a ``wait`` call waits for ever first."""
+    its release); a ``wait`` call waits for ever first. ``hold`` is answered by
+    the handler in a task, or by ``serve_now`` (as the supervisor answers an
+    acquire that finds a free slot): leases behave the same either way."""
     log: list[str] = []
     waiting.clear()
+
+    def grant(args: list[object]) -> Reply:
+        log.append(f"granted {args[0]}")
+        return Reply(["granted"], release=lambda: log.append(f"released {args[0]}"))
 
     async def serve(op: str, args: list[object]) -> Reply:
         if op == "wait":
@@ -54,13 +60,16 @@ async def pair() -> AsyncIterator[Pair]:
             waiting.append(never)
             await never
         if op in ("hold", "wait"):
-            log.append(f"granted {args[0]}")
-            return Reply(["granted"], release=lambda: log.append(f"released {args[0]}"))
+            return grant(args)
         return Reply([op, *args])
+
+    def serve_now(op: str, args: list[object]) -> Reply | None:
+        return grant(args) if op == "hold" else None
 
     ours, theirs = socket.socketpair()
     loop = asyncio.get_running_loop()
-    caller, callee = Channel(), Channel(serve=serve)
+    at_once = request.param != "in a task"
+    caller, callee = Channel(), Channel(serve=serve, serve_now=serve_now if at_once else None)
     await loop.create_unix_connection(lambda: caller, sock=ours)
     await loop.create_unix_connection(lambda: callee, sock=theirs)
     yield caller, callee, log
@@ -77,6 +86,27 @@ async def test_a_lease_is_released_once_when_the_caller_is_done(pair: Pair) -> N
     await wait_until(lambda: callee.leases == 0, "the release")
     await caller.call("echo")  # one round trip later nothing more happened
     assert log == ["granted 1", "released 1"]
+
+
+async def test_a_call_the_immediate_handler_fails_fails_for_the_caller() -> None:
+    async def serve(op: str, args: list[object]) -> Reply:
+        return Reply([op, *args])
+
+    def serve_now(op: str, args: list[object]) -> Reply | None:
+        if op == "broken":
+            raise ValueError("no such thing")
+        return None
+
+    ours, theirs = socket.socketpair()
+    loop = asyncio.get_running_loop()
+    caller, callee = Channel(), Channel(serve=serve, serve_now=serve_now)
+    await loop.create_unix_connection(lambda: caller, sock=ours)
+    await loop.create_unix_connection(lambda: callee, sock=theirs)
+    with pytest.raises(CallFailed, match="ValueError: no such thing"):
+        await caller.call("broken")
+    assert (await caller.call("echo", 1)).values == ["echo", 1]  # the channel still works
+    caller.close()
+    callee.close()
 
 
 async def test_a_caller_that_gives_up_while_waiting_gets_nothing(pair: Pair) -> None:

@@ -65,6 +65,9 @@ class Answer:
 
 Handler = Callable[[str, list[Any]], Awaitable[Reply]]
 NoticeHandler = Callable[[str, list[Any]], None]
+# Answers a call in the step that reads it, when it can (None: it cannot, and
+# the call goes to the Handler in a task of its own).
+ImmediateHandler = Callable[[str, list[Any]], Reply | None]
 
 
 class Channel(asyncio.Protocol):
@@ -75,9 +78,13 @@ class Channel(asyncio.Protocol):
         *,
         serve: Handler | None = None,
         notice: NoticeHandler | None = None,
+        serve_now: ImmediateHandler | None = None,
         max_frame: int = MAX_FRAME,
     ) -> None:
+        """``serve_now``: tried first for every call; a call it answers costs
+        no task (a free admission slot, on every request of every worker)."""
         self._serve = serve
+        self._serve_now = serve_now
         self._notice = notice
         self._max_frame = max_frame
         self._transport: asyncio.Transport | None = None
@@ -223,12 +230,22 @@ class Channel(asyncio.Protocol):
                     self._notice(op, frame[2:])
                 except Exception:
                     log.exception("the handler of the notice %r failed", op)
-        elif self._serve is None or ident < 0 or ident in self._running:
+        elif self._serve is None or ident < 0 or ident in self._running or ident in self._leases:
             self._abort(f"an unexpected call {op!r}")
             return False
         else:
+            args = frame[2:]
+            if self._serve_now is not None:
+                try:
+                    reply = self._serve_now(op, args)
+                except Exception as exc:
+                    self._failed(ident, op, exc)
+                    return True
+                if reply is not None:
+                    self._reply(ident, reply)
+                    return True
             self._running[ident] = asyncio.get_running_loop().create_task(
-                self._answer(ident, self._serve, op, frame[2:])
+                self._answer(ident, self._serve, op, args)
             )
         return True
 
@@ -238,18 +255,25 @@ class Channel(asyncio.Protocol):
         except asyncio.CancelledError:
             return  # the caller gave up (or is gone): nobody waits for an answer
         except Exception as exc:
-            log.exception("the handler of %r failed", op)
-            if self._running.pop(ident, None) is not None and self.open:
-                self._send([FAILED, ident, f"{type(exc).__name__}: {exc}"])
+            if self._running.pop(ident, None) is not None:
+                self._failed(ident, op, exc)
             return
         if self._running.pop(ident, None) is None or not self.open:
             # Given up after the handler finished but before this step ran.
             if reply.release is not None:
                 reply.release()
             return
+        self._reply(ident, reply)
+
+    def _reply(self, ident: int, reply: Reply) -> None:
         if reply.release is not None:
             self._leases[ident] = reply.release
         self._send([REPLY, ident, *reply.values])
+
+    def _failed(self, ident: int, op: str, exc: Exception) -> None:
+        log.error("the handler of %r failed", op, exc_info=exc)
+        if self.open:
+            self._send([FAILED, ident, f"{type(exc).__name__}: {exc}"])
 
     def _release(self, ident: int) -> None:
         release = self._leases.pop(ident, None)
