@@ -79,16 +79,44 @@ class UsageRecord:
             self.partial,
         )
 
-    def as_json(self) -> dict[str, object]:
-        """The record as JSON values (a worker process hands it to its supervisor)."""
-        return dict(zip(COLUMNS, self.row(), strict=True))
+    def as_json(self) -> tuple[object, ...]:
+        """The record as JSON values (a worker process hands it to its
+        supervisor, once per request): an array in the order of
+        :data:`COLUMNS`, which costs a third of an object's encoding and
+        decoding on each side."""
+        return self.row()
 
     @classmethod
-    def from_json(cls, values: dict[str, Any]) -> UsageRecord:
+    def from_json(cls, values: list[Any]) -> UsageRecord:
+        (
+            record_id,
+            request_id,
+            node,
+            uid,
+            model,
+            upstream,
+            route,
+            started_at,
+            ended_at,
+            prompt_tokens,
+            completion_tokens,
+            outcome,
+            partial,
+        ) = values
         return cls(
-            **{k: v for k, v in values.items() if k not in ("outcome", "partial")},
-            outcome=Outcome(values["outcome"]),
-            partial=bool(values["partial"]),
+            uid=uid,
+            model=model,
+            upstream=upstream,
+            route=route,
+            started_at=started_at,
+            ended_at=ended_at,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            outcome=Outcome(outcome),
+            partial=bool(partial),
+            request_id=request_id,
+            node=node,
+            record_id=record_id,
         )
 
     @property
