@@ -44,6 +44,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..auth.sessions import load_or_create_key
+from ..auth.throttle import FailureThrottle
 from ..embedded.metrics import EmbeddedCollector
 from ..usage.ledger import UsageLedger
 from ..usage.writer import BatchWriter
@@ -115,19 +116,7 @@ class _WorkerCollector(Collector):
 def per_worker_state(settings: Settings) -> list[str]:
     """What each worker keeps for itself with these settings, so that with
     several workers it holds per worker, not for the node (README, Every core)."""
-    kept: list[str] = []
-    if settings.upstream_affinity and len(settings.upstream_urls) > 1:
-        kept.append(
-            "conversation affinity (a conversation's next turn on another worker may go to "
-            "another upstream)"
-        )
-    if settings.status_page:
-        kept.append(
-            "the status page's requests and errors per minute, live counts and connections, "
-            "and the sign-in throttle (N workers allow N times the failed sign-ins)"
-        )
-    kept.append("upstream checks (each worker checks every upstream)")
-    return kept
+    return ["upstream checks (each worker checks every upstream)"]
 
 
 async def prepare_once(settings: Settings) -> Settings:
@@ -177,9 +166,13 @@ async def serve_workers(settings: Settings, count: int) -> None:
     coordinator = Coordinator(admission, registry)
     runtime = choice.runtime
     coordinator.hello = {"choice": choice.reason, "embedded": []}
-    # The supervisor's own look at the upstreams, for the announcement.
+    # The supervisor's own look at the upstreams, for the announcement; its
+    # conversation table is the node's (the workers ask it).
     urls = settings.upstream_urls or [settings.upstream_base]
     pool = UpstreamPool(urls, upstream_options(settings))
+    coordinator.affinity = pool.affinity
+    if settings.status_page:
+        coordinator.throttle = FailureThrottle()
 
     async def launch(number: int) -> Launch:
         theirs, ready = await coordinator.attach(number)

@@ -38,7 +38,7 @@ from typing import Any
 from multidict import CIMultiDict
 
 from ..routing import warm
-from ..routing.affinity import AffinityTable
+from ..routing.affinity import AffinityTable, ConversationMemory
 from ..routing.conversation import Conversation
 from ..routing.order import Option, rank
 from .errors import GatewayError
@@ -79,7 +79,16 @@ class Route:
 
 
 class UpstreamPool:
-    def __init__(self, urls: list[str], options: UpstreamOptions) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        options: UpstreamOptions,
+        *,
+        memory: ConversationMemory | None = None,
+    ) -> None:
+        """``memory``: the node's conversation table when this process does not
+        hold it (a worker's: the supervisor does); used only when affinity is
+        on with several upstreams."""
         self.options = options
         self.members = [Upstream(url, options) for url in urls]
         self.cap = options.max_concurrent
@@ -91,8 +100,8 @@ class UpstreamPool:
         self.choice: str | None = None
         self.local_state: Callable[[], dict[str, Any]] | None = None
         # Which upstream served a conversation last (only worth it with several).
-        self.affinity = (
-            AffinityTable(options.affinity_entries, options.affinity_seconds)
+        self.affinity: ConversationMemory | None = (
+            (memory or AffinityTable(options.affinity_entries, options.affinity_seconds))
             if options.affinity and len(self.members) > 1
             else None
         )
@@ -287,9 +296,22 @@ class UpstreamPool:
         return bool(known) and not any(_has(m.models, model) for m in known)
 
     # --- routing ------------------------------------------------------------------
-    def route(self, model: str | None, conversation: Conversation | None = None) -> Route:
+    async def recall(self, conversation: Conversation) -> int | None:
+        """The position (0-based) of the upstream that served this conversation's
+        previous turn, if the node remembers one (a first turn looks up nothing)."""
+        if self.affinity is None or not conversation.lookups:
+            return None
+        return await self.affinity.recall(conversation.lookups)
+
+    def route(
+        self,
+        model: str | None,
+        conversation: Conversation | None = None,
+        affine: int | None = None,
+    ) -> Route:
         """The upstreams to try for a request, best first, with the reasons
-        (routing/order.py); none at its cap, so an empty route means all are."""
+        (routing/order.py); none at its cap, so an empty route means all are.
+        ``affine``: what :meth:`recall` found for ``conversation``."""
         if self.single:
             only = self.members[0]
             return Route([] if self.at_cap(only) else [Choice(only, 1, ())], model, None)
@@ -305,9 +327,6 @@ class UpstreamPool:
             )
             for m in self.members
         ]
-        affine = None
-        if self.affinity is not None and conversation is not None:
-            affine = self.affinity.find(conversation.lookups)
         ranked = rank(options, model=model is not None, affine=affine)
         choices = [Choice(self.members[r.position], r.position + 1, r.reasons) for r in ranked]
         return Route(choices, model, conversation)

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import ssl
 from collections import Counter
@@ -586,3 +587,104 @@ async def test_a_waiting_stream_hears_its_place_in_the_nodes_queue(
             second.close()
     finally:
         await node.stop()
+
+
+# --- what the status page and routing keep: the node's, not a worker's ----------------
+
+
+class OnWorker:
+    """A client session whose connections all leave from one local port, so
+    the kernel hands every one of them to the same worker (SO_REUSEPORT picks
+    by the addresses and ports); after each request the test checks that
+    worker holds the kept-alive connection."""
+
+    def __init__(self, node: NodeProcess, tls: ssl.SSLContext) -> None:
+        assert node.proc is not None
+        self.node, self.pids = node, worker_pids(node.proc.pid)
+        self.port = free_port()
+        connector = aiohttp.TCPConnector(
+            ssl=tls, limit=1, family=socket.AF_INET, local_addr=("127.0.0.1", self.port)
+        )
+        self.http = aiohttp.ClientSession(connector=connector)
+        self.pid = 0
+
+    def holder(self) -> int:
+        return connection_owner(self.pids, self.node.port, self.port)
+
+    async def send(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, str], str]:
+        url = f"https://localhost:{self.node.port}{path}"
+        async with self.http.request(method, url, **kwargs) as resp:
+            answer = resp.status, dict(resp.headers), await resp.text()
+        assert self.holder() == self.pid
+        return answer
+
+
+async def one_session_per_worker(
+    node: NodeProcess, tls: ssl.SSLContext, sessions: list[aiohttp.ClientSession]
+) -> list[OnWorker]:
+    """Sessions from new local ports until each worker holds one (the kernel
+    picks the worker; each port is a fresh draw)."""
+    found: dict[int, OnWorker] = {}
+    for _ in range(64):
+        worker = OnWorker(node, tls)
+        sessions.append(worker.http)
+        async with worker.http.get(f"https://localhost:{node.port}/healthz") as resp:
+            await resp.read()
+        worker.pid = worker.holder()
+        found.setdefault(worker.pid, worker)
+        if len(found) == len(worker.pids):
+            return list(found.values())
+    raise AssertionError("64 local ports and the kernel never chose every worker")
+
+
+def turn(n: int, topic: str) -> dict[str, Any]:
+    """A chat at its turn ``n``: the earlier questions and answers, one new question."""
+    messages = []
+    for i in range(1, n + 1):
+        messages.append({"role": "user", "content": f"Question {i} about {topic}?"})
+        if i < n:
+            messages.append({"role": "assistant", "content": f"Answer {i} about {topic}."})
+    return {"model": "llama3.2:1b", "messages": messages}
+
+
+async def test_a_conversation_keeps_its_upstream_whichever_worker_gets_its_next_turn(
+    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+) -> None:
+    """Two upstreams with the model loaded. A conversation's first turn goes
+    through one worker, its next turns through the other and back: each goes
+    where the previous one went, for affinity (the node's table, in the main
+    process). The first turn is steered to the second upstream, where a
+    worker that knew nothing of it would not send the next one (equals take
+    turns, and the other worker has sent nothing yet)."""
+    other = OllamaStandIn()
+    await other.start()
+    sessions: list[aiohttp.ClientSession] = []
+    pki_dir, tls = tls_node
+    for upstream in (standin, other):
+        upstream.load("llama3.2:1b")
+    node = NodeProcess(
+        tmp_path, node_settings(standin, pki_dir, upstream_urls=f"{standin.url},{other.url}")
+    )
+    try:
+        await node.start(tls)
+        first, second = await one_session_per_worker(node, tls, sessions)
+        bearer = {"Authorization": f"Bearer {USERS['alice']}"}
+
+        async def ask(worker: OnWorker, body: dict[str, Any]) -> tuple[str, str]:
+            status, headers, text = await worker.send(
+                "POST", "/v1/chat/completions", json=body, headers=bearer
+            )
+            assert status == 200, text
+            return headers["X-Fognode-Upstream"], headers["X-Fognode-Upstream-Reason"]
+
+        assert await ask(first, turn(1, "rain")) == ("1", "loaded,least-busy")
+        assert await ask(first, turn(1, "the sea")) == ("2", "loaded,least-busy")
+        assert await ask(second, turn(2, "the sea")) == ("2", "loaded,affinity")
+        assert await ask(first, turn(3, "the sea")) == ("2", "loaded,affinity")
+        assert await ask(second, turn(2, "rain")) == ("1", "loaded,affinity")
+        assert [len(s.forwarded) for s in (standin, other)] == [2, 3]
+    finally:
+        for http in sessions:
+            await http.close()
+        await node.stop()
+        await other.stop()
