@@ -605,7 +605,8 @@ class OnWorker:
         connector = aiohttp.TCPConnector(
             ssl=tls, limit=1, family=socket.AF_INET, local_addr=("127.0.0.1", self.port)
         )
-        self.http = aiohttp.ClientSession(connector=connector)
+        jar = aiohttp.CookieJar(unsafe=True)
+        self.http = aiohttp.ClientSession(connector=connector, cookie_jar=jar)
         self.pid = 0
 
     def holder(self) -> int:
@@ -688,3 +689,130 @@ async def test_a_conversation_keeps_its_upstream_whichever_worker_gets_its_next_
             await http.close()
         await node.stop()
         await other.stop()
+
+
+def live_numbers(page: str) -> dict[str, int]:
+    """The numbers the status page's live part shows, by their element id."""
+    ids = ("requests-total", "errors-total", "active-streams", "in-flight", "connections")
+    found = {i: re.search(rf'id="{i}">(\d+)<', page) for i in ids}
+    numbers = {i: int(m.group(1)) for i, m in found.items() if m is not None}
+    upstream = re.search(r"(\d+) in flight</span>", page)
+    numbers["upstream-in-flight"] = int(upstream.group(1)) if upstream else 0
+    return numbers
+
+
+async def test_the_status_page_shows_the_whole_nodes_activity(
+    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+) -> None:
+    """Requests, errors and open streams on both workers: the page, whichever
+    worker answers it, counts them all (the main process sums every worker's)."""
+    pki_dir, tls = tls_node
+    admin = new_key()
+    keys = [entry_for(key, name, admin=False) for name, key in USERS.items()]
+    node = NodeProcess(
+        tmp_path,
+        node_settings(
+            standin, pki_dir, api_keys=json.dumps([*keys, entry_for(admin, "op", admin=True)])
+        ),
+    )
+    sessions: list[aiohttp.ClientSession] = []
+    try:
+        await node.start(tls)
+        workers = await one_session_per_worker(node, tls, sessions)
+        pages = await one_session_per_worker(node, tls, sessions)
+
+        async def live(page: OnWorker) -> dict[str, int]:
+            status, _, text = await page.send(
+                "GET", "/status/live", headers={"Authorization": f"Bearer {admin}"}
+            )
+            assert status == 200
+            return live_numbers(text)
+
+        before = await live(pages[0])
+        alice = {"Authorization": f"Bearer {USERS['alice']}"}
+        for worker in workers:  # 3 answered and 1 refused on each worker
+            for n in range(3):
+                status, _, _ = await worker.send(
+                    "POST", "/v1/chat/completions", json=chat_as(f"n{n}"), headers=alice
+                )
+                assert status == 200
+            status, _, _ = await worker.send(
+                "POST",
+                "/v1/chat/completions",
+                json=chat_as("x"),
+                headers={"Authorization": "Bearer x"},
+            )
+            assert status == 401
+
+        # A worker counts a request just after its last byte left: wait for all 8.
+        async with asyncio.timeout(GUARD):
+            while (await live(pages[0]))["requests-total"] < before["requests-total"] + 8:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        for page in pages:
+            now = await live(page)
+            assert now["requests-total"] == before["requests-total"] + 8
+            assert now["errors-total"] == before["errors-total"] + 2
+
+        # One stream held open on each worker: both are live on either worker's page.
+        standin.stall_after = 1
+        streams = []
+        for worker in workers:
+            resp = await worker.http.post(
+                f"https://localhost:{node.port}/v1/chat/completions",
+                json=chat_as("open"),
+                headers=alice,
+            )
+            assert resp.status == 200
+            assert (await resp.content.readline()).startswith(b"data: ")
+            streams.append(resp)
+        for page in pages:
+            now = await live(page)
+            assert (now["active-streams"], now["in-flight"], now["upstream-in-flight"]) == (2, 2, 2)
+            # The two streams' and the two pages' connections at least, on two workers.
+            assert now["connections"] >= 4
+        for resp in streams:
+            resp.close()
+    finally:
+        for http in sessions:
+            await http.close()
+        await node.stop()
+
+
+async def test_more_workers_give_a_guesser_no_more_sign_in_attempts(
+    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+) -> None:
+    """A failed sign-in through one worker slows down the next attempt through
+    any worker: the throttle is the node's (in the main process), so even the
+    right key is not looked at yet, whichever worker gets it."""
+    pki_dir, tls = tls_node
+    admin = new_key()
+    node = NodeProcess(
+        tmp_path,
+        node_settings(standin, pki_dir, api_keys=json.dumps([entry_for(admin, "op", admin=True)])),
+    )
+    sessions: list[aiohttp.ClientSession] = []
+    try:
+        await node.start(tls)
+        first, second = await one_session_per_worker(node, tls, sessions)
+
+        async def sign_in(worker: OnWorker, credential: str) -> tuple[int, dict[str, str]]:
+            status, _, form = await worker.send("GET", "/signin")
+            assert status == 200
+            token = re.search(r'name="csrf" value="([^"]+)"', form)
+            assert token is not None
+            status, headers, _ = await worker.send(
+                "POST",
+                "/signin",
+                data={"csrf": token.group(1), "credential": credential},
+                allow_redirects=False,
+            )
+            return status, headers
+
+        assert (await sign_in(first, new_key()))[0] == 401
+        for worker in (second, first, second):
+            status, headers = await sign_in(worker, admin)
+            assert status == 429 and int(headers["Retry-After"]) >= 1
+    finally:
+        for http in sessions:
+            await http.close()
+        await node.stop()
