@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fognode.embedded.options import cores
 from fognode.gateway.announce import node_id
 from fognode.gateway.metrics import merge_expositions
 from fognode.gateway.server import worker_count
@@ -174,10 +175,13 @@ def test_the_shared_port_is_one_port_for_every_worker() -> None:
         port.close()
 
 
-def test_one_process_is_the_default() -> None:
-    """Several workers are opt-in (README, Kept per worker, says why)."""
+def test_one_worker_per_core_is_the_default() -> None:
+    """Nothing is kept per worker that would make a node of workers behave
+    otherwise than one process (README, Every core), so every core serves."""
     settings = Settings(host="127.0.0.1")
-    assert settings.workers == 1 and worker_count(settings) == 1
+    caps = [c for c in (settings.max_connections, settings.max_connections_per_client) if c]
+    assert settings.workers == 0 and worker_count(settings) == min(cores(), *caps)
+    assert worker_count(Settings(host="127.0.0.1", workers=1)) == 1
 
 
 OPEN_STORE = """
