@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import socket
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -61,12 +62,14 @@ def create_app(
     ledger: QuotaLedger | None = None,
     memory: ConversationMemory | None = None,
     throttle: SignInThrottle | None = None,
+    checks: Callable[[], Awaitable[None]] | None = None,
 ) -> web.Application:
-    """The app. ``admission``, ``ledger``, ``memory`` and ``throttle``: what
-    admits requests, checks quotas, remembers which upstream served a
-    conversation and slows down sign-in guesses when this process does not
-    hold the node's own (a worker process, whose supervisor does; it also
-    counts admission and writes the usage records then)."""
+    """The app. ``admission``, ``ledger``, ``memory``, ``throttle`` and
+    ``checks``: what admits requests, checks quotas, remembers which upstream
+    served a conversation, slows down sign-in guesses and checks the
+    upstreams when this process does not hold the node's own (a worker
+    process, whose supervisor does; it also counts admission and writes the
+    usage records then)."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         handler_args={"max_field_size": HEADER_FIELD_LIMIT, "max_line_size": REQUEST_LINE_LIMIT},
@@ -77,7 +80,7 @@ def create_app(
         admission = held = admission_from(settings)
     metrics = Metrics(stats, held)
     urls = settings.upstream_urls or [settings.upstream_base]
-    pool = UpstreamPool(urls, upstream_options(settings), memory=memory)
+    pool = UpstreamPool(urls, upstream_options(settings), memory=memory, checks=checks)
     # The operator's pages: sessions for signed-in browsers, and what the status page shows.
     sessions = (
         BrowserSessions(session_options(settings), throttle) if settings.status_page else None

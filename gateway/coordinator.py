@@ -19,6 +19,8 @@ over a socketpair made for it). On it the worker calls:
     pending        records the node's usage writer holds, not yet stored
     metrics        the whole node's exposition (every worker's, summed, and ours)
     activity       the node's activity for the status page (every worker's, summed)
+    check          check the upstreams now (a model pulled or removed through the
+                   worker, /readyz): answered once what was found is sent
     recall KEY...  the upstream that served a conversation last (the node's
                    affinity table; only with affinity on and several upstreams)
     signin_wait C  seconds before client C may try to sign in again (the
@@ -33,11 +35,12 @@ C`` (client C signed in: its failures are forgotten),
 ``revoke SID UNTIL`` (a sign-out from the status page, passed on to
 every worker as ``revoke``), ``ready`` (it serves; with the kinds of credentials
 it accepts, for the announcement), ``failed`` (it cannot start, and
-why), ``models`` (what its upstream check found, so the mDNS record follows
-a pull through any worker). The supervisor calls ``expose`` and ``activity``
+why). The supervisor calls ``expose`` and ``activity``
 on each worker to gather metrics and the status page's activity, and tells
 all of them ``tls`` (certificate files changed: load them) and ``embedded``
-(the model's new state).
+(the model's new state) and ``checked`` (what its check of the upstreams
+found: the workers check none themselves, so the node probes each upstream
+once).
 
 Admission is the same class and the same semantics as in one process: the
 coordinator runs ``Admission.acquire`` for each worker's call, so the caps,
@@ -52,7 +55,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -91,7 +94,8 @@ class Coordinator:
         self.links: dict[int, Channel] = {}
         # What every worker gets at hello; the supervisor keeps it current.
         self.hello: dict[str, Any] = {}
-        self.on_models: Callable[[list[str]], None] | None = None
+        # Checks the upstreams now (the supervisor's pool), for a worker that asks.
+        self.check: Callable[[], Awaitable[None]] | None = None
         self.auth: str | None = None  # the credentials the workers accept (for mDNS)
         # The node's conversation table (affinity on, several upstreams) and
         # sign-in throttle (status page on); None when not in use.
@@ -190,6 +194,10 @@ class _Link:
             return Reply([await self._ledger().pending_records()])
         if op == "hello":
             return Reply([self.coordinator.hello])
+        if op == "check":
+            if self.coordinator.check is not None:
+                await self.coordinator.check()
+            return Reply([])
         if op == "activity":
             return Reply([(await self.coordinator.node_activity()).as_json()])
         if op == "recall":
@@ -263,9 +271,6 @@ class _Link:
         elif op == "failed":
             if not self.ready.done():
                 self.ready.set_exception(WorkerStartError(str(args[0])))
-        elif op == "models":
-            if self.coordinator.on_models is not None:
-                self.coordinator.on_models([str(name) for name in args[0]])
         else:
             log.warning("worker %d sent an unknown notice %r", self.number, op)
 

@@ -12,6 +12,11 @@ serves no requests. It owns what must happen once for the node:
 * the node's quota ledger and usage writer (:func:`node_ledger`): quota
   reservations and unwritten records are the node's, every record written
   here; a sign-out in one worker is passed on to all;
+* the upstream checks (each upstream probed once for the node; the workers
+  follow what was found, and ask for a check after a pull through them);
+* the conversation affinity table and the status page's sign-in throttle
+  (the workers ask the coordinator), and the status page's activity,
+  summed from every worker's as /metrics is;
 * the mDNS announcement (announced once, its load and capacity the node's);
 * certificate renewal (issued once; the workers load the new files when
   told);
@@ -33,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import os
 import pickle
@@ -111,12 +117,6 @@ class _WorkerCollector(Collector):
             up.add_metric([str(worker.number)], 1 if worker.serving else 0)
             restarts.add_metric([str(worker.number)], worker.restarts)
         yield from (up, restarts)
-
-
-def per_worker_state(settings: Settings) -> list[str]:
-    """What each worker keeps for itself with these settings, so that with
-    several workers it holds per worker, not for the node (README, Every core)."""
-    return ["upstream checks (each worker checks every upstream)"]
 
 
 async def prepare_once(settings: Settings) -> Settings:
@@ -213,16 +213,15 @@ async def serve_workers(settings: Settings, count: int) -> None:
         runtime.on_ready.append(pool.refresh)
         embedded_changed()
 
-    refreshing: set[asyncio.Task[None]] = set()
+    checks = itertools.count(1)
 
-    def models_reported(names: list[str]) -> None:
-        # A worker's check saw other models than ours (a pull through it): look now.
-        if sorted(names) != pool.known_models() and not refreshing:
-            task = asyncio.create_task(pool.refresh(), name="fognode-upstream-refresh")
-            refreshing.add(task)
-            task.add_done_callback(refreshing.discard)
+    async def checked() -> None:
+        # The node checks each upstream once, here; every worker follows.
+        latest = coordinator.hello["checked"] = [next(checks), pool.findings()]
+        coordinator.broadcast("checked", *latest)
 
-    coordinator.on_models = models_reported
+    pool.on_checked.append(checked)
+    coordinator.check = pool.refresh
     announcer: NodeAnnouncer | None = None
     renewal: asyncio.Task[None] | None = None
     onboarding: OnboardingSite | None = None
@@ -268,11 +267,6 @@ async def serve_workers(settings: Settings, count: int) -> None:
             announcer is not None and announcer.announced,
             port.port,
             workers=count,
-        )
-        log.warning(
-            "with %d workers, kept per worker, not for the node: %s",
-            count,
-            "; ".join(per_worker_state(settings)),
         )
         await stop.wait()
         log.info("shutting down; open requests get %ss to finish", settings.shutdown_timeout)

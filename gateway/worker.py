@@ -59,6 +59,7 @@ from .settings import Settings
 from .status import ACTIVITY, LISTENING, ActivitySource
 from .tls import TlsTerminator
 from .upstream_choice import follow_upstream_choice
+from .upstream_pool import UpstreamPool
 
 log = logging.getLogger("fognode.workers")
 
@@ -244,7 +245,19 @@ class SupervisorCalls:
         self.embedded: list[ServerStatus] | None = None  # arrived before follow was set
         self.sessions: BrowserSessions | None = None
         self.activity: ActivitySource | None = None
+        self.pool: UpstreamPool | None = None
+        # The supervisor's latest check of the upstreams (its number, its findings).
+        self.checked: tuple[int, list[list[Any]]] | None = None
         self._reloading: set[asyncio.Task[None]] = set()
+
+    def take_checked(self, number: int, findings: list[list[Any]]) -> None:
+        """A check's findings, unless a later one arrived first (the one in the
+        answer to hello may be older or newer than a notice received meanwhile)."""
+        if self.checked is not None and number <= self.checked[0]:
+            return
+        self.checked = (number, findings)
+        if self.pool is not None:
+            self.pool.follow(findings)
 
     async def serve(self, op: str, args: list[Any]) -> Reply:
         if op == "expose":
@@ -260,12 +273,21 @@ class SupervisorCalls:
             task.add_done_callback(self._reloading.discard)
         elif op == "revoke" and self.sessions is not None:
             self.sessions.signer.refuse(str(args[0]), float(args[1]))
+        elif op == "checked":
+            self.take_checked(int(args[0]), args[1])
         elif op == "embedded":
             statuses = [ServerStatus.from_json(s) for s in args[0]]
             if self.follow is not None:
                 self.follow(statuses)
             else:
                 self.embedded = statuses
+
+
+async def check_upstreams(channel: Channel) -> None:
+    """The supervisor checks the upstreams for the node; what it found arrives
+    (``checked``) before its answer, so the pool follows it when this returns."""
+    with contextlib.suppress(ChannelClosed):  # the supervisor is gone: this worker stops
+        await channel.call("check")
 
 
 async def start_worker(
@@ -282,6 +304,7 @@ async def start_worker(
         ledger=RemoteLedger(channel) if settings.usage_accounting else None,
         memory=RemoteMemory(channel),
         throttle=RemoteThrottle(channel),
+        checks=partial(check_upstreams, channel),
     )
     statuses = calls.embedded or [ServerStatus.from_json(s) for s in hello["embedded"]]
     calls.follow = follow_upstream_choice(app, str(hello["choice"]), statuses)
@@ -293,12 +316,11 @@ async def start_worker(
 
     metrics.node = node_metrics
     pool = app[UPSTREAM]
+    calls.take_checked(*hello["checked"])
+    calls.pool = pool
+    if calls.checked is not None:
+        pool.follow(calls.checked[1])
 
-    async def report_models() -> None:
-        # The supervisor's mDNS record follows a pull through any worker at once.
-        channel.notify("models", pool.known_models())
-
-    pool.on_checked.append(report_models)
     source = app.get(ACTIVITY)
     if source is not None:  # the status page shows the node's activity
         calls.activity = here = source

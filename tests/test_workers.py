@@ -50,6 +50,12 @@ def chat_as(tag: str) -> dict[str, Any]:
     return {**STREAMED_CHAT, "messages": [{"role": "user", "content": tag}]}
 
 
+def api_keys_with(admin: str, *, users: bool = True) -> str:
+    """FOGNODE_API_KEYS: an operator's admin key, and the users' keys."""
+    entries = [entry_for(key, name, admin=False) for name, key in USERS.items()] if users else []
+    return json.dumps([*entries, entry_for(admin, "op", admin=True)])
+
+
 def node_settings(standin: OllamaStandIn, pki_dir: Path, **more: str) -> dict[str, str]:
     return {
         "workers": "2",
@@ -239,13 +245,12 @@ async def test_quotas_are_the_nodes_across_workers(
     pki_dir, tls = tls_node
     store = tmp_path / "usage.sqlite3"
     admin = new_key()
-    keys = [entry_for(key, name, admin=False) for name, key in USERS.items()]
     node = NodeProcess(
         tmp_path,
         node_settings(
             standin,
             pki_dir,
-            api_keys=json.dumps([*keys, entry_for(admin, "op", admin=True)]),
+            api_keys=api_keys_with(admin),
             quota_requests_per_minute="3",
             max_concurrent_requests="20",
             per_user_concurrent_requests="20",
@@ -318,12 +323,9 @@ async def test_a_sign_out_holds_on_every_worker(
     no worker any more (each worker keeps the sign-outs it was told of)."""
     pki_dir, tls = tls_node
     admin = new_key()
-    keys = [entry_for(key, name, admin=False) for name, key in USERS.items()]
     node = NodeProcess(
         tmp_path,
-        node_settings(
-            standin, pki_dir, api_keys=json.dumps([*keys, entry_for(admin, "op", admin=True)])
-        ),
+        node_settings(standin, pki_dir, api_keys=api_keys_with(admin)),
     )
     await node.start(tls)
     url = f"https://localhost:{node.port}"
@@ -381,7 +383,7 @@ async def test_the_onboarding_page_is_served_once_by_the_main_process(
             pki_dir,
             onboarding="true",
             onboarding_port=str(page_port),
-            api_keys=json.dumps([entry_for(admin, "op", admin=True)]),
+            api_keys=api_keys_with(admin, users=False),
         ),
     )
     await node.start(tls)
@@ -708,12 +710,9 @@ async def test_the_status_page_shows_the_whole_nodes_activity(
     worker answers it, counts them all (the main process sums every worker's)."""
     pki_dir, tls = tls_node
     admin = new_key()
-    keys = [entry_for(key, name, admin=False) for name, key in USERS.items()]
     node = NodeProcess(
         tmp_path,
-        node_settings(
-            standin, pki_dir, api_keys=json.dumps([*keys, entry_for(admin, "op", admin=True)])
-        ),
+        node_settings(standin, pki_dir, api_keys=api_keys_with(admin)),
     )
     sessions: list[aiohttp.ClientSession] = []
     try:
@@ -788,7 +787,7 @@ async def test_more_workers_give_a_guesser_no_more_sign_in_attempts(
     admin = new_key()
     node = NodeProcess(
         tmp_path,
-        node_settings(standin, pki_dir, api_keys=json.dumps([entry_for(admin, "op", admin=True)])),
+        node_settings(standin, pki_dir, api_keys=api_keys_with(admin, users=False)),
     )
     sessions: list[aiohttp.ClientSession] = []
     try:
@@ -812,6 +811,47 @@ async def test_more_workers_give_a_guesser_no_more_sign_in_attempts(
         for worker in (second, first, second):
             status, headers = await sign_in(worker, admin)
             assert status == 429 and int(headers["Retry-After"]) >= 1
+    finally:
+        for http in sessions:
+            await http.close()
+        await node.stop()
+
+
+def model_lists(standin: OllamaStandIn) -> int:
+    """How often the node asked the stand-in for its model list (its checks)."""
+    return sum(1 for r in standin.checks if r.path == "/api/tags")
+
+
+async def test_the_node_checks_each_upstream_once_and_every_worker_follows(
+    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+) -> None:
+    """Two workers, one check of the upstream at start (the main process's);
+    a model pulled through one worker is on the other's status page at once,
+    from the one check the pull asked for."""
+    pki_dir, tls = tls_node
+    admin = new_key()
+    settings = node_settings(standin, pki_dir, api_keys=api_keys_with(admin, users=False))
+    settings["upstream_check_interval"] = "3600"  # only the checks this test causes
+    node = NodeProcess(tmp_path, settings)
+    sessions: list[aiohttp.ClientSession] = []
+    try:
+        await node.start(tls)
+        assert model_lists(standin) == 1
+        first, second = await one_session_per_worker(node, tls, sessions)
+        bearer = {"Authorization": f"Bearer {admin}"}
+        status, _, _ = await first.send(
+            "POST", "/api/pull", json={"model": "qwen3:0.6b", "stream": False}, headers=bearer
+        )
+        assert status == 200
+        # The worker asks for the check just after the pull's answer has left.
+        async with asyncio.timeout(GUARD):
+            while True:
+                status, _, page = await second.send("GET", "/status/live", headers=bearer)
+                assert status == 200
+                if 'data-name="qwen3:0.6b"' in page:
+                    break
+                await asyncio.sleep(0.05)
+        assert model_lists(standin) == 2
     finally:
         for http in sessions:
             await http.close()

@@ -20,16 +20,18 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fognode.embedded.options import cores
 from fognode.gateway.announce import node_id
+from fognode.gateway.app import upstream_options
 from fognode.gateway.metrics import merge_expositions
 from fognode.gateway.server import worker_count
 from fognode.gateway.settings import Settings
 from fognode.gateway.supervisor import (
     close_ledger,
     node_ledger,
-    per_worker_state,
     prepare_once,
     worker_share,
 )
+from fognode.gateway.upstream_pool import UpstreamPool
+from fognode.routing.warm import from_ollama_ps
 from fognode.usage.migrations import MIGRATIONS
 from fognode.usage.options import Limits
 from fognode.usage.quota import Decision, Usage, decide
@@ -238,15 +240,39 @@ async def test_the_supervisor_makes_once_what_workers_would_race_for(tmp_path: P
         await close_ledger(ledger, 1.0)
 
 
-def test_the_start_says_what_is_kept_per_worker() -> None:
-    """Affinity, the status page's activity and its sign-in throttle are the
-    node's now; only the upstream checks are each worker's."""
-    busy = Settings(
-        host="127.0.0.1",
-        quota_tokens_per_day=1000,
-        upstream_urls=["http://127.0.0.1:1", "http://127.0.0.1:2"],
+async def test_a_workers_pool_follows_the_supervisors_checks_and_checks_nothing() -> None:
+    """What the supervisor's check found crosses the channel (JSON) and
+    becomes the worker pool's state; the worker's pool never probes an
+    upstream itself, and a refresh asks the supervisor (``checks``)."""
+    urls = ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+    options = upstream_options(Settings(host="127.0.0.1", upstream_urls=urls))
+    supervisor = UpstreamPool(urls, options)
+    up, down = supervisor.members
+    up.healthy, up.models = True, frozenset({"llama3.2:1b", "qwen3:0.6b"})
+    up.loaded = from_ollama_ps(
+        {"models": [{"name": "llama3.2:1b", "size": 5, "expires_at": "2030-01-01T00:00:00Z"}]}
     )
-    assert [s.split(" (")[0] for s in per_worker_state(busy)] == ["upstream checks"]
+    down.healthy, down.last_error = False, "cannot connect (refused)"
+    asked: list[str] = []
+
+    async def ask() -> None:
+        asked.append("check")
+
+    worker = UpstreamPool(urls, options, checks=ask)
+    await worker.start()  # no probe: nothing listens on ports 1 and 2
+    try:
+        assert [m.healthy for m in worker.members] == [None, None]
+        worker.members[0].warmed.add("qwen3:0.6b")
+        worker.follow(json.loads(json.dumps(supervisor.findings())))
+        first, second = worker.members
+        assert (first.healthy, first.models, first.loaded) == (True, up.models, up.loaded)
+        assert first.warmed == set()  # the check's list holds what requests warmed
+        assert (second.healthy, second.last_error) == (False, "cannot connect (refused)")
+        assert worker.known_models() == ["llama3.2:1b", "qwen3:0.6b"]
+        await worker.refresh()
+        assert asked == ["check"]
+    finally:
+        await worker.close()
 
 
 def test_quota_decisions_and_records_cross_the_channel_unchanged() -> None:
