@@ -324,8 +324,8 @@ def build_targets(
                 "WARNING",
                 "--tls" if secure else "--no-tls",
             ]
-            # "fognode" is one process (the default is one worker per core).
-            argv += ["--workers", str(workers or 1)]
+            if workers:  # otherwise one process, the default
+                argv += ["--workers", str(workers)]
             # Admission and the upstream pool sized above the streams the
             # memory figure opens: a cap there would hide streams, not
             # measure them (the bench checks how many are really open).
