@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import functools
 import socket
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
 
+from ..routing.affinity import ConversationMemory
 from ..usage.ledger import QuotaLedger
 from ..usage.options import Limits, QuotaOptions, StoreOptions
 from .access import Authorizer, setup_access
@@ -40,7 +42,7 @@ from .proxy import setup_proxy
 from .quotas import UsageOptions, setup_quotas
 from .relay import RelayOptions
 from .request_target import setup_request_target
-from .sessions import BrowserSessions, SessionOptions, setup_sessions
+from .sessions import BrowserSessions, SessionOptions, SignInThrottle, setup_sessions
 from .settings import Settings
 from .slow_clients import HEADER_FIELD_LIMIT, REQUEST_LINE_LIMIT
 from .stats import STATS, GatewayStats
@@ -58,11 +60,16 @@ def create_app(
     tls: TlsTerminator | None = None,
     admission: AdmissionControl[Any] | None = None,
     ledger: QuotaLedger | None = None,
+    memory: ConversationMemory | None = None,
+    throttle: SignInThrottle | None = None,
+    checks: Callable[[], Awaitable[None]] | None = None,
 ) -> web.Application:
-    """The app. ``admission`` and ``ledger``: what admits requests and checks
-    quotas when this process does not hold the node's Admission and quota
-    ledger itself (a worker process, whose supervisor does; it also counts
-    admission and writes the usage records then)."""
+    """The app. ``admission``, ``ledger``, ``memory``, ``throttle`` and
+    ``checks``: what admits requests, checks quotas, remembers which upstream
+    served a conversation, slows down sign-in guesses and checks the
+    upstreams when this process does not hold the node's own (a worker
+    process, whose supervisor does; it also counts admission and writes the
+    usage records then)."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         handler_args={"max_field_size": HEADER_FIELD_LIMIT, "max_line_size": REQUEST_LINE_LIMIT},
@@ -72,11 +79,12 @@ def create_app(
     if admission is None:
         admission = held = admission_from(settings)
     metrics = Metrics(stats, held)
-    pool = UpstreamPool(
-        settings.upstream_urls or [settings.upstream_base], upstream_options(settings)
-    )
+    urls = settings.upstream_urls or [settings.upstream_base]
+    pool = UpstreamPool(urls, upstream_options(settings), memory=memory, checks=checks)
     # The operator's pages: sessions for signed-in browsers, and what the status page shows.
-    sessions = BrowserSessions(session_options(settings)) if settings.status_page else None
+    sessions = (
+        BrowserSessions(session_options(settings), throttle) if settings.status_page else None
+    )
     activity = Activity() if settings.status_page else None
 
     # 1. A request id for every request; one access-log line and its metrics at the end

@@ -79,8 +79,8 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         metavar="N",
-        help="processes serving requests on the one port (FOGNODE_WORKERS; default 1: a "
-        "single process; 0: one per core; README, Every core, says what is per worker)",
+        help="processes serving requests on the one port (FOGNODE_WORKERS; default 0: one "
+        "per core; 1: a single process; README, Every core)",
     )
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--log-format", choices=["text", "json"])

@@ -18,16 +18,29 @@ over a socketpair made for it). On it the worker calls:
                    the channel dropping
     pending        records the node's usage writer holds, not yet stored
     metrics        the whole node's exposition (every worker's, summed, and ours)
+    activity       the node's activity for the status page (every worker's, summed)
+    check          check the upstreams now (a model pulled or removed through the
+                   worker, /readyz): answered once what was found is sent
+    recall KEY...  the upstream that served a conversation last (the node's
+                   affinity table; only with affinity on and several upstreams)
+    signin_wait C  seconds before client C may try to sign in again (the
+                   node's sign-in throttle)
+    signin_attempt C
+                   client C tries to sign in: counted before its credential is checked
 
 and tells (notices): ``settle K RECORD`` (request K ended: its record
 replaces its reservation), ``record RECORD`` (a request that held none),
+``remember KEY UPSTREAM`` (an upstream served a conversation), ``signin_ok
+C`` (client C signed in: its failures are forgotten),
 ``revoke SID UNTIL`` (a sign-out from the status page, passed on to
 every worker as ``revoke``), ``ready`` (it serves; with the kinds of credentials
 it accepts, for the announcement), ``failed`` (it cannot start, and
-why), ``models`` (what its upstream check found, so the mDNS record follows
-a pull through any worker). The supervisor calls ``expose`` on each worker
-to gather metrics, and tells all of them ``tls`` (certificate files changed:
-load them) and ``embedded`` (the model's new state).
+why). The supervisor calls ``expose`` and ``activity``
+on each worker to gather metrics and the status page's activity, and tells
+all of them ``tls`` (certificate files changed: load them) and ``embedded``
+(the model's new state) and ``checked`` (what its check of the upstreams
+found: the workers check none themselves, so the node probes each upstream
+once).
 
 Admission is the same class and the same semantics as in one process: the
 coordinator runs ``Admission.acquire`` for each worker's call, so the caps,
@@ -42,18 +55,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
+from ..auth.throttle import FailureThrottle
+from ..routing.affinity import ConversationMemory
 from ..usage.ledger import Ticket as QuotaTicket
 from ..usage.ledger import UsageLedger
 from ..usage.options import Limits
 from ..usage.record import UsageRecord
 from ..workers.channel import Answer, Channel, Reply
 from ..workers.processes import WorkerStartError
+from .activity import ActivityView, merged
 from .admission import Admission, Ticket
 from .errors import GatewayError
 from .metrics import merge_expositions
@@ -61,7 +77,7 @@ from .metrics import merge_expositions
 log = logging.getLogger("fognode.workers")
 
 GRANTED, REFUSED = "granted", "refused"
-EXPOSE_TIMEOUT = 5.0  # seconds a worker has to hand over its metrics
+EXPOSE_TIMEOUT = 5.0  # seconds a worker has to hand over its metrics or activity
 
 
 class Coordinator:
@@ -78,8 +94,13 @@ class Coordinator:
         self.links: dict[int, Channel] = {}
         # What every worker gets at hello; the supervisor keeps it current.
         self.hello: dict[str, Any] = {}
-        self.on_models: Callable[[list[str]], None] | None = None
+        # Checks the upstreams now (the supervisor's pool), for a worker that asks.
+        self.check: Callable[[], Awaitable[None]] | None = None
         self.auth: str | None = None  # the credentials the workers accept (for mDNS)
+        # The node's conversation table (affinity on, several upstreams) and
+        # sign-in throttle (status page on); None when not in use.
+        self.affinity: ConversationMemory | None = None
+        self.throttle: FailureThrottle | None = None
 
     async def attach(self, number: int) -> tuple[socket.socket, asyncio.Future[None]]:
         """A new channel for worker ``number``: the end the worker inherits, and a
@@ -109,23 +130,32 @@ class Coordinator:
         for channel in self.links.values():
             channel.notify(op, *args)
 
-    async def node_metrics(self) -> str:
-        """Every worker's exposition and ours, summed (a worker that does not
-        answer in time, one restarting, say, is left out)."""
+    async def gather(self, op: str) -> list[Any]:
+        """Every worker's answer to ``op`` (its first value); a worker that does
+        not answer in time, one restarting, say, is left out (logged)."""
 
-        async def expose(channel: Channel) -> Answer:
+        async def ask(channel: Channel) -> Answer:
             async with asyncio.timeout(EXPOSE_TIMEOUT):
-                return await channel.call("expose")
+                return await channel.call(op)
 
         answers = await asyncio.gather(
-            *(expose(c) for c in list(self.links.values())), return_exceptions=True
+            *(ask(c) for c in list(self.links.values())), return_exceptions=True
         )
-        texts = [str(a.values[0]) for a in answers if isinstance(a, Answer)]
-        missing = len(answers) - len(texts)
+        values = [a.values[0] for a in answers if isinstance(a, Answer)]
+        missing = len(answers) - len(values)
         if missing:
-            log.warning("metrics: %d worker(s) did not answer; their series are missing", missing)
+            log.warning("%s: %d worker(s) did not answer; theirs is missing", op, missing)
+        return values
+
+    async def node_metrics(self) -> str:
+        """Every worker's exposition and ours, summed."""
+        texts = [str(text) for text in await self.gather("expose")]
         texts.append(generate_latest(self.registry).decode())
         return merge_expositions(texts).decode()
+
+    async def node_activity(self) -> ActivityView:
+        """Every worker's activity, summed (the status page's view of the node)."""
+        return merged([ActivityView.from_json(v) for v in await self.gather("activity")])
 
     def close(self) -> None:
         for channel in list(self.links.values()):
@@ -164,7 +194,31 @@ class _Link:
             return Reply([await self._ledger().pending_records()])
         if op == "hello":
             return Reply([self.coordinator.hello])
+        if op == "check":
+            if self.coordinator.check is not None:
+                await self.coordinator.check()
+            return Reply([])
+        if op == "activity":
+            return Reply([(await self.coordinator.node_activity()).as_json()])
+        if op == "recall":
+            memory = self._affinity()
+            return Reply([await memory.recall([bytes.fromhex(str(key)) for key in args])])
+        if op == "signin_wait":
+            return Reply([self._throttle().retry_after(str(args[0]))])
+        if op == "signin_attempt":
+            self._throttle().attempt(str(args[0]))
+            return Reply([])
         raise ValueError(f"unknown call {op!r}")
+
+    def _affinity(self) -> ConversationMemory:
+        if self.coordinator.affinity is None:
+            raise RuntimeError("conversation affinity is off")
+        return self.coordinator.affinity
+
+    def _throttle(self) -> FailureThrottle:
+        if self.coordinator.throttle is None:
+            raise RuntimeError("the status page is off")
+        return self.coordinator.throttle
 
     async def acquire(self, key: int, uid: str) -> Reply:
         admission = self.coordinator.admission
@@ -204,6 +258,10 @@ class _Link:
                 self._ledger().settle(ticket, UsageRecord.from_json(args[1]))
         elif op == "record":
             self._ledger().record(UsageRecord.from_json(args[0]))
+        elif op == "remember":
+            self._affinity().remember(bytes.fromhex(str(args[0])), int(args[1]))
+        elif op == "signin_ok":
+            self._throttle().succeeded(str(args[0]))
         elif op == "revoke":  # a sign-out: every worker refuses the session from now on
             self.coordinator.broadcast("revoke", *args)
         elif op == "ready":
@@ -213,9 +271,6 @@ class _Link:
         elif op == "failed":
             if not self.ready.done():
                 self.ready.set_exception(WorkerStartError(str(args[0])))
-        elif op == "models":
-            if self.coordinator.on_models is not None:
-                self.coordinator.on_models([str(name) for name in args[0]])
         else:
             log.warning("worker %d sent an unknown notice %r", self.number, op)
 

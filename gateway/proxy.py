@@ -160,7 +160,8 @@ class _Sender:
             raise GatewayError(
                 404, model_not_found_message(model), type="not_found_error", code="model_not_found"
             )
-        route = pool.route(model, conversation)
+        affine = await pool.recall(conversation) if conversation is not None else None
+        route = pool.route(model, conversation, affine)
         choices = route.choices
         if not choices:
             raise GatewayError(

@@ -14,7 +14,10 @@ Signing in (``POST /signin``) takes what the API takes, an admin API key or
 a Firebase admin's ID token, and checks it with the same authorizer. The
 form carries its own CSRF token (auth/sessions.py), and attempts are slowed
 down per client address (auth/throttle.py): each failure doubles the wait
-before the next attempt is even looked at (429 with Retry-After).
+before the next attempt is even looked at (429 with Retry-After). The
+throttle is the node's: with worker processes it lives in the supervisor,
+and a worker asks it over its channel (:class:`SignInThrottle`), so more
+workers never give a guesser more attempts.
 
 The cookies are ``__Host-`` cookies: HttpOnly (no script reads them),
 Secure (sent over HTTPS only; browsers accept that on http://localhost too,
@@ -30,6 +33,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from aiohttp import web
 
@@ -65,12 +69,44 @@ class SessionOptions:
     body_timeout: float  # longest a form may take to arrive
 
 
+class SignInThrottle(Protocol):
+    """The node's sign-in throttle as the sign-in asks it (auth/throttle.py's
+    rule): in this process, or the supervisor's, over a worker's channel."""
+
+    async def retry_after(self, client: str) -> float:
+        """Seconds before ``client`` may try again (0: now)."""
+        ...
+
+    async def attempt(self, client: str) -> None:
+        """An attempt starts: a failure unless :meth:`succeeded` follows."""
+        ...
+
+    def succeeded(self, client: str) -> None: ...
+
+
+class ThrottleHere:
+    """The throttle held by this process (the node's, when it is the node or
+    its supervisor)."""
+
+    def __init__(self, failures: FailureThrottle | None = None) -> None:
+        self.failures = failures or FailureThrottle()
+
+    async def retry_after(self, client: str) -> float:
+        return self.failures.retry_after(client)
+
+    async def attempt(self, client: str) -> None:
+        self.failures.attempt(client)
+
+    def succeeded(self, client: str) -> None:
+        self.failures.succeeded(client)
+
+
 class BrowserSessions:
     """The sessions of the operator's pages: made at sign-in, checked by the access stage."""
 
-    def __init__(self, options: SessionOptions, throttle: FailureThrottle | None = None) -> None:
+    def __init__(self, options: SessionOptions, throttle: SignInThrottle | None = None) -> None:
         self.options = options
-        self.throttle = throttle or FailureThrottle()
+        self.throttle = throttle or ThrottleHere()
         self._signer: SessionSigner | None = None
 
     async def start(self) -> None:
@@ -181,7 +217,7 @@ def setup_sessions(app: web.Application, sessions: BrowserSessions, metrics: Met
 
     async def signin(request: web.Request) -> web.StreamResponse:
         client = client_key(request.remote or "?")
-        wait = sessions.throttle.retry_after(client)
+        wait = await sessions.throttle.retry_after(client)
         if wait > 0:
             seconds = max(1, round(wait + 0.5))
             response = form_page(
@@ -199,7 +235,7 @@ def setup_sessions(app: web.Application, sessions: BrowserSessions, metrics: Met
                 403,
             )
         credential = form.get("credential", "").strip()
-        sessions.throttle.attempt(client)  # a failure until it succeeds
+        await sessions.throttle.attempt(client)  # a failure until it succeeds
         try:
             authorizer = request.app[AUTHORIZER]
             principal = await authorizer.authorize(f"Bearer {credential}", Access.ADMIN)

@@ -128,12 +128,13 @@ class Settings(BaseSettings):
         description="TCP port to listen on (0 = any free). Default 8443 with TLS, 8080 without.",
     )
     workers: int = Field(
-        1,
+        0,
         ge=0,
         le=1024,
-        description="Processes that serve requests, sharing the port (1: everything in one "
-        "process; 0: one per core). Admission caps, metrics, mDNS and certificate renewal "
-        "stay node-wide; some state is kept per worker (README, Every core).",
+        description="Processes that serve requests, sharing the port (0: one per core; 1: "
+        "everything in one process). The node behaves as one whatever the number: admission, "
+        "quotas, affinity, metrics, the status page, mDNS and certificate renewal are the "
+        "node's (README, Every core).",
     )
 
     # --- TLS ---------------------------------------------------------------

@@ -9,6 +9,11 @@ the request-context stage's activity (requests and errors per minute, the
 latest errors), the certificate the TLS terminator serves, and usage
 accounting's store when it runs.
 
+What it shows is the node's, also with worker processes: slots and the
+queue come from the node's admission; the activity (minutes, latest
+errors, live counts) from :class:`ActivitySource`, which in a worker asks
+the supervisor to sum every worker's.
+
 A model pull from the page goes to the upstream an API pull of that model
 would go to (the pool's choice), as Ollama's own ``/api/pull`` stream, which
 models/progress folds into bytes and a percentage, streamed to the page as
@@ -55,7 +60,7 @@ from ..web.status import (
     stream_pull,
 )
 from . import __version__
-from .activity import Activity
+from .activity import Activity, ActivityView
 from .admission import AdmissionControl
 from .context import PRINCIPAL, REQUEST_ID
 from .errors import GatewayError
@@ -93,6 +98,41 @@ class Listening:
 
 
 LISTENING = web.AppKey("fognode.listening", Listening)
+
+
+class ActivitySource:
+    """What the page shows of the node's activity.
+
+    In one process, this process's (:meth:`here`). In a worker, ``node`` is
+    set (worker.py): it asks the supervisor, which gathers every worker's
+    :meth:`here` and sums them (activity.merged), as /metrics does.
+    """
+
+    def __init__(
+        self, activity: Activity, stats: GatewayStats, listening: Listening, pool: UpstreamPool
+    ) -> None:
+        self.activity = activity
+        self.stats = stats
+        self.listening = listening
+        self.pool = pool
+        self.node: Callable[[], Awaitable[ActivityView]] | None = None
+
+    def here(self) -> ActivityView:
+        conns = self.listening.connections
+        return ActivityView(
+            minutes=self.activity.per_minute(),
+            errors=self.activity.latest_errors(),
+            active_streams=self.stats.active_streams,
+            in_flight=self.stats.active_requests,
+            connections=len(conns) if conns is not None else None,
+            upstreams=[m.active for m in self.pool.members],
+        )
+
+    async def view(self) -> ActivityView:
+        return await self.node() if self.node is not None else self.here()
+
+
+ACTIVITY = web.AppKey("fognode.activity", ActivitySource)
 
 # Usage per user since some time: (since, rows). Given by the gateway when usage
 # accounting runs (see usage_report); the page says so when there is none.
@@ -153,17 +193,19 @@ def setup_status(
     usage: UsageReport | None = None,
 ) -> None:
     app[LISTENING] = listening
+    source = app[ACTIVITY] = ActivitySource(activity, stats, listening, pool)
     started = time.time()
     setup_pages(app)
 
     async def snapshot() -> StatusView:
-        upstreams = [
-            UpstreamView(m.base, m.kind, m.healthy, m.last_error, m.active, _models(pool, m))
-            for m in pool.members
-        ]
         since, rows, usage_error = await _usage()
-        load = await admission.load()  # the node's, from the supervisor in a worker
-        conns = listening.connections
+        # Both the node's (from the supervisor, in a worker).
+        load = await admission.load()
+        now = await source.view()
+        upstreams = [
+            UpstreamView(m.base, m.kind, m.healthy, m.last_error, active, _models(pool, m))
+            for m, active in zip(pool.members, now.upstreams, strict=True)
+        ]
         return StatusView(
             node=NodeView(
                 name=options.node_name,
@@ -175,16 +217,16 @@ def setup_status(
                 tls=_cert_view(tls),
             ),
             load=LoadView(
-                active_streams=stats.active_streams,
-                in_flight=stats.active_requests,
+                active_streams=now.active_streams,
+                in_flight=now.in_flight,
                 queued=load.queued,
                 slots_used=load.active,
                 capacity=admission.capacity,
-                connections=len(conns) if conns is not None else None,
+                connections=now.connections,
             ),
             upstreams=upstreams,
-            minutes=activity.per_minute(),
-            errors=activity.latest_errors(),
+            minutes=now.minutes,
+            errors=now.errors,
             usage=rows,
             usage_since=since,
             usage_error=usage_error,

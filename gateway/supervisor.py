@@ -12,6 +12,11 @@ serves no requests. It owns what must happen once for the node:
 * the node's quota ledger and usage writer (:func:`node_ledger`): quota
   reservations and unwritten records are the node's, every record written
   here; a sign-out in one worker is passed on to all;
+* the upstream checks (each upstream probed once for the node; the workers
+  follow what was found, and ask for a check after a pull through them);
+* the conversation affinity table and the status page's sign-in throttle
+  (the workers ask the coordinator), and the status page's activity,
+  summed from every worker's as /metrics is;
 * the mDNS announcement (announced once, its load and capacity the node's);
 * certificate renewal (issued once; the workers load the new files when
   told);
@@ -33,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import os
 import pickle
@@ -44,6 +50,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..auth.sessions import load_or_create_key
+from ..auth.throttle import FailureThrottle
 from ..embedded.metrics import EmbeddedCollector
 from ..usage.ledger import UsageLedger
 from ..usage.writer import BatchWriter
@@ -112,24 +119,6 @@ class _WorkerCollector(Collector):
         yield from (up, restarts)
 
 
-def per_worker_state(settings: Settings) -> list[str]:
-    """What each worker keeps for itself with these settings, so that with
-    several workers it holds per worker, not for the node (README, Every core)."""
-    kept: list[str] = []
-    if settings.upstream_affinity and len(settings.upstream_urls) > 1:
-        kept.append(
-            "conversation affinity (a conversation's next turn on another worker may go to "
-            "another upstream)"
-        )
-    if settings.status_page:
-        kept.append(
-            "the status page's requests and errors per minute, live counts and connections, "
-            "and the sign-in throttle (N workers allow N times the failed sign-ins)"
-        )
-    kept.append("upstream checks (each worker checks every upstream)")
-    return kept
-
-
 async def prepare_once(settings: Settings) -> Settings:
     """What every worker would otherwise make at its start, at the same moment
     as the others: made here, once, before any worker starts. The node id
@@ -177,9 +166,13 @@ async def serve_workers(settings: Settings, count: int) -> None:
     coordinator = Coordinator(admission, registry)
     runtime = choice.runtime
     coordinator.hello = {"choice": choice.reason, "embedded": []}
-    # The supervisor's own look at the upstreams, for the announcement.
+    # The supervisor's own look at the upstreams, for the announcement; its
+    # conversation table is the node's (the workers ask it).
     urls = settings.upstream_urls or [settings.upstream_base]
     pool = UpstreamPool(urls, upstream_options(settings))
+    coordinator.affinity = pool.affinity
+    if settings.status_page:
+        coordinator.throttle = FailureThrottle()
 
     async def launch(number: int) -> Launch:
         theirs, ready = await coordinator.attach(number)
@@ -220,16 +213,15 @@ async def serve_workers(settings: Settings, count: int) -> None:
         runtime.on_ready.append(pool.refresh)
         embedded_changed()
 
-    refreshing: set[asyncio.Task[None]] = set()
+    checks = itertools.count(1)
 
-    def models_reported(names: list[str]) -> None:
-        # A worker's check saw other models than ours (a pull through it): look now.
-        if sorted(names) != pool.known_models() and not refreshing:
-            task = asyncio.create_task(pool.refresh(), name="fognode-upstream-refresh")
-            refreshing.add(task)
-            task.add_done_callback(refreshing.discard)
+    async def checked() -> None:
+        # The node checks each upstream once, here; every worker follows.
+        latest = coordinator.hello["checked"] = [next(checks), pool.findings()]
+        coordinator.broadcast("checked", *latest)
 
-    coordinator.on_models = models_reported
+    pool.on_checked.append(checked)
+    coordinator.check = pool.refresh
     announcer: NodeAnnouncer | None = None
     renewal: asyncio.Task[None] | None = None
     onboarding: OnboardingSite | None = None
@@ -275,11 +267,6 @@ async def serve_workers(settings: Settings, count: int) -> None:
             announcer is not None and announcer.announced,
             port.port,
             workers=count,
-        )
-        log.warning(
-            "with %d workers, kept per worker, not for the node: %s",
-            count,
-            "; ".join(per_worker_state(settings)),
         )
         await stop.wait()
         log.info("shutting down; open requests get %ss to finish", settings.shutdown_timeout)

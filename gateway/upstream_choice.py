@@ -15,7 +15,6 @@ The choice is logged in one line and shown by /readyz (``upstream_choice``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -30,7 +29,7 @@ from ..embedded.metrics import EmbeddedCollector
 from ..embedded.model import ModelUnavailable, check_available
 from ..embedded.options import DEFAULT_MODEL, EmbeddedOptions
 from ..embedded.runtime import EmbeddedRuntime, describe
-from ..embedded.supervisor import ServerStatus, State
+from ..embedded.supervisor import ServerStatus
 from .metrics import METRICS
 from .paths import data_dir
 from .proxy import UPSTREAM
@@ -182,20 +181,15 @@ def follow_upstream_choice(
     pool = app[UPSTREAM]
     pool.choice = reason
     current = statuses
-    refreshing: set[asyncio.Task[None]] = set()
 
     def follow(new: list[ServerStatus]) -> None:
+        # The model list follows too: the supervisor checks the upstreams when
+        # a model is ready, and every worker's pool follows what it found.
         nonlocal current
-        was_ready = {s.url for s in current if s.state is State.READY}
         current = new
         by_url = {s.url: s for s in new}
         for member in pool.members:
             member.local = by_url.get(member.base.rstrip("/"))
-        if any(s.state is State.READY and s.url not in was_ready for s in new):
-            # As runtime.on_ready does in one process: the model list, now.
-            task = asyncio.create_task(pool.refresh(), name="fognode-upstream-refresh")
-            refreshing.add(task)
-            task.add_done_callback(refreshing.discard)
 
     if statuses:
         pool.local_state = lambda: describe(statuses[0].alias, current)

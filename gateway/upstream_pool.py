@@ -9,7 +9,9 @@ can spread requests itself:
   an upstream that does not answer is marked down until it answers again.
   This is the one place model lists are fetched: /readyz, the mDNS
   announcement, the listings' ``fognode`` field and routing read what it
-  found (after a model is pulled or removed through the node, at once);
+  found (after a model is pulled or removed through the node, at once).
+  With worker processes the supervisor's pool checks, once for the node,
+  and each worker's pool follows what it found (:meth:`UpstreamPool.follow`);
 * a request for a model goes to an upstream that has it, by the rule in
   routing/order.py: loaded first, then the one that served the
   conversation before (routing/affinity.py), then the least busy;
@@ -32,13 +34,13 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any
 
 from multidict import CIMultiDict
 
 from ..routing import warm
-from ..routing.affinity import AffinityTable
+from ..routing.affinity import AffinityTable, ConversationMemory
 from ..routing.conversation import Conversation
 from ..routing.order import Option, rank
 from .errors import GatewayError
@@ -79,7 +81,20 @@ class Route:
 
 
 class UpstreamPool:
-    def __init__(self, urls: list[str], options: UpstreamOptions) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        options: UpstreamOptions,
+        *,
+        memory: ConversationMemory | None = None,
+        checks: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """``memory``: the node's conversation table when this process does not
+        hold it (a worker's: the supervisor does); used only when affinity is
+        on with several upstreams. ``checks``: asks whoever checks the
+        upstreams for the node (a worker's supervisor) to check them now; its
+        findings arrive through :meth:`follow`, and this pool checks nothing
+        itself."""
         self.options = options
         self.members = [Upstream(url, options) for url in urls]
         self.cap = options.max_concurrent
@@ -91,12 +106,14 @@ class UpstreamPool:
         self.choice: str | None = None
         self.local_state: Callable[[], dict[str, Any]] | None = None
         # Which upstream served a conversation last (only worth it with several).
-        self.affinity = (
-            AffinityTable(options.affinity_entries, options.affinity_seconds)
+        self.affinity: ConversationMemory | None = (
+            (memory or AffinityTable(options.affinity_entries, options.affinity_seconds))
             if options.affinity and len(self.members) > 1
             else None
         )
         self._turns = itertools.count(1)
+        self._checks = checks
+        self._following: set[asyncio.Task[None]] = set()
 
     # --- what the single-upstream code used -----------------------------------
     @property
@@ -114,6 +131,8 @@ class UpstreamPool:
     async def start(self) -> None:
         for member in self.members:
             await member.start()
+        if self._checks is not None:
+            return  # the supervisor checks, and tells
         await self.refresh()
         self._task = asyncio.create_task(self._loop(), name="fognode-upstream-checks")
 
@@ -155,7 +174,36 @@ class UpstreamPool:
 
     async def refresh(self) -> None:
         """Check every upstream now, then tell whoever follows the results."""
+        if self._checks is not None:
+            await self._checks()  # what it found has arrived (follow) when this returns
+            return
         await asyncio.gather(*(self._check(m) for m in self.members))
+        for callback in self.on_checked:
+            await callback()
+
+    def findings(self) -> list[list[Any]]:
+        """What the last check found of each upstream, as JSON arrays, for
+        :meth:`follow` in another process."""
+        return [
+            [m.healthy, m.last_error, sorted(m.models), [astuple(e) for e in m.loaded.values()]]
+            for m in self.members
+        ]
+
+    def follow(self, findings: list[list[Any]]) -> None:
+        """Take another pool's :meth:`findings` as this pool's check (a worker:
+        the supervisor's), at once; then tell whoever follows the results."""
+        for member, (healthy, error, models, loaded) in zip(self.members, findings, strict=True):
+            member.healthy, member.last_error = healthy, error
+            member.models = frozenset(models)
+            member.loaded = {entry[0]: warm.LoadedModel(*entry) for entry in loaded}
+            if healthy:  # as a check here: what requests warmed is now in the list
+                member.warmed = set()
+        if self.on_checked:
+            task = asyncio.create_task(self._checked(), name="fognode-upstream-followed")
+            self._following.add(task)
+            task.add_done_callback(self._following.discard)
+
+    async def _checked(self) -> None:
         for callback in self.on_checked:
             await callback()
 
@@ -287,9 +335,22 @@ class UpstreamPool:
         return bool(known) and not any(_has(m.models, model) for m in known)
 
     # --- routing ------------------------------------------------------------------
-    def route(self, model: str | None, conversation: Conversation | None = None) -> Route:
+    async def recall(self, conversation: Conversation) -> int | None:
+        """The position (0-based) of the upstream that served this conversation's
+        previous turn, if the node remembers one (a first turn looks up nothing)."""
+        if self.affinity is None or not conversation.lookups:
+            return None
+        return await self.affinity.recall(conversation.lookups)
+
+    def route(
+        self,
+        model: str | None,
+        conversation: Conversation | None = None,
+        affine: int | None = None,
+    ) -> Route:
         """The upstreams to try for a request, best first, with the reasons
-        (routing/order.py); none at its cap, so an empty route means all are."""
+        (routing/order.py); none at its cap, so an empty route means all are.
+        ``affine``: what :meth:`recall` found for ``conversation``."""
         if self.single:
             only = self.members[0]
             return Route([] if self.at_cap(only) else [Choice(only, 1, ())], model, None)
@@ -305,9 +366,6 @@ class UpstreamPool:
             )
             for m in self.members
         ]
-        affine = None
-        if self.affinity is not None and conversation is not None:
-            affine = self.affinity.find(conversation.lookups)
         ranked = rank(options, model=model is not None, affine=affine)
         choices = [Choice(self.members[r.position], r.position + 1, r.reasons) for r in ranked]
         return Route(choices, model, conversation)

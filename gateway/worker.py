@@ -8,11 +8,15 @@ as privately), through a pipe only the supervisor holds. The descriptors
 are inherited: the worker's end of its channel to the supervisor and the
 sockets it listens on.
 
-The worker runs the same app as a single process, with four differences:
-admission is the supervisor's (:class:`RemoteAdmission`), so is the quota
-ledger, which also writes the usage records (:class:`RemoteLedger`), /metrics asks the
-supervisor for the whole node's series, and the certificate files are
-reloaded when the supervisor says they changed (it alone renews them). It
+The worker runs the same app as a single process, except that what must
+be the node's is the supervisor's, asked over the channel: admission
+(:class:`RemoteAdmission`), the quota ledger, which also writes the usage
+records (:class:`RemoteLedger`), the conversation affinity table
+(:class:`RemoteMemory`), the status page's sign-in throttle
+(:class:`RemoteThrottle`); /metrics and the status page's activity are the
+whole node's, gathered by the supervisor from every worker; and the
+certificate files are reloaded when the supervisor says they changed (it
+alone renews them). It
 dies with the supervisor (PR_SET_PDEATHSIG), and stops when its channel
 closes, which only happens when the supervisor is gone.
 """
@@ -27,7 +31,7 @@ import pickle
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -41,6 +45,7 @@ from ..usage.quota import ALLOW_UNLIMITED, Decision
 from ..usage.record import UsageRecord
 from ..workers.channel import Channel, ChannelClosed, Reply
 from .access import AUTHORIZER
+from .activity import ActivityView
 from .admission import Load, Ticket
 from .app import create_app, terminator
 from .coordinator import GRANTED, refused
@@ -51,9 +56,10 @@ from .proxy import UPSTREAM
 from .server import RunningServer, run_app, settle_heap, stop_signals
 from .sessions import SESSIONS, BrowserSessions
 from .settings import Settings
-from .status import LISTENING
+from .status import ACTIVITY, LISTENING, ActivitySource
 from .tls import TlsTerminator
 from .upstream_choice import follow_upstream_choice
+from .upstream_pool import UpstreamPool
 
 log = logging.getLogger("fognode.workers")
 
@@ -90,12 +96,7 @@ class RemoteAdmission:
         try:
             answer = await self.channel.call("acquire", key, uid)
         except ChannelClosed:
-            raise GatewayError(
-                503,
-                "This node is restarting a process; retry in a moment.",
-                code="node_restarting",
-                headers={"Retry-After": "1"},
-            ) from None
+            raise _restarting() from None
         finally:
             if ticket is not None:
                 self._waiting.pop(ticket, None)
@@ -175,6 +176,61 @@ class RemoteLedger:
         return int((await self.channel.call("pending")).values[0])
 
 
+def _restarting() -> GatewayError:
+    return GatewayError(
+        503,
+        "This node is restarting a process; retry in a moment.",
+        code="node_restarting",
+        headers={"Retry-After": "1"},
+    )
+
+
+class RemoteMemory:
+    """The node's conversation table (routing/affinity.py), in the supervisor.
+
+    Asked only for a conversation's later turns (a first turn looks up
+    nothing), and only with affinity on and several upstreams; what served a
+    turn is told, with no answer awaited.
+    """
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+
+    async def recall(self, lookups: Sequence[bytes]) -> int | None:
+        try:
+            answer = await self.channel.call("recall", *(key.hex() for key in lookups))
+        except ChannelClosed:
+            return None  # routed as a new conversation
+        found = answer.values[0]
+        return int(found) if found is not None else None
+
+    def remember(self, key: bytes, upstream: int) -> None:
+        self.channel.notify("remember", key.hex(), upstream)
+
+
+class RemoteThrottle:
+    """The node's sign-in throttle (auth/throttle.py), in the supervisor: one
+    round trip to look, one to count an attempt (sign-ins are rare)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+
+    async def retry_after(self, client: str) -> float:
+        try:
+            return float((await self.channel.call("signin_wait", client)).values[0])
+        except ChannelClosed:
+            raise _restarting() from None
+
+    async def attempt(self, client: str) -> None:
+        try:
+            await self.channel.call("signin_attempt", client)
+        except ChannelClosed:
+            raise _restarting() from None
+
+    def succeeded(self, client: str) -> None:
+        self.channel.notify("signin_ok", client)
+
+
 class SupervisorCalls:
     """What the supervisor asks of this worker and tells it, over the channel.
 
@@ -188,11 +244,26 @@ class SupervisorCalls:
         self.follow: Callable[[list[ServerStatus]], None] | None = None
         self.embedded: list[ServerStatus] | None = None  # arrived before follow was set
         self.sessions: BrowserSessions | None = None
+        self.activity: ActivitySource | None = None
+        self.pool: UpstreamPool | None = None
+        # The supervisor's latest check of the upstreams (its number, its findings).
+        self.checked: tuple[int, list[list[Any]]] | None = None
         self._reloading: set[asyncio.Task[None]] = set()
+
+    def take_checked(self, number: int, findings: list[list[Any]]) -> None:
+        """A check's findings, unless a later one arrived first (the one in the
+        answer to hello may be older or newer than a notice received meanwhile)."""
+        if self.checked is not None and number <= self.checked[0]:
+            return
+        self.checked = (number, findings)
+        if self.pool is not None:
+            self.pool.follow(findings)
 
     async def serve(self, op: str, args: list[Any]) -> Reply:
         if op == "expose":
             return Reply([self.metrics.render().decode() if self.metrics is not None else ""])
+        if op == "activity" and self.activity is not None:
+            return Reply([self.activity.here().as_json()])
         raise ValueError(f"unknown call {op!r}")
 
     def notice(self, op: str, args: list[Any]) -> None:
@@ -202,12 +273,21 @@ class SupervisorCalls:
             task.add_done_callback(self._reloading.discard)
         elif op == "revoke" and self.sessions is not None:
             self.sessions.signer.refuse(str(args[0]), float(args[1]))
+        elif op == "checked":
+            self.take_checked(int(args[0]), args[1])
         elif op == "embedded":
             statuses = [ServerStatus.from_json(s) for s in args[0]]
             if self.follow is not None:
                 self.follow(statuses)
             else:
                 self.embedded = statuses
+
+
+async def check_upstreams(channel: Channel) -> None:
+    """The supervisor checks the upstreams for the node; what it found arrives
+    (``checked``) before its answer, so the pool follows it when this returns."""
+    with contextlib.suppress(ChannelClosed):  # the supervisor is gone: this worker stops
+        await channel.call("check")
 
 
 async def start_worker(
@@ -222,6 +302,9 @@ async def start_worker(
         settings,
         admission=RemoteAdmission(channel, settings.max_concurrent_requests),
         ledger=RemoteLedger(channel) if settings.usage_accounting else None,
+        memory=RemoteMemory(channel),
+        throttle=RemoteThrottle(channel),
+        checks=partial(check_upstreams, channel),
     )
     statuses = calls.embedded or [ServerStatus.from_json(s) for s in hello["embedded"]]
     calls.follow = follow_upstream_choice(app, str(hello["choice"]), statuses)
@@ -233,12 +316,22 @@ async def start_worker(
 
     metrics.node = node_metrics
     pool = app[UPSTREAM]
+    calls.take_checked(*hello["checked"])
+    calls.pool = pool
+    if calls.checked is not None:
+        pool.follow(calls.checked[1])
 
-    async def report_models() -> None:
-        # The supervisor's mDNS record follows a pull through any worker at once.
-        channel.notify("models", pool.known_models())
+    source = app.get(ACTIVITY)
+    if source is not None:  # the status page shows the node's activity
+        calls.activity = here = source
 
-    pool.on_checked.append(report_models)
+        async def node_activity() -> ActivityView:
+            try:
+                return ActivityView.from_json((await channel.call("activity")).values[0])
+            except ChannelClosed:
+                return here.here()
+
+        source.node = node_activity
     running = await run_app(app, settings, tls, sockets=sockets, onboarding=False)
     sessions = app.get(SESSIONS)
     if sessions is not None:  # a sign-out here holds on every worker

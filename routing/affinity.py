@@ -6,13 +6,30 @@ model after 5 minutes; a llama.cpp slot keeps its prompt only until another
 request takes the slot), so an old entry would send a conversation to an
 upstream for nothing. Entries hold 16-byte digests and an upstream's
 position, about 150 bytes each.
+
+The table is the node's: with worker processes it lives in the supervisor
+and a worker reaches it through a :class:`ConversationMemory` that asks
+over its channel, so a conversation's next turn finds its upstream
+whichever worker the kernel hands the connection to.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+
+class ConversationMemory(Protocol):
+    """The node's table as the upstream pool uses it: a table in this process,
+    or the supervisor's, asked over a worker's channel (hence async)."""
+
+    async def recall(self, lookups: Sequence[bytes]) -> int | None:
+        """The upstream of the first key remembered, in the order given."""
+        ...
+
+    def remember(self, key: bytes, upstream: int) -> None: ...
 
 
 class AffinityTable:
@@ -39,6 +56,9 @@ class AffinityTable:
                 return upstream
             del self._entries[key]
         return None
+
+    async def recall(self, lookups: Sequence[bytes]) -> int | None:
+        return self.find(lookups)
 
     def remember(self, key: bytes, upstream: int) -> None:
         now = self._clock()

@@ -9,6 +9,7 @@ Clocks are injected: nothing here waits for time to pass.
 
 from __future__ import annotations
 
+import json
 import stat
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from fognode.auth.sessions import (
     load_or_create_key,
 )
 from fognode.auth.throttle import FailureThrottle
-from fognode.gateway.activity import MAX_MESSAGE, Activity
+from fognode.gateway.activity import MAX_MESSAGE, Activity, ActivityView, merged
 from fognode.gateway.status import usage_report
 from fognode.models.progress import PullProgress
 from fognode.usage.record import Outcome, UsageRecord
@@ -218,6 +219,39 @@ def test_the_latest_errors_are_bounded_newest_first_and_scrubbed() -> None:
     activity.not_counted("/status/live")
     record(activity, 500, route="/status/live")
     assert [e.route for e in activity.latest_errors()].count("/status/live") == 1
+
+
+def test_the_nodes_activity_is_every_workers_summed() -> None:
+    """Two workers' views, read a moment apart across a minute's turn: the
+    minutes are summed by their start (the latest ones, as many as a view
+    holds), the latest errors interleaved newest first and bounded, the live
+    counts added; and a view crosses a worker's channel (JSON) unchanged."""
+    start = 1_800_000_000.0 - 1_800_000_000.0 % 60
+    clock = Clock(start + 59.5)
+    first, second = Activity(minutes=3, errors=2, clock=clock), Activity(minutes=3, clock=clock)
+    record(first, 200)
+    record(first, 404, request_id="a")
+    clock.now += 0.2
+    record(second, 503, request_id="b")
+    clock.now += 0.1
+    record(first, 401, request_id="c")
+    early = ActivityView(first.per_minute(), first.latest_errors(), 1, 2, 3, [2, 0])
+    clock.now += 0.5  # the next minute, before the second worker answers
+    record(second, 200)
+    late = ActivityView(second.per_minute(), second.latest_errors(), 4, 5, None, [1, 4])
+    late = ActivityView.from_json(json.loads(json.dumps(late.as_json())))
+    node = merged([early, late], errors=2)
+    assert [
+        (m.start - start, m.requests, m.client_errors, m.server_errors) for m in node.minutes
+    ] == [
+        (-60, 0, 0, 0),
+        (0, 4, 2, 1),
+        (60, 1, 0, 0),
+    ]
+    assert [e.request_id for e in node.errors] == ["c", "b"]
+    assert (node.active_streams, node.in_flight, node.connections) == (5, 7, 3)
+    assert node.upstreams == [3, 4]
+    assert merged([]) == ActivityView([], [], 0, 0, None, [])
 
 
 # --- the words of a pull ----------------------------------------------------------------

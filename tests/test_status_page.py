@@ -23,9 +23,10 @@ from cryptography import x509
 from playwright.async_api import Browser, Page
 
 from fognode.auth.api_keys import entry_for, new_key
+from fognode.auth.throttle import FailureThrottle
 from fognode.certs.inspect import fingerprint
 from fognode.gateway.server import RunningServer
-from fognode.gateway.sessions import SESSION_COOKIE, SESSIONS
+from fognode.gateway.sessions import SESSION_COOKIE, SESSIONS, ThrottleHere
 from tests.browser import chromium
 from tests.conftest import GatewayFactory
 from tests.helpers import CHAT, STREAMED_CHAT
@@ -113,6 +114,13 @@ def text_is(selector: str, value: str) -> str:
     return f"() => document.querySelector({selector!r})?.textContent.trim() === {value!r}"
 
 
+def failures(node: RunningServer) -> FailureThrottle:
+    """The sign-in throttle of a node that is one process (it holds it)."""
+    held = node.app[SESSIONS].throttle
+    assert isinstance(held, ThrottleHere)
+    return held.failures
+
+
 async def test_an_operator_signs_in_watches_pulls_and_signs_out(
     node: RunningServer,
     standin: OllamaStandIn,
@@ -121,7 +129,7 @@ async def test_an_operator_signs_in_watches_pulls_and_signs_out(
     https: aiohttp.ClientSession,
     tmp_path: Path,
 ) -> None:
-    throttle = node.app[SESSIONS].throttle
+    throttle = failures(node)
 
     # Not signed in: the page sends the browser to the sign-in form.
     await page.goto(f"{node.url}/")
@@ -321,7 +329,7 @@ async def test_a_session_opens_the_pages_and_never_the_api(
 async def test_guessing_at_the_sign_in_form_is_slowed_down(
     node: RunningServer, https: aiohttp.ClientSession
 ) -> None:
-    throttle = node.app[SESSIONS].throttle
+    throttle = failures(node)
     async with await sign_in(https, node.url, new_key()) as resp:
         assert resp.status == 401
     waits = []

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import ssl
 from collections import Counter
@@ -47,6 +48,12 @@ GUARD = 60.0  # turns a hang into a failure; nothing asserts on time
 def chat_as(tag: str) -> dict[str, Any]:
     """A streamed chat whose last message is ``tag``: the stand-in counts by it."""
     return {**STREAMED_CHAT, "messages": [{"role": "user", "content": tag}]}
+
+
+def api_keys_with(admin: str, *, users: bool = True) -> str:
+    """FOGNODE_API_KEYS: an operator's admin key, and the users' keys."""
+    entries = [entry_for(key, name, admin=False) for name, key in USERS.items()] if users else []
+    return json.dumps([*entries, entry_for(admin, "op", admin=True)])
 
 
 def node_settings(standin: OllamaStandIn, pki_dir: Path, **more: str) -> dict[str, str]:
@@ -238,13 +245,12 @@ async def test_quotas_are_the_nodes_across_workers(
     pki_dir, tls = tls_node
     store = tmp_path / "usage.sqlite3"
     admin = new_key()
-    keys = [entry_for(key, name, admin=False) for name, key in USERS.items()]
     node = NodeProcess(
         tmp_path,
         node_settings(
             standin,
             pki_dir,
-            api_keys=json.dumps([*keys, entry_for(admin, "op", admin=True)]),
+            api_keys=api_keys_with(admin),
             quota_requests_per_minute="3",
             max_concurrent_requests="20",
             per_user_concurrent_requests="20",
@@ -317,12 +323,9 @@ async def test_a_sign_out_holds_on_every_worker(
     no worker any more (each worker keeps the sign-outs it was told of)."""
     pki_dir, tls = tls_node
     admin = new_key()
-    keys = [entry_for(key, name, admin=False) for name, key in USERS.items()]
     node = NodeProcess(
         tmp_path,
-        node_settings(
-            standin, pki_dir, api_keys=json.dumps([*keys, entry_for(admin, "op", admin=True)])
-        ),
+        node_settings(standin, pki_dir, api_keys=api_keys_with(admin)),
     )
     await node.start(tls)
     url = f"https://localhost:{node.port}"
@@ -380,7 +383,7 @@ async def test_the_onboarding_page_is_served_once_by_the_main_process(
             pki_dir,
             onboarding="true",
             onboarding_port=str(page_port),
-            api_keys=json.dumps([entry_for(admin, "op", admin=True)]),
+            api_keys=api_keys_with(admin, users=False),
         ),
     )
     await node.start(tls)
@@ -585,4 +588,271 @@ async def test_a_waiting_stream_hears_its_place_in_the_nodes_queue(
                 assert line.startswith(b": "), line
             second.close()
     finally:
+        await node.stop()
+
+
+# --- what the status page and routing keep: the node's, not a worker's ----------------
+
+
+class OnWorker:
+    """A client session whose connections all leave from one local port, so
+    the kernel hands every one of them to the same worker (SO_REUSEPORT picks
+    by the addresses and ports); after each request the test checks that
+    worker holds the kept-alive connection."""
+
+    def __init__(self, node: NodeProcess, tls: ssl.SSLContext) -> None:
+        assert node.proc is not None
+        self.node, self.pids = node, worker_pids(node.proc.pid)
+        self.port = free_port()
+        connector = aiohttp.TCPConnector(
+            ssl=tls, limit=1, family=socket.AF_INET, local_addr=("127.0.0.1", self.port)
+        )
+        jar = aiohttp.CookieJar(unsafe=True)
+        self.http = aiohttp.ClientSession(connector=connector, cookie_jar=jar)
+        self.pid = 0
+
+    def holder(self) -> int:
+        return connection_owner(self.pids, self.node.port, self.port)
+
+    async def send(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, str], str]:
+        url = f"https://localhost:{self.node.port}{path}"
+        async with self.http.request(method, url, **kwargs) as resp:
+            answer = resp.status, dict(resp.headers), await resp.text()
+        assert self.holder() == self.pid
+        return answer
+
+
+async def one_session_per_worker(
+    node: NodeProcess, tls: ssl.SSLContext, sessions: list[aiohttp.ClientSession]
+) -> list[OnWorker]:
+    """Sessions from new local ports until each worker holds one (the kernel
+    picks the worker; each port is a fresh draw)."""
+    found: dict[int, OnWorker] = {}
+    for _ in range(64):
+        worker = OnWorker(node, tls)
+        sessions.append(worker.http)
+        async with worker.http.get(f"https://localhost:{node.port}/healthz") as resp:
+            await resp.read()
+        worker.pid = worker.holder()
+        found.setdefault(worker.pid, worker)
+        if len(found) == len(worker.pids):
+            return list(found.values())
+    raise AssertionError("64 local ports and the kernel never chose every worker")
+
+
+def turn(n: int, topic: str) -> dict[str, Any]:
+    """A chat at its turn ``n``: the earlier questions and answers, one new question."""
+    messages = []
+    for i in range(1, n + 1):
+        messages.append({"role": "user", "content": f"Question {i} about {topic}?"})
+        if i < n:
+            messages.append({"role": "assistant", "content": f"Answer {i} about {topic}."})
+    return {"model": "llama3.2:1b", "messages": messages}
+
+
+async def test_a_conversation_keeps_its_upstream_whichever_worker_gets_its_next_turn(
+    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+) -> None:
+    """Two upstreams with the model loaded. A conversation's first turn goes
+    through one worker, its next turns through the other and back: each goes
+    where the previous one went, for affinity (the node's table, in the main
+    process). The first turn is steered to the second upstream, where a
+    worker that knew nothing of it would not send the next one (equals take
+    turns, and the other worker has sent nothing yet)."""
+    other = OllamaStandIn()
+    await other.start()
+    sessions: list[aiohttp.ClientSession] = []
+    pki_dir, tls = tls_node
+    for upstream in (standin, other):
+        upstream.load("llama3.2:1b")
+    node = NodeProcess(
+        tmp_path, node_settings(standin, pki_dir, upstream_urls=f"{standin.url},{other.url}")
+    )
+    try:
+        await node.start(tls)
+        first, second = await one_session_per_worker(node, tls, sessions)
+        bearer = {"Authorization": f"Bearer {USERS['alice']}"}
+
+        async def ask(worker: OnWorker, body: dict[str, Any]) -> tuple[str, str]:
+            status, headers, text = await worker.send(
+                "POST", "/v1/chat/completions", json=body, headers=bearer
+            )
+            assert status == 200, text
+            return headers["X-Fognode-Upstream"], headers["X-Fognode-Upstream-Reason"]
+
+        assert await ask(first, turn(1, "rain")) == ("1", "loaded,least-busy")
+        assert await ask(first, turn(1, "the sea")) == ("2", "loaded,least-busy")
+        assert await ask(second, turn(2, "the sea")) == ("2", "loaded,affinity")
+        assert await ask(first, turn(3, "the sea")) == ("2", "loaded,affinity")
+        assert await ask(second, turn(2, "rain")) == ("1", "loaded,affinity")
+        assert [len(s.forwarded) for s in (standin, other)] == [2, 3]
+    finally:
+        for http in sessions:
+            await http.close()
+        await node.stop()
+        await other.stop()
+
+
+def live_numbers(page: str) -> dict[str, int]:
+    """The numbers the status page's live part shows, by their element id."""
+    ids = ("requests-total", "errors-total", "active-streams", "in-flight", "connections")
+    found = {i: re.search(rf'id="{i}">(\d+)<', page) for i in ids}
+    numbers = {i: int(m.group(1)) for i, m in found.items() if m is not None}
+    upstream = re.search(r"(\d+) in flight</span>", page)
+    numbers["upstream-in-flight"] = int(upstream.group(1)) if upstream else 0
+    return numbers
+
+
+async def test_the_status_page_shows_the_whole_nodes_activity(
+    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+) -> None:
+    """Requests, errors and open streams on both workers: the page, whichever
+    worker answers it, counts them all (the main process sums every worker's)."""
+    pki_dir, tls = tls_node
+    admin = new_key()
+    node = NodeProcess(
+        tmp_path,
+        node_settings(standin, pki_dir, api_keys=api_keys_with(admin)),
+    )
+    sessions: list[aiohttp.ClientSession] = []
+    try:
+        await node.start(tls)
+        workers = await one_session_per_worker(node, tls, sessions)
+        pages = await one_session_per_worker(node, tls, sessions)
+
+        async def live(page: OnWorker) -> dict[str, int]:
+            status, _, text = await page.send(
+                "GET", "/status/live", headers={"Authorization": f"Bearer {admin}"}
+            )
+            assert status == 200
+            return live_numbers(text)
+
+        before = await live(pages[0])
+        alice = {"Authorization": f"Bearer {USERS['alice']}"}
+        for worker in workers:  # 3 answered and 1 refused on each worker
+            for n in range(3):
+                status, _, _ = await worker.send(
+                    "POST", "/v1/chat/completions", json=chat_as(f"n{n}"), headers=alice
+                )
+                assert status == 200
+            status, _, _ = await worker.send(
+                "POST",
+                "/v1/chat/completions",
+                json=chat_as("x"),
+                headers={"Authorization": "Bearer x"},
+            )
+            assert status == 401
+
+        # A worker counts a request just after its last byte left: wait for all 8.
+        async with asyncio.timeout(GUARD):
+            while (await live(pages[0]))["requests-total"] < before["requests-total"] + 8:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        for page in pages:
+            now = await live(page)
+            assert now["requests-total"] == before["requests-total"] + 8
+            assert now["errors-total"] == before["errors-total"] + 2
+
+        # One stream held open on each worker: both are live on either worker's page.
+        standin.stall_after = 1
+        streams = []
+        for worker in workers:
+            resp = await worker.http.post(
+                f"https://localhost:{node.port}/v1/chat/completions",
+                json=chat_as("open"),
+                headers=alice,
+            )
+            assert resp.status == 200
+            assert (await resp.content.readline()).startswith(b"data: ")
+            streams.append(resp)
+        for page in pages:
+            now = await live(page)
+            assert (now["active-streams"], now["in-flight"], now["upstream-in-flight"]) == (2, 2, 2)
+            # The two streams' and the two pages' connections at least, on two workers.
+            assert now["connections"] >= 4
+        for resp in streams:
+            resp.close()
+    finally:
+        for http in sessions:
+            await http.close()
+        await node.stop()
+
+
+async def test_more_workers_give_a_guesser_no_more_sign_in_attempts(
+    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+) -> None:
+    """A failed sign-in through one worker slows down the next attempt through
+    any worker: the throttle is the node's (in the main process), so even the
+    right key is not looked at yet, whichever worker gets it."""
+    pki_dir, tls = tls_node
+    admin = new_key()
+    node = NodeProcess(
+        tmp_path,
+        node_settings(standin, pki_dir, api_keys=api_keys_with(admin, users=False)),
+    )
+    sessions: list[aiohttp.ClientSession] = []
+    try:
+        await node.start(tls)
+        first, second = await one_session_per_worker(node, tls, sessions)
+
+        async def sign_in(worker: OnWorker, credential: str) -> tuple[int, dict[str, str]]:
+            status, _, form = await worker.send("GET", "/signin")
+            assert status == 200
+            token = re.search(r'name="csrf" value="([^"]+)"', form)
+            assert token is not None
+            status, headers, _ = await worker.send(
+                "POST",
+                "/signin",
+                data={"csrf": token.group(1), "credential": credential},
+                allow_redirects=False,
+            )
+            return status, headers
+
+        assert (await sign_in(first, new_key()))[0] == 401
+        for worker in (second, first, second):
+            status, headers = await sign_in(worker, admin)
+            assert status == 429 and int(headers["Retry-After"]) >= 1
+    finally:
+        for http in sessions:
+            await http.close()
+        await node.stop()
+
+
+def model_lists(standin: OllamaStandIn) -> int:
+    """How often the node asked the stand-in for its model list (its checks)."""
+    return sum(1 for r in standin.checks if r.path == "/api/tags")
+
+
+async def test_the_node_checks_each_upstream_once_and_every_worker_follows(
+    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+) -> None:
+    """Two workers, one check of the upstream at start (the main process's);
+    a model pulled through one worker is on the other's status page at once,
+    from the one check the pull asked for."""
+    pki_dir, tls = tls_node
+    admin = new_key()
+    settings = node_settings(standin, pki_dir, api_keys=api_keys_with(admin, users=False))
+    settings["upstream_check_interval"] = "3600"  # only the checks this test causes
+    node = NodeProcess(tmp_path, settings)
+    sessions: list[aiohttp.ClientSession] = []
+    try:
+        await node.start(tls)
+        assert model_lists(standin) == 1
+        first, second = await one_session_per_worker(node, tls, sessions)
+        bearer = {"Authorization": f"Bearer {admin}"}
+        status, _, _ = await first.send(
+            "POST", "/api/pull", json={"model": "qwen3:0.6b", "stream": False}, headers=bearer
+        )
+        assert status == 200
+        # The worker asks for the check just after the pull's answer has left.
+        async with asyncio.timeout(GUARD):
+            while True:
+                status, _, page = await second.send("GET", "/status/live", headers=bearer)
+                assert status == 200
+                if 'data-name="qwen3:0.6b"' in page:
+                    break
+                await asyncio.sleep(0.05)
+        assert model_lists(standin) == 2
+    finally:
+        for http in sessions:
+            await http.close()
         await node.stop()

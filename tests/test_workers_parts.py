@@ -18,17 +18,20 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fognode.embedded.options import cores
 from fognode.gateway.announce import node_id
+from fognode.gateway.app import upstream_options
 from fognode.gateway.metrics import merge_expositions
 from fognode.gateway.server import worker_count
 from fognode.gateway.settings import Settings
 from fognode.gateway.supervisor import (
     close_ledger,
     node_ledger,
-    per_worker_state,
     prepare_once,
     worker_share,
 )
+from fognode.gateway.upstream_pool import UpstreamPool
+from fognode.routing.warm import from_ollama_ps
 from fognode.usage.migrations import MIGRATIONS
 from fognode.usage.options import Limits
 from fognode.usage.quota import Decision, Usage, decide
@@ -204,10 +207,13 @@ def test_the_shared_port_is_one_port_for_every_worker() -> None:
         port.close()
 
 
-def test_one_process_is_the_default() -> None:
-    """Several workers are opt-in (README, Kept per worker, says why)."""
+def test_one_worker_per_core_is_the_default() -> None:
+    """Nothing is kept per worker that would make a node of workers behave
+    otherwise than one process (README, Every core), so every core serves."""
     settings = Settings(host="127.0.0.1")
-    assert settings.workers == 1 and worker_count(settings) == 1
+    caps = [c for c in (settings.max_connections, settings.max_connections_per_client) if c]
+    assert settings.workers == 0 and worker_count(settings) == min(cores(), *caps)
+    assert worker_count(Settings(host="127.0.0.1", workers=1)) == 1
 
 
 OPEN_STORE = """
@@ -264,18 +270,39 @@ async def test_the_supervisor_makes_once_what_workers_would_race_for(tmp_path: P
         await close_ledger(ledger, 1.0)
 
 
-def test_the_start_says_what_is_kept_per_worker() -> None:
-    quiet = Settings(host="127.0.0.1", status_page=False)
-    assert [s.split(" (")[0] for s in per_worker_state(quiet)] == ["upstream checks"]
-    busy = Settings(
-        host="127.0.0.1",
-        quota_tokens_per_day=1000,
-        upstream_urls=["http://127.0.0.1:1", "http://127.0.0.1:2"],
+async def test_a_workers_pool_follows_the_supervisors_checks_and_checks_nothing() -> None:
+    """What the supervisor's check found crosses the channel (JSON) and
+    becomes the worker pool's state; the worker's pool never probes an
+    upstream itself, and a refresh asks the supervisor (``checks``)."""
+    urls = ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+    options = upstream_options(Settings(host="127.0.0.1", upstream_urls=urls))
+    supervisor = UpstreamPool(urls, options)
+    up, down = supervisor.members
+    up.healthy, up.models = True, frozenset({"llama3.2:1b", "qwen3:0.6b"})
+    up.loaded = from_ollama_ps(
+        {"models": [{"name": "llama3.2:1b", "size": 5, "expires_at": "2030-01-01T00:00:00Z"}]}
     )
-    kept = " ".join(per_worker_state(busy))
-    assert "quota" not in kept  # the supervisor's ledger: the node's
-    for what in ("conversation affinity", "status page", "sign-in throttle"):
-        assert what in kept
+    down.healthy, down.last_error = False, "cannot connect (refused)"
+    asked: list[str] = []
+
+    async def ask() -> None:
+        asked.append("check")
+
+    worker = UpstreamPool(urls, options, checks=ask)
+    await worker.start()  # no probe: nothing listens on ports 1 and 2
+    try:
+        assert [m.healthy for m in worker.members] == [None, None]
+        worker.members[0].warmed.add("qwen3:0.6b")
+        worker.follow(json.loads(json.dumps(supervisor.findings())))
+        first, second = worker.members
+        assert (first.healthy, first.models, first.loaded) == (True, up.models, up.loaded)
+        assert first.warmed == set()  # the check's list holds what requests warmed
+        assert (second.healthy, second.last_error) == (False, "cannot connect (refused)")
+        assert worker.known_models() == ["llama3.2:1b", "qwen3:0.6b"]
+        await worker.refresh()
+        assert asked == ["check"]
+    finally:
+        await worker.close()
 
 
 def test_quota_decisions_and_records_cross_the_channel_unchanged() -> None:
