@@ -108,7 +108,7 @@ class Coordinator:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         link = _Link(self, number, ready)
-        channel = Channel(serve=link.serve, notice=link.notice)
+        channel = Channel(serve=link.serve, notice=link.notice, serve_now=link.serve_now)
         try:
             await asyncio.get_running_loop().create_unix_connection(lambda: channel, sock=ours)
         except BaseException:
@@ -171,6 +171,18 @@ class _Link:
         self.ready = ready
         self.waiting: dict[int, Ticket] = {}  # the worker's key -> its place in the queues
         self.reserved: dict[int, QuotaTicket] = {}  # the worker's key -> its reservation
+
+    def serve_now(self, op: str, args: list[Any]) -> Reply | None:
+        """An acquire that finds its slots free is granted in the step that
+        reads it (every request of every worker asks: no task for it); one
+        that must queue, or be refused, goes to :meth:`serve`."""
+        if op != "acquire":
+            return None
+        admission = self.coordinator.admission
+        permit = admission.try_acquire(str(args[1]))
+        if permit is None:
+            return None
+        return Reply([GRANTED], release=lambda: admission.release(permit))
 
     async def serve(self, op: str, args: list[Any]) -> Reply:
         if op == "acquire":
