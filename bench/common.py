@@ -32,7 +32,9 @@ async def start_standin(port: int) -> asyncio.subprocess.Process:
 async def start_fognode(
     port: int, upstream: str, *extra: str, **env: str
 ) -> asyncio.subprocess.Process:
-    """fognode with the given flags (default: no auth, so the proxy alone is measured)."""
+    """fognode with the given flags (default: no auth, so the proxy alone is
+    measured), as one process unless ``env`` says otherwise: these benches
+    compare per-process costs (the default is one worker per core)."""
     return await start(
         sys.executable,
         "-m",
@@ -45,7 +47,7 @@ async def start_fognode(
         "--log-level",
         "WARNING",
         *(extra or ("--auth", "none")),
-        env=env,
+        env={"FOGNODE_WORKERS": "1", **env},
     )
 
 
