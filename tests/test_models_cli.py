@@ -63,6 +63,14 @@ def _env(tmp_path: Path) -> Mapping[str, str]:
     return env
 
 
+def _as_at_a_terminal() -> None:
+    """Ctrl-C must reach the CLI as it does at a terminal. A shell that runs the
+    suite in the background without job control (a CI step, ``cmd &`` in a
+    script) ignores SIGINT for it, and an ignored signal stays ignored across
+    exec: the CLI would never see the interrupt this file sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def start_cli(tmp_path: Path, *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
@@ -73,6 +81,7 @@ async def start_cli(tmp_path: Path, *args: str) -> asyncio.subprocess.Process:
         env=_env(tmp_path),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_as_at_a_terminal,
     )
 
 
