@@ -59,7 +59,7 @@ class SqliteStore:
         writer = await aiosqlite.connect(self.path, isolation_level=None)
         try:
             await writer.execute("PRAGMA busy_timeout = 10000")
-            await writer.execute("PRAGMA journal_mode = WAL")
+            await _write_ahead_log(writer)
             await writer.execute("PRAGMA synchronous = FULL")
             await self._migrate(writer)
         except BaseException:
@@ -155,6 +155,26 @@ class SqliteStore:
         async with self._db(write=False).execute("PRAGMA integrity_check") as cur:
             rows = await cur.fetchall()
         return "\n".join(str(row[0]) for row in rows)
+
+
+BUSY_SECONDS = 10.0  # as busy_timeout
+
+
+async def _write_ahead_log(db: aiosqlite.Connection) -> None:
+    """Switch the file to WAL. Switching needs the file to itself for a
+    moment, and SQLite answers another process switching it at the same time
+    "database is locked" at once, without waiting for busy_timeout (two nodes
+    or `fognode usage` opening a new file together): so wait here."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + BUSY_SECONDS
+    while True:
+        try:
+            await db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or loop.time() > give_up:
+                raise
+        await asyncio.sleep(0.02)
 
 
 def _create_private(path: Path) -> None:
