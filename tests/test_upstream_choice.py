@@ -232,6 +232,10 @@ async def test_parallel_slots_are_processes_that_share_the_load(
     servers = [m.local for m in pool.members if isinstance(m.local, LlamaServer)]
     assert len(servers) == 2
     await asyncio.wait_for(asyncio.gather(*(s.wait_ready() for s in servers)), 120)
+    # Each slot's readiness starts a check of the pool, in a task: the second
+    # may still be under way. This test is about spreading requests, so it
+    # starts from a pool that has seen both slots serve the model.
+    await pool.refresh()
 
     async def ask() -> int:
         async with http.post(f"{gateway.url}/v1/chat/completions", json=CHAT) as resp:

@@ -93,6 +93,10 @@ class Load:
                         data = await resp.read()
                 except aiohttp.ClientError:
                     return  # the node is gone
+                if resp.status == 503 and b'"node_restarting"' in data:
+                    # A worker answering in the moment between the main
+                    # process's death and its own: gone too, said cleanly.
+                    return
                 assert resp.status == 200, data
                 assert data.endswith((b"data: [DONE]\n\n", b"}")), data[-50:]
                 self.completed.add(rid)
