@@ -23,8 +23,8 @@ import statistics
 import time
 from collections.abc import Callable
 
-from fognode.gateway.compat import fill_assistant_role
-from fognode.gateway.sse import SseFramer
+from fognode.gateway.pipeline.compat import fill_assistant_role
+from fognode.gateway.pipeline.sse import SseFramer
 
 
 def events(separators: tuple[str, str], n: int) -> list[bytes]:

@@ -13,9 +13,9 @@ from ..auth.api_keys import ApiKeys, read_entries
 from ..auth.authorizer import NoAuth, TokenAuthorizer
 from ..auth.firebase import FirebaseVerifier
 from ..auth.policy import AccessPolicy
-from .access import Authorizer
-from .network import is_loopback
-from .settings import Settings
+from .config.network import is_loopback
+from .config.settings import Settings
+from .pipeline.access import Authorizer
 
 log = logging.getLogger("fognode.auth")
 

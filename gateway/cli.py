@@ -7,39 +7,35 @@ arguments, loads settings and starts things.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import errno
 import json
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from ..auth.cli import add_auth_commands, run_auth_command
-from ..auth.firebase import AuthConfigError
 from ..certs.authority import load_ca
 from ..certs.cli import add_certs_commands, run_certs_command
-from ..certs.errors import CertError
 from ..certs.export import export_forms
 from ..certs.inspect import file_fingerprint
 from ..certs.store import CertPaths
 from ..discovery.cli import add_discovery_commands, run_discovery_command
-from ..embedded.model import ModelUnavailable
 from ..models.cli import ModelsDefaults, add_models_commands, run_models_command
 from ..usage.cli import add_usage_commands, run_usage_command
 from ..web.onboarding import terminal_text
 from . import __version__
-from .app import quota_options
-from .auth_setup import UnsafeConfiguration, project_id
-from .logs import configure_logging
-from .network import lan_addresses, local_url
-from .onboarding import onboarding_links
-from .paths import data_dir
-from .quotas import UsageStoreUnavailable
-from .service import add_service_commands
-from .settings import Settings, load_settings
+from .auth_setup import project_id
+from .config.network import lan_addresses, local_url
+from .config.paths import data_dir
+from .config.settings import Settings, load_settings
+from .node.serve import run_loop, serve, startup_failure
+from .node.service import add_service_commands
+from .node.supervisor import worker_count
+from .options import quota_options
+from .pages.onboarding import onboarding_links
+from .telemetry.logs import configure_logging
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -100,23 +96,8 @@ def _settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-def run_loop(main: Coroutine[Any, Any, None], kind: str) -> None:
-    """Run on uvloop when asked for (or, with `auto`, when it is installed)."""
-    if kind != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            if kind == "uvloop":
-                raise SystemExit("fognode: event_loop=uvloop but uvloop is not installed") from None
-        else:
-            uvloop.run(main)
-            return
-    asyncio.run(main)
-
-
 def _cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings_from(args)
-    from .server import serve, worker_count
 
     workers = worker_count(settings)
     # With worker processes every line says which process wrote it.
@@ -135,39 +116,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(message, file=sys.stderr)
         return 1
     return 0
-
-
-def startup_failure(exc: BaseException, settings: Settings) -> str | None:
-    """What to tell the operator when serving could not start (None: a bug,
-    let its traceback show). A worker process that cannot start says it this
-    way too, and its supervisor prints it once (WorkerStartError)."""
-    from ..workers.processes import WorkerStartError
-
-    if isinstance(exc, WorkerStartError):
-        return str(exc)
-    if isinstance(exc, CertError):
-        return f"fognode: cannot serve TLS: {exc}"
-    if isinstance(exc, UnsafeConfiguration | AuthConfigError):
-        return f"fognode: refusing to start: {exc}"
-    if isinstance(exc, ModelUnavailable | UsageStoreUnavailable):
-        return f"fognode: {exc}"
-    if isinstance(exc, OSError):
-        message = (
-            f"fognode: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
-        )
-        if exc.errno == errno.EACCES and settings.bind_port < 1024:
-            message += "\n" + PRIVILEGED_PORT_HINT.format(port=settings.bind_port)
-        return message
-    return None
-
-
-PRIVILEGED_PORT_HINT = """\
-Ports below 1024 need the CAP_NET_BIND_SERVICE capability (not root). Either
-  sudo .venv/bin/fognode service install   # systemd, unprivileged user, port 443
-or give this Python the one capability:
-  sudo setcap cap_net_bind_service=+ep "$(readlink -f .venv/bin/python)"
-or listen on a high port and redirect {port} to it:
-  sudo iptables -t nat -A PREROUTING -p tcp --dport {port} -j REDIRECT --to-ports 8443"""
 
 
 def _local_url(settings: Settings) -> str:
@@ -203,7 +151,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
     for name in _SECRET_FIELDS:
         if data.get(name):
             data[name] = "***"
-    from .upstream import without_password
+    from .upstreams.upstream import without_password
 
     data["upstream_url"] = without_password(data["upstream_url"])
     data["upstream_urls"] = [without_password(url) for url in data["upstream_urls"]]

@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from fognode.gateway.server import RunningServer, start_server
-from fognode.gateway.settings import Settings
+from fognode.gateway.config.settings import Settings
+from fognode.gateway.node.server import RunningServer, start_server
 from tests.firebase_emulator import AuthEmulator, firebase_binary
 from tests.netns import Proc
 from tests.ollama_standin import OllamaStandIn

@@ -27,8 +27,8 @@ from playwright.async_api import Page
 from fognode.auth.api_keys import entry_for, new_key
 from fognode.certs.authority import load_ca
 from fognode.certs.export import export_forms
-from fognode.gateway.server import RunningServer, start_server
-from fognode.gateway.settings import Settings
+from fognode.gateway.config.settings import Settings
+from fognode.gateway.node.server import RunningServer, start_server
 from fognode.web.onboarding import OnboardingOptions, start_onboarding
 from tests.browser import chromium
 from tests.helpers import CHAT, STREAMED_CHAT, free_port

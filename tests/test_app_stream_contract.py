@@ -15,7 +15,7 @@ import re
 import aiohttp
 import pytest
 
-from fognode.gateway.admission import ADMISSION, Admission
+from fognode.gateway.pipeline.admission import ADMISSION, Admission
 from tests.conftest import GatewayFactory
 from tests.helpers import wait_until
 from tests.ollama_standin import WIRE_FORMATS, OllamaStandIn

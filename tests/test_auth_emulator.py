@@ -24,9 +24,9 @@ import pytest
 from firebase_admin import auth
 
 from fognode.auth.authorizer import TokenAuthorizer
-from fognode.gateway.access import AUTHORIZER
 from fognode.gateway.auth_setup import UnsafeConfiguration
-from fognode.gateway.server import RunningServer
+from fognode.gateway.node.server import RunningServer
+from fognode.gateway.pipeline.access import AUTHORIZER
 from tests.conftest import GatewayFactory
 from tests.firebase_emulator import PROJECT, AuthEmulator
 from tests.helpers import CHAT

@@ -20,7 +20,7 @@ import pytest
 
 from fognode.auth.errors import AuthError
 from fognode.auth.firebase import CLOCK_SKEW_SECONDS, FirebaseVerifier, check_times
-from fognode.gateway.server import RunningServer
+from fognode.gateway.node.server import RunningServer
 from tests.conftest import GatewayFactory
 from tests.firebase_emulator import PROJECT as EMULATOR_PROJECT
 from tests.firebase_emulator import AuthEmulator

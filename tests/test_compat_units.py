@@ -16,15 +16,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fognode.gateway.admission import Admission, Ticket
-from fognode.gateway.compat import (
+from fognode.gateway.pipeline.admission import Admission, Ticket
+from fognode.gateway.pipeline.compat import (
     _fill_every_delta,
     add_max_tokens,
     fill_assistant_role,
     is_model_not_found,
     model_not_found_message,
 )
-from fognode.gateway.sse import SseFramer
+from fognode.gateway.pipeline.sse import SseFramer
 from tests.spezillmfog_client import SwiftSseDecoder
 
 

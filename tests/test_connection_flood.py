@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 
 from fognode.auth.api_keys import entry_for, new_key
-from fognode.gateway.connections import client_key
-from fognode.gateway.server import RunningServer
+from fognode.gateway.node.server import RunningServer
+from fognode.gateway.transport.connections import client_key
 from tests.conftest import GatewayFactory
 from tests.helpers import STREAMED_CHAT as CHAT
 from tests.helpers import wait_until

@@ -12,9 +12,9 @@ from fognode.discovery.browser import FogNode
 from fognode.discovery.choose import rank
 from fognode.discovery.terminal import print_table
 from fognode.discovery.txt import MAX_VALUE, NodeTxt
-from fognode.gateway.announce import announced_addresses
 from fognode.gateway.auth_setup import build_authorizer
-from fognode.gateway.settings import Settings
+from fognode.gateway.config.settings import Settings
+from fognode.gateway.node.announce import announced_addresses
 from tests.conftest import GatewayFactory
 from tests.ollama_standin import OllamaStandIn
 

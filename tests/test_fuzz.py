@@ -20,18 +20,18 @@ from schemathesis.checks import not_a_server_error
 
 from fognode.auth.api_keys import entry_for, new_key
 from fognode.auth.principal import Access
-from fognode.gateway.errors import GatewayError
-from fognode.gateway.openapi import build_document
-from fognode.gateway.request_models import (
+from fognode.gateway.config.settings import Settings
+from fognode.gateway.core.errors import GatewayError
+from fognode.gateway.node.server import RunningServer, start_server
+from fognode.gateway.pages.openapi import build_document
+from fognode.gateway.pipeline.request_models import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     parse_json_object,
     validate_body,
 )
-from fognode.gateway.routes import PROXIED_ROUTES, RouteSpec
-from fognode.gateway.server import RunningServer, start_server
-from fognode.gateway.settings import Settings
+from fognode.gateway.pipeline.routes import PROXIED_ROUTES, RouteSpec
 from tests.ollama_standin import OllamaStandIn
 
 ADMIN_KEY = new_key()

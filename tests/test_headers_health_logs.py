@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from fognode.gateway.server import RunningServer
+from fognode.gateway.node.server import RunningServer
 from tests.conftest import GatewayFactory
 from tests.helpers import CHAT, free_port
 from tests.ollama_standin import VERSIONS, OllamaStandIn

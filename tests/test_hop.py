@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from multidict import CIMultiDict
 
-from fognode.gateway.hop import (
+from fognode.gateway.upstreams.hop import (
     BadResponse,
     BodyBroken,
     ConnectFailed,

@@ -12,7 +12,7 @@ import zlib
 import pytest
 
 from fognode.auth.api_keys import entry_for, new_key
-from fognode.gateway.server import RunningServer
+from fognode.gateway.node.server import RunningServer
 from tests.conftest import GatewayFactory
 from tests.helpers import CHAT_BYTES as CHAT
 from tests.ollama_standin import OllamaStandIn

@@ -8,8 +8,8 @@ from typing import Any
 import aiohttp
 
 from fognode.auth.api_keys import entry_for, new_key
-from fognode.gateway.admission import ADMISSION
-from fognode.gateway.server import RunningServer
+from fognode.gateway.node.server import RunningServer
+from fognode.gateway.pipeline.admission import ADMISSION
 from tests.conftest import GatewayFactory
 from tests.helpers import STREAMED_CHAT as CHAT
 from tests.helpers import wait_until

@@ -11,8 +11,8 @@ import hashlib
 import aiohttp
 import pytest
 
-from fognode.gateway.server import RunningServer
-from fognode.gateway.stats import STATS
+from fognode.gateway.node.server import RunningServer
+from fognode.gateway.telemetry.stats import STATS
 from tests.conftest import GatewayFactory
 from tests.helpers import STREAMED_CHAT as CHAT
 from tests.helpers import (

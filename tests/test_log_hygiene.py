@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from fognode.auth.api_keys import entry_for, new_key
-from fognode.gateway.logs import JsonFormatter, RedactingFilter, redact
+from fognode.gateway.telemetry.logs import JsonFormatter, RedactingFilter, redact
 from tests.node_process import NodeProcess
 from tests.ollama_standin import OllamaStandIn
 from tests.pki import make_pki

@@ -6,7 +6,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from fognode.auth.api_keys import entry_for, new_key
-from fognode.gateway.server import RunningServer
+from fognode.gateway.node.server import RunningServer
 from tests.conftest import GatewayFactory
 from tests.helpers import STREAMED_CHAT as CHAT
 from tests.helpers import free_port

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from fognode.auth.api_keys import entry_for, new_key
-from fognode.gateway.server import RunningServer
+from fognode.gateway.node.server import RunningServer
 from tests.conftest import GatewayFactory
 from tests.helpers import free_port, wait_until
 from tests.ollama_standin import OllamaStandIn

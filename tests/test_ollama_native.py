@@ -9,8 +9,8 @@ import pytest
 
 from fognode.auth.errors import PolicyError
 from fognode.auth.principal import Access, Principal
-from fognode.gateway.routes import MODEL_MANAGEMENT_ROUTES, ROUTES
-from fognode.gateway.server import RunningServer
+from fognode.gateway.node.server import RunningServer
+from fognode.gateway.pipeline.routes import MODEL_MANAGEMENT_ROUTES, ROUTES
 from tests.conftest import GatewayFactory
 from tests.ollama_standin import VERSIONS, OllamaStandIn
 

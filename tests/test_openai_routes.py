@@ -8,7 +8,7 @@ import re
 import aiohttp
 import pytest
 
-from fognode.gateway.server import RunningServer
+from fognode.gateway.node.server import RunningServer
 from tests.helpers import CHAT, chat_deltas
 from tests.ollama_standin import WIRE_FORMATS, OllamaStandIn
 

@@ -24,8 +24,8 @@ from fognode.auth.sessions import (
     load_or_create_key,
 )
 from fognode.auth.throttle import FailureThrottle
-from fognode.gateway.activity import MAX_MESSAGE, Activity, ActivityView, merged
-from fognode.gateway.status import usage_report
+from fognode.gateway.pages.status import usage_report
+from fognode.gateway.telemetry.activity import MAX_MESSAGE, Activity, ActivityView, merged
 from fognode.models.progress import PullProgress
 from fognode.usage.record import Outcome, UsageRecord
 from fognode.usage.sqlite_store import SqliteStore

@@ -10,7 +10,7 @@ import ollama
 import openai
 import pytest
 
-from fognode.gateway.server import RunningServer
+from fognode.gateway.node.server import RunningServer
 from tests.conftest import GatewayFactory
 from tests.ollama_standin import OllamaStandIn
 

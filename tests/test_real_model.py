@@ -22,8 +22,8 @@ import httpx
 import openai
 import pytest
 
-from fognode.gateway.server import RunningServer
-from fognode.gateway.stats import STATS
+from fognode.gateway.node.server import RunningServer
+from fognode.gateway.telemetry.stats import STATS
 from tests.conftest import GatewayFactory
 from tests.firebase_emulator import PROJECT, AuthEmulator
 from tests.helpers import free_port, wait_until

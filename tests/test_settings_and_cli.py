@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from pydantic import ValidationError
 
-from fognode.gateway.settings import Settings, load_settings
+from fognode.gateway.config.settings import Settings, load_settings
 from tests.helpers import free_port
 from tests.ollama_standin import OllamaStandIn
 

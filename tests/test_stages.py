@@ -20,15 +20,17 @@ from aiohttp.test_utils import TestClient
 
 from fognode.auth.errors import AuthError, PolicyError, VerifierUnavailable
 from fognode.auth.principal import Access, Principal
-from fognode.gateway.access import setup_access
-from fognode.gateway.admission import Admission, Ticket
-from fognode.gateway.context import PRINCIPAL, REQUEST_ID, setup_request_context
-from fognode.gateway.errors import GatewayError, setup_openai_errors
-from fognode.gateway.metrics import Metrics
-from fognode.gateway.request_models import ChatCompletionRequest
-from fognode.gateway.routes import Body, RouteSpec, add_route
-from fognode.gateway.stats import GatewayStats
-from fognode.gateway.validation import REQUEST_BODY, BodyLimits, setup_validation
+from fognode.gateway.core.errors import GatewayError
+from fognode.gateway.core.keys import PRINCIPAL, REQUEST_ID
+from fognode.gateway.pipeline.access import setup_access
+from fognode.gateway.pipeline.admission import Admission, AdmissionCollector, Ticket
+from fognode.gateway.pipeline.context import setup_request_context
+from fognode.gateway.pipeline.openai_errors import setup_openai_errors
+from fognode.gateway.pipeline.request_models import ChatCompletionRequest
+from fognode.gateway.pipeline.routes import Body, RouteSpec, add_route
+from fognode.gateway.pipeline.validation import REQUEST_BODY, BodyLimits, setup_validation
+from fognode.gateway.telemetry.metrics import Metrics
+from fognode.gateway.telemetry.stats import GatewayStats
 
 Client = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
@@ -45,7 +47,7 @@ def admission(**overrides: Any) -> Admission:
 
 
 def metrics() -> Metrics:
-    return Metrics(GatewayStats(), admission())
+    return Metrics(GatewayStats(), [AdmissionCollector(admission())])
 
 
 # --- the request context ---------------------------------------------------------

@@ -25,8 +25,8 @@ from playwright.async_api import Browser, Page
 from fognode.auth.api_keys import entry_for, new_key
 from fognode.auth.throttle import FailureThrottle
 from fognode.certs.inspect import fingerprint
-from fognode.gateway.server import RunningServer
-from fognode.gateway.sessions import SESSION_COOKIE, SESSIONS, ThrottleHere
+from fognode.gateway.node.server import RunningServer
+from fognode.gateway.pages.sessions import SESSION_COOKIE, SESSIONS, ThrottleHere
 from tests.browser import chromium
 from tests.conftest import GatewayFactory
 from tests.helpers import CHAT, STREAMED_CHAT

@@ -14,8 +14,8 @@ import json
 
 import aiohttp
 
-from fognode.gateway.server import RunningServer
-from fognode.gateway.stats import STATS
+from fognode.gateway.node.server import RunningServer
+from fognode.gateway.telemetry.stats import STATS
 from tests.helpers import STREAMED_CHAT as CHAT
 from tests.helpers import wait_until
 from tests.ollama_standin import OllamaStandIn

@@ -27,7 +27,7 @@ import openai
 import pytest
 
 from fognode.certs.errors import CertError
-from fognode.gateway.server import RunningServer
+from fognode.gateway.node.server import RunningServer
 from tests.conftest import GatewayFactory
 from tests.ollama_standin import OllamaStandIn
 from tests.pki import Pki, make_pki

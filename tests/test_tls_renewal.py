@@ -14,7 +14,7 @@ from cryptography import x509
 
 from fognode.certs.issuer import SubjectNames
 from fognode.certs.lifecycle import issue_to_files
-from fognode.gateway.cert_renewal import CERTIFICATES
+from fognode.gateway.transport.cert_renewal import CERTIFICATES
 from tests.conftest import GatewayFactory
 from tests.helpers import wait_until
 from tests.ollama_standin import OllamaStandIn

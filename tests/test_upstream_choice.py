@@ -21,12 +21,12 @@ from fognode.embedded.options import EmbeddedOptions
 from fognode.embedded.progress import show_startup
 from fognode.embedded.runtime import EmbeddedRuntime
 from fognode.embedded.supervisor import LlamaServer, State
-from fognode.gateway import settings as settings_module
-from fognode.gateway.admission import ADMISSION
-from fognode.gateway.announce import AnnounceOptions, NodeAnnouncer, announcement
-from fognode.gateway.proxy import UPSTREAM
-from fognode.gateway.server import RunningServer, start_server
-from fognode.gateway.settings import Settings
+from fognode.gateway.config import settings as settings_module
+from fognode.gateway.config.settings import Settings
+from fognode.gateway.node.announce import AnnounceOptions, NodeAnnouncer, announcement
+from fognode.gateway.node.server import RunningServer, start_server
+from fognode.gateway.pipeline.admission import ADMISSION
+from fognode.gateway.upstreams.pool import UPSTREAM
 from tests.conftest import GatewayFactory
 from tests.embedded_node import FOGNODE, MODEL, alive
 from tests.helpers import free_port, wait_until

@@ -10,7 +10,7 @@ import socket
 import aiohttp
 import pytest
 
-from fognode.gateway.stats import STATS
+from fognode.gateway.telemetry.stats import STATS
 from tests.conftest import GatewayFactory
 from tests.helpers import CHAT, free_port
 from tests.ollama_standin import OllamaStandIn

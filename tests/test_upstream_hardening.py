@@ -14,13 +14,14 @@ import openai
 import pytest
 from aiohttp import web
 
-from fognode.gateway import answers, cli
-from fognode.gateway.admission import ADMISSION
-from fognode.gateway.announce import AnnounceOptions, NodeAnnouncer, announcement
-from fognode.gateway.proxy import UPSTREAM
-from fognode.gateway.server import RunningServer
-from fognode.gateway.settings import Settings
-from fognode.gateway.stats import STATS
+from fognode.gateway import cli
+from fognode.gateway.config.settings import Settings
+from fognode.gateway.node.announce import AnnounceOptions, NodeAnnouncer, announcement
+from fognode.gateway.node.server import RunningServer
+from fognode.gateway.pipeline import answers
+from fognode.gateway.pipeline.admission import ADMISSION
+from fognode.gateway.telemetry.stats import STATS
+from fognode.gateway.upstreams.pool import UPSTREAM
 from tests.conftest import GatewayFactory
 from tests.helpers import free_port, wait_until
 

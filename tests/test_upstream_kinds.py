@@ -5,10 +5,10 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from fognode.gateway.admission import ADMISSION
-from fognode.gateway.announce import AnnounceOptions, NodeAnnouncer, announcement
-from fognode.gateway.proxy import UPSTREAM
-from fognode.gateway.settings import Settings
+from fognode.gateway.config.settings import Settings
+from fognode.gateway.node.announce import AnnounceOptions, NodeAnnouncer, announcement
+from fognode.gateway.pipeline.admission import ADMISSION
+from fognode.gateway.upstreams.pool import UPSTREAM
 from tests.conftest import GatewayFactory
 from tests.helpers import CHAT
 from tests.ollama_standin import OllamaStandIn

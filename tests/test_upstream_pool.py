@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from fognode.gateway.app import upstream_connections
-from fognode.gateway.proxy import UPSTREAM
-from fognode.gateway.settings import Settings
+from fognode.gateway.config.settings import Settings
+from fognode.gateway.options import upstream_connections
+from fognode.gateway.upstreams.pool import UPSTREAM
 from tests.conftest import GatewayFactory
 from tests.helpers import free_port
 from tests.ollama_standin import OllamaStandIn

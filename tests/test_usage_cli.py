@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from fognode.gateway.cli import main
-from fognode.usage.cli import parse_when
+from fognode.usage.backends import open_store
 from fognode.usage.options import StoreOptions
 from fognode.usage.record import Outcome
-from fognode.usage.store import open_store
+from fognode.usage.when import parse_when
 from tests.postgres import PostgresServer
 from tests.test_usage_store import NOON, rec
 

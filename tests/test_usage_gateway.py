@@ -22,10 +22,10 @@ import pytest
 from firebase_admin import auth
 
 from fognode.auth.api_keys import entry_for, new_key
-from fognode.gateway.admission import ADMISSION
-from fognode.gateway.quotas import USAGE, Meter
-from fognode.gateway.server import RunningServer
-from fognode.gateway.stats import STATS
+from fognode.gateway.node.server import RunningServer
+from fognode.gateway.pipeline.admission import ADMISSION
+from fognode.gateway.pipeline.quotas import USAGE, Meter
+from fognode.gateway.telemetry.stats import STATS
 from fognode.usage.counter import Tokens
 from fognode.usage.record import Outcome
 from tests.conftest import GatewayFactory

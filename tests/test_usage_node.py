@@ -25,8 +25,8 @@ import aiosqlite
 import pytest
 
 from fognode.auth.api_keys import entry_for, new_key
-from fognode.gateway.quotas import USAGE
-from fognode.gateway.server import RunningServer
+from fognode.gateway.node.server import RunningServer
+from fognode.gateway.pipeline.quotas import USAGE
 from fognode.usage.sqlite_store import SqliteStore
 from tests.conftest import GatewayFactory
 from tests.helpers import CHAT, STREAMED_CHAT, wait_until

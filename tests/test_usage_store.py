@@ -14,13 +14,14 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from fognode.usage.backends import open_store
 from fognode.usage.ledger import UsageLedger
-from fognode.usage.migrations import MIGRATIONS, Migration
+from fognode.usage.migrations import MIGRATIONS, Migration, SchemaTooNew
 from fognode.usage.options import Limits, QuotaOptions, StoreOptions
 from fognode.usage.postgres_store import PostgresStore
 from fognode.usage.record import Outcome, UsageRecord
 from fognode.usage.sqlite_store import SqliteStore
-from fognode.usage.store import Grouping, SchemaTooNew, Total, UsageStore, open_store
+from fognode.usage.store import Grouping, Total, UsageStore
 from fognode.usage.writer import BatchWriter
 from tests.helpers import wait_until
 

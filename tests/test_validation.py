@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from fognode.gateway.server import RunningServer
+from fognode.gateway.node.server import RunningServer
 from tests.conftest import GatewayFactory
 from tests.ollama_standin import OllamaStandIn
 

@@ -15,10 +15,10 @@ import aiohttp
 import pytest
 
 from fognode.auth.api_keys import entry_for, new_key
-from fognode.gateway.admission import ADMISSION
-from fognode.gateway.announce import AnnounceOptions, NodeAnnouncer, announcement
-from fognode.gateway.proxy import UPSTREAM
-from fognode.gateway.settings import Settings
+from fognode.gateway.config.settings import Settings
+from fognode.gateway.node.announce import AnnounceOptions, NodeAnnouncer, announcement
+from fognode.gateway.pipeline.admission import ADMISSION
+from fognode.gateway.upstreams.pool import UPSTREAM
 from tests.conftest import GatewayFactory
 from tests.helpers import wait_until
 from tests.ollama_standin import OllamaStandIn

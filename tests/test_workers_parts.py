@@ -19,18 +19,18 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fognode.embedded.options import cores
-from fognode.gateway.announce import node_id
-from fognode.gateway.app import upstream_options
-from fognode.gateway.metrics import merge_expositions
-from fognode.gateway.server import worker_count
-from fognode.gateway.settings import Settings
-from fognode.gateway.supervisor import (
+from fognode.gateway.config.identity import node_id
+from fognode.gateway.config.settings import Settings
+from fognode.gateway.node.supervisor import (
     close_ledger,
     node_ledger,
     prepare_once,
+    worker_count,
     worker_share,
 )
-from fognode.gateway.upstream_pool import UpstreamPool
+from fognode.gateway.options import upstream_options
+from fognode.gateway.telemetry.metrics import merge_expositions
+from fognode.gateway.upstreams.pool import UpstreamPool
 from fognode.routing.warm import from_ollama_ps
 from fognode.usage.migrations import MIGRATIONS
 from fognode.usage.options import Limits

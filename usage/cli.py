@@ -11,22 +11,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import sqlite3
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from .backends import open_store
+from .migrations import SchemaTooNew
 from .options import StoreOptions
-from .quota import day_bounds
-from .store import Grouping, SchemaTooNew, Total, open_store
+from .store import Grouping, Total
+from .when import iso_utc, parse_when
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _GROUPINGS = {"user": Grouping.USER, "model": Grouping.MODEL, "user-model": Grouping.USER_MODEL}
 
 
@@ -52,26 +51,6 @@ def add_usage_commands(sub: Any) -> None:
     where = usage.add_mutually_exclusive_group()
     where.add_argument("--sqlite", type=Path, metavar="FILE", help="the SQLite usage file")
     where.add_argument("--database-url", metavar="URL", help="postgresql://... of shared nodes")
-
-
-def parse_when(text: str, *, now: float, day_start: timedelta = timedelta(0)) -> float:
-    """A point in time from the command line, as Unix seconds."""
-    if text == "now":
-        return now
-    if text == "today":
-        return day_bounds(now, day_start)[0]
-    match = _DURATION.match(text)
-    if match:
-        return now - float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is not 'today', 'now', a span like 24h or 7d, or an ISO date"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
 
 
 def run_usage_command(
@@ -125,10 +104,6 @@ async def _totals(
         return await store.totals(since=since, until=until, by=by, uid=uid)
     finally:
         await store.close()
-
-
-def iso_utc(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds")
 
 
 def _as_json(totals: list[Total], since: float, until: float, by: str) -> dict[str, Any]:

@@ -5,7 +5,7 @@ when it opens, applies the steps it lacks in order, each in the same
 transaction as its bookkeeping row, under a lock that serialises concurrent
 openers (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: an advisory lock). A
 database that has a version this code does not know raises
-:class:`~.store.SchemaTooNew`. Steps are only ever appended: an applied step
+:class:`SchemaTooNew`. Steps are only ever appended: an applied step
 is never edited.
 
 Step 2 keeps ``usage_minutes``: each user's tokens per minute of
@@ -163,9 +163,11 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
-def check_known(applied: int, migrations: tuple[Migration, ...]) -> None:
-    from .store import SchemaTooNew
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer fognode; refuse rather than guess."""
 
+
+def check_known(applied: int, migrations: tuple[Migration, ...]) -> None:
     known = migrations[-1].version if migrations else 0
     if applied > known:
         raise SchemaTooNew(

@@ -2,7 +2,7 @@
 
 Two backends implement it: :class:`~.sqlite_store.SqliteStore` (embedded,
 the default) and :class:`~.postgres_store.PostgresStore` (one database
-shared by several nodes). :func:`open_store` picks one from the options.
+shared by several nodes). :func:`~.backends.open_store` picks one from the options.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .options import StoreOptions
 from .record import Outcome, UsageRecord
 
 
@@ -120,10 +119,6 @@ def total_from_row(by: Grouping, row: Sequence[object]) -> Total:
     )
 
 
-class SchemaTooNew(RuntimeError):
-    """The database was migrated by a newer fognode; refuse rather than guess."""
-
-
 class UsageStore(Protocol):
     async def open(self) -> None:
         """Connect and bring the schema up to date (safe to race with other openers)."""
@@ -143,15 +138,3 @@ class UsageStore(Protocol):
         self, *, since: float, until: float, by: Grouping, uid: str | None = None
     ) -> list[Total]:
         """Sums per group of records started in ``[since, until)``, largest first."""
-
-
-def open_store(options: StoreOptions) -> UsageStore:
-    """The backend the options ask for (not yet opened)."""
-    if options.database_url is not None:
-        from .postgres_store import PostgresStore
-
-        return PostgresStore(options.database_url)
-    from .sqlite_store import SqliteStore
-
-    assert options.sqlite_path is not None
-    return SqliteStore(options.sqlite_path)

@@ -1,0 +1,43 @@
+"""What the stages leave on a request for the stages after them, and names
+every layer shares.
+
+A leaf: the stages, the relay, the pages and the connection guard import
+these without importing each other. Each key says which stage sets it;
+that stage owns it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from ...auth.principal import Principal
+
+REQUEST_ID_HEADER = "X-Request-ID"
+SERVER_NAME = "fognode"  # not "Python/3.x aiohttp/3.y": versions help attackers more
+
+REQUEST_ID = web.RequestKey("fognode.request_id", str)
+# Who called (set by the access stage), for the access log.
+PRINCIPAL = web.RequestKey("fognode.principal", Principal)
+# Body bytes and chunks relayed to the client (set by the relay; aiohttp's own
+# count includes the header block).
+BODY_BYTES = web.RequestKey("fognode.body_bytes", int)
+RELAYED_CHUNKS = web.RequestKey("fognode.relayed_chunks", int)
+# Why the request failed, in words, set by whichever stage answered the error
+# (errors.py, or the relay for a failure inside a stream): for the status
+# page's latest errors (activity.py).
+FAILURE = web.RequestKey("fognode.failure", str)
+
+
+@dataclass(frozen=True)
+class Routed:
+    """Which of several upstreams took the request, and why (routing/order.py)."""
+
+    upstream: str  # its URL, without a password: for the operator's log only
+    position: int  # 1-based in FOGNODE_UPSTREAM_URLS: what the client is told
+    reasons: str  # "loaded,affinity"
+
+
+# Set by the proxy when it chose among several upstreams.
+ROUTED = web.RequestKey("fognode.routed", Routed)

@@ -1,0 +1,311 @@
+"""`fognode serve --workers N`: a supervisor process and N workers on one port.
+
+One Python process uses one core; the workers use them all. Each worker
+runs the whole app (worker.py) on its own socket of the node's port
+(SO_REUSEPORT: the kernel spreads connections over them). The supervisor
+serves no requests. It owns what must happen once for the node:
+
+* the upstream choice, and the embedded model when chosen (started once;
+  the workers forward to it and follow its state);
+* the node's one Admission, behind the coordinator (coordinator.py): caps
+  and queues are the node's, never a process's;
+* the node's quota ledger and usage writer (:func:`node_ledger`): quota
+  reservations and unwritten records are the node's, every record written
+  here; a sign-out in one worker is passed on to all;
+* the upstream checks (each upstream probed once for the node; the workers
+  follow what was found, and ask for a check after a pull through them);
+* the conversation affinity table and the status page's sign-in throttle
+  (the workers ask the coordinator), and the status page's activity,
+  summed from every worker's as /metrics is;
+* the mDNS announcement (announced once, its load and capacity the node's);
+* certificate renewal (issued once; the workers load the new files when
+  told);
+* the phone onboarding page, on its own port (web/onboarding), with a
+  connection guard of its own;
+* the workers themselves (workers/processes.py): started, restarted with
+  backoff when one dies (its slots come back through its channel), and
+  stopped in order: mDNS goodbye first, then the workers drain
+  (``shutdown_timeout``), then the supervisor exits.
+
+Connection caps are per process by nature (a connection lives in one
+worker), so each worker gets its share of ``max_connections``,
+``max_connections_per_client`` and ``upstream_max_concurrent``: the shares
+add up to the setting, never more (README, Every core).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import logging
+import os
+import pickle
+import sys
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ...auth.sessions import load_or_create_key
+from ...auth.throttle import FailureThrottle
+from ...embedded.metrics import EmbeddedCollector
+from ...embedded.options import cores
+from ...usage.ledger import UsageLedger
+from ...usage.writer import BatchWriter
+from ...web.onboarding import OnboardingSite
+from ...workers.ports import SharedPort
+from ...workers.processes import Launch, RestartPolicy, WorkerProcess
+from ..config.identity import node_id
+from ..config.network import bind_host, local_url
+from ..config.settings import Settings
+from ..options import (
+    admission_from,
+    quota_options,
+    renewal_options,
+    store_options,
+    terminator,
+    upstream_options,
+    usage_options,
+)
+from ..pages.onboarding import start_onboarding_page
+from ..pipeline.admission import AdmissionCollector
+from ..pipeline.quotas import WriterCollector, open_usage_store
+from ..transport.cert_renewal import CertificateKeeper
+from ..upstreams.choice import choose_upstream
+from ..upstreams.pool import UpstreamPool
+from .announce import NodeAnnouncer
+from .coordinator import Coordinator
+from .server import log_serving, node_announcer, stop_signals
+
+log = logging.getLogger("fognode.workers")
+
+# Beyond shutdown_timeout, how long a worker may take to exit before SIGKILL.
+EXIT_GRACE = 10.0
+
+
+# Caps a worker process enforces alone (a connection, an upstream request
+# lives in one process): each worker gets a share (supervisor.worker_share).
+SPLIT_CAPS = ("max_connections", "max_connections_per_client", "upstream_max_concurrent")
+
+
+def worker_count(settings: Settings) -> int:
+    """Processes to serve with: the setting, or one per core (0); never more
+    than the smallest divided cap allows (each worker's share is at least 1,
+    so more workers would together allow more than the cap)."""
+    caps = [int(getattr(settings, name)) for name in SPLIT_CAPS]
+    return max(1, min([settings.workers or cores(), *(cap for cap in caps if cap > 0)]))
+
+
+def worker_share(total: int, workers: int, index: int) -> int:
+    """Worker ``index``'s part of a cap of ``total`` (0: no cap), so that the
+    parts add up to the cap. Every worker gets at least 1, which would exceed
+    a cap smaller than the number of workers (server.worker_count starts no
+    more workers than that)."""
+    if total <= 0:
+        return 0
+    return max(1, total // workers + (1 if index < total % workers else 0))
+
+
+def worker_settings(settings: Settings, workers: int, index: int) -> Settings:
+    return settings.model_copy(
+        update={name: worker_share(getattr(settings, name), workers, index) for name in SPLIT_CAPS}
+    )
+
+
+class _WorkerCollector(Collector):
+    def __init__(self, workers: list[WorkerProcess]) -> None:
+        self.workers = workers
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "fognode_worker_up", "1 while the worker process serves.", labels=["worker"]
+        )
+        restarts = CounterMetricFamily(
+            "fognode_worker_restarts",
+            "Restarts of a worker process after it stopped unexpectedly.",
+            labels=["worker"],
+        )
+        for worker in self.workers:
+            up.add_metric([str(worker.number)], 1 if worker.serving else 0)
+            restarts.add_metric([str(worker.number)], worker.restarts)
+        yield from (up, restarts)
+
+
+async def prepare_once(settings: Settings) -> Settings:
+    """What every worker would otherwise make at its start, at the same moment
+    as the others: made here, once, before any worker starts. The node id
+    (each worker would write a different one to the same file) and the status
+    page's session key (a worker reading the file another has created but not
+    yet written would fail); the usage store: :func:`node_ledger`. Returns the
+    settings the workers get: with the node id fixed."""
+    settings = settings.model_copy(update={"node_id": await asyncio.to_thread(node_id, settings)})
+    if settings.status_page:
+        await asyncio.to_thread(load_or_create_key, settings.session_key_file)
+    return settings
+
+
+async def node_ledger(settings: Settings) -> UsageLedger:
+    """The node's quota ledger, with its batch writer and the usage store,
+    opened and migrated here once, before any worker starts (the workers
+    then only read it, for reports). Every worker's quota checks and
+    records come here (coordinator.py), so reservations and unwritten
+    records are the node's."""
+    options = dataclasses.replace(store_options(settings), node=settings.node_id or "")
+    store = await open_usage_store(options)
+    writer = BatchWriter(store, options)
+    writer.start()
+    return UsageLedger(writer, quota_options(settings))
+
+
+async def close_ledger(ledger: UsageLedger, grace: float) -> None:
+    await ledger.writer.close(grace)
+    await ledger.writer.store.close()
+
+
+async def serve_workers(settings: Settings, count: int) -> None:
+    """Serve with ``count`` workers until SIGINT/SIGTERM, then stop in order."""
+    stop = stop_signals()
+    tls = terminator(settings) if settings.tls else None
+    if tls is not None:
+        await asyncio.to_thread(tls.load)  # a pair no client would accept: CertError, once
+    settings = await prepare_once(settings)
+    choice = await choose_upstream(settings)
+    settings = choice.settings
+    port = SharedPort.reserve(bind_host(settings.host), settings.bind_port)
+    admission = admission_from(settings)
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(AdmissionCollector(admission))
+    coordinator = Coordinator(admission, registry)
+    runtime = choice.runtime
+    coordinator.hello = {"choice": choice.reason, "embedded": []}
+    # The supervisor's own look at the upstreams, for the announcement; its
+    # conversation table is the node's (the workers ask it).
+    urls = settings.upstream_urls or [settings.upstream_base]
+    pool = UpstreamPool(urls, upstream_options(settings))
+    coordinator.affinity = pool.affinity
+    if settings.status_page:
+        coordinator.throttle = FailureThrottle()
+
+    async def launch(number: int) -> Launch:
+        theirs, ready = await coordinator.attach(number)
+        try:
+            sockets = port.sockets()
+        except BaseException:
+            theirs.close()
+            raise
+        fds = (theirs.fileno(), *(s.fileno() for s in sockets))
+
+        def close_ours() -> None:
+            theirs.close()
+            for sock in sockets:
+                sock.close()
+
+        return Launch(
+            argv=[
+                sys.executable,
+                "-m",
+                "fognode.gateway.node.worker",
+                str(os.getpid()),
+                str(number),
+            ]
+            + [str(fd) for fd in fds],
+            pass_fds=fds,
+            stdin=pickle.dumps(worker_settings(settings, count, number - 1)),
+            ready=ready,
+            after_spawn=close_ours,
+        )
+
+    workers = [WorkerProcess(n, launch, RestartPolicy()) for n in range(1, count + 1)]
+    registry.register(_WorkerCollector(workers))
+    if runtime is not None:
+        registry.register(EmbeddedCollector(runtime))
+        for member in pool.members:
+            member.local = runtime.server_at(member.base)
+
+        def embedded_changed() -> None:
+            statuses = [s.to_json() for s in runtime.statuses()]
+            coordinator.hello["embedded"] = statuses
+            coordinator.broadcast("embedded", statuses)
+
+        runtime.on_change.append(embedded_changed)
+        runtime.on_ready.append(pool.refresh)
+        embedded_changed()
+
+    checks = itertools.count(1)
+
+    async def checked() -> None:
+        # The node checks each upstream once, here; every worker follows.
+        latest = coordinator.hello["checked"] = [next(checks), pool.findings()]
+        coordinator.broadcast("checked", *latest)
+
+    pool.on_checked.append(checked)
+    coordinator.check = pool.refresh
+    announcer: NodeAnnouncer | None = None
+    renewal: asyncio.Task[None] | None = None
+    onboarding: OnboardingSite | None = None
+    ledger: UsageLedger | None = None
+    try:
+        if settings.usage_accounting:
+            ledger = coordinator.ledger = await node_ledger(settings)
+            registry.register(WriterCollector(lambda: ledger.writer if ledger else None))
+        if runtime is not None:
+            await runtime.start()
+        await pool.start()
+        if settings.onboarding_enabled:
+            # One page on its own port, here: a worker restarting never takes it away.
+            onboarding = await start_onboarding_page(settings, tls, None)
+            coordinator.hello["onboarding"] = onboarding.url if onboarding else None
+        started = await asyncio.gather(*(w.start() for w in workers), return_exceptions=True)
+        failed = [r for r in started if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
+        if tls is not None:
+            keeper = CertificateKeeper(tls, renewal_options(settings))
+            renewal = asyncio.create_task(
+                keeper.watch(on_change=lambda: coordinator.broadcast("tls")),
+                name="fognode-cert-watch",
+            )
+        if settings.mdns:
+            announcer = node_announcer(
+                settings,
+                port=port.port,
+                tls=tls,
+                auth=coordinator.auth or "none",
+                admission=admission,
+                pool=pool,
+            )
+            await announcer.start()
+            if runtime is not None:
+                runtime.on_ready.append(announcer.refresh)
+        log_serving(
+            settings,
+            local_url(settings.host, port.port, tls=settings.tls),
+            pool.base,
+            tls,
+            announcer is not None and announcer.announced,
+            port.port,
+            workers=count,
+        )
+        await stop.wait()
+        log.info("shutting down; open requests get %ss to finish", settings.shutdown_timeout)
+    finally:
+        # Goodbye on mDNS first, so clients stop picking this node while it drains.
+        if announcer is not None:
+            await announcer.stop()
+        await asyncio.gather(*(w.stop(settings.shutdown_timeout + EXIT_GRACE) for w in workers))
+        if onboarding is not None:
+            await onboarding.stop()
+        if renewal is not None:
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
+        coordinator.close()
+        if ledger is not None:  # every worker has stopped: no record comes any more
+            await close_ledger(ledger, usage_options(settings).close_grace)
+        await pool.close()
+        if runtime is not None:
+            await runtime.stop()
+        port.close()

@@ -1,0 +1,131 @@
+"""The settings each stage gets, as small option objects.
+
+One settings model (config/settings.py) holds every setting; the stages and
+parts never read it. This module is where a setting becomes the option
+object of whoever uses it, for the app (app.py) and for the node's own
+services (node/), so a setting is turned into options in one place.
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import timedelta
+
+from ..usage.options import Limits, QuotaOptions, StoreOptions
+from .config.identity import node_id
+from .config.settings import Settings
+from .pages.sessions import SessionOptions
+from .pages.status import StatusOptions
+from .pipeline.admission import Admission
+from .pipeline.quotas import UsageOptions
+from .transport.cert_renewal import RenewalOptions
+from .transport.tls import TlsTerminator
+from .upstreams.upstream import UpstreamOptions
+
+
+def admission_from(settings: Settings) -> Admission:
+    return Admission(
+        max_concurrent=settings.max_concurrent_requests,
+        max_queue=settings.max_queued_requests,
+        per_user_concurrent=settings.per_user_concurrent_requests,
+        per_user_queue=settings.per_user_queued_requests,
+        queue_timeout=settings.queue_timeout,
+    )
+
+
+def usage_options(settings: Settings) -> UsageOptions:
+    return UsageOptions(
+        store=store_options(settings),
+        quota=quota_options(settings),
+        metrics_per_user=settings.usage_metrics_per_user,
+    )
+
+
+def store_options(settings: Settings) -> StoreOptions:
+    url = settings.usage_database_url
+    return StoreOptions(
+        sqlite_path=None if url is not None else settings.usage_sqlite_path,
+        database_url=url.get_secret_value() if url is not None else None,
+        flush_records=settings.usage_flush_records,
+        flush_seconds=settings.usage_flush_seconds,
+        buffer_limit=settings.usage_buffer_limit,
+    )
+
+
+def quota_options(settings: Settings) -> QuotaOptions:
+    start = settings.quota_day_start
+    return QuotaOptions(
+        default=Limits(settings.quota_tokens_per_day, settings.quota_requests_per_minute),
+        tiers={
+            name: Limits(tier.tokens_per_day, tier.requests_per_minute)
+            for name, tier in settings.quota_tiers.items()
+        },
+        tier_claim=settings.quota_tier_claim,
+        api_key_tiers=settings.quota_api_key_tiers,
+        day_start=timedelta(hours=start.hour, minutes=start.minute, seconds=start.second),
+        default_completion_tokens=settings.quota_default_completion_tokens,
+    )
+
+
+# Connections per upstream beyond the admitted requests: what takes no slot
+# (model lists, /api/show, model management, the pool's own checks).
+UNADMITTED_CONNECTIONS = 64
+
+
+def upstream_connections(settings: Settings) -> int:
+    """The size of each upstream's connection pool: every admitted request
+    gets a connection without waiting (the pool is never the hidden cap)."""
+    return settings.upstream_max_connections or (
+        settings.max_concurrent_requests + UNADMITTED_CONNECTIONS
+    )
+
+
+def upstream_options(settings: Settings) -> UpstreamOptions:
+    return UpstreamOptions(
+        kind=settings.upstream_kind,
+        connect_timeout=settings.connect_timeout,
+        first_byte_timeout=settings.first_byte_timeout,
+        max_connections=upstream_connections(settings),
+        api_key=settings.upstream_api_key,
+        check_interval=settings.upstream_check_interval,
+        check_timeout=settings.readiness_timeout,
+        max_concurrent=settings.upstream_max_concurrent,
+        affinity=settings.upstream_affinity,
+        affinity_entries=settings.upstream_affinity_entries,
+        affinity_seconds=settings.upstream_affinity_seconds,
+    )
+
+
+def renewal_options(settings: Settings) -> RenewalOptions:
+    passphrase = settings.ca_passphrase
+    return RenewalOptions(
+        certs_dir=settings.certs_dir,
+        names=tuple(settings.cert_names) if settings.cert_names else None,
+        key_type=settings.cert_key_type,
+        validity_days=settings.cert_validity_days,
+        renew_before_days=settings.cert_renew_before_days,
+        check_interval=settings.cert_check_interval,
+        passphrase=passphrase.get_secret_value().encode() if passphrase is not None else None,
+        passphrase_file=settings.ca_passphrase_file,
+    )
+
+
+def session_options(settings: Settings) -> SessionOptions:
+    return SessionOptions(
+        key_file=settings.session_key_file,
+        lifetime=settings.session_lifetime,
+        body_timeout=settings.body_timeout,
+    )
+
+
+def status_options(settings: Settings) -> StatusOptions:
+    return StatusOptions(
+        node_name=socket.gethostname(),
+        node_id=node_id(settings),
+        refresh=settings.status_refresh_seconds,
+        pull_idle_timeout=settings.idle_timeout,
+    )
+
+
+def terminator(settings: Settings) -> TlsTerminator:
+    return TlsTerminator(settings.server_cert_file, settings.server_key_file, settings.ca_cert_file)

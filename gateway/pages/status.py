@@ -1,0 +1,360 @@
+"""The status page's stage: what the node knows about itself, for web/status.
+
+Beside the pipeline, like the probes: it registers the operator's page
+routes through the route table (``page=True``, administrators only; the
+access stage admits a signed-in browser's session for them, sessions.py),
+and answers them from state the other stages own: the upstream pool (health,
+models, and which are loaded), admission (slots, queue), the live counters,
+the request-context stage's activity (requests and errors per minute, the
+latest errors), the certificate the TLS terminator serves, and usage
+accounting's store when it runs.
+
+What it shows is the node's, also with worker processes: slots and the
+queue come from the node's admission; the activity (minutes, latest
+errors, live counts) from :class:`ActivitySource`, which in a worker asks
+the supervisor to sum every worker's.
+
+A model pull from the page goes to the upstream an API pull of that model
+would go to (the pool's choice), as Ollama's own ``/api/pull`` stream, which
+models/progress folds into bytes and a percentage, streamed to the page as
+they come (web/status.stream_pull). Closing the page closes the pull.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence, Sized
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ... import safejson
+from ...auth.principal import Access
+from ...certs.export import export_forms
+from ...certs.issuer import cert_names
+from ...models.progress import PullProgress
+from ...usage.quota import day_bounds
+from ...usage.store import Grouping, UsageStore
+from ...web.status import (
+    STATIC_FILES,
+    CertView,
+    LoadView,
+    ModelView,
+    NodeView,
+    PullError,
+    StatusView,
+    UpstreamView,
+    UsageView,
+    Viewer,
+    render_live,
+    render_status,
+    setup_pages,
+    static_file,
+    stream_pull,
+)
+from .. import __version__
+from ..core.errors import GatewayError
+from ..core.keys import PRINCIPAL, REQUEST_ID
+from ..pipeline.admission import AdmissionControl
+from ..pipeline.routes import RouteSpec, add_route
+from ..telemetry.activity import Activity, ActivityView
+from ..telemetry.stats import GatewayStats
+from ..transport.tls import TlsTerminator
+from ..upstreams.pool import UpstreamPool
+from ..upstreams.upstream import Upstream, UpstreamBroken, UpstreamResponse
+from .sessions import SESSION, SIGN_IN, SIGN_OUT, BrowserSessions, read_form
+
+log = logging.getLogger("fognode.status")
+
+# Ollama's model names: [host/][namespace/]model[:tag], e.g. hf.co/org/model:Q4_K_M.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,254}")
+USAGE_TIMEOUT = 3.0  # seconds the page waits for the usage store
+# Longest status line of a pull taken from Ollama (its lines are under 300 bytes).
+MAX_STATUS_LINE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class StatusOptions:
+    node_name: str
+    node_id: str
+    refresh: float  # seconds between an open page's refreshes
+    pull_idle_timeout: float  # longest silence between a pull's status lines
+
+
+@dataclass
+class Listening:
+    """What is known once the server listens (server.py fills it in)."""
+
+    url: str  # where it listens, in words
+    onboarding_url: str | None = None
+    connections: Sized | None = None  # the connection guard
+
+
+LISTENING = web.AppKey("fognode.listening", Listening)
+
+
+class ActivitySource:
+    """What the page shows of the node's activity.
+
+    In one process, this process's (:meth:`here`). In a worker, ``node`` is
+    set (worker.py): it asks the supervisor, which gathers every worker's
+    :meth:`here` and sums them (activity.merged), as /metrics does.
+    """
+
+    def __init__(
+        self, activity: Activity, stats: GatewayStats, listening: Listening, pool: UpstreamPool
+    ) -> None:
+        self.activity = activity
+        self.stats = stats
+        self.listening = listening
+        self.pool = pool
+        self.node: Callable[[], Awaitable[ActivityView]] | None = None
+
+    def here(self) -> ActivityView:
+        conns = self.listening.connections
+        return ActivityView(
+            minutes=self.activity.per_minute(),
+            errors=self.activity.latest_errors(),
+            active_streams=self.stats.active_streams,
+            in_flight=self.stats.active_requests,
+            connections=len(conns) if conns is not None else None,
+            upstreams=[m.active for m in self.pool.members],
+        )
+
+    async def view(self) -> ActivityView:
+        return await self.node() if self.node is not None else self.here()
+
+
+ACTIVITY = web.AppKey("fognode.activity", ActivitySource)
+
+# Usage per user since some time: (since, rows). Given by the gateway when usage
+# accounting runs (see usage_report); the page says so when there is none.
+UsageReport = Callable[[], Awaitable[tuple[float, Sequence[UsageView]]]]
+
+
+def usage_report(
+    store: Callable[[], UsageStore | None], *, day_start: dt.timedelta = dt.timedelta(0)
+) -> UsageReport:
+    """Per-user usage of the current quota day, from the usage store (``store()``
+    is the open store, or None while it is not open)."""
+
+    async def report() -> tuple[float, Sequence[UsageView]]:
+        opened = store()
+        if opened is None:
+            raise RuntimeError("the usage store is not open")
+        now = time.time()
+        since, _ = day_bounds(now, day_start)
+        totals = await opened.totals(since=since, until=now, by=Grouping.USER)
+        rows = [
+            UsageView(t.uid or "?", t.requests, t.rejected, t.prompt_tokens, t.completion_tokens)
+            for t in totals
+        ]
+        return since, rows
+
+    return report
+
+
+def _models(pool: UpstreamPool, member: Upstream) -> list[ModelView]:
+    now = time.time()
+    return [ModelView(n, pool.is_loaded(member, n, now)) for n in sorted(member.models)]
+
+
+def _cert_view(tls: TlsTerminator | None) -> CertView | None:
+    if tls is None or tls.pair is None:
+        return None
+    leaf, ca = tls.pair.leaf, export_forms(tls.pair.ca)
+    names = cert_names(leaf)
+    return CertView(
+        names=[*names.dns, *(str(ip) for ip in names.ips)],
+        not_after=leaf.not_valid_after_utc,
+        ca_name=ca.name,
+        ca_fingerprint=ca.fingerprint,
+    )
+
+
+def setup_status(
+    app: web.Application,
+    options: StatusOptions,
+    *,
+    sessions: BrowserSessions,
+    pool: UpstreamPool,
+    admission: AdmissionControl[Any],
+    stats: GatewayStats,
+    activity: Activity,
+    listening: Listening,
+    tls: TlsTerminator | None = None,
+    usage: UsageReport | None = None,
+) -> None:
+    app[LISTENING] = listening
+    source = app[ACTIVITY] = ActivitySource(activity, stats, listening, pool)
+    started = time.time()
+    setup_pages(app)
+
+    async def snapshot() -> StatusView:
+        since, rows, usage_error = await _usage()
+        # Both the node's (from the supervisor, in a worker).
+        load = await admission.load()
+        now = await source.view()
+        upstreams = [
+            UpstreamView(m.base, m.kind, m.healthy, m.last_error, active, _models(pool, m))
+            for m, active in zip(pool.members, now.upstreams, strict=True)
+        ]
+        return StatusView(
+            node=NodeView(
+                name=options.node_name,
+                node_id=options.node_id,
+                version=__version__,
+                started=started,
+                listening=listening.url,
+                onboarding_url=listening.onboarding_url,
+                tls=_cert_view(tls),
+            ),
+            load=LoadView(
+                active_streams=now.active_streams,
+                in_flight=now.in_flight,
+                queued=load.queued,
+                slots_used=load.active,
+                capacity=admission.capacity,
+                connections=now.connections,
+            ),
+            upstreams=upstreams,
+            minutes=now.minutes,
+            errors=now.errors,
+            usage=rows,
+            usage_since=since,
+            usage_error=usage_error,
+        )
+
+    async def _usage() -> tuple[float | None, Sequence[UsageView] | None, str | None]:
+        if usage is None:
+            return None, None, None
+        try:
+            async with asyncio.timeout(USAGE_TIMEOUT):
+                since, rows = await usage()
+        except Exception as exc:  # the page still shows everything else
+            log.warning("usage for the status page: %s", exc)
+            return None, None, f"The usage store did not answer ({type(exc).__name__})."
+        return since, rows, None
+
+    def viewer(request: web.Request) -> Viewer:
+        session = request.get(SESSION)
+        principal = request[PRINCIPAL]
+        csrf = sessions.signer.csrf_token(session) if session is not None else ""
+        return Viewer(principal.uid, csrf)
+
+    async def page(request: web.Request) -> web.StreamResponse:
+        return render_status(request, await snapshot(), viewer(request), refresh=options.refresh)
+
+    async def live(request: web.Request) -> web.StreamResponse:
+        return render_live(request, await snapshot())
+
+    async def pull(request: web.Request) -> web.StreamResponse:
+        form = await read_form(request, sessions.options.body_timeout)
+        name = form.get("model", "").strip()
+        if not MODEL_NAME.fullmatch(name) or ".." in name:
+            raise GatewayError(
+                400,
+                "Name a model as Ollama does: letters, digits and . _ : / - "
+                "(such as llama3.2:1b or hf.co/org/model:Q4_K_M).",
+                param="model",
+                code="invalid_model_name",
+            )
+        log.info("pull of %s started from the status page by %s", name, request[PRINCIPAL].uid)
+        return await stream_pull(
+            request, pull_model(pool, stats, name, request[REQUEST_ID], options.pull_idle_timeout)
+        )
+
+    for path in STATIC_FILES:
+        activity.not_counted(path)
+        add_route(app, RouteSpec("GET", path, Access.PUBLIC, page=True), static_file)
+    for method, path, handler in (
+        ("GET", "/", page),
+        ("GET", "/status/live", live),
+        ("POST", "/status/pull", pull),
+    ):
+        activity.not_counted(path)
+        add_route(app, RouteSpec(method, path, Access.ADMIN, page=True), handler)
+    for path in (SIGN_IN, SIGN_OUT):
+        activity.not_counted(path)
+
+
+async def pull_model(
+    pool: UpstreamPool, stats: GatewayStats, name: str, request_id: str, idle_timeout: float
+) -> AsyncGenerator[PullProgress, None]:
+    """Ollama's pull of ``name``, one progress state per status line."""
+    if pool.kind != "ollama":
+        raise PullError(
+            f"This node's upstream is an OpenAI-compatible server ({pool.kind}), which has no "
+            "model pulls: manage its models where it runs.",
+            409,
+        )
+    choices = pool.route(name).choices
+    if not choices:
+        raise PullError("Every upstream is at its request limit; try again shortly.", 503)
+    member = choices[0].member
+    headers = CIMultiDict({"Content-Type": "application/json", "X-Request-ID": request_id})
+    body = json.dumps({"model": name, "stream": True}).encode()
+    progress = PullProgress()
+    stats.active_requests += 1
+    member.active += 1
+    try:
+        try:
+            resp = await member.open("POST", "/api/pull", headers=headers, data=body)
+        except GatewayError as exc:
+            raise PullError(exc.message, exc.status) from None
+        try:
+            async for line in _status_lines(resp, member.base, idle_timeout):
+                if "error" in line:
+                    raise PullError(f"Pulling {name} failed: {line['error']}")
+                progress.update(line)
+                yield progress
+        finally:
+            resp.close()  # an unfinished pull stops when its connection closes
+    finally:
+        stats.active_requests -= 1
+        member.active -= 1
+    if not progress.done:
+        raise PullError(f"Ollama at {member.base} ended the pull before it reported success.")
+    log.info("pulled %s on %s", name, member.base)
+    await pool.refresh()  # the node's model list changed
+
+
+async def _status_lines(
+    resp: UpstreamResponse, upstream: str, idle_timeout: float
+) -> AsyncGenerator[dict[str, object], None]:
+    """Ollama's NDJSON status lines, each as it arrives."""
+    if resp.status >= 400:
+        text = (await resp.read(4096)).decode(errors="replace")
+        raise PullError(f"Ollama at {upstream} answered {resp.status}: {text}")
+    pending = b""
+    while True:
+        try:
+            async with asyncio.timeout(idle_timeout):
+                chunk = await resp.readany()
+        except TimeoutError:
+            raise PullError(f"Ollama at {upstream} was silent for {idle_timeout:g}s.") from None
+        except UpstreamBroken:
+            raise PullError(f"Ollama at {upstream} broke off the pull.") from None
+        *lines, pending = (pending + chunk).split(b"\n")
+        if not chunk:
+            lines.append(pending)
+        elif len(pending) > MAX_STATUS_LINE:
+            raise PullError(f"Ollama at {upstream} sent a status line that is not JSON.")
+        for raw in lines:
+            try:
+                line = safejson.loads(raw) if raw.strip() else None
+            except ValueError:
+                raise PullError(
+                    f"Ollama at {upstream} sent a status line that is not JSON."
+                ) from None
+            if isinstance(line, dict):
+                yield line
+        if not chunk:
+            return

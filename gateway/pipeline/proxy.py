@@ -1,0 +1,277 @@
+"""The proxy stage: forward the request to an upstream, and relay its answer back.
+
+By the time a request gets here it is authorised (access.py), its body is
+read and checked (validation.py) and, for inference, it holds an admission
+slot (admission.py). The proxy asks the pool for the upstreams to try (one
+that has the model loaded first, then the one that served the conversation
+before, then the least busy: routing/), sends the client's bytes with only
+the documented edits (compat.py), fails over to the next upstream only when
+nothing was sent, and hands the answer to the relay (answers.py checks plain
+JSON answers first, relay.py streams the rest). With several upstreams it
+says which one answered and why: ``X-Fognode-Upstream`` (its position in
+the configuration: the client learns nothing of the node's network) and
+``X-Fognode-Upstream-Reason`` on the response, the upstream's URL and the
+reasons in the access log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ...routing.conversation import Conversation, conversation_of
+from ...routing.order import FAILOVER
+from ..core.errors import GatewayError
+from ..core.keys import PRINCIPAL, REQUEST_ID, ROUTED, Routed
+from ..telemetry.metrics import Metrics
+from ..telemetry.stats import GatewayStats
+from ..upstreams.pool import UPSTREAM, Choice, UpstreamPool
+from ..upstreams.upstream import (
+    Upstream,
+    UpstreamNotReached,
+    filter_request_headers,
+    not_ready_error,
+)
+from .admission import KEEPALIVE
+from .answers import relay_answer
+from .compat import RouteEdits, model_not_found_message
+from .keepalive import KeepAlive
+from .quotas import METER, Meter
+from .relay import RelayOptions
+from .request_target import upstream_target
+from .routes import PROXIED_ROUTES, Handler, Listing, RouteSpec, add_route
+from .validation import REQUEST_BODY, RequestBody
+
+log = logging.getLogger("fognode.gateway")
+
+# Which of several upstreams answered, and why (routing/order.py's words).
+UPSTREAM_HEADER = "X-Fognode-Upstream"
+REASON_HEADER = "X-Fognode-Upstream-Reason"
+
+
+def setup_proxy(
+    app: web.Application,
+    pool: UpstreamPool,
+    relay: RelayOptions,
+    *,
+    metrics: Metrics,
+    stats: GatewayStats,
+    routes: tuple[RouteSpec, ...] = PROXIED_ROUTES,
+) -> None:
+    """Register the forwarded routes; the pool lives as long as the app."""
+    app[UPSTREAM] = pool
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await pool.start()
+        yield
+        await pool.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    if not pool.single:  # with one upstream there is no choice to tell
+        app.on_response_prepare.append(_say_which_upstream)
+    sender = _Sender(pool, relay, metrics, stats)
+    for spec in routes:
+        add_route(app, spec, sender.handler_for(spec))
+
+
+async def _say_which_upstream(request: web.Request, response: web.StreamResponse) -> None:
+    """Say which upstream answered, unless the headers went out before it was
+    chosen (a streamed request that waited got them early: the log has it)."""
+    routed = request.get(ROUTED)
+    if routed is not None:
+        response.headers[UPSTREAM_HEADER] = str(routed.position)
+        response.headers[REASON_HEADER] = routed.reasons
+
+
+class _Sender:
+    """What every forwarded route shares: the pool, the relay's options, the counters."""
+
+    def __init__(
+        self, pool: UpstreamPool, relay: RelayOptions, metrics: Metrics, stats: GatewayStats
+    ) -> None:
+        self.pool, self.relay, self.metrics, self.stats = pool, relay, metrics, stats
+
+    def handler_for(self, spec: RouteSpec) -> Handler:
+        if spec.native and self.pool.kind != "ollama":
+            return native_api_unavailable
+        # A list from several upstreams is their union; the OpenAI list always
+        # gets the node's own field, which says where a model is loaded.
+        if spec.listing is not None and (not self.pool.single or spec.listing is Listing.OPENAI):
+            key, id_field = spec.listing.value
+
+            async def listing(request: web.Request) -> web.StreamResponse:
+                if (waiting := self.pool.not_ready()) is not None:
+                    raise not_ready_error(*waiting)
+                merged = await self.pool.merged_listing(
+                    upstream_target(request), key, id_field, _upstream_headers(request)
+                )
+                if spec.listing is Listing.OPENAI:
+                    self.pool.mark_warmth(merged)
+                return web.json_response(merged)
+
+            return listing
+
+        async def forward(request: web.Request) -> web.StreamResponse:
+            body = request[REQUEST_BODY]
+            data = body.data
+            if spec.request_edit is not None and body.parsed is not None:
+                assert isinstance(data, bytes)
+                data = spec.request_edit(data, body.parsed, self.pool.kind)
+            response = await self.send(
+                request,
+                data,
+                body.model,
+                spec.edits,
+                request.get(KEEPALIVE),
+                self._conversation(request, spec, body),
+                request.get(METER),
+            )
+            if spec.changes_models and response.status < 400:
+                await self.pool.refresh()  # the node's model list changed
+            return response
+
+        return forward
+
+    def _conversation(
+        self, request: web.Request, spec: RouteSpec, body: RequestBody
+    ) -> Conversation | None:
+        """A chat's keys for affinity (routing/conversation.py), per caller."""
+        if self.pool.affinity is None or not (spec.conversation and body.parsed and body.model):
+            return None
+        principal = request.get(PRINCIPAL)
+        caller = f"{principal.kind}:{principal.uid}" if principal else ""
+        return conversation_of(caller, body.model, body.parsed.get("messages"))
+
+    async def send(
+        self,
+        request: web.Request,
+        data: object,
+        model: str | None,
+        edits: RouteEdits,
+        keepalive: KeepAlive | None,
+        conversation: Conversation | None = None,
+        meter: Meter | None = None,
+    ) -> web.StreamResponse:
+        """Send to the best upstream; when nothing could be sent, try the next one."""
+        pool = self.pool
+        if model and pool.kind != "ollama" and pool.lacks_model(model):
+            # The wording the SpeziLLMFog app matches on (compat.py).
+            raise GatewayError(
+                404, model_not_found_message(model), type="not_found_error", code="model_not_found"
+            )
+        affine = await pool.recall(conversation) if conversation is not None else None
+        route = pool.route(model, conversation, affine)
+        choices = route.choices
+        if not choices:
+            raise GatewayError(
+                503,
+                f"Every upstream is at its limit of {pool.cap} requests; retry later.",
+                code="upstreams_busy",
+                headers={"Retry-After": "1"},
+            )
+        if data is not None and not isinstance(data, bytes):
+            choices = choices[:1]  # a streamed body can be sent only once
+        headers = _upstream_headers(request)
+        if meter is not None:
+            # The counter reads the answer's bytes: uncompressed, please (the
+            # upstream is local; compressing for the relay would only cost CPU).
+            headers["Accept-Encoding"] = "identity"
+        for index, choice in enumerate(choices):
+            pool.sending(choice)
+            self._explain(request, choice, failover=index > 0)
+            try:
+                response = await self._send_to(
+                    request, choice.member, headers, data, model, edits, keepalive, meter
+                )
+            except UpstreamNotReached as exc:
+                if index == len(choices) - 1:
+                    raise
+                pool.mark_down(choice.member, exc)
+                continue
+            if response.status < 400:
+                pool.served(route, choice)
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _explain(self, request: web.Request, choice: Choice, *, failover: bool) -> None:
+        """For the response headers, the access log and /metrics (with one upstream: nothing)."""
+        if self.pool.single:
+            return
+        reasons = ",".join((*choice.reasons, FAILOVER) if failover else choice.reasons)
+        request[ROUTED] = Routed(choice.member.base, choice.position, reasons)
+        self.metrics.upstream_choices.labels(str(choice.position), reasons).inc()
+
+    async def _send_to(
+        self,
+        request: web.Request,
+        upstream: Upstream,
+        headers: CIMultiDict[str],
+        data: object,
+        model: str | None,
+        edits: RouteEdits,
+        keepalive: KeepAlive | None,
+        meter: Meter | None,
+    ) -> web.StreamResponse:
+        stats = self.stats
+        stats.active_requests += 1
+        upstream.active += 1
+        try:
+            started = time.perf_counter()
+            if meter is not None:
+                meter.sending(upstream.base)
+            try:
+                answer = await upstream.open(
+                    request.method, upstream_target(request), headers=headers.copy(), data=data
+                )
+            except UpstreamNotReached:
+                stats.upstream_up = False
+                raise
+            stats.upstream_up = True
+            route = request.match_info.route.resource
+            self.metrics.first_byte_after(
+                route.canonical if route else "other", time.perf_counter() - started
+            )
+            if keepalive is not None:
+                try:
+                    await keepalive.settle()  # no heartbeat mid-write from here on
+                except BaseException:
+                    answer.close()
+                    raise
+            return await relay_answer(
+                request,
+                answer,
+                options=self.relay,
+                edits=edits,
+                upstream_name=upstream.base,
+                model=model,
+                keepalive=keepalive,
+                stats=stats,
+                meter=meter,
+            )
+        finally:
+            stats.active_requests -= 1
+            upstream.active -= 1
+
+
+def _upstream_headers(request: web.Request) -> CIMultiDict[str]:
+    """The client's headers as the upstream gets them: hop-by-hop fields and
+    the client's credentials dropped, where the request came from added."""
+    headers = filter_request_headers(request.headers)
+    headers["X-Request-ID"] = request[REQUEST_ID]
+    if request.remote:
+        headers["X-Forwarded-For"] = request.remote
+    headers["X-Forwarded-Proto"] = request.scheme
+    return headers
+
+
+async def native_api_unavailable(request: web.Request) -> web.StreamResponse:
+    raise GatewayError(
+        501,
+        f"{request.path} is Ollama's native API, and this node's upstream is an "
+        "OpenAI-compatible server: use the /v1 API.",
+        code="native_api_unavailable",
+    )

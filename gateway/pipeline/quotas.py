@@ -1,0 +1,422 @@
+"""The usage stage, between the body and admission: may this user start a request,
+and what did each request use.
+
+Before admission on purpose: a user over budget is refused (429 with OpenAI's
+codes and rate-limit headers) without ever taking a place in the queue. For
+every inference request that gets this far the stage then
+
+* checks the user's quota (usage/: the tier from the principal, the ledger
+  reserving the request's estimated tokens until it ends, so concurrent
+  requests cannot overshoot together);
+* puts OpenAI's ``x-ratelimit-*`` headers on whatever response the request
+  gets, success or refusal, streamed (with the headers, heartbeat headers
+  included) or not;
+* asks a streamed OpenAI upstream for its usage figures
+  (``stream_options.include_usage``, spliced into the body) and hands the
+  relay a :class:`Meter`, whose token counter reads the relayed bytes (and
+  takes the extra usage chunk out again when the client did not ask for it);
+* writes exactly one record when the request ends, however it ends: in the
+  ``finally`` of its handler, cancellation included. A client's retry is a
+  new request and a new record.
+
+The store (SQLite in the data directory, or PostgreSQL shared by nodes)
+lives as long as the app: opened at start, its batch writer drained (for up
+to ``close_grace`` seconds) at shutdown. ``GET /admin/usage`` reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ...auth.principal import Access, Principal
+from ...usage.backends import open_store
+from ...usage.counter import TokenCounter, Tokens, body_kind
+from ...usage.ledger import QuotaLedger, Ticket, UsageLedger
+from ...usage.options import QuotaOptions, StoreOptions
+from ...usage.quota import limits_for, tier_of
+from ...usage.record import Outcome, UsageRecord
+from ...usage.request_body import ask_for_usage, completion_limit, estimate_prompt_tokens
+from ...usage.store import Grouping, UsageStore
+from ...usage.when import iso_utc, parse_when
+from ...usage.writer import BatchWriter
+from ..core.errors import GatewayError
+from ..core.keys import PRINCIPAL, REQUEST_ID
+from ..telemetry.metrics import Metrics
+from ..upstreams.upstream import without_password
+from .context import mint_id
+from .routes import RouteSpec, add_route, spec_for
+from .validation import REQUEST_BODY
+
+log = logging.getLogger("fognode.usage")
+
+
+@dataclass(frozen=True)
+class UsageOptions:
+    store: StoreOptions
+    quota: QuotaOptions
+    metrics_per_user: bool = False  # a uid label on the token counters
+    close_grace: float = 10.0  # seconds to write what is left at shutdown
+
+
+class UsageStoreUnavailable(RuntimeError):
+    """The store could not be opened at start (the message names it, without a password)."""
+
+
+class Meter:
+    """One metered request, as the proxy and the relay see it.
+
+    The proxy says which upstream it sends to (:meth:`sending`); the relay
+    asks for a token counter once it knows what kind of body a successful
+    answer has (:meth:`count`), feeds it what it relays, and sets
+    ``completed`` when the whole answer reached the client. The stage turns
+    that into the record.
+    """
+
+    __slots__ = ("completed", "counter", "prompt_estimate", "strip_usage_chunk", "upstream")
+
+    def __init__(self, *, strip_usage_chunk: bool, prompt_estimate: int) -> None:
+        self.strip_usage_chunk = strip_usage_chunk
+        self.prompt_estimate = prompt_estimate
+        self.upstream: str | None = None
+        self.counter: TokenCounter | None = None
+        self.completed = False
+
+    def sending(self, upstream: str) -> None:
+        self.upstream = upstream
+
+    def count(self, content_type: str) -> TokenCounter:
+        self.counter = TokenCounter(
+            body_kind(content_type),
+            strip_usage_chunk=self.strip_usage_chunk,
+            prompt_estimate=self.prompt_estimate,
+        )
+        return self.counter
+
+    def tokens(self, outcome: Outcome) -> Tokens:
+        """What the request used: the upstream's figures for a complete answer,
+        what was delivered for one cut short, nothing for one never answered."""
+        if self.counter is not None:
+            return self.counter.tokens(completed=outcome is Outcome.COMPLETED)
+        if outcome is Outcome.CLIENT_DISCONNECTED and self.upstream is not None:
+            # Gone while the upstream read the prompt: it did read it.
+            return Tokens(self.prompt_estimate, 0, partial=True, exact=False)
+        return Tokens(0, 0, partial=False, exact=False)
+
+
+class UsageAccounting:
+    """The stage's state: the store, its batch writer and the quota ledger
+    (present while the app runs), and the counters it reports."""
+
+    def __init__(self, options: UsageOptions, metrics: Metrics) -> None:
+        self.options = options
+        self.store: UsageStore | None = None
+        self.writer: BatchWriter | None = None
+        self.ledger: QuotaLedger | None = None
+        self.node = ""
+        per_user = options.metrics_per_user
+        labels = ["model", "uid"] if per_user else ["model"]
+        by = "by model and user" if per_user else "by model"
+        self.prompt_tokens, self.completion_tokens = (
+            Counter(f"fognode_{kind}_tokens", f"{what}, {by}.", labels, registry=metrics.registry)
+            for kind, what in (
+                ("prompt", "Prompt tokens of inference requests"),
+                ("completion", "Completion tokens delivered"),
+            )
+        )
+        self.outcomes = Counter(
+            "fognode_usage_records",
+            "Inference requests recorded, by outcome.",
+            ["outcome"],
+            registry=metrics.registry,
+        )
+        self.quota_refusals = Counter(
+            "fognode_quota_rejections",
+            "Requests refused by a quota, by error code.",
+            ["code"],
+            registry=metrics.registry,
+        )
+        metrics.registry.register(WriterCollector(lambda: self.writer))
+        self._outcome_children: dict[Outcome, Counter] = {}
+        self._token_children: dict[tuple[str, ...], tuple[Counter, Counter]] = {}
+
+    def observe(self, record: UsageRecord) -> None:
+        # The children are kept per label values: ``labels()`` checks and locks
+        # on every call, three times a request.
+        outcome = self._outcome_children.get(record.outcome)
+        if outcome is None:
+            outcome = self._outcome_children[record.outcome] = self.outcomes.labels(
+                record.outcome.value
+            )
+        outcome.inc()
+        # Only models that produced tokens get a series: a made-up model name
+        # is refused (0 tokens) and adds none.
+        if not (record.prompt_tokens or record.completion_tokens):
+            return
+        labels = (record.model, record.uid) if self.options.metrics_per_user else (record.model,)
+        tokens = self._token_children.get(labels)
+        if tokens is None:
+            tokens = self._token_children[labels] = (
+                self.prompt_tokens.labels(*labels),
+                self.completion_tokens.labels(*labels),
+            )
+        if record.prompt_tokens:
+            tokens[0].inc(record.prompt_tokens)
+        if record.completion_tokens:
+            tokens[1].inc(record.completion_tokens)
+
+
+class WriterCollector(Collector):
+    """The batch writer's counters, where it runs (a worker process has none:
+    its supervisor writes the node's records and reports them)."""
+
+    def __init__(self, writer: Callable[[], BatchWriter | None]) -> None:
+        self.writer = writer
+
+    def collect(self) -> Iterator[Metric]:
+        writer = self.writer()
+        if writer is None:
+            return
+        yield GaugeMetricFamily(
+            "fognode_usage_records_pending",
+            "Usage records not yet in the store.",
+            value=len(writer.pending()),
+        )
+        yield CounterMetricFamily(
+            "fognode_usage_records_written", "Usage records written.", value=writer.written
+        )
+        yield CounterMetricFamily(
+            "fognode_usage_records_dropped",
+            "Usage records dropped because the store was behind or unreachable.",
+            value=writer.dropped,
+        )
+        yield CounterMetricFamily(
+            "fognode_usage_store_write_failures",
+            "Failed batch writes (retried).",
+            value=writer.failures,
+        )
+
+
+USAGE = web.AppKey("fognode.usage", UsageAccounting)
+# The metered request's counter, read by the proxy and the relay.
+METER = web.RequestKey("fognode.meter", Meter)
+# The x-ratelimit-* headers for the response, whatever it turns out to be.
+RATE_LIMIT_HEADERS = web.RequestKey("fognode.rate_limit_headers", Mapping[str, str])
+
+
+def setup_quotas(
+    app: web.Application,
+    options: UsageOptions,
+    metrics: Metrics,
+    *,
+    node: Callable[[], str],
+    ledger: QuotaLedger | None = None,
+) -> UsageAccounting:
+    """Install the usage stage and ``GET /admin/usage``. ``node`` names this
+    node in the records (it may read a file: called off the event loop). The
+    state it returns is what the status page reads usage from. ``ledger``:
+    where quotas are checked and records written when this process does not
+    hold the node's ledger (a worker process: its supervisor does, so
+    reservations and unwritten records are the node's, never a worker's)."""
+    accounting = app[USAGE] = UsageAccounting(options, metrics)
+    quota = options.quota
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        store_options = dataclasses.replace(options.store, node=await asyncio.to_thread(node))
+        store = await open_usage_store(store_options)
+        accounting.node = store_options.node
+        if ledger is not None:  # read here (reports); checked and written by the supervisor
+            accounting.store, accounting.ledger = store, ledger
+            yield
+            accounting.ledger = None
+            await store.close()
+            return
+        writer = BatchWriter(store, store_options)
+        writer.start()
+        accounting.store, accounting.writer = store, writer
+        accounting.ledger = UsageLedger(writer, quota)
+        yield
+        accounting.ledger = None
+        await writer.close(options.close_grace)
+        await store.close()
+
+    @web.middleware
+    async def usage_stage(request: web.Request, handler: Handler) -> web.StreamResponse:
+        spec = spec_for(request)
+        ledger = accounting.ledger
+        if spec is None or not spec.limited or ledger is None:
+            return await handler(request)
+        principal = request.get(PRINCIPAL)
+        uid = principal.uid if principal is not None else "anonymous"
+        body = request[REQUEST_BODY]
+        parsed = body.parsed or {}
+        limits = limits_for(quota, _tier(quota, principal))
+        prompt_estimate = estimate_prompt_tokens(parsed)
+        estimate = prompt_estimate + completion_limit(parsed, quota.default_completion_tokens)
+        try:
+            ticket = await ledger.admit(uid, limits, estimate=estimate)
+        except Exception as exc:  # the store did not answer: no budget can be checked
+            log.warning("quota check failed: %s: %s", type(exc).__name__, exc)
+            _settle(request, spec, uid, None, Meter(strip_usage_chunk=False, prompt_estimate=0))
+            raise GatewayError(
+                503,
+                "The usage store does not answer, so quotas cannot be checked; retry later.",
+                code="usage_store_unavailable",
+                headers={"Retry-After": "5"},
+            ) from None
+        if ticket.decision.headers:
+            request[RATE_LIMIT_HEADERS] = ticket.decision.headers
+        if not ticket.decision.allowed:
+            decision = ticket.decision
+            accounting.quota_refusals.labels(decision.code or "").inc()
+            _settle(request, spec, uid, ticket, Meter(strip_usage_chunk=False, prompt_estimate=0))
+            raise GatewayError(
+                decision.status,
+                decision.message or "Quota exceeded.",
+                type=decision.type,
+                code=decision.code,
+                headers=dict(decision.headers),
+            )
+        strip = False
+        if body.streams_sse and isinstance(body.data, bytes):
+            asked = ask_for_usage(body.data, parsed)
+            if asked.added:
+                request[REQUEST_BODY] = dataclasses.replace(body, data=asked.body)
+                strip = True
+        meter = request[METER] = Meter(strip_usage_chunk=strip, prompt_estimate=prompt_estimate)
+        outcome = Outcome.CLIENT_DISCONNECTED
+        try:
+            response = await handler(request)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise  # the client left (outcome as set above)
+        except BaseException:
+            outcome = Outcome.UPSTREAM_FAILED if meter.upstream else Outcome.REJECTED
+            raise
+        else:
+            if meter.completed:
+                outcome = Outcome.COMPLETED
+            else:  # an upstream error answer or an in-band error
+                outcome = Outcome.UPSTREAM_FAILED if meter.upstream else Outcome.REJECTED
+            return response
+        finally:
+            _settle(request, spec, uid, ticket, meter, outcome)
+
+    def _settle(
+        request: web.Request,
+        spec: RouteSpec,
+        uid: str,
+        ticket: Ticket | None,
+        meter: Meter,
+        outcome: Outcome = Outcome.REJECTED,
+    ) -> None:
+        """The request's one record; no await, so a cancelled handler gets here too."""
+        ledger = accounting.ledger
+        if ledger is None:  # shut down meanwhile
+            return
+        tokens = meter.tokens(outcome)
+        body = request.get(REQUEST_BODY)
+        record = UsageRecord(
+            uid=uid,
+            model=(body.model if body is not None else None) or "",
+            upstream=meter.upstream or "",
+            route=spec.path,
+            started_at=ticket.started_at if ticket is not None else time.time(),
+            ended_at=time.time(),
+            prompt_tokens=tokens.prompt_tokens,
+            completion_tokens=tokens.completion_tokens,
+            outcome=outcome,
+            partial=tokens.partial,
+            request_id=request[REQUEST_ID],
+            node=accounting.node,
+            record_id=mint_id(),
+        )
+        if ticket is not None and ticket.decision.allowed:
+            ledger.settle(ticket, record)  # its reservation becomes the record
+        else:
+            ledger.record(record)
+        accounting.observe(record)
+
+    async def rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
+        headers = request.get(RATE_LIMIT_HEADERS)
+        if headers:
+            response.headers.update(headers)
+
+    async def report(request: web.Request) -> web.Response:
+        return web.json_response(await _report(accounting, request, quota))
+
+    app.cleanup_ctx.append(lifecycle)
+    app.middlewares.append(usage_stage)
+    if quota.enabled:  # without limits no decision carries headers
+        app.on_response_prepare.append(rate_limit_headers)
+    add_route(app, RouteSpec("GET", "/admin/usage", Access.ADMIN), report)
+    return accounting
+
+
+async def open_usage_store(options: StoreOptions) -> UsageStore:
+    """The store, open and migrated to this fognode's schema (the supervisor of
+    worker processes does this once before any worker starts), or
+    UsageStoreUnavailable naming it."""
+    store = open_store(options)
+    try:
+        await store.open()
+    except Exception as exc:
+        raise UsageStoreUnavailable(
+            f"cannot open the usage store ({_where(options)}): {type(exc).__name__}: {exc}"
+        ) from None
+    return store
+
+
+def _tier(quota: QuotaOptions, principal: Principal | None) -> str | None:
+    if principal is None:
+        return None
+    # auth/api_keys.py names an API key's caller `apikey:<name>`.
+    key_name = principal.uid.removeprefix("apikey:") if principal.kind == "api_key" else None
+    return tier_of(quota, claims=principal.claims, api_key_name=key_name)
+
+
+def _where(options: StoreOptions) -> str:
+    if options.database_url is not None:
+        return f"PostgreSQL at {without_password(options.database_url)}"
+    return f"SQLite file {options.sqlite_path}"
+
+
+async def _report(
+    accounting: UsageAccounting, request: web.Request, quota: QuotaOptions
+) -> dict[str, object]:
+    store, ledger = accounting.store, accounting.ledger
+    if store is None or ledger is None:
+        raise GatewayError(503, "The usage store is not open.", code="usage_store_unavailable")
+    now = time.time()
+    day_start = quota.day_start
+    times = {}
+    for name, default in (("since", "today"), ("until", "now")):
+        text = request.query.get(name, default)
+        try:
+            times[name] = parse_when(text, now=now, day_start=day_start)
+        except ValueError as exc:
+            raise GatewayError(400, str(exc), param=name, code="invalid_time") from None
+    since, until = times["since"], times["until"]
+    if until < since:
+        raise GatewayError(400, "until is before since.", param="until", code="invalid_time")
+    uid = request.query.get("user") or None
+    users = await store.totals(since=since, until=until, by=Grouping.USER, uid=uid)
+    models = await store.totals(since=since, until=until, by=Grouping.MODEL, uid=uid)
+    return {
+        "since": iso_utc(since),
+        "until": iso_utc(until),
+        **({"user": uid} if uid else {}),
+        "users": [t.as_json() for t in users],
+        "models": [t.as_json() for t in models],
+        # Recorded but not yet written (at most usage_flush_seconds old): not in the sums.
+        "pending_records": await ledger.pending_records(),
+    }

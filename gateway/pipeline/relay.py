@@ -1,0 +1,408 @@
+"""Relay an upstream response to the client, chunk by chunk, as it arrives.
+
+Each read from the upstream is written to the client at once: no buffering
+of the answer, no re-chunking beyond whole SSE lines, so a token Ollama emits
+is on the wire to the client within the same event-loop turn. The relay is
+in two parts:
+
+* :func:`_pump` moves bytes and keeps a silent SSE stream alive with comment
+  lines between events; it returns how the stream ended;
+* :func:`relay_response` sorts that ending out: the upstream finished
+  (connection back to the pool), the client went away (upstream connection
+  closed at once so Ollama stops generating), the client stopped reading
+  (dropped, so back-pressure cannot hold a slot forever), or the upstream
+  broke or stalled (an in-band error in the stream's own format: an SSE
+  ``error`` event the OpenAI SDK raises on, or an NDJSON ``error`` line the
+  Ollama client raises on).
+
+Before the body, an upstream 404 for a missing model is reworded the one way
+the SpeziLLMFog app recognises (compat.py), and a response whose headers went
+out early (keepalive.py) carries upstream errors in-band.
+
+An inference request comes with a meter (quotas.py): its token counter sees
+each upstream chunk before the framer, hands back the bytes to send (the
+same bytes, less a usage chunk the gateway asked for on the client's behalf)
+and learns after each write that they were delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ... import safejson
+from ..core.errors import GatewayError, json_error_response
+from ..core.keys import BODY_BYTES, FAILURE, RELAYED_CHUNKS
+from ..telemetry.stats import GatewayStats
+from ..upstreams.upstream import (
+    UpstreamBroken,
+    UpstreamResponse,
+    filter_response_headers,
+    relayable_reason,
+)
+from .compat import RouteEdits, is_model_not_found, model_not_found_message, native_error_body
+from .deadline import Deadline
+from .keepalive import SSE_HEADERS, KeepAlive
+from .quotas import Meter
+from .sse import HEARTBEAT, SseFramer, error_event
+
+if TYPE_CHECKING:
+    from ...usage.counter import TokenCounter
+
+log = logging.getLogger("fognode.relay")
+
+
+SSE = "text/event-stream"
+NDJSON = "application/x-ndjson"
+# Upstream error bodies are read whole (to reword or report them); they are small.
+MAX_ERROR_BODY = 64 * 1024
+
+
+@dataclass(frozen=True)
+class RelayOptions:
+    idle_timeout: float  # longest upstream silence mid-body
+    write_timeout: float  # longest a client may leave the stream unread
+    heartbeat_interval: float  # comment lines on a silent SSE stream
+
+
+class Ending(enum.Enum):
+    COMPLETED = "completed"
+    CLIENT_STALLED = "client stopped reading"
+    UPSTREAM_IDLE = "upstream idle"
+    UPSTREAM_BROKEN = "upstream broke off"
+
+
+@dataclass
+class _Progress:
+    sent: int = 0
+    chunks: int = 0
+    last: int = 0x0A  # the last byte sent (an int: no slice per chunk)
+
+
+def _media_type(resp: UpstreamResponse) -> str:
+    return resp.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+
+
+def _error_frame(framer: SseFramer | None, message: str, code: str, last: int) -> bytes:
+    """An in-band error in the stream's own framing.
+
+    If the upstream died in the middle of an event (SSE) or line (NDJSON),
+    what was sent is terminated first so the error frame is parsed on its own
+    rather than glued to garbage. The SSE framer only ever passed whole
+    lines; an event still open gets the one blank line that ends it, never a
+    second (an empty event ends the SpeziLLMFog app's stream).
+    """
+    if framer is not None:
+        prefix = b"\n" if framer.in_event else b""
+        return prefix + error_event(message, status=502, type="upstream_error", code=code)
+    prefix = b"" if last == 0x0A else b"\n"
+    # Ollama's own NDJSON error line: {"error": "..."}
+    return prefix + native_error_body(message) + b"\n"
+
+
+async def _write(
+    response: web.StreamResponse, data: bytes, deadline: Deadline, when: float
+) -> bool:
+    """Write, giving up on a client that leaves the data unread until ``when``."""
+    deadline.at(when)
+    try:
+        await response.write(data)
+    except asyncio.CancelledError:
+        if deadline.expired():
+            return False
+        raise
+    finally:
+        deadline.clear()
+    return True
+
+
+async def _pump(
+    upstream: UpstreamResponse,
+    response: web.StreamResponse,
+    framer: SseFramer | None,
+    options: RelayOptions,
+    progress: _Progress,
+    counter: TokenCounter | None = None,
+) -> Ending:
+    """Move the body, chunk by chunk; one deadline for the reads and one for
+    the writes, for the whole stream (deadline.py)."""
+    loop = asyncio.get_running_loop()
+    reading, writing = Deadline(), Deadline()
+    write_timeout = options.write_timeout
+    try:
+        silent_since = loop.time()
+        heartbeat_every = options.heartbeat_interval if framer is not None else float("inf")
+        beat_at = silent_since + heartbeat_every
+        while True:
+            reading.at(min(silent_since + options.idle_timeout, beat_at))
+            try:
+                chunk = await upstream.readany()
+            except asyncio.CancelledError:
+                if not reading.expired():
+                    raise
+                now = loop.time()
+                if now >= silent_since + options.idle_timeout:
+                    return Ending.UPSTREAM_IDLE
+                assert framer is not None
+                if framer.at_boundary and not await _write(
+                    response, HEARTBEAT, writing, now + write_timeout
+                ):
+                    return Ending.CLIENT_STALLED
+                beat_at = now + heartbeat_every
+                continue
+            except UpstreamBroken:
+                return Ending.UPSTREAM_BROKEN
+            finally:
+                reading.clear()
+            silent_since = loop.time()
+            if not chunk:
+                rest = counter.finish() if counter is not None else b""
+                if framer is not None:
+                    rest = (framer.feed(rest) if rest else b"") + framer.flush()
+                if rest and not await _write(response, rest, writing, silent_since + write_timeout):
+                    return Ending.CLIENT_STALLED
+                if counter is not None:
+                    counter.delivered()
+                return Ending.COMPLETED
+            beat_at = silent_since + heartbeat_every
+            out = counter.feed(chunk) if counter is not None else chunk
+            if framer is not None and out:
+                out = framer.feed(out)
+            if not out:
+                continue
+            if not await _write(response, out, writing, silent_since + write_timeout):
+                return Ending.CLIENT_STALLED
+            if counter is not None:
+                counter.delivered()
+            progress.sent += len(out)
+            progress.chunks += 1
+            progress.last = out[-1]
+    finally:
+        reading.close()
+        writing.close()
+
+
+async def relay_response(
+    request: web.Request,
+    upstream: UpstreamResponse,
+    *,
+    options: RelayOptions,
+    edits: RouteEdits,
+    upstream_name: str,
+    model: str | None,
+    keepalive: KeepAlive | None,
+    stats: GatewayStats,
+    prefix: bytes = b"",
+    whole: bool = False,
+    answer: object = None,
+    meter: Meter | None = None,
+) -> web.StreamResponse:
+    """Answer ``request`` with ``upstream``; the caller owns neither afterwards.
+
+    ``prefix`` is the start of the body, already read from ``upstream``
+    (answers.py reads a JSON answer to check it before relaying it); ``whole``
+    when it is all of it (the upstream's body ended), ``answer`` the JSON it
+    parsed to, if it did.
+    ``meter``: an inference request's (quotas.py), told what was delivered.
+    """
+    progress = _Progress()
+    completed = False
+    stats.active_streams += 1
+    try:
+        if upstream.status >= 400:
+            response = await _relay_error(request, upstream, edits, model, keepalive)
+            completed = True
+            return response
+        media_type = _media_type(upstream)
+        if keepalive is not None and keepalive.response is not None:
+            response = keepalive.response  # 200 text/event-stream went out already
+        else:
+            response = _response_like(upstream, media_type)
+            await response.prepare(request)
+        framer = SseFramer(edits.sse_line_edit) if media_type == SSE else None
+        counter = meter.count(upstream.headers.get("Content-Type", "")) if meter else None
+        ending: Ending | None = None
+        if prefix:  # the start of the body, read already (answers.py)
+            if counter is not None:
+                if answer is not None:
+                    counter.read_answer(answer)
+                else:
+                    prefix = counter.feed(prefix)  # a JSON answer: the same bytes
+            ending = await _write_prefix(response, prefix, options, progress)
+            if ending is None and counter is not None:
+                counter.delivered()
+        if ending is None and whole:
+            # Read to its end already: nothing more to pump.
+            if counter is not None:
+                rest = counter.finish()
+                assert not rest, "a JSON answer leaves no bytes to send"
+                counter.delivered()
+            ending = Ending.COMPLETED
+        if ending is None:
+            ending = await _pump(upstream, response, framer, options, progress, counter)
+        if ending is Ending.COMPLETED:
+            await response.write_eof()
+            completed = True
+            if meter is not None:
+                meter.completed = True
+        elif ending is Ending.CLIENT_STALLED:
+            log.warning(
+                "client stopped reading for %gs (FOGNODE_CLIENT_WRITE_TIMEOUT); "
+                "dropping it after %d bytes",
+                options.write_timeout,
+                progress.sent,
+            )
+            if request.transport is not None:
+                request.transport.abort()
+            # Handled below like any other client that went away.
+            raise ConnectionResetError("client stopped reading")
+        else:
+            stats.upstream_failures_total += 1
+            if ending is Ending.UPSTREAM_IDLE:
+                message = (
+                    f"The upstream at {upstream_name} sent nothing for "
+                    f"{options.idle_timeout:g}s (FOGNODE_IDLE_TIMEOUT); the response was cut off."
+                )
+                code = "upstream_idle_timeout"
+            else:
+                message = (
+                    f"The upstream at {upstream_name} broke off the response; "
+                    "the answer is incomplete."
+                )
+                code = "upstream_disconnected"
+            await _fail_in_band(request, response, media_type, framer, message, code, progress.last)
+        return response
+    except (asyncio.CancelledError, ConnectionResetError):
+        # The client left (handler cancelled, or a write hit a closed socket):
+        # its access-log line says so (499, and the bytes it got), once.
+        stats.client_disconnects_total += 1
+        raise
+    finally:
+        request[BODY_BYTES] = progress.sent
+        request[RELAYED_CHUNKS] = progress.chunks
+        stats.active_streams -= 1
+        if completed:
+            upstream.release()
+        else:
+            # Closing (not releasing) drops the TCP connection, which is how
+            # Ollama learns to stop generating.
+            upstream.close()
+
+
+async def _write_prefix(
+    response: web.StreamResponse, prefix: bytes, options: RelayOptions, progress: _Progress
+) -> Ending | None:
+    writing = Deadline()
+    try:
+        now = asyncio.get_running_loop().time()
+        if not await _write(response, prefix, writing, now + options.write_timeout):
+            return Ending.CLIENT_STALLED
+    finally:
+        writing.close()
+    progress.sent, progress.chunks = len(prefix), 1
+    if prefix:
+        progress.last = prefix[-1]
+    return None
+
+
+class _CoalescedResponse(web.StreamResponse):
+    """A response whose head goes out with the first piece of its body, in one
+    write (aiohttp's web.Response does this; a StreamResponse sends its head
+    on its own at prepare). For answers that are not streams."""
+
+    _send_headers_immediately = False
+
+
+def _response_like(upstream: UpstreamResponse, media_type: str) -> web.StreamResponse:
+    headers = filter_response_headers(upstream.headers)
+    streaming = media_type in (SSE, NDJSON)
+    if streaming:
+        for name, value in SSE_HEADERS.items():
+            if name != "Content-Type":
+                headers.setdefault(name, value)
+    kind = web.StreamResponse if streaming else _CoalescedResponse
+    response = kind(
+        status=upstream.status, reason=relayable_reason(upstream.reason), headers=headers
+    )
+    if upstream.content_length is not None and not streaming:
+        response.content_length = upstream.content_length
+    return response
+
+
+async def _relay_error(
+    request: web.Request,
+    upstream: UpstreamResponse,
+    edits: RouteEdits,
+    model: str | None,
+    keepalive: KeepAlive | None,
+) -> web.StreamResponse:
+    """An upstream error answer, read whole: reworded if it is a missing model,
+    in-band if the stream's headers went out already, else passed on as sent."""
+    try:
+        body = await upstream.read(MAX_ERROR_BODY)
+    except UpstreamBroken:
+        body = b""  # what it was is lost; the status still says it failed
+    request[FAILURE] = f"The upstream answered {upstream.status}: {_error_text(body)}"
+    if upstream.status == 404 and model and edits.reword_missing_model and is_model_not_found(body):
+        message = model_not_found_message(model)
+        if keepalive is not None and keepalive.started:
+            return await keepalive.fail(
+                GatewayError(404, message, type="not_found_error", code="model_not_found")
+            )
+        if edits.openai_errors:
+            return json_error_response(404, message, type="not_found_error", code="model_not_found")
+        return web.Response(
+            status=404, body=native_error_body(message), content_type="application/json"
+        )
+    if keepalive is not None and keepalive.started:
+        return await keepalive.fail(
+            GatewayError(
+                upstream.status,
+                f"The upstream answered {upstream.status}: {_error_text(body)}",
+                code="upstream_error",
+            )
+        )
+    headers = filter_response_headers(upstream.headers)
+    return web.Response(
+        status=upstream.status, reason=relayable_reason(upstream.reason), body=body, headers=headers
+    )
+
+
+def _error_text(body: bytes) -> str:
+    """The message inside an upstream error body (OpenAI's or Ollama's shape)."""
+    try:
+        data = safejson.loads(body)  # an upstream's bytes: bounded nesting
+    except ValueError:
+        return body.decode(errors="replace")[:500]
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    if isinstance(error, str):
+        return error
+    return body.decode(errors="replace")[:500]
+
+
+async def _fail_in_band(
+    request: web.Request,
+    response: web.StreamResponse,
+    media_type: str,
+    framer: SseFramer | None,
+    message: str,
+    code: str,
+    last: int,
+) -> None:
+    log.warning("%s", message)
+    request[FAILURE] = message
+    if media_type in (SSE, NDJSON):
+        await response.write(_error_frame(framer, message, code, last))
+        await response.write_eof()
+    else:
+        # A plain body cannot carry an error after its headers; cut the
+        # connection so the client sees a truncated response, not a hang.
+        if request.transport is not None:
+            request.transport.close()

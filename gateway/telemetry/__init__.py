@@ -1,0 +1,3 @@
+"""What the node tells about itself: logs (credentials scrubbed), live counters, Prometheus
+series, the activity the status page shows.
+"""

@@ -1,0 +1,197 @@
+"""Which upstream serves, decided once at start, and the embedded model's wiring.
+
+The rule, so that `fognode serve` answers chats on any machine and an
+operator's choice is never second-guessed:
+
+* an upstream the operator configured (upstream_url or upstream_urls, by
+  flag, env var or file) is used as given, whether it answers or not;
+* upstream_kind ollama, openai or embedded forces that kind;
+* with nothing configured (upstream_kind auto), Ollama at its default
+  address if it answers a short probe, else the embedded model (llama.cpp
+  with a packaged model, SmolLM2 135M by default, or FOGNODE_EMBEDDED_MODEL).
+
+The choice is logged in one line and shown by /readyz (``upstream_choice``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from pydantic import AnyHttpUrl
+
+from ... import safejson
+from ...embedded.metrics import EmbeddedCollector
+from ...embedded.model import ModelUnavailable, check_available
+from ...embedded.options import DEFAULT_MODEL, EmbeddedOptions
+from ...embedded.runtime import EmbeddedRuntime, describe
+from ...embedded.supervisor import ServerStatus
+from ..config.paths import data_dir
+from ..config.settings import Settings
+from ..telemetry.metrics import METRICS
+from .pool import UPSTREAM
+from .upstream import without_password
+
+log = logging.getLogger("fognode.upstream")
+
+OLLAMA_PROBE_TIMEOUT = 1.5  # seconds; Ollama answers /api/version at once
+
+
+def embedded_options(settings: Settings) -> EmbeddedOptions:
+    return EmbeddedOptions(
+        models_dir=data_dir() / "models",
+        model=settings.embedded_model or DEFAULT_MODEL,
+        alias=settings.embedded_model_alias,
+        chat_format=settings.embedded_chat_format,
+        context_size=settings.embedded_context_size,
+        threads=settings.embedded_threads,
+        parallel=settings.embedded_parallel,
+        start_timeout=settings.embedded_start_timeout,
+    )
+
+
+@dataclass(frozen=True)
+class UpstreamChoice:
+    settings: Settings  # with a definite upstream_kind (and the children's URLs)
+    reason: str  # one line for the log and /readyz
+    runtime: EmbeddedRuntime | None = None
+
+
+async def ollama_unreachable(base: str, wait_s: float) -> str | None:
+    """None if Ollama answers at ``base``; else what happened instead."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=wait_s)) as http,
+            http.get(f"{base}/api/version") as resp,
+        ):
+            if resp.status != 200:
+                return f"HTTP {resp.status}"
+            body = safejson.loads(await resp.read())
+    except aiohttp.ClientConnectorError as exc:
+        errno = exc.os_error.errno
+        return os.strerror(errno) if errno else str(exc)
+    except TimeoutError:
+        return f"no answer within {wait_s:g}s"
+    except (aiohttp.ClientError, ValueError) as exc:
+        return f"not Ollama ({type(exc).__name__})"
+    if not isinstance(body, dict) or "version" not in body:
+        return "not Ollama"
+    return None
+
+
+async def choose_upstream(settings: Settings) -> UpstreamChoice:
+    """Apply the rule above; raises ModelUnavailable when embedded is forced but cannot run."""
+    kind = settings.upstream_kind
+    base = settings.upstream_base
+    shown = without_password(base)  # in the log and /readyz
+    if kind == "auto" and settings.upstream_configured:
+        kind = "ollama"
+    if kind in ("ollama", "openai"):
+        where = ", ".join(without_password(url) for url in settings.upstream_urls) or shown
+        name = "Ollama" if kind == "ollama" else "the OpenAI-compatible server"
+        return _chosen(
+            settings.model_copy(update={"upstream_kind": kind}), f"{name} at {where}, as configured"
+        )
+    options = embedded_options(settings)
+    if kind == "embedded":
+        check_available(options)  # forced: refusing to start beats serving 503s forever
+        why = "upstream_kind=embedded"
+    else:
+        refused = await ollama_unreachable(base, OLLAMA_PROBE_TIMEOUT)
+        if refused is None:
+            return _chosen(
+                settings.model_copy(update={"upstream_kind": "ollama"}),
+                f"Ollama answers at {shown}: forwarding to it",
+            )
+        try:
+            check_available(options)
+        except ModelUnavailable as exc:
+            return _chosen(
+                settings.model_copy(update={"upstream_kind": "ollama"}),
+                f"no upstream configured and nothing answers at {shown} ({refused}); {exc} "
+                f"Forwarding to Ollama at {shown} anyway: start it, or set FOGNODE_UPSTREAM_URL.",
+                level=logging.WARNING,
+            )
+        why = f"no upstream configured and no Ollama at {shown} ({refused})"
+    runtime = EmbeddedRuntime(options)
+    update: dict[str, object] = {
+        "upstream_kind": "embedded",
+        "upstream_url": AnyHttpUrl(runtime.urls[0]),
+        "upstream_urls": runtime.urls if options.parallel > 1 else [],
+    }
+    if "max_concurrent_requests" not in settings.model_fields_set:
+        # Each slot answers one request at a time: queue the rest here, where a
+        # client that leaves is dropped and Retry-After is estimated.
+        update["max_concurrent_requests"] = options.parallel
+    slots = f", {options.parallel} slots" if options.parallel > 1 else ""
+    return _chosen(
+        settings.model_copy(update=update),
+        f"{why}: serving the embedded model {options.model_alias} "
+        f"(llama.cpp, {options.threads_per_process} threads{slots})",
+        runtime=runtime,
+    )
+
+
+def _chosen(
+    settings: Settings,
+    reason: str,
+    *,
+    runtime: EmbeddedRuntime | None = None,
+    level: int = logging.INFO,
+) -> UpstreamChoice:
+    log.log(level, "upstream: %s", reason)
+    return UpstreamChoice(settings, reason, runtime)
+
+
+def install_upstream_choice(app: web.Application, choice: UpstreamChoice) -> None:
+    """Show the choice in /readyz; run the embedded model with the app, if chosen."""
+    pool = app[UPSTREAM]
+    pool.choice = choice.reason
+    runtime = choice.runtime
+    if runtime is None:
+        return
+    for member in pool.members:
+        member.local = runtime.server_at(member.base)
+    pool.local_state = runtime.describe
+    runtime.on_ready.append(pool.refresh)
+    app[METRICS].registry.register(EmbeddedCollector(runtime))
+
+    async def run_embedded(app: web.Application) -> AsyncIterator[None]:
+        await runtime.start()
+        yield
+        # Open requests have drained by now (cleanup runs after shutdown).
+        await runtime.stop()
+
+    # First in: the model starts loading before anything else, and is stopped last.
+    app.cleanup_ctx.insert(0, run_embedded)
+
+
+def follow_upstream_choice(
+    app: web.Application, reason: str, statuses: list[ServerStatus]
+) -> Callable[[list[ServerStatus]], None]:
+    """A worker process's side of :func:`install_upstream_choice`: its supervisor
+    chose the upstream and runs the embedded model, if chosen; this app
+    follows the model's state (requests while it loads or restarts get 503
+    with Retry-After, as in one process). Returns what to call with each new
+    state."""
+    pool = app[UPSTREAM]
+    pool.choice = reason
+    current = statuses
+
+    def follow(new: list[ServerStatus]) -> None:
+        # The model list follows too: the supervisor checks the upstreams when
+        # a model is ready, and every worker's pool follows what it found.
+        nonlocal current
+        current = new
+        by_url = {s.url: s for s in new}
+        for member in pool.members:
+            member.local = by_url.get(member.base.rstrip("/"))
+
+    if statuses:
+        pool.local_state = lambda: describe(statuses[0].alias, current)
+        follow(statuses)
+    return follow
