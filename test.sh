@@ -16,5 +16,7 @@ for part in gateway auth discovery certs usage web models embedded safejson rout
   ln -sfn "../../$part" ".typecheck/fognode/$part"
 done
 MYPYPATH=.typecheck "$VENV/bin/mypy" -p fognode
+echo "==> import rules (.importlinter)"
+PYTHONPATH=.typecheck "$VENV/bin/lint-imports" --no-cache
 echo "==> pytest"
 exec "$VENV/bin/pytest" "$@"
