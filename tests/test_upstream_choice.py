@@ -21,7 +21,7 @@ from fognode.embedded.options import EmbeddedOptions
 from fognode.embedded.progress import show_startup
 from fognode.embedded.runtime import EmbeddedRuntime
 from fognode.embedded.supervisor import LlamaServer, State
-from fognode.gateway.config import settings as settings_module
+from fognode.gateway.config.sections import upstreams as settings_module
 from fognode.gateway.config.settings import Settings
 from fognode.gateway.node.announce import AnnounceOptions, NodeAnnouncer, announcement
 from fognode.gateway.node.server import RunningServer, start_server
