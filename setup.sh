@@ -164,8 +164,9 @@ if ((WITH_CERTS)); then
 fi
 
 # --- an admin API key for the operator (first run only) ------------------------
-DATA_DIR=$(dirname "$("$VENV/bin/python" -c \
-  'from fognode.gateway.paths import default_certs_dir; print(default_certs_dir())')")
+CERTS_DEFAULT=$("$VENV/bin/python" -c \
+  'from fognode.gateway.config.paths import default_certs_dir; print(default_certs_dir())')
+DATA_DIR=$(dirname "$CERTS_DEFAULT")
 if [[ ! -f $DATA_DIR/api-keys ]]; then
   mkdir -p "$DATA_DIR"
   created=$("$VENV/bin/fognode" apikey create local-admin --admin --json)

@@ -1,4 +1,4 @@
-"""Cost per streamed event of the SpeziLLMFog compatibility edits (gateway/compat.py).
+"""Cost per streamed event of the SpeziLLMFog compatibility edits (gateway/pipeline/compat.py).
 
 Every chat stream is relayed through the SSE framer (whole lines, empty
 events dropped) and every delta without a role gets one. This measures, in

@@ -1,4 +1,4 @@
-"""The hop to the upstream (gateway/hop.py) on its own, against scripted raw upstreams.
+"""The hop to the upstream (gateway/upstreams/hop.py) on its own, against scripted raw upstreams.
 
 The end-to-end tests drive it through the whole gateway; these pin down its
 subtle logic one case at a time: a connection is reused only after an answer

@@ -278,7 +278,7 @@ class TokenCounter:
         self.read_answer(obj)
 
     def read_answer(self, obj: object) -> None:
-        """A whole JSON answer that was parsed already (gateway/answers.py
+        """A whole JSON answer that was parsed already (gateway/pipeline/answers.py
         checks every one): its figures, without parsing it a second time.
         Instead of :meth:`feed`."""
         if not isinstance(obj, dict):

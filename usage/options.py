@@ -2,7 +2,7 @@
 
 The gateway builds these from its one settings model and passes them in;
 nothing here reads the environment or the settings itself. The settings
-that feed them (to be added to gateway/settings.py and the README table):
+that feed them (gateway/config/sections/usage.py, docs/configuration.md):
 
 * ``usage_accounting`` (``true``): whether the gateway records usage at all;
 * ``usage_database_url`` (unset; a secret, masked by ``fognode config``):

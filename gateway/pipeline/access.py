@@ -8,7 +8,7 @@ refused outright.
 
 The operator's pages (routes with ``page=True``) are what a browser opens,
 and a browser cannot send a bearer header: for those routes only, a signed-in
-browser's session cookie admits the request (``sessions``, gateway/sessions.py,
+browser's session cookie admits the request (``sessions``, gateway/pages/sessions.py,
 which also checks the CSRF token of anything that changes something). A page
 route also takes a bearer credential (a script with an admin key); without
 either, a browser is sent to the sign-in form. API routes never look at the
@@ -52,7 +52,7 @@ AUTHORIZER: web.AppKey[Authorizer] = web.AppKey("fognode.authorizer")
 
 
 class SessionCheck(Protocol):
-    """Browser sessions for the operator's pages (gateway/sessions.py)."""
+    """Browser sessions for the operator's pages (gateway/pages/sessions.py)."""
 
     async def admit(self, request: web.Request, access: Access) -> Principal | None:
         """The signed-in administrator, or None when the request has no valid

@@ -6,7 +6,7 @@ any module's log line made while handling a request carries it without
 passing it around.
 
 Credentials are kept out of the log in two layers. First, the code paths that
-see raw request bytes do not log them (gateway/slow_clients.py answers and
+see raw request bytes do not log them (gateway/transport/slow_clients.py answers and
 logs malformed requests itself, naming only the kind of error). Second, the
 one handler every logger reaches (root's) carries :class:`RedactingFilter`,
 which scrubs anything shaped like a credential from the message, its
