@@ -6,7 +6,7 @@ description are read from the field that declares it, grouped by the concern
 module (sections/) that declares it, in the order the settings model lists
 them. A test compares the checked-in page with what this writes.
 
-    python -m fognode.gateway.config.reference > docs/configuration.md
+    .venv/bin/python -m fognode.gateway.config.reference > docs/configuration.md
 
 Defaults that depend on the machine are shown as what they mean: paths under
 the data directory are computed with a stand-in data directory and printed as
@@ -33,7 +33,7 @@ from pydantic_core import PydanticUndefined
 
 from .settings import Settings
 
-REGENERATE = "python -m fognode.gateway.config.reference > docs/configuration.md"
+REGENERATE = ".venv/bin/python -m fognode.gateway.config.reference > docs/configuration.md"
 ENV_PREFIX = "FOGNODE_"
 DATA_DIR = "<data dir>"
 
