@@ -76,7 +76,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="processes serving requests on the one port (FOGNODE_WORKERS; default 0: one "
-        "per core; 1: a single process; README, Every core)",
+        "per core; 1: a single process; docs/workers.md)",
     )
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--log-format", choices=["text", "json"])

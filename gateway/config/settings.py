@@ -3,8 +3,8 @@
 Every knob is a field of :class:`Settings`, declared with its description in
 the module of its concern (sections/: listening, TLS, auth, mDNS, upstreams,
 the embedded model, admission, usage, connections, pages, the process);
-docs/configuration.md is generated from those descriptions. Values come,
-highest priority first, from: explicit overrides (the CLI flags),
+docs/configuration.md is generated from those descriptions (config/reference.py).
+Values come, highest priority first, from: explicit overrides (the CLI flags),
 environment variables prefixed ``FOGNODE_``, an optional TOML file
 (``FOGNODE_CONFIG`` or ``--config``), then the defaults.
 """

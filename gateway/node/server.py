@@ -250,7 +250,7 @@ def log_serving(
         log.warning(
             "announcing port %d, but SpeziLLMFog apps ignore the announced port and connect "
             "to %d: they will not reach this node. Serve on %d without root with "
-            "`sudo .venv/bin/fognode service install` (see the README, Port 443).",
+            "`sudo .venv/bin/fognode service install` (see docs/deployment.md, Port 443).",
             port,
             app_port,
             app_port,

@@ -28,8 +28,8 @@ from typing import Any
 UNIT_NAME = "fognode.service"
 
 ENV_TEMPLATE = """\
-# Settings for the fognode service, one FOGNODE_<NAME>=value per line (see the
-# README's settings table). The unit already sets the host, port and data dir.
+# Settings for the fognode service, one FOGNODE_<NAME>=value per line (see
+# docs/configuration.md). The unit already sets the host, port and data dir.
 #FOGNODE_FIREBASE_CREDENTIALS_FILE=/var/lib/fognode/service-account.json
 #FOGNODE_UPSTREAM_URL=http://127.0.0.1:11434
 #FOGNODE_LOG_FORMAT=json

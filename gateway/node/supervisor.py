@@ -30,7 +30,7 @@ serves no requests. It owns what must happen once for the node:
 Connection caps are per process by nature (a connection lives in one
 worker), so each worker gets its share of ``max_connections``,
 ``max_connections_per_client`` and ``upstream_max_concurrent``: the shares
-add up to the setting, never more (README, Every core).
+add up to the setting, never more (docs/workers.md).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ gives up retries, which makes the queue longer.
 So a streamed (SSE) request that has waited ``after`` seconds gets its
 ``200 text/event-stream`` headers early and then a comment line every
 ``interval`` seconds (``: queued 3`` while it waits for a slot, ``:
-keep-alive`` while the upstream works). The cost, documented in the README:
+keep-alive`` while the upstream works). The cost, documented in docs/client-contract.md:
 once those headers are out, a later failure (the queue times out, the
 upstream answers 404 or 502) can only be reported in-band, as an SSE error
 event, not as a status code. Errors that come fast (400, 401, 404 from a

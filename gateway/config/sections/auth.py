@@ -1,4 +1,4 @@
-"""Who may call: Firebase ID tokens, API keys, the access policy.
+"""Authentication and access: Firebase ID tokens, API keys, the access policy.
 
 One concern of the one settings model (config/settings.py assembles them);
 every field's description is what the operator reads in docs/configuration.md.
@@ -22,24 +22,24 @@ from ..paths import (
 
 
 class AuthSettings(BaseModel):
-    """Who may call: Firebase ID tokens, API keys, the access policy."""
+    """Authentication and access: Firebase ID tokens, API keys, the access policy."""
 
     auth: Literal["firebase", "none"] = Field(
         "firebase",
         description="`firebase`: every request but the probes needs a Firebase ID token or an "
         "API key. `none`: no checks at all, for local development only (refused on a "
-        "non-loopback address unless allow_no_auth_on_lan).",
+        "non-loopback address unless `allow_no_auth_on_lan`).",
     )
     allow_no_auth_on_lan: bool = Field(
-        False, description="Let auth=none listen on a non-loopback address. Dangerous."
+        False, description="Let `auth=none` listen on a non-loopback address. Dangerous."
     )
     firebase_project_id: str | None = Field(
         None,
         validation_alias=AliasChoices(
             "FOGNODE_FIREBASE_PROJECT_ID", "firebase_project_id", "GOOGLE_CLOUD_PROJECT"
         ),
-        description="Firebase project whose ID tokens are accepted (the tokens' aud). Default: "
-        "the service account's project, or GOOGLE_CLOUD_PROJECT.",
+        description="Firebase project whose ID tokens are accepted (the tokens' `aud`). "
+        "Default: the service account's project, or `GOOGLE_CLOUD_PROJECT`.",
     )
     firebase_credentials_file: Path | None = Field(
         None,
@@ -58,8 +58,8 @@ class AuthSettings(BaseModel):
             "firebase_auth_emulator_host",
             "FIREBASE_AUTH_EMULATOR_HOST",
         ),
-        description="host:port of the Firebase Auth Emulator (development). Its tokens are "
-        "unsigned, so this is refused together with TLS unless allow_emulator_with_tls.",
+        description="`host:port` of the Firebase Auth Emulator (development). Its tokens are "
+        "unsigned, so this is refused together with TLS unless `allow_emulator_with_tls`.",
     )
     allow_emulator_with_tls: bool = Field(
         False, description="Accept emulator tokens on a TLS (production-looking) node."
@@ -77,7 +77,7 @@ class AuthSettings(BaseModel):
     revocation_recheck_seconds: float = Field(
         300,
         gt=0,
-        description="With check_revoked, how long a verified token is trusted before it is "
+        description="With `check_revoked`, how long a verified token is trusted before it is "
         "checked again.",
     )
     token_cache_size: int = Field(
@@ -88,8 +88,8 @@ class AuthSettings(BaseModel):
     )
     required_claims: dict[str, Any] = Field(
         default_factory=dict,
-        description='Custom claims every user must have, as JSON: {"fog": true} or '
-        '{"role": ["clinician", "admin"]} (one of).',
+        description='Custom claims every user must have, as JSON: `{"fog": true}`, or '
+        '`{"role": ["clinician", "admin"]}` for one of several values.',
     )
     allowed_uids: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -105,7 +105,8 @@ class AuthSettings(BaseModel):
     admin_claim: str = Field(
         "admin",
         min_length=1,
-        description="Custom claim (set to true) that allows model management (/api/pull ...).",
+        description="Custom claim (set to true) that allows model management (`/api/pull`, "
+        "`/api/push`, `/api/create`, `/api/copy`, `/api/delete`, `/api/blobs`).",
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -114,6 +115,7 @@ class AuthSettings(BaseModel):
     )
     api_keys_file: Path | None = Field(
         default_factory=default_api_keys_file,
-        description="File with one `name:user|admin:sha256hex` entry per line. Default: "
-        "~/.local/share/fognode/api-keys when setup.sh has made it.",
+        description="File with one `name:user|admin:sha256hex` entry per line (`#` starts a "
+        "comment). Default: `<data dir>/api-keys` if that file exists (setup.sh makes it), "
+        "read at start.",
     )

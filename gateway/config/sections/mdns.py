@@ -1,4 +1,4 @@
-"""The mDNS / DNS-SD announcement that SpeziLLMFog apps browse for.
+"""mDNS: the DNS-SD announcement that SpeziLLMFog apps browse for.
 
 One concern of the one settings model (config/settings.py assembles them);
 every field's description is what the operator reads in docs/configuration.md.
@@ -37,33 +37,36 @@ def mdns_domain(value: str) -> str:
 
 
 class MdnsSettings(BaseModel):
-    """The mDNS / DNS-SD announcement that SpeziLLMFog apps browse for."""
+    """mDNS: the DNS-SD announcement that SpeziLLMFog apps browse for."""
 
     app_host_name: str = Field(
         "spezillmfog.local",
         pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?$",
         description="The host name SpeziLLMFog apps are configured with "
-        "(LLMFogPlatformConfiguration.host): they browse the DNS-SD domain `<name>.`, send it "
-        "as Host and check the server certificate for it.",
+        "(`LLMFogPlatformConfiguration.host`): they browse the DNS-SD domain `<name>.`, send it "
+        "as `Host` and check the server certificate for it (the node warns at start if its "
+        "certificate lacks it).",
     )
     mdns: bool = Field(True, description="Announce the node on the LAN with mDNS.")
     mdns_service_type: str | None = Field(
         None,
         description="DNS-SD service type, without a domain. Default `_https._tcp` with TLS, "
         "`_http._tcp` without (what SpeziLLMFog apps browse for). A domain given here "
-        "(`_https._tcp.spezillmfog.local.`) is added to mdns_domains.",
+        "(`_https._tcp.spezillmfog.local.`) is added to `mdns_domains`. A malformed type is "
+        "a start-up error.",
     )
     mdns_domains: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="DNS-SD domains to register the service in (comma-separated). Default: "
-        "`local.` (generic tools) and `<app_host_name>.` (where SpeziLLMFog apps browse).",
+        description="DNS-SD domains to register the service in (comma-separated; each must "
+        "end in `local.`). Default: `local.` (generic tools) and `<app_host_name>.` (where "
+        "SpeziLLMFog apps browse).",
     )
     mdns_instance_name: str = Field(
         DEFAULT_INSTANCE,
         min_length=1,
         max_length=63,
         description="Service instance name clients browse for. On a name clash the second "
-        "node becomes `<name>-2`.",
+        "node becomes `<name>-2`, in every domain.",
     )
     mdns_host_name: str | None = Field(
         None,
@@ -87,8 +90,7 @@ class MdnsSettings(BaseModel):
     )
     node_id: str | None = Field(
         None,
-        description="Stable id in TXT `id`. Default: made once and kept in "
-        "~/.local/share/fognode/node-id.",
+        description="Stable id in TXT `id`. Default: made once and kept in `<data dir>/node-id`.",
     )
 
     @field_validator("mdns_service_type")

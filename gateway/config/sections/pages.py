@@ -50,11 +50,13 @@ class PageSettings(BaseModel):
         80,
         ge=1,
         le=65535,
-        description="Port of the onboarding page. If it cannot be bound (port 80 needs "
+        description="Port of the onboarding page, on the API's address. If it cannot be bound "
+        "(port 80 needs "
         "CAP_NET_BIND_SERVICE), the node logs how to fix it and serves without the page.",
     )
     onboarding_url: AnyHttpUrl | None = Field(
         None,
         description="Base URL phones open for the onboarding page (a DNS name, a port a router "
-        "forwards), put in its QR code. Default: http://<this machine's LAN address>[:port].",
+        "or compose forwards), put in its QR code; `fognode certs qr` uses it too. Default: "
+        "`http://<this machine's LAN address>[:port]`.",
     )

@@ -28,7 +28,11 @@ class ProcessSettings(BaseModel):
         description="`auto` uses uvloop when it is installed (it is a dependency on Linux "
         "and macOS); `asyncio` forces the standard loop.",
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO",
+        description="Least severe log lines written. `DEBUG` also shows the embedded "
+        "model's own output (llama.cpp's lines).",
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="`json` writes one JSON object per line for log shippers."
     )

@@ -31,26 +31,32 @@ class TlsSettings(BaseModel):
     )
     certs_dir: Path = Field(
         default_factory=default_certs_dir,
-        description="Where `fognode certs` keeps ca.crt, ca.key, server.crt and server.key.",
+        description="Where `fognode certs` keeps `ca.crt`, `ca.key`, `server.crt` and "
+        "`server.key`.",
     )
     tls_cert_file: Path | None = Field(
-        None, description="Server certificate chain (PEM). Default: <certs_dir>/server.crt."
+        None,
+        description="Server certificate chain (PEM), if you bring your own. Default: "
+        "`<certs_dir>/server.crt`.",
     )
     tls_key_file: Path | None = Field(
-        None, description="Server key (PEM, unencrypted). Default: <certs_dir>/server.key."
+        None, description="Server key (PEM, unencrypted). Default: `<certs_dir>/server.key`."
     )
     tls_ca_file: Path | None = Field(
         None,
-        description="CA the server certificate must chain to. Default: <certs_dir>/ca.crt.",
+        description="CA the server certificate must chain to; fognode refuses to start "
+        "otherwise. Default: `<certs_dir>/ca.crt`.",
     )
     cert_names: Annotated[list[str] | None, NoDecode] = Field(
         None,
         description="DNS names and IP addresses for the server certificate, comma-separated "
-        "or a JSON list. Default: spezillmfog.local, <hostname>.local, localhost, loopback and "
-        "the LAN addresses.",
+        "or a JSON list. When set, a certificate missing one of them is re-issued. Default, at "
+        "issue time: `spezillmfog.local`, `<hostname>.local`, `localhost`, loopback and the LAN "
+        "addresses; renewals keep the names of the current certificate.",
     )
     cert_key_type: Literal["ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096"] = Field(
-        "ecdsa-p256", description="Key type of renewed server certificates."
+        "ecdsa-p256",
+        description="Key type of renewed server certificates (RSA for old clients).",
     )
     cert_validity_days: float = Field(
         397,
@@ -71,11 +77,13 @@ class TlsSettings(BaseModel):
     ca_passphrase: SecretStr | None = Field(
         None,
         description="Passphrase of the CA key, needed for automatic renewal. Prefer "
-        "ca_passphrase_file.",
+        "`ca_passphrase_file`.",
     )
     ca_passphrase_file: Path | None = Field(
         None,
-        description="File whose first line is the CA key passphrase (e.g. a Docker secret).",
+        description="File whose first line is the CA key passphrase (e.g. a Docker secret). "
+        "Without this or `ca_passphrase`, `<certs_dir>/ca.passphrase` is used if it exists "
+        "(setup.sh writes a random one there).",
     )
 
     @property

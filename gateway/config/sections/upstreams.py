@@ -1,4 +1,4 @@
-"""Where requests go: Ollama or OpenAI-compatible upstreams, timeouts, routing.
+"""Upstreams: where requests go (Ollama or OpenAI-compatible servers), timeouts, routing.
 
 One concern of the one settings model (config/settings.py assembles them);
 every field's description is what the operator reads in docs/configuration.md.
@@ -20,15 +20,16 @@ DEFAULT_UPSTREAM_URL = "http://127.0.0.1:11434"
 
 
 class UpstreamSettings(BaseModel):
-    """Where requests go: Ollama or OpenAI-compatible upstreams, timeouts, routing."""
+    """Upstreams: where requests go (Ollama or OpenAI-compatible servers), timeouts, routing."""
 
     upstream_url: AnyHttpUrl = Field(
         default_factory=lambda: AnyHttpUrl(DEFAULT_UPSTREAM_URL),
-        description="Base URL of the Ollama server the gateway forwards to.",
+        description="Base URL of the Ollama server the gateway forwards to. Naming it turns "
+        "off the embedded model as a fallback (see `upstream_kind`).",
     )
     upstream_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Several upstreams (comma-separated base URLs) instead of upstream_url: "
+        description="Several upstreams (comma-separated base URLs) instead of `upstream_url`: "
         "requests go to one that has the model, loaded first, then the one that served the "
         "conversation, then the least busy, with failover.",
     )
@@ -36,34 +37,43 @@ class UpstreamSettings(BaseModel):
         0,
         ge=0,
         description="Requests in flight per upstream (0: no per-upstream cap). Set it to what "
-        "one upstream runs at once (OLLAMA_NUM_PARALLEL) so routing knows when one would queue.",
+        "one upstream runs at once (`OLLAMA_NUM_PARALLEL`, llama.cpp's `--parallel`) so routing "
+        "knows when one would queue (without a cap it assumes one at a time).",
     )
     upstream_check_interval: float = Field(
         15,
         gt=0,
-        description="Seconds between health, model-list and loaded-model checks of the upstreams.",
+        description="Seconds between health, model-list and loaded-model (Ollama's `/api/ps`) "
+        "checks of the upstreams.",
     )
     upstream_affinity: bool = Field(
         True,
         description="With several upstreams, send a conversation's next turn to the upstream "
         "that served its previous one (its KV cache holds the prompt) unless that one is busy "
-        "and another with the model loaded is idle. false: least busy only.",
+        "and another with the model loaded is idle. `false`: least busy only.",
     )
     upstream_affinity_entries: int = Field(
-        10_000, ge=1, description="Conversations remembered for affinity (oldest forgotten first)."
+        10_000,
+        ge=1,
+        description="Conversations remembered for affinity, about 150 bytes each (oldest "
+        "forgotten first).",
     )
     upstream_affinity_seconds: float = Field(
         600,
         gt=0,
-        description="How long a conversation's upstream is remembered after its last turn.",
+        description="How long a conversation's upstream is remembered after its last turn "
+        "(Ollama unloads an idle model after 5 minutes by default, and its cache with it).",
     )
     upstream_kind: Literal["auto", "ollama", "openai", "embedded"] = Field(
         "auto",
         description="`ollama`: Ollama, with its native /api routes. `openai`: any "
-        "OpenAI-compatible server (llama.cpp's server, vLLM, LocalAI); /api routes answer 501. "
-        "`embedded`: fognode runs llama.cpp's server itself with embedded_model. `auto`: an "
-        "upstream_url or upstream_urls that is set is Ollama, as given; with neither set, "
-        "Ollama at the default address if it answers at start, else the embedded model.",
+        "OpenAI-compatible server (llama.cpp's server, vLLM, LocalAI): only `/v1` is served, "
+        "`/api` routes answer 501, the model list comes from `/v1/models`. `embedded`: fognode "
+        "runs llama.cpp's server itself with `embedded_model` (an error together with an "
+        "upstream URL); `/api` answers 501 as for `openai`. `auto`: an `upstream_url` or "
+        "`upstream_urls` that is set is Ollama, used as given and never replaced by the "
+        "embedded model; with neither set, Ollama at the default address if it answers at "
+        "start, else the embedded model.",
     )
     upstream_api_key: str | None = Field(
         None,
@@ -74,37 +84,43 @@ class UpstreamSettings(BaseModel):
         0,
         ge=0,
         description="Connections to each upstream at once (its keep-alive pool). 0: "
-        "max_concurrent_requests plus 64 for requests that take no admission slot (model "
+        "`max_concurrent_requests` plus 64 for requests that take no admission slot (model "
         "lists, model management), so an admitted request never waits for a connection. "
-        "A value set must be at least max_concurrent_requests.",
+        "A value set must be at least `max_concurrent_requests` (else fognode refuses to "
+        "start).",
     )
     connect_timeout: float = Field(
-        10.0, gt=0, description="Seconds to establish a TCP connection to the upstream."
+        10.0,
+        gt=0,
+        description="Seconds to establish a TCP connection to the upstream; then 504.",
     )
     first_byte_timeout: float = Field(
         900.0,
         gt=0,
         description="Seconds to wait for the upstream's response headers. Ollama sends them "
         "only after loading the model and processing the prompt (and, without streaming, "
-        "after the whole answer), which on a CPU can take minutes.",
+        "after the whole answer), which on a CPU can take minutes. Then 504.",
     )
     idle_timeout: float = Field(
         300.0,
         gt=0,
-        description="Longest gap, in seconds, between two chunks of an upstream body.",
+        description="Longest gap, in seconds, between two chunks of an upstream body. A "
+        "stream that stalls longer ends with an in-band error event.",
     )
     client_write_timeout: float = Field(
         60.0,
         gt=0,
         description="Longest a client may leave a response unread (back-pressure) before "
-        "it is dropped and its Ollama request cancelled.",
+        "it is dropped and its upstream request cancelled (so a stalled reader cannot hold a "
+        "slot forever).",
     )
     stream_heartbeat_after: float = Field(
         5.0,
         gt=0,
         description="A streamed (SSE) request that has waited this many seconds (in the queue, "
         "or for the upstream's first byte) gets its 200 headers and SSE comment heartbeats, so "
-        "phones (60 s idle timeout) do not give up; later errors then arrive in-band.",
+        "phones (60 s idle timeout) do not give up; later errors then arrive in-band "
+        "(docs/client-contract.md, waiting without timing out).",
     )
     stream_heartbeat_interval: float = Field(
         15.0,

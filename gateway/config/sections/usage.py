@@ -1,4 +1,4 @@
-"""Usage accounting and quotas (usage/).
+"""Usage and quotas: the usage records and the limits counted from them (usage/).
 
 One concern of the one settings model (config/settings.py assembles them);
 every field's description is what the operator reads in docs/configuration.md.
@@ -32,7 +32,7 @@ class QuotaTier(BaseModel):
 
 
 class UsageSettings(BaseModel):
-    """Usage accounting and quotas (usage/)."""
+    """Usage and quotas: the usage records and the limits counted from them (usage/)."""
 
     usage_accounting: bool = Field(
         True,
@@ -43,12 +43,12 @@ class UsageSettings(BaseModel):
         None,
         description="`postgresql://user:password@host/db`: keep usage in PostgreSQL, shared by "
         "several nodes so that they enforce one budget per user. Default: SQLite in "
-        "usage_sqlite_path. A secret: masked by `fognode config`, never logged.",
+        "`usage_sqlite_path`. A secret: masked by `fognode config`, never logged.",
     )
     usage_sqlite_path: Path = Field(
         default_factory=default_usage_file,
-        description="The embedded usage store (SQLite, WAL). Default: "
-        "~/.local/share/fognode/usage.sqlite3.",
+        description="The embedded usage store (SQLite, WAL), used unless "
+        "`usage_database_url` is set.",
     )
     usage_flush_records: int = Field(
         100, ge=1, description="Usage records written in one batch (one transaction)."
@@ -63,19 +63,26 @@ class UsageSettings(BaseModel):
         10_000,
         ge=1,
         description="Usage records kept in memory while the store is unreachable; beyond it "
-        "new ones are dropped (and counted in /metrics).",
+        "new ones are dropped (and counted in `fognode_usage_records_dropped_total`).",
     )
     quota_tokens_per_day: int = Field(
-        0, ge=0, description="Tokens (prompt + completion) one user may use per day (0: no limit)."
+        0,
+        ge=0,
+        description="Tokens (prompt + completion) one user may use per day (0: no limit). "
+        "Beyond: 429 `insufficient_quota`.",
     )
     quota_requests_per_minute: int = Field(
-        0, ge=0, description="Inference requests one user may start per minute (0: no limit)."
+        0,
+        ge=0,
+        description="Inference requests one user may start per sliding minute (0: no limit). "
+        "Beyond: 429 `rate_limit_exceeded`.",
     )
     quota_tiers: dict[str, QuotaTier] = Field(
         default_factory=dict,
-        description='Limits per tier, as JSON: {"staff": {"tokens_per_day": 0, '
-        '"requests_per_minute": 600}, "guest": {"tokens_per_day": 20000}} (0 or absent: no '
-        "limit). A user's tier is their quota_tier_claim, an API key's quota_api_key_tiers.",
+        description='Limits per tier, as JSON: `{"staff": {"tokens_per_day": 0, '
+        '"requests_per_minute": 600}, "guest": {"tokens_per_day": 20000}}` (0 or absent: no '
+        "limit). A user's tier is their `quota_tier_claim`, an API key's "
+        "`quota_api_key_tiers`.",
     )
     quota_tier_claim: str = Field(
         "fog_tier",
@@ -85,7 +92,8 @@ class UsageSettings(BaseModel):
     )
     quota_api_key_tiers: dict[str, str] = Field(
         default_factory=dict,
-        description='Tier of each API key, by key name, as JSON: {"ci": "staff"}.',
+        description='Tier of each API key, by key name, as JSON: `{"ci": "staff"}`; each tier '
+        "must be defined in `quota_tiers`.",
     )
     quota_day_start: time = Field(
         time(0, 0),
@@ -94,12 +102,12 @@ class UsageSettings(BaseModel):
     quota_default_completion_tokens: int = Field(
         512,
         ge=1,
-        description="What a request that sets no max_tokens is assumed to generate when it is "
+        description="What a request that sets no `max_tokens` is assumed to generate when it is "
         "admitted (its reservation against the daily budget; settled with the real count).",
     )
     usage_metrics_per_user: bool = Field(
         False,
-        description="Label the token counters in /metrics by user as well as by model (one "
+        description="Label the token counters in `/metrics` by user as well as by model (one "
         "series per user: mind the cardinality).",
     )
 
