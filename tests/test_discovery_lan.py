@@ -108,6 +108,11 @@ def test_node_is_discovered_with_its_txt_and_seen_by_dig(
     while not nodes and time.monotonic() - started < 30:
         nodes = discover_json(lan, timeout=1)
     found_after = time.monotonic() - started
+    # A one-second browse can end between the answers for the two domains when
+    # the machine is busy (the CLI's own start-up eats into it): browse again,
+    # still bounded, until the node is seen in both or the time is up.
+    while nodes and len(nodes[0]["domains"]) < 2 and time.monotonic() - started < 30:
+        nodes = discover_json(lan, timeout=3)
     print(f"\nstart to discovery: {found_after:.2f}s")
     assert len(nodes) == 1, nodes
     node = nodes[0]
