@@ -34,7 +34,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.common import machine, start, stop
-from tests.helpers import free_port
+from tests.support.helpers import free_port
 
 PROMPT = "Count from one to one hundred in words, separated by commas."
 

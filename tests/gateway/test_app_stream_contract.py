@@ -16,10 +16,15 @@ import aiohttp
 import pytest
 
 from fognode.gateway.pipeline.admission import ADMISSION, Admission
-from tests.conftest import GatewayFactory
-from tests.helpers import wait_until
-from tests.ollama_standin import WIRE_FORMATS, OllamaStandIn
-from tests.spezillmfog_client import MODEL_NOT_FOUND, AppConfig, SwiftSseDecoder, encode_request
+from tests.support.gateway import GatewayFactory
+from tests.support.helpers import wait_until
+from tests.support.ollama_standin import WIRE_FORMATS, OllamaStandIn
+from tests.support.spezillmfog_client import (
+    MODEL_NOT_FOUND,
+    AppConfig,
+    SwiftSseDecoder,
+    encode_request,
+)
 
 GUARD = 20.0
 APP = AppConfig(model="llama3.2:1b", token=lambda: "unused")

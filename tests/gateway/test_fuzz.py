@@ -14,25 +14,16 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
 from fognode.auth.api_keys import entry_for, new_key
 from fognode.auth.principal import Access
 from fognode.gateway.config.settings import Settings
-from fognode.gateway.core.errors import GatewayError
 from fognode.gateway.node.server import RunningServer, start_server
 from fognode.gateway.pages.openapi import build_document
-from fognode.gateway.pipeline.request_models import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-    parse_json_object,
-    validate_body,
-)
 from fognode.gateway.pipeline.routes import PROXIED_ROUTES, RouteSpec
-from tests.ollama_standin import OllamaStandIn
+from tests.support.ollama_standin import OllamaStandIn
 
 ADMIN_KEY = new_key()
 
@@ -122,59 +113,6 @@ def test_api_never_fails_and_errors_are_openai_shaped(case: Any, live_url: str) 
     case.headers = {**(case.headers or {}), "Authorization": f"Bearer {ADMIN_KEY}"}
     response = case.call(base_url=live_url, session=session, timeout=30)
     case.validate_response(response, checks=(not_a_server_error, openai_shaped_errors))
-
-
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5)
-    ),
-    max_leaves=20,
-)
-FIELDS = st.sampled_from(
-    [
-        "model",
-        "messages",
-        "prompt",
-        "input",
-        "temperature",
-        "top_p",
-        "n",
-        "stream",
-        "stop",
-        "max_tokens",
-        "role",
-        "content",
-        "seed",
-        "encoding_format",
-    ]
-)
-REQUESTS = st.dictionaries(FIELDS | st.text(max_size=8), JSON, max_size=6)
-
-
-@given(
-    body=REQUESTS,
-    model=st.sampled_from([ChatCompletionRequest, CompletionRequest, EmbeddingRequest]),
-)
-@settings(max_examples=400, deadline=None)
-def test_request_models_accept_or_refuse_with_a_400(body: dict[str, Any], model: Any) -> None:
-    try:
-        validate_body(model, body)
-    except GatewayError as exc:
-        assert exc.status == 400
-        assert exc.code in {"missing_required_parameter", "invalid_type", "invalid_value"}
-        assert exc.message
-
-
-@given(raw=st.binary(max_size=200))
-@settings(max_examples=300, deadline=None)
-def test_any_bytes_parse_to_an_object_or_a_400(raw: bytes) -> None:
-    try:
-        parsed = parse_json_object(raw)
-    except GatewayError as exc:
-        assert exc.status == 400 and exc.code in {"empty_body", "invalid_json", "invalid_encoding"}
-    else:
-        assert isinstance(parsed, dict)
 
 
 def test_openapi_document_is_served_without_credentials(live_url: str) -> None:

@@ -10,9 +10,9 @@ import pytest
 from aiohttp import web
 
 from fognode.gateway.node.server import RunningServer
-from tests.conftest import GatewayFactory
-from tests.helpers import CHAT, free_port
-from tests.ollama_standin import VERSIONS, OllamaStandIn
+from tests.support.gateway import GatewayFactory
+from tests.support.helpers import CHAT, free_port
+from tests.support.ollama_standin import VERSIONS, OllamaStandIn
 
 
 async def test_request_id_is_echoed_forwarded_and_generated(

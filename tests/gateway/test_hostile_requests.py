@@ -13,10 +13,10 @@ import pytest
 
 from fognode.auth.api_keys import entry_for, new_key
 from fognode.gateway.node.server import RunningServer
-from tests.conftest import GatewayFactory
-from tests.helpers import CHAT_BYTES as CHAT
-from tests.ollama_standin import OllamaStandIn
-from tests.raw_http import RawResponse, exchange, request
+from tests.support.gateway import GatewayFactory
+from tests.support.helpers import CHAT_BYTES as CHAT
+from tests.support.ollama_standin import OllamaStandIn
+from tests.support.raw_http import RawResponse, exchange, request
 
 KEY = new_key()
 AUTH = ("Authorization", f"Bearer {KEY}")

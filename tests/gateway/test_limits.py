@@ -10,10 +10,10 @@ import aiohttp
 from fognode.auth.api_keys import entry_for, new_key
 from fognode.gateway.node.server import RunningServer
 from fognode.gateway.pipeline.admission import ADMISSION
-from tests.conftest import GatewayFactory
-from tests.helpers import STREAMED_CHAT as CHAT
-from tests.helpers import wait_until
-from tests.ollama_standin import OllamaStandIn
+from tests.support.gateway import GatewayFactory
+from tests.support.helpers import STREAMED_CHAT as CHAT
+from tests.support.helpers import wait_until
+from tests.support.ollama_standin import OllamaStandIn
 
 GUARD = 10.0
 

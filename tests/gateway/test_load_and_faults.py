@@ -13,16 +13,16 @@ import pytest
 
 from fognode.gateway.node.server import RunningServer
 from fognode.gateway.telemetry.stats import STATS
-from tests.conftest import GatewayFactory
-from tests.helpers import STREAMED_CHAT as CHAT
-from tests.helpers import (
+from tests.support.gateway import GatewayFactory
+from tests.support.helpers import STREAMED_CHAT as CHAT
+from tests.support.helpers import (
     chat_deltas,
     free_port,
     without_heartbeats,
     without_roles,
     without_usage_chunk,
 )
-from tests.ollama_standin import WIRE_FORMATS, OllamaStandIn
+from tests.support.ollama_standin import WIRE_FORMATS, OllamaStandIn
 
 GUARD = 60.0
 

@@ -7,10 +7,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fognode.auth.api_keys import entry_for, new_key
 from fognode.gateway.node.server import RunningServer
-from tests.conftest import GatewayFactory
-from tests.helpers import STREAMED_CHAT as CHAT
-from tests.helpers import free_port
-from tests.ollama_standin import OllamaStandIn
+from tests.support.gateway import GatewayFactory
+from tests.support.helpers import STREAMED_CHAT as CHAT
+from tests.support.helpers import free_port
+from tests.support.ollama_standin import OllamaStandIn
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

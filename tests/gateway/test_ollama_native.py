@@ -11,8 +11,8 @@ from fognode.auth.errors import PolicyError
 from fognode.auth.principal import Access, Principal
 from fognode.gateway.node.server import RunningServer
 from fognode.gateway.pipeline.routes import MODEL_MANAGEMENT_ROUTES, ROUTES
-from tests.conftest import GatewayFactory
-from tests.ollama_standin import VERSIONS, OllamaStandIn
+from tests.support.gateway import GatewayFactory
+from tests.support.ollama_standin import VERSIONS, OllamaStandIn
 
 NATIVE_CALLS = [
     ("POST", "/api/generate", {"model": "llama3.2:1b", "prompt": "hi", "stream": False}),

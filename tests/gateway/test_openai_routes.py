@@ -9,8 +9,8 @@ import aiohttp
 import pytest
 
 from fognode.gateway.node.server import RunningServer
-from tests.helpers import CHAT, chat_deltas
-from tests.ollama_standin import WIRE_FORMATS, OllamaStandIn
+from tests.support.helpers import CHAT, chat_deltas
+from tests.support.ollama_standin import WIRE_FORMATS, OllamaStandIn
 
 # The SpeziLLMFog app's pattern for a missing model (LLMFogError.swift).
 APP_MODEL_NOT_FOUND = r"model '([\w:]+)' not found, try pulling it first"

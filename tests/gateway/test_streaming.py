@@ -16,9 +16,9 @@ import aiohttp
 
 from fognode.gateway.node.server import RunningServer
 from fognode.gateway.telemetry.stats import STATS
-from tests.helpers import STREAMED_CHAT as CHAT
-from tests.helpers import wait_until
-from tests.ollama_standin import OllamaStandIn
+from tests.support.helpers import STREAMED_CHAT as CHAT
+from tests.support.helpers import wait_until
+from tests.support.ollama_standin import OllamaStandIn
 
 HANG_GUARD = 10.0  # seconds; only to turn a deadlock into a failure
 

@@ -12,13 +12,9 @@ import asyncio
 import base64
 import json
 import os
-import shutil
 import socket
 import ssl
-import subprocess
-import sys
 import warnings
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -28,49 +24,10 @@ import pytest
 
 from fognode.certs.errors import CertError
 from fognode.gateway.node.server import RunningServer
-from tests.conftest import GatewayFactory
-from tests.ollama_standin import OllamaStandIn
-from tests.pki import Pki, make_pki
-
-HOST = "spezillmfog.local"
-needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="setup.sh installs curl")
-needs_openssl = pytest.mark.skipif(
-    shutil.which("openssl") is None, reason="setup.sh installs openssl"
-)
-
-
-@pytest.fixture
-def node_pki(tmp_path: Path) -> Pki:
-    return make_pki(tmp_path / "node")
-
-
-@pytest.fixture
-def rogue_pki(tmp_path: Path) -> Pki:
-    return make_pki(tmp_path / "rogue", common_name="not the node's CA")
-
-
-@pytest.fixture
-async def tls_gateway(
-    standin: OllamaStandIn, make_gateway: GatewayFactory, node_pki: Pki
-) -> RunningServer:
-    return await make_gateway(standin.url, tls=True, certs_dir=node_pki.paths.directory)
-
-
-@pytest.fixture
-async def expired_gateway(
-    standin: OllamaStandIn, make_gateway: GatewayFactory, tmp_path: Path
-) -> AsyncIterator[tuple[RunningServer, Pki]]:
-    """A gateway whose certificate expires two seconds after it starts."""
-    pki = make_pki(tmp_path / "short", validity_days=2 / 86400)
-    gateway = await make_gateway(
-        standin.url,
-        tls=True,
-        certs_dir=pki.paths.directory,
-        cert_renew_before_days=0,
-        cert_check_interval=3600,
-    )
-    await asyncio.sleep(2.5)
-    yield gateway, pki
+from tests.support.gateway import GatewayFactory
+from tests.support.ollama_standin import OllamaStandIn
+from tests.support.pki import Pki, make_pki
+from tests.support.tls import HOST, ConnectByIp
 
 
 def handshake(port: int, cafile: Path, server_hostname: str | None = HOST) -> dict[str, object]:
@@ -87,19 +44,19 @@ def handshake(port: int, cafile: Path, server_hostname: str | None = HOST) -> di
 
 
 async def test_python_ssl_trusting_only_the_ca(
-    tls_gateway: RunningServer, node_pki: Pki, rogue_pki: Pki
+    tls_gateway: RunningServer, pki: Pki, rogue_pki: Pki
 ) -> None:
-    cert = await asyncio.to_thread(handshake, tls_gateway.port, node_pki.ca)
+    cert = await asyncio.to_thread(handshake, tls_gateway.port, pki.ca)
     assert ("DNS", HOST) in cert["subjectAltName"]  # type: ignore[operator]
     with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer"):
         await asyncio.to_thread(handshake, tls_gateway.port, rogue_pki.ca)
     with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch"):
-        await asyncio.to_thread(handshake, tls_gateway.port, node_pki.ca, "other.local")
+        await asyncio.to_thread(handshake, tls_gateway.port, pki.ca, "other.local")
 
 
-async def test_default_certificate_without_sni(tls_gateway: RunningServer, node_pki: Pki) -> None:
+async def test_default_certificate_without_sni(tls_gateway: RunningServer, pki: Pki) -> None:
     """The reference client connects by IP and may send no SNI at all."""
-    cert = await asyncio.to_thread(handshake, tls_gateway.port, node_pki.ca, None)
+    cert = await asyncio.to_thread(handshake, tls_gateway.port, pki.ca, None)
     assert ("DNS", HOST) in cert["subjectAltName"]  # type: ignore[operator]
 
 
@@ -137,9 +94,9 @@ def old_tls(port: int, maximum: ssl.TLSVersion) -> None:
 
 
 async def test_tls12_uses_forward_secret_aead_and_tls11_is_refused(
-    tls_gateway: RunningServer, node_pki: Pki
+    tls_gateway: RunningServer, pki: Pki
 ) -> None:
-    cipher = await asyncio.to_thread(tls12_only, tls_gateway.port, node_pki.ca)
+    cipher = await asyncio.to_thread(tls12_only, tls_gateway.port, pki.ca)
     assert cipher.startswith("ECDHE-") and ("GCM" in cipher or "CHACHA20" in cipher)
     # The server says why (a protocol_version alert, not a bare EOF); a client
     # that refused to offer TLS 1.1 itself would fail with NO_PROTOCOLS_AVAILABLE
@@ -147,136 +104,6 @@ async def test_tls12_uses_forward_secret_aead_and_tls11_is_refused(
     for maximum in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
         with pytest.raises(ssl.SSLError, match=r"ALERT_PROTOCOL_VERSION"):
             await asyncio.to_thread(old_tls, tls_gateway.port, maximum)
-
-
-async def curl(
-    port: int, cafile: Path, name: str = HOST, path: str = "/healthz", data: str | None = None
-) -> tuple[int, str, str]:
-    args = [
-        "curl",
-        "-sS",
-        "-N",
-        "--max-time",
-        "20",
-        "--cacert",
-        str(cafile),
-        "--resolve",
-        f"{name}:{port}:127.0.0.1",
-        f"https://{name}:{port}{path}",
-    ]
-    if data is not None:
-        args += ["-H", "Content-Type: application/json", "-d", data]
-    proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-@needs_curl
-async def test_curl_with_cacert_and_resolve(
-    tls_gateway: RunningServer, node_pki: Pki, rogue_pki: Pki, standin: OllamaStandIn
-) -> None:
-    code, out, err = await curl(tls_gateway.port, node_pki.ca)
-    assert code == 0, err
-    assert json.loads(out)["status"] == "ok"
-    # Exit 60: "Peer certificate cannot be authenticated with known CA certificates"
-    code, _, err = await curl(tls_gateway.port, rogue_pki.ca)
-    assert code == 60, err
-    code, _, err = await curl(tls_gateway.port, node_pki.ca, name="wrong.local")
-    assert code == 60 and "wrong.local" in err
-    # A streamed chat completion over TLS, end to end.
-    body = json.dumps(
-        {"model": "llama3.2:1b", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-    )
-    code, out, err = await curl(
-        tls_gateway.port, node_pki.ca, path="/v1/chat/completions", data=body
-    )
-    assert code == 0, err
-    events = [e.removeprefix("data: ") for e in out.split("\n\n") if e]
-    assert events[-1] == "[DONE]"
-    text = "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-1])
-    assert text == standin.reply
-
-
-@needs_curl
-async def test_curl_refuses_an_expired_certificate(
-    expired_gateway: tuple[RunningServer, Pki],
-) -> None:
-    gateway, pki = expired_gateway
-    code, _, err = await curl(gateway.port, pki.ca)
-    assert code == 60 and "expired" in err
-
-
-async def s_client(port: int, cafile: Path, name: str | None = HOST) -> tuple[int, str]:
-    args = [
-        "openssl",
-        "s_client",
-        "-connect",
-        f"127.0.0.1:{port}",
-        "-CAfile",
-        str(cafile),
-        "-verify_return_error",
-        "-brief",
-    ]
-    if name is None:
-        args += ["-noservername", "-verify_hostname", HOST]
-    else:
-        args += ["-servername", name, "-verify_hostname", name]
-    proc = await asyncio.create_subprocess_exec(
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    async with asyncio.timeout(30):
-        out, _ = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
-
-
-@needs_openssl
-async def test_openssl_s_client_verify_return_error(
-    tls_gateway: RunningServer, node_pki: Pki, rogue_pki: Pki
-) -> None:
-    code, out = await s_client(tls_gateway.port, node_pki.ca)
-    assert code == 0, out
-    assert "Verification: OK" in out
-    code, out = await s_client(tls_gateway.port, node_pki.ca, name=None)  # no SNI
-    assert code == 0 and "Verification: OK" in out, out
-    code, out = await s_client(tls_gateway.port, rogue_pki.ca)
-    assert code != 0 and "unable to get local issuer certificate" in out
-    code, out = await s_client(tls_gateway.port, node_pki.ca, name="wrong.local")
-    assert code != 0 and "hostname mismatch" in out
-
-
-@needs_openssl
-async def test_openssl_refuses_an_expired_certificate(
-    expired_gateway: tuple[RunningServer, Pki],
-) -> None:
-    gateway, pki = expired_gateway
-    code, out = await s_client(gateway.port, pki.ca)
-    assert code != 0 and "certificate has expired" in out
-
-
-class ConnectByIp(httpx.AsyncHTTPTransport):
-    """What the SpeziLLMFog client does: dial the resolved IP, keep the name.
-
-    The TCP connection goes to 127.0.0.1, while TLS (SNI and the host name
-    check) and the Host header use the node's name.
-    """
-
-    def __init__(self, ip: str, verify: ssl.SSLContext) -> None:
-        super().__init__(verify=verify)
-        self.ip = ip
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        name = request.url.host
-        request.url = request.url.copy_with(host=self.ip)
-        request.headers["Host"] = f"{name}:{request.url.port}"
-        request.extensions["sni_hostname"] = name
-        return await super().handle_async_request(request)
 
 
 def openai_client(port: int, cafile: Path) -> openai.AsyncOpenAI:
@@ -301,9 +128,9 @@ async def _stream_chat(client: openai.AsyncOpenAI) -> str:
 
 
 async def test_openai_sdk_over_tls_trusting_only_the_ca(
-    tls_gateway: RunningServer, node_pki: Pki, rogue_pki: Pki, standin: OllamaStandIn
+    tls_gateway: RunningServer, pki: Pki, rogue_pki: Pki, standin: OllamaStandIn
 ) -> None:
-    client = openai_client(tls_gateway.port, node_pki.ca)
+    client = openai_client(tls_gateway.port, pki.ca)
     assert await _stream_chat(client) == standin.reply
     assert standin.last("/v1/chat/completions").headers["X-Forwarded-Proto"] == "https"
     await client.close()
@@ -316,9 +143,9 @@ async def test_openai_sdk_over_tls_trusting_only_the_ca(
 
 
 async def test_openai_sdk_refuses_wrong_name_and_expired(
-    expired_gateway: tuple[RunningServer, Pki], tls_gateway: RunningServer, node_pki: Pki
+    expired_gateway: tuple[RunningServer, Pki], tls_gateway: RunningServer, pki: Pki
 ) -> None:
-    ctx = ssl.create_default_context(cafile=str(node_pki.ca))
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
     wrong = openai.AsyncOpenAI(
         base_url=f"https://wrong.local:{tls_gateway.port}/v1",
         api_key="unused",
@@ -366,25 +193,10 @@ async def test_refuses_to_start_with_unusable_certificates(
         await make_gateway(standin.url, tls=True, certs_dir=tmp_path / "empty")
 
 
-def test_cli_serve_refuses_missing_certificates_with_a_clear_message(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FOGNODE_")}
-    env.update(HOME=str(tmp_path), XDG_DATA_HOME=str(tmp_path / "data"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "fognode.gateway.cli", "serve", "--port", "0"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-    assert proc.returncode == 1
-    assert "cannot serve TLS" in proc.stderr and "fognode certs init" in proc.stderr
-    assert str(tmp_path / "data" / "fognode" / "certs") in proc.stderr
-
-
 async def test_ollama_client_over_tls(
-    tls_gateway: RunningServer, node_pki: Pki, standin: OllamaStandIn
+    tls_gateway: RunningServer, pki: Pki, standin: OllamaStandIn
 ) -> None:
-    ctx = ssl.create_default_context(cafile=str(node_pki.ca))
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
     client = ollama.AsyncClient(host=f"https://localhost:{tls_gateway.port}", verify=ctx)
     parts = [
         part.message.content
@@ -396,13 +208,13 @@ async def test_ollama_client_over_tls(
 
 
 async def test_a_large_body_over_tls_arrives_whole(
-    tls_gateway: RunningServer, node_pki: Pki, standin: OllamaStandIn
+    tls_gateway: RunningServer, pki: Pki, standin: OllamaStandIn
 ) -> None:
     """The TLS receive buffer is smaller than asyncio's (connections.py): a body
     of many TLS records, as an image in a chat request, still arrives byte for
     byte."""
     image = base64.b64encode(os.urandom(3 * 1024 * 1024)).decode()  # 4 MiB of base64
-    client = openai_client(tls_gateway.port, node_pki.ca)
+    client = openai_client(tls_gateway.port, pki.ca)
     content = [
         {"type": "text", "text": "What is in this picture?"},
         {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}},

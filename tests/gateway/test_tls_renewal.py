@@ -15,10 +15,10 @@ from cryptography import x509
 from fognode.certs.issuer import SubjectNames
 from fognode.certs.lifecycle import issue_to_files
 from fognode.gateway.transport.cert_renewal import CERTIFICATES
-from tests.conftest import GatewayFactory
-from tests.helpers import wait_until
-from tests.ollama_standin import OllamaStandIn
-from tests.pki import NODE_NAMES, PASSPHRASE, make_pki
+from tests.support.gateway import GatewayFactory
+from tests.support.helpers import wait_until
+from tests.support.ollama_standin import OllamaStandIn
+from tests.support.pki import NODE_NAMES, PASSPHRASE, make_pki
 
 HOST = "spezillmfog.local"
 DAY = 86400.0

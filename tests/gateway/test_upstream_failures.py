@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 
 from fognode.gateway.telemetry.stats import STATS
-from tests.conftest import GatewayFactory
-from tests.helpers import CHAT, free_port
-from tests.ollama_standin import OllamaStandIn
+from tests.support.gateway import GatewayFactory
+from tests.support.helpers import CHAT, free_port
+from tests.support.ollama_standin import OllamaStandIn
 
 
 async def test_unreachable_upstream_is_502_naming_it_and_how_to_start_ollama(

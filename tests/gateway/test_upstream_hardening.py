@@ -22,8 +22,8 @@ from fognode.gateway.pipeline import answers
 from fognode.gateway.pipeline.admission import ADMISSION
 from fognode.gateway.telemetry.stats import STATS
 from fognode.gateway.upstreams.pool import UPSTREAM
-from tests.conftest import GatewayFactory
-from tests.helpers import free_port, wait_until
+from tests.support.gateway import GatewayFactory
+from tests.support.helpers import free_port, wait_until
 
 CHAT = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
 UPSTREAM_KEY = "sk-upstream-0123456789abcdef"

@@ -9,9 +9,9 @@ from fognode.gateway.config.settings import Settings
 from fognode.gateway.node.announce import AnnounceOptions, NodeAnnouncer, announcement
 from fognode.gateway.pipeline.admission import ADMISSION
 from fognode.gateway.upstreams.pool import UPSTREAM
-from tests.conftest import GatewayFactory
-from tests.helpers import CHAT
-from tests.ollama_standin import OllamaStandIn
+from tests.support.gateway import GatewayFactory
+from tests.support.helpers import CHAT
+from tests.support.ollama_standin import OllamaStandIn
 
 
 async def test_openai_kind_serves_v1_and_refuses_native_routes_with_501(

@@ -11,9 +11,9 @@ import pytest
 from fognode.gateway.config.settings import Settings
 from fognode.gateway.options import upstream_connections
 from fognode.gateway.upstreams.pool import UPSTREAM
-from tests.conftest import GatewayFactory
-from tests.helpers import free_port
-from tests.ollama_standin import OllamaStandIn
+from tests.support.gateway import GatewayFactory
+from tests.support.helpers import free_port
+from tests.support.ollama_standin import OllamaStandIn
 
 GUARD = 10.0
 

@@ -17,22 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiosqlite
 import pytest
-from firebase_admin import auth
 
 from fognode.auth.api_keys import entry_for, new_key
-from fognode.gateway.node.server import RunningServer
 from fognode.gateway.pipeline.admission import ADMISSION
 from fognode.gateway.pipeline.quotas import USAGE, Meter
-from fognode.gateway.telemetry.stats import STATS
 from fognode.usage.counter import Tokens
 from fognode.usage.record import Outcome
-from tests.conftest import GatewayFactory
-from tests.firebase_emulator import PROJECT, AuthEmulator
-from tests.helpers import CHAT, STREAMED_CHAT, wait_until
-from tests.ollama_standin import WIRE_FORMATS, OllamaStandIn
-from tests.test_auth_emulator import admin_sdk  # noqa: F401  (a fixture)
+from tests.support.gateway import GatewayFactory
+from tests.support.helpers import CHAT, STREAMED_CHAT, wait_until
+from tests.support.ollama_standin import WIRE_FORMATS, OllamaStandIn
+from tests.support.usage import post, recorded, rid, rows
 
 FAST = {"usage_flush_seconds": 0.02}
 WORDS = len(OllamaStandIn().reply.split(" "))  # the stand-in's completion, in tokens
@@ -47,60 +42,6 @@ RATE_HEADERS = (
     "x-ratelimit-remaining-tokens",
     "x-ratelimit-reset-tokens",
 )
-
-Row = dict[str, Any]
-
-
-async def rows(gateway: RunningServer, where: str = "1", *args: object) -> list[Row]:
-    path = gateway.app[USAGE].options.store.sqlite_path
-    assert path is not None
-    async with aiosqlite.connect(path) as db:
-        db.row_factory = aiosqlite.Row
-        async with db.execute(
-            f"SELECT * FROM usage_records WHERE {where} ORDER BY started_at", args
-        ) as cur:
-            return [dict(row) for row in await cur.fetchall()]
-
-
-async def recorded(gateway: RunningServer, request_ids: list[str]) -> list[Row]:
-    """The records of these requests, once they are all in the store; then
-    also every other record written meanwhile, so a second one would show."""
-    marks = ",".join("?" * len(request_ids))
-    where = f"request_id IN ({marks})"
-    found: list[Row] = []
-
-    async def all_there() -> bool:
-        nonlocal found
-        found = await rows(gateway, where, *request_ids)
-        return len({r["request_id"] for r in found}) == len(set(request_ids))
-
-    async with asyncio.timeout(20):
-        while not await all_there():  # noqa: ASYNC110 (a file, polled)
-            await asyncio.sleep(0.02)
-    writer = gateway.app[USAGE].writer
-    assert writer is not None
-    await wait_until(lambda: gateway.app[STATS].active_streams == 0, "handlers done")
-    await wait_until(lambda: not writer.pending(), "every record written")
-    return await rows(gateway, where, *request_ids)
-
-
-def rid() -> str:
-    return uuid.uuid4().hex
-
-
-async def post(
-    http: aiohttp.ClientSession,
-    url: str,
-    body: dict[str, Any],
-    *,
-    request_id: str,
-    key: str | None = None,
-) -> tuple[int, bytes, dict[str, str]]:
-    headers = {"X-Request-ID": request_id}
-    if key is not None:
-        headers["Authorization"] = f"Bearer {key}"
-    async with http.post(url, json=body, headers=headers) as resp:
-        return resp.status, await resp.read(), dict(resp.headers)
 
 
 def sse_payloads(raw: bytes) -> list[Any]:
@@ -460,51 +401,6 @@ async def test_early_heartbeat_headers_carry_the_rate_limit_headers(
         await resp.read()
 
 
-async def test_tiers_by_api_key_and_by_firebase_claim(
-    standin: OllamaStandIn,
-    make_gateway: GatewayFactory,
-    http: aiohttp.ClientSession,
-    emulator: AuthEmulator,
-    admin_sdk: Any,  # noqa: F811
-) -> None:
-    ci = new_key()
-    gateway = await make_gateway(
-        standin.url,
-        auth="firebase",
-        firebase_project_id=PROJECT,
-        firebase_auth_emulator_host=emulator.host,
-        api_keys=[entry_for(ci, "ci", admin=False)],
-        api_keys_file=None,
-        quota_requests_per_minute=1,
-        quota_tiers={"staff": {"requests_per_minute": 5}, "robots": {}},
-        quota_api_key_tiers={"ci": "robots"},
-        # Records stay pending for the whole test: a batch committed while a
-        # check reads the store is counted twice for that one check (refusing
-        # a little early, as usage/ledger.py says), which would make the exact
-        # counts below depend on when the writer ran. This test is about tiers.
-        usage_flush_seconds=60,
-    )
-    url = f"{gateway.url}/api/chat"
-    guest = emulator.sign_up("guest@clinic.example")
-    staff = emulator.sign_up("nurse@clinic.example")
-    await asyncio.to_thread(
-        auth.set_custom_user_claims, staff.uid, {"fog_tier": "staff"}, app=admin_sdk
-    )
-    staff_token = (await asyncio.to_thread(emulator.sign_in, "nurse@clinic.example")).id_token
-
-    statuses = [
-        (await post(http, url, CHAT, request_id=rid(), key=guest.id_token))[0] for _ in range(2)
-    ]
-    assert statuses == [200, 429]  # the default: one a minute
-    statuses = [
-        (await post(http, url, CHAT, request_id=rid(), key=staff_token))[0] for _ in range(6)
-    ]
-    assert statuses == [200] * 5 + [429]  # the claim's tier
-    answers = [await post(http, url, CHAT, request_id=rid(), key=ci) for _ in range(4)]
-    assert [status for status, _, _ in answers] == [200] * 4  # the key's tier: no limit
-    assert not any(name.startswith("x-ratelimit") for name in answers[-1][2])
-
-
 # --- seeing it ----------------------------------------------------------------------------------
 
 
@@ -637,7 +533,7 @@ async def test_accounting_off_means_no_store_no_edit_and_no_report(
 async def test_a_store_that_cannot_open_stops_the_start_without_its_password(
     standin: OllamaStandIn, make_gateway: GatewayFactory
 ) -> None:
-    from tests.helpers import free_port
+    from tests.support.helpers import free_port
 
     url = f"postgresql://fog:sup3r-s3cret@127.0.0.1:{free_port()}/usage"
     with pytest.raises(Exception) as caught:

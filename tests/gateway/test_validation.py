@@ -8,8 +8,8 @@ import aiohttp
 import pytest
 
 from fognode.gateway.node.server import RunningServer
-from tests.conftest import GatewayFactory
-from tests.ollama_standin import OllamaStandIn
+from tests.support.gateway import GatewayFactory
+from tests.support.ollama_standin import OllamaStandIn
 
 USER = [{"role": "user", "content": "hi"}]
 

@@ -19,9 +19,9 @@ from fognode.gateway.config.settings import Settings
 from fognode.gateway.node.announce import AnnounceOptions, NodeAnnouncer, announcement
 from fognode.gateway.pipeline.admission import ADMISSION
 from fognode.gateway.upstreams.pool import UPSTREAM
-from tests.conftest import GatewayFactory
-from tests.helpers import wait_until
-from tests.ollama_standin import OllamaStandIn
+from tests.support.gateway import GatewayFactory
+from tests.support.helpers import wait_until
+from tests.support.ollama_standin import OllamaStandIn
 
 MODEL = "llama3.2:1b"
 

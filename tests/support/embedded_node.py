@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import free_port
+from tests.support.helpers import free_port
 
 FOGNODE = [sys.executable, "-m", "fognode.gateway.cli"]
 MODEL = "smollm2:135m"  # the packaged default

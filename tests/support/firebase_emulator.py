@@ -16,13 +16,16 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import firebase_admin
 import httpx
+import pytest
 
-from tests.helpers import free_port
+from tests.support.helpers import free_port
 
 FIREBASE_TOOLS_VERSION = "15.34.2"
 PROJECT = "demo-fognode"
@@ -151,3 +154,31 @@ class AuthEmulator:
     def clear(self) -> None:
         resp = self.http.delete(f"/emulator/v1/projects/{self.project}/accounts")
         resp.raise_for_status()
+
+
+@pytest.fixture(scope="session")
+def auth_emulator_session() -> Iterator[AuthEmulator]:
+    binary = firebase_binary()
+    if binary is None:
+        pytest.fail("firebase-tools is not installed: run ./setup.sh (it caches the emulator)")
+    emulator = AuthEmulator(binary)
+    emulator.start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def emulator(auth_emulator_session: AuthEmulator) -> AuthEmulator:
+    auth_emulator_session.clear()
+    return auth_emulator_session
+
+
+@pytest.fixture
+def admin_sdk(emulator: AuthEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """firebase-admin pointed at the emulator, as an operator's script would be."""
+    monkeypatch.setenv("FIREBASE_AUTH_EMULATOR_HOST", emulator.host)
+    app = firebase_admin.initialize_app(
+        options={"projectId": PROJECT}, name=f"operator-{time.monotonic_ns()}"
+    )
+    yield app
+    firebase_admin.delete_app(app)

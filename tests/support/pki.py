@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from fognode.certs.issuer import SubjectNames
 from fognode.certs.lifecycle import init_ca, issue_to_files
 from fognode.certs.store import CertPaths
@@ -40,3 +42,9 @@ def make_pki(
         validity_days=validity_days,
     )
     return Pki(paths)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    """The node's CA and its server certificate for the usual names, in the test's directory."""
+    return make_pki(tmp_path / "node")

@@ -17,9 +17,12 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
-from tests.helpers import free_port
+import pytest
+
+from tests.support.helpers import free_port
 
 
 def postgres_bin_dir() -> Path | None:
@@ -116,3 +119,21 @@ class PostgresServer:
                 self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One private PostgreSQL server for the session (setup.sh installs it)."""
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        pytest.fail("PostgreSQL is not installed: run ./setup.sh (it installs Debian's postgresql)")
+    server = PostgresServer(bin_dir)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def postgres_url(postgres_server: PostgresServer) -> str:
+    """A new, empty database on the session's server, for one test."""
+    return await postgres_server.new_database()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.helpers import free_port
+from tests.support.helpers import free_port
 
 FOGNODE = [sys.executable, "-m", "fognode.gateway.cli", "serve"]
 

@@ -1,6 +1,6 @@
 """A process that records usage without pause, for the kill -9 test.
 
-    python -m tests.usage_writer_process PATH ROUND
+    python -m tests.support.usage_writer_process PATH ROUND
 
 It opens the SQLite store at PATH (recovering it if a previous process was
 killed), then adds records ``ROUND-0``, ``ROUND-1``, ... as fast as the

@@ -14,12 +14,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import firebase_admin
 import pytest
 from firebase_admin import auth
 
@@ -27,38 +25,11 @@ from fognode.auth.authorizer import TokenAuthorizer
 from fognode.gateway.auth_setup import UnsafeConfiguration
 from fognode.gateway.node.server import RunningServer
 from fognode.gateway.pipeline.access import AUTHORIZER
-from tests.conftest import GatewayFactory
-from tests.firebase_emulator import PROJECT, AuthEmulator
-from tests.helpers import CHAT
-from tests.ollama_standin import OllamaStandIn
-from tests.pki import make_pki
-
-
-@pytest.fixture
-def admin_sdk(emulator: AuthEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """firebase-admin pointed at the emulator, as an operator's script would be."""
-    monkeypatch.setenv("FIREBASE_AUTH_EMULATOR_HOST", emulator.host)
-    app = firebase_admin.initialize_app(
-        options={"projectId": PROJECT}, name=f"operator-{time.monotonic_ns()}"
-    )
-    yield app
-    firebase_admin.delete_app(app)
-
-
-@pytest.fixture
-async def node(
-    standin: OllamaStandIn, make_gateway: GatewayFactory, emulator: AuthEmulator
-) -> AsyncIterator[GatewayFactory]:
-    async def factory(**overrides: Any) -> RunningServer:
-        return await make_gateway(
-            standin.url,
-            auth="firebase",
-            firebase_project_id=PROJECT,
-            firebase_auth_emulator_host=emulator.host,
-            **overrides,
-        )
-
-    yield factory
+from tests.support.firebase_emulator import PROJECT, AuthEmulator
+from tests.support.gateway import GatewayFactory
+from tests.support.helpers import CHAT
+from tests.support.ollama_standin import OllamaStandIn
+from tests.support.pki import make_pki
 
 
 async def call(
@@ -80,13 +51,13 @@ async def call(
 
 
 async def test_valid_emulator_token_is_admitted_and_uid_is_not_forwarded(
-    node: GatewayFactory,
+    make_emulator_gateway: GatewayFactory,
     emulator: AuthEmulator,
     standin: OllamaStandIn,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level("DEBUG")
-    gateway = await node()
+    gateway = await make_emulator_gateway()
     user = emulator.sign_up("alice@example.com")
     status, body, _ = await call(gateway, user.id_token)
     assert status == 200, body
@@ -100,9 +71,9 @@ async def test_valid_emulator_token_is_admitted_and_uid_is_not_forwarded(
 
 
 async def test_scheme_is_case_insensitive_and_token_trimmed(
-    node: GatewayFactory, emulator: AuthEmulator
+    make_emulator_gateway: GatewayFactory, emulator: AuthEmulator
 ) -> None:
-    gateway = await node()
+    gateway = await make_emulator_gateway()
     token = emulator.sign_up("bob@example.com").id_token
     for header_scheme in ("bearer", "BEARER", "Bearer"):
         status, _, _ = await call(gateway, f"  {token}  ", scheme=header_scheme)
@@ -123,9 +94,9 @@ async def test_scheme_is_case_insensitive_and_token_trimmed(
     ],
 )
 async def test_missing_and_malformed_credentials_are_401(
-    node: GatewayFactory, standin: OllamaStandIn, header: str | None, reason: str
+    make_emulator_gateway: GatewayFactory, standin: OllamaStandIn, header: str | None, reason: str
 ) -> None:
-    gateway = await node()
+    gateway = await make_emulator_gateway()
     headers = {} if header is None else {"Authorization": header}
     async with (
         aiohttp.ClientSession() as http,
@@ -147,10 +118,10 @@ def unsigned_token(claims: dict[str, Any]) -> str:
 
 
 async def test_expired_and_foreign_project_emulator_tokens_are_401(
-    node: GatewayFactory, emulator: AuthEmulator
+    make_emulator_gateway: GatewayFactory, emulator: AuthEmulator
 ) -> None:
     """The emulator's tokens are unsigned; fognode still checks time and project."""
-    gateway = await node()
+    gateway = await make_emulator_gateway()
     now = int(time.time())
     base = {
         "iss": f"https://securetoken.google.com/{PROJECT}",
@@ -167,9 +138,9 @@ async def test_expired_and_foreign_project_emulator_tokens_are_401(
 
 
 async def test_required_claim_is_403_until_granted_with_firebase_admin(
-    node: GatewayFactory, emulator: AuthEmulator, admin_sdk: Any
+    make_emulator_gateway: GatewayFactory, emulator: AuthEmulator, admin_sdk: Any
 ) -> None:
-    gateway = await node(required_claims={"fog": True})
+    gateway = await make_emulator_gateway(required_claims={"fog": True})
     user = emulator.sign_up("carol@example.com")
     status, body, headers = await call(gateway, user.id_token)
     assert status == 403
@@ -184,22 +155,22 @@ async def test_required_claim_is_403_until_granted_with_firebase_admin(
 
 
 async def test_allowed_uids_email_domains_and_verified_email(
-    node: GatewayFactory, emulator: AuthEmulator
+    make_emulator_gateway: GatewayFactory, emulator: AuthEmulator
 ) -> None:
     staff = emulator.sign_up("dana@clinic.example")
     outsider = emulator.sign_up("eve@gmail.example")
 
-    by_domain = await node(allowed_email_domains=["clinic.example"])
+    by_domain = await make_emulator_gateway(allowed_email_domains=["clinic.example"])
     assert (await call(by_domain, staff.id_token))[0] == 200
     status, body, _ = await call(by_domain, outsider.id_token)
     assert (status, body["error"]["code"]) == (403, "email_domain_not_allowed")
 
-    by_uid = await node(allowed_uids=[outsider.uid])
+    by_uid = await make_emulator_gateway(allowed_uids=[outsider.uid])
     assert (await call(by_uid, outsider.id_token))[0] == 200
     status, body, _ = await call(by_uid, staff.id_token)
     assert (status, body["error"]["code"]) == (403, "uid_not_allowed")
 
-    verified_only = await node(require_email_verified=True)
+    verified_only = await make_emulator_gateway(require_email_verified=True)
     status, body, _ = await call(verified_only, staff.id_token)
     assert (status, body["error"]["code"]) == (403, "email_not_verified")
     emulator.verify_email(staff.uid)
@@ -207,9 +178,12 @@ async def test_allowed_uids_email_domains_and_verified_email(
 
 
 async def test_model_management_needs_the_admin_claim(
-    node: GatewayFactory, emulator: AuthEmulator, admin_sdk: Any, standin: OllamaStandIn
+    make_emulator_gateway: GatewayFactory,
+    emulator: AuthEmulator,
+    admin_sdk: Any,
+    standin: OllamaStandIn,
 ) -> None:
-    gateway = await node(admin_claim="fog_admin")
+    gateway = await make_emulator_gateway(admin_claim="fog_admin")
     user = emulator.sign_up("frank@example.com")
     pull = {"model": "llama3.2:1b", "stream": False}
     status, body, _ = await call(gateway, user.id_token, path="/api/pull", body=pull)
@@ -224,9 +198,9 @@ async def test_model_management_needs_the_admin_claim(
 
 
 async def test_revoked_and_disabled_users_with_revocation_checks(
-    node: GatewayFactory, emulator: AuthEmulator, admin_sdk: Any
+    make_emulator_gateway: GatewayFactory, emulator: AuthEmulator, admin_sdk: Any
 ) -> None:
-    gateway = await node(check_revoked=True, revocation_recheck_seconds=0.2)
+    gateway = await make_emulator_gateway(check_revoked=True, revocation_recheck_seconds=0.2)
     user = emulator.sign_up("gina@example.com")
     assert (await call(gateway, user.id_token))[0] == 200
     await asyncio.sleep(1.1)  # revocation has one-second resolution
@@ -244,9 +218,9 @@ async def test_revoked_and_disabled_users_with_revocation_checks(
 
 
 async def test_one_verification_per_token_while_it_is_valid(
-    node: GatewayFactory, emulator: AuthEmulator
+    make_emulator_gateway: GatewayFactory, emulator: AuthEmulator
 ) -> None:
-    gateway = await node()
+    gateway = await make_emulator_gateway()
     token = emulator.sign_up("ivy@example.com").id_token
     results = await asyncio.gather(*(call(gateway, token) for _ in range(30)))
     assert {status for status, _, _ in results} == {200}

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import CHAT, STREAMED_CHAT, wait_until
-from tests.node_process import NodeProcess
-from tests.ollama_standin import OllamaStandIn
-from tests.pki import make_pki
+from tests.support.helpers import CHAT, STREAMED_CHAT, wait_until
+from tests.support.ollama_standin import OllamaStandIn
+from tests.support.pki import make_pki
+from tests.support.processes import NodeProcess
 
 # The one line a departure makes: its access-log line, with nginx's 499
 # ("client closed request") and the bytes it got.

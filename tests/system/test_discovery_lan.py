@@ -21,9 +21,9 @@ import pytest
 from fognode.auth.api_keys import entry_for, new_key
 from fognode.certs.inspect import fingerprint
 from fognode.certs.store import load_certs
-from tests.netns import ROOT, Lan, Proc, unavailable_reason, wait_http
-from tests.ollama_standin import DEFAULT_REPLY
-from tests.pki import make_pki
+from tests.support.netns import ROOT, Lan, Proc, unavailable_reason, wait_http
+from tests.support.ollama_standin import DEFAULT_REPLY
+from tests.support.pki import make_pki
 
 REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
@@ -69,7 +69,7 @@ def start_node(
     if standin:
         in_memory = [arg for name in loaded for arg in ("--loaded", name)]
         procs.append(
-            Proc(lan.a.python("-m", "tests.ollama_standin", "--port", "11434", *in_memory))
+            Proc(lan.a.python("-m", "tests.support.ollama_standin", "--port", "11434", *in_memory))
         )
         wait_http(lan.a, "http://127.0.0.1:11434/api/version")
     node = Proc(
@@ -254,7 +254,7 @@ def test_two_nodes_started_together_get_distinct_instances(
 ) -> None:
     """Both find the name free and take it; a moment later the one with the
     greater host name hears the other and moves to `-2`."""
-    procs.append(Proc(lan.a.python("-m", "tests.ollama_standin", "--port", "11434")))
+    procs.append(Proc(lan.a.python("-m", "tests.support.ollama_standin", "--port", "11434")))
     wait_http(lan.a, "http://127.0.0.1:11434/api/version")
     nodes = []
     for index, port in enumerate((PORT, PORT + 1)):

@@ -22,10 +22,10 @@ import openai
 import pytest
 
 from fognode.auth.api_keys import entry_for, new_key
-from tests.embedded_node import MODEL, FognodeProcess, alive, llama_children, wait_for
-from tests.helpers import wait_until
-from tests.pki import make_pki
-from tests.test_tls import HOST, ConnectByIp
+from tests.support.embedded_node import MODEL, FognodeProcess, alive, llama_children, wait_for
+from tests.support.helpers import wait_until
+from tests.support.pki import make_pki
+from tests.support.tls import HOST, ConnectByIp
 
 KEY = new_key()
 MESSAGES = [{"role": "user", "content": "Why is the sky blue? Answer in one sentence."}]

@@ -19,10 +19,9 @@ from typing import Any
 import pytest
 
 from fognode.auth.api_keys import entry_for, new_key
-from tests.embedded_node import MODEL
-from tests.netns import ROOT, Lan, unavailable_reason
-from tests.pki import make_pki
-from tests.test_discovery_lan import Proc, wait_http
+from tests.support.embedded_node import MODEL
+from tests.support.netns import ROOT, Lan, Proc, unavailable_reason, wait_http
+from tests.support.pki import make_pki
 
 REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")

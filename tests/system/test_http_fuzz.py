@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fognode.auth.api_keys import entry_for, new_key
-from tests.helpers import CHAT_BYTES as CHAT
-from tests.node_process import NodeProcess
-from tests.ollama_standin import OllamaStandIn
-from tests.raw_http import RawResponse, exchange_blocking
+from tests.support.helpers import CHAT_BYTES as CHAT
+from tests.support.ollama_standin import OllamaStandIn
+from tests.support.processes import NodeProcess
+from tests.support.raw_http import RawResponse, exchange_blocking
 
 KEY = new_key()
 AUTH = f"Authorization: Bearer {KEY}\r\n".encode()

@@ -19,10 +19,10 @@ import pytest
 
 from fognode.auth.api_keys import entry_for, new_key
 from fognode.gateway.node.server import RunningServer
-from tests.conftest import GatewayFactory
-from tests.helpers import free_port, wait_until
-from tests.ollama_standin import OllamaStandIn
-from tests.pki import Pki, make_pki
+from tests.support.gateway import GatewayFactory
+from tests.support.helpers import free_port, wait_until
+from tests.support.ollama_standin import OllamaStandIn
+from tests.support.pki import Pki, make_pki
 
 ADMIN_KEY, USER_KEY = new_key(), new_key()
 

@@ -17,7 +17,6 @@ import plistlib
 import socket
 import ssl
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -27,21 +26,16 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from playwright.async_api import Page
 
 from fognode.auth.api_keys import entry_for, new_key
-from fognode.certs.authority import load_ca
-from fognode.certs.export import CaExport, export_forms
+from fognode.certs.export import CaExport
 from fognode.certs.inspect import fingerprint
 from fognode.web.onboarding import (
-    OnboardingOptions,
     OnboardingSite,
-    onboarding_urls,
-    start_onboarding,
 )
-from tests.browser import decode_qr
-from tests.conftest import GatewayFactory
-from tests.helpers import free_port, wait_until
-from tests.node_process import NodeProcess
-from tests.ollama_standin import OllamaStandIn
-from tests.pki import Pki, make_pki
+from tests.support.browser import decode_qr
+from tests.support.helpers import free_port
+from tests.support.ollama_standin import OllamaStandIn
+from tests.support.pki import Pki
+from tests.support.processes import NodeProcess
 
 IPHONE = (
     "Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X) AppleWebKit/605.1.15 "
@@ -58,56 +52,10 @@ def sha256_colons(der: bytes) -> str:
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
 
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    return make_pki(tmp_path / "certs", common_name="fognode CA (clinic)")
-
-
-@pytest.fixture
-def ca_forms(pki: Pki) -> CaExport:
-    return export_forms(load_ca(pki.paths, None, need_key=False).cert)
-
-
-@pytest.fixture
-async def onboarding(ca_forms: CaExport) -> AsyncIterator[OnboardingSite]:
-    port = free_port()
-    site = await start_onboarding(
-        OnboardingOptions(
-            ca=ca_forms,
-            url=f"http://127.0.0.1:{port}",
-            bind="127.0.0.1",
-            port=port,
-            node_name="Clinic fog node",
-            other_urls=("http://[fd00::5]:8080",),
-        )
-    )
-    yield site
-    await site.stop()
-
-
-def test_the_qr_url_prefers_the_lan_a_phone_is_on() -> None:
-    lan = ["127.0.0.1", "172.17.0.1", "fe80::1%eth0", "10.0.0.3", "192.168.1.20", "fd00::5"]
-    assert onboarding_urls(port=80, addresses=lan) == [
-        "http://192.168.1.20",
-        "http://10.0.0.3",
-        "http://172.17.0.1",  # Docker's bridges live in 172.16/12
-        "http://[fd00::5]",
-    ]
-    # A page bound to one address answers there only, loopback included.
-    assert onboarding_urls(port=8080, addresses=lan, bound="10.0.0.3") == ["http://10.0.0.3:8080"]
-    assert onboarding_urls(port=8080, addresses=lan, bound="127.0.0.1") == ["http://127.0.0.1:8080"]
-    # The operator's own URL (a DNS name, a forwarded port) wins.
-    assert onboarding_urls(port=8080, addresses=lan, public_url="http://fog.lan/")[0] == (
-        "http://fog.lan"
-    )
-    # No LAN address at all: the page still works on this machine.
-    assert onboarding_urls(port=8080, addresses=["127.0.0.1", "::1"]) == ["http://127.0.0.1:8080"]
-
-
 async def test_phone_onboarding_in_a_real_browser(
-    onboarding: OnboardingSite, page: Page, ca_forms: CaExport, pki: Pki, tmp_path: Path
+    onboarding: OnboardingSite, page: Page, ca_forms: CaExport, clinic_pki: Pki, tmp_path: Path
 ) -> None:
-    ca = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    ca = x509.load_pem_x509_certificate(clinic_pki.ca.read_bytes())
     response = await page.goto(onboarding.url)
     assert response is not None and response.status == 200
     assert await page.title() == "Trust Clinic fog node on your phone"
@@ -145,32 +93,6 @@ async def test_phone_onboarding_in_a_real_browser(
     saved = tmp_path / download.suggested_filename
     await download.save_as(saved)
     assert saved.name == "fognode-ca.cer" and saved.read_bytes() == der
-
-
-async def test_the_page_is_safe_to_expose(onboarding: OnboardingSite, pki: Pki) -> None:
-    async with aiohttp.ClientSession() as http:
-        bodies = []
-        for path in ("/", "/ca", "/fognode-ca.crt", "/fognode-ca.cer", "/fognode-ca.mobileconfig"):
-            async with http.get(onboarding.url + path) as resp:
-                assert resp.status == 200, path
-                assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
-                assert resp.headers["X-Content-Type-Options"] == "nosniff"
-                assert resp.headers["Referrer-Policy"] == "no-referrer"
-                bodies.append(await resp.read())
-        # Nothing private: no key in any form, encrypted or not.
-        key = pki.paths.ca_key.read_bytes()
-        for body in bodies:
-            assert b"PRIVATE KEY" not in body and key not in body
-        # GET only; unknown paths and files next to the certificates are not served.
-        for method in ("POST", "PUT", "DELETE"):
-            async with http.request(method, onboarding.url + "/", data=b"x") as resp:
-                assert resp.status == 405
-                assert resp.headers["X-Frame-Options"] == "DENY"
-        for path in ("/ca.key", "/../ca.key", "/static/../onboarding.py", "/fognode-ca.key"):
-            async with http.get(onboarding.url + path) as resp:
-                assert resp.status == 404, path
-        async with http.head(onboarding.url + "/") as resp:
-            assert resp.status == 200
 
 
 def _matrix_from_blocks(text: str) -> list[list[int]]:
@@ -216,9 +138,11 @@ async def certs_qr(pki: Pki, *flags: str, **env: str) -> tuple[str, str]:
     return out.decode(), err.decode()
 
 
-async def test_certs_qr_prints_the_same_code_in_the_terminal(pki: Pki, tmp_path: Path) -> None:
-    ca = x509.load_pem_x509_certificate(pki.ca.read_bytes())
-    printed, _ = await certs_qr(pki, "--url", "http://192.168.1.20:8080")
+async def test_certs_qr_prints_the_same_code_in_the_terminal(
+    clinic_pki: Pki, tmp_path: Path
+) -> None:
+    ca = x509.load_pem_x509_certificate(clinic_pki.ca.read_bytes())
+    printed, _ = await certs_qr(clinic_pki, "--url", "http://192.168.1.20:8080")
     rows = _matrix_from_blocks(printed)
     image = tmp_path / "terminal-qr.pbm"
     _write_pbm(rows, image)
@@ -245,10 +169,10 @@ async def serving_node(workdir: Path, pki: Pki, upstream: str, port: int) -> Nod
 
 
 async def test_fognode_serve_serves_the_page_phones_can_follow(
-    standin: OllamaStandIn, pki: Pki, page: Page, tmp_path: Path
+    standin: OllamaStandIn, clinic_pki: Pki, page: Page, tmp_path: Path
 ) -> None:
     port = free_port()
-    node = await serving_node(tmp_path, pki, standin.url, port)
+    node = await serving_node(tmp_path, clinic_pki, standin.url, port)
     try:
         url = f"http://127.0.0.1:{port}"
         assert f"phone onboarding page at {url}" in node.log()
@@ -268,7 +192,7 @@ async def test_fognode_serve_serves_the_page_phones_can_follow(
                 assert resp.url.path == "/fognode-ca.mobileconfig"
                 profile = plistlib.loads(await resp.read())
         der = crt.public_bytes(Encoding.DER)
-        ca = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+        ca = x509.load_pem_x509_certificate(clinic_pki.ca.read_bytes())
         shown = (await page.locator("#fingerprint").inner_text()).split()
         assert shown == sha256_colons(der).split(":") == fingerprint(ca).split(":")
         assert profile["PayloadContent"][0]["PayloadContent"] == der
@@ -281,13 +205,13 @@ async def test_fognode_serve_serves_the_page_phones_can_follow(
 
 
 async def test_a_port_that_cannot_be_bound_is_explained_and_the_api_serves_on(
-    standin: OllamaStandIn, pki: Pki, tmp_path: Path
+    standin: OllamaStandIn, clinic_pki: Pki, tmp_path: Path
 ) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        node = await serving_node(tmp_path, pki, standin.url, port)
+        node = await serving_node(tmp_path, clinic_pki, standin.url, port)
         try:
             assert node.alive
             [line] = [ln for ln in node.log().splitlines() if "no phone onboarding page" in ln]
@@ -297,44 +221,9 @@ async def test_a_port_that_cannot_be_bound_is_explained_and_the_api_serves_on(
             await node.stop()
 
 
-async def test_the_page_port_is_behind_the_api_connection_guard(
-    standin: OllamaStandIn, make_gateway: GatewayFactory, pki: Pki
-) -> None:
-    port = free_port()
-    node = await make_gateway(
-        standin.url,
-        tls=True,
-        certs_dir=pki.paths.directory,
-        onboarding=True,
-        onboarding_port=port,
-        client_first_byte_timeout=0.5,
-    )
-    guard = node.runner.guard
-    assert guard is not None and node.onboarding is not None
-    assert node.onboarding.url == f"http://127.0.0.1:{port}"
-
-    # A silent connection to the page's port is counted and reaped like one to the API's.
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    await wait_until(lambda: len(guard) == 1, "the guard counts the connection")
-    assert await reader.read() == b""  # closed by the node
-    writer.close()
-    await wait_until(lambda: len(guard) == 0, "the guard lets it go")
-    assert guard.reaped_total == 1
-
-    # One that speaks gets the page, and the status page links to it.
-    async with aiohttp.ClientSession() as http:
-        async with http.get(node.onboarding.url + "/") as resp:
-            assert resp.status == 200 and resp.headers["Server"] == "fognode"
-        live = f"https://127.0.0.1:{node.port}/status/live"
-        context = ssl.create_default_context(cafile=str(pki.ca))
-        async with http.get(live, ssl=context, headers={"Authorization": "Bearer -"}) as resp:
-            assert resp.status == 200
-            assert node.onboarding.url in await resp.text()
-
-
-async def test_certs_qr_follows_the_onboarding_settings(pki: Pki) -> None:
+async def test_certs_qr_follows_the_onboarding_settings(clinic_pki: Pki) -> None:
     async def qr(**env: str) -> str:
-        out, err = await certs_qr(pki, **env)
+        out, err = await certs_qr(clinic_pki, **env)
         return out + err
 
     # The page listens on one address: the link is that address and the page's port.

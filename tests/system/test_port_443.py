@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns import ROOT, unavailable_reason
+from tests.support.netns import ROOT, unavailable_reason
 
 FOGNODE = [sys.executable, "-m", "fognode.gateway.cli"]
 

@@ -24,12 +24,12 @@ import pytest
 
 from fognode.gateway.node.server import RunningServer
 from fognode.gateway.telemetry.stats import STATS
-from tests.conftest import GatewayFactory
-from tests.firebase_emulator import PROJECT, AuthEmulator
-from tests.helpers import free_port, wait_until
-from tests.pki import make_pki
-from tests.test_tls import HOST, ConnectByIp
-from tests.test_usage_gateway import recorded
+from tests.support.firebase_emulator import PROJECT, AuthEmulator
+from tests.support.gateway import GatewayFactory
+from tests.support.helpers import free_port, wait_until
+from tests.support.pki import make_pki
+from tests.support.tls import HOST, ConnectByIp
+from tests.support.usage import recorded
 
 MODEL = "gemma3-270m"
 

@@ -27,10 +27,10 @@ from typing import Any
 
 import pytest
 
-from tests.netns import ROOT, Avahi, Host, Proc, Segment, unavailable_reason, wait_http
-from tests.ollama_standin import DEFAULT_REPLY, WIRE_FORMATS
-from tests.pki import Pki, make_pki
-from tests.test_auth_production import PROJECT, SigningKey
+from tests.support.netns import ROOT, Avahi, Host, Proc, Segment, unavailable_reason, wait_http
+from tests.support.ollama_standin import DEFAULT_REPLY, WIRE_FORMATS
+from tests.support.pki import Pki, make_pki
+from tests.support.tokens import PROJECT, SigningKey
 
 REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
@@ -78,7 +78,7 @@ class Phone:
         token_file.write_text("\n".join(minted))
         argv = [
             "-m",
-            "tests.spezillmfog_client",
+            "tests.support.spezillmfog_client",
             "Why is the sky blue?",
             "--model",
             model,
@@ -142,7 +142,7 @@ def start_node(
         Proc(
             host.python(
                 "-m",
-                "tests.ollama_standin",
+                "tests.support.ollama_standin",
                 "--port",
                 "11434",
                 "--wire",

@@ -7,18 +7,14 @@ port, so the tests never depend on what runs at 127.0.0.1:11434 here.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-from pydantic import ValidationError
 
 from fognode.embedded.options import EmbeddedOptions
-from fognode.embedded.progress import show_startup
 from fognode.embedded.runtime import EmbeddedRuntime
 from fognode.embedded.supervisor import LlamaServer, State
 from fognode.gateway.config.sections import upstreams as settings_module
@@ -27,66 +23,11 @@ from fognode.gateway.node.announce import AnnounceOptions, NodeAnnouncer, announ
 from fognode.gateway.node.server import RunningServer, start_server
 from fognode.gateway.pipeline.admission import ADMISSION
 from fognode.gateway.upstreams.pool import UPSTREAM
-from tests.conftest import GatewayFactory
-from tests.embedded_node import FOGNODE, MODEL, alive
-from tests.helpers import free_port, wait_until
-from tests.ollama_standin import OllamaStandIn
+from tests.support.embedded_node import FOGNODE, MODEL, alive
+from tests.support.gateway import fresh_settings
+from tests.support.helpers import free_port, wait_until
 
 CHAT = {"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
-
-
-@pytest.fixture
-async def unconfigured(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> AsyncIterator[list[RunningServer]]:
-    """start_server() with no upstream configured, as `fognode serve` on a fresh machine."""
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
-    started: list[RunningServer] = []
-    yield started
-    for running in started:
-        await running.stop()
-
-
-def fresh_settings() -> Settings:
-    return Settings(
-        host="127.0.0.1",
-        port=0,
-        tls=False,
-        auth="none",
-        mdns=False,
-        shutdown_timeout=1,
-        embedded_context_size=1024,
-    )
-
-
-async def test_a_configured_upstream_is_used_as_given_even_when_it_is_down(
-    make_gateway: GatewayFactory, http: aiohttp.ClientSession
-) -> None:
-    down = f"http://127.0.0.1:{free_port()}"
-    gateway = await make_gateway(down)
-    pool = gateway.app[UPSTREAM]
-    assert pool.kind == "ollama" and pool.base == down
-    assert all(m.local is None for m in pool.members)
-    async with http.get(f"{gateway.url}/readyz") as resp:
-        body = await resp.json()
-    assert resp.status == 503 and body["status"] == "unavailable"
-    assert body["upstream_choice"] == f"Ollama at {down}, as configured"
-
-
-async def test_ollama_at_the_default_address_is_used_when_it_answers(
-    standin: OllamaStandIn,
-    unconfigured: list[RunningServer],
-    monkeypatch: pytest.MonkeyPatch,
-    http: aiohttp.ClientSession,
-) -> None:
-    monkeypatch.setattr(settings_module, "DEFAULT_UPSTREAM_URL", standin.url)
-    gateway = await start_server(fresh_settings())
-    unconfigured.append(gateway)
-    async with http.get(f"{gateway.url}/readyz") as resp:
-        body = await resp.json()
-    assert resp.status == 200 and body["upstream_kind"] == "ollama"
-    assert body["upstream_choice"] == f"Ollama answers at {standin.url}: forwarding to it"
-    assert "embedded" not in body
 
 
 async def test_the_embedded_model_serves_when_nothing_answers_at_the_default_address(
@@ -138,11 +79,6 @@ async def test_the_embedded_model_serves_when_nothing_answers_at_the_default_add
     assert not alive(pid)
 
 
-def test_embedded_together_with_an_upstream_url_is_a_settings_error() -> None:
-    with pytest.raises(ValidationError, match="upstream_kind=embedded"):
-        Settings(upstream_kind="embedded", upstream_url="http://10.0.0.5:11434")
-
-
 def test_forcing_the_embedded_model_without_one_refuses_to_start(tmp_path: Path) -> None:
     out = subprocess.run(
         [*FOGNODE, "serve", "--no-tls", "--auth", "none", "--port", "0"],
@@ -187,32 +123,6 @@ async def test_a_crashing_child_is_restarted_with_backoff_and_its_last_lines_log
     assert "exited with status 1" in crashes[0] and "restart 1 in 0.05s" in crashes[0]
     assert "restart 3 in 0.2s" in crashes[2]  # doubled, then capped
     assert "failed to load model" in crashes[0].lower()  # llama-cpp-python's own words
-
-
-class _Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-async def test_loading_progress_is_one_live_line_on_a_terminal(tmp_path: Path) -> None:
-    server = LlamaServer(EmbeddedOptions(models_dir=tmp_path), port=free_port())
-    server.state, server.phase = State.STARTING, "loading the weights"
-    out = _Terminal()
-    handler = logging.StreamHandler(out)
-    logging.getLogger().addHandler(handler)
-    try:
-        task = asyncio.create_task(show_startup([server], MODEL, out))
-        await wait_until(lambda: "loading the weights" in out.getvalue(), "a progress frame")
-        logging.getLogger("fognode.test").warning("a log line while loading")
-        server.state = State.READY
-        await asyncio.wait_for(task, 10)
-    finally:
-        logging.getLogger().removeHandler(handler)
-    text = out.getvalue()
-    assert f"Loading {MODEL} with llama.cpp: loading the weights" in text
-    # The live line is wiped before the log line and at the end.
-    assert "\r\033[Ka log line while loading" in text
-    assert text.endswith("\r\033[K")
 
 
 async def test_parallel_slots_are_processes_that_share_the_load(

@@ -17,7 +17,7 @@ import pytest
 
 from fognode.usage.sqlite_store import SqliteStore
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BATCHES_BEFORE_KILL = 40
 # After that many batches the kill comes this much later (seconds): spread so
 # that it lands at different points of a batch's commit.
@@ -29,7 +29,7 @@ async def _run_and_kill(path: Path, round_name: str, delay: float) -> tuple[int,
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.usage_writer_process",
+        "tests.support.usage_writer_process",
         str(path),
         round_name,
         stdout=asyncio.subprocess.PIPE,

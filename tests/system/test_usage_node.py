@@ -28,11 +28,11 @@ from fognode.auth.api_keys import entry_for, new_key
 from fognode.gateway.node.server import RunningServer
 from fognode.gateway.pipeline.quotas import USAGE
 from fognode.usage.sqlite_store import SqliteStore
-from tests.conftest import GatewayFactory
-from tests.helpers import CHAT, STREAMED_CHAT, wait_until
-from tests.node_process import NodeProcess
-from tests.ollama_standin import OllamaStandIn
-from tests.postgres import PostgresServer
+from tests.support.gateway import GatewayFactory
+from tests.support.helpers import CHAT, STREAMED_CHAT, wait_until
+from tests.support.ollama_standin import OllamaStandIn
+from tests.support.postgres import PostgresServer
+from tests.support.processes import NodeProcess
 
 WORDS = len(OllamaStandIn().reply.split(" "))
 FLUSH_RECORDS = 10

@@ -34,10 +34,10 @@ from fognode.auth.api_keys import entry_for, new_key
 from fognode.certs.issuer import SubjectNames
 from fognode.certs.lifecycle import issue_to_files
 from fognode.certs.store import CertPaths
-from tests.helpers import STREAMED_CHAT, free_port, wait_until
-from tests.node_process import NodeProcess
-from tests.ollama_standin import OllamaStandIn
-from tests.pki import NODE_NAMES, PASSPHRASE, make_pki
+from tests.support.helpers import STREAMED_CHAT, free_port, wait_until
+from tests.support.ollama_standin import OllamaStandIn
+from tests.support.pki import NODE_NAMES, PASSPHRASE, make_pki
+from tests.support.processes import NodeProcess
 
 USERS = {name: new_key() for name in ("alice", "bob", "carol", "dave")}
 GLOBAL_CAP = 3

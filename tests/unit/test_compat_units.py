@@ -25,7 +25,7 @@ from fognode.gateway.pipeline.compat import (
     model_not_found_message,
 )
 from fognode.gateway.pipeline.sse import SseFramer
-from tests.spezillmfog_client import SwiftSseDecoder
+from tests.support.spezillmfog_client import SwiftSseDecoder
 
 
 @pytest.mark.parametrize(
@@ -193,7 +193,7 @@ def test_model_not_found_is_recognised_in_every_wording(body: bytes, missing: bo
 def test_the_one_wording_matches_the_apps_pattern() -> None:
     import re
 
-    from tests.spezillmfog_client import MODEL_NOT_FOUND
+    from tests.support.spezillmfog_client import MODEL_NOT_FOUND
 
     assert re.search(MODEL_NOT_FOUND, model_not_found_message("phi4:14b"))
     # The app's pattern cannot match names with '.' or '-' (llama3.2:1b,

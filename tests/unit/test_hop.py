@@ -29,8 +29,8 @@ from fognode.gateway.upstreams.hop import (
     HopPool,
     HopResponse,
 )
-from tests.helpers import wait_until
-from tests.pki import make_pki
+from tests.support.helpers import wait_until
+from tests.support.pki import make_pki
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 Reply = Callable[[int, bytes, asyncio.StreamWriter], Awaitable[bool]]

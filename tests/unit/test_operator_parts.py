@@ -30,17 +30,10 @@ from fognode.models.progress import PullProgress
 from fognode.usage.record import Outcome, UsageRecord
 from fognode.usage.sqlite_store import SqliteStore
 from fognode.web.status import human_bytes, pull_update
+from tests.support.clock import Clock
 
 ADMIN = Principal(uid="apikey:operator", kind="api_key", is_admin=True)
 KEY = bytes(range(32))
-
-
-class Clock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # --- sessions ---------------------------------------------------------------------

@@ -9,6 +9,7 @@ from fognode.routing.affinity import AffinityTable
 from fognode.routing.conversation import conversation_of
 from fognode.routing.order import Option, rank
 from fognode.routing.warm import find, from_ollama_ps, parse_time, served
+from tests.support.clock import Clock
 
 # --- warm.py ------------------------------------------------------------------------
 
@@ -111,16 +112,8 @@ def test_contents_of_any_shape_and_broken_messages() -> None:
 # --- affinity.py --------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_the_table_finds_the_first_fresh_key_and_forgets_expired_ones() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     table = AffinityTable(capacity=10, ttl=60, clock=clock)
     table.remember(b"turn1", 0)
     clock.now += 30
@@ -137,7 +130,7 @@ def test_the_table_finds_the_first_fresh_key_and_forgets_expired_ones() -> None:
 
 
 def test_the_table_is_bounded() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     table = AffinityTable(capacity=3, ttl=60, clock=clock)
     for i in range(5):
         table.remember(bytes([i]), i)

@@ -2,40 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from fognode.gateway.cli import main
-from fognode.usage.backends import open_store
 from fognode.usage.options import StoreOptions
-from fognode.usage.record import Outcome
 from fognode.usage.when import parse_when
-from tests.postgres import PostgresServer
-from tests.test_usage_store import NOON, rec
-
-RANGE = ["--since", "2026-03-14", "--until", "2026-03-15T00:00:00+00:00"]
-RECORDS = [
-    rec("alice", model="a", prompt=100, completion=900),
-    rec("alice", model="b", prompt=10, completion=20, partial=True),
-    rec("apikey:ci", model="a", prompt=1, completion=2),
-    rec("apikey:ci", model="a", prompt=0, completion=0, outcome=Outcome.REJECTED),
-    rec("bob", model="a", at=NOON - 86400, prompt=5, completion=5),  # the day before
-]
-
-
-def populate(options: StoreOptions) -> None:
-    async def write() -> None:
-        store = open_store(options)
-        await store.open()
-        await store.write(RECORDS)
-        await store.close()
-
-    asyncio.run(write())
+from tests.support.usage import NOON, RANGE, populate
 
 
 @pytest.fixture
@@ -137,21 +112,3 @@ def test_parse_when() -> None:
     assert parse_when("7d", now=now) == now - 7 * 86400
     assert parse_when("today", now=now) == NOON - 12 * 3600
     assert parse_when("2026-03-14T13:00:00+01:00", now=now) == NOON
-
-
-def test_the_installed_command_on_postgres(postgres_server: PostgresServer) -> None:
-    url = asyncio.run(postgres_server.new_database())
-    populate(StoreOptions(database_url=url))
-    fognode = Path(sys.executable).with_name("fognode")
-    done = subprocess.run(
-        [str(fognode), "usage", "--database-url", url, *RANGE, "--by", "model", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    totals = json.loads(done.stdout)["totals"]
-    assert [(t["model"], t["requests"], t["total_tokens"]) for t in totals] == [
-        ("a", 2, 1003),
-        ("b", 1, 30),
-    ]

@@ -1,17 +1,18 @@
-"""The usage store, the batch writer and the ledger, on SQLite and on a real
-PostgreSQL server: the same tests for both backends."""
+"""The usage store, the batch writer and the ledger, on SQLite.
+
+The same tests run on a real PostgreSQL server in
+tests/system/test_usage_store.py (each test takes `make_store`, which opens
+stores of one backend).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import itertools
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from fognode.usage.backends import open_store
@@ -23,63 +24,19 @@ from fognode.usage.record import Outcome, UsageRecord
 from fognode.usage.sqlite_store import SqliteStore
 from fognode.usage.store import Grouping, Total, UsageStore
 from fognode.usage.writer import BatchWriter
-from tests.helpers import wait_until
-
-# 2026-03-14 12:00:00 UTC: far from a day boundary unless a test moves it.
-NOON = 1_773_489_600.0
-_seq = itertools.count()
-
-StoreFactory = Callable[..., Awaitable[UsageStore]]
+from tests.support.clock import Clock
+from tests.support.helpers import wait_until
+from tests.support.usage import NOON, StoreFactory, rec, stores
 
 
-def rec(
-    uid: str = "alice",
-    *,
-    model: str = "llama3.2:1b",
-    at: float = NOON,
-    prompt: int = 10,
-    completion: int = 20,
-    outcome: Outcome = Outcome.COMPLETED,
-    partial: bool = False,
-    node: str = "node-a",
-) -> UsageRecord:
-    return UsageRecord(
-        uid=uid,
-        model=model,
-        upstream="http://127.0.0.1:11434",
-        route="/v1/chat/completions",
-        started_at=at,
-        ended_at=at + 1.5,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        outcome=outcome,
-        partial=partial,
-        request_id=f"req-{next(_seq)}",
-        node=node,
-    )
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
-    """Opens stores on one fresh database (each call is another connection,
+@pytest.fixture(params=["sqlite"])
+async def make_store(tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """Opens stores on one fresh SQLite file (each call is another connection,
     as another node or process would have)."""
-    opened: list[UsageStore] = []
-    if request.param == "postgres":
-        url = await request.getfixturevalue("postgres_server").new_database()
-
-    async def factory(migrations: tuple[Migration, ...] = MIGRATIONS) -> UsageStore:
-        store: UsageStore
-        if request.param == "sqlite":
-            store = SqliteStore(tmp_path / "usage.sqlite3", migrations=migrations)
-        else:
-            store = PostgresStore(url, migrations=migrations)
-        await store.open()
-        opened.append(store)
-        return store
-
-    yield factory
-    for store in opened:
-        await store.close()
+    async with stores(
+        lambda migrations: SqliteStore(tmp_path / "usage.sqlite3", migrations=migrations)
+    ) as factory:
+        yield factory
 
 
 # --- schema ----------------------------------------------------------------------------
@@ -277,19 +234,11 @@ async def test_a_full_buffer_drops_and_counts(make_store: StoreFactory) -> None:
 # --- the ledger --------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class Clock:
-    now: float = NOON
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_concurrent_requests_cannot_overshoot_the_daily_budget(
     make_store: StoreFactory,
 ) -> None:
     store = await make_store()
-    clock = Clock()
+    clock = Clock(NOON)
     writer = BatchWriter(store, StoreOptions(sqlite_path=Path("unused"), flush_seconds=0.01))
     ledger = UsageLedger(writer, QuotaOptions(), clock=clock)
     limits = Limits(tokens_per_day=1000)
@@ -318,7 +267,7 @@ async def test_concurrent_requests_cannot_overshoot_the_daily_budget(
 
 async def test_requests_per_minute_over_a_sliding_window(make_store: StoreFactory) -> None:
     store = await make_store()
-    clock = Clock()
+    clock = Clock(NOON)
     writer = BatchWriter(store, StoreOptions(sqlite_path=Path("unused")))
     ledger = UsageLedger(writer, QuotaOptions(), clock=clock)
     limits = Limits(requests_per_minute=3)
@@ -566,21 +515,3 @@ async def test_sqlite_file_is_in_wal_mode_and_the_quota_query_uses_the_index(
         )
     finally:
         await store.close()
-
-
-async def test_postgres_quota_query_uses_the_index(postgres_url: str) -> None:
-    store = open_store(StoreOptions(database_url=postgres_url))
-    assert isinstance(store, PostgresStore)
-    await store.open()
-    await store.close()
-    from fognode.usage.postgres_store import _USER_WINDOW
-
-    conn = await asyncpg.connect(postgres_url)
-    try:
-        await conn.execute("SET enable_seqscan = off")  # an empty table is scanned otherwise
-        rows = await conn.fetch("EXPLAIN " + _USER_WINDOW, "a", 0.0, 0.0, 0)
-        plan = " ".join(row[0] for row in rows)
-    finally:
-        await conn.close()
-    assert "usage_by_user_time" in plan
-    assert "usage_minutes_pkey" in plan

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import sqlite3
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -38,7 +36,7 @@ from fognode.usage.quota import Decision, Usage, decide
 from fognode.usage.record import Outcome, UsageRecord
 from fognode.workers.channel import CallFailed, Channel, ChannelClosed, Reply
 from fognode.workers.ports import SharedPort
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 
 Pair = tuple[Channel, Channel, list[str]]
 waiting: list[asyncio.Future[None]] = []  # the handlers of "wait" calls, still waiting
@@ -214,41 +212,6 @@ def test_one_worker_per_core_is_the_default() -> None:
     caps = [c for c in (settings.max_connections, settings.max_connections_per_client) if c]
     assert settings.workers == 0 and worker_count(settings) == min(cores(), *caps)
     assert worker_count(Settings(host="127.0.0.1", workers=1)) == 1
-
-
-OPEN_STORE = """
-import asyncio, sys
-from pathlib import Path
-from fognode.usage.sqlite_store import SqliteStore
-
-async def main():
-    store = SqliteStore(Path(sys.argv[1]))
-    await store.open()
-    await store.close()
-
-asyncio.run(main())
-"""
-
-
-async def test_processes_opening_a_new_usage_store_at_once_migrate_it_once(
-    tmp_path: Path,
-) -> None:
-    """What workers restarting, or nodes sharing a file, do: each step applied
-    exactly once however the openers interleave (BEGIN IMMEDIATE)."""
-    path = tmp_path / "usage.sqlite3"
-    procs = [
-        await asyncio.create_subprocess_exec(
-            sys.executable, "-c", OPEN_STORE, str(path), stderr=asyncio.subprocess.PIPE
-        )
-        for _ in range(6)
-    ]
-    results = await asyncio.gather(*(p.communicate() for p in procs))
-    assert [p.returncode for p in procs] == [0] * 6, [err.decode() for _, err in results]
-    with sqlite3.connect(path) as db:
-        versions = [row[0] for row in db.execute("SELECT version FROM usage_schema_migrations")]
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-    assert versions == [m.version for m in MIGRATIONS]
-    assert {"usage_records", "usage_minutes"} <= tables
 
 
 async def test_the_supervisor_makes_once_what_workers_would_race_for(tmp_path: Path) -> None:
