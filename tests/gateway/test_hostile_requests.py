@@ -23,14 +23,14 @@ AUTH = ("Authorization", f"Bearer {KEY}")
 
 
 @pytest.fixture
-async def node(standin: OllamaStandIn, make_gateway: GatewayFactory) -> RunningServer:
+async def keyed_gateway(standin: OllamaStandIn, make_gateway: GatewayFactory) -> RunningServer:
     return await make_gateway(
         standin.url, auth="firebase", api_keys=[entry_for(KEY, "tester", admin=True)]
     )
 
 
-async def send(node: RunningServer, data: bytes) -> RawResponse:
-    return await exchange(node.port, data)
+async def send(keyed_gateway: RunningServer, data: bytes) -> RawResponse:
+    return await exchange(keyed_gateway.port, data)
 
 
 def assert_gateway_error(resp: RawResponse, status: int, code: str | None = None) -> None:
@@ -61,33 +61,35 @@ MALFORMED = {
 
 @pytest.mark.parametrize("case", list(MALFORMED))
 async def test_malformed_http_is_a_400_in_openai_shape(
-    node: RunningServer, standin: OllamaStandIn, case: str
+    keyed_gateway: RunningServer, standin: OllamaStandIn, case: str
 ) -> None:
-    resp = await send(node, MALFORMED[case])
+    resp = await send(keyed_gateway, MALFORMED[case])
     assert_gateway_error(resp, 400, "malformed_http")
     assert not standin.forwarded
 
 
-async def test_oversized_headers_are_431_and_long_urls_414(node: RunningServer) -> None:
+async def test_oversized_headers_are_431_and_long_urls_414(keyed_gateway: RunningServer) -> None:
     long_header = request("GET", "/v1/models", [("Authorization", "Bearer " + "a" * 20_000)])
-    assert_gateway_error(await send(node, long_header), 431, "headers_too_large")
+    assert_gateway_error(await send(keyed_gateway, long_header), 431, "headers_too_large")
     many = request("GET", "/v1/models", [(f"X-H{i}", "v") for i in range(200)])
-    assert_gateway_error(await send(node, many), 431, "headers_too_large")
+    assert_gateway_error(await send(keyed_gateway, many), 431, "headers_too_large")
     long_url = request("GET", "/v1/models?q=" + "a" * 9000, [AUTH])
-    assert_gateway_error(await send(node, long_url), 414, "uri_too_long")
+    assert_gateway_error(await send(keyed_gateway, long_url), 414, "uri_too_long")
 
 
 async def test_absolute_form_targets_are_served_and_forwarded_in_origin_form(
-    node: RunningServer, standin: OllamaStandIn
+    keyed_gateway: RunningServer, standin: OllamaStandIn
 ) -> None:
     """RFC 9112 section 3.2.2: a server must accept absolute-form."""
-    resp = await send(node, request("GET", "http://spezillmfog.local/v1/models?x=1", [AUTH]))
+    resp = await send(
+        keyed_gateway, request("GET", "http://spezillmfog.local/v1/models?x=1", [AUTH])
+    )
     assert resp.status == 200, resp.raw[:300]
     assert {m["id"] for m in resp.json()["data"]} == set(standin.models)
     seen = standin.last("/v1/models")
     assert seen.query == "x=1"
     chat = request("POST", "http://other.example/v1/chat/completions", [AUTH], CHAT)
-    assert (await send(node, chat)).status == 200
+    assert (await send(keyed_gateway, chat)).status == 200
     assert standin.last("/v1/chat/completions").method == "POST"
 
 
@@ -112,10 +114,10 @@ PATH_TRICKS = [
 
 @pytest.mark.parametrize("path", PATH_TRICKS)
 async def test_path_tricks_are_refused_before_anything_is_forwarded(
-    node: RunningServer, standin: OllamaStandIn, path: str
+    keyed_gateway: RunningServer, standin: OllamaStandIn, path: str
 ) -> None:
     method = "HEAD" if path.startswith("/api/blobs") else "GET"
-    resp = await send(node, request(method, path, [AUTH]))
+    resp = await send(keyed_gateway, request(method, path, [AUTH]))
     assert resp.status == 400, resp.raw[:300]
     if method == "GET":
         assert resp.error()["code"] == "invalid_path"
@@ -123,38 +125,41 @@ async def test_path_tricks_are_refused_before_anything_is_forwarded(
 
 
 async def test_encoded_slashes_in_model_names_still_reach_the_upstream(
-    node: RunningServer, standin: OllamaStandIn
+    keyed_gateway: RunningServer, standin: OllamaStandIn
 ) -> None:
     """The openai SDK percent-encodes '/' in a model id (hf.co/org/model)."""
-    await send(node, request("GET", "/v1/models/hf.co%2Forg%2Fmodel:q4", [AUTH]))
+    await send(keyed_gateway, request("GET", "/v1/models/hf.co%2Forg%2Fmodel:q4", [AUTH]))
     assert [r.path for r in standin.forwarded] == ["/v1/models/hf.co/org/model:q4"]
 
 
 async def test_transfer_codings_other_than_chunked_are_501(
-    node: RunningServer, standin: OllamaStandIn
+    keyed_gateway: RunningServer, standin: OllamaStandIn
 ) -> None:
     """aiohttp frames by the final 'chunked' and ignores a gzip before it."""
     head = request("POST", "/api/show", [AUTH, ("Transfer-Encoding", "gzip, chunked")])
-    resp = await send(node, head + b"2\r\n{}\r\n0\r\n\r\n")
+    resp = await send(keyed_gateway, head + b"2\r\n{}\r\n0\r\n\r\n")
     assert_gateway_error(resp, 501, "unsupported_transfer_encoding")
     assert not standin.forwarded
 
 
 async def test_two_authorization_headers_are_refused(
-    node: RunningServer, standin: OllamaStandIn
+    keyed_gateway: RunningServer, standin: OllamaStandIn
 ) -> None:
     for second in (f"Bearer {KEY}", "Bearer someone-elses-token"):
-        resp = await send(node, request("GET", "/v1/models", [AUTH, ("Authorization", second)]))
+        resp = await send(
+            keyed_gateway, request("GET", "/v1/models", [AUTH, ("Authorization", second)])
+        )
         assert_gateway_error(resp, 400, "duplicate_header")
         assert "Authorization" in resp.error()["message"]
     assert not standin.forwarded
 
 
 async def test_a_repeated_request_id_is_replaced_not_picked(
-    node: RunningServer, standin: OllamaStandIn
+    keyed_gateway: RunningServer, standin: OllamaStandIn
 ) -> None:
     resp = await send(
-        node, request("GET", "/v1/models", [AUTH, ("X-Request-ID", "a"), ("X-Request-ID", "b")])
+        keyed_gateway,
+        request("GET", "/v1/models", [AUTH, ("X-Request-ID", "a"), ("X-Request-ID", "b")]),
     )
     assert resp.status == 200
     assert resp.headers["x-request-id"] not in ("a", "b")
@@ -162,10 +167,10 @@ async def test_a_repeated_request_id_is_replaced_not_picked(
 
 
 async def test_a_request_id_shaped_like_a_credential_is_replaced(
-    node: RunningServer, standin: OllamaStandIn
+    keyed_gateway: RunningServer, standin: OllamaStandIn
 ) -> None:
     """It would go into every log line, and to the upstream."""
-    resp = await send(node, request("GET", "/v1/models", [AUTH, ("X-Request-ID", KEY)]))
+    resp = await send(keyed_gateway, request("GET", "/v1/models", [AUTH, ("X-Request-ID", KEY)]))
     assert resp.status == 200
     assert resp.headers["x-request-id"] != KEY
     assert standin.last("/v1/models").headers["X-Request-ID"] == resp.headers["x-request-id"]
@@ -175,7 +180,7 @@ async def test_a_request_id_shaped_like_a_credential_is_replaced(
     ("encoding", "compress"), [("gzip", gzip.compress), ("deflate", zlib.compress)]
 )
 async def test_compressed_bodies_are_forwarded_inflated_without_their_encoding(
-    node: RunningServer, standin: OllamaStandIn, encoding: str, compress: object
+    keyed_gateway: RunningServer, standin: OllamaStandIn, encoding: str, compress: object
 ) -> None:
     assert callable(compress)
     chat = request(
@@ -184,7 +189,7 @@ async def test_compressed_bodies_are_forwarded_inflated_without_their_encoding(
         [AUTH, ("Content-Type", "application/json"), ("Content-Encoding", encoding)],
         compress(CHAT),
     )
-    resp = await send(node, chat)
+    resp = await send(keyed_gateway, chat)
     assert resp.status == 200, resp.raw[:300]
     seen = standin.last("/v1/chat/completions")
     assert "Content-Encoding" not in seen.headers
@@ -195,20 +200,22 @@ async def test_compressed_bodies_are_forwarded_inflated_without_their_encoding(
         [AUTH, ("Content-Encoding", encoding)],
         compress(b"model bytes"),
     )
-    assert (await send(node, blob)).status == 201
+    assert (await send(keyed_gateway, blob)).status == 201
     seen = standin.last("/api/blobs/sha256:" + "0" * 64)
     assert "Content-Encoding" not in seen.headers and seen.body == b"model bytes"
 
 
 async def test_undecodable_bodies_are_400_without_an_error_log(
-    node: RunningServer, standin: OllamaStandIn, caplog: pytest.LogCaptureFixture
+    keyed_gateway: RunningServer, standin: OllamaStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     headers = [AUTH, ("Content-Type", "application/json")]
     for encoding in ("gzip", "deflate", "br", "zstd"):
         body = b"this is not " + encoding.encode()
         chat = request("POST", "/v1/chat/completions", [*headers, ("Content-Encoding", encoding)])
-        resp = await send(node, chat.replace(b"\r\n\r\n", b"\r\nContent-Length: 40\r\n\r\n") + body)
+        resp = await send(
+            keyed_gateway, chat.replace(b"\r\n\r\n", b"\r\nContent-Length: 40\r\n\r\n") + body
+        )
         assert resp.status == 400, (encoding, resp.raw[:300])
         resp.error()
     two = request(
@@ -217,74 +224,76 @@ async def test_undecodable_bodies_are_400_without_an_error_log(
         [*headers, ("Content-Encoding", "gzip"), ("Content-Encoding", "identity")],
         gzip.compress(CHAT),
     )
-    assert_gateway_error(await send(node, two), 400, "duplicate_header")
+    assert_gateway_error(await send(keyed_gateway, two), 400, "duplicate_header")
     assert not standin.forwarded
     # A streamed upload (model blobs) is the client's fault too, not the upstream's.
     blob = request(
         "POST", "/api/blobs/sha256:" + "0" * 64, [AUTH, ("Content-Encoding", "gzip")], b"x" * 4000
     )
-    assert_gateway_error(await send(node, blob), 400, "invalid_body")
+    assert_gateway_error(await send(keyed_gateway, blob), 400, "invalid_body")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_a_gzip_bomb_is_413_after_at_most_the_body_limit(
-    node: RunningServer, standin: OllamaStandIn
+    keyed_gateway: RunningServer, standin: OllamaStandIn
 ) -> None:
     bomb = gzip.compress(b'{"model": "' + b"a" * (64 * 1024 * 1024) + b'"}')
     chat = request(
         "POST", "/v1/chat/completions", [AUTH, ("Content-Encoding", "gzip")], bomb
     )  # 64 KiB on the wire, 64 MiB inflated
-    assert_gateway_error(await send(node, chat), 413, "request_too_large")
+    assert_gateway_error(await send(keyed_gateway, chat), 413, "request_too_large")
     assert not standin.forwarded
 
 
 @pytest.mark.parametrize("depth", [65, 100_000])
 async def test_deeply_nested_json_bodies_are_400(
-    node: RunningServer, standin: OllamaStandIn, depth: int
+    keyed_gateway: RunningServer, standin: OllamaStandIn, depth: int
 ) -> None:
     body = b"[" * depth + b"]" * depth
-    resp = await send(node, request("POST", "/v1/chat/completions", [AUTH], body))
+    resp = await send(keyed_gateway, request("POST", "/v1/chat/completions", [AUTH], body))
     assert_gateway_error(resp, 400, "json_too_deep")
     nested = b'{"model": "llama3.2:1b", "x": ' + b"[" * depth + b"]" * depth + b"}"
-    resp = await send(node, request("POST", "/api/chat", [AUTH], nested))
+    resp = await send(keyed_gateway, request("POST", "/api/chat", [AUTH], nested))
     assert_gateway_error(resp, 400, "json_too_deep")
     assert not standin.forwarded
 
 
 async def test_json_nested_64_levels_is_still_served(
-    node: RunningServer, standin: OllamaStandIn
+    keyed_gateway: RunningServer, standin: OllamaStandIn
 ) -> None:
     schema = b'{"model": "llama3.2:1b", "format": ' + b"[" * 63 + b"]" * 63 + b"}"
-    resp = await send(node, request("POST", "/api/chat", [AUTH], schema))
+    resp = await send(keyed_gateway, request("POST", "/api/chat", [AUTH], schema))
     assert resp.status == 200
     assert standin.last("/api/chat").body == schema
 
 
 @pytest.mark.parametrize("version", ["HTTP/0.9", "HTTP/2.0", "HTTP/3.0"])
-async def test_other_http_versions_are_505(node: RunningServer, version: str) -> None:
-    resp = await send(node, f"GET /healthz {version}\r\nHost: x\r\n\r\n".encode())
+async def test_other_http_versions_are_505(keyed_gateway: RunningServer, version: str) -> None:
+    resp = await send(keyed_gateway, f"GET /healthz {version}\r\nHost: x\r\n\r\n".encode())
     assert resp.raw.startswith(b"HTTP/")
     if resp.status != 400:  # the parser may refuse the version itself
         assert_gateway_error(resp, 505, "http_version_not_supported")
 
 
-async def test_an_unknown_expectation_is_417_in_openai_shape(node: RunningServer) -> None:
+async def test_an_unknown_expectation_is_417_in_openai_shape(keyed_gateway: RunningServer) -> None:
     for path in ("/api/show", "/nowhere"):
-        resp = await send(node, request("POST", path, [AUTH, ("Expect", "200-ok")], b"{}"))
+        resp = await send(keyed_gateway, request("POST", path, [AUTH, ("Expect", "200-ok")], b"{}"))
         assert_gateway_error(resp, 417, "expectation_failed")
         assert "200-ok" not in resp.error()["message"]  # the request is never quoted
 
 
-async def test_connect_options_trace_and_head(node: RunningServer, standin: OllamaStandIn) -> None:
+async def test_connect_options_trace_and_head(
+    keyed_gateway: RunningServer, standin: OllamaStandIn
+) -> None:
     connect = (
         b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n"
     )
-    resp = await send(node, connect)
+    resp = await send(keyed_gateway, connect)
     assert resp.status is not None and 400 <= resp.status < 500
     resp.error()
-    assert_gateway_error(await send(node, request("OPTIONS", "*")), 404, "unknown_route")
-    assert_gateway_error(await send(node, request("TRACE", "/v1/models", [AUTH])), 405)
-    head = await send(node, request("HEAD", "/healthz"))
+    assert_gateway_error(await send(keyed_gateway, request("OPTIONS", "*")), 404, "unknown_route")
+    assert_gateway_error(await send(keyed_gateway, request("TRACE", "/v1/models", [AUTH])), 405)
+    head = await send(keyed_gateway, request("HEAD", "/healthz"))
     assert head.status == 405 and head.headers["allow"] == "GET"
     assert not standin.forwarded
 
@@ -302,9 +311,9 @@ async def test_connect_options_trace_and_head(node: RunningServer, standin: Olla
     ],
 )
 async def test_protocol_upgrades_are_declined(
-    node: RunningServer, standin: OllamaStandIn, upgrade: list[tuple[str, str]]
+    keyed_gateway: RunningServer, standin: OllamaStandIn, upgrade: list[tuple[str, str]]
 ) -> None:
-    resp = await send(node, request("GET", "/v1/models", [AUTH, *upgrade]))
+    resp = await send(keyed_gateway, request("GET", "/v1/models", [AUTH, *upgrade]))
     assert resp.status == 200  # served as plain HTTP, never 101
     seen = {k.lower() for k in standin.last("/v1/models").headers}
     assert not seen & {"upgrade", "http2-settings"}  # both hop-by-hop

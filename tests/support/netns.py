@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -299,3 +301,11 @@ class Avahi:
     def stop(self) -> None:
         self.daemon.stop()
         self.bus.stop()
+
+
+@pytest.fixture(scope="module")
+def lan() -> Iterator[Lan]:
+    """Two hosts on a veth pair, for the tests of one module."""
+    lan = Lan.create(subnet=int(time.time()) % 200 + 20)
+    yield lan
+    lan.destroy()

@@ -22,7 +22,7 @@ from tests.support.firebase_emulator import (
     emulator,
 )
 from tests.support.gateway import GatewayFactory, gateway, http, make_gateway, standin, unconfigured
-from tests.support.netns import Proc
+from tests.support.netns import Proc, lan
 from tests.support.ollama_standin import OllamaStandIn
 from tests.support.onboarding import ca_forms, clinic_pki, onboarding
 from tests.support.pki import pki
@@ -43,6 +43,7 @@ __all__ = [
     "http",
     "https",
     "key_set",
+    "lan",
     "make_gateway",
     "onboarding",
     "page",

@@ -42,7 +42,7 @@ def _request(body: dict[str, object]) -> bytes:
 
 
 async def _leave(
-    node: NodeProcess,
+    node_process: NodeProcess,
     body: dict[str, object],
     *,
     read_until: bytes | None,
@@ -51,7 +51,7 @@ async def _leave(
 ) -> None:
     """Send one request, read until ``read_until`` (None: nothing), then leave."""
     reader, writer = await asyncio.open_connection(
-        "127.0.0.1", node.port, ssl=tls, server_hostname="localhost" if tls else None
+        "127.0.0.1", node_process.port, ssl=tls, server_hostname="localhost" if tls else None
     )
     writer.write(_request(body))
     await writer.drain()
@@ -84,7 +84,7 @@ def _problems(log: str) -> list[str]:
 
 
 @pytest.fixture
-async def node(standin: OllamaStandIn, tmp_path: Path) -> AsyncIterator[NodeProcess]:
+async def node_process(standin: OllamaStandIn, tmp_path: Path) -> AsyncIterator[NodeProcess]:
     process = NodeProcess(
         tmp_path,
         {
@@ -102,10 +102,12 @@ async def node(standin: OllamaStandIn, tmp_path: Path) -> AsyncIterator[NodeProc
     await process.stop()
 
 
-async def _expect_left(node: NodeProcess, clients: int) -> None:
-    await wait_until(lambda: node.log().count(LEFT) >= clients, f"{clients} departures logged")
+async def _expect_left(node_process: NodeProcess, clients: int) -> None:
+    await wait_until(
+        lambda: node_process.log().count(LEFT) >= clients, f"{clients} departures logged"
+    )
     await asyncio.sleep(0.5)  # anything logged late (a task collected later) shows too
-    log = node.log()
+    log = node_process.log()
     assert log.count(LEFT) == clients, log
     # From the test's first request on (a worker may answer the start probe
     # before another has logged its start), nothing but access-log lines: a
@@ -129,7 +131,7 @@ async def _expect_left(node: NodeProcess, clients: int) -> None:
     ids=["before the first byte", "plain answer", "mid-stream closed", "mid-stream reset"],
 )
 async def test_a_client_that_leaves_is_one_info_line(
-    node: NodeProcess,
+    node_process: NodeProcess,
     standin: OllamaStandIn,
     where: str,
     body: dict[str, object],
@@ -137,21 +139,24 @@ async def test_a_client_that_leaves_is_one_info_line(
     reset: bool,
 ) -> None:
     setattr(standin, where, 2.0 if where == "first_byte_delay" else 0.1)
-    await _leave(node, body, read_until=read_until, reset=reset)
+    await _leave(node_process, body, read_until=read_until, reset=reset)
     await wait_until(lambda: standin.cancelled == 1, "the upstream request cancelled")
-    await _expect_left(node, 1)
+    await _expect_left(node_process, 1)
 
 
 async def test_many_clients_leaving_at_once_are_one_info_line_each(
-    node: NodeProcess, standin: OllamaStandIn
+    node_process: NodeProcess, standin: OllamaStandIn
 ) -> None:
     standin.token_delay = 0.01
     clients = 40
     await asyncio.gather(
-        *(_leave(node, STREAMED_CHAT, read_until=b"\n\n", reset=i % 2 == 0) for i in range(clients))
+        *(
+            _leave(node_process, STREAMED_CHAT, read_until=b"\n\n", reset=i % 2 == 0)
+            for i in range(clients)
+        )
     )
     await wait_until(lambda: standin.cancelled == clients, "every generation cancelled")
-    await _expect_left(node, clients)
+    await _expect_left(node_process, clients)
 
 
 async def test_a_tls_client_leaving_mid_stream_is_one_info_line(

@@ -12,7 +12,6 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,6 @@ REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 
 PORT = 8443
-
-
-@pytest.fixture(scope="module")
-def lan() -> Iterator[Lan]:
-    lan = Lan.create(subnet=int(time.time()) % 200 + 20)
-    yield lan
-    lan.destroy()
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ MESSAGES = [{"role": "user", "content": "Why is the sky blue? Answer in one sent
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FognodeProcess]:
+def embedded_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FognodeProcess]:
     directory = tmp_path_factory.mktemp("embedded")
     pki = make_pki(directory / "pki")
     proc = FognodeProcess(
@@ -50,19 +50,22 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FognodeProcess]:
     proc.stop()
 
 
-def client(node: FognodeProcess, key: str = KEY) -> openai.AsyncOpenAI:
-    ctx = ssl.create_default_context(cafile=str(node.ca))
+def client(embedded_node: FognodeProcess, key: str = KEY) -> openai.AsyncOpenAI:
+    ctx = ssl.create_default_context(cafile=str(embedded_node.ca))
     return openai.AsyncOpenAI(
-        base_url=f"https://{HOST}:{node.port}/v1",
+        base_url=f"https://{HOST}:{embedded_node.port}/v1",
         api_key=key,
         http_client=httpx.AsyncClient(transport=ConnectByIp("127.0.0.1", ctx), timeout=120),
         max_retries=0,
     )
 
 
-def admin_get(node: FognodeProcess, path: str) -> httpx.Response:
+def admin_get(embedded_node: FognodeProcess, path: str) -> httpx.Response:
     return httpx.get(
-        f"{node.url}{path}", headers={"Authorization": f"Bearer {KEY}"}, verify=False, timeout=10
+        f"{embedded_node.url}{path}",
+        headers={"Authorization": f"Bearer {KEY}"},
+        verify=False,
+        timeout=10,
     )
 
 
@@ -71,8 +74,10 @@ def eval_runs(log: str) -> list[int]:
     return [int(n) for n in re.findall(r"eval time =\s+[\d.]+ ms /\s+(\d+) runs", log)]
 
 
-async def test_streams_a_real_answer_over_tls_with_an_api_key(node: FognodeProcess) -> None:
-    async with client(node) as api:
+async def test_streams_a_real_answer_over_tls_with_an_api_key(
+    embedded_node: FognodeProcess,
+) -> None:
+    async with client(embedded_node) as api:
         stream = await api.chat.completions.create(
             model=MODEL, messages=MESSAGES, stream=True, max_tokens=24
         )
@@ -88,7 +93,7 @@ async def test_streams_a_real_answer_over_tls_with_an_api_key(node: FognodeProce
     assert text.strip() and len(parts) > 2
     assert finish in ("stop", "length")
     assert listed == [MODEL]
-    ready = node.readyz()
+    ready = embedded_node.readyz()
     assert ready is not None and ready.status_code == 200
     body = ready.json()
     assert body["upstream_kind"] == "embedded" and body["models"] == 1
@@ -96,22 +101,24 @@ async def test_streams_a_real_answer_over_tls_with_an_api_key(node: FognodeProce
     assert body["embedded"] == {"model": MODEL, "slots": [{"state": "ready", "restarts": 0}]}
 
 
-async def test_auth_and_a_missing_model_as_for_ollama(node: FognodeProcess) -> None:
-    async with client(node, key="fnk_not-a-key") as stranger:
+async def test_auth_and_a_missing_model_as_for_ollama(embedded_node: FognodeProcess) -> None:
+    async with client(embedded_node, key="fnk_not-a-key") as stranger:
         with pytest.raises(openai.AuthenticationError):
             await stranger.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4)
-    async with client(node) as api:
+    async with client(embedded_node) as api:
         with pytest.raises(openai.NotFoundError) as caught:
             await api.chat.completions.create(model="llama3.1:70b", messages=MESSAGES)
     assert "model 'llama3.1:70b' not found, try pulling it first" in str(caught.value)
-    assert KEY not in node.log()
+    assert KEY not in embedded_node.log()
 
 
-async def test_requests_beyond_the_slots_wait_in_fognodes_queue(node: FognodeProcess) -> None:
+async def test_requests_beyond_the_slots_wait_in_fognodes_queue(
+    embedded_node: FognodeProcess,
+) -> None:
     """One slot (embedded_parallel=1): admission capacity 1, the second request queues."""
 
     async def ask() -> str:
-        async with client(node) as api:
+        async with client(embedded_node) as api:
             done = await api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=12)
         return done.choices[0].message.content or ""
 
@@ -121,7 +128,7 @@ async def test_requests_beyond_the_slots_wait_in_fognodes_queue(node: FognodePro
 
     def queued() -> bool:
         nonlocal seen
-        seen = admin_get(node, "/metrics").text
+        seen = admin_get(embedded_node, "/metrics").text
         return "fognode_queue_depth 1.0" in seen
 
     await asyncio.to_thread(wait_for, queued, "the second request in fognode's queue", 60)
@@ -131,9 +138,9 @@ async def test_requests_beyond_the_slots_wait_in_fognodes_queue(node: FognodePro
     assert all(a.strip() for a in answers)
 
 
-async def test_a_client_that_leaves_stops_the_generation(node: FognodeProcess) -> None:
-    before = len(eval_runs(node.log()))
-    async with client(node) as api:
+async def test_a_client_that_leaves_stops_the_generation(embedded_node: FognodeProcess) -> None:
+    before = len(eval_runs(embedded_node.log()))
+    async with client(embedded_node) as api:
         stream = await api.chat.completions.create(
             model=MODEL,
             messages=[{"role": "user", "content": "Count from one to five hundred in words."}],
@@ -149,23 +156,23 @@ async def test_a_client_that_leaves_stops_the_generation(node: FognodeProcess) -
         await stream.close()  # the phone goes away
         await asyncio.to_thread(
             wait_for,
-            lambda: "Disconnected from client" in node.log(),
+            lambda: "Disconnected from client" in embedded_node.log(),
             "llama.cpp's server to log the disconnect",
         )
         # One generation at a time: the follow-up finishes only after anything
         # still running, and llama.cpp counts the tokens of both in its log.
         follow_up = await api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
     assert follow_up.choices[0].message.content is not None
-    runs = eval_runs(node.log())[before:]
+    runs = eval_runs(embedded_node.log())[before:]
     print(f"\ncancelled after {received} chunks; llama.cpp's generations since: {runs}")
     assert runs and max(runs) < 100, f"a generation ran on after the client left: {runs}"
 
 
-async def test_kill_9_of_the_child_is_followed_by_a_restart(node: FognodeProcess) -> None:
+async def test_kill_9_of_the_child_is_followed_by_a_restart(embedded_node: FognodeProcess) -> None:
     """Runs last in this module: it replaces the module's child."""
-    child = node.child()
+    child = embedded_node.child()
     os.kill(child, signal.SIGKILL)
-    async with client(node) as api:
+    async with client(embedded_node) as api:
         # At once: refused with 503 and Retry-After, neither a hang nor a 502.
         with pytest.raises(openai.APIStatusError) as caught:
             await api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4)
@@ -177,22 +184,22 @@ async def test_kill_9_of_the_child_is_followed_by_a_restart(node: FognodeProcess
         # /readyz says so too, as soon as the supervisor has seen the exit (the
         # request above can find the port closed a moment before; 503 either way).
         def starting() -> bool:
-            ready = node.readyz()
+            ready = embedded_node.readyz()
             assert ready is not None and ready.status_code == 503
             return ready.json()["status"] == "starting" and "Retry-After" in ready.headers
 
         await wait_until(starting, "/readyz says the embedded model is starting")
 
-        await asyncio.to_thread(node.wait_ready)
+        await asyncio.to_thread(embedded_node.wait_ready)
         answer = await api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
     assert answer.choices[0].message.content
-    assert node.child() != child and not alive(child)
-    metrics = admin_get(node, "/metrics").text
+    assert embedded_node.child() != child and not alive(child)
+    metrics = admin_get(embedded_node, "/metrics").text
     assert 'fognode_embedded_restarts_total{slot="0"} 1.0' in metrics
     assert 'fognode_embedded_up{slot="0"} 1.0' in metrics
     rss = re.search(r'fognode_embedded_memory_bytes\{slot="0"\} (\S+)', metrics)
     assert rss and float(rss.group(1)) > 10e6
-    log = node.log()
+    log = embedded_node.log()
     assert "was killed by SIGKILL" in log and "Its last lines:" in log
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +26,6 @@ REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 
 PORT = 8443
-
-
-@pytest.fixture
-def lan() -> Iterator[Lan]:
-    lan = Lan.create(subnet=(int(time.time()) + 97) % 200 + 20)
-    yield lan
-    lan.destroy()
 
 
 def test_unconfigured_node_serves_the_embedded_model_to_discover_and_chat(

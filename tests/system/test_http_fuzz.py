@@ -188,7 +188,7 @@ class FuzzTarget:
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+def node_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     target = FuzzTarget(tmp_path_factory.mktemp("fuzz"))
     try:
         yield target.start()
@@ -239,17 +239,19 @@ def check(resp: RawResponse) -> None:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 def test_mutated_requests_get_no_500_and_openai_shaped_errors(
-    node: NodeProcess, data: bytes
+    node_process: NodeProcess, data: bytes
 ) -> None:
-    check(exchange_blocking(node.port, data, limit=5))
-    assert node.alive
+    check(exchange_blocking(node_process.port, data, limit=5))
+    assert node_process.alive
 
 
-def test_the_node_survived_the_fuzzing_and_logged_nothing_unhandled(node: NodeProcess) -> None:
+def test_the_node_survived_the_fuzzing_and_logged_nothing_unhandled(
+    node_process: NodeProcess,
+) -> None:
     """Runs after the fuzzer (same module-scoped node)."""
-    ok = exchange_blocking(node.port, SEEDS[1])
+    ok = exchange_blocking(node_process.port, SEEDS[1])
     assert ok.status == 200
-    log = node.log()
+    log = node_process.log()
     assert "unhandled error" not in log and "Unhandled exception" not in log
     assert "Traceback" not in log
     assert not any(f in log for f in fragments(KEY))

@@ -37,12 +37,9 @@ async def standin() -> AsyncIterator[OllamaStandIn]:
 
 
 @pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    return make_pki(tmp_path / "node")
-
-
-@pytest.fixture
-async def node(standin: OllamaStandIn, make_gateway: GatewayFactory, pki: Pki) -> RunningServer:
+async def admin_gateway(
+    standin: OllamaStandIn, make_gateway: GatewayFactory, pki: Pki
+) -> RunningServer:
     return await make_gateway(
         standin.url,
         tls=True,
@@ -92,15 +89,15 @@ async def run_cli(tmp_path: Path, *args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-def target(node: RunningServer, pki: Pki, key: str = ADMIN_KEY) -> list[str]:
-    return ["--url", node.url, "--ca", str(pki.ca), "--api-key", key]
+def target(admin_gateway: RunningServer, pki: Pki, key: str = ADMIN_KEY) -> list[str]:
+    return ["--url", admin_gateway.url, "--ca", str(pki.ca), "--api-key", key]
 
 
 async def test_pull_shows_progress_layer_by_layer_to_100_percent(
-    node: RunningServer, standin: OllamaStandIn, pki: Pki, tmp_path: Path
+    admin_gateway: RunningServer, standin: OllamaStandIn, pki: Pki, tmp_path: Path
 ) -> None:
     standin.pull_pace = 0.02
-    code, out, err = await run_cli(tmp_path, "pull", "llama3.1:8b", *target(node, pki))
+    code, out, err = await run_cli(tmp_path, "pull", "llama3.1:8b", *target(admin_gateway, pki))
     assert code == 0, err
     assert out.startswith("Pulled llama3.1:8b (1.2 GiB) in ")
     assert "llama3.1:8b" in standin.models
@@ -130,10 +127,10 @@ async def test_pull_shows_progress_layer_by_layer_to_100_percent(
 
 
 async def test_ctrl_c_mid_pull_cancels_the_pull_on_the_node(
-    node: RunningServer, standin: OllamaStandIn, pki: Pki, tmp_path: Path
+    admin_gateway: RunningServer, standin: OllamaStandIn, pki: Pki, tmp_path: Path
 ) -> None:
     standin.pull_pace = 0.5  # slow enough to interrupt between two reports
-    proc = await start_cli(tmp_path, "pull", "llama3.1:8b", *target(node, pki))
+    proc = await start_cli(tmp_path, "pull", "llama3.1:8b", *target(admin_gateway, pki))
     assert proc.stderr is not None
     seen = b""
     while b"25%" not in seen:  # the first layer is under way
@@ -150,16 +147,16 @@ async def test_ctrl_c_mid_pull_cancels_the_pull_on_the_node(
 
 
 async def test_list_and_rm(
-    node: RunningServer, standin: OllamaStandIn, pki: Pki, tmp_path: Path
+    admin_gateway: RunningServer, standin: OllamaStandIn, pki: Pki, tmp_path: Path
 ) -> None:
-    code, out, err = await run_cli(tmp_path, "list", *target(node, pki))
+    code, out, err = await run_cli(tmp_path, "list", *target(admin_gateway, pki))
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split() == ["NAME", "SIZE", "PARAMETERS", "QUANTIZATION", "LOADED"]
     assert lines[1].split() == ["llama3.2:1b", "1.2", "GiB", "1.2B", "Q8_0", "yes"]
     assert lines[2].split() == ["qwen2.5:0.5b", "1.2", "GiB", "1.2B", "Q8_0"]
 
-    code, out, _ = await run_cli(tmp_path, "list", "--json", *target(node, pki))
+    code, out, _ = await run_cli(tmp_path, "list", "--json", *target(admin_gateway, pki))
     listed = json.loads(out)["models"]
     assert [(m["name"], m["loaded"]) for m in listed] == [
         ("llama3.2:1b", True),
@@ -167,50 +164,52 @@ async def test_list_and_rm(
         ("nomic-embed-text:latest", False),
     ]
 
-    code, out, err = await run_cli(tmp_path, "rm", "qwen2.5:0.5b", *target(node, pki))
+    code, out, err = await run_cli(tmp_path, "rm", "qwen2.5:0.5b", *target(admin_gateway, pki))
     assert (code, out) == (0, "Deleted qwen2.5:0.5b\n"), err
     assert json.loads(standin.last("/api/delete").body) == {"model": "qwen2.5:0.5b"}
 
-    code, out, err = await run_cli(tmp_path, "rm", "nope:1b", *target(node, pki))
+    code, out, err = await run_cli(tmp_path, "rm", "nope:1b", *target(admin_gateway, pki))
     assert code == 6 and out == ""
     assert "Model 'nope:1b' is not on the node (model 'nope:1b' not found)" in err
 
 
 async def test_the_default_is_the_node_on_this_machine_with_setups_admin_key(
-    node: RunningServer, pki: Pki, tmp_path: Path
+    admin_gateway: RunningServer, pki: Pki, tmp_path: Path
 ) -> None:
     """No --api-key: the key setup.sh wrote to the data directory is used."""
     key_file = tmp_path / "data" / "fognode" / "admin-api-key"
     key_file.parent.mkdir(parents=True)
     key_file.write_text(ADMIN_KEY + "\n")
-    code, out, err = await run_cli(tmp_path, "list", "--url", node.url, "--ca", str(pki.ca))
+    code, out, err = await run_cli(
+        tmp_path, "list", "--url", admin_gateway.url, "--ca", str(pki.ca)
+    )
     assert code == 0 and "llama3.2:1b" in out, err
 
 
 async def test_clear_errors(
-    node: RunningServer, standin: OllamaStandIn, pki: Pki, tmp_path: Path
+    admin_gateway: RunningServer, standin: OllamaStandIn, pki: Pki, tmp_path: Path
 ) -> None:
     async def fails(*args: str) -> tuple[int, str]:
         code, out, err = await run_cli(tmp_path, *args)
         assert out == "" and "Traceback" not in err
         return code, err
 
-    code, err = await fails("list", *target(node, pki, key=ADMIN_KEY + "x"))
+    code, err = await fails("list", *target(admin_gateway, pki, key=ADMIN_KEY + "x"))
     assert code == 5 and "401: the node refused the credentials" in err
-    code, err = await fails("pull", "llama3.1:8b", *target(node, pki, key=USER_KEY))
+    code, err = await fails("pull", "llama3.1:8b", *target(admin_gateway, pki, key=USER_KEY))
     assert code == 5 and "403" in err and "fognode apikey create NAME --admin" in err
     assert ADMIN_KEY not in err and USER_KEY not in err
 
     standin.registry = ("llama3.1:8b",)
-    code, err = await fails("pull", "no-such-model", *target(node, pki))
+    code, err = await fails("pull", "no-such-model", *target(admin_gateway, pki))
     assert code == 6
     assert "Pulling 'no-such-model' failed: pull model manifest: file does not exist" in err
 
-    code, err = await fails("pull", "bad name", *target(node, pki))
+    code, err = await fails("pull", "bad name", *target(admin_gateway, pki))
     assert code == 1 and "invalid model name" in err
 
     rogue = make_pki(tmp_path / "rogue", common_name="not the node's CA")
-    code, err = await fails("list", "--url", node.url, "--ca", str(rogue.ca))
+    code, err = await fails("list", "--url", admin_gateway.url, "--ca", str(rogue.ca))
     assert code == 4 and "TLS failed" in err
 
     code, err = await fails(
@@ -218,5 +217,7 @@ async def test_clear_errors(
     )
     assert code == 3 and "Cannot reach the node" in err
 
-    code, err = await fails("list", "--url", node.url, "--ca", str(tmp_path / "missing.crt"))
+    code, err = await fails(
+        "list", "--url", admin_gateway.url, "--ca", str(tmp_path / "missing.crt")
+    )
     assert code == 1 and "missing.crt not found" in err

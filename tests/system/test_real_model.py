@@ -123,7 +123,7 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
 
 
 @pytest.fixture
-async def node(
+async def real_model_gateway(
     llama: LlamaServer, make_gateway: GatewayFactory, emulator: AuthEmulator, tmp_path: Path
 ) -> tuple[RunningServer, openai.AsyncOpenAI]:
     pki = make_pki(tmp_path / "pki")
@@ -154,9 +154,9 @@ MESSAGES = [{"role": "user", "content": "Write one sentence about the sea."}]
 
 
 async def test_streamed_chat_with_real_generated_text(
-    node: tuple[RunningServer, openai.AsyncOpenAI],
+    real_model_gateway: tuple[RunningServer, openai.AsyncOpenAI],
 ) -> None:
-    _, client = node
+    _, client = real_model_gateway
     started = time.perf_counter()
     stream = await client.chat.completions.create(
         model=MODEL, messages=MESSAGES, stream=True, max_tokens=32
@@ -183,9 +183,9 @@ async def test_streamed_chat_with_real_generated_text(
 
 
 async def test_usage_and_finish_reason_without_streaming(
-    node: tuple[RunningServer, openai.AsyncOpenAI],
+    real_model_gateway: tuple[RunningServer, openai.AsyncOpenAI],
 ) -> None:
-    _, client = node
+    _, client = real_model_gateway
     started = time.perf_counter()
     completion = await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=24)
     elapsed = time.perf_counter() - started
@@ -200,9 +200,9 @@ async def test_usage_and_finish_reason_without_streaming(
 
 
 async def test_cancelling_mid_stream_stops_the_generation(
-    node: tuple[RunningServer, openai.AsyncOpenAI], llama: LlamaServer
+    real_model_gateway: tuple[RunningServer, openai.AsyncOpenAI], llama: LlamaServer
 ) -> None:
-    gateway, client = node
+    gateway, client = real_model_gateway
     before = len(llama.eval_runs())
     stream = await client.chat.completions.create(
         model=MODEL,
@@ -234,9 +234,9 @@ async def test_cancelling_mid_stream_stops_the_generation(
 
 
 async def test_a_model_the_node_does_not_have_is_404_in_ollamas_words(
-    node: tuple[RunningServer, openai.AsyncOpenAI],
+    real_model_gateway: tuple[RunningServer, openai.AsyncOpenAI],
 ) -> None:
-    _, client = node
+    _, client = real_model_gateway
     with pytest.raises(openai.NotFoundError) as caught:
         await client.chat.completions.create(model="llama3.1:70b", messages=MESSAGES)
     assert "model 'llama3.1:70b' not found, try pulling it first" in str(caught.value)
@@ -244,11 +244,11 @@ async def test_a_model_the_node_does_not_have_is_404_in_ollamas_words(
 
 
 async def test_the_served_model_is_listed_as_loaded(
-    node: tuple[RunningServer, openai.AsyncOpenAI],
+    real_model_gateway: tuple[RunningServer, openai.AsyncOpenAI],
 ) -> None:
     """llama.cpp's server holds its model while it runs: the OpenAI SDK sees
     the node's extension field on the model list."""
-    _, client = node
+    _, client = real_model_gateway
     models = [m async for m in client.models.list()]
     assert [m.id for m in models] == [MODEL]
     assert (models[0].model_extra or {})["fognode"]["loaded"] is True
@@ -259,12 +259,12 @@ async def test_the_served_model_is_listed_as_loaded(
 
 
 async def test_usage_records_match_llama_cpps_own_token_counts(
-    node: tuple[RunningServer, openai.AsyncOpenAI], llama: LlamaServer
+    real_model_gateway: tuple[RunningServer, openai.AsyncOpenAI], llama: LlamaServer
 ) -> None:
     """llama-cpp-python's server ignores stream_options.include_usage: a stream is
     counted by the content chunks delivered, which must be what llama.cpp
     generated; a plain answer's usage object is recorded as it is."""
-    gateway, client = node
+    gateway, client = real_model_gateway
     ids = []
     delivered: list[int] = []
     usages: list[tuple[int, int]] = []

@@ -39,7 +39,7 @@ KEYS_PORT = 8099
 
 
 @pytest.fixture(scope="module")
-def lan() -> Iterator[Segment]:
+def segment() -> Iterator[Segment]:
     segment = Segment.create(subnet=int(time.time()) % 200 + 20, count=3)
     yield segment
     segment.destroy()
@@ -51,7 +51,7 @@ def signing_key() -> SigningKey:
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+def contract_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     # Only the contract's name: the app connects by IP and checks this name.
     return make_pki(tmp_path_factory.mktemp("pki"), names=("spezillmfog.local",))
 
@@ -112,21 +112,21 @@ class Phone:
 
 
 @pytest.fixture(scope="module")
-def avahi(lan: Segment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Avahi]:
-    daemon = Avahi(lan.hosts[0], tmp_path_factory.mktemp("avahi"))
+def avahi(segment: Segment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Avahi]:
+    daemon = Avahi(segment.hosts[0], tmp_path_factory.mktemp("avahi"))
     yield daemon
     daemon.stop()
 
 
 @pytest.fixture
-def phone(lan: Segment, signing_key: SigningKey, tmp_path: Path) -> Phone:
-    return Phone(lan.hosts[0], tmp_path, signing_key)
+def phone(segment: Segment, signing_key: SigningKey, tmp_path: Path) -> Phone:
+    return Phone(segment.hosts[0], tmp_path, signing_key)
 
 
 def start_node(
     host: Host,
     procs: list[Proc],
-    pki: Pki,
+    contract_pki: Pki,
     key: SigningKey,
     data: Path,
     *,
@@ -174,7 +174,7 @@ def start_node(
             *([] if tls else ["--no-tls"]),
         ),
         env={
-            "FOGNODE_CERTS_DIR": str(pki.paths.directory),
+            "FOGNODE_CERTS_DIR": str(contract_pki.paths.directory),
             "FOGNODE_FIREBASE_PROJECT_ID": PROJECT,
             "FOGNODE_FIREBASE_CERTS_URL": f"http://127.0.0.1:{KEYS_PORT}/keys.json",
             "FOGNODE_REQUIRED_CLAIMS": '{"fog": true}',
@@ -194,11 +194,11 @@ def start_node(
 
 @pytest.mark.parametrize("wire", WIRE_FORMATS)
 def test_the_app_finds_the_node_and_streams_the_whole_answer(
-    lan: Segment, procs: list[Proc], pki: Pki, phone: Phone, tmp_path: Path, wire: str
+    segment: Segment, procs: list[Proc], contract_pki: Pki, phone: Phone, tmp_path: Path, wire: str
 ) -> None:
-    node = lan.hosts[1]
-    start_node(node, procs, pki, phone.key, tmp_path / "node", wire=wire)
-    outcome = phone.found(pki.ca)
+    node = segment.hosts[1]
+    start_node(node, procs, contract_pki, phone.key, tmp_path / "node", wire=wire)
+    outcome = phone.found(contract_pki.ca)
     assert outcome["ok"], outcome
     assert outcome["service"] == "SpeziLLMFog Service._https._tcp.spezillmfog.local."
     assert outcome["address"] == node.address
@@ -207,16 +207,18 @@ def test_the_app_finds_the_node_and_streams_the_whole_answer(
     assert not outcome["ended_silently"] and outcome["attempts"] == 1
 
     # Once the node is known, the app's 100 ms browse finds it every time.
-    misses = sum(phone.use(ca=pki.ca).get("case") == "mDnsServicesNotFound" for _ in range(5))
+    misses = sum(
+        phone.use(ca=contract_pki.ca).get("case") == "mDnsServicesNotFound" for _ in range(5)
+    )
     print(f"\n100 ms browses that missed the node: {misses} of 5")
     assert misses == 0
 
 
 def test_development_mode_on_port_80(
-    lan: Segment, procs: list[Proc], pki: Pki, phone: Phone, tmp_path: Path
+    segment: Segment, procs: list[Proc], contract_pki: Pki, phone: Phone, tmp_path: Path
 ) -> None:
-    node = lan.hosts[1]
-    start_node(node, procs, pki, phone.key, tmp_path / "node", tls=False)
+    node = segment.hosts[1]
+    start_node(node, procs, contract_pki, phone.key, tmp_path / "node", tls=False)
     outcome = phone.found(None)
     assert outcome["ok"], outcome
     assert outcome["service"] == "SpeziLLMFog Service._http._tcp.spezillmfog.local."
@@ -225,15 +227,20 @@ def test_development_mode_on_port_80(
 
 
 def test_two_nodes_each_resolve_to_their_own_address(
-    lan: Segment, procs: list[Proc], pki: Pki, phone: Phone, avahi: Avahi, tmp_path: Path
+    segment: Segment,
+    procs: list[Proc],
+    contract_pki: Pki,
+    phone: Phone,
+    avahi: Avahi,
+    tmp_path: Path,
 ) -> None:
-    first, second = lan.hosts[1], lan.hosts[2]
-    start_node(first, procs, pki, phone.key, tmp_path / "first")
-    start_node(second, procs, pki, phone.key, tmp_path / "second")
+    first, second = segment.hosts[1], segment.hosts[2]
+    start_node(first, procs, contract_pki, phone.key, tmp_path / "first")
+    start_node(second, procs, contract_pki, phone.key, tmp_path / "second")
     served: set[str] = set()
     deadline = time.monotonic() + 60
     while served != {first.address, second.address} and time.monotonic() < deadline:
-        outcome = phone.use(ca=pki.ca)
+        outcome = phone.use(ca=contract_pki.ca)
         if outcome["ok"]:
             assert "".join(outcome["pieces"]) == DEFAULT_REPLY
             served.add(outcome["address"])
@@ -276,45 +283,53 @@ def test_two_nodes_each_resolve_to_their_own_address(
 
 
 def test_a_model_load_longer_than_the_apps_idle_timeout_does_not_drop_it(
-    lan: Segment, procs: list[Proc], pki: Pki, phone: Phone, tmp_path: Path
+    segment: Segment, procs: list[Proc], contract_pki: Pki, phone: Phone, tmp_path: Path
 ) -> None:
-    node = lan.hosts[1]
+    node = segment.hosts[1]
     heartbeats = {
         "FOGNODE_STREAM_HEARTBEAT_AFTER": "0.5",
         "FOGNODE_STREAM_HEARTBEAT_INTERVAL": "0.8",
     }
-    start_node(node, procs, pki, phone.key, tmp_path / "node", first_byte_delay=4.0, env=heartbeats)
-    outcome = phone.use(ca=pki.ca, address=node.address, idle_timeout=2.0)
+    start_node(
+        node,
+        procs,
+        contract_pki,
+        phone.key,
+        tmp_path / "node",
+        first_byte_delay=4.0,
+        env=heartbeats,
+    )
+    outcome = phone.use(ca=contract_pki.ca, address=node.address, idle_timeout=2.0)
     assert outcome["ok"], outcome
     assert "".join(outcome["pieces"]) == DEFAULT_REPLY
     assert outcome["first_byte_after"] < 2.0  # headers came early, then heartbeats
 
 
 def test_without_heartbeats_the_app_gives_up(
-    lan: Segment, procs: list[Proc], pki: Pki, phone: Phone, tmp_path: Path
+    segment: Segment, procs: list[Proc], contract_pki: Pki, phone: Phone, tmp_path: Path
 ) -> None:
     """The control for the test above: the same wait, heartbeats only after 30 s."""
-    node = lan.hosts[1]
+    node = segment.hosts[1]
     start_node(
         node,
         procs,
-        pki,
+        contract_pki,
         phone.key,
         tmp_path / "node",
         first_byte_delay=4.0,
         env={"FOGNODE_STREAM_HEARTBEAT_AFTER": "30"},
     )
-    outcome = phone.use(ca=pki.ca, address=node.address, idle_timeout=2.0)
+    outcome = phone.use(ca=contract_pki.ca, address=node.address, idle_timeout=2.0)
     assert outcome["case"] == "connectivityIssues", outcome
     assert outcome["attempts"] == 3  # the app retried, making the node's work longer
 
 
 def test_each_error_reaches_the_app_as_it_maps_it(
-    lan: Segment, procs: list[Proc], pki: Pki, phone: Phone, tmp_path: Path
+    segment: Segment, procs: list[Proc], contract_pki: Pki, phone: Phone, tmp_path: Path
 ) -> None:
-    node = lan.hosts[1]
-    proc = start_node(node, procs, pki, phone.key, tmp_path / "node")
-    at = {"ca": pki.ca, "address": node.address}
+    node = segment.hosts[1]
+    proc = start_node(node, procs, contract_pki, phone.key, tmp_path / "node")
+    at = {"ca": contract_pki.ca, "address": node.address}
 
     # 401: a token that does not verify; 403: one without the required claim.
     forged = phone.key.mint(fog=True)[:-8] + "AAAAAAAA"

@@ -72,7 +72,7 @@ def node_settings(standin: OllamaStandIn, pki_dir: Path, **more: str) -> dict[st
 
 
 @pytest.fixture
-async def tls_node(tmp_path: Path) -> AsyncIterator[tuple[Path, ssl.SSLContext]]:
+async def node_certs(tmp_path: Path) -> AsyncIterator[tuple[Path, ssl.SSLContext]]:
     pki = make_pki(tmp_path / "certs")
     yield pki.paths.directory, ssl.create_default_context(cafile=str(pki.ca))
 
@@ -157,14 +157,14 @@ def served_by(log: str) -> Counter[str]:
 
 
 async def test_caps_are_the_nodes_across_workers(
-    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+    standin: OllamaStandIn, node_certs: tuple[Path, ssl.SSLContext], tmp_path: Path
 ) -> None:
     """16 requests at once from 4 users over 2 workers; the node allows 3 at once,
     2 per user: the upstream never sees more, the rest are refused as one
     process refuses them (429 for the user's cap, 503 for the node's), and
     /metrics counts every request of both workers."""
     standin.token_delay = 0.2  # about 2.4 s per answer: every request arrives while others run
-    pki_dir, tls = tls_node
+    pki_dir, tls = node_certs
     node = NodeProcess(
         tmp_path,
         node_settings(standin, pki_dir, max_queued_requests="2", per_user_queued_requests="1"),
@@ -235,14 +235,14 @@ async def test_caps_are_the_nodes_across_workers(
 
 
 async def test_quotas_are_the_nodes_across_workers(
-    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+    standin: OllamaStandIn, node_certs: tuple[Path, ssl.SSLContext], tmp_path: Path
 ) -> None:
     """12 requests of one user at once over 2 workers, 3 a minute allowed: the
     node admits exactly 3 (one worker's reservations count in the other's
     check), refuses 9 with rate_limit_exceeded, and writes 12 records once,
     all with the node's one id."""
     standin.token_delay = 0.05
-    pki_dir, tls = tls_node
+    pki_dir, tls = node_certs
     store = tmp_path / "usage.sqlite3"
     admin = new_key()
     node = NodeProcess(
@@ -317,11 +317,11 @@ async def test_quotas_are_the_nodes_across_workers(
 
 
 async def test_a_sign_out_holds_on_every_worker(
-    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+    standin: OllamaStandIn, node_certs: tuple[Path, ssl.SSLContext], tmp_path: Path
 ) -> None:
     """Sign in to the status page, sign out: the kept cookie opens the page on
     no worker any more (each worker keeps the sign-outs it was told of)."""
-    pki_dir, tls = tls_node
+    pki_dir, tls = node_certs
     admin = new_key()
     node = NodeProcess(
         tmp_path,
@@ -369,11 +369,11 @@ async def test_a_sign_out_holds_on_every_worker(
 
 
 async def test_the_onboarding_page_is_served_once_by_the_main_process(
-    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+    standin: OllamaStandIn, node_certs: tuple[Path, ssl.SSLContext], tmp_path: Path
 ) -> None:
     """Its own port, bound once (no worker competes for it): the main process
     serves it, and every worker's status page links to it."""
-    pki_dir, tls = tls_node
+    pki_dir, tls = node_certs
     page_port = free_port()
     admin = new_key()
     node = NodeProcess(
@@ -413,13 +413,13 @@ async def test_the_onboarding_page_is_served_once_by_the_main_process(
 
 
 async def test_a_killed_worker_gives_its_slots_back(
-    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+    standin: OllamaStandIn, node_certs: tuple[Path, ssl.SSLContext], tmp_path: Path
 ) -> None:
     """Fill every slot with streams that never end, SIGKILL a worker that holds
     some: its slots come back (new requests are admitted up to the cap, not
     beyond), and the worker is started again."""
     standin.stall_after = 1  # one event, then the stream stays open
-    pki_dir, tls = tls_node
+    pki_dir, tls = node_certs
     node = NodeProcess(
         tmp_path, node_settings(standin, pki_dir, per_user_concurrent_requests=str(GLOBAL_CAP))
     )
@@ -486,9 +486,9 @@ async def test_a_killed_worker_gives_its_slots_back(
 
 
 async def test_sigterm_stops_every_worker_and_sigkill_takes_them_along(
-    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+    standin: OllamaStandIn, node_certs: tuple[Path, ssl.SSLContext], tmp_path: Path
 ) -> None:
-    pki_dir, tls = tls_node
+    pki_dir, tls = node_certs
     for sig, code in ((signal.SIGTERM, 0), (signal.SIGKILL, -signal.SIGKILL)):
         node = NodeProcess(tmp_path, node_settings(standin, pki_dir))
         await node.start(tls)
@@ -519,10 +519,10 @@ async def served_certificate(port: int, tls: ssl.SSLContext) -> bytes:
 
 
 async def test_a_certificate_replaced_on_disk_reaches_every_worker(
-    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+    standin: OllamaStandIn, node_certs: tuple[Path, ssl.SSLContext], tmp_path: Path
 ) -> None:
     """The main process alone watches the files; every worker then serves the new pair."""
-    pki_dir, tls = tls_node
+    pki_dir, tls = node_certs
     node = NodeProcess(tmp_path, node_settings(standin, pki_dir, cert_check_interval="0.2"))
     await node.start(tls)
     try:
@@ -551,12 +551,12 @@ async def test_a_certificate_replaced_on_disk_reaches_every_worker(
 
 
 async def test_a_waiting_stream_hears_its_place_in_the_nodes_queue(
-    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+    standin: OllamaStandIn, node_certs: tuple[Path, ssl.SSLContext], tmp_path: Path
 ) -> None:
     """The heartbeat's `: queued N` is the place in the main process's queue,
     whichever worker holds the waiting request."""
     standin.stall_after = 1  # the first stream holds the only slot
-    pki_dir, tls = tls_node
+    pki_dir, tls = node_certs
     settings = node_settings(
         standin,
         pki_dir,
@@ -651,7 +651,7 @@ def turn(n: int, topic: str) -> dict[str, Any]:
 
 
 async def test_a_conversation_keeps_its_upstream_whichever_worker_gets_its_next_turn(
-    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+    standin: OllamaStandIn, node_certs: tuple[Path, ssl.SSLContext], tmp_path: Path
 ) -> None:
     """Two upstreams with the model loaded. A conversation's first turn goes
     through one worker, its next turns through the other and back: each goes
@@ -662,7 +662,7 @@ async def test_a_conversation_keeps_its_upstream_whichever_worker_gets_its_next_
     other = OllamaStandIn()
     await other.start()
     sessions: list[aiohttp.ClientSession] = []
-    pki_dir, tls = tls_node
+    pki_dir, tls = node_certs
     for upstream in (standin, other):
         upstream.load("llama3.2:1b")
     node = NodeProcess(
@@ -704,11 +704,11 @@ def live_numbers(page: str) -> dict[str, int]:
 
 
 async def test_the_status_page_shows_the_whole_nodes_activity(
-    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+    standin: OllamaStandIn, node_certs: tuple[Path, ssl.SSLContext], tmp_path: Path
 ) -> None:
     """Requests, errors and open streams on both workers: the page, whichever
     worker answers it, counts them all (the main process sums every worker's)."""
-    pki_dir, tls = tls_node
+    pki_dir, tls = node_certs
     admin = new_key()
     node = NodeProcess(
         tmp_path,
@@ -778,12 +778,12 @@ async def test_the_status_page_shows_the_whole_nodes_activity(
 
 
 async def test_more_workers_give_a_guesser_no_more_sign_in_attempts(
-    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+    standin: OllamaStandIn, node_certs: tuple[Path, ssl.SSLContext], tmp_path: Path
 ) -> None:
     """A failed sign-in through one worker slows down the next attempt through
     any worker: the throttle is the node's (in the main process), so even the
     right key is not looked at yet, whichever worker gets it."""
-    pki_dir, tls = tls_node
+    pki_dir, tls = node_certs
     admin = new_key()
     node = NodeProcess(
         tmp_path,
@@ -823,12 +823,12 @@ def model_lists(standin: OllamaStandIn) -> int:
 
 
 async def test_the_node_checks_each_upstream_once_and_every_worker_follows(
-    standin: OllamaStandIn, tls_node: tuple[Path, ssl.SSLContext], tmp_path: Path
+    standin: OllamaStandIn, node_certs: tuple[Path, ssl.SSLContext], tmp_path: Path
 ) -> None:
     """Two workers, one check of the upstream at start (the main process's);
     a model pulled through one worker is on the other's status page at once,
     from the one check the pull asked for."""
-    pki_dir, tls = tls_node
+    pki_dir, tls = node_certs
     admin = new_key()
     settings = node_settings(standin, pki_dir, api_keys=api_keys_with(admin, users=False))
     settings["upstream_check_interval"] = "3600"  # only the checks this test causes
