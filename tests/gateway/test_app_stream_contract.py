@@ -1,9 +1,10 @@
 """What the SpeziLLMFog app needs of a chat stream, end to end on loopback.
 
-Requests are the app's own bytes (tests/spezillmfog_client.encode_request),
+Requests are the app's own bytes (tests/support/spezillmfog_client.encode_request),
 answers are read with swift-openapi-runtime's SSE decoder as the app reads
 them, against the Ollama stand-in in both of Ollama's wire formats. The
-network-level behaviour (mDNS, port 443, no SNI) is in test_spezillmfog_app.py.
+network-level behaviour (mDNS, port 443, no SNI) is in
+tests/system/test_spezillmfog_app.py.
 """
 
 from __future__ import annotations

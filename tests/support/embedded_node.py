@@ -6,19 +6,12 @@ The test talks to it over real sockets and looks at its processes through
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
+from tests.support.processes import NodeProcess
 
-from tests.support.helpers import free_port
-
-FOGNODE = [sys.executable, "-m", "fognode.gateway.cli"]
 MODEL = "smollm2:135m"  # the packaged default
 CHILD_MODULE = "fognode.embedded.child"
 
@@ -66,81 +59,30 @@ def wait_for(predicate: Callable[[], bool], what: str, limit: float = 60.0) -> N
         time.sleep(0.05)
 
 
-class FognodeProcess:
-    def __init__(
-        self, directory: Path, env: dict[str, str] | None = None, *, ca: Path | None = None
-    ) -> None:
-        self.ca = ca  # with TLS: the CA its certificate chains to
-        self.port = free_port()
-        self.log_path = directory / "fognode.log"
-        base = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("FOGNODE_", "FIREBASE_", "GOOGLE_"))
-        }
-        self.env = {
-            **base,
-            "XDG_DATA_HOME": str(directory / "data"),
-            "FOGNODE_HOST": "127.0.0.1",
-            "FOGNODE_PORT": str(self.port),
-            "FOGNODE_TLS": "false",
-            "FOGNODE_AUTH": "none",
-            "FOGNODE_MDNS": "false",
-            "FOGNODE_UPSTREAM_KIND": "embedded",
-            "FOGNODE_SHUTDOWN_TIMEOUT": "2",
-            "FOGNODE_EMBEDDED_CONTEXT_SIZE": "1024",
-            # The child's own lines (llama.cpp, uvicorn) are logged at DEBUG.
-            "FOGNODE_LOG_LEVEL": "DEBUG",
-            **(env or {}),
-        }
-        self._log = self.log_path.open("wb")
-        self.popen = subprocess.Popen(
-            [*FOGNODE, "serve"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
-        )
+# `fognode serve` with the embedded model, as in FOGNODE_* settings.
+EMBEDDED = {
+    "tls": "false",
+    "auth": "none",
+    "upstream_kind": "embedded",
+    "shutdown_timeout": "2",
+    "embedded_context_size": "1024",
+    # The child's own lines (llama.cpp, uvicorn) are logged at DEBUG.
+    "log_level": "DEBUG",
+}
 
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
 
-    @property
-    def url(self) -> str:
-        scheme = "https" if self.env["FOGNODE_TLS"] == "true" else "http"
-        return f"{scheme}://127.0.0.1:{self.port}"
+def launch_embedded_node(
+    directory: Path, settings: dict[str, str] | None = None, *, ca: Path | None = None
+) -> NodeProcess:
+    """`fognode serve` serving the embedded model, launched; `wait_ready()`
+    waits for the model. None of the runner's FOGNODE_* settings leak in."""
+    node = NodeProcess(directory, {**EMBEDDED, **(settings or {})}, clean_env=True, ca=ca)
+    node.launch()
+    return node
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
-    def readyz(self) -> httpx.Response | None:
-        try:
-            return httpx.get(f"{self.url}/readyz", timeout=5, verify=False)
-        except httpx.TransportError:
-            return None
-
-    def wait_ready(self, limit: float = 120.0) -> dict[str, object]:
-        def ready() -> bool:
-            if self.popen.poll() is not None:
-                raise AssertionError(f"fognode exited:\n{self.log()[-3000:]}")
-            resp = self.readyz()
-            return resp is not None and resp.status_code == 200
-
-        wait_for(ready, "fognode and its model to be ready", limit)
-        resp = self.readyz()
-        assert resp is not None
-        body: dict[str, object] = resp.json()
-        return body
-
-    def child(self) -> int:
-        children = llama_children(self.pid)
-        assert len(children) == 1, children
-        return children[0]
-
-    def stop(self, sig: int = signal.SIGTERM, limit: float = 30.0) -> int:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(limit)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._log.close()
-        return self.popen.returncode
+def llama_child(node: NodeProcess) -> int:
+    """The one llama.cpp server the node runs."""
+    children = llama_children(node.pid)
+    assert len(children) == 1, children
+    return children[0]

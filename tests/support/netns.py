@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.processes import Process
 
 
 def unavailable_reason() -> str | None:
@@ -144,48 +142,6 @@ class Segment:
             subprocess.run(["ip", "netns", "del", netns], capture_output=True)
 
 
-class Proc:
-    """A process in a namespace, killed at the end of the test."""
-
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
-        self.log = b""
-        self.popen = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env={**os.environ, **(env or {})},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-
-    def lines(self, until: float) -> Iterator[str]:
-        """Output lines as they come, until the deadline (monotonic)."""
-        assert self.popen.stdout is not None
-        fd = self.popen.stdout.fileno()
-        buffer = b""
-        while time.monotonic() < until:
-            ready, _, _ = select.select([fd], [], [], max(0.0, until - time.monotonic()))
-            if not ready:
-                break
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            self.log += chunk
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                yield line.decode(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        return self.popen.returncode
-
-
 def wait_http(host: Host, url: str, limit: float = 30) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
@@ -245,7 +201,7 @@ class Avahi:
         (directory / "bus.conf").write_text(BUS_CONF.format(socket=socket))
         (directory / "avahi.conf").write_text(AVAHI_CONF)
         self.env = {"DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={socket}"}
-        self.bus = Proc(
+        self.bus = Process(
             host.command(
                 "dbus-daemon", f"--config-file={directory / 'bus.conf'}", "--nofork", "--nopidfile"
             )
@@ -253,7 +209,7 @@ class Avahi:
         deadline = time.monotonic() + 10
         while not socket.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        self.daemon = Proc(
+        self.daemon = Process(
             host.command(
                 "unshare",
                 "--mount",
@@ -267,7 +223,7 @@ class Avahi:
         for line in self.daemon.lines(time.monotonic() + 15):
             if "Server startup complete" in line:
                 return
-        raise AssertionError(f"avahi-daemon did not start: {self.daemon.log.decode()}")
+        raise AssertionError(f"avahi-daemon did not start: {self.daemon.log()}")
 
     def browse(self, service_type: str, domain: str) -> list[list[str]]:
         """Resolved services (`avahi-browse -rtp`): [interface, protocol, name, type,

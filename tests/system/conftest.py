@@ -22,11 +22,12 @@ from tests.support.firebase_emulator import (
     emulator,
 )
 from tests.support.gateway import GatewayFactory, gateway, http, make_gateway, standin, unconfigured
-from tests.support.netns import Proc, lan
+from tests.support.netns import lan
 from tests.support.ollama_standin import OllamaStandIn
 from tests.support.onboarding import ca_forms, clinic_pki, onboarding
 from tests.support.pki import pki
 from tests.support.postgres import postgres_server, postgres_url
+from tests.support.processes import Process
 from tests.support.status_page import https, status_gateway
 from tests.support.tls import expired_gateway, rogue_pki, tls_gateway
 from tests.support.tokens import key_set, signing_key, stranger_key
@@ -61,9 +62,9 @@ __all__ = [
 
 
 @pytest.fixture
-def procs() -> Iterator[list[Proc]]:
+def procs() -> Iterator[list[Process]]:
     """Processes a test starts (in network namespaces), stopped at its end."""
-    started: list[Proc] = []
+    started: list[Process] = []
     yield started
     for proc in reversed(started):
         proc.stop()

@@ -99,7 +99,7 @@ async def node_process(standin: OllamaStandIn, tmp_path: Path) -> AsyncIterator[
     )
     await process.start()
     yield process
-    await process.stop()
+    await process.astop()
 
 
 async def _expect_left(node_process: NodeProcess, clients: int) -> None:
@@ -181,4 +181,4 @@ async def test_a_tls_client_leaving_mid_stream_is_one_info_line(
         await wait_until(lambda: standin.cancelled == 2, "both generations cancelled")
         await _expect_left(node, 2)
     finally:
-        await node.stop()
+        await node.astop()

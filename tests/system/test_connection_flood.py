@@ -76,7 +76,7 @@ async def flooded_node(
     client_tls = ssl.create_default_context(cafile=str(pki.ca))
     await node.start(client_tls)
     yield node, client_tls
-    await node.stop()
+    await node.astop()
 
 
 async def healthz_and_a_stream(node: NodeProcess, tls: ssl.SSLContext) -> None:
@@ -132,8 +132,8 @@ async def test_the_soft_descriptor_limit_is_raised_to_the_hard_one(
     )
     await node.start()
     try:
-        assert node.proc is not None
-        pid = node.proc.pid
+        assert node.alive
+        pid = node.pid
         # The processes that hold client connections: the workers, or the one process.
         children = await asyncio.to_thread(Path(f"/proc/{pid}/task/{pid}/children").read_text)
         serving = [int(p) for p in children.split()]
@@ -144,4 +144,4 @@ async def test_the_soft_descriptor_limit_is_raised_to_the_hard_one(
         raised = node.log().count("descriptor limit raised from 1024 to 4096")
         assert raised == max(1, len(serving))
     finally:
-        await node.stop()
+        await node.astop()

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.helpers import free_port
 from tests.support.ollama_standin import OllamaStandIn
 from tests.support.pki import make_pki
+from tests.support.processes import FOGNODE, NodeProcess
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-FOGNODE = [sys.executable, "-m", "fognode.gateway.cli"]
 
 
 def test_dockerfile_passes_hadolint() -> None:
@@ -73,23 +72,17 @@ async def test_the_image_entrypoint_commands_outside_docker(
 ) -> None:
     """`fognode serve` as the image runs it (TLS, bind *) and its HEALTHCHECK command."""
     pki = make_pki(tmp_path / "certs")
-    port = free_port()
-    env = {
-        **os.environ,
-        "XDG_DATA_HOME": str(tmp_path / "data"),
-        "FOGNODE_CERTS_DIR": str(pki.paths.directory),
-        "FOGNODE_PORT": str(port),
-        "FOGNODE_HOST": "127.0.0.1",  # the image binds *; loopback here, nothing leaves
-        "FOGNODE_UPSTREAM_URL": standin.url,
-        "FOGNODE_API_KEYS": "probe:user:" + "0" * 64,
-    }
-    proc = await asyncio.create_subprocess_exec(
-        *FOGNODE,
-        "serve",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+    node = NodeProcess(
+        tmp_path,
+        {
+            "certs_dir": str(pki.paths.directory),
+            "upstream_url": standin.url,
+            "api_keys": "probe:user:" + "0" * 64,
+        },
     )
+    # The image binds *; here the node keeps to loopback, nothing leaves.
+    env = node.env
+    node.launch()
     try:
         code = 1
         for _ in range(100):
@@ -100,8 +93,7 @@ async def test_the_image_entrypoint_commands_outside_docker(
             await asyncio.sleep(0.2)
         assert code == 0
     finally:
-        proc.terminate()
-        await proc.wait()
+        await node.astop()
     after = await asyncio.create_subprocess_exec(
         *FOGNODE, "healthcheck", env=env, stderr=asyncio.subprocess.DEVNULL
     )

@@ -20,9 +20,10 @@ import pytest
 from fognode.auth.api_keys import entry_for, new_key
 from fognode.certs.inspect import fingerprint
 from fognode.certs.store import load_certs
-from tests.support.netns import ROOT, Lan, Proc, unavailable_reason, wait_http
+from tests.support.netns import Lan, unavailable_reason, wait_http
 from tests.support.ollama_standin import DEFAULT_REPLY
 from tests.support.pki import make_pki
+from tests.support.processes import ROOT, NodeProcess, Process
 
 REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
@@ -37,6 +38,7 @@ def node_files(tmp_path: Path) -> dict[str, Any]:
     return {
         "pki": pki,
         "key": admin_key,
+        "dir": tmp_path,
         "env": {
             "FOGNODE_CERTS_DIR": str(pki.paths.directory),
             "FOGNODE_API_KEYS": entry_for(admin_key, "lan-test", admin=True),
@@ -50,32 +52,29 @@ def node_files(tmp_path: Path) -> dict[str, Any]:
 
 def start_node(
     lan: Lan,
-    procs: list[Proc],
+    procs: list[Process],
     files: dict[str, Any],
     *,
     port: int = PORT,
     standin: bool = True,
     loaded: tuple[str, ...] = (),
     extra_env: dict[str, str] | None = None,
-) -> Proc:
+) -> NodeProcess:
     if standin:
         in_memory = [arg for name in loaded for arg in ("--loaded", name)]
         procs.append(
-            Proc(lan.a.python("-m", "tests.support.ollama_standin", "--port", "11434", *in_memory))
+            Process(
+                lan.a.python("-m", "tests.support.ollama_standin", "--port", "11434", *in_memory)
+            )
         )
         wait_http(lan.a, "http://127.0.0.1:11434/api/version")
-    node = Proc(
-        lan.a.fognode(
-            "serve",
-            "--host",
-            "*",
-            "--port",
-            str(port),
-            "--upstream-url",
-            "http://127.0.0.1:11434",
-        ),
+    node = NodeProcess(
+        files["dir"],
+        host=lan.a,
+        args=["--host", "*", "--port", str(port), "--upstream-url", "http://127.0.0.1:11434"],
         env={**files["env"], **(extra_env or {})},
     )
+    node.launch()
     procs.append(node)
     return node
 
@@ -92,7 +91,7 @@ def discover_json(lan: Lan, timeout: float = 3) -> list[dict[str, Any]]:
 
 
 def test_node_is_discovered_with_its_txt_and_seen_by_dig(
-    lan: Lan, procs: list[Proc], node_files: dict[str, Any]
+    lan: Lan, procs: list[Process], node_files: dict[str, Any]
 ) -> None:
     started = time.monotonic()
     start_node(lan, procs, node_files, loaded=("llama3.2:1b",))
@@ -148,7 +147,7 @@ def test_node_is_discovered_with_its_txt_and_seen_by_dig(
 
 
 def test_chat_cli_finds_the_node_and_streams_with_the_ca_pinned(
-    lan: Lan, procs: list[Proc], node_files: dict[str, Any], tmp_path: Path
+    lan: Lan, procs: list[Process], node_files: dict[str, Any], tmp_path: Path
 ) -> None:
     start_node(lan, procs, node_files)
     wait_http(lan.b, f"https://{lan.a.address}:{PORT}/healthz")
@@ -181,9 +180,9 @@ def test_chat_cli_finds_the_node_and_streams_with_the_ca_pinned(
 
 
 def test_txt_update_on_model_pull_and_goodbye_on_shutdown(
-    lan: Lan, procs: list[Proc], node_files: dict[str, Any]
+    lan: Lan, procs: list[Process], node_files: dict[str, Any]
 ) -> None:
-    watcher = Proc(lan.b.fognode("discover", "--watch", "--json"))
+    watcher = Process(lan.b.fognode("discover", "--watch", "--json"))
     procs.append(watcher)
     node = start_node(lan, procs, node_files)
     launched = time.monotonic()
@@ -222,7 +221,7 @@ def test_txt_update_on_model_pull_and_goodbye_on_shutdown(
         if event["event"] == "updated" and "llama3.1:8b" in event["txt"]["models"]:
             updated = event
             break
-    assert updated is not None, watcher.log.decode()
+    assert updated is not None, watcher.log()
 
     stopped_at = time.monotonic()
     assert node.stop() == 0
@@ -234,25 +233,27 @@ def test_txt_update_on_model_pull_and_goodbye_on_shutdown(
             break
     gone_after = time.monotonic() - stopped_at
     print(f"\nshutdown to disappearance: {gone_after:.2f}s")
-    assert node.popen.stdout is not None
-    assert removed is not None, node.popen.stdout.read().decode() + watcher.log.decode()
+    assert removed is not None, node.log() + watcher.log()
     assert removed["name"] == "SpeziLLMFog Service"
     # Goodbye packets, not the 75-minute TTL, made it disappear.
     assert gone_after < 60
 
 
 def test_two_nodes_started_together_get_distinct_instances(
-    lan: Lan, procs: list[Proc], node_files: dict[str, Any]
+    lan: Lan, procs: list[Process], node_files: dict[str, Any]
 ) -> None:
     """Both find the name free and take it; a moment later the one with the
     greater host name hears the other and moves to `-2`."""
-    procs.append(Proc(lan.a.python("-m", "tests.support.ollama_standin", "--port", "11434")))
+    procs.append(Process(lan.a.python("-m", "tests.support.ollama_standin", "--port", "11434")))
     wait_http(lan.a, "http://127.0.0.1:11434/api/version")
     nodes = []
     for index, port in enumerate((PORT, PORT + 1)):
         env = dict(node_files["env"], XDG_DATA_HOME=node_files["env"]["XDG_DATA_HOME"] + str(index))
-        argv = ["serve", "--host", "*", "--port", str(port)]
-        nodes.append(Proc(lan.a.fognode(*argv, "--upstream-url", "http://127.0.0.1:11434"), env))
+        args = ["--host", "*", "--port", str(port), "--upstream-url", "http://127.0.0.1:11434"]
+        workdir = node_files["dir"] / f"node{index}"
+        workdir.mkdir()
+        nodes.append(NodeProcess(workdir, host=lan.a, args=args, env=env))
+        nodes[-1].launch()
     procs.extend(nodes)
     found: list[dict[str, Any]] = []
     deadline = time.monotonic() + 40
@@ -263,11 +264,11 @@ def test_two_nodes_started_together_get_distinct_instances(
     assert {n["name"] for n in found} == {"SpeziLLMFog Service", "SpeziLLMFog Service-2"}, found
     assert {n["port"] for n in found} == {PORT, PORT + 1}
     assert len({n["host"] for n in found}) == 2
-    assert all(node.popen.poll() is None for node in nodes)
+    assert all(node.alive for node in nodes)
 
 
 def test_http_client_sees_the_node_port_and_ip_via_discovery_library(
-    lan: Lan, procs: list[Proc], node_files: dict[str, Any]
+    lan: Lan, procs: list[Process], node_files: dict[str, Any]
 ) -> None:
     """The library, not the CLI: discover() yields typed nodes to build a client on."""
     start_node(lan, procs, node_files)
@@ -308,7 +309,7 @@ def test_http_client_sees_the_node_port_and_ip_via_discovery_library(
 
 
 def test_a_node_with_two_workers_is_announced_once(
-    lan: Lan, procs: list[Proc], node_files: dict[str, Any]
+    lan: Lan, procs: list[Process], node_files: dict[str, Any]
 ) -> None:
     """Two processes serve the port; the supervisor alone announces, with the
     node's capacity (a worker announcing too would show as a second

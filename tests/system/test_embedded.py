@@ -22,9 +22,17 @@ import openai
 import pytest
 
 from fognode.auth.api_keys import entry_for, new_key
-from tests.support.embedded_node import MODEL, FognodeProcess, alive, llama_children, wait_for
+from tests.support.embedded_node import (
+    MODEL,
+    alive,
+    launch_embedded_node,
+    llama_child,
+    llama_children,
+    wait_for,
+)
 from tests.support.helpers import wait_until
 from tests.support.pki import make_pki
+from tests.support.processes import NodeProcess
 from tests.support.tls import HOST, ConnectByIp
 
 KEY = new_key()
@@ -32,16 +40,16 @@ MESSAGES = [{"role": "user", "content": "Why is the sky blue? Answer in one sent
 
 
 @pytest.fixture(scope="module")
-def embedded_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FognodeProcess]:
+def embedded_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     directory = tmp_path_factory.mktemp("embedded")
     pki = make_pki(directory / "pki")
-    proc = FognodeProcess(
+    proc = launch_embedded_node(
         directory,
         {
-            "FOGNODE_TLS": "true",
-            "FOGNODE_CERTS_DIR": str(pki.paths.directory),
-            "FOGNODE_AUTH": "firebase",
-            "FOGNODE_API_KEYS": entry_for(KEY, "tester", admin=True),
+            "tls": "true",
+            "certs_dir": str(pki.paths.directory),
+            "auth": "firebase",
+            "api_keys": entry_for(KEY, "tester", admin=True),
         },
         ca=pki.ca,
     )
@@ -50,7 +58,7 @@ def embedded_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FognodeP
     proc.stop()
 
 
-def client(embedded_node: FognodeProcess, key: str = KEY) -> openai.AsyncOpenAI:
+def client(embedded_node: NodeProcess, key: str = KEY) -> openai.AsyncOpenAI:
     ctx = ssl.create_default_context(cafile=str(embedded_node.ca))
     return openai.AsyncOpenAI(
         base_url=f"https://{HOST}:{embedded_node.port}/v1",
@@ -60,7 +68,7 @@ def client(embedded_node: FognodeProcess, key: str = KEY) -> openai.AsyncOpenAI:
     )
 
 
-def admin_get(embedded_node: FognodeProcess, path: str) -> httpx.Response:
+def admin_get(embedded_node: NodeProcess, path: str) -> httpx.Response:
     return httpx.get(
         f"{embedded_node.url}{path}",
         headers={"Authorization": f"Bearer {KEY}"},
@@ -75,7 +83,7 @@ def eval_runs(log: str) -> list[int]:
 
 
 async def test_streams_a_real_answer_over_tls_with_an_api_key(
-    embedded_node: FognodeProcess,
+    embedded_node: NodeProcess,
 ) -> None:
     async with client(embedded_node) as api:
         stream = await api.chat.completions.create(
@@ -101,7 +109,7 @@ async def test_streams_a_real_answer_over_tls_with_an_api_key(
     assert body["embedded"] == {"model": MODEL, "slots": [{"state": "ready", "restarts": 0}]}
 
 
-async def test_auth_and_a_missing_model_as_for_ollama(embedded_node: FognodeProcess) -> None:
+async def test_auth_and_a_missing_model_as_for_ollama(embedded_node: NodeProcess) -> None:
     async with client(embedded_node, key="fnk_not-a-key") as stranger:
         with pytest.raises(openai.AuthenticationError):
             await stranger.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4)
@@ -113,7 +121,7 @@ async def test_auth_and_a_missing_model_as_for_ollama(embedded_node: FognodeProc
 
 
 async def test_requests_beyond_the_slots_wait_in_fognodes_queue(
-    embedded_node: FognodeProcess,
+    embedded_node: NodeProcess,
 ) -> None:
     """One slot (embedded_parallel=1): admission capacity 1, the second request queues."""
 
@@ -138,7 +146,7 @@ async def test_requests_beyond_the_slots_wait_in_fognodes_queue(
     assert all(a.strip() for a in answers)
 
 
-async def test_a_client_that_leaves_stops_the_generation(embedded_node: FognodeProcess) -> None:
+async def test_a_client_that_leaves_stops_the_generation(embedded_node: NodeProcess) -> None:
     before = len(eval_runs(embedded_node.log()))
     async with client(embedded_node) as api:
         stream = await api.chat.completions.create(
@@ -168,9 +176,9 @@ async def test_a_client_that_leaves_stops_the_generation(embedded_node: FognodeP
     assert runs and max(runs) < 100, f"a generation ran on after the client left: {runs}"
 
 
-async def test_kill_9_of_the_child_is_followed_by_a_restart(embedded_node: FognodeProcess) -> None:
+async def test_kill_9_of_the_child_is_followed_by_a_restart(embedded_node: NodeProcess) -> None:
     """Runs last in this module: it replaces the module's child."""
-    child = embedded_node.child()
+    child = llama_child(embedded_node)
     os.kill(child, signal.SIGKILL)
     async with client(embedded_node) as api:
         # At once: refused with 503 and Retry-After, neither a hang nor a 502.
@@ -193,7 +201,7 @@ async def test_kill_9_of_the_child_is_followed_by_a_restart(embedded_node: Fogno
         await asyncio.to_thread(embedded_node.wait_ready)
         answer = await api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
     assert answer.choices[0].message.content
-    assert embedded_node.child() != child and not alive(child)
+    assert llama_child(embedded_node) != child and not alive(child)
     metrics = admin_get(embedded_node, "/metrics").text
     assert 'fognode_embedded_restarts_total{slot="0"} 1.0' in metrics
     assert 'fognode_embedded_up{slot="0"} 1.0' in metrics
@@ -204,10 +212,10 @@ async def test_kill_9_of_the_child_is_followed_by_a_restart(embedded_node: Fogno
 
 
 def test_sigterm_stops_the_child_before_fognode_exits(tmp_path: Path) -> None:
-    node = FognodeProcess(tmp_path)
+    node = launch_embedded_node(tmp_path)
     try:
         node.wait_ready()
-        child = node.child()
+        child = llama_child(node)
         assert node.stop(signal.SIGTERM) == 0
         assert not alive(child) and llama_children(node.pid) == []
         assert "llama.cpp server 0 stopped" in node.log()
@@ -216,11 +224,11 @@ def test_sigterm_stops_the_child_before_fognode_exits(tmp_path: Path) -> None:
 
 
 def test_sigkill_of_fognode_leaves_no_orphan(tmp_path: Path) -> None:
-    node = FognodeProcess(tmp_path)
+    node = launch_embedded_node(tmp_path)
     child = None
     try:
         node.wait_ready()
-        child = node.child()
+        child = llama_child(node)
         node.stop(signal.SIGKILL)
         started = time.monotonic()
         wait_for(lambda: not alive(child), "the orphaned llama.cpp server to die", 20)

@@ -19,8 +19,9 @@ import pytest
 
 from fognode.auth.api_keys import entry_for, new_key
 from tests.support.embedded_node import MODEL
-from tests.support.netns import ROOT, Lan, Proc, unavailable_reason, wait_http
+from tests.support.netns import Lan, unavailable_reason, wait_http
 from tests.support.pki import make_pki
+from tests.support.processes import ROOT, NodeProcess
 
 REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
@@ -33,8 +34,10 @@ def test_unconfigured_node_serves_the_embedded_model_to_discover_and_chat(
 ) -> None:
     pki = make_pki(tmp_path / "pki", names=("spezillmfog.local", "localhost"))
     key = new_key()
-    node = Proc(
-        lan.a.fognode("serve", "--host", "*", "--port", str(PORT)),
+    node = NodeProcess(
+        tmp_path,
+        host=lan.a,
+        args=["--host", "*", "--port", str(PORT)],
         env={
             "XDG_DATA_HOME": str(tmp_path / "data"),
             "FOGNODE_CERTS_DIR": str(pki.paths.directory),
@@ -45,6 +48,7 @@ def test_unconfigured_node_serves_the_embedded_model_to_discover_and_chat(
             "FOGNODE_EMBEDDED_CONTEXT_SIZE": "512",
         },
     )
+    node.launch()
     try:
         wait_http(lan.b, f"https://{lan.a.address}:{PORT}/healthz")
         nodes: list[dict[str, Any]] = []
@@ -86,7 +90,6 @@ def test_unconfigured_node_serves_the_embedded_model_to_discover_and_chat(
         assert chat.stdout.strip()
     finally:
         node.stop()
-    assert node.popen.stdout is not None
-    log = node.popen.stdout.read().decode(errors="replace")
+    log = node.log()
     assert "no upstream configured and no Ollama at http://127.0.0.1:11434" in log
     assert "llama.cpp server 0 stopped" in log

@@ -1,7 +1,7 @@
 """An HTTP-level fuzzer: raw request heads and bodies mutated from valid ones.
 
-schemathesis (test_fuzz.py) sends well-formed HTTP with odd JSON; this sends
-odd HTTP. hypothesis mutates a few valid requests byte by byte and line by
+schemathesis (tests/gateway/test_fuzz.py) sends well-formed HTTP with odd
+JSON; this sends odd HTTP. hypothesis mutates a few valid requests byte by byte and line by
 line (control bytes, CR/LF, duplicated and dropped lines, framing headers,
 path syntax) and sends them to `fognode serve` as a process. Whatever
 arrives: no 500 and no 5xx of the gateway's own but its documented ones,
@@ -181,7 +181,7 @@ class FuzzTarget:
 
     def stop(self) -> None:
         if self.node is not None:
-            self.run(self.node.stop())
+            self.node.stop()
         self.run(self.standin.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)

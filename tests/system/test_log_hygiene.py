@@ -121,7 +121,7 @@ async def test_no_secret_or_fragment_of_one_in_any_log_or_answer(
         "client_first_byte_timeout": "2",
     }
     # Debug mode on the loop: asyncio and aiohttp.server log their DEBUG lines.
-    node = NodeProcess(tmp_path, settings, extra_env={"PYTHONASYNCIODEBUG": "1"})
+    node = NodeProcess(tmp_path, settings, env={"PYTHONASYNCIODEBUG": "1"})
     client_tls = ssl.create_default_context(cafile=str(pki.ca)) if tls else None
     await node.start(client_tls)
     answers: list[RawResponse] = []
@@ -131,7 +131,7 @@ async def test_no_secret_or_fragment_of_one_in_any_log_or_answer(
                 answers.append(await exchange(node.port, data, tls=client_tls, limit=10))
         await exchange(node.port, b"", tls=client_tls, limit=3)  # silent: reaped
     finally:
-        assert await node.stop() == 0
+        assert await node.astop() == 0
     log = node.log()
     assert not leaks(log), leaks(log)
     for answer in answers:

@@ -197,7 +197,7 @@ async def test_fognode_serve_serves_the_page_phones_can_follow(
         assert shown == sha256_colons(der).split(":") == fingerprint(ca).split(":")
         assert profile["PayloadContent"][0]["PayloadContent"] == der
     finally:
-        await node.stop()
+        await node.astop()
     # Stopped with the node.
     with pytest.raises(aiohttp.ClientConnectionError):
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/"):
@@ -218,7 +218,7 @@ async def test_a_port_that_cannot_be_bound_is_explained_and_the_api_serves_on(
             assert "INFO" in line and f"port {port} is in use" in line
             assert "FOGNODE_ONBOARDING_PORT" in line and "FOGNODE_ONBOARDING=false" in line
         finally:
-            await node.stop()
+            await node.astop()
 
 
 async def test_certs_qr_follows_the_onboarding_settings(clinic_pki: Pki) -> None:

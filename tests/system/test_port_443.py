@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.netns import ROOT, unavailable_reason
+from tests.support.netns import unavailable_reason
+from tests.support.processes import ROOT, Process
 
 FOGNODE = [sys.executable, "-m", "fognode.gateway.cli"]
 
@@ -153,16 +154,11 @@ def test_an_unprivileged_user_with_the_capability_serves_443(
     sandbox: tuple[str, Path],
 ) -> None:
     netns, directory = sandbox
-    node = subprocess.Popen(
-        as_nobody(netns, directory, capability=True),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    node = Process(as_nobody(netns, directory, capability=True), log_file=directory / "node.log")
     try:
         answer = ""
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and node.poll() is None:
+        while time.monotonic() < deadline and node.alive:
             probe = subprocess.run(
                 ["ip", "netns", "exec", netns, "curl", "-s", "http://127.0.0.1:443/healthz"],
                 capture_output=True,
@@ -178,9 +174,8 @@ def test_an_unprivileged_user_with_the_capability_serves_443(
         )
         assert user.stdout.strip() == "nobody"
     finally:
-        node.terminate()
-        out, _ = node.communicate(timeout=30)
-    assert node.returncode == 0, out.decode()
+        code = node.stop(limit=30)
+    assert code == 0, node.log()
 
 
 def test_without_the_capability_binding_443_says_how_to_get_it(

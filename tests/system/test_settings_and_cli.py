@@ -3,20 +3,17 @@ process that logs JSON and stops on SIGTERM, refusals at start."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
 
 from tests.support.helpers import free_port
 from tests.support.ollama_standin import OllamaStandIn
-
-FOGNODE = [sys.executable, "-m", "fognode.gateway.cli"]
+from tests.support.processes import FOGNODE, NodeProcess
 
 
 def test_cli_help_and_bad_settings_exit_codes() -> None:
@@ -42,36 +39,31 @@ def test_cli_config_masks_secrets() -> None:
 
 
 async def test_fognode_serve_process_serves_logs_json_and_stops_on_sigterm(
-    standin: OllamaStandIn,
+    standin: OllamaStandIn, tmp_path: Path
 ) -> None:
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        *FOGNODE,
-        "serve",
-        "--no-tls",
-        "--auth",
-        "none",
-        "--port",
-        str(port),
-        "--upstream-url",
-        standin.url,
-        "--log-format",
-        "json",
-        stderr=asyncio.subprocess.PIPE,
-        env=dict(os.environ, FOGNODE_SHUTDOWN_TIMEOUT="2"),
+    node = NodeProcess(
+        tmp_path,
+        args=[
+            "--no-tls",
+            "--auth",
+            "none",
+            "--port",
+            str(port),
+            "--upstream-url",
+            standin.url,
+            "--log-format",
+            "json",
+        ],
+        env={"FOGNODE_SHUTDOWN_TIMEOUT": "2"},
+        port=port,
     )
+    await node.start()
     try:
         url = f"http://127.0.0.1:{port}"
-        async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(30):
-                while True:
-                    try:
-                        async with http.get(f"{url}/healthz") as resp:
-                            if resp.status == 200:
-                                break
-                    except aiohttp.ClientConnectionError:
-                        await asyncio.sleep(0.1)
-            async with http.post(
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
                 f"{url}/v1/chat/completions",
                 json={
                     "model": "llama3.2:1b",
@@ -79,16 +71,14 @@ async def test_fognode_serve_process_serves_logs_json_and_stops_on_sigterm(
                     "messages": [{"role": "user", "content": "hi"}],
                 },
                 headers={"X-Request-ID": "proc-1"},
-            ) as resp:
-                assert resp.status == 200
-                assert (await resp.read()).endswith(b"data: [DONE]\n\n")
+            ) as resp,
+        ):
+            assert resp.status == 200
+            assert (await resp.read()).endswith(b"data: [DONE]\n\n")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(30):
-            assert proc.stderr is not None
-            err = await proc.stderr.read()
-            code = await proc.wait()
+        code = await node.astop(signal.SIGTERM, 30)
     assert code == 0
+    err = node.log().encode()
     lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
     access = [e for e in lines if e["logger"] == "fognode.access"]
     chat = [e for e in access if e["path"] == "/v1/chat/completions"]

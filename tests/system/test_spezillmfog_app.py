@@ -27,9 +27,10 @@ from typing import Any
 
 import pytest
 
-from tests.support.netns import ROOT, Avahi, Host, Proc, Segment, unavailable_reason, wait_http
+from tests.support.netns import Avahi, Host, Segment, unavailable_reason, wait_http
 from tests.support.ollama_standin import DEFAULT_REPLY, WIRE_FORMATS
 from tests.support.pki import Pki, make_pki
+from tests.support.processes import ROOT, NodeProcess, Process
 from tests.support.tokens import PROJECT, SigningKey
 
 REASON = unavailable_reason()
@@ -125,7 +126,7 @@ def phone(segment: Segment, signing_key: SigningKey, tmp_path: Path) -> Phone:
 
 def start_node(
     host: Host,
-    procs: list[Proc],
+    procs: list[Process],
     contract_pki: Pki,
     key: SigningKey,
     data: Path,
@@ -134,12 +135,12 @@ def start_node(
     wire: str = "current",
     first_byte_delay: float = 0.0,
     env: dict[str, str] | None = None,
-) -> Proc:
+) -> NodeProcess:
     """An Ollama stand-in, Google's key set, and fognode on 443 (80), in one namespace."""
     data.mkdir(parents=True, exist_ok=True)
     (data / "keys.json").write_text(json.dumps({key.kid: key.cert_pem}))
     procs.append(
-        Proc(
+        Process(
             host.python(
                 "-m",
                 "tests.support.ollama_standin",
@@ -153,7 +154,7 @@ def start_node(
         )
     )
     procs.append(
-        Proc(
+        Process(
             host.python(
                 "-m", "http.server", str(KEYS_PORT), "--bind", "127.0.0.1", "--directory", str(data)
             )
@@ -162,9 +163,10 @@ def start_node(
     wait_http(host, "http://127.0.0.1:11434/api/version")
     wait_http(host, f"http://127.0.0.1:{KEYS_PORT}/keys.json")
     port = "443" if tls else "80"
-    node = Proc(
-        host.fognode(
-            "serve",
+    node = NodeProcess(
+        data,
+        host=host,
+        args=[
             "--host",
             "*",
             "--port",
@@ -172,7 +174,7 @@ def start_node(
             "--upstream-url",
             "http://127.0.0.1:11434",
             *([] if tls else ["--no-tls"]),
-        ),
+        ],
         env={
             "FOGNODE_CERTS_DIR": str(contract_pki.paths.directory),
             "FOGNODE_FIREBASE_PROJECT_ID": PROJECT,
@@ -186,6 +188,7 @@ def start_node(
         },
     )
     (data / "no-api-keys").write_text("")
+    node.launch()
     procs.append(node)
     scheme = "https" if tls else "http"
     wait_http(host, f"{scheme}://127.0.0.1:{port}/healthz")
@@ -194,7 +197,12 @@ def start_node(
 
 @pytest.mark.parametrize("wire", WIRE_FORMATS)
 def test_the_app_finds_the_node_and_streams_the_whole_answer(
-    segment: Segment, procs: list[Proc], contract_pki: Pki, phone: Phone, tmp_path: Path, wire: str
+    segment: Segment,
+    procs: list[Process],
+    contract_pki: Pki,
+    phone: Phone,
+    tmp_path: Path,
+    wire: str,
 ) -> None:
     node = segment.hosts[1]
     start_node(node, procs, contract_pki, phone.key, tmp_path / "node", wire=wire)
@@ -215,7 +223,7 @@ def test_the_app_finds_the_node_and_streams_the_whole_answer(
 
 
 def test_development_mode_on_port_80(
-    segment: Segment, procs: list[Proc], contract_pki: Pki, phone: Phone, tmp_path: Path
+    segment: Segment, procs: list[Process], contract_pki: Pki, phone: Phone, tmp_path: Path
 ) -> None:
     node = segment.hosts[1]
     start_node(node, procs, contract_pki, phone.key, tmp_path / "node", tls=False)
@@ -228,7 +236,7 @@ def test_development_mode_on_port_80(
 
 def test_two_nodes_each_resolve_to_their_own_address(
     segment: Segment,
-    procs: list[Proc],
+    procs: list[Process],
     contract_pki: Pki,
     phone: Phone,
     avahi: Avahi,
@@ -283,7 +291,7 @@ def test_two_nodes_each_resolve_to_their_own_address(
 
 
 def test_a_model_load_longer_than_the_apps_idle_timeout_does_not_drop_it(
-    segment: Segment, procs: list[Proc], contract_pki: Pki, phone: Phone, tmp_path: Path
+    segment: Segment, procs: list[Process], contract_pki: Pki, phone: Phone, tmp_path: Path
 ) -> None:
     node = segment.hosts[1]
     heartbeats = {
@@ -306,7 +314,7 @@ def test_a_model_load_longer_than_the_apps_idle_timeout_does_not_drop_it(
 
 
 def test_without_heartbeats_the_app_gives_up(
-    segment: Segment, procs: list[Proc], contract_pki: Pki, phone: Phone, tmp_path: Path
+    segment: Segment, procs: list[Process], contract_pki: Pki, phone: Phone, tmp_path: Path
 ) -> None:
     """The control for the test above: the same wait, heartbeats only after 30 s."""
     node = segment.hosts[1]
@@ -325,7 +333,7 @@ def test_without_heartbeats_the_app_gives_up(
 
 
 def test_each_error_reaches_the_app_as_it_maps_it(
-    segment: Segment, procs: list[Proc], contract_pki: Pki, phone: Phone, tmp_path: Path
+    segment: Segment, procs: list[Process], contract_pki: Pki, phone: Phone, tmp_path: Path
 ) -> None:
     node = segment.hosts[1]
     proc = start_node(node, procs, contract_pki, phone.key, tmp_path / "node")
@@ -356,4 +364,4 @@ def test_each_error_reaches_the_app_as_it_maps_it(
     assert down["case"] == "unknownError" and down["detail"].startswith("502 "), down
     assert down["attempts"] == 3
     assert "Cannot reach the upstream" in down["detail"]
-    assert proc.popen.poll() is None
+    assert proc.alive

@@ -23,9 +23,10 @@ from fognode.gateway.node.announce import AnnounceOptions, NodeAnnouncer, announ
 from fognode.gateway.node.server import RunningServer, start_server
 from fognode.gateway.pipeline.admission import ADMISSION
 from fognode.gateway.upstreams.pool import UPSTREAM
-from tests.support.embedded_node import FOGNODE, MODEL, alive
+from tests.support.embedded_node import MODEL, alive
 from tests.support.gateway import fresh_settings
 from tests.support.helpers import free_port, wait_until
+from tests.support.processes import FOGNODE
 
 CHAT = {"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
 

@@ -127,9 +127,8 @@ async def test_kill_9_during_load_then_restart_keeps_every_committed_batch(
         load.start()
         await wait_until(lambda: len(load.completed) >= 150, "150 requests answered", 120)
         seen = await stored(path)  # committed before the kill
-        assert node.proc is not None
-        node.proc.send_signal(signal.SIGKILL)
-        await node.proc.wait()
+        assert node.alive
+        await node.astop(signal.SIGKILL)
         await load.stop()
         after = await stored(path)
         assert set(seen) <= set(after), "a committed batch was lost"
@@ -157,8 +156,7 @@ async def test_kill_9_during_load_then_restart_keeps_every_committed_batch(
             before = await stored(path)
             in_flight = load.started - load.completed
             assert in_flight and standin.active > 0  # streams are open at the kill
-            node.proc.send_signal(signal.SIGKILL)
-            await node.proc.wait()
+            await node.astop(signal.SIGKILL)
             await load.stop()
         after = await stored(path)
         answered = set(load.completed)
@@ -182,14 +180,14 @@ async def test_kill_9_during_load_then_restart_keeps_every_committed_batch(
             for n in range(FLUSH_RECORDS + 3):
                 await answered_chat(http, node, f"r3-{n}")
         # A clean stop writes what waits (the last 3, short of a batch).
-        assert await node.stop() == 0
+        assert await node.astop() == 0
         final = await stored(path)
         assert {f"r3-{n}" for n in range(FLUSH_RECORDS + 3)} <= set(final)
         # Every record's figures are the upstream's own.
         assert {(p, c) for _, p, c in final.values()} <= {(5, WORDS), (1, WORDS)}
         assert {outcome for outcome, *_ in final.values()} == {"completed"}
     finally:
-        await node.stop()
+        await node.astop()
 
 
 async def answered_chat(http: aiohttp.ClientSession, node: NodeProcess, rid: str) -> None:
@@ -295,7 +293,7 @@ async def test_admin_usage_and_fognode_usage_agree_on_a_running_node(
         _, table, _ = await fognode(node.env, "usage")
         assert "apikey:phone" in table and "PROMPT" in table
     finally:
-        await node.stop()
+        await node.astop()
     assert phone not in node.log() and admin not in node.log()
 
 

@@ -231,7 +231,7 @@ async def test_caps_are_the_nodes_across_workers(
         assert seen[("fognode_admission_active", "")] == 0
         assert seen[("fognode_admission_capacity", "")] == GLOBAL_CAP
     finally:
-        await node.stop()
+        await node.astop()
 
 
 async def test_quotas_are_the_nodes_across_workers(
@@ -307,7 +307,7 @@ async def test_quotas_are_the_nodes_across_workers(
         [alice] = usage["users"]
         assert (alice["requests"], alice["rejected"]) == (3, 9)
     finally:
-        await node.stop()
+        await node.astop()
     # The supervisor wrote every record before it exited, once.
     with sqlite3.connect(store) as db:
         rows = db.execute("SELECT outcome, node FROM usage_records WHERE uid = 'apikey:alice'")
@@ -365,7 +365,7 @@ async def test_a_sign_out_holds_on_every_worker(
         pages = Counter(re.findall(r' (w\d+) fognode\.access .*"GET /" ', node.log()))
         assert set(pages) == {"w1", "w2"}, pages  # both workers answered the page
     finally:
-        await node.stop()
+        await node.astop()
 
 
 async def test_the_onboarding_page_is_served_once_by_the_main_process(
@@ -394,9 +394,9 @@ async def test_the_onboarding_page_is_served_once_by_the_main_process(
             head = await reader.readuntil(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200 ")
             # Answered, and the connection kept open: whoever holds it served it.
-            assert node.proc is not None
+            assert node.alive
             client_port = writer.get_extra_info("sockname")[1]
-            assert connection_owner([node.proc.pid], page_port, client_port) == node.proc.pid
+            assert connection_owner([node.pid], page_port, client_port) == node.pid
         finally:
             writer.close()
         connector = aiohttp.TCPConnector(ssl=tls, force_close=True)
@@ -409,7 +409,7 @@ async def test_the_onboarding_page_is_served_once_by_the_main_process(
                     assert resp.status == 200
                     assert f":{page_port}" in await resp.text()
     finally:
-        await node.stop()
+        await node.astop()
 
 
 async def test_a_killed_worker_gives_its_slots_back(
@@ -441,9 +441,9 @@ async def test_a_killed_worker_gives_its_slots_back(
         return resp, int(resp.connection.transport.get_extra_info("sockname")[1])
 
     try:
-        assert node.proc is not None
+        assert node.alive
         async with asyncio.timeout(GUARD):
-            pids = worker_pids(node.proc.pid)
+            pids = worker_pids(node.pid)
             assert len(pids) == 2
             streams: list[tuple[aiohttp.ClientResponse, int]] = []
             owners: Counter[int] = Counter()
@@ -482,7 +482,7 @@ async def test_a_killed_worker_gives_its_slots_back(
     finally:
         for http in sessions:
             await http.close()
-        await node.stop()
+        await node.astop()
 
 
 async def test_sigterm_stops_every_worker_and_sigkill_takes_them_along(
@@ -493,16 +493,15 @@ async def test_sigterm_stops_every_worker_and_sigkill_takes_them_along(
         node = NodeProcess(tmp_path, node_settings(standin, pki_dir))
         await node.start(tls)
         try:
-            assert node.proc is not None
-            pids = worker_pids(node.proc.pid)
+            assert node.alive
+            pids = worker_pids(node.pid)
             assert len(pids) == 2
-            node.proc.send_signal(sig)
             async with asyncio.timeout(GUARD):
-                assert await node.proc.wait() == code
+                assert await node.astop(sig, GUARD) == code
             # SIGTERM: stopped in order; SIGKILL: they die with it (PR_SET_PDEATHSIG).
             await wait_until(partial(none_running, pids), "the workers to exit")
         finally:
-            await node.stop()
+            await node.astop()
 
 
 async def served_certificate(port: int, tls: ssl.SSLContext) -> bytes:
@@ -547,7 +546,7 @@ async def test_a_certificate_replaced_on_disk_reaches_every_worker(
         assert re.search(r" w1 .*loaded the new server certificate", log)
         assert re.search(r" w2 .*loaded the new server certificate", log)
     finally:
-        await node.stop()
+        await node.astop()
 
 
 async def test_a_waiting_stream_hears_its_place_in_the_nodes_queue(
@@ -588,7 +587,7 @@ async def test_a_waiting_stream_hears_its_place_in_the_nodes_queue(
                 assert line.startswith(b": "), line
             second.close()
     finally:
-        await node.stop()
+        await node.astop()
 
 
 # --- what the status page and routing keep: the node's, not a worker's ----------------
@@ -601,8 +600,8 @@ class OnWorker:
     worker holds the kept-alive connection."""
 
     def __init__(self, node: NodeProcess, tls: ssl.SSLContext) -> None:
-        assert node.proc is not None
-        self.node, self.pids = node, worker_pids(node.proc.pid)
+        assert node.alive
+        self.node, self.pids = node, worker_pids(node.pid)
         self.port = free_port()
         connector = aiohttp.TCPConnector(
             ssl=tls, limit=1, family=socket.AF_INET, local_addr=("127.0.0.1", self.port)
@@ -689,7 +688,7 @@ async def test_a_conversation_keeps_its_upstream_whichever_worker_gets_its_next_
     finally:
         for http in sessions:
             await http.close()
-        await node.stop()
+        await node.astop()
         await other.stop()
 
 
@@ -774,7 +773,7 @@ async def test_the_status_page_shows_the_whole_nodes_activity(
     finally:
         for http in sessions:
             await http.close()
-        await node.stop()
+        await node.astop()
 
 
 async def test_more_workers_give_a_guesser_no_more_sign_in_attempts(
@@ -814,7 +813,7 @@ async def test_more_workers_give_a_guesser_no_more_sign_in_attempts(
     finally:
         for http in sessions:
             await http.close()
-        await node.stop()
+        await node.astop()
 
 
 def model_lists(standin: OllamaStandIn) -> int:
@@ -855,4 +854,4 @@ async def test_the_node_checks_each_upstream_once_and_every_worker_follows(
     finally:
         for http in sessions:
             await http.close()
-        await node.stop()
+        await node.astop()
