@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,16 @@ os.environ["XDG_DATA_HOME"] = DATA_HOME
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(DATA_HOME, ignore_errors=True)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A test file left in tests/ itself would not run (testpaths names the levels)."""
+    stray = sorted(p.name for p in Path(__file__).parent.glob("test_*.py"))
+    if stray:
+        raise pytest.UsageError(
+            f"tests/{', tests/'.join(stray)}: move into tests/unit, tests/gateway or "
+            "tests/system (the level it needs), helpers into tests/support"
+        )
 
 
 @pytest.fixture(autouse=True)
