@@ -13,7 +13,8 @@
 #
 # The CA key passphrase comes from FOGNODE_CA_PASSPHRASE or
 # FOGNODE_CA_PASSPHRASE_FILE; without either, a random one is written to
-# <certs dir>/ca.passphrase (mode 0600) so the node can renew unattended.
+# <ca dir>/ca.passphrase (mode 0600). Only `fognode certs init` and
+# `fognode certs issue --node` use it; renewal uses the node's issuing CA.
 #
 # Slow things are cached: pip's wheel cache (~/.cache/pip), llama.cpp's build
 # (~/.cache/fognode/wheels: the first one takes minutes), and the venv is only
@@ -138,28 +139,32 @@ else
   say "fognode already installed in $VENV (pyproject.toml unchanged)"
 fi
 
-# --- certificates (first run only) --------------------------------------------
+# --- certificates (first run; renewed when due on every run) ------------------
+# The fog's root CA goes to <data>/ca (its key encrypted), this node's issuing
+# CA to <data>/issuer, and what the server reads to <data>/certs: the server
+# never needs, and the service never gets, a CA key (docs/certificates.md).
 if ((WITH_CERTS)); then
-  CERTS_DIR=$("$VENV/bin/fognode" config | "$VENV/bin/python" -c \
-    'import json, sys; print(json.load(sys.stdin)["certs_dir"])')
+  read -r CERTS_DIR CA_DIR < <("$VENV/bin/fognode" config | "$VENV/bin/python" -c \
+    'import json, sys; s = json.load(sys.stdin); print(s["certs_dir"], s["ca_dir"])')
   if [[ ! -f $CERTS_DIR/ca.crt ]]; then
-    mkdir -p "$CERTS_DIR"
-    chmod 700 "$CERTS_DIR"
+    mkdir -p "$CA_DIR"
+    chmod 700 "$CA_DIR"
     passfile=${FOGNODE_CA_PASSPHRASE_FILE:-}
     if [[ -z $passfile && -z ${FOGNODE_CA_PASSPHRASE:-} ]]; then
-      passfile=$CERTS_DIR/ca.passphrase
+      passfile=$CA_DIR/ca.passphrase
       (umask 077 && "$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(32))' \
         >"$passfile")
       say "Generated a random CA passphrase in $passfile (keep it secret)"
     fi
     args=()
     [[ -n $passfile ]] && args=(--passphrase-file "$passfile")
-    say "Creating the local CA and the server certificate in $CERTS_DIR"
+    say "Creating the fog's CA in $CA_DIR and this node's certificates in $CERTS_DIR"
     "$VENV/bin/fognode" certs init "${args[@]}" >/dev/null
-    "$VENV/bin/fognode" certs issue "${args[@]}" >/dev/null
+    "$VENV/bin/fognode" certs issue --node "$(hostname -s)" --install "${args[@]}" >/dev/null
     "$VENV/bin/fognode" certs export --out "$CERTS_DIR/export"
   else
-    say "Certificates already in $CERTS_DIR (fognode certs show)"
+    say "Certificates already in $CERTS_DIR (fognode certs check)"
+    "$VENV/bin/fognode" certs renew
   fi
 fi
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import socket
 from datetime import timedelta
 
+from ..certs.cli import CertsDefaults
 from ..usage.options import Limits, QuotaOptions, StoreOptions
 from .config.identity import node_id
+from .config.network import lan_addresses
 from .config.settings import Settings
 from .pages.sessions import SessionOptions
 from .pages.status import StatusOptions
@@ -97,16 +99,23 @@ def upstream_options(settings: Settings) -> UpstreamOptions:
 
 
 def renewal_options(settings: Settings) -> RenewalOptions:
-    passphrase = settings.ca_passphrase
     return RenewalOptions(
-        certs_dir=settings.certs_dir,
-        names=tuple(settings.cert_names) if settings.cert_names else None,
-        key_type=settings.cert_key_type,
-        validity_days=settings.cert_validity_days,
         renew_before_days=settings.cert_renew_before_days,
         check_interval=settings.cert_check_interval,
-        passphrase=passphrase.get_secret_value().encode() if passphrase is not None else None,
-        passphrase_file=settings.ca_passphrase_file,
+    )
+
+
+def certs_defaults(settings: Settings) -> CertsDefaults:
+    """`fognode certs`' defaults: the same directories and names `serve` uses."""
+    return CertsDefaults(
+        certs_dir=settings.certs_dir,
+        ca_dir=settings.ca_dir,
+        issuer_dir=settings.issuer_dir,
+        key_type=settings.cert_key_type,
+        names=tuple(settings.cert_names or ()),
+        validity_days=settings.cert_validity_days,
+        renew_before_days=settings.cert_renew_before_days,
+        lan_ips=tuple(str(ip) for ip in lan_addresses()),
     )
 
 
