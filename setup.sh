@@ -82,6 +82,8 @@ if ((WITH_TEST)); then
   # systemd-analyze (checks the service unit), setpriv (runs it unprivileged).
   apt_install curl openssl ca-certificates iproute2 dnsutils avahi-daemon avahi-utils dbus \
     systemd util-linux
+  # The TLS audit (tests/test_tls_hardening.py): testssl.sh, as an operator runs it.
+  apt_install testssl.sh
   # The usage store's tests run on a real PostgreSQL server that they start
   # themselves (initdb in a temporary directory); only the binaries are needed.
   apt_install postgresql
@@ -117,6 +119,21 @@ if ((WITH_TEST)); then
       "firebase-tools@$FIREBASE_TOOLS_VERSION" >/dev/null
   else
     echo "setup.sh: firebase-tools needs Node.js 20 or newer; the emulator tests will fail." >&2
+  fi
+fi
+
+# --- sslyze, the other TLS auditor the tests run (in a venv of its own) --------
+# sslyze pins cryptography below the version fognode runs with, so it gets its
+# own virtual environment in the cache instead of the project's.
+SSLYZE_VERSION=6.3.1
+SSLYZE=$CACHE/sslyze-$SSLYZE_VERSION
+if ((WITH_TEST)); then
+  if [[ -x $SSLYZE/bin/sslyze ]]; then
+    say "sslyze already cached in $SSLYZE"
+  else
+    say "Installing sslyze $SSLYZE_VERSION into $SSLYZE"
+    "$PYTHON" -m venv "$SSLYZE"
+    "$SSLYZE/bin/python" -m pip install -q "sslyze==$SSLYZE_VERSION"
   fi
 fi
 

@@ -142,7 +142,7 @@ def _cmd_healthcheck(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-_SECRET_FIELDS = {"upstream_api_key", "ca_passphrase", "usage_database_url"}
+_SECRET_FIELDS = {"upstream_api_key", "ca_passphrase", "usage_database_url", "tls_ticket_secret"}
 
 
 def _cmd_config(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from .pages.status import StatusOptions
 from .pipeline.admission import Admission
 from .pipeline.quotas import UsageOptions
 from .transport.cert_renewal import RenewalOptions
-from .transport.tls import TlsTerminator
+from .transport.tls import TicketKeys, TlsTerminator
 from .upstreams.upstream import UpstreamOptions
 
 
@@ -137,4 +137,10 @@ def status_options(settings: Settings) -> StatusOptions:
 
 
 def terminator(settings: Settings) -> TlsTerminator:
-    return TlsTerminator(settings.server_cert_file, settings.server_key_file, settings.ca_cert_file)
+    secret = settings.tls_ticket_secret
+    return TlsTerminator(
+        settings.server_cert_file,
+        settings.server_key_file,
+        settings.ca_cert_file,
+        TicketKeys(bytes.fromhex(secret.get_secret_value()) if secret is not None else None),
+    )

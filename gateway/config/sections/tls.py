@@ -106,6 +106,14 @@ class TlsSettings(BaseModel):
         "commands (default: `<ca_dir>/ca.passphrase` when setup.sh made one).",
     )
 
+    tls_ticket_secret: SecretStr | None = Field(
+        None,
+        description="Secret the TLS session ticket keys are derived from (a new key every 12 "
+        "hours). Unset: the main process makes a random one at start and hands it to every "
+        "worker, so a client resumes its session whichever worker answers; tickets then last "
+        "until the node restarts. Set it (64 hex digits) only to keep tickets across restarts.",
+    )
+
     @property
     def server_cert_file(self) -> Path:
         return self.tls_cert_file or self.certs_dir / "server.crt"
