@@ -71,6 +71,12 @@ def _issuer_paths(args: argparse.Namespace) -> CertPaths:
     return CertPaths(Path(args.issuer_dir).expanduser())
 
 
+def _legacy_dir(args: argparse.Namespace) -> Path:
+    """Where a CA made before issuing CAs keeps its key (and setup.sh's passphrase)."""
+    issuer = _issuer_paths(args)
+    return issuer.directory if issuer.ca_key.exists() else _paths(args).directory
+
+
 def _passphrase(
     args: argparse.Namespace, *, confirm: bool = False, beside: Path | None = None
 ) -> bytes | None:
@@ -139,7 +145,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
         return _issue_node(args)
     certs = _paths(args)
     signer = signing_authority(
-        _issuer_paths(args), certs, _passphrase(args, beside=certs.directory)
+        _issuer_paths(args), certs, _passphrase(args, beside=_legacy_dir(args))
     )
     policy = _policy(args)
     names = policy.names or policy.defaults
@@ -207,7 +213,7 @@ def cmd_renew(args: argparse.Namespace) -> int:
             reason = renew(
                 certs,
                 issuer,
-                _passphrase(args, beside=certs.directory),
+                _passphrase(args, beside=_legacy_dir(args)),
                 policy,
                 force=args.force,
             )
@@ -462,4 +468,8 @@ def run_certs_command(args: argparse.Namespace, defaults: CertsDefaults) -> int:
         return result
     except CertError as exc:
         print(f"fognode certs: {exc}", file=sys.stderr)
+        return 1
+    except PermissionError as exc:
+        # The serving user asking for a CA key, say: a plain refusal, no traceback.
+        print(f"fognode certs: {exc.strerror}: {exc.filename}", file=sys.stderr)
         return 1

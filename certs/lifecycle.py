@@ -53,14 +53,17 @@ class Signer:
 
 def signing_authority(issuer: CertPaths, certs: CertPaths, passphrase: bytes | None) -> Signer:
     """The node's issuing CA; for a CA made before there were issuing CAs,
-    the root in the certificate directory itself (it needs the passphrase)."""
+    the root itself (it needs the passphrase): in the renewal's directory
+    where `fognode service install` put it, or, as setup.sh once left it,
+    beside the server's files."""
     if issuer.issuer_cert.exists():
         authority = load_issuer(issuer)
         root = load_certs(issuer.ca_cert, "fog CA certificate")[0]
         return Signer(authority, (authority.cert,), root, legacy=False)
-    if certs.ca_key.exists():
-        authority = load_ca(certs, passphrase, need_key=True)
-        return Signer(authority, (), authority.cert, legacy=True)
+    for old in (issuer, certs):
+        if old.ca_key.exists():
+            authority = load_ca(old, passphrase, need_key=True)
+            return Signer(authority, (), authority.cert, legacy=True)
     raise CertError(
         f"no issuing CA in {issuer.directory}: on the machine that holds the fog's CA run "
         "`fognode certs issue --node NAME` and install the bundle here with "

@@ -85,7 +85,7 @@ def write_atomic(path: Path, data: bytes, mode: int, *, group: int | None = None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, mode)  # before any byte is written
-        if group is not None:
+        if group is not None and group != os.getegid():
             os.fchown(fd, -1, group)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
