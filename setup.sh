@@ -143,17 +143,22 @@ if [[ ! -x $VENV/bin/python ]]; then
   "$PYTHON" -m venv "$VENV"
 fi
 
-extras=""
-((WITH_TEST)) && extras="[test]"
+# Dependencies from the lock file (exact versions, every file's hash checked:
+# deploy/lock.sh makes it from pyproject.toml), then fognode itself, editable,
+# without resolving anything again. `pip install -e ".[test]"` still works for
+# development; it just takes today's newest versions.
+lock=requirements.lock
+((WITH_TEST)) && lock=requirements-test.lock
 stamp="$VENV/.fognode-installed"
-want="$(sha256sum pyproject.toml | cut -c1-16)$extras"
+want="$(cat pyproject.toml "$lock" | sha256sum | cut -c1-16) $lock"
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
-  say "Installing fognode$extras into $VENV"
+  say "Installing fognode and its locked dependencies ($lock) into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e ".$extras"
+  "$VENV/bin/python" -m pip install -q --require-hashes -r "$lock"
+  "$VENV/bin/python" -m pip install -q --no-deps -e .
   echo "$want" >"$stamp"
 else
-  say "fognode already installed in $VENV (pyproject.toml unchanged)"
+  say "fognode already installed in $VENV ($lock unchanged)"
 fi
 
 # --- certificates (first run; renewed when due on every run) ------------------
