@@ -28,6 +28,7 @@ import pytest
 from fognode.certs.store import CertPaths, load_certs
 from tests.netns import ROOT, unavailable_reason
 from tests.pki import PASSPHRASE, Pki, make_pki
+from tests.sandbox import traversable
 
 FOGNODE = [sys.executable, "-m", "fognode.gateway.cli"]
 
@@ -205,10 +206,6 @@ def sandbox() -> Iterator[tuple[str, Path]]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _first_closed(path: Path) -> Path | None:
-    return next((d for d in reversed(path.parents) if not d.stat().st_mode & stat.S_IXOTH), None)
-
-
 def sandboxed(
     netns: str,
     directory: Path,
@@ -226,24 +223,9 @@ def sandboxed(
     bounding set, no new privileges, umask 077, ``hidden`` paths made
     inaccessible, and without a network when the unit has none.
 
-    The interpreter of this venv may live under a directory the user cannot
-    enter (root's home, mode 700, with pyenv); a private mount namespace
-    shows it a traversable copy of that path.
+    The venv is made reachable for the user (tests/sandbox.py).
     """
-    python = Path(sys.executable)
-    needed = (python.resolve(), python.parent, ROOT)
-    # For each path the user needs, the first directory on it they may not enter.
-    closed = {d for p in needed if (d := _first_closed(p)) is not None}
-    mounts = ""
-    for index, home in enumerate(sorted(closed)):
-        shadow = directory / f"shadow{index}"
-        shadow.mkdir(exist_ok=True)
-        shadow.chmod(0o711)
-        tops = {home / p.relative_to(home).parts[0] for p in needed if p.is_relative_to(home)}
-        for top in sorted(tops):
-            (shadow / top.name).mkdir(exist_ok=True)
-            mounts += f"mount --bind {top} {shadow / top.name} && "
-        mounts += f"mount --rbind {shadow} {home} && "
+    mounts = traversable(directory)
     for path in hidden:  # InaccessiblePaths=
         mounts += f"mount -t tmpfs -o mode=000 none {path} && "
     caps = "--inh-caps=-all --bounding-set=-all "
