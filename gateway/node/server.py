@@ -240,7 +240,7 @@ def log_serving(
             log.warning(
                 "the certificate does not carry %s, the name SpeziLLMFog apps check "
                 "(FOGNODE_APP_HOST_NAME): they will refuse it; issue one that does with "
-                "`fognode certs issue`",
+                "`fognode certs issue NAME...`",
                 settings.app_host_name,
             )
     else:

@@ -169,7 +169,8 @@ def _read(path: Path, what: str) -> bytes:
     except FileNotFoundError:
         raise CertError(
             f"{what} not found at {path}; create one with `fognode certs init` and "
-            "`fognode certs issue` (./setup.sh does both), or run without TLS (--no-tls)"
+            "`fognode certs issue --node NAME --install` (./setup.sh does both), or run "
+            "without TLS (--no-tls)"
         ) from None
     except OSError as exc:
         raise CertError(f"cannot read {what} at {path}: {exc.strerror}") from None
