@@ -62,7 +62,8 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _ca_usage() -> x509.KeyUsage:
+def ca_usage() -> x509.KeyUsage:
+    """What a CA key may do: sign certificates and CRLs (and, for OCSP, data)."""
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
@@ -103,7 +104,7 @@ def build_ca(
         .not_valid_after(start + dt.timedelta(days=validity_days))
         # pathlen 1: the root signs nodes' issuing CAs, and they sign only leaves.
         .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-        .add_extension(_ca_usage(), critical=True)
+        .add_extension(ca_usage(), critical=True)
         # Critical, as RFC 5280 requires: a client that cannot enforce the
         # constraints must refuse the certificate rather than ignore them.
         .add_extension(lan_constraints(permit), critical=True)
@@ -150,7 +151,7 @@ def build_issuer(
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_ca_usage(), critical=True)
+        .add_extension(ca_usage(), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(_authority_key_id(root.cert), critical=False)

@@ -54,3 +54,55 @@ def make_pki(
         validity_days=validity_days,
     )
     return Pki(paths, root, issuer)
+
+
+def make_legacy_pki(directory: Path, *, names: tuple[str, ...] = NODE_NAMES) -> Pki:
+    """The layout fognode made before name constraints: an unconstrained
+    ten-year root (path length 0) whose key and passphrase sit beside the
+    server's files, and a 397-day server certificate it signed itself."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from fognode.certs.authority import Authority, ca_usage, save_ca
+    from fognode.certs.issuer import sign_leaf
+    from fognode.certs.keys import generate_key, key_to_pem
+
+    paths = CertPaths(directory)
+    key = generate_key()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fognode CA (old)")])
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    root = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(ca_usage(), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+    authority = Authority(root, key)
+    save_ca(paths, authority, PASSPHRASE, force=False)
+    (directory / "ca.passphrase").write_bytes(PASSPHRASE + b"\n")
+    parsed = SubjectNames.parse(names)
+    server_key = generate_key()
+    leaf = sign_leaf(
+        authority,
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, parsed.dns[0])]),
+        server_key,
+        397,
+        usages=[ExtendedKeyUsageOID.SERVER_AUTH],
+        names=[x509.DNSName(n) for n in parsed.dns] + [x509.IPAddress(i) for i in parsed.ips],
+    )
+    paths.server_key.write_bytes(key_to_pem(server_key))
+    paths.server_key.chmod(0o600)
+    paths.server_cert.write_bytes(leaf.public_bytes(Encoding.PEM))
+    none = CertPaths(directory.with_name(directory.name + "-none"))
+    return Pki(paths, paths, none)

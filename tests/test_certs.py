@@ -25,7 +25,6 @@ from fognode.certs.authority import (
     build_issuer,
     load_ca,
     load_issuer,
-    save_ca,
 )
 from fognode.certs.bundle import install_bundle, make_bundle, read_bundle, write_bundle
 from fognode.certs.check import check_trust
@@ -49,7 +48,7 @@ from fognode.certs.peers import (
     verify_peer_chain,
 )
 from fognode.certs.store import CertPaths, load_certs
-from tests.pki import PASSPHRASE, make_pki
+from tests.pki import PASSPHRASE, make_legacy_pki, make_pki
 
 FOGNODE = [sys.executable, "-m", "fognode.gateway.cli"]
 
@@ -372,38 +371,18 @@ def test_check_warns_about_the_old_layout_and_passes_the_new(tmp_path: Path) -> 
 
     # The old layout: an unconstrained ten-year CA whose key sits beside the
     # server's files, and a 397-day certificate it signed itself.
-    old = CertPaths(tmp_path / "old")
-    legacy = build_ca("old", validity_days=3650)
-    unconstrained = (
-        x509.CertificateBuilder()
-        .subject_name(legacy.cert.subject)
-        .issuer_name(legacy.cert.subject)
-        .public_key(legacy.cert.public_key())
-        .serial_number(1)
-        .not_valid_before(legacy.cert.not_valid_before_utc)
-        .not_valid_after(legacy.cert.not_valid_after_utc)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            legacy.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value,
-            critical=False,
-        )
-        .sign(legacy.key, hashes.SHA256())  # type: ignore[arg-type]
-    )
-    old_ca = Authority(unconstrained, legacy.key)
-    save_ca(old, old_ca, PASSPHRASE, force=False)
-    (old.directory / "ca.passphrase").write_bytes(PASSPHRASE + b"\n")
-    forged = _forge(old_ca, "spezillmfog.local")
-    old.server_cert.write_bytes(forged.public_bytes(serialization.Encoding.PEM))
+    old = make_legacy_pki(tmp_path / "old").paths
     found = check_trust(old, CertPaths(tmp_path / "none"), renew_before=dt.timedelta(days=30))
     said = "\n".join(f"{f.level} {f.message}" for f in found)
     assert "no name constraints" in said and "new app build" in said
     assert "valid for 3650 days" in said
     assert said.count("sits in the directory the serving process reads") == 2
+    assert "valid for 397 days" in said
     # The old CA still renews (the root signs directly) until the operator moves.
     signer = signing_authority(CertPaths(tmp_path / "none"), old, PASSPHRASE)
     assert signer.legacy and signer.chain == ()
     with pytest.raises(CertError, match="path length 0"):
-        build_issuer(old_ca, "n")
+        build_issuer(load_ca(old, PASSPHRASE, need_key=True), "n")
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

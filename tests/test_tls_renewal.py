@@ -18,11 +18,13 @@ from cryptography import x509
 
 from fognode.certs.issuer import SubjectNames
 from fognode.certs.lifecycle import issue_to_files, signing_authority
+from fognode.gateway.config.settings import Settings
+from fognode.gateway.node.server import log_serving
 from fognode.gateway.transport.cert_renewal import CERTIFICATES
 from tests.conftest import GatewayFactory
 from tests.helpers import wait_until
 from tests.ollama_standin import OllamaStandIn
-from tests.pki import NODE_NAMES, Pki, make_pki
+from tests.pki import NODE_NAMES, Pki, make_legacy_pki, make_pki
 
 HOST = "spezillmfog.local"
 DAY = 86400.0
@@ -135,6 +137,34 @@ async def test_certificate_replaced_on_disk_is_picked_up(
     await asyncio.to_thread(issue_to_files, pki.paths, signer, SubjectNames.parse(NODE_NAMES))
     await wait_until(lambda: terminator.reloads == 1, "reload", limit=30)
     assert await asyncio.to_thread(served_serial, gateway.port, pki.ca) != first
+
+
+async def test_an_old_ca_keeps_serving_warns_and_renews_for_90_days(
+    standin: OllamaStandIn,
+    make_gateway: GatewayFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A node set up before name constraints: it still serves, says what is
+    wrong, and `certs renew` signs a 90-day certificate with the old root."""
+    pki = make_legacy_pki(tmp_path / "pki")
+    gateway = await make_gateway(
+        standin.url, tls=True, certs_dir=pki.paths.directory, cert_check_interval=0.25
+    )
+    terminator = gateway.app[CERTIFICATES]
+    log_serving(
+        Settings(certs_dir=pki.paths.directory), "https://x", "up", terminator.tls, False, 1
+    )
+    assert "has no name constraints" in caplog.text and "fognode certs check" in caplog.text
+    first = await asyncio.to_thread(served_serial, gateway.port, pki.ca)
+    code, said = await renew_command(pki, "--force")
+    assert code == 0 and "Renewed" in said, said
+    await wait_until(lambda: terminator.reloads == 1, "reload", limit=30)
+    assert await asyncio.to_thread(served_serial, gateway.port, pki.ca) != first
+    renewed = terminator.pair
+    assert renewed is not None and len(renewed.chain) == 1  # the old root signs directly
+    lifetime = renewed.leaf.not_valid_after_utc - renewed.leaf.not_valid_before_utc
+    assert lifetime.total_seconds() / DAY <= 90.01
 
 
 async def test_overdue_renewal_warns_and_keeps_serving(
