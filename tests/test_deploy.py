@@ -26,22 +26,24 @@ def compose(name: str) -> dict[str, Any]:
     return dict(yaml.safe_load((DEPLOY / name).read_text()))
 
 
-def test_dockerfile_is_pinned_non_root_and_checks_health() -> None:
+def test_dockerfile_is_pinned_hash_checked_drops_root_and_checks_health() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
     assert len(froms) == 2  # multi-stage
     for image in froms:
-        assert ":" in image and not image.endswith(":latest"), image
-    assert re.search(r"^USER\s+10001:10001$", text, re.M)  # the fognode user, numeric
+        assert re.fullmatch(r"python:3\.11\.\d+-slim-trixie(\s+AS\s+\w+)?", image), image
+    assert "--require-hashes" in text and "-r requirements.lock" in text
     assert 'CMD ["fognode", "healthcheck"]' in text
-    assert 'ENTRYPOINT ["fognode"]' in text
-    # Port 443, the one the SpeziLLMFog app connects to, as the non-root user:
-    # the interpreter carries exactly cap_net_bind_service=ep (the xattr
-    # setcap would write: revision 2, effective, permitted bit 10).
+    assert 'ENTRYPOINT ["fognode-entrypoint"]' in text
+    # No file capability (no-new-privileges would void it): the entrypoint
+    # drops from root to 10001 keeping CAP_NET_BIND_SERVICE as ambient.
+    assert "setxattr" not in text and "security.capability" not in text
+    assert re.search(r"useradd --system --uid 10001 ", text)
+    assert re.search(r"useradd --system --uid 10002 --gid 10001 ", text)
+    entry = (DEPLOY / "entrypoint.sh").read_text()
+    assert "setpriv" in entry and "--ambient-caps" in entry and "IMAGE_RUN_AS:-10001:10001" in entry
+    assert os.access(DEPLOY / "entrypoint.sh", os.X_OK)
     assert re.search(r"FOGNODE_PORT=443\b", text) and re.search(r"^EXPOSE 443$", text, re.M)
-    xattr = re.search(r"struct\.pack\('<5I', (0x[0-9a-f]+), 1 << (\d+), 0, 0, 0\)", text)
-    assert xattr is not None and xattr.groups() == ("0x02000001", "10")
-    assert text.index("setxattr") < text.index("USER 10001")
     # Every folder the distribution installs is in the build context.
     import tomllib
 
@@ -53,6 +55,19 @@ def test_dockerfile_is_pinned_non_root_and_checks_health() -> None:
     for source in re.findall(r"^COPY\s+(?!--from)(.+)\s+\S+$", text, re.M):
         for path in source.split():
             assert (root / path).exists(), path
+
+
+def test_dockerignore_sends_only_what_the_build_copies() -> None:
+    """The context is the repository: without .dockerignore it held .venv and .git."""
+    ignore = (DEPLOY.parent / ".dockerignore").read_text().splitlines()
+    rules = [r for r in ignore if r and not r.startswith("#")]
+    assert rules[0] == "*"  # everything out, then the few things back in
+    allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
+    text = (DEPLOY / "Dockerfile").read_text()
+    for source in re.findall(r"^COPY\s+(?!--from)(.+)\s+\S+$", text, re.M):
+        for path in source.split():
+            assert path in allowed, f"{path} is copied but not in the build context"
+    assert not allowed & {".venv", ".git", "tests", "bench", "docs"}
 
 
 def test_dockerfile_passes_hadolint() -> None:
@@ -69,14 +84,29 @@ def test_dockerfile_passes_hadolint() -> None:
 def test_production_compose_file() -> None:
     spec = compose("docker-compose.yml")
     services = spec["services"]
-    gateway = services["fognode"]
+    gateway, certs = services["fognode"], services["fognode-certs"]
     assert gateway["network_mode"] == "host"  # multicast must reach the LAN
-    assert any(v.endswith(":/certs:ro") for v in gateway["volumes"])
-    assert gateway["secrets"] == ["firebase_service_account"]
-    assert gateway["environment"]["FOGNODE_FIREBASE_CREDENTIALS_FILE"].startswith("/run/secrets/")
+    assert certs["network_mode"] == "none"  # signing needs no network
+    assert "fognode-tls:/var/lib/fognode-tls:ro" in gateway["volumes"]
+    assert "fognode-tls:/var/lib/fognode-tls" in certs["volumes"]
+    # The issuing CA reaches the renewal only; no CA key for the gateway.
+    assert any(v.endswith("/issuer:/run/host:ro") for v in certs["volumes"])
+    assert not any("issuer" in v or "/ca" in v for v in gateway["volumes"])
+    assert any(v.endswith("/api-keys:/run/host/api-keys:ro") for v in gateway["volumes"])
+    assert gateway["environment"]["FOGNODE_API_KEYS_FILE"] == "/run/fognode/api-keys"
+    assert "secrets" not in gateway  # Firebase is optional when API keys exist
+    for service in (gateway, certs):
+        assert service["cap_drop"] == ["ALL"]
+        assert "no-new-privileges:true" in service["security_opt"]
+    assert "NET_BIND_SERVICE" in gateway["cap_add"] and "NET_BIND_SERVICE" not in certs["cap_add"]
+    assert gateway["depends_on"]["fognode-certs"]["condition"] == "service_healthy"
     assert "ollama-models:/root/.ollama" in services["ollama"]["volumes"]
-    assert services["ollama-pull"]["restart"] == "no"
-    assert services["ollama-pull"]["entrypoint"][:2] == ["ollama", "pull"]
+    pull = services["ollama-pull"]
+    assert pull["entrypoint"][:2] == ["ollama", "pull"]
+    # The pull waits until Ollama answers, and tries again if it fails.
+    assert pull["depends_on"]["ollama"]["condition"] == "service_healthy"
+    assert services["ollama"]["healthcheck"]["test"] == ["CMD", "ollama", "list"]
+    assert pull["restart"] == "on-failure"
     for service in services.values():
         image = service.get("image", "")
         assert not image.endswith(":latest")
@@ -106,12 +136,11 @@ def compose_command() -> list[str]:
 
 @pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.dev.yml"])
 def test_docker_compose_config_validates(name: str, tmp_path: Path) -> None:
-    (tmp_path / "service-account.json").write_text("{}")
     out = subprocess.run(
         [*compose_command(), "-f", str(DEPLOY / name), "config", "--quiet"],
         capture_output=True,
         text=True,
-        env={**os.environ, "FIREBASE_SERVICE_ACCOUNT": str(tmp_path / "service-account.json")},
+        env={**os.environ, "FOGNODE_HOME": str(tmp_path)},
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
@@ -122,7 +151,7 @@ def test_docker_compose_config_validates(name: str, tmp_path: Path) -> None:
         [*compose_command(), "-f", str(broken), "config", "--quiet"],
         capture_output=True,
         text=True,
-        env={**os.environ, "FIREBASE_SERVICE_ACCOUNT": str(tmp_path / "service-account.json")},
+        env={**os.environ, "FOGNODE_HOME": str(tmp_path)},
         timeout=120,
     )
     assert bad.returncode != 0
@@ -166,3 +195,36 @@ async def test_the_image_entrypoint_commands_outside_docker(
         *FOGNODE, "healthcheck", env=env, stderr=asyncio.subprocess.DEVNULL
     )
     assert await after.wait() == 1  # nothing listens any more
+
+
+def test_the_wheel_the_image_installs_holds_every_module(tmp_path: Path) -> None:
+    """The image installs a built wheel, not the checkout: a package missing
+    from pyproject.toml's list works in the editable dev install and is
+    absent in the image."""
+    # From a clean copy: setuptools builds in the source tree, and a build/
+    # left from an older layout would hide a missing package.
+    source = tmp_path / "source"
+    shutil.copytree(
+        DEPLOY.parent,
+        source,
+        ignore=shutil.ignore_patterns(".*", "build", "tests", "bench", "docs", "*.egg-info"),
+    )
+    build = ["wheel", "-q", "--no-deps", "-w", str(tmp_path)]
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", *build, str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    import tomllib
+    import zipfile
+
+    (wheel,) = tmp_path.glob("fognode-*.whl")
+    inside = set(zipfile.ZipFile(wheel).namelist())
+    project = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())
+    for package, folder in project["tool"]["setuptools"]["package-dir"].items():
+        for module in (DEPLOY.parent / folder).rglob("*.py"):
+            relative = module.relative_to(DEPLOY.parent / folder).as_posix()
+            name = f"{package.replace('.', '/')}/{relative}"
+            assert name in inside, f"{name} is missing from the wheel"

@@ -1,11 +1,15 @@
-"""Certificates are renewed and reloaded without a restart or a dropped stream."""
+"""Certificates are renewed by `fognode certs renew` (another process, which
+holds the issuing CA) and reloaded by the server without a restart or a
+dropped stream; the server itself never signs."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import ssl
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -13,12 +17,14 @@ import pytest
 from cryptography import x509
 
 from fognode.certs.issuer import SubjectNames
-from fognode.certs.lifecycle import issue_to_files
+from fognode.certs.lifecycle import issue_to_files, signing_authority
+from fognode.gateway.config.settings import Settings
+from fognode.gateway.node.server import log_serving
 from fognode.gateway.transport.cert_renewal import CERTIFICATES
 from tests.conftest import GatewayFactory
 from tests.helpers import wait_until
 from tests.ollama_standin import OllamaStandIn
-from tests.pki import NODE_NAMES, PASSPHRASE, make_pki
+from tests.pki import NODE_NAMES, Pki, make_legacy_pki, make_pki
 
 HOST = "spezillmfog.local"
 DAY = 86400.0
@@ -36,6 +42,31 @@ def served_serial(port: int, cafile: Path) -> int:
     return x509.load_der_x509_certificate(der).serial_number
 
 
+async def renew_command(pki: Pki, *args: str) -> tuple[int, str]:
+    """`fognode certs renew` as the renewal unit runs it: another process."""
+    env = {
+        **os.environ,
+        "FOGNODE_CERTS_DIR": str(pki.paths.directory),
+        "FOGNODE_ISSUER_DIR": str(pki.issuer.directory),
+        "FOGNODE_CA_DIR": str(pki.root.directory),
+        "FOGNODE_CERT_NAMES": ",".join(NODE_NAMES),
+        "FOGNODE_CERT_RENEW_BEFORE_DAYS": str(15 / DAY),  # due five seconds after the start
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "fognode.gateway.cli",
+        "certs",
+        "renew",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    return await proc.wait(), out.decode()
+
+
 async def test_expiring_certificate_is_renewed_while_a_stream_stays_open(
     standin: OllamaStandIn, make_gateway: GatewayFactory, tmp_path: Path
 ) -> None:
@@ -44,11 +75,7 @@ async def test_expiring_certificate_is_renewed_while_a_stream_stays_open(
         standin.url,
         tls=True,
         certs_dir=pki.paths.directory,
-        cert_names=list(NODE_NAMES),
-        ca_passphrase=PASSPHRASE.decode(),
-        cert_renew_before_days=15 / DAY,  # due five seconds after the start
         cert_check_interval=0.25,
-        cert_validity_days=2,
     )
     terminator = gateway.app[CERTIFICATES]
     first = await asyncio.to_thread(served_serial, gateway.port, pki.ca)
@@ -70,7 +97,13 @@ async def test_expiring_certificate_is_renewed_while_a_stream_stays_open(
         first_event = await resp.content.readuntil(b"\n\n")
         assert first_event.startswith(b"data: {")
 
-        await wait_until(lambda: terminator.renewals == 1, "renewal", limit=30)
+        # Not due yet, then due (15 seconds before the end).
+        code, said = await renew_command(pki)
+        assert code == 0 and "nothing to renew" in said, said
+        await asyncio.sleep(5)
+        code, said = await renew_command(pki)
+        assert code == 0 and "Renewed" in said and "expires in" in said, said
+        await wait_until(lambda: terminator.reloads == 1, "reload", limit=30)
         second = await asyncio.to_thread(served_serial, gateway.port, pki.ca)
         assert second != first  # new connections get the new certificate
 
@@ -85,7 +118,9 @@ async def test_expiring_certificate_is_renewed_while_a_stream_stays_open(
     assert text == standin.reply
     renewed = terminator.pair
     assert renewed is not None
-    assert (renewed.leaf.not_valid_after_utc - renewed.leaf.not_valid_before_utc).days >= 1
+    lifetime = renewed.leaf.not_valid_after_utc - renewed.leaf.not_valid_before_utc
+    assert 89 < lifetime.total_seconds() / DAY <= 90.01
+    assert len(renewed.chain) == 2  # the leaf and this node's issuing CA
 
 
 async def test_certificate_replaced_on_disk_is_picked_up(
@@ -97,13 +132,42 @@ async def test_certificate_replaced_on_disk_is_picked_up(
     )
     terminator = gateway.app[CERTIFICATES]
     first = await asyncio.to_thread(served_serial, gateway.port, pki.ca)
-    # What an operator's cron job running `fognode certs issue` does.
-    await asyncio.to_thread(issue_to_files, pki.paths, PASSPHRASE, SubjectNames.parse(NODE_NAMES))
+    # What an operator running `fognode certs issue` by hand does.
+    signer = signing_authority(pki.issuer, pki.paths, None)
+    await asyncio.to_thread(issue_to_files, pki.paths, signer, SubjectNames.parse(NODE_NAMES))
     await wait_until(lambda: terminator.reloads == 1, "reload", limit=30)
     assert await asyncio.to_thread(served_serial, gateway.port, pki.ca) != first
 
 
-async def test_renewal_without_passphrase_warns_and_keeps_serving(
+async def test_an_old_ca_keeps_serving_warns_and_renews_for_90_days(
+    standin: OllamaStandIn,
+    make_gateway: GatewayFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A node set up before name constraints: it still serves, says what is
+    wrong, and `certs renew` signs a 90-day certificate with the old root."""
+    pki = make_legacy_pki(tmp_path / "pki")
+    gateway = await make_gateway(
+        standin.url, tls=True, certs_dir=pki.paths.directory, cert_check_interval=0.25
+    )
+    terminator = gateway.app[CERTIFICATES]
+    log_serving(
+        Settings(certs_dir=pki.paths.directory), "https://x", "up", terminator.tls, False, 1
+    )
+    assert "has no name constraints" in caplog.text and "fognode certs check" in caplog.text
+    first = await asyncio.to_thread(served_serial, gateway.port, pki.ca)
+    code, said = await renew_command(pki, "--force")
+    assert code == 0 and "Renewed" in said, said
+    await wait_until(lambda: terminator.reloads == 1, "reload", limit=30)
+    assert await asyncio.to_thread(served_serial, gateway.port, pki.ca) != first
+    renewed = terminator.pair
+    assert renewed is not None and len(renewed.chain) == 1  # the old root signs directly
+    lifetime = renewed.leaf.not_valid_after_utc - renewed.leaf.not_valid_before_utc
+    assert lifetime.total_seconds() / DAY <= 90.01
+
+
+async def test_overdue_renewal_warns_and_keeps_serving(
     standin: OllamaStandIn,
     make_gateway: GatewayFactory,
     tmp_path: Path,
@@ -119,8 +183,8 @@ async def test_renewal_without_passphrase_warns_and_keeps_serving(
     )
     terminator = gateway.app[CERTIFICATES]
     first = await asyncio.to_thread(served_serial, gateway.port, pki.ca)
-    assert await asyncio.to_thread(terminator.check_once) == "renewal-needed"
-    assert "passphrase is not configured" in caplog.text
+    assert await asyncio.to_thread(terminator.check_once) == "renewal-overdue"
+    assert "never signs" in caplog.text and "fognode certs renew" in caplog.text
     assert await asyncio.to_thread(served_serial, gateway.port, pki.ca) == first
 
 
