@@ -13,7 +13,8 @@
 #
 # The CA key passphrase comes from FOGNODE_CA_PASSPHRASE or
 # FOGNODE_CA_PASSPHRASE_FILE; without either, a random one is written to
-# <certs dir>/ca.passphrase (mode 0600) so the node can renew unattended.
+# <ca dir>/ca.passphrase (mode 0600). Only `fognode certs init` and
+# `fognode certs issue --node` use it; renewal uses the node's issuing CA.
 #
 # Slow things are cached: pip's wheel cache (~/.cache/pip), llama.cpp's build
 # (~/.cache/fognode/wheels: the first one takes minutes), and the venv is only
@@ -81,6 +82,8 @@ if ((WITH_TEST)); then
   # systemd-analyze (checks the service unit), setpriv (runs it unprivileged).
   apt_install curl openssl ca-certificates iproute2 dnsutils avahi-daemon avahi-utils dbus \
     systemd util-linux
+  # The TLS audit (tests/system/test_tls_hardening.py): testssl.sh, as an operator runs it.
+  apt_install testssl.sh
   # The usage store's tests run on a real PostgreSQL server that they start
   # themselves (initdb in a temporary directory); only the binaries are needed.
   apt_install postgresql
@@ -119,47 +122,71 @@ if ((WITH_TEST)); then
   fi
 fi
 
+# --- sslyze, the other TLS auditor the tests run (in a venv of its own) --------
+# sslyze pins cryptography below the version fognode runs with, so it gets its
+# own virtual environment in the cache instead of the project's.
+SSLYZE_VERSION=6.3.1
+SSLYZE=$CACHE/sslyze-$SSLYZE_VERSION
+if ((WITH_TEST)); then
+  if [[ -x $SSLYZE/bin/sslyze ]]; then
+    say "sslyze already cached in $SSLYZE"
+  else
+    say "Installing sslyze $SSLYZE_VERSION into $SSLYZE"
+    "$PYTHON" -m venv "$SSLYZE"
+    "$SSLYZE/bin/python" -m pip install -q "sslyze==$SSLYZE_VERSION"
+  fi
+fi
+
 # --- virtual environment -----------------------------------------------------
 if [[ ! -x $VENV/bin/python ]]; then
   say "Creating virtual environment in $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
 
-extras=""
-((WITH_TEST)) && extras="[test]"
+# Dependencies from the lock file (exact versions, every file's hash checked:
+# deploy/lock.sh makes it from pyproject.toml), then fognode itself, editable,
+# without resolving anything again. `pip install -e ".[test]"` still works for
+# development; it just takes today's newest versions.
+lock=requirements.lock
+((WITH_TEST)) && lock=requirements-test.lock
 stamp="$VENV/.fognode-installed"
-want="$(sha256sum pyproject.toml | cut -c1-16)$extras"
+want="$(cat pyproject.toml "$lock" | sha256sum | cut -c1-16) $lock"
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
-  say "Installing fognode$extras into $VENV"
+  say "Installing fognode and its locked dependencies ($lock) into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e ".$extras"
+  "$VENV/bin/python" -m pip install -q --require-hashes -r "$lock"
+  "$VENV/bin/python" -m pip install -q --no-deps -e .
   echo "$want" >"$stamp"
 else
-  say "fognode already installed in $VENV (pyproject.toml unchanged)"
+  say "fognode already installed in $VENV ($lock unchanged)"
 fi
 
-# --- certificates (first run only) --------------------------------------------
+# --- certificates (first run; renewed when due on every run) ------------------
+# The fog's root CA goes to <data>/ca (its key encrypted), this node's issuing
+# CA to <data>/issuer, and what the server reads to <data>/certs: the server
+# never needs, and the service never gets, a CA key (docs/certificates.md).
 if ((WITH_CERTS)); then
-  CERTS_DIR=$("$VENV/bin/fognode" config | "$VENV/bin/python" -c \
-    'import json, sys; print(json.load(sys.stdin)["certs_dir"])')
+  read -r CERTS_DIR CA_DIR < <("$VENV/bin/fognode" config | "$VENV/bin/python" -c \
+    'import json, sys; s = json.load(sys.stdin); print(s["certs_dir"], s["ca_dir"])')
   if [[ ! -f $CERTS_DIR/ca.crt ]]; then
-    mkdir -p "$CERTS_DIR"
-    chmod 700 "$CERTS_DIR"
+    mkdir -p "$CA_DIR"
+    chmod 700 "$CA_DIR"
     passfile=${FOGNODE_CA_PASSPHRASE_FILE:-}
     if [[ -z $passfile && -z ${FOGNODE_CA_PASSPHRASE:-} ]]; then
-      passfile=$CERTS_DIR/ca.passphrase
+      passfile=$CA_DIR/ca.passphrase
       (umask 077 && "$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(32))' \
         >"$passfile")
       say "Generated a random CA passphrase in $passfile (keep it secret)"
     fi
     args=()
     [[ -n $passfile ]] && args=(--passphrase-file "$passfile")
-    say "Creating the local CA and the server certificate in $CERTS_DIR"
+    say "Creating the fog's CA in $CA_DIR and this node's certificates in $CERTS_DIR"
     "$VENV/bin/fognode" certs init "${args[@]}" >/dev/null
-    "$VENV/bin/fognode" certs issue "${args[@]}" >/dev/null
+    "$VENV/bin/fognode" certs issue --node "$(hostname -s)" --install "${args[@]}" >/dev/null
     "$VENV/bin/fognode" certs export --out "$CERTS_DIR/export"
   else
-    say "Certificates already in $CERTS_DIR (fognode certs show)"
+    say "Certificates already in $CERTS_DIR (fognode certs check)"
+    "$VENV/bin/fognode" certs renew
   fi
 fi
 

@@ -39,9 +39,19 @@ def describe(cert: x509.Certificate) -> dict[str, Any]:
         "not_after": cert.not_valid_after_utc.isoformat(),
         "days_left": round(remaining.total_seconds() / 86400, 1),
         "is_ca": _is_ca(cert),
+        "name_constraints": _constraints(cert),
         "key": _key_description(cert),
         "sha256_fingerprint": fingerprint(cert),
     }
+
+
+def _constraints(cert: x509.Certificate) -> list[str]:
+    """The names a CA may vouch for ([] when it may vouch for anything)."""
+    try:
+        value = cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(n.value) for n in value.permitted_subtrees or ()]
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

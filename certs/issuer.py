@@ -4,8 +4,10 @@ Apple's rules decide the shape (support.apple.com/103769 and /102028): the
 host name must be a DNS subjectAltName (the common name is ignored), the EKU
 must include serverAuth, RSA keys need 2048 bits or more, signatures SHA-2,
 and the validity may not exceed 825 days for a certificate from a CA the
-user installed (398 for public CAs). We default to 397 days, Apple's own
-recommendation, and renew automatically well before the end.
+user installed (398 for public CAs). fognode keeps them much shorter: there
+is no revocation, so a leaked server key stays trusted until its
+certificate ends, and renewal is automatic, so short costs nothing. At most
+90 days, renewed when 30 are left (Let's Encrypt's rhythm).
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .authority import Authority, now, signature_hash
+from .constraints import LAN_NETWORKS, constraints_of, outside
 from .errors import CertError
 from .keys import KeyType, PrivateKey, generate_key
 
-DEFAULT_VALIDITY_DAYS = 397
-APPLE_MAX_DAYS = 825
+DEFAULT_VALIDITY_DAYS = 90
+MAX_VALIDITY_DAYS = 90
 DEFAULT_HOST_NAME = "spezillmfog.local"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -82,7 +85,8 @@ def cert_names(cert: x509.Certificate) -> SubjectNames:
 def default_names(lan_ips: Iterable[str] = ()) -> list[str]:
     """spezillmfog.local (the client contract), this machine's .local name,
     localhost, and the LAN addresses given (the gateway knows them; certs/
-    does not look at the network)."""
+    does not look at the network) that are private, link-local or loopback:
+    a CA for the LAN may not vouch for a public address."""
     names = [
         DEFAULT_HOST_NAME,
         f"{socket.gethostname().split('.')[0]}.local",
@@ -90,7 +94,10 @@ def default_names(lan_ips: Iterable[str] = ()) -> list[str]:
         "127.0.0.1",
         "::1",
     ]
-    names.extend(ip for ip in lan_ips if ip not in names)
+    for ip in lan_ips:
+        address = ipaddress.ip_address(ip)
+        if ip not in names and any(address in n for n in LAN_NETWORKS):
+            names.append(ip)
     return names
 
 
@@ -104,32 +111,62 @@ def issue_server_cert(
 ) -> tuple[x509.Certificate, PrivateKey]:
     if authority.key is None:
         raise CertError("issuing a certificate needs the CA key (and its passphrase)")
-    if validity_days > APPLE_MAX_DAYS:
+    if validity_days > MAX_VALIDITY_DAYS:
         raise CertError(
-            f"iPhones reject server certificates valid for more than {APPLE_MAX_DAYS} days "
-            f"(asked for {validity_days:g})"
+            f"server certificates are valid {MAX_VALIDITY_DAYS} days at most, and renewed "
+            f"automatically (asked for {validity_days:g})"
         )
     if validity_days <= 0:
         raise CertError("validity must be positive")
+    refused = outside(constraints_of(authority.cert), names.dns, names.ips)
+    if refused:
+        raise CertError(
+            f"this CA may not vouch for {', '.join(refused)}: it is limited to LAN names and "
+            "addresses (.local, localhost, private and link-local ranges, and the names it was "
+            "made with; see `fognode certs show`)"
+        )
     key = key or generate_key(key_type)
-    public = key.public_key()
-    start = now() - dt.timedelta(minutes=5)  # tolerate clients whose clock is a bit behind
-    end = now() + dt.timedelta(days=validity_days)
-    if end > authority.cert.not_valid_after_utc:
-        end = authority.cert.not_valid_after_utc
     san: list[x509.GeneralName] = [x509.DNSName(n) for n in names.dns]
     san += [x509.IPAddress(ip) for ip in names.ips]
-    ca_ski = authority.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    cert = (
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fognode"),
+            x509.NameAttribute(NameOID.COMMON_NAME, names.dns[0]),
+        ]
+    )
+    cert = sign_leaf(
+        authority,
+        subject,
+        key,
+        validity_days,
+        usages=[ExtendedKeyUsageOID.SERVER_AUTH],
+        names=san,
+    )
+    return cert, key
+
+
+def sign_leaf(
+    authority: Authority,
+    subject: x509.Name,
+    key: PrivateKey,
+    validity_days: float,
+    *,
+    usages: list[x509.ObjectIdentifier],
+    names: list[x509.GeneralName],
+) -> x509.Certificate:
+    """What every end-entity certificate fognode signs has in common: not a
+    CA, a signing key (and, for RSA, key encipherment), key identifiers, a
+    start a little in the past for clients whose clock lags, an end no later
+    than the issuer's."""
+    if authority.key is None:
+        raise CertError("signing a certificate needs the CA key")
+    public = key.public_key()
+    start = now() - dt.timedelta(minutes=5)
+    end = min(now() + dt.timedelta(days=validity_days), authority.cert.not_valid_after_utc)
+    issuer_ski = authority.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    return (
         x509.CertificateBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fognode"),
-                    x509.NameAttribute(NameOID.COMMON_NAME, names.dns[0]),
-                ]
-            )
-        )
+        .subject_name(subject)
         .issuer_name(authority.cert.subject)
         .public_key(public)
         .serial_number(x509.random_serial_number())
@@ -150,13 +187,12 @@ def issue_server_cert(
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(san), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski.value),
             critical=False,
         )
         .sign(authority.key, signature_hash(authority.key))
     )
-    return cert, key

@@ -1,7 +1,8 @@
-"""The CA's and the server certificate's life: create, issue, decide to renew.
+"""The certificates' life: create the root, sign, renew, decide when.
 
-These functions do file I/O and (for RSA) slow key generation; the gateway
-calls them off the event loop.
+These functions do file I/O and (for RSA) slow key generation; callers run
+them off the event loop. None of them runs in the process that serves the
+LAN: the gateway only loads what they write (ARCHITECTURE.md, Trust).
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from .authority import Authority, build_ca, load_ca, now, save_ca
+from .authority import Authority, build_ca, load_ca, load_issuer, now, save_ca
+from .errors import CertError
 from .inspect import check_server_pair
-from .issuer import DEFAULT_VALIDITY_DAYS, SubjectNames, issue_server_cert
+from .issuer import DEFAULT_VALIDITY_DAYS, SubjectNames, cert_names, issue_server_cert
 from .keys import KeyType, key_from_pem, key_to_pem
 from .passphrase import check_strength
 from .store import PRIVATE, PUBLIC, CertPaths, load_certs, read_bytes, write_atomic
+
+RENEW_BEFORE_DAYS = 30
 
 
 def init_ca(
@@ -28,31 +32,73 @@ def init_ca(
     common_name: str,
     key_type: KeyType = "ecdsa-p256",
     force: bool = False,
+    permit: tuple[str, ...] = (),
 ) -> Authority:
     check_strength(passphrase)
-    authority = build_ca(common_name, key_type=key_type)
+    authority = build_ca(common_name, key_type=key_type, permit=permit)
     save_ca(paths, authority, passphrase, force=force)
     return authority
 
 
+@dataclass(frozen=True)
+class Signer:
+    """What signs this node's server certificates, and what the server must
+    send with them (the issuing CA's certificate; nothing for a legacy root)."""
+
+    authority: Authority
+    chain: tuple[x509.Certificate, ...]
+    root: x509.Certificate
+    legacy: bool
+
+
+def signing_authority(issuer: CertPaths, certs: CertPaths, passphrase: bytes | None) -> Signer:
+    """The node's issuing CA; for a CA made before there were issuing CAs,
+    the root itself (it needs the passphrase): in the renewal's directory
+    where `fognode service install` put it, or, as setup.sh once left it,
+    beside the server's files."""
+    if issuer.issuer_cert.exists():
+        authority = load_issuer(issuer)
+        root = load_certs(issuer.ca_cert, "fog CA certificate")[0]
+        return Signer(authority, (authority.cert,), root, legacy=False)
+    for old in (issuer, certs):
+        if old.ca_key.exists():
+            authority = load_ca(old, passphrase, need_key=True)
+            return Signer(authority, (), authority.cert, legacy=True)
+    raise CertError(
+        f"no issuing CA in {issuer.directory}: on the machine that holds the fog's CA run "
+        "`fognode certs issue --node NAME` and install the bundle here with "
+        "`fognode certs install FILE` (./setup.sh does both on the CA's own machine)"
+    )
+
+
 def issue_to_files(
-    paths: CertPaths,
-    passphrase: bytes | None,
+    certs: CertPaths,
+    signer: Signer,
     names: SubjectNames,
     *,
     key_type: KeyType = "ecdsa-p256",
     validity_days: float = DEFAULT_VALIDITY_DAYS,
+    group: int | None = None,
 ) -> x509.Certificate:
-    """Issue a server certificate and write its key and certificate."""
-    authority = load_ca(paths, passphrase, need_key=True)
-    cert, key = issue_server_cert(authority, names, key_type=key_type, validity_days=validity_days)
+    """Issue a server certificate and write its key and its chain.
+
+    ``group``: make the key readable by that group (0640), for a server that
+    runs as another user than the renewal (the systemd units, compose)."""
+    cert, key = issue_server_cert(
+        signer.authority, names, key_type=key_type, validity_days=validity_days
+    )
     # Key first, then the certificate: a reader that sees the new certificate
     # finds the new key already in place. A reader between the two writes
     # sees a mismatched pair, which load_server_pair() refuses, so it keeps
-    # the old one. The root is not appended: clients have it, and it would
-    # only add bytes to every handshake.
-    write_atomic(paths.server_key, key_to_pem(key), PRIVATE)
-    write_atomic(paths.server_cert, cert.public_bytes(Encoding.PEM), PUBLIC)
+    # the old one. The issuing CA follows the leaf (clients need it to build
+    # the path to the root they trust); the root itself is not sent.
+    key_mode = PRIVATE if group is None else 0o640
+    write_atomic(certs.server_key, key_to_pem(key), key_mode, group=group)
+    chain = b"".join(c.public_bytes(Encoding.PEM) for c in (cert, *signer.chain))
+    write_atomic(certs.server_cert, chain, PUBLIC, group=group)
+    root = signer.root.public_bytes(Encoding.PEM)
+    if not certs.ca_cert.exists() or certs.ca_cert.read_bytes() != root:
+        write_atomic(certs.ca_cert, root, PUBLIC, group=group)
     return cert
 
 
@@ -90,3 +136,69 @@ def renewal_reason(
     if wanted is not None and not wanted.covered_by(leaf):
         return "the configured names or addresses changed"
     return None
+
+
+def renewal_names(
+    current: x509.Certificate | None, configured: SubjectNames | None, defaults: SubjectNames
+) -> SubjectNames:
+    """Configured names, else exactly those of the current certificate (a
+    renewal never drops a name the operator issued by hand), else defaults."""
+    if configured is not None:
+        return configured
+    if current is not None:
+        names = cert_names(current)
+        if names.dns:
+            return names
+    return defaults
+
+
+@dataclass(frozen=True)
+class RenewalPolicy:
+    names: SubjectNames | None  # configured names, if any
+    defaults: SubjectNames  # for a first certificate
+    key_type: KeyType = "ecdsa-p256"
+    validity_days: float = DEFAULT_VALIDITY_DAYS
+    renew_before_days: float = RENEW_BEFORE_DAYS
+    group: int | None = None
+
+
+def renew(
+    certs: CertPaths,
+    issuer: CertPaths,
+    passphrase: bytes | None,
+    policy: RenewalPolicy,
+    *,
+    force: bool = False,
+) -> str | None:
+    """Issue a new server certificate when due; return why, or None.
+
+    Due: none yet, unusable, expiring within ``renew_before_days``, missing
+    a configured name, or signed by another CA than the node's signer now
+    (a new bundle was installed)."""
+    signer = signing_authority(issuer, certs, passphrase)
+    current: x509.Certificate | None = None
+    reason: str | None = "forced" if force else None
+    try:
+        pair = load_server_pair(certs.server_cert, certs.server_key, certs.ca_cert)
+    except CertError as exc:
+        reason = reason or f"the current one cannot be used ({exc})"
+    else:
+        current = pair.leaf
+        if current.issuer != signer.authority.cert.subject:
+            reason = reason or "it was signed by another CA than this node's issuing CA"
+        reason = reason or renewal_reason(
+            current,
+            renew_before=dt.timedelta(days=policy.renew_before_days),
+            wanted=policy.names,
+        )
+    if reason is None:
+        return None
+    issue_to_files(
+        certs,
+        signer,
+        renewal_names(current, policy.names, policy.defaults),
+        key_type=policy.key_type,
+        validity_days=policy.validity_days,
+        group=policy.group,
+    )
+    return reason

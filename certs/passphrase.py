@@ -30,6 +30,11 @@ def read_passphrase_file(path: Path) -> bytes:
     return value.encode()
 
 
+def passphrase_configured() -> bool:
+    """Whether the environment names the passphrase (then nothing else is tried)."""
+    return bool(os.environ.get(ENV_VALUE) or os.environ.get(ENV_FILE))
+
+
 def get_passphrase(
     *, file: Path | None = None, confirm: bool = False, interactive: bool | None = None
 ) -> bytes | None:

@@ -27,13 +27,13 @@ from ..usage.cli import add_usage_commands, run_usage_command
 from ..web.onboarding import terminal_text
 from . import __version__
 from .auth_setup import project_id
-from .config.network import lan_addresses, local_url
+from .config.network import local_url
 from .config.paths import data_dir
 from .config.settings import Settings, load_settings
 from .node.serve import run_loop, serve, startup_failure
 from .node.service import add_service_commands
 from .node.supervisor import worker_count
-from .options import quota_options
+from .options import certs_defaults, quota_options
 from .pages.onboarding import onboarding_links
 from .telemetry.logs import configure_logging
 
@@ -142,7 +142,7 @@ def _cmd_healthcheck(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-_SECRET_FIELDS = {"upstream_api_key", "ca_passphrase", "usage_database_url"}
+_SECRET_FIELDS = {"upstream_api_key", "ca_passphrase", "usage_database_url", "tls_ticket_secret"}
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -278,12 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "certs":
             settings = load_settings(None)
-            return run_certs_command(
-                args,
-                default_dir=settings.certs_dir,
-                default_key_type=settings.cert_key_type,
-                lan_ips=[str(ip) for ip in lan_addresses()],
-            )
+            return run_certs_command(args, certs_defaults(settings))
         return int(args.func(args))
     except ValidationError as exc:
         print(f"fognode: invalid settings:\n{exc}", file=sys.stderr)

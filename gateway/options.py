@@ -11,15 +11,17 @@ from __future__ import annotations
 import socket
 from datetime import timedelta
 
+from ..certs.cli import CertsDefaults
 from ..usage.options import Limits, QuotaOptions, StoreOptions
 from .config.identity import node_id
+from .config.network import lan_addresses
 from .config.settings import Settings
 from .pages.sessions import SessionOptions
 from .pages.status import StatusOptions
 from .pipeline.admission import Admission
 from .pipeline.quotas import UsageOptions
 from .transport.cert_renewal import RenewalOptions
-from .transport.tls import TlsTerminator
+from .transport.tls import TicketKeys, TlsTerminator
 from .upstreams.upstream import UpstreamOptions
 
 
@@ -97,16 +99,23 @@ def upstream_options(settings: Settings) -> UpstreamOptions:
 
 
 def renewal_options(settings: Settings) -> RenewalOptions:
-    passphrase = settings.ca_passphrase
     return RenewalOptions(
-        certs_dir=settings.certs_dir,
-        names=tuple(settings.cert_names) if settings.cert_names else None,
-        key_type=settings.cert_key_type,
-        validity_days=settings.cert_validity_days,
         renew_before_days=settings.cert_renew_before_days,
         check_interval=settings.cert_check_interval,
-        passphrase=passphrase.get_secret_value().encode() if passphrase is not None else None,
-        passphrase_file=settings.ca_passphrase_file,
+    )
+
+
+def certs_defaults(settings: Settings) -> CertsDefaults:
+    """`fognode certs`' defaults: the same directories and names `serve` uses."""
+    return CertsDefaults(
+        certs_dir=settings.certs_dir,
+        ca_dir=settings.ca_dir,
+        issuer_dir=settings.issuer_dir,
+        key_type=settings.cert_key_type,
+        names=tuple(settings.cert_names or ()),
+        validity_days=settings.cert_validity_days,
+        renew_before_days=settings.cert_renew_before_days,
+        lan_ips=tuple(str(ip) for ip in lan_addresses()),
     )
 
 
@@ -128,4 +137,10 @@ def status_options(settings: Settings) -> StatusOptions:
 
 
 def terminator(settings: Settings) -> TlsTerminator:
-    return TlsTerminator(settings.server_cert_file, settings.server_key_file, settings.ca_cert_file)
+    secret = settings.tls_ticket_secret
+    return TlsTerminator(
+        settings.server_cert_file,
+        settings.server_key_file,
+        settings.ca_cert_file,
+        TicketKeys(bytes.fromhex(secret.get_secret_value()) if secret is not None else None),
+    )

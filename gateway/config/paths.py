@@ -20,6 +20,14 @@ def default_certs_dir() -> Path:
     return data_dir() / "certs"
 
 
+def default_ca_dir() -> Path:
+    return data_dir() / "ca"
+
+
+def default_issuer_dir() -> Path:
+    return data_dir() / "issuer"
+
+
 def default_session_key_file() -> Path:
     """The key that signs the status page's session cookies (made at first start)."""
     return data_dir() / "session-key"

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from ...certs.constraints import is_constrained
 from ...certs.inspect import fingerprint
 from ...certs.issuer import cert_names
 from ...web.onboarding import OnboardingSite
@@ -236,11 +237,18 @@ def log_serving(
             leaf.not_valid_after_utc.isoformat(),
             tls.ca_file,
         )
+        if not is_constrained(tls.pair.ca):
+            log.warning(
+                "the CA %s has no name constraints: it can vouch for any website to every "
+                "phone that trusts it; `fognode certs check` says how to move to a "
+                "constrained one (docs/certificates.md)",
+                tls.ca_file,
+            )
         if settings.app_host_name.rstrip(".").lower() not in names:
             log.warning(
                 "the certificate does not carry %s, the name SpeziLLMFog apps check "
                 "(FOGNODE_APP_HOST_NAME): they will refuse it; issue one that does with "
-                "`fognode certs issue`",
+                "`fognode certs issue NAME...`",
                 settings.app_host_name,
             )
     else:

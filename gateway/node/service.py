@@ -1,21 +1,37 @@
-"""`fognode service`: run the node under systemd, on port 443, without root.
+"""`fognode service`: run the node under systemd, on port 443, without root,
+and renew its certificate as another user.
 
 The SpeziLLMFog app ignores the port in the node's SRV record and always
 connects to 443 (80 in development). Ports below 1024 need privileges; the
 unit gives the service exactly one, ``CAP_NET_BIND_SERVICE``, as an ambient
 capability of an unprivileged system user, so Python never runs as root.
 
-``install`` creates that user, a state directory (``/var/lib/fognode``) with
-a copy of the certificates and API keys ``setup.sh`` made for the operator
-(unless it has its own already), an environment file for settings
-(``/etc/fognode/env``), and the unit; then enables and starts it when
-systemd runs. ``--root`` writes the same tree under another directory (for
-images and tests), ``unit`` only prints the unit.
+Two users, so that the process that serves the LAN cannot sign anything
+(ARCHITECTURE.md, Trust):
+
+- ``fognode`` runs ``fognode.service``. It reads ``/var/lib/fognode-tls``
+  (the server certificate and key, the root's certificate, its fog peer
+  credentials) and owns ``/var/lib/fognode`` (node id, API keys, usage).
+- ``fognode-certs`` runs ``fognode-certs.service`` from a daily timer:
+  ``fognode certs renew`` with the node's issuing CA in
+  ``/var/lib/fognode-certs`` (mode 0700, unreadable for ``fognode``),
+  writing a new server key (group ``fognode``, 0640) and certificate that
+  the server picks up without a restart. It has no network at all.
+
+The fog's root CA key is never copied: it stays where ``setup.sh`` made it
+(the operator's ``~/.local/share/fognode/ca``) or on another machine.
+``install`` takes this node's issuing CA from the operator's data dir
+(``issuer/``) or from a node bundle (``--bundle``), issues the first server
+certificate, writes ``/etc/fognode/env`` (0600: a database URL with a
+password goes there), the units, and enables them when systemd runs.
+``--root`` writes the same tree under another directory (for images and
+tests); ``unit`` only prints the serving unit.
 """
 
 from __future__ import annotations
 
 import argparse
+import grp
 import os
 import pwd
 import shutil
@@ -25,14 +41,61 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...certs.bundle import install_bundle, read_bundle
+from ...certs.errors import CertError
+from ...certs.issuer import SubjectNames, default_names
+from ...certs.lifecycle import RenewalPolicy, renew
+from ...certs.store import CertPaths
+from ..config.network import lan_addresses
+
 UNIT_NAME = "fognode.service"
+CERTS_UNIT = "fognode-certs.service"
+TIMER_UNIT = "fognode-certs.timer"
+STATE = "var/lib/fognode"
+TLS = "var/lib/fognode-tls"
+ISSUER = "var/lib/fognode-certs"
 
 ENV_TEMPLATE = """\
 # Settings for the fognode service, one FOGNODE_<NAME>=value per line (see
-# docs/configuration.md). The unit already sets the host, port and data dir.
+# docs/configuration.md). The unit already sets the host, port, data dir and
+# certificate directory. This file is 0600: secrets (a database URL with its
+# password, an upstream API key) may go here.
 #FOGNODE_FIREBASE_CREDENTIALS_FILE=/var/lib/fognode/service-account.json
 #FOGNODE_UPSTREAM_URL=http://127.0.0.1:11434
 #FOGNODE_LOG_FORMAT=json
+"""
+
+# What a network daemon that needs none of it can give up; systemd-analyze
+# security scores the serving unit 1.x with these (4.2 before). Deliberately
+# not here: PrivateUsers (a user namespace would void CAP_NET_BIND_SERVICE
+# for the host's network), MemoryDenyWriteExecute (llama.cpp's server, a
+# child of this unit, and libffi need writable-executable pages on some
+# builds), IPAddressDeny (the node serves the LAN).
+HARDENING = """\
+NoNewPrivileges=true
+ProtectSystem=strict
+PrivateTmp=true
+PrivateDevices=true
+DevicePolicy=closed
+PrivateMounts=true
+ProtectKernelTunables=true
+ProtectKernelModules=true
+ProtectKernelLogs=true
+ProtectControlGroups=true
+ProtectClock=true
+ProtectHostname=true
+ProtectProc=invisible
+RestrictNamespaces=true
+RestrictRealtime=true
+RestrictSUIDSGID=true
+LockPersonality=true
+RemoveIPC=true
+KeyringMode=private
+UMask=0077
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged
+SystemCallErrorNumber=EPERM
 """
 
 
@@ -40,13 +103,31 @@ ENV_TEMPLATE = """\
 class UnitOptions:
     executable: Path  # the fognode console script of the installed venv
     user: str = "fognode"
+    certs_user: str = "fognode-certs"
     tls: bool = True
     port: int | None = None  # default: what the SpeziLLMFog app connects to
     shutdown_timeout: float = 30.0
+    readable: tuple[Path, ...] = ()  # the venv and checkout, when under a home directory
 
     @property
     def listen_port(self) -> int:
         return self.port if self.port is not None else (443 if self.tls else 80)
+
+    def group(self) -> str:
+        """The serving user's group: it may read what the renewal writes."""
+        try:
+            return grp.getgrgid(pwd.getpwnam(self.user).pw_gid).gr_name
+        except KeyError:
+            return self.user
+
+
+def _homes(options: UnitOptions) -> str:
+    """Home directories are hidden (an operator's CA lives there); the venv
+    and the checkout it was installed from are put back, read-only."""
+    if not options.readable:
+        return "ProtectHome=true\n"
+    paths = " ".join(str(p) for p in options.readable)
+    return f"ProtectHome=tmpfs\nBindReadOnlyPaths={paths}\n"
 
 
 def render_unit(options: UnitOptions) -> str:
@@ -56,32 +137,26 @@ def render_unit(options: UnitOptions) -> str:
 [Unit]
 Description=fognode: a LAN fog node for LLM inference
 After=network-online.target ollama.service
-Wants=network-online.target
+Wants=network-online.target fognode-certs.timer
 
 [Service]
 Type=exec
 User={options.user}
+Group={options.group()}
 ExecStart={options.executable} serve {flags}
 EnvironmentFile=-/etc/fognode/env
-# State (node id, certificates, API keys) in /var/lib/fognode.
-Environment=XDG_DATA_HOME=/var/lib
+# State (node id, API keys, usage) in /var/lib/fognode; certificates (read
+# only; fognode-certs.service renews them) in /var/lib/fognode-tls.
+Environment=XDG_DATA_HOME=/var/lib FOGNODE_CERTS_DIR=/{TLS}
 StateDirectory=fognode
 StateDirectoryMode=0700
-# Port {options.listen_port} without root: this one capability, nothing else.
+# The renewal's issuing CA: not even visible to this service.
+InaccessiblePaths=-/{ISSUER}
+{_homes(options)}# Port {options.listen_port} without root: this one capability, nothing else.
 AmbientCapabilities=CAP_NET_BIND_SERVICE
 CapabilityBoundingSet=CAP_NET_BIND_SERVICE
-NoNewPrivileges=true
-ProtectSystem=strict
-ProtectHome=read-only
-PrivateTmp=true
-PrivateDevices=true
-ProtectKernelTunables=true
-ProtectKernelModules=true
-ProtectControlGroups=true
 RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK
-RestrictNamespaces=true
-LockPersonality=true
-LimitNOFILE=65536
+{HARDENING}LimitNOFILE=65536
 # SIGTERM: goodbye on mDNS, then open streams get shutdown_timeout to finish.
 KillSignal=SIGTERM
 TimeoutStopSec={int(options.shutdown_timeout) + 15}
@@ -90,6 +165,50 @@ RestartSec=2
 
 [Install]
 WantedBy=multi-user.target
+"""
+
+
+def render_certs_unit(options: UnitOptions) -> str:
+    group = options.group()
+    return f"""\
+# Installed by `fognode service install`. Renews the server certificate with
+# this node's issuing CA when it is due (30 days before the end of its 90);
+# fognode.service reloads the new files by itself.
+[Unit]
+Description=fognode: renew the server certificate
+
+[Service]
+Type=oneshot
+User={options.certs_user}
+Group={group}
+ExecStart={options.executable} certs renew --group {group}
+Environment=FOGNODE_CERTS_DIR=/{TLS} FOGNODE_ISSUER_DIR=/{ISSUER}
+StateDirectory=fognode-certs
+StateDirectoryMode=0700
+ReadWritePaths=/{TLS}
+{_homes(options)}# Signing needs no network: none at all (netlink only to list, in an empty
+# network namespace, the addresses a first certificate would name).
+PrivateNetwork=true
+IPAddressDeny=any
+RestrictAddressFamilies=AF_UNIX AF_NETLINK
+CapabilityBoundingSet=
+{HARDENING}"""
+
+
+def render_timer() -> str:
+    return """\
+# Installed by `fognode service install`.
+[Unit]
+Description=fognode: look at the server certificate daily
+
+[Timer]
+OnBootSec=5min
+OnCalendar=daily
+RandomizedDelaySec=1h
+Persistent=true
+
+[Install]
+WantedBy=timers.target
 """
 
 
@@ -102,86 +221,177 @@ def _invoking_data_dir() -> Path:
     return Path(base or Path.home() / ".local" / "share") / "fognode"
 
 
-def _ensure_user(name: str, home: Path) -> None:
+def _ensure_user(name: str, home: Path, group: str | None = None) -> None:
     try:
         pwd.getpwnam(name)
     except KeyError:
-        subprocess.run(
-            [
-                "useradd",
-                "--system",
-                "--home-dir",
-                str(home),
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                name,
-            ],
-            check=True,
-        )
+        argv = ["useradd", "--system", "--home-dir", str(home), "--no-create-home"]
+        argv += ["--shell", "/usr/sbin/nologin"]
+        if group is not None:
+            argv += ["--gid", group]
+        subprocess.run([*argv, name], check=True)
 
 
-def _chown_tree(path: Path, user: str) -> None:
+def _chown_tree(path: Path, user: str, group: str | None = None) -> None:
     entry = pwd.getpwnam(user)
+    gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
     for root, dirs, files in os.walk(path):
         for name in (*dirs, *files):
-            os.chown(Path(root) / name, entry.pw_uid, entry.pw_gid)
-    os.chown(path, entry.pw_uid, entry.pw_gid)
+            os.chown(Path(root) / name, entry.pw_uid, gid)
+    os.chown(path, entry.pw_uid, gid)
+
+
+def _readable(executable: Path) -> tuple[Path, ...]:
+    """What the service must still read when homes are hidden: the venv, the
+    interpreter it links to, the checkout an editable install points at."""
+    from ... import gateway
+
+    candidates = {
+        executable.parent.parent,
+        Path(sys.base_prefix).resolve(),
+        Path(gateway.__file__).resolve().parents[1],
+    }
+    homes = (Path("/home"), Path("/root"))
+    return tuple(sorted(p for p in candidates if any(p.is_relative_to(h) for h in homes)))
+
+
+def _signing_material(args: argparse.Namespace, tls: CertPaths, issuer: CertPaths) -> str:
+    """Put this node's issuing CA and peer credentials in place; say from where."""
+    if args.bundle:
+        install_bundle(read_bundle(Path(args.bundle)), tls, issuer)
+        return f"the node bundle {args.bundle}"
+    source = Path(args.from_data_dir) if args.from_data_dir else _invoking_data_dir()
+    mine = CertPaths(source / "issuer")
+    theirs = CertPaths(source / "certs")
+    if mine.issuer_cert.exists():
+        issuer.directory.mkdir(parents=True, exist_ok=True)
+        for name in ("issuer.crt", "issuer.key", "ca.crt"):
+            shutil.copy2(mine.directory / name, issuer.directory / name)
+        for name in ("node.crt", "node.key", "ca.crt"):
+            if (theirs.directory / name).exists():
+                shutil.copy2(theirs.directory / name, tls.directory / name)
+        return f"{mine.directory} (setup.sh's)"
+    if theirs.ca_key.exists():
+        # A CA made before issuing CAs: the renewal signs with the root itself,
+        # which stays with the renewal's user, never the server's.
+        issuer.directory.mkdir(parents=True, exist_ok=True)
+        for name in ("ca.crt", "ca.key", "ca.passphrase"):
+            if (theirs.directory / name).exists():
+                shutil.copy2(theirs.directory / name, issuer.directory / name)
+        shutil.copy2(theirs.ca_cert, tls.ca_cert)
+        return f"{theirs.directory} (a CA made before issuing CAs; see `fognode certs check`)"
+    raise CertError(
+        f"no issuing CA in {mine.directory} and no --bundle: run ./setup.sh first, or make a "
+        "node bundle on the machine that holds the fog's CA (`fognode certs issue --node NAME`)"
+    )
 
 
 def install(args: argparse.Namespace) -> int:
     root = Path(args.root)
     if os.geteuid() != 0:
         print(
-            "fognode service install: needs root to create the user and the unit; "
+            "fognode service install: needs root to create the users and the units; "
             "run it with sudo (the service itself runs unprivileged).",
             file=sys.stderr,
         )
         return 1
+    executable = Path(args.executable).resolve()
     options = UnitOptions(
-        executable=Path(args.executable).resolve(), user=args.user, tls=args.tls, port=args.port
+        executable=executable,
+        user=args.user,
+        certs_user=args.certs_user,
+        tls=args.tls,
+        port=args.port,
+        readable=_readable(Path(args.executable).absolute()),
     )
-    state = root / "var/lib/fognode"
+    state, tls_dir, issuer_dir = root / STATE, root / TLS, root / ISSUER
     if args.root == "/":
         _ensure_user(options.user, state)
-    state.mkdir(parents=True, exist_ok=True)
+        _ensure_user(options.certs_user, issuer_dir, group=options.group())
+    group = options.group()
+    for directory in (state, tls_dir, issuer_dir):
+        directory.mkdir(parents=True, exist_ok=True)
     state.chmod(0o700)
+    issuer_dir.chmod(0o700)
+    tls_dir.chmod(0o750)
     source = Path(args.from_data_dir) if args.from_data_dir else _invoking_data_dir()
-    for name in ("certs", "api-keys", "admin-api-key"):
+    for name in ("api-keys", "admin-api-key"):
         have, want = source / name, state / name
         if have.exists() and not want.exists():
-            if have.is_dir():
-                shutil.copytree(have, want)
-            else:
-                shutil.copy2(have, want)
+            shutil.copy2(have, want)
             print(f"copied {have} -> {want}")
     _chown_tree(state, options.user)
+    if options.tls:
+        tls, issuer = CertPaths(tls_dir), CertPaths(issuer_dir)
+        try:
+            used = _signing_material(args, tls, issuer)
+            policy = RenewalPolicy(
+                names=None,
+                defaults=SubjectNames.parse(default_names(str(ip) for ip in lan_addresses())),
+                group=grp.getgrnam(group).gr_gid,
+            )
+            passphrase = None
+            if issuer.ca_key.exists() and (issuer.directory / "ca.passphrase").exists():
+                passphrase = (issuer.directory / "ca.passphrase").read_text().splitlines()[0]
+            reason = renew(tls, issuer, passphrase.encode() if passphrase else None, policy)
+        except CertError as exc:
+            print(f"fognode service install: {exc}", file=sys.stderr)
+            return 1
+        print(f"issuing CA from {used} -> {issuer_dir} (readable by {options.certs_user} only)")
+        if reason is not None:
+            print(f"issued the server certificate in {tls_dir} ({reason})")
+        _chown_tree(issuer_dir, options.certs_user, group)
+        _chown_tree(tls_dir, options.certs_user, group)
+        for own in (tls.node_key, tls.node_cert):
+            if own.exists():  # the server's own peer credentials
+                os.chown(own, pwd.getpwnam(options.user).pw_uid, grp.getgrnam(group).gr_gid)
+        if tls.node_key.exists():
+            tls.node_key.chmod(0o600)
     env = root / "etc/fognode/env"
     env.parent.mkdir(parents=True, exist_ok=True)
     if not env.exists():
-        env.write_text(ENV_TEMPLATE)
-    unit = root / "etc/systemd/system" / UNIT_NAME
-    unit.parent.mkdir(parents=True, exist_ok=True)
-    unit.write_text(render_unit(options))
-    unit.chmod(0o644)
-    print(f"wrote {unit}")
+        fd = os.open(env, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(ENV_TEMPLATE)
+    env.chmod(0o600)  # also an env file an older install made 0644
+    units = root / "etc/systemd/system"
+    units.mkdir(parents=True, exist_ok=True)
+    for name, text in (
+        (UNIT_NAME, render_unit(options)),
+        (CERTS_UNIT, render_certs_unit(options)),
+        (TIMER_UNIT, render_timer()),
+    ):
+        (units / name).write_text(text)
+        (units / name).chmod(0o644)
+        print(f"wrote {units / name}")
     if args.root != "/" or args.no_start or not Path("/run/systemd/system").is_dir():
         print(
-            "Start it with:  systemctl daemon-reload && systemctl enable --now fognode\n"
+            "Start it with:  systemctl daemon-reload && "
+            f"systemctl enable --now {TIMER_UNIT} fognode\n"
             "Follow its log: journalctl -u fognode -f"
         )
         return 0
     subprocess.run(["systemctl", "daemon-reload"], check=True)
-    subprocess.run(["systemctl", "enable", "--now", UNIT_NAME], check=True)
+    subprocess.run(["systemctl", "enable", "--now", TIMER_UNIT, UNIT_NAME], check=True)
     print(f"fognode runs as {options.user} on port {options.listen_port}: journalctl -u fognode -f")
     return 0
 
 
 def print_unit(args: argparse.Namespace) -> int:
     options = UnitOptions(
-        executable=Path(args.executable).resolve(), user=args.user, tls=args.tls, port=args.port
+        executable=Path(args.executable).resolve(),
+        user=args.user,
+        certs_user=args.certs_user,
+        tls=args.tls,
+        port=args.port,
+        readable=_readable(Path(args.executable).absolute()),
     )
-    sys.stdout.write(render_unit(options))
+    if args.which == "certs":
+        sys.stdout.write(render_certs_unit(options))
+    elif args.which == "timer":
+        sys.stdout.write(render_timer())
+    else:
+        sys.stdout.write(render_unit(options))
     return 0
 
 
@@ -194,14 +404,20 @@ def add_service_commands(sub: Any) -> None:
     service = sub.add_parser(
         "service",
         help="run fognode under systemd on port 443 without root",
-        description="Install a systemd unit that runs fognode as an unprivileged user with "
-        "only CAP_NET_BIND_SERVICE, on the port SpeziLLMFog apps connect to.",
+        description="Install systemd units that run fognode as an unprivileged user with "
+        "only CAP_NET_BIND_SERVICE, on the port SpeziLLMFog apps connect to, and renew its "
+        "certificate as another user.",
     )
     actions = service.add_subparsers(dest="service_command", metavar="ACTION")
     actions.required = True
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--user", default="fognode", help="system user to run as (fognode)")
+        p.add_argument("--user", default="fognode", help="system user to serve as (fognode)")
+        p.add_argument(
+            "--certs-user",
+            default="fognode-certs",
+            help="system user that renews the certificate (fognode-certs)",
+        )
         p.add_argument("--port", type=int, help="port (default 443; 80 with --no-tls)")
         p.add_argument("--no-tls", dest="tls", action="store_false", help="development mode")
         p.add_argument(
@@ -210,16 +426,26 @@ def add_service_commands(sub: Any) -> None:
             help="the fognode command the unit runs (default: the one beside this Python)",
         )
 
-    inst = actions.add_parser("install", help="create the user, state dir and unit; start it")
+    inst = actions.add_parser("install", help="create the users, state and units; start them")
     common(inst)
     inst.add_argument(
         "--from-data-dir",
-        help="copy certs/ and api-keys from here (default: the invoking user's "
-        "~/.local/share/fognode, where setup.sh put them)",
+        help="take this node's issuing CA and the API keys from here (default: the invoking "
+        "user's ~/.local/share/fognode, where setup.sh put them)",
+    )
+    inst.add_argument(
+        "--bundle", help="a node bundle from `fognode certs issue --node` (another machine's CA)"
     )
     inst.add_argument("--no-start", action="store_true", help="write the files only")
     inst.add_argument("--root", default="/", help="install under this directory instead of /")
     inst.set_defaults(func=install)
-    unit = actions.add_parser("unit", help="print the unit without installing it")
+    unit = actions.add_parser("unit", help="print a unit without installing it")
     common(unit)
+    unit.add_argument(
+        "which",
+        nargs="?",
+        choices=("serve", "certs", "timer"),
+        default="serve",
+        help="fognode.service (serve), fognode-certs.service (certs) or its timer",
+    )
     unit.set_defaults(func=print_unit)

@@ -42,12 +42,14 @@ import itertools
 import logging
 import os
 import pickle
+import secrets
 import sys
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from pydantic import SecretStr
 
 from ...auth.sessions import load_or_create_key
 from ...auth.throttle import FailureThrottle
@@ -139,9 +141,13 @@ async def prepare_once(settings: Settings) -> Settings:
     as the others: made here, once, before any worker starts. The node id
     (each worker would write a different one to the same file) and the status
     page's session key (a worker reading the file another has created but not
-    yet written would fail); the usage store: :func:`node_ledger`. Returns the
-    settings the workers get: with the node id fixed."""
+    yet written would fail); the TLS ticket secret (so that every worker
+    resumes every session); the usage store: :func:`node_ledger`. Returns the
+    settings the workers get: with the node id and the ticket secret fixed."""
     settings = settings.model_copy(update={"node_id": await asyncio.to_thread(node_id, settings)})
+    if settings.tls and settings.tls_ticket_secret is None:
+        secret = SecretStr(secrets.token_hex(32))
+        settings = settings.model_copy(update={"tls_ticket_secret": secret})
     if settings.status_page:
         await asyncio.to_thread(load_or_create_key, settings.session_key_file)
     return settings

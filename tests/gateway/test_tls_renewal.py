@@ -1,91 +1,25 @@
-"""Certificates are renewed and reloaded without a restart or a dropped stream."""
+"""Certificates replaced on disk are reloaded by the in-process server without
+a restart: picked up when whole, kept when half-written, an overdue renewal
+warned about. `fognode certs renew`, another process, is in
+tests/system/test_tls_renewal.py; the server itself never signs."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import socket
-import ssl
 from pathlib import Path
 
-import aiohttp
 import pytest
-from cryptography import x509
 
 from fognode.certs.issuer import SubjectNames
-from fognode.certs.lifecycle import issue_to_files
+from fognode.certs.lifecycle import issue_to_files, signing_authority
 from fognode.gateway.transport.cert_renewal import CERTIFICATES
 from tests.support.gateway import GatewayFactory
 from tests.support.helpers import wait_until
 from tests.support.ollama_standin import OllamaStandIn
-from tests.support.pki import NODE_NAMES, PASSPHRASE, make_pki
+from tests.support.pki import NODE_NAMES, make_pki
+from tests.support.tls import served_serial
 
-HOST = "spezillmfog.local"
 DAY = 86400.0
-
-
-def served_serial(port: int, cafile: Path) -> int:
-    """Serial number of the certificate a new connection is given."""
-    ctx = ssl.create_default_context(cafile=str(cafile))
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
-        ctx.wrap_socket(raw, server_hostname=HOST) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
-
-
-async def test_expiring_certificate_is_renewed_while_a_stream_stays_open(
-    standin: OllamaStandIn, make_gateway: GatewayFactory, tmp_path: Path
-) -> None:
-    pki = make_pki(tmp_path / "pki", validity_days=20 / DAY)
-    gateway = await make_gateway(
-        standin.url,
-        tls=True,
-        certs_dir=pki.paths.directory,
-        cert_names=list(NODE_NAMES),
-        ca_passphrase=PASSPHRASE.decode(),
-        cert_renew_before_days=15 / DAY,  # due five seconds after the start
-        cert_check_interval=0.25,
-        cert_validity_days=2,
-    )
-    terminator = gateway.app[CERTIFICATES]
-    first = await asyncio.to_thread(served_serial, gateway.port, pki.ca)
-
-    # Open a stream over the first certificate and hold it mid-answer.
-    standin.gate = asyncio.Queue()
-    standin.gate.put_nowait(None)
-    ctx = ssl.create_default_context(cafile=str(pki.ca))
-    connector = aiohttp.TCPConnector(ssl=ctx, resolver=ResolveTo127())
-    async with aiohttp.ClientSession(connector=connector) as http:
-        resp = await http.post(
-            f"https://{HOST}:{gateway.port}/v1/chat/completions",
-            json={
-                "model": "llama3.2:1b",
-                "stream": True,
-                "messages": [{"role": "user", "content": "hi"}],
-            },
-        )
-        first_event = await resp.content.readuntil(b"\n\n")
-        assert first_event.startswith(b"data: {")
-
-        await wait_until(lambda: terminator.renewals == 1, "renewal", limit=30)
-        second = await asyncio.to_thread(served_serial, gateway.port, pki.ca)
-        assert second != first  # new connections get the new certificate
-
-        # The open stream, still on the old certificate, finishes normally.
-        for _ in range(100):
-            standin.gate.put_nowait(None)
-        rest = await resp.content.read()
-        resp.release()
-    events = [e.removeprefix("data: ") for e in (first_event + rest).decode().split("\n\n") if e]
-    assert events[-1] == "[DONE]"
-    text = "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-1])
-    assert text == standin.reply
-    renewed = terminator.pair
-    assert renewed is not None
-    assert (renewed.leaf.not_valid_after_utc - renewed.leaf.not_valid_before_utc).days >= 1
 
 
 async def test_certificate_replaced_on_disk_is_picked_up(
@@ -97,13 +31,14 @@ async def test_certificate_replaced_on_disk_is_picked_up(
     )
     terminator = gateway.app[CERTIFICATES]
     first = await asyncio.to_thread(served_serial, gateway.port, pki.ca)
-    # What an operator's cron job running `fognode certs issue` does.
-    await asyncio.to_thread(issue_to_files, pki.paths, PASSPHRASE, SubjectNames.parse(NODE_NAMES))
+    # What an operator running `fognode certs issue` by hand does.
+    signer = signing_authority(pki.issuer, pki.paths, None)
+    await asyncio.to_thread(issue_to_files, pki.paths, signer, SubjectNames.parse(NODE_NAMES))
     await wait_until(lambda: terminator.reloads == 1, "reload", limit=30)
     assert await asyncio.to_thread(served_serial, gateway.port, pki.ca) != first
 
 
-async def test_renewal_without_passphrase_warns_and_keeps_serving(
+async def test_overdue_renewal_warns_and_keeps_serving(
     standin: OllamaStandIn,
     make_gateway: GatewayFactory,
     tmp_path: Path,
@@ -119,8 +54,8 @@ async def test_renewal_without_passphrase_warns_and_keeps_serving(
     )
     terminator = gateway.app[CERTIFICATES]
     first = await asyncio.to_thread(served_serial, gateway.port, pki.ca)
-    assert await asyncio.to_thread(terminator.check_once) == "renewal-needed"
-    assert "passphrase is not configured" in caplog.text
+    assert await asyncio.to_thread(terminator.check_once) == "renewal-overdue"
+    assert "never signs" in caplog.text and "fognode certs renew" in caplog.text
     assert await asyncio.to_thread(served_serial, gateway.port, pki.ca) == first
 
 
@@ -139,24 +74,3 @@ async def test_half_written_pair_is_not_loaded(
     assert await asyncio.to_thread(terminator.check_once) is None
     assert terminator.reloads == 0
     assert await asyncio.to_thread(served_serial, gateway.port, pki.ca) == first
-
-
-class ResolveTo127(aiohttp.abc.AbstractResolver):
-    """Resolve every name to 127.0.0.1, as mDNS would resolve the node's name."""
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[aiohttp.abc.ResolveResult]:
-        return [
-            {
-                "hostname": host,
-                "host": "127.0.0.1",
-                "port": port,
-                "family": socket.AF_INET,
-                "proto": 0,
-                "flags": socket.AI_NUMERICHOST,
-            }
-        ]
-
-    async def close(self) -> None:
-        return None

@@ -5,12 +5,14 @@ and a CA that is not the node's."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
 
 from fognode.gateway.node.server import RunningServer
 from tests.support.gateway import GatewayFactory
@@ -19,6 +21,18 @@ from tests.support.pki import Pki, make_pki
 
 # The name the app checks; it connects to the address it resolved.
 HOST = "spezillmfog.local"
+
+
+def served_serial(port: int, cafile: Path) -> int:
+    """Serial number of the certificate a new connection is given."""
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=HOST) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
 
 
 class ConnectByIp(httpx.AsyncHTTPTransport):

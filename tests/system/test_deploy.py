@@ -1,6 +1,6 @@
 """deploy/: what can be checked without a Docker engine on this machine by running
-something (hadolint, `docker compose config`, the image's commands as processes);
-the files as written are read in tests/unit/test_deploy.py."""
+something (hadolint, `docker compose config`, the image's commands as processes,
+the wheel build); the files as written are read in tests/unit/test_deploy.py."""
 
 from __future__ import annotations
 
@@ -45,12 +45,11 @@ def compose_command() -> list[str]:
 
 @pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.dev.yml"])
 def test_docker_compose_config_validates(name: str, tmp_path: Path) -> None:
-    (tmp_path / "service-account.json").write_text("{}")
     out = subprocess.run(
         [*compose_command(), "-f", str(DEPLOY / name), "config", "--quiet"],
         capture_output=True,
         text=True,
-        env={**os.environ, "FIREBASE_SERVICE_ACCOUNT": str(tmp_path / "service-account.json")},
+        env={**os.environ, "FOGNODE_HOME": str(tmp_path)},
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
@@ -61,7 +60,7 @@ def test_docker_compose_config_validates(name: str, tmp_path: Path) -> None:
         [*compose_command(), "-f", str(broken), "config", "--quiet"],
         capture_output=True,
         text=True,
-        env={**os.environ, "FIREBASE_SERVICE_ACCOUNT": str(tmp_path / "service-account.json")},
+        env={**os.environ, "FOGNODE_HOME": str(tmp_path)},
         timeout=120,
     )
     assert bad.returncode != 0
@@ -98,3 +97,36 @@ async def test_the_image_entrypoint_commands_outside_docker(
         *FOGNODE, "healthcheck", env=env, stderr=asyncio.subprocess.DEVNULL
     )
     assert await after.wait() == 1  # nothing listens any more
+
+
+def test_the_wheel_the_image_installs_holds_every_module(tmp_path: Path) -> None:
+    """The image installs a built wheel, not the checkout: a package missing
+    from pyproject.toml's list works in the editable dev install and is
+    absent in the image."""
+    # From a clean copy: setuptools builds in the source tree, and a build/
+    # left from an older layout would hide a missing package.
+    source = tmp_path / "source"
+    shutil.copytree(
+        DEPLOY.parent,
+        source,
+        ignore=shutil.ignore_patterns(".*", "build", "tests", "bench", "docs", "*.egg-info"),
+    )
+    build = ["wheel", "-q", "--no-deps", "-w", str(tmp_path)]
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", *build, str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    import tomllib
+    import zipfile
+
+    (wheel,) = tmp_path.glob("fognode-*.whl")
+    inside = set(zipfile.ZipFile(wheel).namelist())
+    project = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())
+    for package, folder in project["tool"]["setuptools"]["package-dir"].items():
+        for module in (DEPLOY.parent / folder).rglob("*.py"):
+            relative = module.relative_to(DEPLOY.parent / folder).as_posix()
+            name = f"{package.replace('.', '/')}/{relative}"
+            assert name in inside, f"{name} is missing from the wheel"

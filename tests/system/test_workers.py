@@ -32,11 +32,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fognode.auth.api_keys import entry_for, new_key
 from fognode.certs.issuer import SubjectNames
-from fognode.certs.lifecycle import issue_to_files
+from fognode.certs.lifecycle import issue_to_files, signing_authority
 from fognode.certs.store import CertPaths
 from tests.support.helpers import STREAMED_CHAT, free_port, wait_until
 from tests.support.ollama_standin import OllamaStandIn
-from tests.support.pki import NODE_NAMES, PASSPHRASE, make_pki
+from tests.support.pki import NODE_NAMES, make_pki
 from tests.support.processes import NodeProcess
 
 USERS = {name: new_key() for name in ("alice", "bob", "carol", "dave")}
@@ -526,8 +526,12 @@ async def test_a_certificate_replaced_on_disk_reaches_every_worker(
     await node.start(tls)
     try:
         old = await served_certificate(node.port, tls)
+        # What `fognode certs renew` (another process) writes.
         paths = CertPaths(pki_dir)
-        await asyncio.to_thread(issue_to_files, paths, PASSPHRASE, SubjectNames.parse(NODE_NAMES))
+        signer = signing_authority(
+            CertPaths(pki_dir.with_name(pki_dir.name + "-issuer")), paths, None
+        )
+        await asyncio.to_thread(issue_to_files, paths, signer, SubjectNames.parse(NODE_NAMES))
         new = x509.load_pem_x509_certificate(paths.server_cert.read_bytes()).public_bytes(
             serialization.Encoding.DER
         )

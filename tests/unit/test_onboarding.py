@@ -42,7 +42,7 @@ async def test_the_page_is_safe_to_expose(onboarding: OnboardingSite, clinic_pki
                 assert resp.headers["Referrer-Policy"] == "no-referrer"
                 bodies.append(await resp.read())
         # Nothing private: no key in any form, encrypted or not.
-        key = clinic_pki.paths.ca_key.read_bytes()
+        key = clinic_pki.root.ca_key.read_bytes()
         for body in bodies:
             assert b"PRIVATE KEY" not in body and key not in body
         # GET only; unknown paths and files next to the certificates are not served.
