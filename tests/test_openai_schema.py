@@ -10,6 +10,8 @@ battery in tests/test_embedded.py.
 
 from __future__ import annotations
 
+import json
+
 import aiohttp
 import pytest
 from aiohttp import web
@@ -111,3 +113,38 @@ async def test_upstream_errors_reach_the_client_in_openais_shape(
     assert message in answer["error"]["message"]
     if media != "application/json":
         assert body.decode().strip() not in answer["error"]["message"] or media == "text/plain"
+
+
+async def test_spec_valid_requests_are_served_and_reach_ollama_as_it_reads_them(
+    gateway: RunningServer, standin: OllamaStandIn, http: aiohttp.ClientSession
+) -> None:
+    """Integers written as decimals, an assistant's refusal without content, an
+    empty tool_calls, max_tokens 0: OpenAI's document accepts them all; Ollama's
+    Go decoder would refuse the decimals and a null content, so it gets integers
+    and the refusal as content (compat.py)."""
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "refusal": "I can't help with that."},
+        {"role": "assistant", "content": None, "tool_calls": []},
+        {"role": "user", "content": "why is the sky blue?"},
+    ]
+    chat = {"model": "llama3.2:1b", "messages": messages, "n": 1.0, "max_tokens": 3.0, "seed": 7.0}
+    async with http.post(f"{gateway.url}/v1/chat/completions", json=chat) as resp:
+        assert resp.status == 200, await resp.text()
+        assert_valid("chat", await resp.json())
+    sent = json.loads(standin.last("/v1/chat/completions").body)
+    assert (sent["n"], sent["max_tokens"], sent["seed"]) == (1, 3, 7)
+    assert all(type(sent[k]) is int for k in ("n", "max_tokens", "seed"))
+    assert [m["content"] for m in sent["messages"][1:3]] == ["I can't help with that.", None]
+    for path, body in (
+        (
+            "/v1/chat/completions",
+            {"model": "llama3.2:1b", "messages": messages[:1], "max_tokens": 0},
+        ),
+        ("/v1/completions", {"model": "llama3.2:1b", "prompt": [1.0, 2.0], "max_tokens": 0}),
+        ("/v1/embeddings", {"model": "nomic-embed-text:latest", "input": "x", "dimensions": 8.0}),
+    ):
+        async with http.post(gateway.url + path, json=body) as resp:
+            assert resp.status == 200, (path, await resp.text())
+    assert json.loads(standin.last("/v1/completions").body)["prompt"] == [1, 2]
+    assert json.loads(standin.last("/v1/embeddings").body)["dimensions"] == 8

@@ -9,7 +9,13 @@ Requests:
 
 * ``max_completion_tokens`` is also sent as ``max_tokens`` to upstreams whose
   OpenAI endpoint ignores it (Ollama, llama-cpp-python's server), so the
-  app's length limit takes effect.
+  app's length limit takes effect;
+* integers written as decimals (``"n": 2.0``, token ids ``[1.0]``, which
+  OpenAI's document admits) go upstream as integers, and to Ollama an assistant message
+  without content (a refusal, an empty ``tool_calls``) goes with its refusal
+  or ``""`` as content: Ollama's Go decoder refuses both
+  (:func:`normalise_request`). Such a body is written anew; every other body
+  goes as the client wrote it.
 
 Responses:
 
@@ -58,6 +64,7 @@ from typing import Any
 
 from ... import safejson
 from ..core.errors import error_body, error_type_for
+from .request_models import INTEGER_FIELDS
 from .sse import LineEdit
 
 
@@ -106,6 +113,65 @@ def add_max_tokens(body: bytes, parsed: dict[str, Any], upstream_kind: str) -> b
     if start is None:  # parsed as an object, so this cannot happen; stay a relay
         return body
     return body[: start.end()] + b'"max_tokens":%d,' % limit + body[start.end() :]
+
+
+def normalise_request(body: bytes, parsed: dict[str, Any], upstream_kind: str) -> bytes:
+    """Integers as integers; for Ollama, every assistant message with a content.
+
+    Checked on the parsed body (a few lookups); only a body that needs it is
+    parsed again from ``body`` (which may carry the usage stage's edit),
+    changed and written anew. ``parsed`` is changed alike, for the edits
+    after this one.
+    """
+    floats = [key for key in INTEGER_FIELDS if type(parsed.get(key)) is float]
+    tokens = [key for key in ("prompt", "input") if _has_float_tokens(parsed.get(key))]
+    empty = _contentless_assistants(parsed) if upstream_kind == "ollama" else []
+    if not floats and not tokens and not empty:
+        return body
+    current = safejson.loads(body)
+    for target in (parsed, current):
+        for key in floats:
+            target[key] = int(target[key])
+        for key in tokens:
+            target[key] = _integral_tokens(target[key])
+        for index in empty:
+            message = target["messages"][index]
+            refusal = message.get("refusal")
+            message["content"] = refusal if isinstance(refusal, str) else ""
+    return dump_answer(current)
+
+
+def _has_float_tokens(value: object) -> bool:
+    """Token ids written as decimals: ``[1.0, 2.0]`` or ``[[1.0]]``."""
+    if not isinstance(value, list):
+        return False
+    return any(type(item) is float or _has_float_tokens(item) for item in value)
+
+
+def _integral_tokens(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_integral_tokens(item) for item in value]
+    return int(value) if type(value) is float else value
+
+
+def _contentless_assistants(parsed: dict[str, Any]) -> list[int]:
+    """Assistant messages Ollama refuses: content null or missing, and no tool_calls."""
+    messages = parsed.get("messages")
+    if not isinstance(messages, list):
+        return []
+    return [
+        index
+        for index, message in enumerate(messages)
+        if isinstance(message, dict)
+        and message.get("role") == "assistant"
+        and message.get("content") is None
+        and message.get("tool_calls") is None
+    ]
+
+
+def chat_request_edit(body: bytes, parsed: dict[str, Any], upstream_kind: str) -> bytes:
+    """The chat route's request edits, in order."""
+    return add_max_tokens(normalise_request(body, parsed, upstream_kind), parsed, upstream_kind)
 
 
 # --- responses: the role of every delta -----------------------------------------

@@ -30,12 +30,13 @@ from pydantic import BaseModel
 from ...auth.principal import Access
 from .compat import (
     RouteEdits,
-    add_max_tokens,
+    chat_request_edit,
     chat_stream_edit,
     completion_stream_edit,
     fill_model,
     fix_chat_answer,
     fix_completion_answer,
+    normalise_request,
 )
 from .request_models import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
@@ -123,7 +124,7 @@ OPENAI_ROUTES = (
         limited=True,
         conversation=True,
         edits=CHAT_EDITS,
-        request_edit=add_max_tokens,
+        request_edit=chat_request_edit,
     ),
     _openai(
         "POST",
@@ -133,6 +134,7 @@ OPENAI_ROUTES = (
         model=CompletionRequest,
         limited=True,
         edits=COMPLETION_EDITS,
+        request_edit=normalise_request,
     ),
     _openai(
         "POST",
@@ -142,6 +144,7 @@ OPENAI_ROUTES = (
         model=EmbeddingRequest,
         limited=True,
         edits=INFERENCE,
+        request_edit=normalise_request,
     ),
     _openai("GET", "/v1/models", Access.USER, listing=Listing.OPENAI),
     _openai("GET", f"/v1/models/{MODEL}", Access.USER, edits=MODEL_ENTRY),
