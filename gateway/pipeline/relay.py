@@ -222,7 +222,7 @@ async def relay_response(
     stats.active_streams += 1
     try:
         if upstream.status >= 400:
-            response = await _relay_error(request, upstream, edits, model, keepalive)
+            response = await _relay_error(request, upstream, edits, model, keepalive, meter)
             completed = True
             return response
         media_type = _media_type(upstream)
@@ -349,6 +349,7 @@ async def _relay_error(
     edits: RouteEdits,
     model: str | None,
     keepalive: KeepAlive | None,
+    meter: Meter | None = None,
 ) -> web.StreamResponse:
     """An upstream error answer, read whole: reworded if it is a missing model,
     in-band if the stream's headers went out already, else passed on, in
@@ -359,6 +360,8 @@ async def _relay_error(
         body = b""  # what it was is lost; the status still says it failed
     request[FAILURE] = f"The upstream answered {upstream.status}: {_error_text(body)}"
     if upstream.status == 404 and model and edits.reword_missing_model and is_model_not_found(body):
+        if meter is not None:
+            meter.model_not_found = True
         message = model_not_found_message(model)
         if keepalive is not None and keepalive.started:
             return await keepalive.fail(
