@@ -30,7 +30,8 @@ Responses:
 Strict decoding. The app's client is generated from OpenAI's OpenAPI
 document and decodes every field the document requires (docs/client-contract.md);
 local upstreams leave some out. What they omit is filled in, nothing else
-is changed:
+is changed, and nothing is made up: a body or chunk without a list of
+``choices`` is no answer (an error, ``{}``) and passes as sent.
 
 * a streamed chat chunk gets what a chunk requires: ``id``, ``object``,
   ``created``, ``model``, ``choices[]`` with ``delta``, ``index`` and
@@ -309,8 +310,6 @@ class _Fill:
         if tier is not None and not (isinstance(tier, str) and tier in SERVICE_TIERS):
             del obj["service_tier"]
             changed = True
-        if not isinstance(obj.get("choices"), list):
-            obj["choices"], changed = [], True
         return changed
 
 
@@ -395,8 +394,9 @@ def fix_completion_chunk(obj: dict[str, Any], fill: _Fill) -> int:
 
 
 def _answer_fill(obj: dict[str, Any], id_prefix: str) -> _Fill | None:
-    """How a whole answer is filled in; None for an error body, which is not one."""
-    if "error" in obj and "choices" not in obj:
+    """How a whole answer is filled in; None for what is no answer (an error
+    body, anything without a list of choices), which passes as sent."""
+    if not isinstance(obj.get("choices"), list):
         return None
     model = obj.get("model")
     return _Fill(model if isinstance(model, str) else None, id_prefix)
@@ -552,8 +552,8 @@ class ChunkEditor:
             obj = safejson.loads(payload)
         except ValueError:
             return line  # [DONE], or not JSON: not a chunk to fill in
-        if not isinstance(obj, dict) or ("error" in obj and "choices" not in obj):
-            return line  # an in-band error event passes as sent
+        if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
+            return line  # no chunk (an in-band error event, say): passes as sent
         change = self._fix(obj, self._fill)
         if change == UNCHANGED:
             out = line
