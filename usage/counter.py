@@ -24,9 +24,12 @@ stripping, an incomplete trailing event is held back until it is complete
 (a client cannot use half an SSE event anyway), so a usage chunk split in
 two is still removed whole.
 
-SSE events are separated by ``\\n\\n`` or ``\\r\\n\\r\\n`` (Ollama,
-llama.cpp, vLLM and OpenAI use one of these); a lone ``\\r`` as line end is
-not recognised.
+SSE events end at a blank line; lines end with CR LF, LF or a lone CR, as
+the SSE specification says (Ollama and llama.cpp write LF, sse-starlette CR
+LF). A CR at the very end of what has arrived is taken as a whole line end;
+if an LF follows in the next chunk, it is a stray line end before the next
+event, which no count depends on (and the relay's SSE framer takes it as the
+rest of that CR LF).
 
 The upstream's bytes are not trusted to be well-formed: JSON is parsed with
 :mod:`fognode.safejson` (a deeply nested answer is malformed, not a
@@ -64,8 +67,9 @@ _TOOL_CALLS_KEY = b'"tool_calls"'
 _NON_EMPTY_LIST = re.compile(rb"\s*:\s*\[\s*\{")
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _DONE = re.compile(rb'"done"\s*:\s*true')
-_CRLF_SEPARATOR = re.compile(rb"\r?\n\r?\n")
-_DATA_LINE = re.compile(rb"^data: ?(.*?)\r?$", re.MULTILINE)
+# A blank line: two line ends in a row, a CR LF being one line end, not two.
+_BLANK_LINE = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
+_DATA_LINE = re.compile(rb"(?:^|[\r\n])data: ?([^\r\n]*)")
 
 
 class BodyKind(enum.Enum):
@@ -196,8 +200,9 @@ class TokenCounter:
 
     # --- SSE ---------------------------------------------------------------------
     def _feed_sse(self, chunk: bytes) -> bytes:
-        if not self._partial and chunk.find(b"\n\n") == len(chunk) - 2 >= 0:
-            # The common case: the upstream wrote exactly one event.
+        if not self._partial and chunk.find(b"\n\n") == len(chunk) - 2 >= 0 and b"\r" not in chunk:
+            # The common case: the upstream wrote exactly one event, with LF
+            # line ends (with a CR anywhere, "\n\n" need not be its only end).
             if self._inspect_event(chunk) and self._strip:
                 self.stripped += 1
                 return b""
@@ -323,7 +328,7 @@ def _has_content(data: bytes) -> bool:
 def _events(data: bytes) -> Iterator[tuple[int, int]]:
     """(end of event, start of the next) for each blank line in ``data``."""
     if b"\r" in data:
-        for match in _CRLF_SEPARATOR.finditer(data):
+        for match in _BLANK_LINE.finditer(data):
             yield match.start(), match.end()
         return
     find = data.find

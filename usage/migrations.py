@@ -8,6 +8,10 @@ database that has a version this code does not know raises
 :class:`SchemaTooNew`. Steps are only ever appended: an applied step
 is never edited.
 
+Step 3 lets ``outcome`` say ``model_not_found``: a request for a model the
+node does not have is neither the upstream's failure nor the gateway's
+refusal.
+
 Step 2 keeps ``usage_minutes``: each user's tokens per minute of
 ``started_at``, added to by a trigger in the transaction that inserts the
 records, so the per-request quota check sums at most 1,440 rows for a day
@@ -28,22 +32,14 @@ class Migration:
 
 
 _OUTCOMES = "'completed', 'client_disconnected', 'upstream_failed', 'rejected'"
+# Step 3 adds the outcome of a request for a model the node does not have.
+_OUTCOMES_3 = _OUTCOMES + ", 'model_not_found'"
 
-# The minute bucket of a record, floor(started_at / 60), as
-# :func:`~.store.first_whole_minute` counts minutes (times are positive, so
-# truncation is flooring; integer division keeps it exact at the boundaries).
-# Step 2 is written with them: never edit them.
-_SQLITE_MINUTE = "CAST({} AS INTEGER) / 60"
-_POSTGRES_MINUTE = "floor(extract(epoch FROM {}))::bigint / 60"
-_TOKENS = "prompt_tokens + completion_tokens"
 
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(
-        1,
-        "usage records",
-        sqlite=(
-            f"""
-            CREATE TABLE usage_records (
+def _sqlite_records(name: str, outcomes: str) -> str:
+    """The records table in SQLite (step 1; step 3 builds it anew with more outcomes)."""
+    return f"""
+            CREATE TABLE {name} (
                 record_id TEXT PRIMARY KEY,
                 request_id TEXT NOT NULL,
                 node TEXT NOT NULL,
@@ -55,17 +51,47 @@ MIGRATIONS: tuple[Migration, ...] = (
                 ended_at REAL NOT NULL,
                 prompt_tokens INTEGER NOT NULL CHECK (prompt_tokens >= 0),
                 completion_tokens INTEGER NOT NULL CHECK (completion_tokens >= 0),
-                outcome TEXT NOT NULL CHECK (outcome IN ({_OUTCOMES})),
+                outcome TEXT NOT NULL CHECK (outcome IN ({outcomes})),
                 partial INTEGER NOT NULL CHECK (partial IN (0, 1))
             )
-            """,
-            # Covering index for the per-request quota check.
             """
+
+
+_SQLITE_RECORD_INDEXES = (
+    # Covering index for the per-request quota check.
+    """
             CREATE INDEX usage_by_user_time ON usage_records
                 (uid, started_at, outcome, prompt_tokens, completion_tokens)
             """,
-            "CREATE INDEX usage_by_time ON usage_records (started_at)",
-        ),
+    "CREATE INDEX usage_by_time ON usage_records (started_at)",
+)
+
+# The minute bucket of a record, floor(started_at / 60), as
+# :func:`~.store.first_whole_minute` counts minutes (times are positive, so
+# truncation is flooring; integer division keeps it exact at the boundaries).
+# Step 2 is written with them: never edit them.
+_SQLITE_MINUTE = "CAST({} AS INTEGER) / 60"
+_POSTGRES_MINUTE = "floor(extract(epoch FROM {}))::bigint / 60"
+_TOKENS = "prompt_tokens + completion_tokens"
+
+# Fires only for rows actually inserted: a record skipped by INSERT OR IGNORE
+# (a retried batch) adds nothing. Step 2 makes it; step 3 makes it again.
+_SQLITE_MINUTES_TRIGGER = f"""
+            CREATE TRIGGER usage_minutes_add AFTER INSERT ON usage_records BEGIN
+                INSERT INTO usage_minutes (uid, minute, tokens)
+                VALUES (
+                    NEW.uid, {_SQLITE_MINUTE.format("NEW.started_at")},
+                    NEW.prompt_tokens + NEW.completion_tokens
+                )
+                ON CONFLICT (uid, minute) DO UPDATE SET tokens = tokens + excluded.tokens;
+            END
+            """
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "usage records",
+        sqlite=(_sqlite_records("usage_records", _OUTCOMES), *_SQLITE_RECORD_INDEXES),
         postgres=(
             f"""
             CREATE TABLE usage_records (
@@ -108,18 +134,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             SELECT uid, {_SQLITE_MINUTE.format("started_at")}, SUM({_TOKENS})
             FROM usage_records GROUP BY 1, 2
             """,
-            # Fires only for rows actually inserted: a record skipped by
-            # INSERT OR IGNORE (a retried batch) adds nothing.
-            f"""
-            CREATE TRIGGER usage_minutes_add AFTER INSERT ON usage_records BEGIN
-                INSERT INTO usage_minutes (uid, minute, tokens)
-                VALUES (
-                    NEW.uid, {_SQLITE_MINUTE.format("NEW.started_at")},
-                    NEW.prompt_tokens + NEW.completion_tokens
-                )
-                ON CONFLICT (uid, minute) DO UPDATE SET tokens = tokens + excluded.tokens;
-            END
-            """,
+            _SQLITE_MINUTES_TRIGGER,
         ),
         postgres=(
             # Other nodes may be writing (an older fognode in a rolling
@@ -157,6 +172,27 @@ MIGRATIONS: tuple[Migration, ...] = (
             CREATE TRIGGER usage_minutes_add AFTER INSERT ON usage_records
                 REFERENCING NEW TABLE AS inserted
                 FOR EACH STATEMENT EXECUTE FUNCTION usage_minutes_add()
+            """,
+        ),
+    ),
+    Migration(
+        3,
+        "an outcome for a model the node does not have",
+        # SQLite cannot change a CHECK constraint: the table is built anew
+        # (its indexes and the minutes trigger with it) and the rows copied.
+        sqlite=(
+            _sqlite_records("usage_records_3", _OUTCOMES_3),
+            "INSERT INTO usage_records_3 SELECT * FROM usage_records",
+            "DROP TABLE usage_records",
+            "ALTER TABLE usage_records_3 RENAME TO usage_records",
+            *_SQLITE_RECORD_INDEXES,
+            _SQLITE_MINUTES_TRIGGER,
+        ),
+        postgres=(
+            "ALTER TABLE usage_records DROP CONSTRAINT usage_records_outcome_check",
+            f"""
+            ALTER TABLE usage_records ADD CONSTRAINT usage_records_outcome_check
+                CHECK (outcome IN ({_OUTCOMES_3}))
             """,
         ),
     ),

@@ -33,6 +33,8 @@ class Outcome(enum.StrEnum):
     CLIENT_DISCONNECTED = "client_disconnected"
     UPSTREAM_FAILED = "upstream_failed"
     REJECTED = "rejected"
+    # The model named is not on the node (nor, with several upstreams, on any).
+    MODEL_NOT_FOUND = "model_not_found"
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,9 @@
 
 A stream is relayed chunk by chunk (relay.py): its status went out with the
 first byte, and a broken stream ends with an in-band error. A plain JSON
-answer is different: the client parses it whole, and an upstream 200
+answer is different: the client parses it whole (and a strict one needs
+every field OpenAI's document requires: the route's ``answer_edit`` fills in
+what the upstream left out, compat.py), and an upstream 200
 ``application/json`` whose body is not JSON (a crashed worker's text, an
 HTML page from something in between, a body cut short) makes the OpenAI SDK
 raise a decoding error instead of an API error. Such answers are read
@@ -31,7 +33,7 @@ from ... import safejson
 from ..core.errors import GatewayError
 from ..telemetry.stats import GatewayStats
 from ..upstreams.upstream import UpstreamBroken, UpstreamResponse
-from .compat import RouteEdits
+from .compat import RouteEdits, dump_answer
 from .deadline import Deadline
 from .keepalive import KeepAlive
 from .quotas import Meter
@@ -160,6 +162,13 @@ async def relay_answer(
             "not the JSON it announced.",
             code="upstream_invalid_json",
         ) from None
+    if (
+        edits.answer_edit is not None
+        and isinstance(answer, dict)
+        and not _ZLIB_WBITS[encoding]  # fognode asks inference upstreams for identity
+        and edits.answer_edit(answer)
+    ):
+        body = dump_answer(answer)  # what a strict client requires, filled in (compat.py)
     # Written by the relay like every answer: the client-write deadline holds,
     # and what was not read yet (past the limit) follows. The meter takes its
     # figures from the parsed answer (not parsing it again).

@@ -78,12 +78,13 @@ os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 def _bytes_sent(request: web.Request, response: web.StreamResponse | None) -> int:
-    if BODY_BYTES in request:
-        return request[BODY_BYTES]
-    if response is None:
-        return 0
-    body = getattr(response, "body", None)
-    return len(body) if isinstance(body, bytes | bytearray) else 0
+    """The body's bytes: a whole answer's own (an error the gateway made, or an
+    upstream's error read whole and passed on), else what the relay wrote."""
+    body = getattr(response, "body", None) if response is not None else None
+    if isinstance(body, bytes | bytearray):
+        return len(body)
+    relayed: int = request.get(BODY_BYTES, 0)
+    return relayed
 
 
 def setup_request_context(
@@ -113,16 +114,12 @@ def setup_request_context(
             duration = time.perf_counter() - started
             resource = request.match_info.route.resource
             route = resource.canonical if resource is not None else "unmatched"
+            sent = _bytes_sent(request, response)
             metrics.request_done(
-                route,
-                request.method,
-                status,
-                duration,
-                request.get(RELAYED_CHUNKS),
-                request.get(BODY_BYTES, 0),
+                route, request.method, status, duration, request.get(RELAYED_CHUNKS), sent
             )
             if access_log.isEnabledFor(logging.INFO):
-                _log_access(request, rid, status, _bytes_sent(request, response), duration)
+                _log_access(request, rid, status, sent, duration)
             if activity is not None:
                 principal = request.get(PRINCIPAL)
                 activity.record(

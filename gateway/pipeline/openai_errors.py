@@ -2,8 +2,8 @@
 
 Whatever a later stage raises (a GatewayError, the router's 404/405, a bug)
 leaves as ``{"error": {"message", "type", "param", "code"}}``. Upstream
-errors pass through as the upstream sent them, except a missing model,
-which is worded the one way the SpeziLLMFog app recognises (compat.py).
+errors are the relay's: put in the same shape on the OpenAI routes, and a
+missing model worded the one way the SpeziLLMFog app recognises (compat.py).
 """
 
 from __future__ import annotations

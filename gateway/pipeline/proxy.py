@@ -38,7 +38,7 @@ from ..upstreams.upstream import (
 )
 from .admission import KEEPALIVE
 from .answers import relay_answer
-from .compat import RouteEdits, model_not_found_message
+from .compat import RouteEdits, fill_model_list, model_not_found_message
 from .keepalive import KeepAlive
 from .quotas import METER, Meter
 from .relay import RelayOptions
@@ -111,6 +111,7 @@ class _Sender:
                 )
                 if spec.listing is Listing.OPENAI:
                     self.pool.mark_warmth(merged)
+                    fill_model_list(merged)  # every entry a Model (compat.py)
                 return web.json_response(merged)
 
             return listing

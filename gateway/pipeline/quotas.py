@@ -79,11 +79,19 @@ class Meter:
     The proxy says which upstream it sends to (:meth:`sending`); the relay
     asks for a token counter once it knows what kind of body a successful
     answer has (:meth:`count`), feeds it what it relays, and sets
-    ``completed`` when the whole answer reached the client. The stage turns
-    that into the record.
+    ``completed`` when the whole answer reached the client, or
+    ``model_not_found`` when the upstream said the model is missing. The
+    stage turns that into the record.
     """
 
-    __slots__ = ("completed", "counter", "prompt_estimate", "strip_usage_chunk", "upstream")
+    __slots__ = (
+        "completed",
+        "counter",
+        "model_not_found",
+        "prompt_estimate",
+        "strip_usage_chunk",
+        "upstream",
+    )
 
     def __init__(self, *, strip_usage_chunk: bool, prompt_estimate: int) -> None:
         self.strip_usage_chunk = strip_usage_chunk
@@ -91,6 +99,13 @@ class Meter:
         self.upstream: str | None = None
         self.counter: TokenCounter | None = None
         self.completed = False
+        self.model_not_found = False
+
+    def unfinished(self) -> Outcome:
+        """How a request that did not complete ended, the client still there."""
+        if self.model_not_found:
+            return Outcome.MODEL_NOT_FOUND  # no failure of the upstream's (nor counted as one)
+        return Outcome.UPSTREAM_FAILED if self.upstream else Outcome.REJECTED
 
     def sending(self, upstream: str) -> None:
         self.upstream = upstream
@@ -299,14 +314,14 @@ def setup_quotas(
             response = await handler(request)
         except (asyncio.CancelledError, ConnectionResetError):
             raise  # the client left (outcome as set above)
-        except BaseException:
-            outcome = Outcome.UPSTREAM_FAILED if meter.upstream else Outcome.REJECTED
+        except BaseException as exc:
+            if isinstance(exc, GatewayError) and exc.code == "model_not_found":
+                meter.model_not_found = True  # the node knew without asking (proxy.py)
+            outcome = meter.unfinished()
             raise
         else:
-            if meter.completed:
-                outcome = Outcome.COMPLETED
-            else:  # an upstream error answer or an in-band error
-                outcome = Outcome.UPSTREAM_FAILED if meter.upstream else Outcome.REJECTED
+            # Complete, or an upstream error answer, or an in-band error.
+            outcome = Outcome.COMPLETED if meter.completed else meter.unfinished()
             return response
         finally:
             _settle(request, spec, uid, ticket, meter, outcome)

@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ... import safejson
-from ..core.errors import GatewayError, json_error_response
+from ..core.errors import JSON_CONTENT_TYPE, GatewayError, json_error_response
 from ..core.keys import BODY_BYTES, FAILURE, RELAYED_CHUNKS
 from ..telemetry.stats import GatewayStats
 from ..upstreams.upstream import (
@@ -45,7 +45,14 @@ from ..upstreams.upstream import (
     filter_response_headers,
     relayable_reason,
 )
-from .compat import RouteEdits, is_model_not_found, model_not_found_message, native_error_body
+from .compat import (
+    RouteEdits,
+    error_message,
+    is_model_not_found,
+    model_not_found_message,
+    native_error_body,
+    openai_error_body,
+)
 from .deadline import Deadline
 from .keepalive import SSE_HEADERS, KeepAlive
 from .quotas import Meter
@@ -215,7 +222,7 @@ async def relay_response(
     stats.active_streams += 1
     try:
         if upstream.status >= 400:
-            response = await _relay_error(request, upstream, edits, model, keepalive)
+            response = await _relay_error(request, upstream, edits, model, keepalive, meter)
             completed = True
             return response
         media_type = _media_type(upstream)
@@ -223,8 +230,10 @@ async def relay_response(
             response = keepalive.response  # 200 text/event-stream went out already
         else:
             response = _response_like(upstream, media_type)
+            if whole:  # read whole, and perhaps filled in (answers.py): its own length
+                response.content_length = len(prefix)
             await response.prepare(request)
-        framer = SseFramer(edits.sse_line_edit) if media_type == SSE else None
+        framer = SseFramer(edits.line_edit_for(model)) if media_type == SSE else None
         counter = meter.count(upstream.headers.get("Content-Type", "")) if meter else None
         ending: Ending | None = None
         if prefix:  # the start of the body, read already (answers.py)
@@ -340,15 +349,19 @@ async def _relay_error(
     edits: RouteEdits,
     model: str | None,
     keepalive: KeepAlive | None,
+    meter: Meter | None = None,
 ) -> web.StreamResponse:
     """An upstream error answer, read whole: reworded if it is a missing model,
-    in-band if the stream's headers went out already, else passed on as sent."""
+    in-band if the stream's headers went out already, else passed on, in
+    OpenAI's shape on the OpenAI routes (compat.py)."""
     try:
         body = await upstream.read(MAX_ERROR_BODY)
     except UpstreamBroken:
         body = b""  # what it was is lost; the status still says it failed
     request[FAILURE] = f"The upstream answered {upstream.status}: {_error_text(body)}"
     if upstream.status == 404 and model and edits.reword_missing_model and is_model_not_found(body):
+        if meter is not None:
+            meter.model_not_found = True
         message = model_not_found_message(model)
         if keepalive is not None and keepalive.started:
             return await keepalive.fail(
@@ -368,23 +381,25 @@ async def _relay_error(
             )
         )
     headers = filter_response_headers(upstream.headers)
+    shaped = (
+        openai_error_body(upstream.status, body, _media_type(upstream))
+        if edits.openai_errors
+        else None
+    )
+    if shaped is not None:
+        # Not OpenAI's ErrorResponse: a strict client could not decode it (compat.py).
+        for name in ("Content-Type", "Content-Length", "Content-Encoding"):
+            headers.popall(name, None)
+        body = json.dumps(shaped).encode()
+        headers["Content-Type"] = JSON_CONTENT_TYPE
     return web.Response(
         status=upstream.status, reason=relayable_reason(upstream.reason), body=body, headers=headers
     )
 
 
 def _error_text(body: bytes) -> str:
-    """The message inside an upstream error body (OpenAI's or Ollama's shape)."""
-    try:
-        data = safejson.loads(body)  # an upstream's bytes: bounded nesting
-    except ValueError:
-        return body.decode(errors="replace")[:500]
-    error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return str(error["message"])
-    if isinstance(error, str):
-        return error
-    return body.decode(errors="replace")[:500]
+    """The message inside an upstream error body, for the log and the status page."""
+    return error_message(body, "text/plain") or body.decode(errors="replace")[:500]
 
 
 async def _fail_in_band(

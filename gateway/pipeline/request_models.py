@@ -8,14 +8,29 @@ JSON but forwards the original bytes, so nothing a client sent is rewritten.
 
 Strict mode is on: ``"0.7"`` is not a temperature. Coercing it here would
 only move the failure to Ollama's JSON decoder with a worse message.
+
+Every request OpenAI's document accepts (CreateChatCompletionRequest,
+CreateCompletionRequest, CreateEmbeddingRequest: tests/openai_spec/) is
+accepted, with these documented exceptions:
+
+* ``model`` must name something (the document allows ``""``): an empty
+  name names no model on the node, and OpenAI refuses it too;
+* what the document only describes in words is not checked either way
+  (a ``tool`` message's ``tool_call_id``, ``n`` beside ``stream``).
+
+Integers may be written as decimals (``"n": 2.0``): JSON has one number
+type and the document's integers admit them. Ollama's Go decoder refuses a
+decimal where it wants an int, so such a body goes upstream with integers
+(compat.py, :func:`~.compat.normalise_request`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -27,6 +42,30 @@ from ... import safejson
 from ..core.errors import GatewayError
 
 ROLES = ("system", "user", "assistant", "tool", "developer", "function")
+
+# The fields whose value OpenAI's document declares an integer, in any of the
+# three requests: a decimal with nothing after the point is one of them.
+INTEGER_FIELDS = (
+    "n",
+    "max_tokens",
+    "max_completion_tokens",
+    "seed",
+    "top_logprobs",
+    "best_of",
+    "logprobs",
+    "dimensions",
+)
+
+
+def _integral(value: Any) -> Any:
+    """``2.0`` is the integer 2 (JSON has one number type); ``2.5`` stays a
+    number, which strict validation refuses as an integer."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_integral)]
 
 
 class _Open(BaseModel):
@@ -67,8 +106,16 @@ class ChatMessage(_Open):
 
     @model_validator(mode="after")
     def _content_required(self) -> ChatMessage:
-        has_calls = bool(self.tool_calls) or "function_call" in (self.model_extra or {})
-        if self.content is None and not (self.role == "assistant" and has_calls):
+        # The document: an assistant's content is optional (a refusal, tool
+        # calls, audio stand for it); a function message's may be null; the
+        # others need it.
+        if self.role == "assistant":
+            return self
+        if self.role == "function":
+            if "content" not in self.model_fields_set:
+                raise ValueError("a 'function' message needs 'content' (null is allowed)")
+            return self
+        if self.content is None:
             raise ValueError(f"a '{self.role}' message needs 'content'")
         return self
 
@@ -80,11 +127,11 @@ class _SamplingParams(_Open):
     stream: bool | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    n: int | None = Field(None, ge=1, le=128)
-    max_tokens: int | None = Field(None, ge=1)
+    n: Integer | None = Field(None, ge=1, le=128)
+    max_tokens: Integer | None = Field(None, ge=0)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    seed: int | None = None
+    seed: Integer | None = None
     stop: Any = None
     user: str | None = None
     stream_options: dict[str, Any] | None = None
@@ -106,16 +153,16 @@ class _SamplingParams(_Open):
 
 class ChatCompletionRequest(_SamplingParams):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: Integer | None = Field(None, ge=0)
     logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: Integer | None = Field(None, ge=0, le=20)
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
 
 
 def _is_token_list(value: Any) -> bool:
     return isinstance(value, list) and all(
-        isinstance(item, int) and not isinstance(item, bool) for item in value
+        type(item) is int or (type(item) is float and item.is_integer()) for item in value
     )
 
 
@@ -137,12 +184,15 @@ class CompletionRequest(_SamplingParams):
     prompt: Any
     suffix: str | None = None
     echo: bool | None = None
-    best_of: int | None = Field(None, ge=1)
-    logprobs: int | None = Field(None, ge=0, le=5)
+    best_of: Integer | None = Field(None, ge=0, le=20)
+    logprobs: Integer | None = Field(None, ge=0, le=5)
 
     @field_validator("prompt", mode="before")
     @classmethod
     def _prompt_shape(cls, value: Any) -> Any:
+        # The document lets the prompt be null (its default) or an empty array of strings.
+        if value is None or value == []:
+            return value
         return _text_or_tokens(value, "prompt")
 
 
@@ -150,7 +200,7 @@ class EmbeddingRequest(_Open):
     model: str
     input: Any
     encoding_format: Literal["float", "base64"] | None = None
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: Integer | None = Field(None, ge=1)
     user: str | None = None
 
     @field_validator("model")

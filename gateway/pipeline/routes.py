@@ -28,7 +28,16 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from ...auth.principal import Access
-from .compat import RouteEdits, add_max_tokens, fill_assistant_role
+from .compat import (
+    RouteEdits,
+    chat_request_edit,
+    chat_stream_edit,
+    completion_stream_edit,
+    fill_model,
+    fix_chat_answer,
+    fix_completion_answer,
+    normalise_request,
+)
 from .request_models import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -78,10 +87,20 @@ class RouteSpec:
 MODEL = "{model:.+}"
 
 # What the SpeziLLMFog app needs (compat.py): a role on every chat delta, and
-# a missing model worded one way on the inference routes. Ollama's native API
-# answers errors in its own shape, which its clients parse.
-CHAT_EDITS = RouteEdits(sse_line_edit=fill_assistant_role, reword_missing_model=True)
+# a missing model worded one way on the inference routes; what its strictly
+# decoding client needs: every field OpenAI's document requires, in answers,
+# chunks, model entries and errors. Ollama's native API answers errors in its
+# own shape, which its clients parse.
+CHAT_EDITS = RouteEdits(
+    stream_edit=chat_stream_edit, answer_edit=fix_chat_answer, reword_missing_model=True
+)
+COMPLETION_EDITS = RouteEdits(
+    stream_edit=completion_stream_edit,
+    answer_edit=fix_completion_answer,
+    reword_missing_model=True,
+)
 INFERENCE = RouteEdits(reword_missing_model=True)
+MODEL_ENTRY = RouteEdits(answer_edit=fill_model)
 NATIVE_INFERENCE = RouteEdits(openai_errors=False, reword_missing_model=True)
 NATIVE = RouteEdits(openai_errors=False)
 
@@ -105,7 +124,7 @@ OPENAI_ROUTES = (
         limited=True,
         conversation=True,
         edits=CHAT_EDITS,
-        request_edit=add_max_tokens,
+        request_edit=chat_request_edit,
     ),
     _openai(
         "POST",
@@ -114,7 +133,8 @@ OPENAI_ROUTES = (
         body=Body.VALIDATED,
         model=CompletionRequest,
         limited=True,
-        edits=INFERENCE,
+        edits=COMPLETION_EDITS,
+        request_edit=normalise_request,
     ),
     _openai(
         "POST",
@@ -124,9 +144,10 @@ OPENAI_ROUTES = (
         model=EmbeddingRequest,
         limited=True,
         edits=INFERENCE,
+        request_edit=normalise_request,
     ),
     _openai("GET", "/v1/models", Access.USER, listing=Listing.OPENAI),
-    _openai("GET", f"/v1/models/{MODEL}", Access.USER),
+    _openai("GET", f"/v1/models/{MODEL}", Access.USER, edits=MODEL_ENTRY),
 )
 
 

@@ -22,13 +22,22 @@ files of its own, which these counters do not need.
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -36,6 +45,17 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from .stats import GatewayStats
+
+
+def _build() -> dict[str, str]:
+    try:
+        version = importlib.metadata.version("fognode")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        version = "unknown"
+    return {"version": version, "python": platform.python_version()}
+
+
+BUILD = _build()
 
 LATENCY_BUCKETS = (
     0.001,
@@ -111,6 +131,13 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_LiveCollector(stats))
+        # The process's CPU, memory, descriptors and start (process_*), the
+        # Python it runs on (python_info), and which fognode this is.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        Info("fognode_build", "The fognode release this node runs.", registry=self.registry).info(
+            BUILD
+        )
         for collector in collectors:
             self.registry.register(collector)
         # The labelled children per label values: prometheus-client's labels()
@@ -241,8 +268,16 @@ METRICS = web.AppKey("fognode.metrics", Metrics)
 # --- the whole node from its workers' expositions -----------------------------------
 
 # Gauges that do not add up over processes: how they combine instead.
-# (Any worker's last contact with the upstream worked: the upstream is up.)
-_COMBINE: dict[str, Callable[[Iterable[float]], float]] = {"fognode_upstream_up": max}
+# (Any worker's last contact with the upstream worked: the upstream is up. The
+# node started when its first process did. Every process runs the same build
+# and Python: the info series stays 1.) CPU, memory and descriptors add up to
+# the node's.
+_COMBINE: dict[str, Callable[[Iterable[float]], float]] = {
+    "fognode_upstream_up": max,
+    "process_start_time_seconds": min,
+    "fognode_build_info": max,
+    "python_info": max,
+}
 
 
 def merge_expositions(texts: Iterable[str]) -> bytes:

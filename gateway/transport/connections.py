@@ -18,11 +18,17 @@ connection from its first moment:
   ``client_first_byte_timeout`` (TLS handshake included) is closed, and an
   idle keep-alive connection lasts ``keepalive_timeout``;
 * at a cap, the oldest connection that is doing nothing (silent since it
-  connected first, then idle keep-alive) is closed to make room, as nginx
-  reuses idle connections when it runs out; only when every connection is
-  busy with a request is the new one refused (plain HTTP: a minimal 503 in
-  OpenAI's shape; TLS: closed). So a flood of silent connections cannot
-  keep out a client that sends its request, and probes keep answering.
+  connected first, then idle keep-alive) makes room, as nginx reuses idle
+  connections when it runs out; only when every connection is busy with a
+  request is the new one refused. So a flood of silent connections cannot
+  keep out a client that sends its request, and probes keep answering;
+* a connection refused, or moved aside while still silent, is answered
+  rather than reset while the node has room for it (the total cap counts
+  it): it waits for its request as any other (TLS handshake included) and
+  gets a minimal 503 in OpenAI's shape with ``Retry-After``, then a clean
+  close. A client that opens many connections at once, over its cap, so
+  learns to retry instead of seeing connection errors. Without room, it is
+  closed at once (plain HTTP: with the 503 written first).
 
 TLS is started by the guard rather than by ``loop.create_server``: the
 connection must be counted (and a silent one reaped) before the handshake,
@@ -160,6 +166,52 @@ def _busy_response() -> bytes:
 
 
 _BUSY = _busy_response()
+# How long a refused connection is kept to read what else its client sends
+# after the 503, so that closing it does not reset the answer away.
+LINGER = 2.0
+
+
+class _Refusal(asyncio.Protocol):
+    """The HTTP protocol of a refused connection: its first request gets the 503.
+
+    Over plain TCP the write side is shut after the answer and the rest of
+    the request is read and dropped until the client closes (or ``LINGER``),
+    so that no unread byte turns the close into a reset; over TLS the answer
+    is followed by close_notify.
+    """
+
+    def __init__(self) -> None:
+        self.gate: Gate | None = None
+        self.transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def is_idle(self) -> bool:
+        return False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or self._timer is not None or transport.is_closing():
+            return  # answered already: the rest of the request is dropped
+        if self.gate is not None:
+            self.gate.first_byte()
+        transport.write(_BUSY)
+        self._timer = asyncio.get_running_loop().call_later(LINGER, transport.close)
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:
+            transport.close()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.gate is not None:
+            self.gate.lost()
 
 
 class _AlertingSSLProtocol(sslproto.SSLProtocol):
@@ -215,6 +267,7 @@ class Gate(asyncio.Protocol):
         self.handler: Handler | None = None
         self.client = ""
         self.spoke = False  # the first byte of an HTTP request arrived
+        self.refused = False  # answered with a 503 when it speaks (_Refusal)
         self._timer: asyncio.TimerHandle | None = None
         self._gone = False
 
@@ -223,7 +276,7 @@ class Gate(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.client = client_key(peer[0]) if isinstance(peer, tuple) and peer else "?"
-        if not self.guard.admit(self):
+        if not self.guard.admit(self) and not self.guard.set_aside(self):
             if self.tls is None:
                 transport.write(_BUSY)
             transport.close()
@@ -237,7 +290,7 @@ class Gate(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        handler = self.make_handler()
+        handler: Handler = _Refusal() if self.refused else self.make_handler()
         handler.gate = self
         self.handler = handler
         if self.tls is None:
@@ -310,6 +363,8 @@ class ConnectionGuard:
         self.make_handler = make_handler
         self._open: OrderedDict[Gate, None] = OrderedDict()  # oldest first
         self._by_client: dict[str, OrderedDict[Gate, None]] = {}
+        # Refused or moved aside, waiting to be answered with a 503 (Gate.refused).
+        self._aside: dict[Gate, None] = {}
         self.refused_total = 0
         self.evicted_total = 0
         self.reaped_total = 0
@@ -322,6 +377,16 @@ class ConnectionGuard:
         self, tls: ssl.SSLContext | None, make_handler: Callable[[], Handler] | None = None
     ) -> Callable[[], Gate]:
         return lambda: Gate(self, tls, make_handler)
+
+    def set_aside(self, gate: Gate) -> bool:
+        """A refused connection, or one moved aside before it spoke, answered
+        with the 503 when it speaks, if the node has room for it (the total
+        cap counts it); False: no room, close it now."""
+        if len(self._open) + len(self._aside) >= self.limits.max_connections:
+            return False
+        gate.refused = True
+        self._aside[gate] = None
+        return True
 
     def admit(self, gate: Gate) -> bool:
         """Make room for a new connection, or refuse it."""
@@ -337,6 +402,7 @@ class ConnectionGuard:
         return True
 
     def release(self, gate: Gate) -> None:
+        self._aside.pop(gate, None)
         self._open.pop(gate, None)
         mine = self._by_client.get(gate.client)
         if mine is not None:
@@ -347,7 +413,7 @@ class ConnectionGuard:
     def close_all(self) -> None:
         """At shutdown: what aiohttp's server does not know of (handshakes
         under way, refused connections) is closed too."""
-        for gate in list(self._open):
+        for gate in [*self._open, *self._aside]:
             gate.abort()
 
     def _evict(self, among: OrderedDict[Gate, None], why: str) -> bool:
@@ -359,7 +425,10 @@ class ConnectionGuard:
         self.evicted_total += 1
         self._warn(f"{why}: closing an idle connection from {victim.client}")
         self.release(victim)
-        victim.abort()
+        # One that has not spoken yet may be a client's request on its way:
+        # it gets the 503 rather than a reset, where there is room.
+        if victim.handler is not None or not self.set_aside(victim):
+            victim.abort()
         return True
 
     def _refuse(self, why: str) -> bool:

@@ -131,6 +131,28 @@ async def test_access_log_line_per_request(
     assert records[1].fields["status"] == 400  # type: ignore[attr-defined]
 
 
+async def test_access_log_counts_the_bytes_of_error_bodies(
+    gateway: RunningServer,
+    standin: OllamaStandIn,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Errors the gateway makes, and an upstream's error relayed, were logged as 0B."""
+    caplog.set_level(logging.INFO, logger="fognode.access")
+    sizes = []
+    async with http.post(f"{gateway.url}/v1/chat/completions", json={}) as resp:
+        sizes.append(len(await resp.read()))  # the gateway's own 400
+    standin.force_error = (400, {"error": {"code": 400, "message": "bad", "type": "x"}})
+    async with http.post(f"{gateway.url}/v1/chat/completions", json=CHAT) as resp:
+        assert resp.status == 400
+        sizes.append(len(await resp.read()))  # the upstream's, in OpenAI's shape
+    records = [r for r in caplog.records if r.name == "fognode.access"]
+    assert [r.fields["bytes"] for r in records] == sizes  # type: ignore[attr-defined]
+    assert all(
+        size > 0 and f" {size}B " in r.getMessage() for r, size in zip(records, sizes, strict=True)
+    )
+
+
 async def test_healthz_is_up_even_without_ollama(
     make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from fognode.auth.api_keys import entry_for, new_key
 from fognode.gateway.node.server import RunningServer
+from fognode.gateway.telemetry.metrics import Metrics, merge_expositions
+from fognode.gateway.telemetry.stats import GatewayStats
 from tests.support.gateway import GatewayFactory
 from tests.support.helpers import STREAMED_CHAT as CHAT
 from tests.support.helpers import free_port
@@ -90,3 +94,37 @@ async def test_public_metrics_and_upstream_down(make_gateway: GatewayFactory) ->
             assert resp.status == 503
         got = samples(await scrape(http, gateway, None))
     assert got[("fognode_upstream_up", ())] == 0
+
+
+async def test_process_and_build_series(make_gateway: GatewayFactory) -> None:
+    """What every Prometheus target is expected to have: process_* and which build runs."""
+    gateway = await make_gateway(f"http://127.0.0.1:{free_port()}", metrics_public=True)
+    async with aiohttp.ClientSession() as http:
+        got = samples(await scrape(http, gateway, None))
+    for name in (
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+        "process_open_fds",
+    ):
+        assert got[(name, ())] > 0, name
+    build = [labels for (name, labels) in got if name == "fognode_build_info"]
+    assert len(build) == 1 and dict(build[0])["version"] == importlib.metadata.version("fognode")
+    assert got[("fognode_build_info", build[0])] == 1
+
+
+def test_the_node_of_several_processes_sums_their_use_and_keeps_one_start_and_build() -> None:
+    stats = GatewayStats()
+    first, second = Metrics(stats).render().decode(), Metrics(stats).render().decode()
+    merged = merge_expositions([first, second]).decode()
+
+    def value(text: str, prefix: str) -> float:
+        return float(
+            next(line for line in text.splitlines() if line.startswith(prefix)).split()[-1]
+        )
+
+    starts = [value(t, "process_start_time_seconds") for t in (first, second)]
+    assert value(merged, "process_start_time_seconds") == min(starts)
+    fds = [value(t, "process_open_fds") for t in (first, second)]
+    assert value(merged, "process_open_fds") == sum(fds)
+    assert value(merged, "fognode_build_info") == 1 and value(merged, "python_info") == 1

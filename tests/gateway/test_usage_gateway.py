@@ -216,9 +216,16 @@ async def test_refusals_and_upstream_errors_are_recorded_without_tokens(
     status, _, _ = await post(http, f"{gateway.url}/api/chat", CHAT, request_id=broken)
     assert status == 500
     records = {r["request_id"]: r for r in await recorded(gateway, [missing, broken])}
+    # A missing model is its own outcome: not the upstream's failure, which
+    # fognode_upstream_failures_total does not count it as either.
+    assert records[missing]["outcome"] == "model_not_found"
+    assert records[broken]["outcome"] == "upstream_failed"
+    async with http.get(f"{gateway.url}/metrics") as resp:
+        metrics = await resp.text()
+    assert 'fognode_usage_records_total{outcome="model_not_found"} 1.0' in metrics
+    assert "fognode_upstream_failures_total 0.0" in metrics
     for request_id in (missing, broken):
         record = records[request_id]
-        assert record["outcome"] == "upstream_failed"
         assert (record["prompt_tokens"], record["completion_tokens"], record["partial"]) == (
             0,
             0,

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import httpx
 import openai
 import pytest
@@ -31,6 +32,7 @@ from tests.support.embedded_node import (
     wait_for,
 )
 from tests.support.helpers import wait_until
+from tests.support.openai_schema import battery
 from tests.support.pki import make_pki
 from tests.support.processes import NodeProcess
 from tests.support.tls import HOST, ConnectByIp
@@ -118,6 +120,24 @@ async def test_auth_and_a_missing_model_as_for_ollama(embedded_node: NodeProcess
             await api.chat.completions.create(model="llama3.1:70b", messages=MESSAGES)
     assert "model 'llama3.1:70b' not found, try pulling it first" in str(caught.value)
     assert KEY not in embedded_node.log()
+
+
+async def test_every_answer_decodes_strictly(embedded_node: NodeProcess) -> None:
+    """OpenAI's document checks every answer of the embedded model (tests/support/openai_schema.py),
+    as the SpeziLLMFog app's generated client decodes them."""
+    ctx = ssl.create_default_context(cafile=str(embedded_node.ca))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
+        found = await battery(
+            http,
+            f"https://127.0.0.1:{embedded_node.port}",
+            model=MODEL,
+            headers={"Authorization": f"Bearer {KEY}"},
+            options={"ssl": ctx, "server_hostname": HOST},
+        )
+    counts = {kind: len(p) for kind, p in found.items()}
+    assert not any(counts.values()), f"{counts}\n" + "\n".join(
+        line for kind in found for line in found[kind][:6]
+    )
 
 
 async def test_requests_beyond_the_slots_wait_in_fognodes_queue(

@@ -229,7 +229,8 @@ def test_framer_edits_data_lines_and_drops_empty_events() -> None:
     assert all(
         json.loads(e.data or "")["choices"][0]["delta"]["role"] == "assistant" for e in events
     )
-    assert b": ping - 2026-11-23 10:00:00\r\n" in out  # comments pass, as single lines
+    # Comments pass, as single lines; every line leaves with LF (sse.py).
+    assert b": ping - 2026-11-23 10:00:00\n" in out and b"\r" not in out
     assert out.endswith(b"data: [DONE]\n\n")
 
 

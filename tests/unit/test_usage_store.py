@@ -451,6 +451,23 @@ async def test_migrating_a_version_1_database_fills_the_minute_sums(
     assert window.requests_last_minute == 1  # the rejected one is not a request
 
 
+async def test_migrating_a_version_2_database_keeps_its_records_and_takes_model_not_found(
+    make_store: StoreFactory,
+) -> None:
+    old = await make_store(MIGRATIONS[:2])
+    before = [rec(at=NOON - 60, prompt=4, completion=6), rec("bob", at=NOON - 30, prompt=1)]
+    await old.write(before)
+    new = await make_store()
+    assert await new.schema_version() == MIGRATIONS[-1].version
+    after = [rec(at=NOON - 10, prompt=0, completion=0, outcome=Outcome.MODEL_NOT_FOUND)]
+    after.append(rec(at=NOON - 5, prompt=2, completion=3))
+    await new.write(after)
+    # The rows came along, and the minute sums still follow every insert.
+    assert await minute_sums(new) == expected_sums([*before, *after]) == await record_sums(new)
+    window = await new.user_window("alice", day_start=NOON - 7200, minute_start=NOON - 60)
+    assert window.tokens_today == 4 + 6 + 2 + 3
+
+
 async def test_a_day_that_starts_off_midnight_and_off_the_minute(
     make_store: StoreFactory,
 ) -> None:
