@@ -6,9 +6,13 @@ over a socketpair made for it). On it the worker calls:
 
     hello          what the worker needs to know at start (the upstream choice,
                    the embedded model's state)
-    acquire K UID  a slot for user UID (K: the worker's key for this wait): the
+    acquire K UID SLOTS
+                   a slot for user UID (K: the worker's key for this wait; SLOTS:
+                   both, the user's only, the node's only: admission.Slots): the
                    answer is ``granted``, a lease given back when the request
                    ends, or ``refused`` with the GatewayError admission raised
+    try UID SLOTS  the same, never waiting: ``granted`` (a lease), or ``wait``
+                   with the seconds a request would wait (placement in a fog)
     position K     where wait K is in the queue (for the ``: queued N`` heartbeat)
     load           the node's slots in use and requests waiting (the status page)
     quota K UID TOKENS RPM ESTIMATE
@@ -70,13 +74,13 @@ from ...usage.record import UsageRecord
 from ...workers.channel import Answer, Channel, Reply
 from ...workers.processes import WorkerStartError
 from ..core.errors import GatewayError
-from ..pipeline.admission import Admission, Ticket
+from ..pipeline.admission import Admission, Slots, Ticket
 from ..telemetry.activity import ActivityView, merged
 from ..telemetry.metrics import merge_expositions
 
 log = logging.getLogger("fognode.workers")
 
-GRANTED, REFUSED = "granted", "refused"
+GRANTED, REFUSED, WAIT = "granted", "refused", "wait"
 EXPOSE_TIMEOUT = 5.0  # seconds a worker has to hand over its metrics or activity
 
 
@@ -175,19 +179,27 @@ class _Link:
     def serve_now(self, op: str, args: list[Any]) -> Reply | None:
         """An acquire that finds its slots free is granted in the step that
         reads it (every request of every worker asks: no task for it); one
-        that must queue, or be refused, goes to :meth:`serve`."""
-        if op != "acquire":
-            return None
+        that must queue, or be refused, goes to :meth:`serve`. A ``try``
+        (placement in a fog) is always answered at once: the slots, or the
+        seconds a request would wait for them."""
         admission = self.coordinator.admission
-        permit = admission.try_acquire(str(args[1]))
-        if permit is None:
+        if op == "try":
+            permit = admission.try_acquire(str(args[0]), Slots(args[1]))
+            if permit is None:
+                return Reply([WAIT, admission.expected_wait()])
+        elif op == "acquire":
+            permit = admission.try_acquire(str(args[1]), _slots(args))
+            if permit is None:
+                return None
+        else:
             return None
-        return Reply([GRANTED], release=lambda: admission.release(permit))
+        granted = permit
+        return Reply([GRANTED], release=lambda: admission.release(granted))
 
     async def serve(self, op: str, args: list[Any]) -> Reply:
         if op == "acquire":
             key, uid = int(args[0]), str(args[1])
-            return await self.acquire(key, uid)
+            return await self.acquire(key, uid, _slots(args))
         if op == "position":
             ticket = self.waiting.get(int(args[0]))
             place = await self.coordinator.admission.position(ticket) if ticket else None
@@ -232,11 +244,11 @@ class _Link:
             raise RuntimeError("the status page is off")
         return self.coordinator.throttle
 
-    async def acquire(self, key: int, uid: str) -> Reply:
+    async def acquire(self, key: int, uid: str, slots: Slots) -> Reply:
         admission = self.coordinator.admission
         ticket = self.waiting[key] = Ticket()
         try:
-            permit = await admission.acquire(uid, ticket)
+            permit = await admission.acquire(uid, ticket, slots)
         except GatewayError as exc:
             return Reply([REFUSED, exc.status, exc.message, exc.type, exc.code, exc.headers])
         finally:
@@ -285,6 +297,11 @@ class _Link:
                 self.ready.set_exception(WorkerStartError(str(args[0])))
         else:
             log.warning("worker %d sent an unknown notice %r", self.number, op)
+
+
+def _slots(args: list[Any]) -> Slots:
+    """An acquire's slots (a worker of before the fog sent none: both)."""
+    return Slots(args[2]) if len(args) > 2 else Slots.BOTH
 
 
 def refused(values: list[Any]) -> GatewayError:

@@ -51,7 +51,7 @@ from ..options import terminator
 from ..pages.sessions import SESSIONS, BrowserSessions
 from ..pages.status import ACTIVITY, LISTENING, ActivitySource
 from ..pipeline.access import AUTHORIZER
-from ..pipeline.admission import Load, Ticket
+from ..pipeline.admission import Load, Slots, Ticket
 from ..telemetry.activity import ActivityView
 from ..telemetry.logs import configure_logging
 from ..telemetry.metrics import METRICS, Metrics
@@ -90,12 +90,14 @@ class RemoteAdmission:
     def capacity(self) -> int:
         return self._capacity
 
-    async def acquire(self, uid: str, ticket: Ticket | None = None) -> RemotePermit:
+    async def acquire(
+        self, uid: str, ticket: Ticket | None = None, slots: Slots = Slots.BOTH
+    ) -> RemotePermit:
         key = next(self._keys)
         if ticket is not None:
             self._waiting[ticket] = key
         try:
-            answer = await self.channel.call("acquire", key, uid)
+            answer = await self.channel.call("acquire", key, uid, slots.value)
         except ChannelClosed:
             raise _restarting() from None
         finally:
@@ -104,6 +106,17 @@ class RemoteAdmission:
         if answer.values[0] == GRANTED:
             return RemotePermit(answer.id)
         raise refused(answer.values)
+
+    async def try_now(self, uid: str, slots: Slots = Slots.BOTH) -> RemotePermit | float:
+        """One round trip, answered in the step that reads it: the slots, or
+        the seconds a request would wait for them."""
+        try:
+            answer = await self.channel.call("try", uid, slots.value)
+        except ChannelClosed:
+            raise _restarting() from None
+        if answer.values[0] == GRANTED:
+            return RemotePermit(answer.id)
+        return float(answer.values[1])
 
     def release(self, permit: RemotePermit) -> None:
         self.channel.done(permit.lease)
