@@ -8,6 +8,7 @@ Clients speak TLS to the phones' port with the fog's CA, as phones do.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import ssl
@@ -18,10 +19,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from fognode.auth.api_keys import entry_for
+from fognode.fog.state import PeerState
+from fognode.gateway.core.drain import DRAIN
 from fognode.gateway.node.server import RunningServer
 from fognode.gateway.pipeline.quotas import USAGE
+from fognode.gateway.telemetry.stats import STATS
 from fognode.gateway.upstreams.peers import FOG
 from fognode.usage.store import Grouping
 from tests.conftest import GatewayFactory
@@ -96,9 +101,11 @@ async def make_node(
         peer: str = "node",
         certs: Pki | None = None,
         standin: dict[str, Any] | None = None,
+        loaded: tuple[str, ...] = (),
         **settings: Any,
     ) -> Node:
         upstream = await standins(models=models, **(standin or {}))
+        upstream.load(*loaded)
         certs_dir = node_certs_dir(certs or pki, tmp_path / name, name, peer=peer)
         fog_port = port or free_port()
         settings.setdefault("fog_refresh_seconds", 0.2)
@@ -193,3 +200,195 @@ async def test_a_model_no_member_has_is_the_apps_404(
     status, _, body = await chat(http, a, pki, "phi4:14b")
     assert status == 404
     assert "model 'phi4:14b' not found, try pulling it first" in body
+
+
+async def test_a_request_that_would_wait_here_goes_to_a_member_that_can_start_it(
+    make_node: NodeFactory, pki: Pki, http: aiohttp.ClientSession
+) -> None:
+    a_port, b_port = free_port(), free_port()
+    gate: asyncio.Queue[None] = asyncio.Queue()
+    a = await make_node(
+        "a",
+        models=(SMALL,),
+        peers=[b_port],
+        port=a_port,
+        max_concurrent_requests=1,
+        standin={"gate": gate},
+    )
+    await make_node("b", models=(SMALL,), peers=[a_port], port=b_port, loaded=(SMALL,))
+    await members_of(a, 1)
+    # The one slot here is taken by a stream that waits for the test.
+    first = asyncio.create_task(chat(http, a, pki, SMALL))
+    await wait_until(lambda: a.standin.active == 1, "the first stream runs at a")
+    a.server.app[STATS].first_token = 0.1
+    # Members are asked again with the slot taken (a's expected wait is known).
+    status, headers, text = await chat(http, a, pki, SMALL)
+    assert status == 200 and text == DEFAULT_REPLY
+    assert headers["X-Fognode-Upstream"] == "peer b.local"
+    assert headers["X-Fognode-Upstream-Reason"] == "peer-loaded"
+    for _ in range(100):  # every chunk of the first stream may go now
+        gate.put_nowait(None)
+    status, headers, text = await first
+    assert status == 200 and text == DEFAULT_REPLY
+    assert "X-Fognode-Upstream" not in headers  # served here: one upstream, no choice
+
+
+async def test_members_that_decline_before_the_first_byte_send_the_request_back_here(
+    make_node: NodeFactory, pki: Pki, http: aiohttp.ClientSession
+) -> None:
+    a_port, b_port = free_port(), free_port()
+    a = await make_node("a", models=(SMALL, OTHER), peers=[b_port], port=a_port)
+    b = await make_node("b", models=(OTHER,), peers=[a_port], port=b_port)
+    await members_of(a, 1)
+    await a.server.app[DRAIN].set(True)  # a hands everything it can to members
+    await b.standin.stop()  # ... and b's upstream is gone: b answers 502
+    status, headers, text = await chat(http, a, pki, OTHER)
+    assert status == 200 and text == DEFAULT_REPLY
+    assert [r.path for r in a.standin.forwarded if r.method == "POST"] == ["/v1/chat/completions"]
+    assert "peer" not in headers.get("X-Fognode-Upstream", "")
+    assert a.fog.current() == []  # out here until the service hears from it again
+
+
+async def test_a_draining_node_hands_new_requests_to_members(
+    make_node: NodeFactory, pki: Pki, http: aiohttp.ClientSession
+) -> None:
+    a_port, b_port = free_port(), free_port()
+    a = await make_node("a", models=(SMALL,), peers=[b_port], port=a_port)
+    b = await make_node("b", models=(SMALL,), peers=[a_port], port=b_port)
+    await members_of(a, 1)
+    await members_of(b, 1)
+    async with http.post(
+        f"{a.url}/admin/drain",
+        json={"draining": True},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        ssl=client_context(pki),
+    ) as response:
+        assert response.status == 200
+        assert (await response.json())["draining"] is True
+    async with http.get(f"{a.url}/readyz", ssl=client_context(pki)) as response:
+        assert response.status == 503
+        assert (await response.json())["status"] == "draining"
+    for _ in range(3):
+        status, headers, text = await chat(http, a, pki, SMALL)
+        assert status == 200 and text == DEFAULT_REPLY
+        assert headers["X-Fognode-Upstream"] == "peer b.local"
+    assert not [r for r in a.standin.forwarded if r.method == "POST"]
+    # b learns that a drains, and hands it nothing.
+    await wait_until(
+        lambda: any(m.state.draining for m in b.fog.current()), "b hears that a drains"
+    )
+    assert b.fog.route(SMALL, here=None) == []
+    async with http.post(
+        f"{a.url}/admin/drain",
+        json={"draining": False},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        ssl=client_context(pki),
+    ) as response:
+        assert (await response.json())["draining"] is False
+    status, headers, _ = await chat(http, a, pki, SMALL)
+    assert status == 200 and "X-Fognode-Upstream" not in headers
+
+
+async def test_the_phone_leaving_stops_the_members_upstream(
+    make_node: NodeFactory, pki: Pki, http: aiohttp.ClientSession
+) -> None:
+    a_port, b_port = free_port(), free_port()
+    a = await make_node("a", models=(SMALL,), peers=[b_port], port=a_port)
+    b = await make_node(
+        "b", models=(OTHER,), peers=[a_port], port=b_port, standin={"token_delay": 0.2}
+    )
+    await members_of(a, 1)
+    async with http.post(
+        f"{a.url}/v1/chat/completions",
+        json={"model": OTHER, "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {USER_KEY}"},
+        ssl=client_context(pki),
+    ) as response:
+        assert response.status == 200
+        await response.content.readline()  # the first event: b generates
+    # The phone is gone (its connection closed): b's upstream stops.
+    await asyncio.wait_for(b.standin.cancel_event.wait(), 10)
+    assert b.standin.cancelled == 1 and b.standin.completed == 0
+
+
+class Impostor:
+    """A server on a peer port with what every node of the fog has: its CA and
+    its server certificate (not a node certificate). It answers a member's
+    state, copied, and records any request it gets."""
+
+    def __init__(self, pki: Pki, state: bytes) -> None:
+        self.pki, self.state = pki, state
+        self.requests: list[str] = []
+        self.runner: web.AppRunner | None = None
+
+    async def start(self, port: int) -> None:
+        async def record(request: web.Request) -> web.Response:
+            self.requests.append(f"{request.method} {request.path}")
+            return web.Response(body=self.state, content_type="application/json")
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", record)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self.pki.ca))
+        ctx.load_cert_chain(str(self.pki.paths.server_cert), str(self.pki.paths.server_key))
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", port, ssl_context=ctx).start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+async def test_no_one_but_a_member_gets_anything_on_the_peer_port(
+    make_node: NodeFactory, pki: Pki, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    a_port, rogue_port, plain_port = free_port(), free_port(), free_port()
+    a = await make_node("a", models=(SMALL,), peers=[rogue_port, plain_port], port=a_port)
+    # Another fog's node (a whole fognode, its own CA) ...
+    other = make_pki(tmp_path / "other-fog")
+    rogue = await make_node("rogue", models=(OTHER,), peers=[a_port], port=rogue_port, certs=other)
+    # ... and a server with the server certificate of a's own fog, saying it has OTHER.
+    copied = PeerState(
+        node="plain", capacity=4, active=0, queued=0, free_slots=4, models=(OTHER,), loaded=(OTHER,)
+    ).to_json()
+    impostor = Impostor(pki, copied)
+    await impostor.start(plain_port)
+    try:
+        await wait_until(
+            lambda: sorted(c.standing.value for c in a.fog.candidates) == ["refused", "refused"],
+            "a refuses both",
+        )
+        # The other fog's node finds a no member of its own fog either.
+        await wait_until(
+            lambda: [c.standing.value for c in rogue.fog.candidates] == ["refused"],
+            "rogue refuses a",
+        )
+        assert rogue.fog.current() == []
+        # A request for the model only they have: the app's 404 here, nothing sent to them.
+        status, _, body = await chat(http, a, pki, OTHER)
+        assert status == 404 and "not found, try pulling it first" in body
+        assert not [r for r in rogue.standin.forwarded if r.method == "POST"]
+        assert impostor.requests == []  # refused before a byte of a request
+    finally:
+        await impostor.stop()
+
+    # The peer port itself: no client certificate, no handshake; the phones' CA
+    # and a server certificate of this fog do not make a client a member.
+    ctx = client_context(pki)
+    with pytest.raises(aiohttp.ClientError):
+        async with http.get(f"https://127.0.0.1:{a_port}/fog/state", ssl=ctx) as response:
+            await response.read()
+    ctx.load_cert_chain(str(pki.paths.server_cert), str(pki.paths.server_key))
+    with pytest.raises(aiohttp.ClientError):
+        async with http.get(f"https://127.0.0.1:{a_port}/fog/state", ssl=ctx) as response:
+            await response.read()
+    # On the phones' port the fog's state is no route, and its headers mean nothing.
+    async with http.get(f"{a.url}/fog/state", ssl=client_context(pki)) as response:
+        assert response.status == 404
+    async with http.post(
+        f"{a.url}/v1/chat/completions",
+        json={"model": SMALL, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"X-Fognode-Hop": "b", "X-Fognode-Principal": '{"uid": "x", "kind": "api_key"}'},
+        ssl=client_context(pki),
+    ) as response:
+        assert response.status == 401

@@ -206,7 +206,9 @@ class FogMembership:
                 answer.release()
             state = PeerState.from_json(body)
         except ConnectFailed as exc:
-            refusal = self._refusals.get(address)
+            refusal = self._refusals.get(address) or (
+                exc.reason if exc.refused_certificate else None
+            )
             if refusal is not None:
                 if address not in self._told_refused:  # once, not every retry
                     self._told_refused.add(address)

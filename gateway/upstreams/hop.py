@@ -60,11 +60,15 @@ class HopError(Exception):
 
 
 class ConnectFailed(HopError):
-    """No connection could be made (refused, no route, name unknown, TLS): nothing was sent."""
+    """No connection could be made (refused, no route, name unknown, TLS): nothing was sent.
 
-    def __init__(self, reason: str) -> None:
+    ``refused_certificate``: the upstream answered, but with a certificate
+    this end does not accept (not its CA's, or not the kind wanted)."""
+
+    def __init__(self, reason: str, *, refused_certificate: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.refused_certificate = refused_certificate
 
 
 class ConnectTimeout(HopError, TimeoutError):
@@ -589,7 +593,8 @@ class HopPool:
                     f"no connection within {self.options.connect_timeout:g}s"
                 ) from None
             except OSError as exc:  # refused, unreachable, name unknown, TLS (SSLError)
-                raise ConnectFailed(_os_reason(exc)) from None
+                refused = isinstance(exc, ssl.SSLCertVerificationError)
+                raise ConnectFailed(_os_reason(exc), refused_certificate=refused) from None
             if self.options.check_peer is not None:
                 _check_peer(conn, self.options.check_peer)
         except BaseException:
@@ -797,7 +802,9 @@ def _check_peer(conn: _Connection, check: Callable[[bytes | None], object]) -> N
     try:
         check(der)
     except Exception as exc:
-        raise ConnectFailed(f"refused the certificate it presented: {exc}") from None
+        raise ConnectFailed(
+            f"refused the certificate it presented: {exc}", refused_certificate=True
+        ) from None
 
 
 def _os_reason(exc: OSError) -> str:
