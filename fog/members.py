@@ -33,6 +33,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from .state import PeerState
 
@@ -133,6 +134,31 @@ class CandidateView:
     state: PeerState | None
     age: float | None
     last_error: str | None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "address": self.address,
+            "standing": self.standing.value,
+            "sources": list(self.sources),
+            "identity": self.identity,
+            "state": self.state.model_dump(mode="json") if self.state is not None else None,
+            "age": self.age,
+            "last_error": self.last_error,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CandidateView:
+        state = data.get("state")
+        age = data.get("age")
+        return cls(
+            str(data["address"]),
+            Standing(data["standing"]),
+            tuple(str(s) for s in data.get("sources") or ()),
+            str(data.get("identity") or ""),
+            PeerState.model_validate(state) if state is not None else None,
+            float(age) if age is not None else None,
+            str(data["last_error"]) if data.get("last_error") is not None else None,
+        )
 
 
 def split_address(address: str, default_port: int) -> tuple[str, int]:

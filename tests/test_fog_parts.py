@@ -10,6 +10,7 @@ import pytest
 
 from fognode.fog.hop import HOP, PRINCIPAL, QUEUE, Forwarded
 from fognode.fog.members import (
+    CandidateView,
     Member,
     MemberTable,
     Source,
@@ -269,3 +270,14 @@ def test_a_node_that_cannot_serve_takes_any_member_with_the_model_busy_last() ->
 
 def test_draining_members_and_members_without_the_model_are_never_chosen() -> None:
     assert rank_peers([peer(draining=True), peer(has_model=False)], here=None, margin=0) == []
+
+
+def test_what_the_table_says_of_a_candidate_crosses_processes_as_json() -> None:
+    clock = Clock()
+    members = table(clock)
+    waiting = members.offer("10.0.0.3", 9443, Source.MDNS)
+    answered = members.offer("10.0.0.2", 9443, Source.STATIC)
+    members.answered(answered, state(), "b.local")
+    members.failed(waiting, "cannot connect (refused)")
+    views = members.views()
+    assert [CandidateView.from_json(v.to_json()) for v in views] == views
