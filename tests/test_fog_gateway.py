@@ -15,7 +15,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import pytest
@@ -133,8 +133,13 @@ def client_context(pki: Pki) -> ssl.SSLContext:
     return ctx
 
 
+class Served(Protocol):
+    @property
+    def url(self) -> str: ...
+
+
 async def chat(
-    http: aiohttp.ClientSession, node: Node, pki: Pki, model: str, *, key: str = USER_KEY
+    http: aiohttp.ClientSession, node: Served, pki: Pki, model: str, *, key: str = USER_KEY
 ) -> tuple[int, dict[str, str], str]:
     """One streamed chat as a phone sends it; the status, headers and the text."""
     async with http.post(

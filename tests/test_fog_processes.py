@@ -9,7 +9,6 @@ Ollama stand-ins as processes; mDNS between namespaces is test_fog_lan.py's.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from tests.netns import Proc
 from tests.node_process import NodeProcess
 from tests.ollama_standin import DEFAULT_REPLY
 from tests.pki import Pki, make_pki, node_certs_dir
-from tests.test_fog_gateway import ADMIN_KEY, OTHER, SMALL, USER_KEY, client_context
+from tests.test_fog_gateway import ADMIN_KEY, OTHER, SMALL, USER_KEY, chat, client_context
 
 pytestmark = pytest.mark.slow
 
@@ -108,24 +107,6 @@ async def admin(
     ) as response:
         assert response.status == 200, await response.text()
         return await response.json()
-
-
-async def chat(
-    http: aiohttp.ClientSession, node: NodeProcess, pki: Pki, model: str
-) -> tuple[int, dict[str, str], str]:
-    async with http.post(
-        f"{node.url}/v1/chat/completions",
-        json={"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]},
-        headers={"Authorization": f"Bearer {USER_KEY}"},
-        ssl=client_context(pki),
-    ) as response:
-        body = await response.text()
-    text = "".join(
-        json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-        for line in body.splitlines()
-        if line.startswith("data: {") and json.loads(line[6:]).get("choices")
-    )
-    return response.status, dict(response.headers), text
 
 
 async def members(
