@@ -128,9 +128,13 @@ class _Groups:
         if not members:
             return None
         # Show the generic `local.` announcement when there is one.
-        first = min(members, key=lambda n: (n.domain != "local.", n.name))
+        ordered = sorted(members, key=lambda n: (n.domain != "local.", n.name))
         domains = tuple(sorted({n.domain for n in members}, key=lambda d: (d != "local.", d)))
-        return replace(first, domains=domains)
+        # Every address any of them gives: one node's announcements give the
+        # same ones, and a host that copies a node's TXT (its id) must not hide
+        # the node's own addresses behind its own.
+        addresses = tuple(dict.fromkeys(a for n in ordered for a in n.addresses))
+        return replace(ordered[0], domains=domains, addresses=addresses)
 
     def _apply(self, name: str, node: FogNode | None) -> list[NodeEvent]:
         """Set (or with None, drop) one announcement; what changed for the nodes."""

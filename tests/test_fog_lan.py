@@ -18,6 +18,9 @@ a waits in its queue; with it, neither.
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -78,11 +81,24 @@ class Spec:
     env: dict[str, str] = field(default_factory=dict)
 
 
+class LoggedProc(Proc):
+    """A node: its output to a file (a pipe nobody reads would fill and stop it)."""
+
+    def __init__(self, argv: list[str], log: Path, env: dict[str, str]) -> None:
+        self.log_file = log
+        self.log = b""
+        with log.open("wb") as out:
+            self.popen = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=out)
+
+    def output(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+
 @dataclass
 class Running:
     spec: Spec
     host: Host
-    node: Proc
+    node: LoggedProc
     data: Path
 
     def fognode(self, *argv: str) -> dict[str, Any]:
@@ -99,12 +115,10 @@ class Running:
         return json.loads(out.stdout) if out.stdout.startswith("{") else {"out": out.stdout}
 
     def log(self) -> str:
-        return self.node.log.decode(errors="replace")
+        return self.node.output()
 
 
 def _env(spec: Spec, data: Path) -> dict[str, str]:
-    import os
-
     return {
         **os.environ,
         "FOGNODE_HOST": "*",
@@ -147,7 +161,7 @@ def start(host: Host, spec: Spec, procs: list[Proc], pki: Pki, tmp: Path) -> Run
     ]
     procs.append(Proc(host.python(*standin)))
     wait_http(host, "http://127.0.0.1:11434/api/version")
-    node = Proc(host.fognode("serve"), env=_env(spec, data))
+    node = LoggedProc(host.fognode("serve"), data / "node.log", env=_env(spec, data))
     procs.append(node)
     wait_http(host, "https://127.0.0.1:443/healthz")
     return Running(spec, host, node, data)
@@ -166,6 +180,18 @@ def members(node: Running, count: int, limit: float = 30) -> dict[str, Any]:
 def run_phones(
     phone: Host, pki: Pki, mix: str, *, rate: float, **more: str
 ) -> list[dict[str, Any]]:
+    return finish_phones(start_phones(phone, pki, mix, rate=rate, **more))
+
+
+def finish_phones(phones: subprocess.Popen[str]) -> list[dict[str, Any]]:
+    out, err = phones.communicate(timeout=600)
+    assert phones.returncode == 0, err
+    return list(json.loads(out))
+
+
+def start_phones(
+    phone: Host, pki: Pki, mix: str, *, rate: float, **more: str
+) -> subprocess.Popen[str]:
     argv = [
         "-m",
         "tests.fog_phones",
@@ -184,9 +210,9 @@ def run_phones(
     ]
     for key, value in more.items():
         argv += [f"--{key.replace('_', '-')}", value]
-    out = subprocess.run(phone.python(*argv), cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
-    return list(json.loads(out.stdout))
+    return subprocess.Popen(
+        phone.python(*argv), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -262,3 +288,202 @@ def test_the_fog_serves_every_model_some_member_has_and_cuts_the_wait(
     assert all(o["text"] == DEFAULT_REPLY for o in fogged)
     # Under uneven load, the wait for a first token: at most half the control's p95.
     assert after["ttft_p95"] <= before["ttft_p95"] / 2, (before, after)
+
+
+def txt_of(avahi: Avahi, address: str) -> dict[str, str]:
+    """The TXT record a node announces in `local.`, as any host on the LAN reads it."""
+    for entry in avahi.browse("_https._tcp", "local"):
+        if entry[6] == address:
+            return dict(item.split("=", 1) for item in shlex.split(entry[8]) if "=" in item)
+    raise AssertionError(f"{address} announces nothing")
+
+
+def test_a_rogue_that_copies_the_announcement_is_never_used(
+    lan: Segment, procs: list[Proc], pki: Pki, avahi: Avahi, tmp_path: Path
+) -> None:
+    phone, rogue = lan.hosts[0], lan.hosts[4]
+    nodes = fleet(lan, procs, pki, tmp_path, fog=True)
+    a, c = nodes[0], nodes[2]
+    # Another fog's node on the rogue's host (its own CA, asking the members too) ...
+    other = make_pki(tmp_path / "other-fog", names=("spezillmfog.local",))
+    members_by_address = ",".join(n.host.address for n in nodes)
+    impostor_spec = Spec(
+        "rogue",
+        (M1, M2, M3),
+        loaded=(M1, M2, M3),
+        env={"FOGNODE_MDNS": "false", "FOGNODE_FOG_PEERS": members_by_address},
+    )
+    rogue_node = start(rogue, impostor_spec, procs, other, tmp_path)
+    # ... announced with a's TXT record, fingerprint and node id included, at the
+    # rogue's address; and a server with the server certificate of this fog, on
+    # another peer port, announced with c's record under an id of its own.
+    copied = txt_of(avahi, a.host.address)
+    assert copied["ca"] and copied["fog"] == "9443"
+    state = tmp_path / "state.json"
+    state.write_text(
+        json.dumps(
+            {
+                "node": "impostor",
+                "models": [M1, M2, M3],
+                "loaded": [M1, M2, M3],
+                "capacity": 8,
+                "active": 0,
+                "queued": 0,
+                "free_slots": 8,
+            }
+        )
+    )
+    received = tmp_path / "impostor-requests"
+    procs.append(
+        Proc(
+            rogue.python(
+                "-m",
+                "tests.fog_impostor",
+                "serve",
+                "--port",
+                "9444",
+                "--cert",
+                str(pki.paths.server_cert),
+                "--key",
+                str(pki.paths.server_key),
+                "--ca",
+                str(pki.ca),
+                "--state",
+                str(state),
+                "--requests",
+                str(received),
+            )
+        )
+    )
+    for instance, txt in (
+        ("SpeziLLMFog Service-R1", copied),
+        (
+            "SpeziLLMFog Service-R2",
+            {**txt_of(avahi, c.host.address), "id": "impostor", "fog": "9444"},
+        ),
+    ):
+        procs.append(
+            Proc(
+                rogue.python(
+                    "-m",
+                    "tests.fog_impostor",
+                    "announce",
+                    "--instance",
+                    instance,
+                    "--host",
+                    "rogue.local.",
+                    "--address",
+                    rogue.address,
+                    "--txt",
+                    *(f"{k}={v}" for k, v in txt.items()),
+                )
+            )
+        )
+    # Every member asks both, and refuses both; the rogue gets no member either.
+    wanted = {f"{rogue.address}:9443": "refused", f"{rogue.address}:9444": "refused"}
+    deadline = time.monotonic() + 40
+    for node in nodes:
+        while True:
+            view = node.fognode("fog", "--json")
+            standings = {c["address"]: c["standing"] for c in view["candidates"]}
+            if all(standings.get(k) == v for k, v in wanted.items()):
+                break
+            assert time.monotonic() < deadline, (node.spec.name, view)
+            time.sleep(0.5)
+        assert len(view["members"]) == 2, view
+        assert rogue.address not in json.dumps(view["members"])
+    assert rogue_node.fognode("fog", "--json")["members"] == []
+
+    # Phones use the fog as before; nothing reaches the rogue or the impostor.
+    outcomes = run_phones(phone, pki, f"{M1}=10,{M2}=4,{M3}=6", rate=4)
+    assert summary(outcomes)["ok"] == 20, outcomes
+    assert "POST /v1/chat/completions" not in rogue_node.log()
+    assert received.read_text() == ""
+
+
+def two_or_three(
+    lan: Segment, procs: list[Proc], pki: Pki, tmp: Path, specs: tuple[Spec, ...]
+) -> list[Running]:
+    nodes = [start(lan.hosts[i + 1], spec, procs, pki, tmp) for i, spec in enumerate(specs)]
+    for node in nodes:
+        members(node, len(nodes) - 1)
+    return nodes
+
+
+def announced(avahi: Avahi, address: str) -> bool:
+    return any(e[6] == address for e in avahi.browse("_https._tcp", "spezillmfog.local"))
+
+
+def test_a_drained_node_finishes_its_streams_and_hands_on_the_rest(
+    lan: Segment, procs: list[Proc], pki: Pki, avahi: Avahi, tmp_path: Path
+) -> None:
+    phone = lan.hosts[0]
+    _, b = two_or_three(
+        lan,
+        procs,
+        pki,
+        tmp_path,
+        (Spec("a", (M1,), loaded=(M1,)), Spec("b", (M1,), loaded=(M1,), token_delay=0.3)),
+    )
+    assert announced(avahi, b.host.address)
+    # Phones that hold b's address (they picked it earlier): streams of ~4 s each.
+    phones = start_phones(phone, pki, f"{M1}=12", rate=4, address=b.host.address)
+    time.sleep(1.5)
+    assert "draining" in b.fognode("drain")["out"]
+    drained = time.monotonic()
+    while announced(avahi, b.host.address):
+        assert time.monotonic() - drained < 10, "b is still announced"
+        time.sleep(0.2)
+    gone_after = time.monotonic() - drained
+    outcomes = finish_phones(phones)
+    print(f"\nannouncement gone from avahi-browse {gone_after:.1f} s after the drain")
+    # No phone failed; every stream, running or new, is the whole answer.
+    assert all(o["ok"] and not o["ended_silently"] for o in outcomes), outcomes
+    assert all(o["text"] == DEFAULT_REPLY for o in outcomes)
+    handed = b.log().count("route=peer-")
+    served_at_b = b.log().count('"POST /v1/chat/completions" 200') - handed
+    print(f"served at b before the drain: {served_at_b}, handed to a after it: {handed}")
+    assert served_at_b >= 1 and handed >= 1
+    ready = subprocess.run(
+        b.host.command("curl", "-sk", "https://127.0.0.1:443/readyz"),
+        capture_output=True,
+        text=True,
+    )
+    assert json.loads(ready.stdout)["status"] == "draining"
+    assert "not draining" in b.fognode("drain", "--off")["out"]
+    deadline = time.monotonic() + 15
+    while not announced(avahi, b.host.address):
+        assert time.monotonic() < deadline, "b is not announced again"
+        time.sleep(0.5)
+
+
+def test_a_member_killed_mid_run_fails_no_request_that_had_not_streamed(
+    lan: Segment, procs: list[Proc], pki: Pki, tmp_path: Path
+) -> None:
+    phone = lan.hosts[0]
+    a, b, _ = two_or_three(
+        lan,
+        procs,
+        pki,
+        tmp_path,
+        (
+            # a takes one request at a time and is slow: it hands the rest on.
+            Spec("a", (M1,), loaded=(M1,), token_delay=0.2, slots=1),
+            # b takes three seconds to a first byte: requests wait there when it dies.
+            Spec("b", (M1,), loaded=(M1,), first_byte_delay=3.0, slots=8),
+            Spec("c", (M1,), loaded=(M1,), slots=8),
+        ),
+    )
+    phones = start_phones(phone, pki, f"{M1}=12", rate=4, address=a.host.address)
+    time.sleep(2.0)
+    b.node.popen.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    outcomes = finish_phones(phones)
+    print(f"\nrequests a handed on: {a.log().count('route=peer-')}")
+    assert all(o["ok"] and o["text"] == DEFAULT_REPLY for o in outcomes), outcomes
+    # a tried b and found it gone (then the next member took over) ...
+    assert "fog member b.local" in a.log(), a.log()[-3000:]
+    # ... and b is out of a's fog within the staleness bound.
+    while any(m["identity"] == "b.local" for m in a.fognode("fog", "--json")["members"]):
+        assert time.monotonic() - killed < 10, "b is still a member"
+        time.sleep(0.5)

@@ -54,3 +54,8 @@ ROUTED = web.RequestKey("fognode.routed", Routed)
 # the peer port, over mutual TLS): it is served here, never forwarded again,
 # and recorded by the entry node, not here.
 FORWARDED = web.RequestKey("fognode.forwarded", Forwarded)
+
+# Set on a request that is routine and frequent (a fog member asking for this
+# node's state, every second or two): when it succeeds, no access-log line and
+# no entry in the status page's activity; /metrics still counts it.
+ROUTINE = web.RequestKey("fognode.routine", bool)

@@ -123,15 +123,16 @@ class FogMembership:
             log.exception("fog: browsing for members stopped")
 
     def _seen(self, node: FogNode) -> None:
+        """Every address a node announces is a place to ask, until the node is
+        gone: an announcement with a copied id adds its host to the places,
+        and never takes the node's own away (its certificate decides)."""
         port = node.txt.fog_port
-        if not port or node.txt.node_id == self.options.own_id:
+        if not port:
             return
-        now = {self.table.offer(host, port, Source.MDNS) for host in _askable(node.addresses)}
-        before = self._found.get(node.identity, set())
-        for address in before - now:
-            self.table.withdraw(address, Source.MDNS)
-        self._found[node.identity] = now
-        for address in now:
+        found = self._found.setdefault(node.identity, set())
+        for host in _askable(node.addresses):
+            address = self.table.offer(host, port, Source.MDNS)
+            found.add(address)
             self._ask_from(address)
         self._soon()
 

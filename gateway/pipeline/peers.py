@@ -37,7 +37,7 @@ from ...certs.peers import PeerRefused
 from ...fog.hop import Forwarded
 from ...fog.state import PeerState
 from ..core.errors import GatewayError
-from ..core.keys import FORWARDED, PRINCIPAL
+from ..core.keys import FORWARDED, PRINCIPAL, ROUTINE
 from ..telemetry.metrics import Metrics
 from ..upstreams.peers import FogPeers
 from .routes import RouteSpec, add_route, spec_for
@@ -87,6 +87,7 @@ def setup_peers(
         if spec is None or not (spec.peer_only or forwardable(spec)):
             raise GatewayError(404, "Not served on the peer port.", code="not_found")
         if spec.peer_only:
+            request[ROUTINE] = True  # every member asks every second or two
             return await handler(request)
         try:
             forwarded = Forwarded.from_headers(request.headers)
