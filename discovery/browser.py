@@ -40,10 +40,13 @@ class FogNode:
 
     @property
     def identity(self) -> tuple[object, ...]:
-        """What makes two announcements one node: its TXT id, or else its name,
-        kind and addresses (nodes that announce no id, such as the reference's)."""
+        """What makes two announcements one node: its TXT id and its own host
+        name (a node announces every domain from one host; another host with
+        the same id is another machine, a clone or a copy of its TXT), or else
+        its name, kind and addresses (nodes that announce no id, such as the
+        reference's)."""
         if self.txt.node_id:
-            return (self.txt.node_id, self.tls)
+            return (self.txt.node_id, self.tls, self.host.lower())
         return (self.instance, self.tls, frozenset(self.addresses))
 
     @property

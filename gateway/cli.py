@@ -30,7 +30,7 @@ from .auth_setup import project_id
 from .config.network import local_url
 from .config.paths import data_dir
 from .config.settings import Settings, load_settings
-from .node.operate import add_operate_commands, run_drain, run_fog
+from .node.operate import add_operate_commands, fog_checker, run_drain, run_fog
 from .node.serve import run_loop, serve, startup_failure
 from .node.service import add_service_commands
 from .node.supervisor import worker_count
@@ -247,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command in ("discover", "chat"):
+            if args.command == "discover":
+                args.fog_check = fog_checker(load_settings(None))
             return run_discovery_command(args)
         if args.command in ("claims", "apikey"):
             settings = load_settings(None)

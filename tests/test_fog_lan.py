@@ -117,6 +117,10 @@ class Running:
     def log(self) -> str:
         return self.node.output()
 
+    def node_id(self) -> str:
+        """The id the node made at its first start (TXT `id`)."""
+        return (self.data / "fognode" / "node-id").read_text().strip()
+
 
 def _env(spec: Spec, data: Path) -> dict[str, str]:
     return {
@@ -393,6 +397,24 @@ def test_a_rogue_that_copies_the_announcement_is_never_used(
         assert len(view["members"]) == 2, view
         assert rogue.address not in json.dumps(view["members"])
     assert rogue_node.fognode("fog", "--json")["members"] == []
+    # `fognode discover` on a member marks who is one: b and c, never the impostor.
+    listing = subprocess.run(
+        a.host.fognode("discover", "--json", "--timeout", "3", "--instance", "SpeziLLMFog"),
+        cwd=ROOT,
+        env=_env(a.spec, a.data),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    marks = {
+        (n["txt"]["node_id"], n["addresses"][0]): n.get("fog") for n in json.loads(listing.stdout)
+    }
+    print(f"\nfognode discover on a: {marks}")
+    for node in nodes:  # a itself too: it answers with its own certificate
+        assert marks[(node.node_id(), node.host.address)] == "member"
+    # The copy of a's announcement, and the impostor, are shown apart, and refused.
+    assert marks[(a.node_id(), rogue.address)] == "not a member"
+    assert marks[("impostor", rogue.address)] == "not a member"
 
     # Phones use the fog as before; nothing reaches the rogue or the impostor.
     outcomes = run_phones(phone, pki, f"{M1}=10,{M2}=4,{M3}=6", rate=4)

@@ -15,13 +15,20 @@ import json
 import os
 import ssl
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+from multidict import CIMultiDict
 
+from ...certs.errors import CertError
+from ...fog.state import PeerState
 from ..config.network import local_url
 from ..config.paths import data_dir
 from ..config.settings import Settings
+from ..options import FogUnavailable, peer_tls
+from ..pipeline.peers import STATE_PATH
+from ..upstreams.hop import ConnectFailed, HopError, HopOptions, HopPool
 
 
 class OperateError(Exception):
@@ -132,3 +139,42 @@ def add_operate_commands(sub: Any) -> None:
     )
     common(fog)
     fog.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def fog_checker(settings: Settings) -> Callable[[str, int], Awaitable[str]] | None:
+    """How `fognode discover` marks the members of this machine's fog: a state
+    request over mutual TLS with this node's node certificate (None: this
+    machine is no node of a fog)."""
+    try:
+        peers = peer_tls(settings)
+    except (CertError, FogUnavailable):
+        return None
+    if peers is None:
+        return None
+    tls = peers
+
+    async def check(address: str, port: int) -> str:
+        host = f"[{address}]" if ":" in address else address
+        hop = HopPool(
+            f"https://{host}:{port}",
+            HopOptions(
+                max_connections=1, connect_timeout=2.0, ssl=tls.client, check_peer=tls.check
+            ),
+        )
+        try:
+            async with asyncio.timeout(3.0):
+                answer = await hop.request("GET", STATE_PATH, CIMultiDict(), None, head_timeout=2.0)
+                body = await answer.read(64 * 1024)
+                answer.release()
+            if answer.status != 200:
+                return "not a member"
+            PeerState.from_json(body)
+        except ConnectFailed as exc:
+            return "not a member" if exc.refused_certificate else "no answer"
+        except (HopError, TimeoutError, ValueError):
+            return "no answer"
+        finally:
+            await hop.close()
+        return "member"
+
+    return check
