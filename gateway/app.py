@@ -128,7 +128,7 @@ def create_app(
     # 3b. A request on the peer port comes from a member of the fog: checked,
     #     its caller asserted by the node it entered (pipeline/peers.py).
     if fog is not None and fog_state is not None:
-        setup_peers(app, fog, metrics, fog_state)
+        setup_peers(app, fog, metrics, stats, fog_state)
     # 4. Who is calling, and may they use this route (auth/ decides). The operator's
     #    pages, and only they, also take a signed-in browser's session (sessions.py).
     setup_access(
@@ -206,5 +206,7 @@ def create_app(
                 if accounting is not None
                 else None
             ),
+            drain=drain,
+            fog=fog,
         )
     return app

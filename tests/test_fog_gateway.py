@@ -157,6 +157,16 @@ async def chat(
         return response.status, dict(response.headers), text if response.status == 200 else body
 
 
+async def admin_get(http: aiohttp.ClientSession, node: Node, pki: Pki, path: str) -> str:
+    async with http.get(
+        f"{node.url}{path}",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        ssl=client_context(pki),
+    ) as response:
+        assert response.status == 200, path
+        return await response.text()
+
+
 async def members_of(node: Node, count: int) -> None:
     await wait_until(lambda: len(node.fog.current()) == count, f"{node.name}: {count} members")
 
@@ -193,6 +203,21 @@ async def test_a_model_only_a_member_has_is_served_by_it_and_recorded_at_the_ent
     ) as cur:
         rows = await cur.fetchall()
     assert [tuple(r) for r in rows] == [(a.fog.options.own_id, b.fog.options.own_id)]
+
+    # Seeing it: /metrics by member and reason, both ways; the status page's Fog card.
+    reason = headers["X-Fognode-Upstream-Reason"]
+    assert f'fognode_fog_forwarded_total{{peer="b.local",reason="{reason}"}} 1.0' in (
+        await admin_get(http, a, pki, "/metrics")
+    )
+    assert 'fognode_fog_received_total{peer="a.local"} 1.0' in await admin_get(
+        http, b, pki, "/metrics"
+    )
+    page = await admin_get(http, a, pki, "/")
+    card = page[page.index('id="fog"') :]
+    assert "<b>b.local</b>" in card and 'data-standing="member"' in card
+    assert '<b class="member-handed">1</b>' in card
+    assert '<b class="member-received">0</b>' in card
+    assert OTHER in card
 
 
 async def test_a_model_no_member_has_is_the_apps_404(

@@ -39,6 +39,7 @@ from ...fog.state import PeerState
 from ..core.errors import GatewayError
 from ..core.keys import FORWARDED, PRINCIPAL, ROUTINE
 from ..telemetry.metrics import Metrics
+from ..telemetry.stats import GatewayStats
 from ..upstreams.peers import FogPeers
 from .routes import RouteSpec, add_route, spec_for
 
@@ -57,6 +58,7 @@ def setup_peers(
     app: web.Application,
     fog: FogPeers,
     metrics: Metrics,
+    stats: GatewayStats,
     state: Callable[[], Awaitable[PeerState]],
 ) -> None:
     """Install the stage and ``GET /fog/state`` (``state``: this node's, as its
@@ -100,6 +102,8 @@ def setup_peers(
         request[FORWARDED] = forwarded
         request[PRINCIPAL] = Principal(uid=forwarded.uid, kind=forwarded.kind)
         received.labels(identity.name).inc()
+        counts = stats.fog_received
+        counts[identity.name] = counts.get(identity.name, 0) + 1
         return await handler(request)
 
     async def fog_state(request: web.Request) -> web.Response:

@@ -262,11 +262,15 @@ class _Sender:
             self.handed.labels(member.identity, reasons).inc()
             try:
                 upstream = await fog.upstream(member)
-                return await self._send_to(
+                response = await self._send_to(
                     request, upstream, headers, data, model, edits, keepalive, meter, member
                 )
             except MemberDeclined as exc:
                 fog.failed(member, exc.why)
+                continue
+            handed = self.stats.fog_handed
+            handed[member.identity] = handed.get(member.identity, 0) + 1
+            return response
         request.pop(ROUTED, None)
         raise MembersDeclined()
 

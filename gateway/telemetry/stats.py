@@ -6,7 +6,7 @@ pays nothing; /readyz, the mDNS load field and /metrics read them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -22,6 +22,10 @@ class GatewayStats:
     # upstreams (a moving average; None: none yet): what the fog's members
     # are told, and what placement weighs a wait here against.
     first_token: float | None = None
+    # Requests handed to each member of the fog (and served there), and those
+    # each member handed to this node, by the member's name: the Fog card.
+    fog_handed: dict[str, int] = field(default_factory=dict)
+    fog_received: dict[str, int] = field(default_factory=dict)
 
     def first_token_after(self, seconds: float) -> None:
         known = self.first_token
