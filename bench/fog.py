@@ -1,0 +1,272 @@
+"""Phones that pick a node at random, against three nodes: the fog on and off.
+
+Three `fognode serve` processes (one process each) on 127.0.0.1, each with
+an Ollama stand-in that takes realistic times: a first token after the
+prompt is read, then tokens at the machine's rate, a model that is not in
+memory loaded first, and only as many generations at once as the machine
+runs (OLLAMA_NUM_PARALLEL; the node's cap matches it). The fleet is uneven
+as a home or clinic fleet is:
+
+    a  an old desktop: llama3:8b and qwen2:1b, 10 tokens/s, one at a time
+    b  a GPU box: llama3:8b, 40 tokens/s, four at a time
+    c  a laptop: gemma2:2b, 20 tokens/s, two at a time
+
+N phones arrive at a steady rate, each picks one of the three nodes at
+random (as the SpeziLLMFog app: it never reads TXT) and streams one chat
+with the app-faithful client (tests/spezillmfog_client.py: its retries,
+its error cases), asking for a model drawn from the mix. With the fog on,
+the nodes are members of one fog (mutual TLS between their peer ports);
+off, each is an island (FOGNODE_FOG=off). Rounds interleave on and off;
+every figure is the median of the rounds with their spread.
+
+    .venv/bin/python -m bench.fog                     # 60 phones, 3 rounds
+    .venv/bin/python -m bench.fog --phones 30 --rounds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import machine, start, stop, wait_ready
+from bench.fog_exchange import usage
+from tests.fog_phones import mix_of
+from tests.helpers import free_port
+from tests.pki import Pki, make_pki, node_certs_dir
+from tests.spezillmfog_client import AppConfig, AppError, generate
+
+M1, M2, M3 = "llama3:8b", "qwen2:1b", "gemma2:2b"
+# About 60 tokens: what a phone's short answer takes.
+REPLY = (
+    "The sky looks blue because sunlight is scattered by the molecules of the air, and "
+    "the shorter blue wavelengths are scattered far more than the red ones, so blue light "
+    "reaches our eyes from every part of the sky while the sun itself looks a little "
+    "yellow, and at sunset the light crosses so much air that most blue is scattered away."
+)
+
+
+@dataclass(frozen=True)
+class Machine:
+    name: str
+    models: tuple[str, ...]
+    loaded: tuple[str, ...]
+    tokens_per_second: float
+    first_token: float  # seconds to read a short prompt
+    load: float  # seconds to load a model that is not in memory
+    parallel: int
+
+
+FLEET = (
+    Machine("a", (M1, M2), (M1,), 10, 0.8, 8.0, 1),
+    Machine("b", (M1,), (M1,), 40, 0.15, 3.0, 4),
+    Machine("c", (M3,), (M3,), 20, 0.3, 4.0, 2),
+)
+
+
+@dataclass
+class BenchApp(AppConfig):
+    """The app, against a node on a port of 127.0.0.1 (the app itself always uses 443)."""
+
+    node_port: int = 443
+
+    @property
+    def port(self) -> int:
+        return self.node_port
+
+
+async def start_fleet(pki: Pki, work: Path, fog: bool) -> tuple[list[int], list[Any], list[int]]:
+    """The three nodes and their stand-ins; the phones' ports and the nodes' pids."""
+    ports = [free_port() for _ in FLEET]
+    peer_ports = [free_port() for _ in FLEET]
+    procs: list[Any] = []
+    pids: list[int] = []
+    for index, m in enumerate(FLEET):
+        upstream = free_port()
+        procs.append(
+            await start(
+                sys.executable,
+                "-m",
+                "tests.ollama_standin",
+                "--port",
+                str(upstream),
+                "--models",
+                ",".join(m.models),
+                *(arg for model in m.loaded for arg in ("--loaded", model)),
+                "--token-delay",
+                str(1 / m.tokens_per_second),
+                "--first-byte-delay",
+                str(m.first_token),
+                "--load-delay",
+                str(m.load),
+                "--parallel",
+                str(m.parallel),
+                "--reply",
+                REPLY,
+            )
+        )
+        others = [f"127.0.0.1:{p}" for i, p in enumerate(peer_ports) if i != index]
+        data = Path(tempfile.mkdtemp(dir=work))
+        node = await start(
+            sys.executable,
+            "-m",
+            "fognode.gateway.cli",
+            "serve",
+            "--port",
+            str(ports[index]),
+            "--upstream-url",
+            f"http://127.0.0.1:{upstream}",
+            "--auth",
+            "none",
+            "--log-level",
+            "WARNING",
+            env={
+                "FOGNODE_WORKERS": "1",
+                "FOGNODE_MDNS": "false",
+                "FOGNODE_ONBOARDING": "false",
+                "FOGNODE_CERTS_DIR": str(node_certs_dir(pki, data / "certs", m.name)),
+                "FOGNODE_FOG": "true" if fog else "off",
+                "FOGNODE_FOG_PORT": str(peer_ports[index]),
+                "FOGNODE_FOG_PEERS": ",".join(others),
+                "FOGNODE_MAX_CONCURRENT_REQUESTS": str(m.parallel),
+                "FOGNODE_PER_USER_CONCURRENT_REQUESTS": "1000",
+                "FOGNODE_PER_USER_QUEUED_REQUESTS": "1000",
+                "FOGNODE_NODE_ID": f"bench-{m.name}",
+                "XDG_DATA_HOME": str(data),
+            },
+            log=str(data / "node.log"),
+        )
+        procs.append(node)
+        assert node.pid is not None
+        pids.append(node.pid)
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    ctx.check_hostname = False
+    for port in ports:
+        await wait_ready(f"https://127.0.0.1:{port}/healthz", ctx)
+    if fog:
+        await asyncio.sleep(4)  # the members have asked each other (refresh 1.5 s)
+    return ports, procs, pids
+
+
+async def phones(
+    pki: Pki, ports: list[int], args: argparse.Namespace, seed: int
+) -> list[dict[str, Any]]:
+    models = mix_of(args.mix, seed)[: args.phones]
+    rng = random.Random(seed)
+    picks = [rng.randrange(len(ports)) for _ in models]
+
+    async def phone(index: int, model: str) -> dict[str, Any]:
+        await asyncio.sleep(index / args.rate)
+        cfg = BenchApp(
+            model=model, token=lambda: "none", ca_file=pki.ca, node_port=ports[picks[index]]
+        )
+        began = time.monotonic()
+        try:
+            result = await generate(cfg, "127.0.0.1", [{"role": "user", "content": f"Q{index}"}])
+        except AppError as exc:
+            return {"ok": False, "case": exc.case, "node": picks[index], "model": model}
+        return {
+            "ok": "".join(result.pieces) == REPLY,
+            "ttft": result.first_token_after,
+            "total": time.monotonic() - began,
+            "node": picks[index],
+            "model": model,
+        }
+
+    return list(await asyncio.gather(*(phone(i, m) for i, m in enumerate(models))))
+
+
+async def one_run(
+    pki: Pki, work: Path, fog: bool, args: argparse.Namespace, seed: int
+) -> dict[str, Any]:
+    ports, procs, pids = await start_fleet(pki, work, fog)
+    try:
+        before = [usage(pid)[0] for pid in pids]
+        outcomes = await phones(pki, ports, args, seed)
+        cpu = sum(usage(pid)[0] for pid in pids) - sum(before)
+    finally:
+        await stop(*reversed(procs))
+    ttft = sorted(o["ttft"] for o in outcomes if o["ok"] and o["ttft"] is not None)
+    return {
+        "fog": fog,
+        "ok": sum(o["ok"] for o in outcomes),
+        "model_not_found": sum(o.get("case") == "modelAccessError" for o in outcomes),
+        "other_failures": sum(
+            not o["ok"] and o.get("case") != "modelAccessError" for o in outcomes
+        ),
+        "p50": ttft[len(ttft) // 2] if ttft else None,
+        "p95": ttft[min(len(ttft) - 1, int(0.95 * len(ttft)))] if ttft else None,
+        "cpu_ms_per_request": 1000 * cpu / len(outcomes),
+    }
+
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="fog-bench-"))
+    pki = make_pki(work / "pki")
+    runs: list[dict[str, Any]] = []
+    for round_ in range(args.rounds):
+        for fog in (round_ % 2 == 0, round_ % 2 == 1):  # on-off, then off-on, ...
+            runs.append(await one_run(pki, work, fog, args, seed=round_ + 1))
+            print(json.dumps(runs[-1]), file=sys.stderr)
+    return {"machine": machine(), "args": vars(args), "runs": runs}
+
+
+def report(data: dict[str, Any]) -> str:
+    lines = [
+        f"Machine: {data['machine']} (shared with other work). {data['args']['phones']} phones, "
+        f"{data['args']['rate']}/s, mix {data['args']['mix']}, {data['args']['rounds']} rounds "
+        "(fog on and off interleaved); median (min-max) of the rounds.",
+        "",
+        "| fog | ok | model not found | other failures | first token p50 (s) | p95 (s) "
+        "| nodes' CPU per request (ms) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(values: list[float], fmt: str) -> str:
+        return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+
+    for fog in (False, True):
+        runs = [r for r in data["runs"] if r["fog"] is fog]
+        lines.append(
+            f"| {'on' if fog else 'off'} | {cell([r['ok'] for r in runs], '.0f')} "
+            f"| {cell([r['model_not_found'] for r in runs], '.0f')} "
+            f"| {cell([r['other_failures'] for r in runs], '.0f')} "
+            f"| {cell([r['p50'] for r in runs], '.2f')} | {cell([r['p95'] for r in runs], '.2f')} "
+            f"| {cell([r['cpu_ms_per_request'] for r in runs], '.1f')} |"
+        )
+    on = [r for r in data["runs"] if r["fog"]]
+    off = [r for r in data["runs"] if not r["fog"]]
+    ratios = [a["p95"] / b["p95"] for a, b in zip(on, off, strict=False) if a["p95"] and b["p95"]]
+    if ratios:
+        lines.append(
+            f"\np95 with the fog / without, per round: {', '.join(f'{r:.2f}' for r in ratios)}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--phones", type=int, default=60)
+    parser.add_argument("--rate", type=float, default=3.0, help="phones arriving per second")
+    parser.add_argument("--mix", default=f"{M1}=42,{M2}=6,{M3}=12")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write every value here")
+    args = parser.parse_args()
+    data = asyncio.run(measure(args))
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=2, default=str))
+    print(report(data))
+
+
+if __name__ == "__main__":
+    main()
