@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import random
+import ssl
 import statistics
 import sys
 import tempfile
@@ -85,49 +86,18 @@ class BenchApp(AppConfig):
 
 async def start_fleet(pki: Pki, work: Path, fog: bool) -> tuple[list[int], list[Any], list[int]]:
     """The three nodes and their stand-ins; the phones' ports and the nodes' pids."""
+    upstreams, procs = await start_standins()
     ports = [free_port() for _ in FLEET]
     peer_ports = [free_port() for _ in FLEET]
-    procs: list[Any] = []
     pids: list[int] = []
-    for index, m in enumerate(FLEET):
-        upstream = free_port()
-        procs.append(
-            await start(
-                sys.executable,
-                "-m",
-                "tests.ollama_standin",
-                "--port",
-                str(upstream),
-                "--models",
-                ",".join(m.models),
-                *(arg for model in m.loaded for arg in ("--loaded", model)),
-                "--token-delay",
-                str(1 / m.tokens_per_second),
-                "--first-byte-delay",
-                str(m.first_token),
-                "--load-delay",
-                str(m.load),
-                "--parallel",
-                str(m.parallel),
-                "--reply",
-                REPLY,
-            )
-        )
+    for index, (m, upstream) in enumerate(zip(FLEET, upstreams, strict=True)):
         others = [f"127.0.0.1:{p}" for i, p in enumerate(peer_ports) if i != index]
         data = Path(tempfile.mkdtemp(dir=work))
         node = await start(
-            sys.executable,
-            "-m",
-            "fognode.gateway.cli",
-            "serve",
-            "--port",
-            str(ports[index]),
-            "--upstream-url",
-            f"http://127.0.0.1:{upstream}",
-            "--auth",
-            "none",
-            "--log-level",
-            "WARNING",
+            sys.executable, "-m", "fognode.gateway.cli", "serve",
+            "--port", str(ports[index]),
+            "--upstream-url", f"http://127.0.0.1:{upstream}",
+            "--auth", "none", "--log-level", "WARNING",
             env={
                 "FOGNODE_WORKERS": "1",
                 "FOGNODE_MDNS": "false",
@@ -143,12 +113,10 @@ async def start_fleet(pki: Pki, work: Path, fog: bool) -> tuple[list[int], list[
                 "XDG_DATA_HOME": str(data),
             },
             log=str(data / "node.log"),
-        )
+        )  # fmt: skip
         procs.append(node)
         assert node.pid is not None
         pids.append(node.pid)
-    import ssl
-
     ctx = ssl.create_default_context(cafile=str(pki.ca))
     ctx.check_hostname = False
     for port in ports:
@@ -156,6 +124,111 @@ async def start_fleet(pki: Pki, work: Path, fog: bool) -> tuple[list[int], list[
     if fog:
         await asyncio.sleep(4)  # the members have asked each other (refresh 1.5 s)
     return ports, procs, pids
+
+
+HERD = Path.home() / ".cache" / "fognode" / "bench" / "herd-venv" / "bin"
+
+
+async def start_standins() -> tuple[list[int], list[Any]]:
+    ports, procs = [], []
+    for m in FLEET:
+        port = free_port()
+        procs.append(
+            await start(
+                sys.executable, "-m", "tests.ollama_standin", "--port", str(port),
+                "--models", ",".join(m.models),
+                *(arg for model in m.loaded for arg in ("--loaded", model)),
+                "--token-delay", str(1 / m.tokens_per_second),
+                "--first-byte-delay", str(m.first_token),
+                "--load-delay", str(m.load),
+                "--parallel", str(m.parallel),
+                "--reply", REPLY,
+            )
+        )  # fmt: skip
+        ports.append(port)
+    for port in ports:
+        await wait_ready(f"http://127.0.0.1:{port}/api/version")
+    return ports, procs
+
+
+async def start_herd(work: Path) -> tuple[int, list[Any], list[int]]:
+    """Ollama Herd (PyPI ollama-herd) in front of the same stand-ins: its router
+    and one node agent per machine. Phones send everything to the router: Herd
+    is a central router, it cannot take a phone's random pick."""
+    standins, procs = await start_standins()
+    router = free_port()
+    home = Path(tempfile.mkdtemp(dir=work))
+    env = {"HOME": str(home)}
+    procs.append(
+        await start(
+            str(HERD / "herd"), "--host", "127.0.0.1", "--port", str(router),
+            "--log-level", "WARNING", env=env, log=str(home / "router.log"),
+        )
+    )  # fmt: skip
+    await wait_ready(f"http://127.0.0.1:{router}/")
+    for m, port in zip(FLEET, standins, strict=True):
+        procs.append(
+            await start(
+                str(HERD / "herd-node"), "--node-id", m.name,
+                "--ollama-host", f"http://127.0.0.1:{port}",
+                "--router-url", f"http://127.0.0.1:{router}",
+                env=env, log=str(home / f"node-{m.name}.log"),
+            )
+        )  # fmt: skip
+    await asyncio.sleep(10)  # the agents' first heartbeats
+    pids = [p.pid for p in procs[len(standins) :] if p.pid is not None]
+    return router, procs, pids
+
+
+async def herd_phones(router: int, args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
+    """The same phones against Herd's router, with a plain streaming client: the
+    app itself cannot read Herd's stream (no role in a delta, no ``created``:
+    its generated client refuses the chunk), so this measures Herd's router
+    at its best."""
+    import aiohttp
+
+    models = mix_of(args.mix, seed)[: args.phones]
+    url = f"http://127.0.0.1:{router}/v1/chat/completions"
+    async with aiohttp.ClientSession() as http:
+
+        async def phone(index: int, model: str) -> dict[str, Any]:
+            await asyncio.sleep(index / args.rate)
+            began = time.monotonic()
+            body = {
+                "model": model,
+                "stream": True,
+                "messages": [{"role": "user", "content": f"Q{index}"}],
+            }
+            for attempt in range(3):
+                try:
+                    async with http.post(url, json=body) as response:
+                        if response.status == 404:
+                            return {"ok": False, "case": "modelAccessError", "model": model}
+                        if response.status != 200:
+                            await asyncio.sleep(2**attempt)
+                            continue
+                        ttft, text, served = None, "", None
+                        async for line in response.content:
+                            if not line.startswith(b"data: {"):
+                                continue
+                            chunk = json.loads(line[6:])
+                            served = chunk.get("model", served)
+                            for choice in chunk.get("choices") or []:
+                                piece = (choice.get("delta") or {}).get("content") or ""
+                                if piece and ttft is None:
+                                    ttft = time.monotonic() - began
+                                text += piece
+                        return {
+                            "ok": text == REPLY and served == model,
+                            "ttft": ttft,
+                            "model": model,
+                            "served": served,
+                        }
+                except aiohttp.ClientError:
+                    await asyncio.sleep(2**attempt)
+            return {"ok": False, "case": "unknownError", "model": model}
+
+        return list(await asyncio.gather(*(phone(i, m) for i, m in enumerate(models))))
 
 
 async def phones(
@@ -187,23 +260,32 @@ async def phones(
 
 
 async def one_run(
-    pki: Pki, work: Path, fog: bool, args: argparse.Namespace, seed: int
+    pki: Pki, work: Path, fleet: str, args: argparse.Namespace, seed: int
 ) -> dict[str, Any]:
-    ports, procs, pids = await start_fleet(pki, work, fog)
+    """``fleet``: "on" (the fog), "off" (islands) or "herd"."""
+    router, ports = 0, list[int]()
+    if fleet == "herd":
+        router, procs, pids = await start_herd(work)
+    else:
+        ports, procs, pids = await start_fleet(pki, work, fleet == "on")
     try:
         before = [usage(pid)[0] for pid in pids]
-        outcomes = await phones(pki, ports, args, seed)
+        if fleet == "herd":
+            outcomes = await herd_phones(router, args, seed)
+        else:
+            outcomes = await phones(pki, ports, args, seed)
         cpu = sum(usage(pid)[0] for pid in pids) - sum(before)
     finally:
         await stop(*reversed(procs))
     ttft = sorted(o["ttft"] for o in outcomes if o["ok"] and o["ttft"] is not None)
     return {
-        "fog": fog,
+        "fleet": fleet,
         "ok": sum(o["ok"] for o in outcomes),
         "model_not_found": sum(o.get("case") == "modelAccessError" for o in outcomes),
         "other_failures": sum(
             not o["ok"] and o.get("case") != "modelAccessError" for o in outcomes
         ),
+        "substituted": sum(o.get("served") not in (None, o["model"]) for o in outcomes),
         "p50": ttft[len(ttft) // 2] if ttft else None,
         "p95": ttft[min(len(ttft) - 1, int(0.95 * len(ttft)))] if ttft else None,
         "cpu_ms_per_request": 1000 * cpu / len(outcomes),
@@ -214,42 +296,61 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="fog-bench-"))
     pki = make_pki(work / "pki")
     runs: list[dict[str, Any]] = []
+    kinds = ["on", "off"] + (["herd"] if args.herd else [])
     for round_ in range(args.rounds):
-        for fog in (round_ % 2 == 0, round_ % 2 == 1):  # on-off, then off-on, ...
-            runs.append(await one_run(pki, work, fog, args, seed=round_ + 1))
+        shift = round_ % len(kinds)  # a rotating order: no fleet always first
+        for fleet in kinds[shift:] + kinds[:shift]:
+            runs.append(await one_run(pki, work, fleet, args, seed=round_ + 1))
             print(json.dumps(runs[-1]), file=sys.stderr)
     return {"machine": machine(), "args": vars(args), "runs": runs}
 
 
+NAMES = {
+    "off": "fognode, fog off (islands)",
+    "on": "fognode, fog on",
+    "herd": "Ollama Herd 0.11.4 (router + 3 agents)",
+}
+
+
 def report(data: dict[str, Any]) -> str:
+    a = data["args"]
     lines = [
-        f"Machine: {data['machine']} (shared with other work). {data['args']['phones']} phones, "
-        f"{data['args']['rate']}/s, mix {data['args']['mix']}, {data['args']['rounds']} rounds "
-        "(fog on and off interleaved); median (min-max) of the rounds.",
+        f"Machine: {data['machine']} (shared with other work). {a['phones']} phones at "
+        f"{a['rate']}/s, mix {a['mix']}, {a['rounds']} rounds, the fleets interleaved in a "
+        "rotating order; median (min-max) of the rounds. CPU: the nodes' fognode processes "
+        "(Herd: its router and agents), not the stand-ins.",
         "",
-        "| fog | ok | model not found | other failures | first token p50 (s) | p95 (s) "
-        "| nodes' CPU per request (ms) |",
+        "| fleet | ok | model not found | other failures | first token p50 (s) | p95 (s) "
+        "| CPU per request (ms) |",
         "|---|---|---|---|---|---|---|",
     ]
 
     def cell(values: list[float], fmt: str) -> str:
         return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
 
-    for fog in (False, True):
-        runs = [r for r in data["runs"] if r["fog"] is fog]
+    for fleet in ("off", "on", "herd"):
+        runs = [r for r in data["runs"] if r["fleet"] == fleet and r["p95"] is not None]
+        if not runs:
+            continue
         lines.append(
-            f"| {'on' if fog else 'off'} | {cell([r['ok'] for r in runs], '.0f')} "
+            f"| {NAMES[fleet]} | {cell([r['ok'] for r in runs], '.0f')} "
             f"| {cell([r['model_not_found'] for r in runs], '.0f')} "
             f"| {cell([r['other_failures'] for r in runs], '.0f')} "
             f"| {cell([r['p50'] for r in runs], '.2f')} | {cell([r['p95'] for r in runs], '.2f')} "
             f"| {cell([r['cpu_ms_per_request'] for r in runs], '.1f')} |"
         )
-    on = [r for r in data["runs"] if r["fog"]]
-    off = [r for r in data["runs"] if not r["fog"]]
-    ratios = [a["p95"] / b["p95"] for a, b in zip(on, off, strict=False) if a["p95"] and b["p95"]]
+    on = [r for r in data["runs"] if r["fleet"] == "on"]
+    off = [r for r in data["runs"] if r["fleet"] == "off"]
+    ratios = [x["p95"] / y["p95"] for x, y in zip(on, off, strict=False) if x["p95"] and y["p95"]]
     if ratios:
         lines.append(
             f"\np95 with the fog / without, per round: {', '.join(f'{r:.2f}' for r in ratios)}"
+        )
+    herd = [r for r in data["runs"] if r["fleet"] == "herd"]
+    if herd:
+        lines.append(
+            "Herd: answers from another model than the one asked for (its model substitution), "
+            "per round: " + ", ".join(str(r["substituted"]) for r in herd)
         )
     return "\n".join(lines)
 
@@ -261,6 +362,12 @@ def main() -> None:
     parser.add_argument("--mix", default=f"{M1}=42,{M2}=6,{M3}=12")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write every value here")
+    parser.add_argument(
+        "--herd",
+        action=argparse.BooleanOptionalAction,
+        default=(HERD / "herd").exists(),
+        help="also Ollama Herd (default: when bench/setup.sh installed it)",
+    )
     args = parser.parse_args()
     data = asyncio.run(measure(args))
     if args.json:
