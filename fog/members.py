@@ -109,7 +109,7 @@ class Member:
         return {
             "address": self.address,
             "identity": self.identity,
-            "state": self.state.model_dump(mode="json"),
+            "state": self.state.as_dict(),
             "age": self.age,
         }
 
@@ -120,7 +120,7 @@ class Member:
             raise ValueError("a member needs an address and an identity")
         if not isinstance(age, int | float):
             raise ValueError("a member's age is a number")
-        return cls(address, identity, PeerState.model_validate(data["state"]), float(age))
+        return cls(address, identity, PeerState.from_dict(data["state"]), float(age))
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ class CandidateView:
             "standing": self.standing.value,
             "sources": list(self.sources),
             "identity": self.identity,
-            "state": self.state.model_dump(mode="json") if self.state is not None else None,
+            "state": self.state.as_dict() if self.state is not None else None,
             "age": self.age,
             "last_error": self.last_error,
         }
@@ -155,7 +155,7 @@ class CandidateView:
             Standing(data["standing"]),
             tuple(str(s) for s in data.get("sources") or ()),
             str(data.get("identity") or ""),
-            PeerState.model_validate(state) if state is not None else None,
+            PeerState.from_dict(state) if state is not None else None,
             float(age) if age is not None else None,
             str(data["last_error"]) if data.get("last_error") is not None else None,
         )

@@ -32,22 +32,22 @@ from fognode.routing.order import (
 def state(node: str = "b", **fields: object) -> PeerState:
     values: dict[str, object] = {
         "node": node,
-        "models": ("llama3.2:1b",),
-        "loaded": (),
+        "models": ["llama3.2:1b"],
+        "loaded": [],
         "capacity": 4,
         "active": 0,
         "queued": 0,
         "free_slots": 4,
     }
     values.update(fields)
-    return PeerState.model_validate(values)
+    return PeerState.from_dict(values)
 
 
 # --- the state message --------------------------------------------------------------
 
 
 def test_the_state_reads_back_what_was_sent_and_ignores_fields_it_does_not_know() -> None:
-    sent = state(loaded=("llama3.2:1b",), ttft=0.25, draining=True, wait=1.5)
+    sent = state(loaded=["llama3.2:1b"], ttft=0.25, draining=True, wait=1.5)
     assert PeerState.from_json(sent.to_json()) == sent
     newer = sent.to_json()[:-1] + b', "gpu": "none"}'
     assert PeerState.from_json(newer) == sent
@@ -60,6 +60,9 @@ def test_the_state_reads_back_what_was_sent_and_ignores_fields_it_does_not_know(
         b'{"node": "", "capacity": 1, "active": 0, "queued": 0, "free_slots": 1}',
         b'{"node": "b", "capacity": -1, "active": 0, "queued": 0, "free_slots": 1}',
         b'{"node": "b", "capacity": 1, "active": 0, "queued": 0}',
+        b'{"node": "b", "capacity": "1", "active": 0, "queued": 0, "free_slots": 1}',
+        b'{"node": "b", "capacity": 1, "active": 0, "queued": 0, "free_slots": 1, "models": [1]}',
+        b'{"node": "b", "capacity": 1, "active": 0, "queued": 0, "free_slots": 1, "ttft": -1}',
         b"[]",
         b"not json",
     ],
@@ -70,7 +73,7 @@ def test_a_state_that_does_not_read_is_refused(body: bytes) -> None:
 
 
 def test_a_model_without_a_tag_is_its_latest() -> None:
-    s = state(models=("qwen2.5:latest",), loaded=("qwen2.5:latest",))
+    s = state(models=["qwen2.5:latest"], loaded=["qwen2.5:latest"])
     assert s.has("qwen2.5") and s.holds("qwen2.5")
     assert not s.has("qwen2.5:7b")
 

@@ -251,7 +251,7 @@ class _Link:
         if op == "fog_state":
             if self.coordinator.fog_state is None:
                 raise RuntimeError("the node is no member of a fog")
-            return Reply([self.coordinator.fog_state().model_dump(mode="json")])
+            return Reply([self.coordinator.fog_state().as_dict()])
         if op == "drain":
             drain = self.coordinator.drain
             if drain is None:

@@ -339,7 +339,7 @@ async def start_worker(
     peers = await asyncio.to_thread(peer_tls, settings) if "fog" in hello else None
 
     async def fog_state() -> PeerState:
-        return PeerState.model_validate((await channel.call("fog_state")).values[0])
+        return PeerState.from_dict((await channel.call("fog_state")).values[0])
 
     async def set_drain(draining: bool) -> None:
         answer = await channel.call("drain", draining)
