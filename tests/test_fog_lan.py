@@ -292,6 +292,12 @@ def test_the_fog_serves_every_model_some_member_has_and_cuts_the_wait(
     assert all(o["text"] == DEFAULT_REPLY for o in fogged)
     # Under uneven load, the wait for a first token: at most half the control's p95.
     assert after["ttft_p95"] <= before["ttft_p95"] / 2, (before, after)
+    # Requests went from node to node; no credential or assertion reached a log.
+    assert sum(n.log().count("route=peer-") for n in nodes) > 0
+    for node in nodes:
+        log = node.log()
+        assert USER_KEY not in log and ADMIN_KEY not in log
+        assert "X-Fognode-Principal" not in log and '"kind"' not in log
 
 
 def txt_of(avahi: Avahi, address: str) -> dict[str, str]:
