@@ -108,6 +108,7 @@ async def make_node(
         upstream.load(*loaded)
         certs_dir = node_certs_dir(certs or pki, tmp_path / name, name, peer=peer)
         fog_port = port or free_port()
+        settings.setdefault("fog", None)  # on: it has a node certificate (conftest says off)
         settings.setdefault("fog_refresh_seconds", 0.2)
         settings.setdefault("node_id", f"node-{name}")
         server = await make_gateway(

@@ -138,6 +138,7 @@ def _env(spec: Spec, data: Path) -> dict[str, str]:
         "FOGNODE_PER_USER_CONCURRENT_REQUESTS": "100",
         "FOGNODE_PER_USER_QUEUED_REQUESTS": "100",
         "FOGNODE_FOG_REFRESH_SECONDS": "1",
+        "FOGNODE_FOG": "on",  # (conftest turns it off for every other test)
         **spec.env,
     }
 

@@ -72,6 +72,7 @@ class Fleet:
                 ),
                 "api_keys_file": str(work / "no-api-keys"),
                 "node_id": f"node-{name}",
+                "fog": "on",
                 "fog_port": str(peer_port),
                 "fog_peers": ",".join(f"127.0.0.1:{p}" for p in peers),
                 "fog_refresh_seconds": "0.3",
