@@ -36,7 +36,13 @@ from tests.ollama_standin import DEFAULT_REPLY
 from tests.pki import Pki, make_pki, node_certs_dir
 
 REASON = unavailable_reason()
-pytestmark = [pytest.mark.skipif(REASON is not None, reason=REASON or ""), pytest.mark.slow]
+# The comparison runs the fleet twice with 60 phones each (about two minutes
+# on a quiet machine, more on a shared one): beyond the suite's default limit.
+pytestmark = [
+    pytest.mark.skipif(REASON is not None, reason=REASON or ""),
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+]
 
 # Names the app's pattern can match ([\w:]+): its "model not found" case is countable.
 M1, M2, M3 = "llama3:8b", "qwen2:1b", "gemma2:2b"
