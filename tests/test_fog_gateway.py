@@ -28,6 +28,7 @@ from fognode.gateway.node.server import RunningServer
 from fognode.gateway.pipeline.quotas import USAGE
 from fognode.gateway.telemetry.stats import STATS
 from fognode.gateway.upstreams.peers import FOG
+from fognode.gateway.upstreams.pool import UPSTREAM
 from fognode.usage.store import Grouping
 from tests.conftest import GatewayFactory
 from tests.helpers import wait_until
@@ -423,3 +424,17 @@ async def test_no_one_but_a_member_gets_anything_on_the_peer_port(
         ssl=client_context(pki),
     ) as response:
         assert response.status == 401
+
+
+async def test_a_node_whose_upstream_is_down_hands_its_requests_to_a_member(
+    make_node: NodeFactory, pki: Pki, http: aiohttp.ClientSession
+) -> None:
+    a_port, b_port = free_port(), free_port()
+    a = await make_node("a", models=(SMALL,), peers=[b_port], port=a_port)
+    await make_node("b", models=(SMALL,), peers=[a_port], port=b_port)
+    await members_of(a, 1)
+    await a.standin.stop()  # a's Ollama is gone ...
+    await a.server.app[UPSTREAM].refresh()  # ... and a's check says so
+    status, headers, text = await chat(http, a, pki, SMALL)
+    assert status == 200 and text == DEFAULT_REPLY
+    assert headers["X-Fognode-Upstream"] == "peer b.local"

@@ -4,10 +4,10 @@ Phones pick a node at random, so the node a request enters is chance; this
 is where the entry node sets that right. Admission asks it (admission.py),
 since the answer depends on whether a slot is free here:
 
-* a request for a model this node lacks (by its upstreams' last lists), or
-  any request while it drains, goes to a member that has the model, if
-  there is one: ready members first, then the least busy, and it may wait
-  for a slot there;
+* a request for a model this node lacks (by its upstreams' last lists),
+  any request while it drains, and any while none of its upstreams
+  answers, goes to a member that has the model, if there is one: ready
+  members first, then the least busy, and it may wait for a slot there;
 * otherwise it runs here when a slot is free now; when none is, it goes to
   a member that can start it now and whose first token comes sooner than
   here by a margin (``fog_margin_seconds``), else it waits here as before.
@@ -51,9 +51,11 @@ class Placement:
         self.fog, self.pool, self.stats = fog, pool, stats
 
     def before_admission(self, model: str) -> Handover | None:
-        """This node cannot serve it well at all (it drains, or lacks the model):
-        members that have the model, whether they can start it now or not."""
-        if not (self.fog.drain.draining or self.pool.lacks_model(model)):
+        """This node cannot serve it well at all (it drains, lacks the model, or
+        none of its upstreams answered their last check): members that have
+        the model, whether they can start it now or not."""
+        down = all(member.healthy is False for member in self.pool.members)
+        if not (self.fog.drain.draining or down or self.pool.lacks_model(model)):
             return None
         choices = self.fog.route(model, here=None)
         return Handover(choices, may_queue=True) if choices else None
