@@ -56,6 +56,8 @@ def load_or_create_key(path: Path) -> bytes:
     read is tightened to 0600 (and said so), since whoever reads it can
     forge sessions.
     """
+    # A fresh data directory (a node id set by the operator makes nothing in it first).
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -11,6 +11,8 @@
 #   LiteLLM's proxy in its own venv, ~/.cache/fognode/bench/litellm-venv, so its
 #           many dependencies never touch fognode's environment.
 #   py-spy (the profiler) in ~/.cache/fognode/bench/tools-venv.
+#   Ollama Herd (PyPI ollama-herd, the fog bench's peer) in
+#           ~/.cache/fognode/bench/herd-venv; never in the repository.
 #
 # fognode itself comes from ./setup.sh (the project's .venv).
 set -euo pipefail
@@ -20,6 +22,7 @@ CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/fognode/bench
 # need a certifi newer than the package index has.
 LITELLM_VERSION=1.106.0
 PY_SPY_VERSION=0.4.3
+HERD_VERSION=0.11.4
 PYTHON=${PYTHON:-python3}
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -64,6 +67,14 @@ if [[ ! -x $CACHE/tools-venv/bin/py-spy ]]; then
   "$CACHE/tools-venv/bin/pip" install -q "py-spy==$PY_SPY_VERSION"
 fi
 
+if [[ ! -x $CACHE/herd-venv/bin/herd ]] ||
+   [[ $("$CACHE/herd-venv/bin/python" -m pip show ollama-herd 2>/dev/null |
+        sed -n 's/^Version: //p') != "$HERD_VERSION" ]]; then
+  say "Installing Ollama Herd $HERD_VERSION into $CACHE/herd-venv"
+  "$PYTHON" -m venv "$CACHE/herd-venv"
+  "$CACHE/herd-venv/bin/pip" install -q "ollama-herd==$HERD_VERSION"
+fi
+
 say "Bench ready: $(nginx -v 2>&1 | sed 's/^nginx version: //'), caddy $(caddy version |
   cut -d' ' -f1), wrk $(wrk -v 2>&1 | head -1 | cut -d' ' -f2), litellm $LITELLM_VERSION,\
- py-spy $PY_SPY_VERSION"
+ py-spy $PY_SPY_VERSION, ollama-herd $HERD_VERSION"

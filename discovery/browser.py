@@ -40,10 +40,13 @@ class FogNode:
 
     @property
     def identity(self) -> tuple[object, ...]:
-        """What makes two announcements one node: its TXT id, or else its name,
-        kind and addresses (nodes that announce no id, such as the reference's)."""
+        """What makes two announcements one node: its TXT id and its own host
+        name (a node announces every domain from one host; another host with
+        the same id is another machine, a clone or a copy of its TXT), or else
+        its name, kind and addresses (nodes that announce no id, such as the
+        reference's)."""
         if self.txt.node_id:
-            return (self.txt.node_id, self.tls)
+            return (self.txt.node_id, self.tls, self.host.lower())
         return (self.instance, self.tls, frozenset(self.addresses))
 
     @property
@@ -128,9 +131,13 @@ class _Groups:
         if not members:
             return None
         # Show the generic `local.` announcement when there is one.
-        first = min(members, key=lambda n: (n.domain != "local.", n.name))
+        ordered = sorted(members, key=lambda n: (n.domain != "local.", n.name))
         domains = tuple(sorted({n.domain for n in members}, key=lambda d: (d != "local.", d)))
-        return replace(first, domains=domains)
+        # Every address any of them gives: one node's announcements give the
+        # same ones, and a host that copies a node's TXT (its id) must not hide
+        # the node's own addresses behind its own.
+        addresses = tuple(dict.fromkeys(a for n in ordered for a in n.addresses))
+        return replace(ordered[0], domains=domains, addresses=addresses)
 
     def _apply(self, name: str, node: FogNode | None) -> list[NodeEvent]:
         """Set (or with None, drop) one announcement; what changed for the nodes."""

@@ -10,12 +10,30 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from .browser import DEFAULT_INSTANCE, SERVICE_NAME, Change, discover_all, watch
+from .browser import DEFAULT_INSTANCE, SERVICE_NAME, Change, FogNode, discover_all, watch
 from .chat import EXIT_NO_NODE, Fingerprint, chat_command
 from .terminal import Progress, node_dict, print_table, row
+
+# Asks a node's peer port whether it is a member of this machine's fog:
+# "member", "not a member" (its certificate is not a node certificate of
+# this fog), or "no answer". Given by the gateway when this machine has
+# peer credentials (a node of a fog); discovery itself holds none.
+FogCheck = Callable[[str, int], Awaitable[str]]
+
+
+async def _fog_standings(nodes: list[FogNode], check: FogCheck | None) -> dict[int, str]:
+    """What the check says of each node that announces a peer port, by index."""
+    asked = [(i, n) for i, n in enumerate(nodes) if n.txt.fog_port and check is not None]
+    if check is None or not asked:
+        return {}
+    answers = await asyncio.gather(
+        *(check(n.preferred_address(), n.txt.fog_port) for _, n in asked)
+    )
+    return {i: answer for (i, _), answer in zip(asked, answers, strict=True)}
 
 
 async def discover_command(args: argparse.Namespace) -> int:
@@ -34,10 +52,19 @@ async def discover_command(args: argparse.Namespace) -> int:
         nodes = await discover_all(
             args.timeout, interfaces=interfaces, instance_prefix=args.instance
         )
+    fog = await _fog_standings(nodes, args.fog_check)
     if args.json:
-        print(json.dumps([node_dict(n) for n in nodes], indent=2))
+        print(
+            json.dumps(
+                [
+                    {**node_dict(n), **({"fog": fog[i]} if i in fog else {})}
+                    for i, n in enumerate(nodes)
+                ],
+                indent=2,
+            )
+        )
     elif nodes:
-        print_table(nodes)
+        print_table(nodes, fog=[fog.get(i, "-") for i in range(len(nodes))] if fog else None)
     if not nodes:
         print(
             f"No fog node found within {args.timeout:g}s. Is one running on this network? "
@@ -48,7 +75,12 @@ async def discover_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_discovery_commands(sub: Any, *, ca_fingerprint: Fingerprint) -> None:
+def add_discovery_commands(
+    sub: Any, *, ca_fingerprint: Fingerprint, fog_check: FogCheck | None = None
+) -> None:
+    """``fog_check``: how `fognode discover` marks the members of this
+    machine's fog (None: it is no node of a fog)."""
+
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--timeout", type=float, default=3.0, help="seconds to browse (3)")
         p.add_argument(
@@ -76,7 +108,7 @@ def add_discovery_commands(sub: Any, *, ca_fingerprint: Fingerprint) -> None:
         action="store_true",
         help="keep running and report nodes appearing, changing, leaving",
     )
-    disc.set_defaults(discovery_func=discover_command)
+    disc.set_defaults(discovery_func=discover_command, fog_check=fog_check)
 
     chat = sub.add_parser(
         "chat",

@@ -53,9 +53,13 @@ def _names(names: tuple[str, ...], total: int) -> str:
 HEADER = ["NAME", "ADDRESS", "MODELS", "HOT", "LOAD", "AUTH", "CA SHA-256", "VERSION"]
 
 
-def print_table(nodes: list[FogNode], out: TextIO = sys.stdout) -> None:
-    rows = [HEADER, *(row(n) for n in nodes)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+def print_table(
+    nodes: list[FogNode], out: TextIO = sys.stdout, *, fog: list[str] | None = None
+) -> None:
+    """``fog``: what each node is to this machine's fog (a column of its own)."""
+    header = [*HEADER, "FOG"] if fog is not None else HEADER
+    rows = [header, *(row(n) + ([fog[i]] if fog is not None else []) for i, n in enumerate(nodes))]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for cells in rows:
         out.write("  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True)).rstrip())
         out.write("\n")

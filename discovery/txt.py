@@ -22,6 +22,8 @@ Keys (all optional for a reader; unknown keys are ignored):
     ca       SHA-256 fingerprint (hex, no colons) of the CA that signs the
              node's certificate; a client pins its CA and skips nodes whose
              fingerprint differs (TXT is unauthenticated, TLS is not)
+    fog      the node's peer port, when it is a member of a fog: where other
+             members ask it (mutual TLS decides who is one, not this key)
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class NodeTxt:
     queued: int = 0
     auth: str = ""
     ca_sha256: str = ""
+    fog_port: int = 0  # the peer port; 0: not a member of a fog
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def to_properties(self) -> dict[str, str]:
@@ -81,6 +84,8 @@ class NodeTxt:
             props["nhot"] = str(self.hot_count or len(self.hot))
         if self.ca_sha256:
             props["ca"] = self.ca_sha256
+        if self.fog_port:
+            props["fog"] = str(self.fog_port)
         return props
 
     @classmethod
@@ -111,6 +116,7 @@ class NodeTxt:
             "queue",
             "auth",
             "ca",
+            "fog",
         }
         return cls(
             path=text.get("path", "/v1") or "/v1",
@@ -126,6 +132,7 @@ class NodeTxt:
             queued=_int(text.get("queue"), 0),
             auth=text.get("auth", ""),
             ca_sha256=text.get("ca", "").replace(":", "").upper(),
+            fog_port=_int(text.get("fog"), 0),
             extra={k: v for k, v in text.items() if k not in known},
         )
 

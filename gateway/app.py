@@ -20,20 +20,24 @@ from typing import Any
 
 from aiohttp import web
 
+from ..fog.state import PeerState
 from ..routing.affinity import ConversationMemory
 from ..usage.ledger import QuotaLedger
 from .auth_setup import build_authorizer
 from .config.identity import node_id
 from .config.network import local_url
 from .config.settings import Settings
+from .core.drain import DRAIN, Drain
 from .options import (
     admission_from,
+    fog_options,
     renewal_options,
     session_options,
     status_options,
     upstream_options,
     usage_options,
 )
+from .pages.fog import NodeState, setup_fog_pages
 from .pages.health import ReadinessOptions, setup_health
 from .pages.metrics import setup_metrics
 from .pages.openapi import setup_openapi
@@ -44,6 +48,8 @@ from .pipeline.admission import Admission, AdmissionCollector, AdmissionControl,
 from .pipeline.context import setup_request_context
 from .pipeline.keepalive import HeartbeatOptions
 from .pipeline.openai_errors import setup_openai_errors
+from .pipeline.peers import setup_peers
+from .pipeline.placement import Placement
 from .pipeline.proxy import setup_proxy
 from .pipeline.quotas import setup_quotas
 from .pipeline.relay import RelayOptions
@@ -53,8 +59,10 @@ from .telemetry.activity import Activity
 from .telemetry.metrics import Metrics
 from .telemetry.stats import STATS, GatewayStats
 from .transport.cert_renewal import CertificateKeeper, setup_certificate_renewal
+from .transport.peer_tls import PeerTls
 from .transport.slow_clients import HEADER_FIELD_LIMIT, REQUEST_LINE_LIMIT
 from .transport.tls import TlsTerminator
+from .upstreams.peers import FOG, FogPeers
 from .upstreams.pool import UpstreamPool
 
 
@@ -68,13 +76,20 @@ def create_app(
     memory: ConversationMemory | None = None,
     throttle: SignInThrottle | None = None,
     checks: Callable[[], Awaitable[None]] | None = None,
+    peers: PeerTls | None = None,
+    fog_state: Callable[[], Awaitable[PeerState]] | None = None,
+    set_drain: Callable[[bool], Awaitable[None]] | None = None,
 ) -> web.Application:
     """The app. ``admission``, ``ledger``, ``memory``, ``throttle`` and
     ``checks``: what admits requests, checks quotas, remembers which upstream
     served a conversation, slows down sign-in guesses and checks the
     upstreams when this process does not hold the node's own (a worker
     process, whose supervisor does; it also counts admission and writes the
-    usage records then)."""
+    usage records then). ``peers``: this node's peer credentials, when it
+    is a member of a fog (the app then also serves the peer port's requests,
+    and hands requests to members); ``fog_state`` and ``set_drain``: this
+    node's state as members see it and how to drain it, when this process
+    does not hold the node's admission (a worker: its supervisor does)."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         handler_args={"max_field_size": HEADER_FIELD_LIMIT, "max_line_size": REQUEST_LINE_LIMIT},
@@ -91,6 +106,17 @@ def create_app(
         BrowserSessions(session_options(settings), throttle) if settings.status_page else None
     )
     activity = Activity() if settings.status_page else None
+    # Draining (core/drain.py); a worker follows its supervisor's flag.
+    drain = app[DRAIN] = Drain()
+    # The fog's members as upstreams of another kind (upstreams/peers.py).
+    fog: FogPeers | None = None
+    if peers is not None:
+        fog = app[FOG] = FogPeers(fog_options(settings), peers, upstream_options(settings), drain)
+        if fog_state is None:
+            assert held is not None, "a worker is given its supervisor's state"
+            fog_state = NodeState(
+                fog.options.own_id, peers.name, held, pool, drain, lambda: stats.first_token
+            ).current
 
     # 1. A request id for every request; one access-log line and its metrics at the end
     #    (and the requests and errors of the last minutes, for the status page).
@@ -99,6 +125,10 @@ def create_app(
     setup_openai_errors(app)
     # 3. One way to read the request (path, headers) before access is decided on it.
     setup_request_target(app)
+    # 3b. A request on the peer port comes from a member of the fog: checked,
+    #     its caller asserted by the node it entered (pipeline/peers.py).
+    if fog is not None and fog_state is not None:
+        setup_peers(app, fog, metrics, stats, fog_state)
     # 4. Who is calling, and may they use this route (auth/ decides). The operator's
     #    pages, and only they, also take a signed-in browser's session (sessions.py).
     setup_access(
@@ -127,13 +157,15 @@ def create_app(
         else None
     )
     # 7. Inference waits for a slot (per user, then the node); a streamed request
-    #    that waits long gets its headers and heartbeats early.
+    #    that waits long gets its headers and heartbeats early. In a fog, a
+    #    request that this node cannot start soon goes to a member instead.
     setup_admission(
         app,
         admission,
         HeartbeatOptions(
             after=settings.stream_heartbeat_after, interval=settings.stream_heartbeat_interval
         ),
+        Placement(fog, pool, stats) if fog is not None else None,
     )
     # 8. Forward to an upstream; relay the answer back as it arrives.
     setup_proxy(
@@ -146,9 +178,12 @@ def create_app(
         ),
         metrics=metrics,
         stats=stats,
+        fog=fog,
     )
-    # Beside the pipeline: probes, metrics, the API document, certificate renewal.
-    setup_health(app, pool, stats, ReadinessOptions(settings.readiness_cache_seconds))
+    # Beside the pipeline: probes, metrics, the API document, certificate renewal,
+    # draining and the fog for the operator.
+    setup_health(app, pool, stats, ReadinessOptions(settings.readiness_cache_seconds), drain)
+    setup_fog_pages(app, drain, fog, set_drain=set_drain)
     setup_metrics(app, metrics, public=settings.metrics_public)
     setup_openapi(app)
     if tls is not None:
@@ -171,5 +206,7 @@ def create_app(
                 if accounting is not None
                 else None
             ),
+            drain=drain,
+            fog=fog,
         )
     return app

@@ -30,6 +30,7 @@ from .auth_setup import project_id
 from .config.network import local_url
 from .config.paths import data_dir
 from .config.settings import Settings, load_settings
+from .node.operate import add_operate_commands, fog_checker, run_drain, run_fog
 from .node.serve import run_loop, serve, startup_failure
 from .node.service import add_service_commands
 from .node.supervisor import worker_count
@@ -237,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_discovery_commands(sub, ca_fingerprint=file_fingerprint)
     add_usage_commands(sub)
     add_models_commands(sub)
+    add_operate_commands(sub)
     return parser
 
 
@@ -245,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command in ("discover", "chat"):
+            if args.command == "discover":
+                args.fog_check = fog_checker(load_settings(None))
             return run_discovery_command(args)
         if args.command in ("claims", "apikey"):
             settings = load_settings(None)
@@ -276,6 +280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     api_key_file=data_dir() / "admin-api-key",
                 ),
             )
+        if args.command == "drain":
+            return run_drain(load_settings(None), args)
+        if args.command == "fog":
+            return run_fog(load_settings(None), args)
         if args.command == "certs":
             settings = load_settings(None)
             return run_certs_command(args, certs_defaults(settings))

@@ -12,6 +12,9 @@ import socket
 from datetime import timedelta
 
 from ..certs.cli import CertsDefaults
+from ..certs.peers import load_node_credentials
+from ..certs.store import CertPaths
+from ..fog.members import MembershipOptions, TableOptions
 from ..usage.options import Limits, QuotaOptions, StoreOptions
 from .config.identity import node_id
 from .config.network import lan_addresses
@@ -21,7 +24,9 @@ from .pages.status import StatusOptions
 from .pipeline.admission import Admission
 from .pipeline.quotas import UsageOptions
 from .transport.cert_renewal import RenewalOptions
+from .transport.peer_tls import PeerFiles, PeerTls
 from .transport.tls import TicketKeys, TlsTerminator
+from .upstreams.peers import FogOptions
 from .upstreams.upstream import UpstreamOptions
 
 
@@ -143,4 +148,48 @@ def terminator(settings: Settings) -> TlsTerminator:
         settings.server_key_file,
         settings.ca_cert_file,
         TicketKeys(bytes.fromhex(secret.get_secret_value()) if secret is not None else None),
+    )
+
+
+class FogUnavailable(RuntimeError):
+    """``fog=on`` without peer credentials: the message says how to get them."""
+
+
+def peer_tls(settings: Settings) -> PeerTls | None:
+    """This node's peer credentials, when it is a member of a fog: with
+    ``fog`` unset, when it has them (a node bundle installed); never with
+    ``fog=off``. Reads files: call it off the event loop."""
+    if settings.fog is False:
+        return None
+    paths = CertPaths(settings.certs_dir)
+    credentials = load_node_credentials(paths)
+    if credentials is None:
+        if settings.fog:
+            raise FogUnavailable(
+                f"fog=on, but there is no node certificate in {settings.certs_dir} "
+                "(node.crt, node.key): on the machine that holds the fog's CA run "
+                "`fognode certs issue --node NAME` and install the bundle here (docs/fog.md)"
+            )
+        return None
+    return PeerTls(credentials, PeerFiles(paths.node_cert, paths.node_key, paths.ca_cert))
+
+
+def fog_options(settings: Settings) -> FogOptions:
+    return FogOptions(
+        own_id=node_id(settings),
+        margin=settings.fog_margin_seconds,
+        stale_after=settings.fog_stale_seconds,
+    )
+
+
+def membership_options(settings: Settings, *, port: int) -> MembershipOptions:
+    refresh = settings.fog_refresh_seconds
+    return MembershipOptions(
+        own_id=node_id(settings),
+        port=port,
+        peers=tuple(settings.fog_peers),
+        table=TableOptions(refresh=refresh, stale_after=settings.fog_stale_seconds),
+        ask_timeout=min(1.0, max(0.5, refresh)),
+        mdns=settings.mdns,
+        interfaces=list(settings.mdns_interfaces) or None,
     )

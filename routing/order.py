@@ -110,3 +110,62 @@ def rank(options: Sequence[Option], *, model: bool, affine: int | None = None) -
         for i in sorted(down, key=key)
     ]
     return [Ranked(i, reasons(i)) for i in sorted(candidates, key=key)] + last_resort
+
+
+# --- members of the fog: upstreams of another kind ----------------------------------
+# A member of the fog (another fognode, fog/) as an option for a request that
+# this node cannot start now: its own slots and queue, as it last said.
+PEER_LOADED = "peer-loaded"  # it has the model in memory and a free slot
+PEER_FREE = "peer-free"  # it has the model and a free slot (it loads the model first)
+PEER_HAS_MODEL = "peer-has-model"  # it has the model, no slot free: the request waits there
+PEER_REASONS = (PEER_LOADED, PEER_FREE, PEER_HAS_MODEL)
+
+
+@dataclass(frozen=True)
+class PeerOption:
+    """What a member of the fog said of itself, for one request."""
+
+    has_model: bool
+    loaded: bool  # the model is in its memory
+    free: int  # requests it can start now
+    wait: float  # seconds a request would wait for a slot there
+    ttft: float | None  # its recent time to first token
+    draining: bool
+
+
+def rank_peers(
+    peers: Sequence[PeerOption],
+    *,
+    here: float | None,
+    margin: float,
+) -> list[Ranked]:
+    """The members to hand a request to, best first; empty: keep it here.
+
+    ``here``: when this node expects to start the request (its wait for a
+    slot plus its own time to a first token), or None when it cannot serve
+    it at all (it lacks the model, or drains): then every member with the
+    model is a candidate, those that can start it now first, then the least
+    busy. Otherwise only members that can start it now (a free slot; model
+    in memory first, then on disk) and whose first token comes sooner than
+    here by more than ``margin`` seconds: a busy member is never better
+    than queueing here, where the phone already waits.
+    """
+    candidates = [i for i, p in enumerate(peers) if p.has_model and not p.draining]
+    if here is not None:
+        candidates = [i for i in candidates if peers[i].free > 0]
+
+    def start(p: PeerOption) -> float:
+        return (p.wait if p.free <= 0 else 0.0) + (p.ttft or 0.0)
+
+    if here is not None:
+        candidates = [i for i in candidates if start(peers[i]) + margin < here]
+
+    def key(i: int) -> tuple[int, float, int]:
+        p = peers[i]
+        kind = 0 if p.free > 0 and p.loaded else 1 if p.free > 0 else 2
+        return (kind, start(p), i)
+
+    def reason(p: PeerOption) -> str:
+        return PEER_HAS_MODEL if p.free <= 0 else PEER_LOADED if p.loaded else PEER_FREE
+
+    return [Ranked(i, (reason(peers[i]),)) for i in sorted(candidates, key=key)]

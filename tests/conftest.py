@@ -22,6 +22,10 @@ import pytest
 # in this process and in the processes tests start with its environment.
 DATA_HOME = tempfile.mkdtemp(prefix="fognode-tests-data-")
 os.environ["XDG_DATA_HOME"] = DATA_HOME
+# No node a test starts joins a fog unless the test says so: every test PKI
+# holds node credentials (tests/support/pki.py, as setup.sh leaves a node), and
+# nodes on one machine would take the same peer port. The fog's tests turn it on.
+os.environ["FOGNODE_FOG"] = "off"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

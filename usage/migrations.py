@@ -12,6 +12,10 @@ Step 3 lets ``outcome`` say ``model_not_found``: a request for a model the
 node does not have is neither the upstream's failure nor the gateway's
 refusal.
 
+Step 4 adds ``served_by``: the node whose upstream answered, which differs
+from ``node`` (the entry node, which records) when a member of the fog
+served the request.
+
 Step 2 keeps ``usage_minutes``: each user's tokens per minute of
 ``started_at``, added to by a trigger in the transaction that inserts the
 records, so the per-request quota check sums at most 1,440 rows for a day
@@ -194,6 +198,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             ALTER TABLE usage_records ADD CONSTRAINT usage_records_outcome_check
                 CHECK (outcome IN ({_OUTCOMES_3}))
             """,
+        ),
+    ),
+    Migration(
+        4,
+        "the node that served",
+        # The fog: a node may hand a request to another member,
+        # and records it itself; ``node`` stays the entry node. Records from
+        # before the fog were all served where they entered.
+        sqlite=(
+            "ALTER TABLE usage_records ADD COLUMN served_by TEXT NOT NULL DEFAULT ''",
+            "UPDATE usage_records SET served_by = node",
+        ),
+        postgres=(
+            "ALTER TABLE usage_records ADD COLUMN served_by text NOT NULL DEFAULT ''",
+            "UPDATE usage_records SET served_by = node",
         ),
     ),
 )

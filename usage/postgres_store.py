@@ -25,13 +25,13 @@ _LOCK_KEY = 0x666F67_7573616765
 # batch's inserted rows to usage_minutes in one grouped upsert.
 _ARRAY_TYPES = (
     "text", "text", "text", "text", "text", "text", "text",
-    "float8", "float8", "bigint", "bigint", "text", "boolean",
+    "float8", "float8", "bigint", "bigint", "text", "boolean", "text",
 )  # fmt: skip
 _INSERT = f"""
 INSERT INTO usage_records ({", ".join(COLUMNS)})
 SELECT record_id, request_id, node, uid, model, upstream, route,
     to_timestamp(started_at), to_timestamp(ended_at),
-    prompt_tokens, completion_tokens, outcome, partial
+    prompt_tokens, completion_tokens, outcome, partial, served_by
 FROM unnest({", ".join(f"${n}::{kind}[]" for n, kind in enumerate(_ARRAY_TYPES, 1))})
     AS batch ({", ".join(COLUMNS)})
 ON CONFLICT (record_id) DO NOTHING

@@ -25,6 +25,7 @@ COLUMNS = (
     "completion_tokens",
     "outcome",
     "partial",
+    "served_by",
 )
 
 
@@ -62,6 +63,9 @@ class UsageRecord:
     request_id: str
     node: str = ""
     record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # The node whose upstream answered: ``node`` itself, or the member of the
+    # fog ``node`` handed the request to (recorded here, at the entry, once).
+    served_by: str = ""
 
     def row(self) -> tuple[object, ...]:
         """The values in the order of :data:`COLUMNS` (both stores' insert)."""
@@ -79,6 +83,7 @@ class UsageRecord:
             self.completion_tokens,
             self.outcome.value,
             self.partial,
+            self.served_by,
         )
 
     def as_json(self) -> tuple[object, ...]:
@@ -104,6 +109,7 @@ class UsageRecord:
             completion_tokens,
             outcome,
             partial,
+            served_by,
         ) = values
         return cls(
             uid=uid,
@@ -119,6 +125,7 @@ class UsageRecord:
             request_id=request_id,
             node=node,
             record_id=record_id,
+            served_by=served_by,
         )
 
     @property

@@ -122,6 +122,31 @@ class UsageView:
 
 
 @dataclass(frozen=True)
+class MemberView:
+    """Another node of the fog, as this node last heard from it."""
+
+    name: str  # the name in its node certificate ("" when it never answered)
+    address: str  # its peer port
+    standing: str  # member, out (not answering), refused (no node certificate), waiting
+    models: Sequence[str]
+    loaded: Sequence[str]
+    slots_used: int
+    capacity: int
+    queued: int
+    draining: bool
+    handed: int  # requests this node handed to it (served there)
+    received: int  # requests it handed to this node
+    heard: float | None  # seconds since it last answered
+    error: str | None  # why it is out or refused
+
+
+@dataclass(frozen=True)
+class FogView:
+    name: str  # this node's name in its node certificate
+    members: Sequence[MemberView]
+
+
+@dataclass(frozen=True)
 class StatusView:
     node: NodeView
     load: LoadView
@@ -131,6 +156,8 @@ class StatusView:
     usage: Sequence[UsageView] | None  # None: no usage accounting on this node (or no answer)
     usage_since: float | None = None  # Unix time the usage figures start at
     usage_error: str | None = None  # why there are no figures although accounting runs
+    draining: bool = False  # the node takes no new local work (fognode drain)
+    fog: FogView | None = None  # None: the node is no member of a fog
 
     @property
     def healthy(self) -> bool:

@@ -31,6 +31,7 @@ from .sections.admission import AdmissionSettings
 from .sections.auth import AuthSettings
 from .sections.connections import ConnectionSettings
 from .sections.embedded import EmbeddedSettings
+from .sections.fog import FogSettings
 from .sections.listening import ListeningSettings
 from .sections.mdns import MdnsSettings, mdns_domain
 from .sections.pages import PageSettings
@@ -70,6 +71,7 @@ class _TomlFileSource(PydanticBaseSettingsSource):
 
 
 class Settings(
+    FogSettings,
     ProcessSettings,
     PageSettings,
     ConnectionSettings,
@@ -104,6 +106,7 @@ class Settings(
         "mdns_interfaces",
         "mdns_domains",
         "upstream_urls",
+        "fog_peers",
         mode="before",
     )
     @classmethod

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ...auth.principal import Principal
+from ...fog.hop import Forwarded
 
 REQUEST_ID_HEADER = "X-Request-ID"
 SERVER_NAME = "fognode"  # not "Python/3.x aiohttp/3.y": versions help attackers more
@@ -32,12 +33,29 @@ FAILURE = web.RequestKey("fognode.failure", str)
 
 @dataclass(frozen=True)
 class Routed:
-    """Which of several upstreams took the request, and why (routing/order.py)."""
+    """Which of several upstreams, or which member of the fog, took the
+    request, and why (routing/order.py)."""
 
     upstream: str  # its URL, without a password: for the operator's log only
-    position: int  # 1-based in FOGNODE_UPSTREAM_URLS: what the client is told
-    reasons: str  # "loaded,affinity"
+    position: int  # 1-based in FOGNODE_UPSTREAM_URLS: what the client is told (0: a member)
+    reasons: str  # "loaded,affinity", "peer-loaded"
+    peer: str | None = None  # the member's name, when a member of the fog took it
+
+    @property
+    def label(self) -> str:
+        """What ``X-Fognode-Upstream`` says: a position, or ``peer <name>``."""
+        return f"peer {self.peer}" if self.peer is not None else str(self.position)
 
 
 # Set by the proxy when it chose among several upstreams.
 ROUTED = web.RequestKey("fognode.routed", Routed)
+
+# Set by the peers stage on a request a fog member handed to this node (on
+# the peer port, over mutual TLS): it is served here, never forwarded again,
+# and recorded by the entry node, not here.
+FORWARDED = web.RequestKey("fognode.forwarded", Forwarded)
+
+# Set on a request that is routine and frequent (a fog member asking for this
+# node's state, every second or two): when it succeeds, no access-log line and
+# no entry in the status page's activity; /metrics still counts it.
+ROUTINE = web.RequestKey("fognode.routine", bool)

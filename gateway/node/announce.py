@@ -59,7 +59,13 @@ class AnnounceOptions:
 
 
 def announcement(
-    settings: Settings, *, port: int, ca_sha256: str, auth: str, capacity: int
+    settings: Settings,
+    *,
+    port: int,
+    ca_sha256: str,
+    auth: str,
+    capacity: int,
+    fog_port: int = 0,
 ) -> Announcement:
     """What the node announces, from the settings and what the server found at start."""
     ident = node_id(settings)
@@ -70,6 +76,7 @@ def announcement(
         auth=auth,
         ca_sha256=ca_sha256,
         load_capacity=capacity,
+        fog_port=fog_port,
     )
     return Announcement(
         service_type=settings.service_type,
@@ -136,6 +143,16 @@ class NodeAnnouncer:
             except Exception:
                 log.exception("mDNS refresh failed")
 
+    async def follow_drain(self, draining: bool) -> None:
+        """A draining node withdraws its announcement (goodbye packets: phones
+        and browsers drop it at once); announced again when it stops draining."""
+        if draining:
+            await self.stop()
+            log.info("draining: withdrew the mDNS announcement")
+        elif self._task is None:
+            await self.start()
+            log.info("no longer draining: announced again")
+
     async def stop(self) -> None:
         if self.refresh in self.pool.on_checked:
             self.pool.on_checked.remove(self.refresh)
@@ -143,4 +160,5 @@ class NodeAnnouncer:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
         await self.advertiser.stop()

@@ -6,9 +6,13 @@ over a socketpair made for it). On it the worker calls:
 
     hello          what the worker needs to know at start (the upstream choice,
                    the embedded model's state)
-    acquire K UID  a slot for user UID (K: the worker's key for this wait): the
+    acquire K UID SLOTS
+                   a slot for user UID (K: the worker's key for this wait; SLOTS:
+                   both, the user's only, the node's only: admission.Slots): the
                    answer is ``granted``, a lease given back when the request
                    ends, or ``refused`` with the GatewayError admission raised
+    try UID SLOTS  the same, never waiting: ``granted`` (a lease), or ``wait``
+                   with the seconds a request would wait (placement in a fog)
     position K     where wait K is in the queue (for the ``: queued N`` heartbeat)
     load           the node's slots in use and requests waiting (the status page)
     quota K UID TOKENS RPM ESTIMATE
@@ -27,11 +31,16 @@ over a socketpair made for it). On it the worker calls:
                    node's sign-in throttle)
     signin_attempt C
                    client C tries to sign in: counted before its credential is checked
+    fog_state      this node's state as the fog's members are told it (a worker
+                   answers /fog/state on the peer port with it)
+    drain ON       drain the node (or stop): answered with the flag as it now is
 
 and tells (notices): ``settle K RECORD`` (request K ended: its record
 replaces its reservation), ``record RECORD`` (a request that held none),
 ``remember KEY UPSTREAM`` (an upstream served a conversation), ``signin_ok
-C`` (client C signed in: its failures are forgotten),
+C`` (client C signed in: its failures are forgotten), ``fog_failed ADDRESS
+WHY`` (a request to a member failed before its first byte), ``first_token
+SECONDS`` (the worker's recent time to a first token, at most once a second),
 ``revoke SID UNTIL`` (a sign-out from the status page, passed on to
 every worker as ``revoke``), ``ready`` (it serves; with the kinds of credentials
 it accepts, for the announcement), ``failed`` (it cannot start, and
@@ -40,7 +49,8 @@ on each worker to gather metrics and the status page's activity, and tells
 all of them ``tls`` (certificate files changed: load them) and ``embedded``
 (the model's new state) and ``checked`` (what its check of the upstreams
 found: the workers check none themselves, so the node probes each upstream
-once).
+once), ``fog`` (what its membership service found: the members and every
+candidate) and ``drain`` (the node's drain flag changed).
 
 Admission is the same class and the same semantics as in one process: the
 coordinator runs ``Admission.acquire`` for each worker's call, so the caps,
@@ -62,6 +72,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from ...auth.throttle import FailureThrottle
+from ...fog.state import PeerState
 from ...routing.affinity import ConversationMemory
 from ...usage.ledger import Ticket as QuotaTicket
 from ...usage.ledger import UsageLedger
@@ -69,14 +80,15 @@ from ...usage.options import Limits
 from ...usage.record import UsageRecord
 from ...workers.channel import Answer, Channel, Reply
 from ...workers.processes import WorkerStartError
+from ..core.drain import Drain
 from ..core.errors import GatewayError
-from ..pipeline.admission import Admission, Ticket
+from ..pipeline.admission import Admission, Slots, Ticket
 from ..telemetry.activity import ActivityView, merged
 from ..telemetry.metrics import merge_expositions
 
 log = logging.getLogger("fognode.workers")
 
-GRANTED, REFUSED = "granted", "refused"
+GRANTED, REFUSED, WAIT = "granted", "refused", "wait"
 EXPOSE_TIMEOUT = 5.0  # seconds a worker has to hand over its metrics or activity
 
 
@@ -101,6 +113,14 @@ class Coordinator:
         # sign-in throttle (status page on); None when not in use.
         self.affinity: ConversationMemory | None = None
         self.throttle: FailureThrottle | None = None
+        # The fog (when the node is a member): this node's state as members see
+        # it, what to do with a member a worker's request found failing, and
+        # each worker's recent time to a first token (the state says it).
+        self.fog_state: Callable[[], PeerState] | None = None
+        self.fog_failed: Callable[[str, str], None] | None = None
+        self.first_tokens: dict[int, float] = {}
+        # The node's drain flag: a worker's /admin/drain changes it here.
+        self.drain: Drain | None = None
 
     async def attach(self, number: int) -> tuple[socket.socket, asyncio.Future[None]]:
         """A new channel for worker ``number``: the end the worker inherits, and a
@@ -175,19 +195,27 @@ class _Link:
     def serve_now(self, op: str, args: list[Any]) -> Reply | None:
         """An acquire that finds its slots free is granted in the step that
         reads it (every request of every worker asks: no task for it); one
-        that must queue, or be refused, goes to :meth:`serve`."""
-        if op != "acquire":
-            return None
+        that must queue, or be refused, goes to :meth:`serve`. A ``try``
+        (placement in a fog) is always answered at once: the slots, or the
+        seconds a request would wait for them."""
         admission = self.coordinator.admission
-        permit = admission.try_acquire(str(args[1]))
-        if permit is None:
+        if op == "try":
+            permit = admission.try_acquire(str(args[0]), Slots(args[1]))
+            if permit is None:
+                return Reply([WAIT, admission.expected_wait()])
+        elif op == "acquire":
+            permit = admission.try_acquire(str(args[1]), _slots(args))
+            if permit is None:
+                return None
+        else:
             return None
-        return Reply([GRANTED], release=lambda: admission.release(permit))
+        granted = permit
+        return Reply([GRANTED], release=lambda: admission.release(granted))
 
     async def serve(self, op: str, args: list[Any]) -> Reply:
         if op == "acquire":
             key, uid = int(args[0]), str(args[1])
-            return await self.acquire(key, uid)
+            return await self.acquire(key, uid, _slots(args))
         if op == "position":
             ticket = self.waiting.get(int(args[0]))
             place = await self.coordinator.admission.position(ticket) if ticket else None
@@ -220,6 +248,16 @@ class _Link:
         if op == "signin_attempt":
             self._throttle().attempt(str(args[0]))
             return Reply([])
+        if op == "fog_state":
+            if self.coordinator.fog_state is None:
+                raise RuntimeError("the node is no member of a fog")
+            return Reply([self.coordinator.fog_state().as_dict()])
+        if op == "drain":
+            drain = self.coordinator.drain
+            if drain is None:
+                raise RuntimeError("the supervisor holds no drain flag")
+            await drain.set(bool(args[0]))
+            return Reply([drain.draining, drain.since])
         raise ValueError(f"unknown call {op!r}")
 
     def _affinity(self) -> ConversationMemory:
@@ -232,11 +270,11 @@ class _Link:
             raise RuntimeError("the status page is off")
         return self.coordinator.throttle
 
-    async def acquire(self, key: int, uid: str) -> Reply:
+    async def acquire(self, key: int, uid: str, slots: Slots) -> Reply:
         admission = self.coordinator.admission
         ticket = self.waiting[key] = Ticket()
         try:
-            permit = await admission.acquire(uid, ticket)
+            permit = await admission.acquire(uid, ticket, slots)
         except GatewayError as exc:
             return Reply([REFUSED, exc.status, exc.message, exc.type, exc.code, exc.headers])
         finally:
@@ -274,6 +312,11 @@ class _Link:
             self._affinity().remember(bytes.fromhex(str(args[0])), int(args[1]))
         elif op == "signin_ok":
             self._throttle().succeeded(str(args[0]))
+        elif op == "fog_failed":
+            if self.coordinator.fog_failed is not None:
+                self.coordinator.fog_failed(str(args[0]), str(args[1]))
+        elif op == "first_token":
+            self.coordinator.first_tokens[self.number] = float(args[0])
         elif op == "revoke":  # a sign-out: every worker refuses the session from now on
             self.coordinator.broadcast("revoke", *args)
         elif op == "ready":
@@ -285,6 +328,11 @@ class _Link:
                 self.ready.set_exception(WorkerStartError(str(args[0])))
         else:
             log.warning("worker %d sent an unknown notice %r", self.number, op)
+
+
+def _slots(args: list[Any]) -> Slots:
+    """An acquire's slots (a worker of before the fog sent none: both)."""
+    return Slots(args[2]) if len(args) > 2 else Slots.BOTH
 
 
 def refused(values: list[Any]) -> GatewayError:

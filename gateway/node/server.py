@@ -26,9 +26,11 @@ from ...certs.inspect import fingerprint
 from ...certs.issuer import cert_names
 from ...web.onboarding import OnboardingSite
 from ..app import create_app
+from ..config.identity import node_id
 from ..config.network import bind_host, is_wildcard, local_url
 from ..config.settings import Settings
-from ..options import terminator, upstream_connections
+from ..core.drain import DRAIN
+from ..options import membership_options, peer_tls, terminator, upstream_connections
 from ..pages.onboarding import start_onboarding_page
 from ..pages.status import LISTENING
 from ..pipeline.access import AUTHORIZER, Authorizer
@@ -38,8 +40,10 @@ from ..transport.connections import connection_limits
 from ..transport.slow_clients import GuardedAppRunner
 from ..transport.tls import TlsTerminator
 from ..upstreams.choice import choose_upstream, install_upstream_choice
+from ..upstreams.peers import FOG
 from ..upstreams.pool import UPSTREAM, UpstreamPool
 from .announce import AnnounceOptions, NodeAnnouncer, announcement
+from .fog import FogMembership
 
 log = logging.getLogger("fognode.server")
 
@@ -52,6 +56,8 @@ class RunningServer:
     tls: TlsTerminator | None = None
     announcer: NodeAnnouncer | None = None
     onboarding: OnboardingSite | None = None  # the phone onboarding page, if it serves
+    peer_port: int | None = None  # the fog's peer port, when the node is a member
+    membership: FogMembership | None = None  # the node's membership service (one process)
 
     @property
     def app(self) -> web.Application:
@@ -69,6 +75,8 @@ class RunningServer:
         # Goodbye on mDNS first, so clients stop picking this node while it drains.
         if self.announcer is not None:
             await self.announcer.stop()
+        if self.membership is not None:
+            await self.membership.stop()
         if self.onboarding is not None:
             await self.onboarding.stop()
         await self.runner.cleanup()
@@ -83,25 +91,41 @@ async def start_server(
     if tls is not None:
         # Refuse to start with a pair no client would accept (CertError).
         await asyncio.to_thread(tls.load)
+    # The node id, once (the fog's messages name the node by it).
+    settings = settings.model_copy(update={"node_id": await asyncio.to_thread(node_id, settings)})
+    peers = await asyncio.to_thread(peer_tls, settings)  # None: not a member of a fog
     choice = await choose_upstream(settings)
     settings = choice.settings  # with the upstream kind decided
-    app = create_app(settings, authorizer=authorizer, tls=tls)
+    app = create_app(settings, authorizer=authorizer, tls=tls, peers=peers)
     install_upstream_choice(app, choice)
     running = await run_app(app, settings, tls)
-    if settings.mdns:
-        admission = app[ADMISSION]
-        assert isinstance(admission, Admission)  # held here, in a single process
-        running.announcer = node_announcer(
-            settings,
-            port=running.port,
-            tls=tls,
-            auth=app[AUTHORIZER].kinds,
-            admission=admission,
-            pool=app[UPSTREAM],
-        )
-        await running.announcer.start()
-        if choice.runtime is not None:  # announce the model as soon as it serves
-            choice.runtime.on_ready.append(running.announcer.refresh)
+    try:
+        fog = app.get(FOG)
+        if fog is not None and running.peer_port is not None:
+            running.membership = FogMembership(
+                membership_options(settings, port=running.peer_port), fog.tls, fog.follow
+            )
+            fog.on_failure = running.membership.report_failure
+            await running.membership.start()
+        if settings.mdns:
+            admission = app[ADMISSION]
+            assert isinstance(admission, Admission)  # held here, in a single process
+            running.announcer = node_announcer(
+                settings,
+                port=running.port,
+                tls=tls,
+                auth=app[AUTHORIZER].kinds,
+                admission=admission,
+                pool=app[UPSTREAM],
+                peer_port=running.peer_port,
+            )
+            await running.announcer.start()
+            if choice.runtime is not None:  # announce the model as soon as it serves
+                choice.runtime.on_ready.append(running.announcer.refresh)
+            app[DRAIN].on_change.append(running.announcer.follow_drain)
+    except BaseException:
+        await running.stop()
+        raise
     return running
 
 
@@ -111,10 +135,12 @@ async def run_app(
     tls: TlsTerminator | None,
     *,
     sockets: list[socket.socket] | None = None,
+    peer_sockets: list[socket.socket] | None = None,
     onboarding: bool = True,
 ) -> RunningServer:
     """Serve ``app`` on guarded connections: on the host and port of the
-    settings, or on ``sockets`` bound already (a worker's share of the port).
+    settings, or on ``sockets`` bound already (a worker's share of the port);
+    in a fog also on the peer port (``peer_sockets``: a worker's share).
     ``onboarding``: also the phone onboarding page when the settings want it
     (a worker does not: its supervisor serves the one page, on its own port)."""
     upstreams = max(1, len(settings.upstream_urls))
@@ -144,14 +170,27 @@ async def run_app(
         if sockets
         else [runner.site(host, settings.bind_port, reuse_address=True, ssl_context=context)]
     )
+    # The fog's peer port: mutual TLS with this node's node certificate, the
+    # same app (pipeline/peers.py tells its requests apart).
+    fog = app.get(FOG)
+    peer_sites = []
+    if fog is not None:
+        mutual = fog.tls.server
+        peer_sites = (
+            [runner.site(host, settings.fog_port, sock=s, ssl_context=mutual) for s in peer_sockets]
+            if peer_sockets
+            else [runner.site(host, settings.fog_port, reuse_address=True, ssl_context=mutual)]
+        )
     try:
-        for site in sites:
+        for site in (*sites, *peer_sites):
             await site.start()
     except BaseException:
         await runner.cleanup()
         raise
-    port = int(runner.addresses[0][1]) if runner.addresses else settings.bind_port
+    port = sites[0].bound_port
     running = RunningServer(runner, settings.host, port, tls)
+    if peer_sites:
+        running.peer_port = peer_sites[0].bound_port
     if onboarding and settings.onboarding_enabled:
         try:
             running.onboarding = await start_onboarding_page(settings, tls, runner.guard)
@@ -175,10 +214,19 @@ def node_announcer(
     auth: str,
     admission: Admission,
     pool: UpstreamPool,
+    peer_port: int | None = None,
 ) -> NodeAnnouncer:
-    """The node's one mDNS announcement, kept true by the node's admission and pool."""
+    """The node's one mDNS announcement, kept true by the node's admission and
+    pool; ``peer_port``: where members of its fog find it (TXT ``fog``)."""
     ca = fingerprint(tls.pair.ca, colons=False) if tls is not None and tls.pair else ""
-    base = announcement(settings, port=port, ca_sha256=ca, auth=auth, capacity=admission.capacity)
+    base = announcement(
+        settings,
+        port=port,
+        ca_sha256=ca,
+        auth=auth,
+        capacity=admission.capacity,
+        fog_port=peer_port or 0,
+    )
     return NodeAnnouncer(
         base,
         AnnounceOptions(settings.mdns_refresh_interval, settings.mdns_min_update_interval),

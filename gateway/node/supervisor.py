@@ -20,6 +20,9 @@ serves no requests. It owns what must happen once for the node:
 * the mDNS announcement (announced once, its load and capacity the node's);
 * certificate renewal (issued once; the workers load the new files when
   told);
+* the node's membership of its fog (node/fog.py: the members asked once for
+  the node, what was found told to every worker) and its drain flag; every
+  worker serves the peer port too, on its own socket of it;
 * the phone onboarding page, on its own port (web/onboarding), with a
   connection guard of its own;
 * the workers themselves (workers/processes.py): started, restarted with
@@ -55,6 +58,7 @@ from ...auth.sessions import load_or_create_key
 from ...auth.throttle import FailureThrottle
 from ...embedded.metrics import EmbeddedCollector
 from ...embedded.options import cores
+from ...fog.members import CandidateView, Member
 from ...usage.ledger import UsageLedger
 from ...usage.writer import BatchWriter
 from ...web.onboarding import OnboardingSite
@@ -63,8 +67,11 @@ from ...workers.processes import Launch, RestartPolicy, WorkerProcess
 from ..config.identity import node_id
 from ..config.network import bind_host, local_url
 from ..config.settings import Settings
+from ..core.drain import Drain
 from ..options import (
     admission_from,
+    membership_options,
+    peer_tls,
     quota_options,
     renewal_options,
     store_options,
@@ -72,6 +79,7 @@ from ..options import (
     upstream_options,
     usage_options,
 )
+from ..pages.fog import NodeState
 from ..pages.onboarding import start_onboarding_page
 from ..pipeline.admission import AdmissionCollector
 from ..pipeline.quotas import WriterCollector, open_usage_store
@@ -80,6 +88,7 @@ from ..upstreams.choice import choose_upstream
 from ..upstreams.pool import UpstreamPool
 from .announce import NodeAnnouncer
 from .coordinator import Coordinator
+from .fog import FogMembership
 from .server import log_serving, node_announcer, stop_signals
 
 log = logging.getLogger("fognode.workers")
@@ -181,6 +190,12 @@ async def serve_workers(settings: Settings, count: int) -> None:
     choice = await choose_upstream(settings)
     settings = choice.settings
     port = SharedPort.reserve(bind_host(settings.host), settings.bind_port)
+    # The fog: this node's peer credentials, and the peer port every worker
+    # serves too (its number fixed here, so that workers tell its sockets apart).
+    peers = await asyncio.to_thread(peer_tls, settings)
+    peer_port = SharedPort.reserve(bind_host(settings.host), settings.fog_port) if peers else None
+    if peer_port is not None:
+        settings = settings.model_copy(update={"fog_port": peer_port.port})
     admission = admission_from(settings)
     registry = CollectorRegistry(auto_describe=True)
     registry.register(AdmissionCollector(admission))
@@ -198,7 +213,7 @@ async def serve_workers(settings: Settings, count: int) -> None:
     async def launch(number: int) -> Launch:
         theirs, ready = await coordinator.attach(number)
         try:
-            sockets = port.sockets()
+            sockets = port.sockets() + (peer_port.sockets() if peer_port is not None else [])
         except BaseException:
             theirs.close()
             raise
@@ -249,6 +264,38 @@ async def serve_workers(settings: Settings, count: int) -> None:
 
     pool.on_checked.append(checked)
     coordinator.check = pool.refresh
+    # Draining and the fog are the node's: the flag and the membership service here.
+    drain = coordinator.drain = Drain()
+    coordinator.hello["drain"] = [False, None]
+    membership: FogMembership | None = None
+    if peers is not None and peer_port is not None:
+        coordinator.hello["fog"] = [[], []]
+
+        def first_token() -> float | None:
+            times = list(coordinator.first_tokens.values())
+            return sum(times) / len(times) if times else None
+
+        coordinator.fog_state = NodeState(
+            settings.node_id or "", peers.name, admission, pool, drain, first_token
+        ).state
+
+        def publish(members: list[Member], candidates: list[CandidateView]) -> None:
+            found = coordinator.hello["fog"] = [
+                [m.to_json() for m in members],
+                [c.to_json() for c in candidates],
+            ]
+            coordinator.broadcast("fog", *found)
+
+        membership = FogMembership(
+            membership_options(settings, port=peer_port.port), peers, publish
+        )
+        coordinator.fog_failed = membership.report_failure
+
+    async def drained(draining: bool) -> None:
+        coordinator.hello["drain"] = [draining, drain.since]
+        coordinator.broadcast("drain", draining, drain.since)
+
+    drain.on_change.append(drained)
     announcer: NodeAnnouncer | None = None
     renewal: asyncio.Task[None] | None = None
     onboarding: OnboardingSite | None = None
@@ -274,6 +321,8 @@ async def serve_workers(settings: Settings, count: int) -> None:
                 keeper.watch(on_change=lambda: coordinator.broadcast("tls")),
                 name="fognode-cert-watch",
             )
+        if membership is not None:
+            await membership.start()
         if settings.mdns:
             announcer = node_announcer(
                 settings,
@@ -282,10 +331,12 @@ async def serve_workers(settings: Settings, count: int) -> None:
                 auth=coordinator.auth or "none",
                 admission=admission,
                 pool=pool,
+                peer_port=peer_port.port if peer_port is not None else None,
             )
             await announcer.start()
             if runtime is not None:
                 runtime.on_ready.append(announcer.refresh)
+            drain.on_change.append(announcer.follow_drain)
         log_serving(
             settings,
             local_url(settings.host, port.port, tls=settings.tls),
@@ -301,6 +352,8 @@ async def serve_workers(settings: Settings, count: int) -> None:
         # Goodbye on mDNS first, so clients stop picking this node while it drains.
         if announcer is not None:
             await announcer.stop()
+        if membership is not None:
+            await membership.stop()
         await asyncio.gather(*(w.stop(settings.shutdown_timeout + EXIT_GRACE) for w in workers))
         if onboarding is not None:
             await onboarding.stop()
@@ -315,3 +368,5 @@ async def serve_workers(settings: Settings, count: int) -> None:
         if runtime is not None:
             await runtime.stop()
         port.close()
+        if peer_port is not None:
+            peer_port.close()

@@ -39,6 +39,8 @@ from typing import Any
 from ...certs.errors import CertError
 from ...embedded.child import die_with_parent
 from ...embedded.supervisor import ServerStatus
+from ...fog.members import CandidateView, Member
+from ...fog.state import PeerState
 from ...usage.ledger import Ticket as QuotaTicket
 from ...usage.options import Limits
 from ...usage.quota import ALLOW_UNLIMITED, Decision
@@ -46,17 +48,20 @@ from ...usage.record import UsageRecord
 from ...workers.channel import Channel, ChannelClosed, Reply
 from ..app import create_app
 from ..config.settings import Settings
+from ..core.drain import DRAIN, Drain
 from ..core.errors import GatewayError
-from ..options import terminator
+from ..options import peer_tls, terminator
 from ..pages.sessions import SESSIONS, BrowserSessions
 from ..pages.status import ACTIVITY, LISTENING, ActivitySource
 from ..pipeline.access import AUTHORIZER
-from ..pipeline.admission import Load, Ticket
+from ..pipeline.admission import Load, Slots, Ticket
 from ..telemetry.activity import ActivityView
 from ..telemetry.logs import configure_logging
 from ..telemetry.metrics import METRICS, Metrics
+from ..telemetry.stats import STATS, GatewayStats
 from ..transport.tls import TlsTerminator
 from ..upstreams.choice import follow_upstream_choice
+from ..upstreams.peers import FOG, FogPeers
 from ..upstreams.pool import UPSTREAM, UpstreamPool
 from .coordinator import GRANTED, refused
 from .serve import run_loop, startup_failure
@@ -90,12 +95,14 @@ class RemoteAdmission:
     def capacity(self) -> int:
         return self._capacity
 
-    async def acquire(self, uid: str, ticket: Ticket | None = None) -> RemotePermit:
+    async def acquire(
+        self, uid: str, ticket: Ticket | None = None, slots: Slots = Slots.BOTH
+    ) -> RemotePermit:
         key = next(self._keys)
         if ticket is not None:
             self._waiting[ticket] = key
         try:
-            answer = await self.channel.call("acquire", key, uid)
+            answer = await self.channel.call("acquire", key, uid, slots.value)
         except ChannelClosed:
             raise _restarting() from None
         finally:
@@ -104,6 +111,17 @@ class RemoteAdmission:
         if answer.values[0] == GRANTED:
             return RemotePermit(answer.id)
         raise refused(answer.values)
+
+    async def try_now(self, uid: str, slots: Slots = Slots.BOTH) -> RemotePermit | float:
+        """One round trip, answered in the step that reads it: the slots, or
+        the seconds a request would wait for them."""
+        try:
+            answer = await self.channel.call("try", uid, slots.value)
+        except ChannelClosed:
+            raise _restarting() from None
+        if answer.values[0] == GRANTED:
+            return RemotePermit(answer.id)
+        return float(answer.values[1])
 
     def release(self, permit: RemotePermit) -> None:
         self.channel.done(permit.lease)
@@ -250,6 +268,21 @@ class SupervisorCalls:
         # The supervisor's latest check of the upstreams (its number, its findings).
         self.checked: tuple[int, list[list[Any]]] | None = None
         self._reloading: set[asyncio.Task[None]] = set()
+        # The fog's members as the supervisor's membership service found them,
+        # and the node's drain flag (both the supervisor's).
+        self.fog: FogPeers | None = None
+        self.drain: Drain | None = None
+
+    def take_fog(self, members: list[Any], candidates: list[Any]) -> None:
+        if self.fog is not None:
+            self.fog.follow(
+                [Member.from_json(m) for m in members],
+                [CandidateView.from_json(c) for c in candidates],
+            )
+
+    def take_drain(self, draining: Any, since: Any) -> None:
+        if self.drain is not None:
+            self.drain.follow(bool(draining), float(since) if since is not None else None)
 
     def take_checked(self, number: int, findings: list[list[Any]]) -> None:
         """A check's findings, unless a later one arrived first (the one in the
@@ -276,6 +309,10 @@ class SupervisorCalls:
             self.sessions.signer.refuse(str(args[0]), float(args[1]))
         elif op == "checked":
             self.take_checked(int(args[0]), args[1])
+        elif op == "fog":
+            self.take_fog(args[0], args[1])
+        elif op == "drain":
+            self.take_drain(args[0], args[1])
         elif op == "embedded":
             statuses = [ServerStatus.from_json(s) for s in args[0]]
             if self.follow is not None:
@@ -299,6 +336,15 @@ async def start_worker(
     tls = terminator(settings) if settings.tls else None
     if tls is not None:
         await asyncio.to_thread(tls.load)
+    peers = await asyncio.to_thread(peer_tls, settings) if "fog" in hello else None
+
+    async def fog_state() -> PeerState:
+        return PeerState.from_dict((await channel.call("fog_state")).values[0])
+
+    async def set_drain(draining: bool) -> None:
+        answer = await channel.call("drain", draining)
+        calls.take_drain(*answer.values)
+
     app = create_app(
         settings,
         admission=RemoteAdmission(channel, settings.max_concurrent_requests),
@@ -306,7 +352,17 @@ async def start_worker(
         memory=RemoteMemory(channel),
         throttle=RemoteThrottle(channel),
         checks=partial(check_upstreams, channel),
+        peers=peers,
+        fog_state=fog_state if peers is not None else None,
+        set_drain=set_drain,
     )
+    calls.drain = app[DRAIN]
+    calls.take_drain(*hello["drain"])
+    fog = app.get(FOG)
+    if fog is not None:
+        calls.fog = fog
+        fog.on_failure = partial(channel.notify, "fog_failed")
+        calls.take_fog(*hello["fog"])
     statuses = calls.embedded or [ServerStatus.from_json(s) for s in hello["embedded"]]
     calls.follow = follow_upstream_choice(app, str(hello["choice"]), statuses)
     calls.metrics = metrics = app[METRICS]
@@ -333,7 +389,14 @@ async def start_worker(
                 return here.here()
 
         source.node = node_activity
-    running = await run_app(app, settings, tls, sockets=sockets, onboarding=False)
+    # The fog's peer port is the sockets bound to it (the supervisor fixed its number).
+    peer_sockets = [
+        s for s in sockets if fog is not None and s.getsockname()[1] == settings.fog_port
+    ]
+    served = [s for s in sockets if s not in peer_sockets]
+    running = await run_app(
+        app, settings, tls, sockets=served, peer_sockets=peer_sockets, onboarding=False
+    )
     sessions = app.get(SESSIONS)
     if sessions is not None:  # a sign-out here holds on every worker
         calls.sessions = sessions
@@ -369,6 +432,8 @@ async def run(settings: Settings, channel_sock: socket.socket, sockets: list[soc
         return 1
     settle_heap()
     channel.notify("ready", running.app[AUTHORIZER].kinds)
+    # This worker's recent time to a first token, for the node's fog state.
+    telling = asyncio.create_task(_tell_first_token(channel, running.app[STATS]))
     lost = asyncio.create_task(channel.lost.wait())
     stopping = asyncio.create_task(stop.wait())
     try:
@@ -380,9 +445,22 @@ async def run(settings: Settings, channel_sock: socket.socket, sockets: list[soc
         log.error("the supervisor is gone; stopping")
     else:
         log.info("shutting down; open requests get %ss to finish", settings.shutdown_timeout)
+    telling.cancel()
     await running.stop()
     channel.close()
     return 0
+
+
+async def _tell_first_token(channel: Channel, stats: GatewayStats) -> None:
+    """At most once a second, and only when it changed: the supervisor's state
+    for the fog's members averages the workers'."""
+    told: float | None = None
+    while True:
+        await asyncio.sleep(1.0)
+        now = stats.first_token
+        if now is not None and now != told:
+            told = now
+            channel.notify("first_token", now)
 
 
 def main(argv: list[str]) -> int:

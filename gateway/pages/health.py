@@ -18,6 +18,7 @@ from aiohttp import web
 
 from ...auth.principal import Access
 from .. import __version__
+from ..core.drain import Drain
 from ..pipeline.routes import RouteSpec, add_route
 from ..telemetry.stats import GatewayStats
 from ..upstreams.pool import UpstreamPool
@@ -30,8 +31,14 @@ class ReadinessOptions:
 
 
 def setup_health(
-    app: web.Application, pool: UpstreamPool, stats: GatewayStats, options: ReadinessOptions
+    app: web.Application,
+    pool: UpstreamPool,
+    stats: GatewayStats,
+    options: ReadinessOptions,
+    drain: Drain | None = None,
 ) -> None:
+    """``drain``: while the node drains, /readyz says so (503: a load balancer
+    sends it nothing new; the running streams finish)."""
     lock = asyncio.Lock()  # one check at a time: concurrent probes share its answer
     last: tuple[float, int, dict[str, Any]] | None = None
 
@@ -47,6 +54,16 @@ def setup_health(
 
     async def readyz(request: web.Request) -> web.Response:
         nonlocal last
+        if drain is not None and drain.draining:
+            return web.json_response(
+                {
+                    "status": "draining",
+                    "since": drain.since,
+                    "active_requests": stats.active_requests,
+                    "active_streams": stats.active_streams,
+                },
+                status=503,
+            )
         waiting = pool.not_ready()
         if waiting is not None:  # the embedded model is loading: no need to ask it
             error = not_ready_error(*waiting)

@@ -39,13 +39,16 @@ from ... import safejson
 from ...auth.principal import Access
 from ...certs.export import export_forms
 from ...certs.issuer import cert_names
+from ...fog.members import Standing
 from ...models.progress import PullProgress
 from ...usage.quota import day_bounds
 from ...usage.store import Grouping, UsageStore
 from ...web.status import (
     STATIC_FILES,
     CertView,
+    FogView,
     LoadView,
+    MemberView,
     ModelView,
     NodeView,
     PullError,
@@ -60,6 +63,7 @@ from ...web.status import (
     stream_pull,
 )
 from .. import __version__
+from ..core.drain import Drain
 from ..core.errors import GatewayError
 from ..core.keys import PRINCIPAL, REQUEST_ID
 from ..pipeline.admission import AdmissionControl
@@ -67,6 +71,7 @@ from ..pipeline.routes import RouteSpec, add_route
 from ..telemetry.activity import Activity, ActivityView
 from ..telemetry.stats import GatewayStats
 from ..transport.tls import TlsTerminator
+from ..upstreams.peers import FogPeers
 from ..upstreams.pool import UpstreamPool
 from ..upstreams.upstream import Upstream, UpstreamBroken, UpstreamResponse
 from .sessions import SESSION, SIGN_IN, SIGN_OUT, BrowserSessions, read_form
@@ -126,6 +131,10 @@ class ActivitySource:
             in_flight=self.stats.active_requests,
             connections=len(conns) if conns is not None else None,
             upstreams=[m.active for m in self.pool.members],
+            fog={
+                name: [self.stats.fog_handed.get(name, 0), self.stats.fog_received.get(name, 0)]
+                for name in {*self.stats.fog_handed, *self.stats.fog_received}
+            },
         )
 
     async def view(self) -> ActivityView:
@@ -161,6 +170,35 @@ def usage_report(
     return report
 
 
+def _fog_view(fog: FogPeers, counts: dict[str, list[int]]) -> FogView:
+    """Every candidate the membership service knows, with the node's counts of
+    requests handed to it and received from it."""
+    rows = []
+    for c in fog.candidates:
+        if c.standing is Standing.SELF:
+            continue
+        state = c.state
+        handed, received = counts.get(c.identity, [0, 0]) if c.identity else [0, 0]
+        rows.append(
+            MemberView(
+                name=c.identity or (state.name if state is not None else ""),
+                address=c.address,
+                standing=c.standing.value,
+                models=state.models if state is not None else (),
+                loaded=state.loaded if state is not None else (),
+                slots_used=state.active if state is not None else 0,
+                capacity=state.capacity if state is not None else 0,
+                queued=state.queued if state is not None else 0,
+                draining=state.draining if state is not None else False,
+                handed=handed,
+                received=received,
+                heard=c.age,
+                error=c.last_error,
+            )
+        )
+    return FogView(fog.tls.name, rows)
+
+
 def _models(pool: UpstreamPool, member: Upstream) -> list[ModelView]:
     now = time.time()
     return [ModelView(n, pool.is_loaded(member, n, now)) for n in sorted(member.models)]
@@ -191,7 +229,11 @@ def setup_status(
     listening: Listening,
     tls: TlsTerminator | None = None,
     usage: UsageReport | None = None,
+    drain: Drain | None = None,
+    fog: FogPeers | None = None,
 ) -> None:
+    """``drain`` and ``fog``: the node's drain flag, and its view of its fog's
+    members when it is one (the Fog card)."""
     app[LISTENING] = listening
     source = app[ACTIVITY] = ActivitySource(activity, stats, listening, pool)
     started = time.time()
@@ -230,6 +272,8 @@ def setup_status(
             usage=rows,
             usage_since=since,
             usage_error=usage_error,
+            draining=drain is not None and drain.draining,
+            fog=_fog_view(fog, now.fog) if fog is not None else None,
         )
 
     async def _usage() -> tuple[float | None, Sequence[UsageView] | None, str | None]:

@@ -28,7 +28,7 @@ from aiohttp.typedefs import Handler
 from ...auth.errors import AuthError, VerifierUnavailable
 from ...auth.principal import Access, Principal
 from ..core.errors import GatewayError
-from ..core.keys import PRINCIPAL
+from ..core.keys import FORWARDED, PRINCIPAL
 from ..telemetry.metrics import Metrics
 from .routes import spec_for
 
@@ -93,7 +93,8 @@ def setup_access(
             if request.match_info.route.resource is None:
                 return await handler(request)  # no route matched: the router's 404/405
             raise GatewayError(500, "Route has no access level; refusing.", code="misconfigured")
-        if spec.access is not Access.PUBLIC:
+        if spec.access is not Access.PUBLIC and FORWARDED not in request:
+            # (A forwarded request's caller is the entry node's assertion: peers.py.)
             if spec.page and sessions is not None:
                 request[PRINCIPAL] = await _admit_page(request, spec.access, sessions)
             else:

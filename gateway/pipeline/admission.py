@@ -28,6 +28,7 @@ client of the one Admission the supervisor holds for every worker
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import math
 from collections import deque
@@ -41,9 +42,11 @@ from aiohttp.typedefs import Handler
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ...fog.hop import Forwarded
 from ..core.errors import GatewayError
-from ..core.keys import PRINCIPAL
+from ..core.keys import FORWARDED, PRINCIPAL
 from .keepalive import HeartbeatOptions, KeepAlive
+from .placement import HANDOVER, Handover, MembersDeclined, Placement
 from .routes import spec_for
 from .validation import REQUEST_BODY
 
@@ -115,13 +118,27 @@ class Ticket:
         self.future: asyncio.Future[None] | None = None
 
 
+class Slots(enum.Enum):
+    """Which slots a request takes here."""
+
+    BOTH = "both"  # the user's and the node's: a request served here
+    # The user's only: a request this node hands to a member of the fog (the
+    # user is counted once, at the node the request entered).
+    USER = "user"
+    # The node's only: a request a member handed to this node (its entry
+    # counted the user), or one whose members all declined it, which holds
+    # its user's slot already.
+    NODE = "node"
+
+
 @dataclass
 class Permit:
     """An admitted request's slots; give it back with Admission.release."""
 
     uid: str
-    user: _Gate
+    user: _Gate | None  # None: no slot of the user's
     started: float
+    node: bool = True  # it holds one of the node's slots
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,27 +201,44 @@ class Admission:
     def _retry_after(self, ahead: int, capacity: int) -> str:
         return str(max(1, math.ceil(self._avg_seconds * (ahead + 1) / max(1, capacity))))
 
-    def try_acquire(self, uid: str) -> Permit | None:
-        """Slots for ``uid`` now, when both are free and nobody waits for
-        either; None otherwise (then :meth:`acquire` queues or refuses). No
-        await: most requests find a slot free, and take it in one step."""
-        user = self._users.get(uid)
-        if user is not None and (user.full() or user.waiters):
-            return None
+    def expected_wait(self) -> float:
+        """Seconds a new request would wait for one of the node's slots (0:
+        one is free): the queue ahead, served at the recent pace."""
         gate = self.global_gate
-        if gate.full() or gate.waiters:
-            return None
-        if user is None:
-            user = self._users[uid] = _Gate(self.per_user_concurrent, self.per_user_queue)
-        user.active += 1
-        gate.active += 1
-        return Permit(uid, user, asyncio.get_running_loop().time())
+        if not gate.full() and not gate.waiters:
+            return 0.0
+        return self._avg_seconds * (len(gate.waiters) + 1) / max(1, gate.capacity)
 
-    async def acquire(self, uid: str, ticket: Ticket | None = None) -> Permit:
+    def try_acquire(self, uid: str, slots: Slots = Slots.BOTH) -> Permit | None:
+        """Slots for ``uid`` now, when they are free and nobody waits for
+        them; None otherwise (then :meth:`acquire` queues or refuses). No
+        await: most requests find a slot free, and take it in one step."""
+        user: _Gate | None = None
+        if slots is not Slots.NODE:
+            user = self._users.get(uid)
+            if user is not None and (user.full() or user.waiters):
+                return None
+        gate = self.global_gate
+        if slots is not Slots.USER and (gate.full() or gate.waiters):
+            return None
+        if slots is not Slots.NODE:
+            if user is None:
+                user = self._users[uid] = _Gate(self.per_user_concurrent, self.per_user_queue)
+            user.active += 1
+        if slots is not Slots.USER:
+            gate.active += 1
+        return Permit(uid, user, asyncio.get_running_loop().time(), node=slots is not Slots.USER)
+
+    async def acquire(
+        self, uid: str, ticket: Ticket | None = None, slots: Slots = Slots.BOTH
+    ) -> Permit:
         """Wait for a slot for ``uid``: its own first, then the node's."""
-        permit = self.try_acquire(uid)
+        permit = self.try_acquire(uid, slots)
         if permit is not None:
             return permit
+        if slots is Slots.NODE:
+            await self._enter_node(ticket)
+            return Permit(uid, None, asyncio.get_running_loop().time())
         user = self._users.get(uid)
         if user is None:
             user = self._users[uid] = _Gate(self.per_user_concurrent, self.per_user_queue)
@@ -224,34 +258,44 @@ class Admission:
                     },
                 )
             await self._enter(user, ticket)
-            try:
-                gate = self.global_gate
-                if gate.full() and gate.queue_full():
-                    self.rejected_full += 1
-                    raise GatewayError(
-                        503,
-                        f"The node is busy: {gate.capacity} requests running and "
-                        f"{len(gate.waiters)} waiting; retry later.",
-                        code="node_busy",
-                        headers={
-                            "Retry-After": self._retry_after(len(gate.waiters), gate.capacity)
-                        },
-                    )
-                await self._enter(gate, ticket)
-            except BaseException:
-                user.leave()
-                raise
+            if slots is Slots.BOTH:
+                try:
+                    await self._enter_node(ticket)
+                except BaseException:
+                    user.leave()
+                    raise
         except BaseException:
             self._forget_idle(uid, user)
             raise
-        return Permit(uid, user, asyncio.get_running_loop().time())
+        return Permit(uid, user, asyncio.get_running_loop().time(), node=slots is Slots.BOTH)
+
+    async def _enter_node(self, ticket: Ticket | None) -> None:
+        gate = self.global_gate
+        if gate.full() and gate.queue_full():
+            self.rejected_full += 1
+            raise GatewayError(
+                503,
+                f"The node is busy: {gate.capacity} requests running and "
+                f"{len(gate.waiters)} waiting; retry later.",
+                code="node_busy",
+                headers={"Retry-After": self._retry_after(len(gate.waiters), gate.capacity)},
+            )
+        await self._enter(gate, ticket)
 
     def release(self, permit: Permit) -> None:
-        self.global_gate.leave()
-        elapsed = asyncio.get_running_loop().time() - permit.started
-        self._avg_seconds = 0.8 * self._avg_seconds + 0.2 * elapsed
-        permit.user.leave()
-        self._forget_idle(permit.uid, permit.user)
+        if permit.node:
+            self.global_gate.leave()
+            elapsed = asyncio.get_running_loop().time() - permit.started
+            self._avg_seconds = 0.8 * self._avg_seconds + 0.2 * elapsed
+        if permit.user is not None:
+            permit.user.leave()
+            self._forget_idle(permit.uid, permit.user)
+
+    async def try_now(self, uid: str, slots: Slots = Slots.BOTH) -> Permit | float:
+        """Slots now, or the seconds a request would wait for them (placement
+        asks before it decides where a request runs)."""
+        permit = self.try_acquire(uid, slots)
+        return permit if permit is not None else self.expected_wait()
 
     @asynccontextmanager
     async def admit(self, uid: str, ticket: Ticket | None = None) -> AsyncIterator[None]:
@@ -287,7 +331,11 @@ class AdmissionControl(Protocol[PermitT]):
     @property
     def capacity(self) -> int: ...
 
-    async def acquire(self, uid: str, ticket: Ticket | None = None) -> PermitT: ...
+    async def acquire(
+        self, uid: str, ticket: Ticket | None = None, slots: Slots = Slots.BOTH
+    ) -> PermitT: ...
+
+    async def try_now(self, uid: str, slots: Slots = Slots.BOTH) -> PermitT | float: ...
 
     def release(self, permit: PermitT) -> None: ...
 
@@ -303,21 +351,73 @@ KEEPALIVE = web.RequestKey("fognode.keepalive", KeepAlive)
 
 
 def setup_admission(
-    app: web.Application, admission: AdmissionControl[Any], heartbeats: HeartbeatOptions
+    app: web.Application,
+    admission: AdmissionControl[Any],
+    heartbeats: HeartbeatOptions,
+    placement: Placement | None = None,
 ) -> None:
+    """``placement``: where this node is a member of the fog, whether a
+    request runs here or at a member (placement.py)."""
     app[ADMISSION] = admission
+
+    async def serve_forwarded(
+        request: web.Request, handler: Handler, uid: str, forwarded: Forwarded
+    ) -> web.StreamResponse:
+        """A member's request: a slot of this node's, no heartbeats (the entry
+        node sends the phone its own) and no count for the user (the entry's)."""
+        if forwarded.may_queue:
+            permit = await admission.acquire(uid, None, Slots.NODE)
+        else:
+            now = await admission.try_now(uid, Slots.NODE)
+            if isinstance(now, float):
+                # The entry node tries its next member, or serves it itself.
+                raise GatewayError(
+                    503,
+                    "This member has no free slot now.",
+                    code="member_busy",
+                    headers={"Retry-After": "1"},
+                )
+            permit = now
+        try:
+            return await handler(request)
+        finally:
+            admission.release(permit)
+
+    async def hand_over(
+        request: web.Request, handler: Handler, uid: str, ticket: Ticket, handover: Handover
+    ) -> web.StreamResponse:
+        """To members of the fog, holding the user's slot here; back here, with
+        a slot of this node's, if every member declines before its first byte."""
+        user = await admission.acquire(uid, ticket, Slots.USER)
+        try:
+            request[HANDOVER] = handover
+            try:
+                return await handler(request)
+            except MembersDeclined:
+                del request[HANDOVER]
+            node = await admission.acquire(uid, ticket, Slots.NODE)
+            try:
+                return await handler(request)
+            finally:
+                admission.release(node)
+        finally:
+            admission.release(user)
 
     @web.middleware
     async def admission_control(request: web.Request, handler: Handler) -> web.StreamResponse:
         spec = spec_for(request)
         if spec is None or not spec.limited:
             return await handler(request)
+        principal = request.get(PRINCIPAL)
+        uid = principal.uid if principal else "anonymous"
+        forwarded = request.get(FORWARDED)
+        if forwarded is not None:
+            return await serve_forwarded(request, handler, uid, forwarded)
         body = request.get(REQUEST_BODY)
         keepalive = None
         if body is not None and body.streams_sse:
             keepalive = request[KEEPALIVE] = KeepAlive(request, heartbeats)
         ticket = Ticket()
-        principal = request.get(PRINCIPAL)
         try:
             if keepalive is not None:
 
@@ -326,7 +426,20 @@ def setup_admission(
                     return f"queued {position}" if position is not None else None
 
                 keepalive.status = queued
-            permit = await admission.acquire(principal.uid if principal else "anonymous", ticket)
+            permit = None
+            model = body.model if body is not None else None
+            if placement is not None and model and not spec.native:
+                handover = placement.before_admission(model)
+                if handover is None:
+                    now = await admission.try_now(uid)
+                    if isinstance(now, float):
+                        handover = placement.instead_of_waiting(model, now)
+                    else:
+                        permit = now
+                if handover is not None:
+                    return await hand_over(request, handler, uid, ticket, handover)
+            if permit is None:
+                permit = await admission.acquire(uid, ticket)
             if keepalive is not None:
                 keepalive.status = None
             try:

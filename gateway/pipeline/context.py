@@ -29,6 +29,7 @@ from ..core.keys import (
     REQUEST_ID,
     REQUEST_ID_HEADER,
     ROUTED,
+    ROUTINE,
     SERVER_NAME,
 )
 from ..telemetry.logs import redact, request_id_var
@@ -118,9 +119,10 @@ def setup_request_context(
             metrics.request_done(
                 route, request.method, status, duration, request.get(RELAYED_CHUNKS), sent
             )
-            if access_log.isEnabledFor(logging.INFO):
+            quiet = status < 400 and ROUTINE in request
+            if access_log.isEnabledFor(logging.INFO) and not quiet:
                 _log_access(request, rid, status, sent, duration)
-            if activity is not None:
+            if activity is not None and not quiet:
                 principal = request.get(PRINCIPAL)
                 activity.record(
                     method=request.method,

@@ -22,13 +22,17 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 from multidict import CIMultiDict
+from prometheus_client import Counter
 
+from ...fog.hop import Forwarded
+from ...fog.members import Member
 from ...routing.conversation import Conversation, conversation_of
 from ...routing.order import FAILOVER
 from ..core.errors import GatewayError
 from ..core.keys import PRINCIPAL, REQUEST_ID, ROUTED, Routed
 from ..telemetry.metrics import Metrics
 from ..telemetry.stats import GatewayStats
+from ..upstreams.peers import FogPeers
 from ..upstreams.pool import UPSTREAM, Choice, UpstreamPool
 from ..upstreams.upstream import (
     Upstream,
@@ -40,6 +44,7 @@ from .admission import KEEPALIVE
 from .answers import relay_answer
 from .compat import RouteEdits, fill_model_list, model_not_found_message
 from .keepalive import KeepAlive
+from .placement import HANDOVER, Handover, MembersDeclined
 from .quotas import METER, Meter
 from .relay import RelayOptions
 from .request_target import upstream_target
@@ -61,19 +66,23 @@ def setup_proxy(
     metrics: Metrics,
     stats: GatewayStats,
     routes: tuple[RouteSpec, ...] = PROXIED_ROUTES,
+    fog: FogPeers | None = None,
 ) -> None:
-    """Register the forwarded routes; the pool lives as long as the app."""
+    """Register the forwarded routes; the pool (and the connections to the
+    fog's members) live as long as the app."""
     app[UPSTREAM] = pool
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await pool.start()
         yield
         await pool.close()
+        if fog is not None:
+            await fog.close()
 
     app.cleanup_ctx.append(lifecycle)
-    if not pool.single:  # with one upstream there is no choice to tell
+    if not pool.single or fog is not None:  # with one upstream there is no choice to tell
         app.on_response_prepare.append(_say_which_upstream)
-    sender = _Sender(pool, relay, metrics, stats)
+    sender = _Sender(pool, relay, metrics, stats, fog)
     for spec in routes:
         add_route(app, spec, sender.handler_for(spec))
 
@@ -83,7 +92,7 @@ async def _say_which_upstream(request: web.Request, response: web.StreamResponse
     chosen (a streamed request that waited got them early: the log has it)."""
     routed = request.get(ROUTED)
     if routed is not None:
-        response.headers[UPSTREAM_HEADER] = str(routed.position)
+        response.headers[UPSTREAM_HEADER] = routed.label
         response.headers[REASON_HEADER] = routed.reasons
 
 
@@ -91,9 +100,27 @@ class _Sender:
     """What every forwarded route shares: the pool, the relay's options, the counters."""
 
     def __init__(
-        self, pool: UpstreamPool, relay: RelayOptions, metrics: Metrics, stats: GatewayStats
+        self,
+        pool: UpstreamPool,
+        relay: RelayOptions,
+        metrics: Metrics,
+        stats: GatewayStats,
+        fog: FogPeers | None,
     ) -> None:
         self.pool, self.relay, self.metrics, self.stats = pool, relay, metrics, stats
+        self.fog = fog
+        self.handed = (
+            Counter(
+                "fognode_fog_forwarded",
+                "Requests handed to a member of the fog, by the member's name and why "
+                "(peer-loaded, peer-free, peer-has-model; with failover when one before it "
+                "declined).",
+                ["peer", "reason"],
+                registry=metrics.registry,
+            )
+            if fog is not None
+            else None
+        )
 
     def handler_for(self, spec: RouteSpec) -> Handler:
         if spec.native and self.pool.kind != "ollama":
@@ -158,6 +185,10 @@ class _Sender:
         meter: Meter | None = None,
     ) -> web.StreamResponse:
         """Send to the best upstream; when nothing could be sent, try the next one."""
+        handover = request.get(HANDOVER)
+        if handover is not None:
+            assert isinstance(data, bytes)  # an inference route's body, read whole
+            return await self._hand_over(request, handover, data, model, edits, keepalive, meter)
         pool = self.pool
         if model and pool.kind != "ollama" and pool.lacks_model(model):
             # The wording the SpeziLLMFog app matches on (compat.py).
@@ -198,6 +229,51 @@ class _Sender:
             return response
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _hand_over(
+        self,
+        request: web.Request,
+        handover: Handover,
+        data: bytes,
+        model: str | None,
+        edits: RouteEdits,
+        keepalive: KeepAlive | None,
+        meter: Meter | None,
+    ) -> web.StreamResponse:
+        """To the members placement chose, in order, with the entry node's
+        assertion of the caller; the next one when one declines before its
+        first byte; MembersDeclined (the request runs here) when all did."""
+        fog = self.fog
+        assert fog is not None and self.handed is not None
+        principal = request.get(PRINCIPAL)
+        hop = Forwarded(
+            entry=fog.options.own_id,
+            uid=principal.uid if principal else "anonymous",
+            kind=principal.kind if principal else "anonymous",
+            may_queue=handover.may_queue,
+        ).headers()
+        headers = _upstream_headers(request)
+        headers.update(hop)
+        if meter is not None:
+            headers["Accept-Encoding"] = "identity"
+        for index, choice in enumerate(handover.choices):
+            member = choice.member
+            reasons = ",".join((*choice.reasons, FAILOVER) if index else choice.reasons)
+            request[ROUTED] = Routed(member.address, 0, reasons, peer=member.identity)
+            self.handed.labels(member.identity, reasons).inc()
+            try:
+                upstream = await fog.upstream(member)
+                response = await self._send_to(
+                    request, upstream, headers, data, model, edits, keepalive, meter, member
+                )
+            except MemberDeclined as exc:
+                fog.failed(member, exc.why)
+                continue
+            handed = self.stats.fog_handed
+            handed[member.identity] = handed.get(member.identity, 0) + 1
+            return response
+        request.pop(ROUTED, None)
+        raise MembersDeclined()
+
     def _explain(self, request: web.Request, choice: Choice, *, failover: bool) -> None:
         """For the response headers, the access log and /metrics (with one upstream: nothing)."""
         if self.pool.single:
@@ -216,26 +292,43 @@ class _Sender:
         edits: RouteEdits,
         keepalive: KeepAlive | None,
         meter: Meter | None,
+        member: Member | None = None,
     ) -> web.StreamResponse:
+        """Send to one upstream (or one member of the fog: ``member``) and relay
+        its answer. A member that fails or declines before its first byte
+        raises MemberDeclined: nothing was relayed, another may take it."""
         stats = self.stats
         stats.active_requests += 1
         upstream.active += 1
         try:
             started = time.perf_counter()
             if meter is not None:
-                meter.sending(upstream.base)
+                meter.sending(upstream.base, member.node if member is not None else None)
             try:
                 answer = await upstream.open(
                     request.method, upstream_target(request), headers=headers.copy(), data=data
                 )
-            except UpstreamNotReached:
+            except UpstreamNotReached as exc:
+                if member is not None:
+                    raise MemberDeclined(exc.message) from None
                 stats.upstream_up = False
                 raise
-            stats.upstream_up = True
+            except GatewayError as exc:
+                if member is not None:
+                    raise MemberDeclined(exc.message) from None
+                raise
+            elapsed = time.perf_counter() - started
+            if member is not None:
+                if answer.status in DECLINED:
+                    answer.close()
+                    raise MemberDeclined(f"it answered {answer.status}")
+            else:
+                stats.upstream_up = True
+                body = request.get(REQUEST_BODY)
+                if body is not None and body.model is not None and answer.status < 400:
+                    stats.first_token_after(elapsed)
             route = request.match_info.route.resource
-            self.metrics.first_byte_after(
-                route.canonical if route else "other", time.perf_counter() - started
-            )
+            self.metrics.first_byte_after(route.canonical if route else "other", elapsed)
             if keepalive is not None:
                 try:
                     await keepalive.settle()  # no heartbeat mid-write from here on
@@ -256,6 +349,21 @@ class _Sender:
         finally:
             stats.active_requests -= 1
             upstream.active -= 1
+
+
+class MemberDeclined(Exception):
+    """A member of the fog failed or declined a request before its first byte."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+# A member's answers that another member (or this node) may do better with:
+# it cannot take the request (busy, draining, its model list was stale, its
+# upstream is down), or it refused this node (a certificate it no longer
+# takes). A 400 would be the same everywhere: it is relayed.
+DECLINED = frozenset({401, 403, 404, 408, 409, 429, 500, 501, 502, 503, 504})
 
 
 def _upstream_headers(request: web.Request) -> CIMultiDict[str]:

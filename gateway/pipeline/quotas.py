@@ -51,7 +51,7 @@ from ...usage.store import Grouping, UsageStore
 from ...usage.when import iso_utc, parse_when
 from ...usage.writer import BatchWriter
 from ..core.errors import GatewayError
-from ..core.keys import PRINCIPAL, REQUEST_ID
+from ..core.keys import FORWARDED, PRINCIPAL, REQUEST_ID
 from ..telemetry.metrics import Metrics
 from ..upstreams.upstream import without_password
 from .context import mint_id
@@ -89,6 +89,7 @@ class Meter:
         "counter",
         "model_not_found",
         "prompt_estimate",
+        "served_by",
         "strip_usage_chunk",
         "upstream",
     )
@@ -97,6 +98,7 @@ class Meter:
         self.strip_usage_chunk = strip_usage_chunk
         self.prompt_estimate = prompt_estimate
         self.upstream: str | None = None
+        self.served_by: str | None = None  # a member of the fog's node id; None: this node
         self.counter: TokenCounter | None = None
         self.completed = False
         self.model_not_found = False
@@ -107,8 +109,8 @@ class Meter:
             return Outcome.MODEL_NOT_FOUND  # no failure of the upstream's (nor counted as one)
         return Outcome.UPSTREAM_FAILED if self.upstream else Outcome.REJECTED
 
-    def sending(self, upstream: str) -> None:
-        self.upstream = upstream
+    def sending(self, upstream: str, served_by: str | None = None) -> None:
+        self.upstream, self.served_by = upstream, served_by
 
     def count(self, content_type: str) -> TokenCounter:
         self.counter = TokenCounter(
@@ -269,7 +271,8 @@ def setup_quotas(
     async def usage_stage(request: web.Request, handler: Handler) -> web.StreamResponse:
         spec = spec_for(request)
         ledger = accounting.ledger
-        if spec is None or not spec.limited or ledger is None:
+        if spec is None or not spec.limited or ledger is None or FORWARDED in request:
+            # (A member's request is recorded by the node it entered, once.)
             return await handler(request)
         principal = request.get(PRINCIPAL)
         uid = principal.uid if principal is not None else "anonymous"
@@ -354,6 +357,7 @@ def setup_quotas(
             request_id=request[REQUEST_ID],
             node=accounting.node,
             record_id=mint_id(),
+            served_by=meter.served_by or (accounting.node if meter.upstream else ""),
         )
         if ticket is not None and ticket.decision.allowed:
             ledger.settle(ticket, record)  # its reservation becomes the record

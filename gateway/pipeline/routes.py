@@ -81,6 +81,9 @@ class RouteSpec:
     # An operator's page (status, sign-in, their assets), not the API: a signed-in
     # browser's session cookie admits it (access.py); the API never accepts one.
     page: bool = False
+    # Asked by members of the fog only, on the peer port (pipeline/peers.py):
+    # never served on the phones' port.
+    peer_only: bool = False
 
 
 # Model names may contain slashes (hf.co/org/model:tag), hence the regex.

@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, field
 from typing import Any
 
 from ...web.status import ErrorView, MinuteView
@@ -50,6 +50,8 @@ class ActivityView:
     in_flight: int  # requests sent upstream and not finished
     connections: int | None  # client connections open (None: not known)
     upstreams: list[int]  # requests in flight to each upstream, in the configured order
+    # The fog: requests handed to each member and received from it, by its name.
+    fog: dict[str, list[int]] = field(default_factory=dict)
 
     def as_json(self) -> list[Any]:
         """For a worker's channel: JSON arrays, in the dataclasses' field order."""
@@ -60,11 +62,12 @@ class ActivityView:
             self.in_flight,
             self.connections,
             self.upstreams,
+            self.fog,
         ]
 
     @classmethod
     def from_json(cls, value: list[Any]) -> ActivityView:
-        minutes, errors, streams, in_flight, connections, upstreams = value
+        minutes, errors, streams, in_flight, connections, upstreams, fog = value
         return cls(
             [MinuteView(*m) for m in minutes],
             [ErrorView(*e) for e in errors],
@@ -72,6 +75,7 @@ class ActivityView:
             in_flight,
             connections,
             upstreams,
+            {str(name): [int(n) for n in counts] for name, counts in fog.items()},
         )
 
 
@@ -89,6 +93,12 @@ def merged(views: Sequence[ActivityView], errors: int = ERRORS) -> ActivityView:
     starts = sorted(minutes)[-span:] if span else []
     latest = sorted((e for v in views for e in v.errors), key=lambda e: e.at, reverse=True)
     known = [v.connections for v in views if v.connections is not None]
+    fog: dict[str, list[int]] = {}
+    for view in views:
+        for name, (handed, received) in view.fog.items():
+            counts = fog.setdefault(name, [0, 0])
+            counts[0] += handed
+            counts[1] += received
     return ActivityView(
         [MinuteView(start, *minutes[start]) for start in starts],
         latest[:errors],
@@ -96,6 +106,7 @@ def merged(views: Sequence[ActivityView], errors: int = ERRORS) -> ActivityView:
         sum(v.in_flight for v in views),
         sum(known) if known else None,
         [sum(counts) for counts in zip(*(v.upstreams for v in views), strict=True)],
+        fog,
     )
 
 

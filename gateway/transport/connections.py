@@ -491,3 +491,9 @@ class GuardedTCPSite(web.TCPSite):
             self._bound_port = self._server.sockets[0].getsockname()[1]
         else:
             self._bound_port = self._port
+
+    @property
+    def bound_port(self) -> int:
+        """The port it listens on (the one asked for, or the one port 0 got)."""
+        assert self._bound_port is not None, "start() first"
+        return int(self._bound_port)

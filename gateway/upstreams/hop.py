@@ -38,7 +38,7 @@ import base64
 import collections
 import contextlib
 import ssl
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 
 import httptools
@@ -60,11 +60,15 @@ class HopError(Exception):
 
 
 class ConnectFailed(HopError):
-    """No connection could be made (refused, no route, name unknown, TLS): nothing was sent."""
+    """No connection could be made (refused, no route, name unknown, TLS): nothing was sent.
 
-    def __init__(self, reason: str) -> None:
+    ``refused_certificate``: the upstream answered, but with a certificate
+    this end does not accept (not its CA's, or not the kind wanted)."""
+
+    def __init__(self, reason: str, *, refused_certificate: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.refused_certificate = refused_certificate
 
 
 class ConnectTimeout(HopError, TimeoutError):
@@ -107,6 +111,10 @@ class HopOptions:
     max_head: int = 64 * 1024  # bytes of a response head (status line, headers)
     max_fields: int = 256  # header fields of a response head
     ssl: ssl.SSLContext | None = None  # for https upstreams; None: the system's CAs
+    # Looks at the certificate a TLS upstream presented (DER) once the handshake
+    # is done, and raises when it is not the one wanted (a fog member's peer
+    # port: the chain checks that OpenSSL does cannot see fognode's marker).
+    check_peer: Callable[[bytes | None], object] | None = None
 
 
 class HopResponse:
@@ -585,7 +593,10 @@ class HopPool:
                     f"no connection within {self.options.connect_timeout:g}s"
                 ) from None
             except OSError as exc:  # refused, unreachable, name unknown, TLS (SSLError)
-                raise ConnectFailed(_os_reason(exc)) from None
+                refused = isinstance(exc, ssl.SSLCertVerificationError)
+                raise ConnectFailed(_os_reason(exc), refused_certificate=refused) from None
+            if self.options.check_peer is not None:
+                _check_peer(conn, self.options.check_peer)
         except BaseException:
             if made:
                 made[0].close()
@@ -781,6 +792,19 @@ def _head_late(conn: _Connection, waiter: asyncio.Future[HopResponse]) -> None:
         waiter.set_exception(HeadTimeout("no response head in time"))
         if conn._head_waiter is waiter:
             conn._head_waiter = None
+
+
+def _check_peer(conn: _Connection, check: Callable[[bytes | None], object]) -> None:
+    """Nothing has been sent yet: a refused certificate is a connection that failed."""
+    assert conn.transport is not None
+    tls = conn.transport.get_extra_info("ssl_object")
+    der = tls.getpeercert(binary_form=True) if tls is not None else None
+    try:
+        check(der)
+    except Exception as exc:
+        raise ConnectFailed(
+            f"refused the certificate it presented: {exc}", refused_certificate=True
+        ) from None
 
 
 def _os_reason(exc: OSError) -> str:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import AsyncIterable
+import ssl
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,6 +21,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ... import safejson
+from ...fog.hop import HEADERS as FOG_HEADERS
 from ...routing import warm
 from ...routing.warm import LoadedModel
 from ..core.errors import GatewayError, unreadable_body
@@ -59,8 +61,14 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Request headers that must not travel upstream: the client's credentials are
-# for the gateway, not for Ollama, and Host/Content-Length are recomputed.
-_DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "authorization", "cookie", "expect"}
+# for the gateway, not for Ollama, and Host/Content-Length are recomputed; the
+# fog's hop headers (fog/hop.py) are between members only, and a phone's
+# copy of them means nothing anywhere.
+_DROP_REQUEST = (
+    HOP_BY_HOP
+    | {"host", "content-length", "authorization", "cookie", "expect"}
+    | {name.lower() for name in FOG_HEADERS}
+)
 # Response headers the gateway sets itself.
 _DROP_RESPONSE = HOP_BY_HOP | {"content-length", "date", "server"}
 # aiohttp inflates request bodies in these encodings before a handler reads
@@ -141,6 +149,10 @@ class UpstreamOptions:
     affinity: bool = True
     affinity_entries: int = 10_000
     affinity_seconds: float = 600.0
+    # An https upstream's TLS: the context, and a look at the certificate it
+    # presented (a fog member's peer port: mutual TLS, the member's marker).
+    tls: ssl.SSLContext | None = None
+    check_peer: Callable[[bytes | None], object] | None = None
 
 
 class UpstreamNotReached(GatewayError):
@@ -211,6 +223,8 @@ class Upstream:
             HopOptions(
                 max_connections=self.options.max_connections,
                 connect_timeout=self.options.connect_timeout,
+                ssl=self.options.tls,
+                check_peer=self.options.check_peer,
             ),
         )
 

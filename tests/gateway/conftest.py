@@ -6,6 +6,7 @@ No process is started, no browser, emulator or PostgreSQL is needed.
 
 from __future__ import annotations
 
+from tests.support.fog import fog_pki
 from tests.support.gateway import gateway, http, make_gateway, standin, unconfigured
 from tests.support.onboarding import clinic_pki
 from tests.support.pki import pki
@@ -16,6 +17,7 @@ from tests.support.tokens import key_set, signing_key, stranger_key
 __all__ = [
     "clinic_pki",
     "expired_gateway",
+    "fog_pki",
     "gateway",
     "http",
     "https",

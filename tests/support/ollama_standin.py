@@ -90,6 +90,12 @@ class OllamaStandIn:
     # False: ignore stream_options.include_usage, as llama-cpp-python's server
     # and Ollama before 0.5 do (no usage chunk in a stream).
     honours_include_usage: bool = True
+    # Seconds a model that is not in memory takes to load, before the first
+    # byte of the request that needs it (requests that come while it loads
+    # wait for the same load).
+    load_delay: float = 0.0
+    # Generations at once (OLLAMA_NUM_PARALLEL); later ones wait (0: no limit).
+    parallel: int = 0
 
     requests: list[Recorded] = field(default_factory=list)
     # SHA-256 of every byte a streamed answer wrote, by the X-Request-ID it got.
@@ -108,6 +114,8 @@ class OllamaStandIn:
     peak_in_flight: Counter[str] = field(default_factory=Counter)
     url: str = ""
     _runner: web.AppRunner | None = None
+    _loading: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    _slots: asyncio.Semaphore | None = None
 
     # --- lifecycle ------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -305,10 +313,35 @@ class OllamaStandIn:
         model = data.get("model", "")
         if not self._has_model(model):
             return self.openai_error(404, self.not_found_text(model))
+        await self._load(model)
         self._used(model)
         return data
 
+    def _hot(self, model: str) -> bool:
+        full = model if ":" in model else f"{model}:latest"
+        return any(self.running.get(name, 0) > time.time() for name in (model, full))
+
+    async def _load(self, model: str) -> None:
+        """A model not in memory loads first (``load_delay``), once for every
+        request that waits for it."""
+        if not self.load_delay or self._hot(model):
+            return
+        loading = self._loading.get(model)
+        if loading is None:
+            loading = self._loading[model] = asyncio.ensure_future(asyncio.sleep(self.load_delay))
+            loading.add_done_callback(lambda _: self._loading.pop(model, None))
+            loading.add_done_callback(lambda _: self.load(model))
+        await asyncio.shield(loading)
+
     async def openai_chat(self, request: web.Request) -> web.StreamResponse:
+        if self.parallel and self._slots is None:
+            self._slots = asyncio.Semaphore(self.parallel)
+        if self._slots is None:
+            return await self._openai_chat(request)
+        async with self._slots:  # as OLLAMA_NUM_PARALLEL: the rest wait their turn
+            return await self._openai_chat(request)
+
+    async def _openai_chat(self, request: web.Request) -> web.StreamResponse:
         data = await self._openai_body(request)
         if isinstance(data, web.Response):
             return data
@@ -803,14 +836,33 @@ def main() -> None:
     parser.add_argument(
         "--loaded", action="append", default=[], help="a model in memory at start (repeatable)"
     )
+    parser.add_argument(
+        "--models",
+        help="the models it has, comma-separated (default: " + ",".join(DEFAULT_MODELS) + ")",
+    )
+    parser.add_argument(
+        "--load-delay",
+        type=float,
+        default=0.0,
+        help="seconds a model not in memory takes to load before its first byte",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=0,
+        help="generations at once, as OLLAMA_NUM_PARALLEL; the rest wait (0: no limit)",
+    )
     args = parser.parse_args()
 
     async def run() -> None:
         standin = OllamaStandIn(
+            models=tuple(args.models.split(",")) if args.models else DEFAULT_MODELS,
             token_delay=args.token_delay,
             reply=args.reply,
             wire=args.wire,
             first_byte_delay=args.first_byte_delay,
+            load_delay=args.load_delay,
+            parallel=args.parallel,
         )
         standin.load(*args.loaded)
         url = await standin.start(args.host, args.port)

@@ -110,6 +110,37 @@ def make_legacy_pki(directory: Path, *, names: tuple[str, ...] = NODE_NAMES) -> 
     return Pki(paths, paths, none)
 
 
+def node_certs_dir(pki: Pki, directory: Path, name: str, *, peer: str = "node") -> Path:
+    """Another node's certificate directory in the same fog: the fog's CA, the
+    server certificate phones see, and its own peer credentials, as
+    `fognode certs issue --node NAME` and `certs install` leave them.
+    ``peer``: "node" (its node certificate), "server" (only the server
+    certificate, copied where the node certificate goes: a node that poses
+    as a member with what every node has) or "none"."""
+    import shutil
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from fognode.certs.authority import load_ca
+    from fognode.certs.keys import key_to_pem
+    from fognode.certs.peers import issue_node_cert
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for part in ("ca.crt", "server.crt", "server.key"):
+        shutil.copy(pki.paths.directory / part, directory / part)
+    target = CertPaths(directory)
+    if peer == "node":
+        cert, key = issue_node_cert(load_ca(pki.root, PASSPHRASE, need_key=True), name)
+        target.node_cert.write_bytes(cert.public_bytes(Encoding.PEM))
+        target.node_key.write_bytes(key_to_pem(key))
+    elif peer == "server":
+        shutil.copy(pki.paths.server_cert, target.node_cert)
+        shutil.copy(pki.paths.server_key, target.node_key)
+    if target.node_key.exists():
+        target.node_key.chmod(0o600)
+    return directory
+
+
 @pytest.fixture
 def pki(tmp_path: Path) -> Pki:
     """The node's CA and its server certificate for the usual names, in the test's directory."""

@@ -175,6 +175,7 @@ class _Response:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     first_byte_at: float
+    started: float  # monotonic, when the request began (its connection)
 
 
 async def _read_line(reader: asyncio.StreamReader, idle: float) -> bytes:
@@ -270,7 +271,7 @@ async def _post(cfg: AppConfig, address: str, path: str, body: bytes, token: str
     while (line := await _read_line(reader, cfg.idle_timeout)) not in (b"\r\n", b"\n", b""):
         name, _, value = line.decode("latin-1").partition(":")
         headers[name.strip().lower()] = value.strip()
-    return _Response(status, headers, reader, writer, first_byte_at)
+    return _Response(status, headers, reader, writer, first_byte_at, started)
 
 
 # --- the request body: LLMFogSession.openAIChatQuery ----------------------------
@@ -370,6 +371,8 @@ class Generation:
     attempts: int
     ended_silently: bool  # stopped at an event without data (the guard's `return`)
     first_byte_after: float
+    # What a user waits for: the first piece of the answer on screen (None: none came).
+    first_token_after: float | None = None
 
 
 def handle_error_code(status: int, message: str) -> AppError:
@@ -395,12 +398,13 @@ async def chat_once(cfg: AppConfig, address: str, body: bytes, token: str) -> Ge
         decoder = SwiftSseDecoder()
         pieces: list[str] = []
         events = 0
+        first_token: float | None = None
         async for part in _body_chunks(resp, cfg.idle_timeout):
             for event in decoder.feed(part):
                 events += 1
                 if event.data is None:
                     # guard let choices = chatStreamResult.data?.choices else { return }
-                    return Generation(pieces, events, 1, True, resp.first_byte_at)
+                    return Generation(pieces, events, 1, True, resp.first_byte_at, first_token)
                 try:
                     chunk = json.loads(event.data)
                     choices = chunk["choices"]
@@ -418,9 +422,11 @@ async def chat_once(cfg: AppConfig, address: str, body: bytes, token: str) -> Ge
                 if delta.get("role") != "assistant" or not delta.get("content"):
                     continue
                 pieces.append(delta["content"])
+                if first_token is None:
+                    first_token = time.monotonic() - resp.started
             if decoder.finished:
                 break
-        return Generation(pieces, events, 1, False, resp.first_byte_at)
+        return Generation(pieces, events, 1, False, resp.first_byte_at, first_token)
     finally:
         resp.writer.close()
 
@@ -433,7 +439,9 @@ async def generate(
     thrown errors, waiting 1 s then 2 s (Retry-After is not read)."""
     body = encode_request(cfg, messages, **parameters)
     token = cfg.token()
+    began = time.monotonic()
     for attempt in range(1, cfg.attempts + 1):
+        tried = time.monotonic()
         try:
             result = await chat_once(cfg, address, body, token)
         except AppError as exc:
@@ -444,6 +452,8 @@ async def generate(
             await asyncio.sleep(cfg.backoff * 2 ** (attempt - 1))
         else:
             result.attempts = attempt
+            if result.first_token_after is not None:  # the user waited for every attempt
+                result.first_token_after += tried - began
             return result
     raise AssertionError("unreachable")
 
@@ -471,6 +481,7 @@ async def run_app(cfg: AppConfig, prompt: str, address: str | None = None) -> di
             attempts=generation.attempts,
             ended_silently=generation.ended_silently,
             first_byte_after=generation.first_byte_after,
+            first_token_after=generation.first_token_after,
         )
     outcome["log"] = cfg.log
     return outcome

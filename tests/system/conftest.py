@@ -21,6 +21,7 @@ from tests.support.firebase_emulator import (
     auth_emulator_session,
     emulator,
 )
+from tests.support.fog import fog_pki
 from tests.support.gateway import GatewayFactory, gateway, http, make_gateway, standin, unconfigured
 from tests.support.netns import lan
 from tests.support.ollama_standin import OllamaStandIn
@@ -40,6 +41,7 @@ __all__ = [
     "clinic_pki",
     "emulator",
     "expired_gateway",
+    "fog_pki",
     "gateway",
     "http",
     "https",

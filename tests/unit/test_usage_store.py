@@ -8,6 +8,7 @@ stores of one backend).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
@@ -20,7 +21,7 @@ from fognode.usage.ledger import UsageLedger
 from fognode.usage.migrations import MIGRATIONS, Migration, SchemaTooNew
 from fognode.usage.options import Limits, QuotaOptions, StoreOptions
 from fognode.usage.postgres_store import PostgresStore
-from fognode.usage.record import Outcome, UsageRecord
+from fognode.usage.record import COLUMNS, Outcome, UsageRecord
 from fognode.usage.sqlite_store import SqliteStore
 from fognode.usage.store import Grouping, Total, UsageStore
 from fognode.usage.writer import BatchWriter
@@ -439,7 +440,7 @@ async def test_migrating_a_version_1_database_fills_the_minute_sums(
         rec("bob", at=NOON - 10, prompt=5, completion=5),
         rec(at=NOON - 5, prompt=0, completion=0, outcome=Outcome.REJECTED),
     ]
-    await old.write(before)
+    await write_as_before_the_fog(old, before)
     new = await make_store()
     assert await new.schema_version() == MIGRATIONS[-1].version
     assert await minute_sums(new) == expected_sums(before) == await record_sums(new)
@@ -456,7 +457,7 @@ async def test_migrating_a_version_2_database_keeps_its_records_and_takes_model_
 ) -> None:
     old = await make_store(MIGRATIONS[:2])
     before = [rec(at=NOON - 60, prompt=4, completion=6), rec("bob", at=NOON - 30, prompt=1)]
-    await old.write(before)
+    await write_as_before_the_fog(old, before)
     new = await make_store()
     assert await new.schema_version() == MIGRATIONS[-1].version
     after = [rec(at=NOON - 10, prompt=0, completion=0, outcome=Outcome.MODEL_NOT_FOUND)]
@@ -466,6 +467,52 @@ async def test_migrating_a_version_2_database_keeps_its_records_and_takes_model_
     assert await minute_sums(new) == expected_sums([*before, *after]) == await record_sums(new)
     window = await new.user_window("alice", day_start=NOON - 7200, minute_start=NOON - 60)
     assert window.tokens_today == 4 + 6 + 2 + 3
+
+
+async def write_as_before_the_fog(store: UsageStore, records: Sequence[UsageRecord]) -> None:
+    """Records as a fognode before schema step 4 wrote them (without served_by)."""
+    columns = COLUMNS[:13]
+    rows = [r.row()[:13] for r in records]
+    names = ", ".join(columns)
+    if isinstance(store, SqliteStore):
+        db = store._db(write=True)
+        await db.executemany(
+            f"INSERT INTO usage_records ({names}) VALUES ({', '.join('?' * len(columns))})", rows
+        )
+        await db.commit()
+        return
+    assert isinstance(store, PostgresStore)
+    values = ", ".join(
+        f"to_timestamp(${n})" if name.endswith("_at") else f"${n}"
+        for n, name in enumerate(columns, 1)
+    )
+    await store._db().executemany(f"INSERT INTO usage_records ({names}) VALUES ({values})", rows)
+
+
+async def test_migration_4_names_the_entry_node_as_the_one_that_served_older_records(
+    make_store: StoreFactory,
+) -> None:
+    old = await make_store(MIGRATIONS[:3])
+    await write_as_before_the_fog(old, [rec(node="node-a"), rec("bob", node="node-b")])
+    new = await make_store()
+    assert await new.schema_version() >= 4
+    served = dataclasses.replace(rec("carol", node="node-a"), served_by="node-c")
+    await new.write([served])
+    rows = await served_by_rows(new)
+    assert rows == {
+        ("alice", "node-a", "node-a"),
+        ("bob", "node-b", "node-b"),
+        ("carol", "node-a", "node-c"),
+    }
+
+
+async def served_by_rows(store: UsageStore) -> set[tuple[str, str, str]]:
+    query = "SELECT uid, node, served_by FROM usage_records"
+    if isinstance(store, SqliteStore):
+        async with store._db(write=False).execute(query) as cur:
+            return {tuple(row) for row in await cur.fetchall()}  # type: ignore[misc]
+    assert isinstance(store, PostgresStore)
+    return {(r[0], r[1], r[2]) for r in await store._db().fetch(query)}
 
 
 async def test_a_day_that_starts_off_midnight_and_off_the_minute(
