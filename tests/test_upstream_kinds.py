@@ -71,3 +71,25 @@ async def test_openai_kind_answers_model_not_found_in_ollamas_words(
     assert error["message"] == "model 'phi4:14b' not found, try pulling it first"
     assert error["type"] == "not_found_error"
     assert "/v1/chat/completions" not in {r.path for r in standin.requests}
+
+
+async def test_openai_kind_answers_one_model_from_its_list(
+    standin: OllamaStandIn, make_gateway: GatewayFactory
+) -> None:
+    """llama.cpp's server answers /v1/models/<its own alias> with 404: the node
+    answers one model from the list, and a missing one in the app's words."""
+    gateway = await make_gateway(standin.url, upstream_kind="openai")
+    name = sorted(standin.models)[0]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{gateway.url}/v1/models/{name}") as resp:
+            assert resp.status == 200
+            entry = await resp.json()
+        async with http.get(f"{gateway.url}/v1/models/phi4:14b") as resp:
+            assert resp.status == 404
+            error = (await resp.json())["error"]
+        async with http.get(f"{gateway.url}/v1/models") as resp:
+            listed = {m["id"]: m for m in (await resp.json())["data"]}
+    assert entry == listed[name] and entry["object"] == "model" and "fognode" in entry
+    assert error["message"] == "model 'phi4:14b' not found, try pulling it first"
+    assert (error["type"], error["code"]) == ("not_found_error", "model_not_found")
+    assert not any(r.path.startswith("/v1/models/") for r in standin.requests)
