@@ -32,8 +32,10 @@ async def test_openai_kind_serves_v1_and_refuses_native_routes_with_501(
     assert resp.status == 200
     assert body["upstream_kind"] == "openai" and body["ollama_version"] is None
     assert body["models"] == len(standin.models)
-    # Only /v1 and probes reached the upstream.
-    assert {r.path for r in standin.requests} == {"/v1/chat/completions", "/v1/models"}
+    # Only /v1 and probes reached the upstream: /props once, where llama.cpp's
+    # server would tell its slots (this one has no such route, so never again).
+    assert {r.path for r in standin.requests} == {"/v1/chat/completions", "/v1/models", "/props"}
+    assert [r.path for r in standin.requests].count("/props") == 1
 
 
 @pytest.mark.parametrize("kind", ["ollama", "openai"])
@@ -52,8 +54,9 @@ async def test_model_list_for_mdns_comes_from_the_right_endpoint(
     assert txt.models == tuple(sorted(standin.models))
     assert txt.api == ("openai,ollama" if kind == "ollama" else "openai")
     # What the pool's one check found: it asked the endpoints of its kind, nothing else
-    # (Ollama also for its loaded models; an OpenAI-compatible server's are those it serves).
-    expected = {"/api/tags", "/api/ps"} if kind == "ollama" else {"/v1/models"}
+    # (Ollama also for its loaded models; an OpenAI-compatible server's are those it
+    # serves, and it may be llama.cpp's server, which tells its slots at /props).
+    expected = {"/api/tags", "/api/ps"} if kind == "ollama" else {"/v1/models", "/props"}
     assert {r.path for r in standin.requests} == expected
 
 

@@ -266,7 +266,7 @@ class SupervisorCalls:
         self.activity: ActivitySource | None = None
         self.pool: UpstreamPool | None = None
         # The supervisor's latest check of the upstreams (its number, its findings).
-        self.checked: tuple[int, list[list[Any]]] | None = None
+        self.checked: tuple[int, list[dict[str, Any]]] | None = None
         self._reloading: set[asyncio.Task[None]] = set()
         # The fog's members as the supervisor's membership service found them,
         # and the node's drain flag (both the supervisor's).
@@ -284,7 +284,7 @@ class SupervisorCalls:
         if self.drain is not None:
             self.drain.follow(bool(draining), float(since) if since is not None else None)
 
-    def take_checked(self, number: int, findings: list[list[Any]]) -> None:
+    def take_checked(self, number: int, findings: list[dict[str, Any]]) -> None:
         """A check's findings, unless a later one arrived first (the one in the
         answer to hello may be older or newer than a notice received meanwhile)."""
         if self.checked is not None and number <= self.checked[0]:
