@@ -260,8 +260,8 @@ class SupervisorCalls:
     def __init__(self) -> None:
         self.metrics: Metrics | None = None
         self.tls: TlsTerminator | None = None
-        self.follow: Callable[[list[ServerStatus]], None] | None = None
-        self.embedded: list[ServerStatus] | None = None  # arrived before follow was set
+        self.follow: Callable[[ServerStatus], None] | None = None
+        self.embedded: ServerStatus | None = None  # arrived before follow was set
         self.sessions: BrowserSessions | None = None
         self.activity: ActivitySource | None = None
         self.pool: UpstreamPool | None = None
@@ -314,11 +314,11 @@ class SupervisorCalls:
         elif op == "drain":
             self.take_drain(args[0], args[1])
         elif op == "embedded":
-            statuses = [ServerStatus.from_json(s) for s in args[0]]
+            status = ServerStatus.from_json(args[0])
             if self.follow is not None:
-                self.follow(statuses)
+                self.follow(status)
             else:
-                self.embedded = statuses
+                self.embedded = status
 
 
 async def check_upstreams(channel: Channel) -> None:
@@ -363,8 +363,10 @@ async def start_worker(
         calls.fog = fog
         fog.on_failure = partial(channel.notify, "fog_failed")
         calls.take_fog(*hello["fog"])
-    statuses = calls.embedded or [ServerStatus.from_json(s) for s in hello["embedded"]]
-    calls.follow = follow_upstream_choice(app, str(hello["choice"]), statuses)
+    status = calls.embedded
+    if status is None and hello["embedded"] is not None:
+        status = ServerStatus.from_json(hello["embedded"])
+    calls.follow = follow_upstream_choice(app, str(hello["choice"]), status)
     calls.metrics = metrics = app[METRICS]
     calls.tls = tls
 

@@ -241,6 +241,10 @@ class Upstream:
                 connect_timeout=self.options.connect_timeout,
                 ssl=self.options.tls,
                 check_peer=self.options.check_peer,
+                # llama.cpp's server closes the connection after every streamed
+                # answer while it says Keep-Alive: known for the embedded engine,
+                # learned from any other upstream that does it.
+                reuse_after_stream=self.options.kind != "embedded",
             ),
         )
 
