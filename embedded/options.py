@@ -67,14 +67,14 @@ def cores() -> int:
 
 
 def default_threads(available: int) -> int:
-    """Generation threads when the operator sets none: one per core, less one
-    for the gateway on machines with more than two.
+    """Threads when the operator sets none: one per core.
 
-    With continuous batching the slots share each decode step, so threads are
-    not divided among them; on two cores both go to the engine (bench/README.md,
-    the embedded engine: threads).
+    With continuous batching the slots share each decode step, so threads
+    are not divided among them. Measured on two cores (bench/README.md, the
+    embedded engine: threads), one per core gave more tokens/s than one
+    thread for four phones on SmolLM2 and Gemma and for one phone on Gemma.
     """
-    return max(1, available - 1) if available > 2 else available
+    return available
 
 
 @dataclass(frozen=True)

@@ -58,8 +58,8 @@ class EmbeddedSettings(BaseModel):
         None,
         ge=1,
         description="CPU threads of the embedded llama.cpp server, for generating and for "
-        "reading prompts (all slots share them). Default: one per core, less one for the "
-        "gateway on machines with more than two cores (bench/README.md, the embedded engine).",
+        "reading prompts (all slots share them). Default: one per core (bench/README.md, the "
+        "embedded engine: threads).",
     )
     embedded_gpu_layers: int | None = Field(
         None,
