@@ -358,9 +358,16 @@ def test_an_idle_engine_sleeps_says_so_and_wakes_for_the_next_request(tmp_path: 
         asleep = memory()
         page = admin_get(node, "/").text
         assert 'class="engine-state asleep"' in page
-        # Its model is not in memory: the node's model list says so too.
-        listing = admin_get(node, "/v1/models").json()["data"]
-        assert [m["fognode"]["loaded"] for m in listing] == [False]
+        # Its model is not in memory: the node's model list says so too (every
+        # worker as soon as the supervisor's check reached it).
+        wait_for(
+            lambda: (
+                [m["fognode"]["loaded"] for m in admin_get(node, "/v1/models").json()["data"]]
+                == [False]
+            ),
+            "the model list to say the model is not loaded",
+            10,
+        )
         chat = httpx.post(
             f"{node.url}/v1/chat/completions",
             json={"model": MODEL, "messages": MESSAGES, "max_tokens": 4},
