@@ -33,6 +33,11 @@ Sections (``--sections``, default all):
   interleaved: time to first token of later turns with the engine choosing
   the slot (longest common prefix, host-RAM prompt cache), with each
   conversation pinned to a slot (``id_slot``), and with no prompt cache.
+* ``native`` (with ``--native-python``): the same xllamacpp version as the
+  wheel, built on this machine (all its CPU features, AVX-512 here), against
+  the wheel (AVX2): the engines alone, no gateway, 1 and 4 phones, SmolLM2
+  (Q4_1) and Gemma (K-quants). The interpreter given must have that build
+  and fognode (``pip install --no-deps -e .``: the child needs nothing else).
 
 Rounds are interleaved (the target order rotates each round) after a
 warm-up per target; tables give the median over rounds with min-max, and
@@ -59,7 +64,8 @@ from pathlib import Path
 import aiohttp
 
 from bench.common import machine, start, stop
-from fognode.embedded.model import model_file
+from fognode.embedded.engine import EngineConfig
+from fognode.embedded.model import chat_template, model_file
 from fognode.embedded.options import EmbeddedOptions, cores, default_threads
 from tests.helpers import free_port
 
@@ -642,12 +648,78 @@ async def affinity_section(data: Path, args: argparse.Namespace) -> None:
     print(f"\n{load()} at the end")
 
 
+async def engine_target(name: str, python: str, data: Path, model: str, slots: int) -> Target:
+    """llama.cpp's server alone, as fognode's child starts it, run by ``python``."""
+    options = EmbeddedOptions(models_dir=data / "models", model=model, slots=slots)
+    gguf = await asyncio.to_thread(model_file, options)
+    template = await asyncio.to_thread(chat_template, options)
+    port = free_port()
+    config = EngineConfig.build(options, gguf, port, template)
+    engine = await start(
+        python,
+        "-m",
+        "fognode.embedded.child",
+        str(os.getpid()),
+        config.to_json(),
+        env={"OMP_WAIT_POLICY": "PASSIVE"},
+    )
+    target = Target(name, f"http://127.0.0.1:{port}", engines=[engine], model=options.model_alias)
+    async with aiohttp.ClientSession() as http:
+        for _ in range(3000):
+            try:
+                async with http.get(f"{target.url}/health") as resp:
+                    if resp.status == 200:
+                        return target
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{name} did not start")
+
+
+async def native_section(data: Path, args: argparse.Namespace) -> None:
+    if not args.native_python:
+        print("\n(native: skipped, no --native-python)")
+        return
+    tokens, rounds = args.tokens, args.rounds
+    for model in ("smollm2:135m", "gemma3:270m"):
+        print(f"\n## The wheel (AVX2) against a build for this CPU ({model}, 4 slots)\n")
+        print(f"{load()} at the start\n")
+        targets = [
+            await engine_target("wheel", sys.executable, data / f"w-{model}", model, 4),
+            await engine_target("native", args.native_python, data / f"n-{model}", model, 4),
+        ]
+        try:
+            results = await interleaved(
+                targets,
+                {
+                    "1": lambda t, r: crowd(t, 1, tokens, r),
+                    "4": lambda t, r: crowd(t, 4, tokens, r),
+                },
+                rounds,
+            )
+        finally:
+            for target in targets:
+                await target.stop()
+        table("engine", "1 phone: decode tokens/s", "4 phones: total tokens/s")
+        for name, by in results.items():
+            line(
+                name,
+                spread([c.decode for c in by["1"]], 1),
+                spread([c.total_rate for c in by["4"]], 1),
+            )
+        wheel, native = results["wheel"], results["native"]
+        decode = ratios([c.decode for c in native["1"]], [c.decode for c in wheel["1"]])
+        total = ratios([c.total_rate for c in native["4"]], [c.total_rate for c in wheel["4"]])
+        print(f"\nnative/wheel per round: 1 phone {decode}, 4 phones {total}; {load()} at the end")
+
+
 SECTIONS = {
     "phones": phones_section,
     "gemma": gemma_section,
     "threads": threads_section,
     "workers": workers_section,
     "affinity": affinity_section,
+    "native": native_section,
 }
 
 
@@ -658,6 +730,7 @@ async def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="new engine threads (0: fognode's default)"
     )
+    parser.add_argument("--native-python", default="", help="a Python with a native xllamacpp")
     parser.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
     args = parser.parse_args()
     print(f"machine: {machine()}; {load()}")
