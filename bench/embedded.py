@@ -179,18 +179,19 @@ async def gateway(port: int, data: Path, env: dict[str, str]) -> asyncio.subproc
     )
 
 
-async def ready(url: str, limit: float = 300) -> None:
+async def answers(url: str, limit: float = 300) -> None:
+    """Until ``url`` answers 200 (a gateway's /readyz, an engine's /health)."""
     deadline = time.monotonic() + limit
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
             try:
-                async with http.get(f"{url}/readyz") as resp:
+                async with http.get(url) as resp:
                     if resp.status == 200:
                         return
             except aiohttp.ClientConnectionError:
                 pass
             await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not get ready")
+    raise RuntimeError(f"{url} did not answer")
 
 
 async def new_target(
@@ -209,7 +210,7 @@ async def new_target(
         },
     )
     target = Target(name, f"http://127.0.0.1:{port}", proc, model=model)
-    await ready(target.url)
+    await answers(f"{target.url}/readyz")
     return target
 
 
@@ -236,16 +237,8 @@ async def old_target(name: str, data: Path, model: str, processes: int, threads:
         )
         urls.append(f"http://127.0.0.1:{port}")
     target = Target(name, engines=engines, model=model)
-    async with aiohttp.ClientSession() as http:
-        for url in urls:
-            for _ in range(600):
-                try:
-                    async with http.get(f"{url}/v1/models") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.1)
+    for url in urls:
+        await answers(f"{url}/v1/models")
     port = free_port()
     target.gateway = await gateway(
         port,
@@ -258,7 +251,7 @@ async def old_target(name: str, data: Path, model: str, processes: int, threads:
         },
     )
     target.url = f"http://127.0.0.1:{port}"
-    await ready(target.url)
+    await answers(f"{target.url}/readyz")
     return target
 
 
@@ -400,6 +393,26 @@ async def interleaved(
     return results
 
 
+async def measure(
+    targets: list[Target],
+    phones: Sequence[int],
+    tokens: int,
+    rounds: int,
+    after_round: Callable[[Target], None] | None = None,
+) -> Results:
+    """Interleaved rounds of ``phones`` at once (each count a workload), then
+    the targets stopped, whatever happened."""
+
+    def work(n: int) -> Callable[[Target, int], Awaitable[Crowd]]:
+        return lambda target, round_: crowd(target, n, tokens, round_)
+
+    try:
+        return await interleaved(targets, {str(n): work(n) for n in phones}, rounds, after_round)
+    finally:
+        for target in targets:
+            await target.stop()
+
+
 def best_old(results: Results, workload: str, key: Callable[[Crowd], float]) -> str:
     """The old target with the best median for this measure (higher is better)."""
     olds = [n for n in results if n.startswith("old-")]
@@ -425,20 +438,7 @@ async def phones_section(data: Path, args: argparse.Namespace) -> None:
     def remember(target: Target) -> None:
         memory[target.name].append(memory_mib(target.engine_pids()))
 
-    try:
-        results = await interleaved(
-            targets,
-            {
-                "1": lambda t, r: crowd(t, 1, tokens, r),
-                "4": lambda t, r: crowd(t, 4, tokens, r),
-                "8": lambda t, r: crowd(t, 8, tokens, r),
-            },
-            rounds,
-            remember,
-        )
-    finally:
-        for target in targets:
-            await target.stop()
+    results = await measure(targets, (1, 4, 8), tokens, rounds, remember)
     print(f"{load()} at the end\n")
     table("target", "phones", "worst TTFT s", "median TTFT s", "total tokens/s", "decode/phone")
     for name, by in results.items():
@@ -487,11 +487,7 @@ async def gemma_section(data: Path, args: argparse.Namespace) -> None:
         await new_target("new-1", data / "g1", model, 1, threads),
         await old_target("old-1x2", data / "go", model, 1, threads),
     ]
-    try:
-        results = await interleaved(targets, {"1": lambda t, r: crowd(t, 1, tokens, r)}, rounds)
-    finally:
-        for target in targets:
-            await target.stop()
+    results = await measure(targets, (1,), tokens, rounds)
     table("target", "decode tokens/s", "time to first token s")
     for name, by in results.items():
         runs = by["1"]
@@ -511,18 +507,7 @@ async def threads_section(data: Path, args: argparse.Namespace) -> None:
             await new_target("1 thread", data / f"t1-{model}", model, 4, 1),
             await new_target(f"{many} threads", data / f"t{many}-{model}", model, 4, many),
         ]
-        try:
-            results = await interleaved(
-                targets,
-                {
-                    "1": lambda t, r: crowd(t, 1, tokens, r),
-                    "4": lambda t, r: crowd(t, 4, tokens, r),
-                },
-                rounds,
-            )
-        finally:
-            for target in targets:
-                await target.stop()
+        results = await measure(targets, (1, 4), tokens, rounds)
         table("threads", "1 phone: decode tokens/s", "4 phones: tokens/s", "4 phones: worst TTFT s")
         for name, by in results.items():
             line(
@@ -556,11 +541,7 @@ async def workers_section(data: Path, args: argparse.Namespace) -> None:
     ]
     await asyncio.sleep(2)
     at_rest = {t.name: memory_mib(t.gateway_pids()) for t in targets}
-    try:
-        results = await interleaved(targets, {"4": lambda t, r: crowd(t, 4, tokens, r)}, rounds)
-    finally:
-        for target in targets:
-            await target.stop()
+    results = await measure(targets, (4,), tokens, rounds)
     table("gateway", "worst TTFT s", "median TTFT s", "total tokens/s", "gateway PSS at rest MiB")
     for name, by in results.items():
         runs = by["4"]
@@ -664,16 +645,8 @@ async def engine_target(name: str, python: str, data: Path, model: str, slots: i
         env={"OMP_WAIT_POLICY": "PASSIVE"},
     )
     target = Target(name, f"http://127.0.0.1:{port}", engines=[engine], model=options.model_alias)
-    async with aiohttp.ClientSession() as http:
-        for _ in range(3000):
-            try:
-                async with http.get(f"{target.url}/health") as resp:
-                    if resp.status == 200:
-                        return target
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{name} did not start")
+    await answers(f"{target.url}/health")
+    return target
 
 
 async def native_section(data: Path, args: argparse.Namespace) -> None:
@@ -688,18 +661,7 @@ async def native_section(data: Path, args: argparse.Namespace) -> None:
             await engine_target("wheel", sys.executable, data / f"w-{model}", model, 4),
             await engine_target("native", args.native_python, data / f"n-{model}", model, 4),
         ]
-        try:
-            results = await interleaved(
-                targets,
-                {
-                    "1": lambda t, r: crowd(t, 1, tokens, r),
-                    "4": lambda t, r: crowd(t, 4, tokens, r),
-                },
-                rounds,
-            )
-        finally:
-            for target in targets:
-                await target.stop()
+        results = await measure(targets, (1, 4), tokens, rounds)
         table("engine", "1 phone: decode tokens/s", "4 phones: total tokens/s")
         for name, by in results.items():
             line(
