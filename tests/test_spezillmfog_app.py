@@ -308,8 +308,12 @@ def test_the_app_streams_a_whole_answer_from_the_embedded_engine(
     generated = [int(n) for n in re.findall(r"\|\s+eval time =\s+[\d.]+ ms /\s+(\d+) tokens", log)]
     assert len(generated) == 2
     # Every token the engine generated reached the app as a piece it kept,
-    # but the end-of-turn token that stopped it (counted, never text).
-    assert len(outcome["pieces"]) == generated[-1] - 1
+    # but the end-of-turn token that stopped it (counted, never text); a
+    # token that ends inside a character arrives with the next one, so each
+    # character beyond ASCII may take one piece fewer.
+    pieces = len(outcome["pieces"])
+    wide = sum(1 for c in "".join(outcome["pieces"]) if ord(c) > 127)
+    assert generated[-1] - 1 - wide <= pieces <= generated[-1] - 1
 
 
 def test_a_model_load_longer_than_the_apps_idle_timeout_does_not_drop_it(
