@@ -247,7 +247,11 @@ async def test_usage_records_match_llama_cpps_own_token_counts(
         ids.append(uuid.uuid4().hex)
         # A prompt of its own each time, so that llama.cpp reads it as a batch.
         messages = [{"role": "user", "content": f"Count from {n + 1} to 90, in words."}]
-        extra = {"extra_headers": {"X-Request-ID": ids[-1]}, "extra_body": {"ignore_eos": True}}
+        extra = {
+            "extra_headers": {"X-Request-ID": ids[-1]},
+            "extra_body": {"ignore_eos": True},
+            "temperature": 0,  # the same tokens every run: chunks and tokens match
+        }
         before = len(llama.generated())
         if stream:
             chunks = await client.chat.completions.create(
