@@ -297,7 +297,8 @@ async def test_many_streams_in_a_row_reuse_no_connection_the_engine_closes(
                 model=MODEL, messages=MESSAGES, stream=True, max_tokens=2
             )
             assert [c async for c in stream]
-    assert " 502 " not in node.log()
+    # Every one of them answered (the access log; a refused resend would be 502).
+    assert not re.search(r'"POST /v1/chat/completions" 5\d\d ', node.log())
 
 
 async def test_kill_9_of_the_child_is_followed_by_a_restart(node: FognodeProcess) -> None:
