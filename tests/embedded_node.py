@@ -89,7 +89,7 @@ class FognodeProcess:
             "FOGNODE_UPSTREAM_KIND": "embedded",
             "FOGNODE_SHUTDOWN_TIMEOUT": "2",
             "FOGNODE_EMBEDDED_CONTEXT_SIZE": "1024",
-            # The child's own lines (llama.cpp, uvicorn) are logged at DEBUG.
+            # The child's own lines (llama.cpp's log) are logged at DEBUG.
             "FOGNODE_LOG_LEVEL": "DEBUG",
             **(env or {}),
         }
@@ -128,6 +128,12 @@ class FognodeProcess:
         assert resp is not None
         body: dict[str, object] = resp.json()
         return body
+
+    def engine(self) -> str:
+        """The engine's own loopback URL (/readyz names it), to read its /slots."""
+        resp = self.readyz()
+        assert resp is not None
+        return str(resp.json()["upstream"])
 
     def child(self) -> int:
         children = llama_children(self.pid)

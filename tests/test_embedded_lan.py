@@ -98,4 +98,4 @@ def test_unconfigured_node_serves_the_embedded_model_to_discover_and_chat(
     assert node.popen.stdout is not None
     log = node.popen.stdout.read().decode(errors="replace")
     assert "no upstream configured and no Ollama at http://127.0.0.1:11434" in log
-    assert "llama.cpp server 0 stopped" in log
+    assert "llama.cpp server stopped" in log
