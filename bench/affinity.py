@@ -3,8 +3,8 @@
     .venv/bin/python -m bench.affinity [--rounds 3] [--conversations 4] [--turns 6]
                                        [--ram-cache] [--model smollm2:135m]
 
-Two llama.cpp servers (llama-cpp-python's, run by fognode's own embedded
-supervisor, one thread each) serve the same model; two fognode processes
+Two llama.cpp servers (llama.cpp's own, from xllamacpp, run by fognode's
+embedded supervisor, one slot and one thread each) serve the same model; two fognode processes
 front both as two OpenAI-compatible upstreams, one with conversation
 affinity (the default) and one with it off (least busy only, equals taking
 turns: what other gateways do). Three ways to the model are compared:
@@ -22,10 +22,10 @@ between turns: the servers are idle when a turn arrives, so least-busy has
 nothing to choose by. Time to first token is measured at the client from
 sending the request to the first content delta.
 
-Each llama.cpp server keeps the prompt it processed last (its KV cache)
-and skips the part of the next prompt that matches it. With ``--ram-cache``
-the servers also keep earlier prompts in RAM (llama-cpp-python's
-``cache``, as llama.cpp's own server does with ``--cache-ram``), so one
+Each llama.cpp server keeps the prompt it processed last (its slot's KV
+cache) and skips the part of the next prompt that matches it. With
+``--ram-cache`` the servers also keep earlier prompts in RAM (llama.cpp's
+prompt cache, ``--cache-ram``: FOGNODE_EMBEDDED_PROMPT_CACHE_MIB), so one
 server can hold several conversations.
 
 Rounds are interleaved (the order of the three ways rotates each round),
@@ -56,7 +56,7 @@ from typing import Any
 import aiohttp
 
 from bench.common import machine, start_fognode, stop, wait_ready
-from fognode.embedded.model import model_file
+from fognode.embedded.model import chat_template, model_file
 from fognode.embedded.options import EmbeddedOptions
 from fognode.embedded.supervisor import LlamaServer
 from tests.support.helpers import free_port
@@ -90,20 +90,6 @@ class Sample:
     upstream: str  # the server that answered: "1"/"2" through fognode, "1" direct
     reason: str  # X-Fognode-Upstream-Reason ("" direct)
     prompt_chars: int
-
-
-class Server(LlamaServer):
-    """fognode's supervised llama.cpp child, optionally with a RAM prompt cache."""
-
-    ram_cache = False
-
-    def command(self, model: Path) -> list[str]:
-        command = super().command(model)
-        if self.ram_cache:
-            config = json.loads(command[-1])
-            config["model"].update(cache=True, cache_type="ram", cache_size=1 << 30)
-            command[-1] = json.dumps(config)
-        return command
 
 
 def user_message(rng: random.Random, turn: int) -> str:
@@ -287,15 +273,20 @@ async def main() -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fognode-affinity-") as tmp:
         options = EmbeddedOptions(
-            models_dir=Path(tmp) / "models", model=args.model, context_size=args.context, threads=1
+            models_dir=Path(tmp) / "models",
+            model=args.model,
+            context_size=args.context,
+            slots=1,
+            threads=1,
+            prompt_cache_mib=1024 if args.ram_cache else 0,
         )
-        Server.ram_cache = args.ram_cache
-        servers = [Server(options, port=free_port(), slot=i) for i in range(2)]
+        servers = [LlamaServer(options, port=free_port()) for _ in range(2)]
         gguf = await asyncio.to_thread(model_file, options)
+        template = await asyncio.to_thread(chat_template, options)
         procs = []
         try:
             for server in servers:
-                await server.start(gguf)
+                await server.start(gguf, template)
             await asyncio.wait_for(asyncio.gather(*(s.wait_ready() for s in servers)), 300)
             urls = [s.url for s in servers]
             ports = free_port(), free_port()

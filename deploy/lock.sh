@@ -7,8 +7,9 @@
 #   deploy/lock.sh            after changing dependencies in pyproject.toml
 #   deploy/lock.sh --upgrade  to move every pin to today's newest release
 #
-#   requirements.lock        what the service runs on (the image)
-#   requirements-test.lock   the service and the test tools (setup.sh)
+#   requirements.lock           what the service runs on (the image)
+#   requirements-embedded.lock  the same and the embedded model's engine (xllamacpp)
+#   requirements-test.lock      the service, the engine and the test tools (setup.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
@@ -23,4 +24,7 @@ compile() {
     --no-emit-index-url --no-emit-find-links --output-file "$@" pyproject.toml
 }
 compile requirements.lock "${@}"
-compile requirements-test.lock --extra test "${@}"
+# Started from the service's pins, so that the engine is all the embedded lock adds.
+[[ -f requirements-embedded.lock ]] || cp requirements.lock requirements-embedded.lock
+compile requirements-embedded.lock --extra embedded "${@}"
+compile requirements-test.lock --extra test --extra embedded "${@}"

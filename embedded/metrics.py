@@ -1,7 +1,9 @@
-"""The embedded runtime in /metrics: up, restarts, memory, load time, per slot.
+"""The embedded engine in /metrics: up, asleep, restarts, memory, load time,
+and what the engine itself counts (slots, tokens).
 
-Read at scrape time from the supervisors (a /proc read for the memory), so
-nothing is mirrored on the hot path.
+Read at scrape time from the supervisor (a /proc read for the memory, the
+engine's numbers from its last look), so nothing is mirrored on the hot
+path and a scrape never waits on the engine.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .runtime import EmbeddedRuntime
-from .supervisor import State
+from .supervisor import SERVING, State
 
 
 class EmbeddedCollector(Collector):
@@ -20,33 +22,59 @@ class EmbeddedCollector(Collector):
         self.runtime = runtime
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily(
-            "fognode_embedded_up",
-            "1 while the embedded llama.cpp server answers, per slot.",
-            labels=["slot"],
+        server = self.runtime.server
+        load = server.load
+        serving = server.state in SERVING
+
+        def gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"fognode_embedded_{name}", text, value=value)
+
+        def counter(name: str, text: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(f"fognode_embedded_{name}", text, value=value)
+
+        yield gauge(
+            "up", "1 while the embedded llama.cpp server serves (awake or asleep).", serving
         )
-        restarts = CounterMetricFamily(
-            "fognode_embedded_restarts",
+        yield gauge(
+            "asleep",
+            "1 while the embedded model is unloaded after FOGNODE_EMBEDDED_IDLE_SECONDS idle.",
+            server.state is State.ASLEEP,
+        )
+        yield counter(
+            "restarts",
             "Restarts of the embedded llama.cpp server after it stopped unexpectedly.",
-            labels=["slot"],
+            server.restarts,
         )
-        memory = GaugeMetricFamily(
-            "fognode_embedded_memory_bytes",
-            "Resident memory (RSS) of the embedded llama.cpp server process.",
-            labels=["slot"],
+        rss = server.rss_bytes()
+        if rss is not None:
+            yield gauge(
+                "memory_bytes", "Resident memory (RSS) of the embedded llama.cpp server.", rss
+            )
+        if server.load_seconds is not None:
+            yield gauge(
+                "load_seconds",
+                "How long the last start of the embedded llama.cpp server took until it served.",
+                server.load_seconds,
+            )
+        yield gauge("slots", "Parallel slots of the embedded engine.", server.options.slots)
+        if not serving:
+            return
+        yield gauge("slots_busy", "Slots generating or reading a prompt now.", load.slots_busy)
+        yield gauge(
+            "requests_deferred", "Requests waiting inside the engine for a slot.", load.deferred
         )
-        load = GaugeMetricFamily(
-            "fognode_embedded_load_seconds",
-            "How long the last start of the embedded llama.cpp server took until it answered.",
-            labels=["slot"],
+        yield counter(
+            "prompt_tokens",
+            "Prompt tokens the engine evaluated (since it started; cached ones not counted).",
+            load.prompt_tokens,
         )
-        for server in self.runtime.servers:
-            slot = [str(server.slot)]
-            up.add_metric(slot, 1 if server.state is State.READY else 0)
-            restarts.add_metric(slot, server.restarts)
-            rss = server.rss_bytes()
-            if rss is not None:
-                memory.add_metric(slot, rss)
-            if server.load_seconds is not None:
-                load.add_metric(slot, server.load_seconds)
-        yield from (up, restarts, memory, load)
+        yield counter(
+            "prompt_tokens_cached",
+            "Prompt tokens the engine took from its slot or prompt cache instead.",
+            load.cached_tokens,
+        )
+        yield counter(
+            "generated_tokens",
+            "Tokens the engine generated (since it started).",
+            load.generated_tokens,
+        )

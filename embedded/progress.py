@@ -11,10 +11,9 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Sequence
 from typing import TextIO
 
-from .supervisor import LlamaServer, State
+from .supervisor import SERVING, LlamaServer, State
 
 log = logging.getLogger("fognode.embedded")
 
@@ -35,33 +34,26 @@ class _ClearLine(logging.Filter):
         return True
 
 
-def _status(servers: Sequence[LlamaServer]) -> str:
-    loading = [s for s in servers if s.state is not State.READY]
-    if not loading:
+def _status(server: LlamaServer) -> str:
+    if server.state in SERVING:
         return "ready"
-    first = loading[0]
-    what = first.phase or "starting"
-    if first.state is State.RESTARTING:
-        what = f"restarting after a crash ({first.restarts})"
-    if len(servers) > 1:
-        what += f"; {len(servers) - len(loading)} of {len(servers)} ready"
-    return what
+    if server.state is State.RESTARTING:
+        return f"restarting after a crash ({server.restarts})"
+    return server.phase or "starting"
 
 
-async def show_startup(
-    servers: Sequence[LlamaServer], alias: str, stream: TextIO | None = None
-) -> None:
-    """Until every server is ready (or this task is cancelled)."""
+async def show_startup(server: LlamaServer, alias: str, stream: TextIO | None = None) -> None:
+    """Until the engine serves (or this task is cancelled)."""
     out = stream or sys.stderr
     started = time.monotonic()
     if not out.isatty():
-        while any(s.state is not State.READY for s in servers):
+        while server.state not in SERVING:
             await asyncio.sleep(LOG_EVERY)
-            if any(s.state is not State.READY for s in servers):
+            if server.state not in SERVING:
                 log.info(
                     "still loading the embedded model %s: %s (%.0fs so far)",
                     alias,
-                    _status(servers),
+                    _status(server),
                     time.monotonic() - started,
                 )
         return
@@ -75,11 +67,11 @@ async def show_startup(
         handler.addFilter(clear)
     frame = 0
     try:
-        while any(s.state is not State.READY for s in servers):
+        while server.state not in SERVING:
             elapsed = time.monotonic() - started
             out.write(
                 f"\r\033[K{SPINNER[frame % len(SPINNER)]} Loading {alias} with llama.cpp: "
-                f"{_status(servers)} ({elapsed:.0f}s)"
+                f"{_status(server)} ({elapsed:.0f}s)"
             )
             out.flush()
             frame += 1

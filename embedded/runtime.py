@@ -1,9 +1,9 @@
-"""The embedded runtime: one llama.cpp server per parallel slot, and their model.
+"""The embedded runtime: one llama.cpp server process and its model.
 
-llama-cpp-python's server answers one request at a time, so parallel slots
-are separate processes, each on its own loopback port (the model file is
-memory-mapped, so they share its pages). The gateway routes to the least
-busy one like any set of upstreams.
+llama.cpp's server decodes its parallel slots together (continuous
+batching) over one copy of the model, so several phones are served at once
+by one process; the gateway sees one OpenAI-compatible upstream whose slots
+it fills through its own admission queue.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from .model import model_file
+from .model import chat_template, model_file
 from .options import EmbeddedOptions
 from .progress import show_startup
 from .supervisor import LlamaServer, ServerStatus
@@ -32,18 +32,14 @@ def free_loopback_port() -> int:
 class EmbeddedRuntime:
     def __init__(self, options: EmbeddedOptions) -> None:
         self.options = options
-        self.servers = [
-            LlamaServer(options, port=free_loopback_port(), slot=slot, on_ready=self._ready)
-            for slot in range(options.parallel)
-        ]
+        self.server = LlamaServer(options, port=free_loopback_port(), on_ready=self._ready)
         self.model: Path | None = None
-        # Called whenever a server (re)starts serving: the gateway refreshes
+        # Called whenever the engine (re)starts serving: the gateway refreshes
         # its model lists and the mDNS record then, instead of minutes later.
         self.on_ready: list[ReadyCallback] = []
-        # Called whenever a server's status changes (see statuses()).
+        # Called whenever the engine's status changes (see status()).
         self.on_change: list[Callable[[], None]] = []
-        for server in self.servers:
-            server.on_change = self._changed
+        self.server.on_change = self._changed
         self._progress: asyncio.Task[None] | None = None
 
     @property
@@ -51,30 +47,27 @@ class EmbeddedRuntime:
         return self.options.model_alias
 
     @property
-    def urls(self) -> list[str]:
-        return [s.url for s in self.servers]
-
-    def server_at(self, url: str) -> LlamaServer | None:
-        return next((s for s in self.servers if s.url == url.rstrip("/")), None)
+    def url(self) -> str:
+        return self.server.url
 
     async def start(self) -> None:
-        """Find (or assemble) the model file, spawn the servers; does not wait for them."""
+        """Find (or assemble) the model file, spawn the engine; does not wait for it."""
         self.model = await asyncio.to_thread(model_file, self.options)
-        for server in self.servers:
-            await server.start(self.model)
+        template = await asyncio.to_thread(chat_template, self.options)
+        await self.server.start(self.model, template)
         self._progress = asyncio.create_task(
-            show_startup(self.servers, self.alias), name="fognode-embedded-progress"
+            show_startup(self.server, self.alias), name="fognode-embedded-progress"
         )
 
     async def wait_ready(self) -> None:
-        await asyncio.gather(*(s.wait_ready() for s in self.servers))
+        await self.server.wait_ready()
 
     async def stop(self) -> None:
         if self._progress is not None:
             self._progress.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._progress
-        await asyncio.gather(*(s.stop() for s in self.servers))
+        await self.server.stop()
 
     async def _ready(self) -> None:
         for callback in self.on_ready:
@@ -84,16 +77,18 @@ class EmbeddedRuntime:
         for callback in self.on_change:
             callback()
 
-    def statuses(self) -> list[ServerStatus]:
-        return [s.status() for s in self.servers]
+    def status(self) -> ServerStatus:
+        return self.server.status()
 
     def describe(self) -> dict[str, Any]:
-        return describe(self.alias, self.statuses())
+        return describe(self.status())
 
 
-def describe(alias: str, statuses: list[ServerStatus]) -> dict[str, Any]:
-    """The runtime for /readyz: public, so no paths or process ids."""
+def describe(status: ServerStatus) -> dict[str, Any]:
+    """The engine for /readyz: public, so no paths or process ids."""
     return {
-        "model": alias,
-        "slots": [{"state": s.state.value, "restarts": s.restarts} for s in statuses],
+        "model": status.alias,
+        "state": status.state.value,
+        "restarts": status.restarts,
+        "slots": status.slots,
     }

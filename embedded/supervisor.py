@@ -1,31 +1,35 @@
-"""One llama.cpp server child, kept running like a service manager would.
+"""The engine process, kept running like a service manager would.
 
-The child is llama-cpp-python's OpenAI-compatible server on a loopback
-port, started through ``fognode.embedded.child`` so that it dies with
-fognode. It runs in its own process group: a Ctrl-C on fognode's terminal
-reaches fognode only, which then stops the child in order (after open
-requests drained), and a stop signal reaches everything the child may have
-started.
+The child is llama.cpp's own HTTP server (xllamacpp) on a loopback port,
+started through ``fognode.embedded.child`` so that it dies with fognode. It
+runs in its own process group: a Ctrl-C on fognode's terminal reaches
+fognode only, which then stops the child in order (after open requests
+drained), and a stop signal reaches everything the child may have started.
 
 Life cycle, all on the event loop (asyncio subprocess, no threads):
 
-* starting: spawned; ready once ``/v1/models`` answers with our model;
-* ready: serving; a crash (any exit not asked for) is logged with the
-  child's last lines and counted;
-* restarting: waiting out the backoff (doubling from ``restart_delay`` up to
-  ``restart_max_delay``; a child that ran ``stable_after`` seconds starts the
-  doubling over), then starting again;
+* starting: spawned; ready once ``/health`` says the model is loaded;
+* ready: serving; while it runs, ``/props`` and ``/metrics`` are read every
+  ``watch_interval`` seconds (neither wakes a sleeping engine nor resets its
+  idle timer; ``/slots`` would) for the slots in use and the token counts;
+* asleep: the engine unloaded the model after ``idle_seconds`` without a
+  request; the next request wakes it (and waits for the load), so requests
+  are still sent;
+* restarting: after a crash (any exit not asked for, logged with the child's
+  last lines), waiting out the backoff (doubling from ``restart_delay`` up
+  to ``restart_max_delay``; a child that ran ``stable_after`` seconds starts
+  the doubling over), then starting again;
 * stopped: after ``stop()``: SIGTERM to the group, SIGKILL if it lingers.
 
-Requests that arrive while not ready are refused by the gateway with 503 and
-a Retry-After estimated from how long the model took to load last time.
+Requests that arrive while it is starting or restarting are refused by the
+gateway with 503 and a Retry-After estimated from how long the model took
+to load last time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import os
@@ -40,12 +44,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
+from .engine import EngineConfig
 from .options import EmbeddedOptions
 
 log = logging.getLogger("fognode.embedded")
-# Every line the child prints (llama.cpp's own log, uvicorn's access log) at
-# DEBUG: FOGNODE_LOG_LEVEL=DEBUG shows them.
+# Every line the child prints (llama.cpp's own log) at DEBUG:
+# FOGNODE_LOG_LEVEL=DEBUG shows them.
 child_log = logging.getLogger("fognode.embedded.llama")
 
 LAST_LINES = 40  # kept for the crash report
@@ -56,17 +62,21 @@ POLL_INTERVAL = 0.2
 class State(StrEnum):
     STARTING = "starting"
     READY = "ready"
+    ASLEEP = "asleep"
     RESTARTING = "restarting"
     STOPPED = "stopped"
 
 
+SERVING = frozenset({State.READY, State.ASLEEP})
+
+
 @dataclass(frozen=True)
 class ServerStatus:
-    """One server's state at a moment, enough to answer for it: why it cannot
+    """The engine's state at a moment, enough to answer for it: why it cannot
     serve now and when to retry (the gateway's LocalUpstream protocol).
 
     A value, so that it can travel: worker processes of the gateway get each
-    new one from the supervisor that runs the server. Times are
+    new one from the supervisor that runs the engine. Times are
     ``time.monotonic()`` readings, CLOCK_MONOTONIC, which on Linux is one
     clock for every process of the machine.
     """
@@ -79,13 +89,17 @@ class ServerStatus:
     load_seconds: float | None  # the last successful load
     restart_delay: float
     restarts: int
+    slots: int
 
     def not_ready(self) -> tuple[str, float] | None:
-        """Why requests cannot be served now, and in how many seconds to retry."""
+        """Why requests cannot be served now, and in how many seconds to retry.
+
+        An engine asleep serves: the request wakes it and waits for the load.
+        """
         now = time.monotonic()
         alias = self.alias
         expected = self.load_seconds or FIRST_LOAD_GUESS
-        if self.state is State.READY:
+        if self.state in SERVING:
             return None
         if self.state is State.STARTING:
             elapsed = now - self.since
@@ -119,20 +133,45 @@ class ServerStatus:
         return cls(**{**data, "state": State(data["state"])})
 
 
+@dataclass(frozen=True)
+class EngineLoad:
+    """What the running engine said at its last look (its /metrics), for
+    fognode's /metrics and the status page; counters start over when the
+    engine restarts."""
+
+    slots_busy: int = 0  # llamacpp:requests_processing
+    deferred: int = 0  # requests waiting inside the engine for a slot
+    prompt_tokens: int = 0  # prompt tokens evaluated (cached ones not counted)
+    cached_tokens: int = 0  # prompt tokens taken from its caches
+    generated_tokens: int = 0
+
+    @classmethod
+    def from_metrics(cls, text: str) -> EngineLoad:
+        values: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                values[sample.name] = sample.value
+        return cls(
+            slots_busy=int(values.get("llamacpp:requests_processing", 0)),
+            deferred=int(values.get("llamacpp:requests_deferred", 0)),
+            prompt_tokens=int(values.get("llamacpp:prompt_tokens_total", 0)),
+            cached_tokens=int(values.get("llamacpp:prompt_tokens_cached_total", 0)),
+            generated_tokens=int(values.get("llamacpp:tokens_predicted_total", 0)),
+        )
+
+
 class LlamaServer:
-    """A supervised ``llama_cpp.server`` process serving one model on one port."""
+    """A supervised llama.cpp server process serving one model on one port."""
 
     def __init__(
         self,
         options: EmbeddedOptions,
         *,
         port: int,
-        slot: int = 0,
         on_ready: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.options = options
         self.port = port
-        self.slot = slot
         self.url = f"http://127.0.0.1:{port}"
         self.on_ready = on_ready
         # Called at every change of status (state, restarts): the gateway's
@@ -141,9 +180,11 @@ class LlamaServer:
         self.state = State.STOPPED
         self.restarts = 0
         self.load_seconds: float | None = None  # last successful load
+        self.load = EngineLoad()
         self.last_lines: deque[str] = deque(maxlen=LAST_LINES)
         self.phase = ""  # what the loading child said last, for progress
         self._model: Path | None = None
+        self._template: str | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -168,6 +209,7 @@ class LlamaServer:
             load_seconds=self.load_seconds,
             restart_delay=self.options.restart_delay,
             restarts=self.restarts,
+            slots=self.options.slots,
         )
 
     def not_ready(self) -> tuple[str, float] | None:
@@ -191,43 +233,26 @@ class LlamaServer:
         return None
 
     # --- life cycle -------------------------------------------------------------
+    def config(self, model: Path) -> EngineConfig:
+        return EngineConfig.build(self.options, model, self.port, self._template)
+
     def command(self, model: Path) -> list[str]:
-        o = self.options
-        config = {
-            "server": {
-                "host": "127.0.0.1",
-                "port": self.port,
-                # One request at a time per process; fognode queues the rest. By
-                # default a waiting request would cut the running stream short.
-                "interrupt_requests": False,
-                # sse-starlette's ": ping" comments end with a blank line, which
-                # the SpeziLLMFog app reads as an empty event and stops at.
-                "disable_ping_events": True,
-            },
-            "model": {
-                "model": str(model),
-                "model_alias": o.model_alias,
-                "chat_format": o.effective_chat_format,
-                "n_ctx": o.context_size,
-                "n_threads": o.threads_per_process,
-                "n_threads_batch": o.threads_per_process,
-            },
-        }
         return [
             sys.executable,
             "-m",
             "fognode.embedded.child",
             str(os.getpid()),
-            json.dumps(config),
+            self.config(model).to_json(),
         ]
 
-    async def start(self, model: Path) -> None:
+    async def start(self, model: Path, template: str | None = None) -> None:
         """Spawn the child and supervise it in the background (returns at once)."""
         self._model = model
+        self._template = template
         self._stopping.clear()
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
         self._set_state(State.STARTING)
-        self._task = asyncio.create_task(self._supervise(), name=f"fognode-llama-{self.slot}")
+        self._task = asyncio.create_task(self._supervise(), name="fognode-llama")
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -243,7 +268,7 @@ class LlamaServer:
 
     async def wait_ready(self) -> None:
         """Until the child serves (for callers that want to block on it)."""
-        while self.state is not State.READY:
+        while self.state not in SERVING:
             if self._task is None or self._task.done():
                 raise RuntimeError("the llama.cpp server is not running")
             await asyncio.sleep(POLL_INTERVAL)
@@ -269,9 +294,8 @@ class LlamaServer:
             self._restart_at = time.monotonic() + delay
             self._set_state(State.RESTARTING)
             log.error(
-                "llama.cpp server %d (model %s) %s after %.1fs; restart %d in %gs. "
+                "llama.cpp server (model %s) %s after %.1fs; restart %d in %gs. "
                 "Its last lines:\n%s",
-                self.slot,
                 self.options.model_alias,
                 exit_note,
                 ran,
@@ -289,6 +313,7 @@ class LlamaServer:
         assert self._model is not None
         self.last_lines.clear()
         self.phase = "starting"
+        self.load = EngineLoad()
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *self.command(self._model),
@@ -304,29 +329,35 @@ class LlamaServer:
         proc = self._proc
         self._reader = asyncio.create_task(self._read_output(proc), name="fognode-llama-output")
         log.info(
-            "llama.cpp server %d starting: pid %d, %s, model %s (%s)",
-            self.slot,
+            "llama.cpp server starting: pid %d, %s, model %s (%s), %d slots, %d threads",
             proc.pid,
             self.url,
             self.options.model_alias,
             self._model,
+            self.options.slots,
+            self.options.engine_threads,
         )
+        watch: asyncio.Task[None] | None = None
         if await self._until_ready(proc, started):
             self.load_seconds = time.monotonic() - started
             self._set_state(State.READY)
             log.info(
-                "llama.cpp server %d ready in %.1fs (pid %d, %s)",
-                self.slot,
+                "llama.cpp server ready in %.1fs (pid %d, %s)",
                 self.load_seconds,
                 proc.pid,
                 self.url,
             )
+            watch = asyncio.create_task(self._watch(proc), name="fognode-llama-watch")
             if self.on_ready is not None:
                 try:
                     await self.on_ready()
                 except Exception:
                     log.exception("after the llama.cpp server became ready")
         code = await proc.wait()
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
         if code < 0:
@@ -334,7 +365,7 @@ class LlamaServer:
         return f"exited with status {code}"
 
     async def _until_ready(self, proc: asyncio.subprocess.Process, started: float) -> bool:
-        """Poll /v1/models until it lists our model; False if the child died or hung."""
+        """Poll /health until the model is loaded; False if the child died or hung."""
         deadline = started + self.options.start_timeout
         while proc.returncode is None and not self._stopping.is_set():
             if time.monotonic() > deadline:
@@ -344,25 +375,55 @@ class LlamaServer:
                 )
                 self._signal_group(proc, signal.SIGKILL)
                 return False
-            if await self._answers():
+            if await self._healthy():
                 return True
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL_INTERVAL):
                     await proc.wait()
         return False
 
-    async def _answers(self) -> bool:
+    async def _healthy(self) -> bool:
+        """llama.cpp's /health: 503 while the model loads, 200 once it serves."""
         assert self._http is not None
         try:
-            async with self._http.get(f"{self.url}/v1/models") as resp:
-                if resp.status != 200:
-                    return False
-                body = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError):
+            async with self._http.get(f"{self.url}/health") as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
             return False
-        entries = body.get("data") if isinstance(body, dict) else None
-        ids = {e.get("id") for e in entries or [] if isinstance(e, dict)}
-        return self.options.model_alias in ids
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        """While the child serves: asleep or awake, slots busy, tokens."""
+        while proc.returncode is None:
+            await self.look()
+            await asyncio.sleep(self.options.watch_interval)
+
+    async def look(self) -> None:
+        """Ask the engine now (/props, /metrics); a failed look changes nothing:
+        an exit is noticed by the process wait, not by a missed answer."""
+        http = self._http
+        if http is None or self.state not in SERVING:
+            return
+        try:
+            async with http.get(f"{self.url}/props") as resp:
+                props = await resp.json(content_type=None) if resp.status == 200 else None
+            async with http.get(f"{self.url}/metrics") as resp:
+                metrics = await resp.text() if resp.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return
+        if isinstance(props, dict) and self.state in SERVING:
+            state = State.ASLEEP if props.get("is_sleeping") is True else State.READY
+            if state is not self.state:
+                log.info(
+                    "the embedded model %s is %s",
+                    self.options.model_alias,
+                    "asleep (unloaded until the next request)"
+                    if state is State.ASLEEP
+                    else "awake",
+                )
+                self._set_state(state)
+        if metrics is not None:
+            with contextlib.suppress(ValueError):
+                self.load = EngineLoad.from_metrics(metrics)
 
     async def _read_output(self, proc: asyncio.subprocess.Process) -> None:
         stream = proc.stdout
@@ -380,7 +441,7 @@ class LlamaServer:
             self.last_lines.append(line)
             if self.state is State.STARTING:
                 self.phase = loading_phase(line) or self.phase
-            child_log.debug("[%d] %s", self.slot, line)
+            child_log.debug("%s", line)
 
     async def _terminate(self) -> None:
         proc = self._proc
@@ -392,13 +453,11 @@ class LlamaServer:
                 await proc.wait()
         except TimeoutError:
             log.warning(
-                "llama.cpp server %d did not stop within %gs; killing it",
-                self.slot,
-                self.options.stop_timeout,
+                "llama.cpp server did not stop within %gs; killing it", self.options.stop_timeout
             )
             self._signal_group(proc, signal.SIGKILL)
             await proc.wait()
-        log.info("llama.cpp server %d stopped", self.slot)
+        log.info("llama.cpp server stopped")
 
     @staticmethod
     def _signal_group(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
@@ -418,14 +477,12 @@ def child_environment() -> dict[str, str]:
     return env
 
 
-# What llama.cpp and uvicorn print while loading, in the order they print it.
+# What llama.cpp's server prints while it loads, in the order it prints it.
 _PHASES = (
-    ("llama_model_loader", "reading the model file"),
-    ("load_tensors", "loading the weights"),
-    ("llama_context", "setting up the context"),
-    ("llama_kv_cache", "allocating the KV cache"),
-    ("Started server process", "starting the HTTP server"),
-    ("Uvicorn running", "answering"),
+    ("loading model", "reading the model file"),
+    ("threadpool init", "loading the weights"),
+    ("load_model: initializing", "setting up the slots"),
+    ("model loaded", "answering"),
 )
 
 

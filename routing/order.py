@@ -9,11 +9,12 @@ the rule can be read, and tested, in one place:
 * first those where the model is loaded, then the rest ("cold": the
   upstream loads it first);
 * within each, the conversation's last upstream first ("affinity"), unless
-  it is saturated (as many requests in flight as it runs at once: its cap,
-  or one when it has none) while another candidate has the model loaded
+  it is saturated (as many requests in flight as it runs at once: the slots
+  llama.cpp's server reports, else its cap, else one) while another
+  candidate has the model loaded
   and nothing in flight: then it yields, since waiting behind a busy
   upstream costs more than reading the prompt again on an idle one;
-* then the least busy (requests in flight, relative to the cap), equals
+* then the least busy (requests in flight, relative to what it runs at once), equals
   taking turns (the one chosen longest ago first), so that new
   conversations spread over the upstreams;
 * upstreams marked down by their last check come last, in case they are
@@ -47,19 +48,25 @@ class Option:
     active: int  # requests in flight to it
     cap: int  # requests it may have in flight (0: no cap)
     picked: int = 0  # when it was last chosen (a counter; lower: longer ago)
+    slots: int = 0  # requests it says it runs at once (llama.cpp's slots; 0: not known)
 
     @property
     def at_cap(self) -> bool:
         return bool(self.cap) and self.active >= self.cap
 
     @property
+    def parallel(self) -> int:
+        """Requests it runs at once: its own slots, else its cap, else one."""
+        return self.slots or self.cap or 1
+
+    @property
     def saturated(self) -> bool:
-        """One more request would wait: without a cap it is taken to run one at a time."""
-        return self.active >= (self.cap or 1)
+        """One more request would wait for one of its slots."""
+        return self.active >= self.parallel
 
     @property
     def load(self) -> float:
-        return self.active / self.cap if self.cap else float(self.active)
+        return self.active / self.parallel if self.slots or self.cap else float(self.active)
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,10 @@ class UpstreamView:
     error: str | None  # why the last check failed
     in_flight: int
     models: Sequence[ModelView]
+    # The engine fognode runs itself: starting (loading the model), ready,
+    # asleep (model unloaded after idle time), restarting; None otherwise.
+    engine_state: str | None = None
+    slots: int | None = None  # requests it runs at once, when it says
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,7 @@ async def serve_workers(settings: Settings, count: int) -> None:
     registry.register(AdmissionCollector(admission))
     coordinator = Coordinator(admission, registry)
     runtime = choice.runtime
-    coordinator.hello = {"choice": choice.reason, "embedded": []}
+    coordinator.hello = {"choice": choice.reason, "embedded": None}
     # The supervisor's own look at the upstreams, for the announcement; its
     # conversation table is the node's (the workers ask it).
     urls = settings.upstream_urls or [settings.upstream_base]
@@ -244,12 +244,12 @@ async def serve_workers(settings: Settings, count: int) -> None:
     if runtime is not None:
         registry.register(EmbeddedCollector(runtime))
         for member in pool.members:
-            member.local = runtime.server_at(member.base)
+            member.local = runtime.server
 
         def embedded_changed() -> None:
-            statuses = [s.to_json() for s in runtime.statuses()]
-            coordinator.hello["embedded"] = statuses
-            coordinator.broadcast("embedded", statuses)
+            status = runtime.status().to_json()
+            coordinator.hello["embedded"] = status
+            coordinator.broadcast("embedded", status)
 
         runtime.on_change.append(embedded_changed)
         runtime.on_ready.append(pool.refresh)

@@ -260,13 +260,13 @@ class SupervisorCalls:
     def __init__(self) -> None:
         self.metrics: Metrics | None = None
         self.tls: TlsTerminator | None = None
-        self.follow: Callable[[list[ServerStatus]], None] | None = None
-        self.embedded: list[ServerStatus] | None = None  # arrived before follow was set
+        self.follow: Callable[[ServerStatus], None] | None = None
+        self.embedded: ServerStatus | None = None  # arrived before follow was set
         self.sessions: BrowserSessions | None = None
         self.activity: ActivitySource | None = None
         self.pool: UpstreamPool | None = None
         # The supervisor's latest check of the upstreams (its number, its findings).
-        self.checked: tuple[int, list[list[Any]]] | None = None
+        self.checked: tuple[int, list[dict[str, Any]]] | None = None
         self._reloading: set[asyncio.Task[None]] = set()
         # The fog's members as the supervisor's membership service found them,
         # and the node's drain flag (both the supervisor's).
@@ -284,7 +284,7 @@ class SupervisorCalls:
         if self.drain is not None:
             self.drain.follow(bool(draining), float(since) if since is not None else None)
 
-    def take_checked(self, number: int, findings: list[list[Any]]) -> None:
+    def take_checked(self, number: int, findings: list[dict[str, Any]]) -> None:
         """A check's findings, unless a later one arrived first (the one in the
         answer to hello may be older or newer than a notice received meanwhile)."""
         if self.checked is not None and number <= self.checked[0]:
@@ -314,11 +314,11 @@ class SupervisorCalls:
         elif op == "drain":
             self.take_drain(args[0], args[1])
         elif op == "embedded":
-            statuses = [ServerStatus.from_json(s) for s in args[0]]
+            status = ServerStatus.from_json(args[0])
             if self.follow is not None:
-                self.follow(statuses)
+                self.follow(status)
             else:
-                self.embedded = statuses
+                self.embedded = status
 
 
 async def check_upstreams(channel: Channel) -> None:
@@ -363,8 +363,10 @@ async def start_worker(
         calls.fog = fog
         fog.on_failure = partial(channel.notify, "fog_failed")
         calls.take_fog(*hello["fog"])
-    statuses = calls.embedded or [ServerStatus.from_json(s) for s in hello["embedded"]]
-    calls.follow = follow_upstream_choice(app, str(hello["choice"]), statuses)
+    status = calls.embedded
+    if status is None and hello["embedded"] is not None:
+        status = ServerStatus.from_json(hello["embedded"])
+    calls.follow = follow_upstream_choice(app, str(hello["choice"]), status)
     calls.metrics = metrics = app[METRICS]
     calls.tls = tls
 

@@ -244,8 +244,18 @@ def setup_status(
         # Both the node's (from the supervisor, in a worker).
         load = await admission.load()
         now = await source.view()
+        engine = pool.local_state() if pool.local_state is not None else None
         upstreams = [
-            UpstreamView(m.base, m.kind, m.healthy, m.last_error, active, _models(pool, m))
+            UpstreamView(
+                m.base,
+                m.kind,
+                m.healthy,
+                m.last_error,
+                active,
+                _models(pool, m),
+                engine_state=engine["state"] if engine is not None and m.local else None,
+                slots=engine["slots"] if engine is not None and m.local else m.slots,
+            )
             for m, active in zip(pool.members, now.upstreams, strict=True)
         ]
         return StatusView(

@@ -8,8 +8,8 @@ client and touches only the bytes it must; everything else passes untouched.
 Requests:
 
 * ``max_completion_tokens`` is also sent as ``max_tokens`` to upstreams whose
-  OpenAI endpoint ignores it (Ollama, llama-cpp-python's server), so the
-  app's length limit takes effect;
+  OpenAI endpoint ignores it (Ollama), so the app's length limit takes
+  effect;
 * integers written as decimals (``"n": 2.0``, token ids ``[1.0]``, which
   OpenAI's document admits) go upstream as integers, and to Ollama an assistant message
   without content (a refusal, an empty ``tool_calls``) goes with its refusal
@@ -91,9 +91,9 @@ class RouteEdits:
 
 # Upstream kinds whose OpenAI chat endpoint reads max_tokens but not
 # max_completion_tokens (Ollama's openai.ChatCompletionRequest has no such
-# field; llama-cpp-python's request model neither). Generic OpenAI-compatible
+# field). llama.cpp's server (the embedded engine) and other OpenAI-compatible
 # servers (vLLM, OpenAI itself) understand it, and some refuse max_tokens.
-IGNORES_MAX_COMPLETION_TOKENS = frozenset({"ollama", "embedded"})
+IGNORES_MAX_COMPLETION_TOKENS = frozenset({"ollama"})
 
 _OBJECT_START = re.compile(rb"\s*\{")
 

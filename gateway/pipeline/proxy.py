@@ -42,7 +42,7 @@ from ..upstreams.upstream import (
 )
 from .admission import KEEPALIVE
 from .answers import relay_answer
-from .compat import RouteEdits, fill_model_list, model_not_found_message
+from .compat import RouteEdits, fill_model, fill_model_list, model_not_found_message
 from .keepalive import KeepAlive
 from .placement import HANDOVER, Handover, MembersDeclined
 from .quotas import METER, Meter
@@ -142,6 +142,30 @@ class _Sender:
                 return web.json_response(merged)
 
             return listing
+        if spec.entry_of is not None and self.pool.kind != "ollama":
+            key, id_field = spec.entry_of.value
+
+            async def entry(request: web.Request) -> web.StreamResponse:
+                model = request.match_info["model"]
+                if (waiting := self.pool.not_ready()) is not None:
+                    raise not_ready_error(*waiting)
+                merged = await self.pool.merged_listing(
+                    "/v1/models", key, id_field, _upstream_headers(request)
+                )
+                self.pool.mark_warmth(merged)
+                entries = merged.get(key)
+                for item in entries if isinstance(entries, list) else []:
+                    if isinstance(item, dict) and item.get(id_field) == model:
+                        fill_model(item)  # a Model, as OpenAI's clients decode it
+                        return web.json_response(item)
+                raise GatewayError(
+                    404,
+                    model_not_found_message(model),
+                    type="not_found_error",
+                    code="model_not_found",
+                )
+
+            return entry
 
         async def forward(request: web.Request) -> web.StreamResponse:
             body = request[REQUEST_BODY]

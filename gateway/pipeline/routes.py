@@ -73,6 +73,10 @@ class RouteSpec:
     native: bool = False  # Ollama's own API (501 in front of an OpenAI-compatible server)
     changes_models: bool = False  # the node's model list is read again after it
     listing: Listing | None = None
+    # One entry of that list (/v1/models/{model}): answered by the node from the
+    # list for upstreams that have no such route (llama.cpp's server answers 404
+    # for any name), with the one missing-model wording the app matches.
+    entry_of: Listing | None = None
     # A chat: its messages send it to the upstream that served the conversation
     # before (routing/conversation.py).
     conversation: bool = False
@@ -150,7 +154,7 @@ OPENAI_ROUTES = (
         request_edit=normalise_request,
     ),
     _openai("GET", "/v1/models", Access.USER, listing=Listing.OPENAI),
-    _openai("GET", f"/v1/models/{MODEL}", Access.USER, edits=MODEL_ENTRY),
+    _openai("GET", f"/v1/models/{MODEL}", Access.USER, edits=MODEL_ENTRY, entry_of=Listing.OPENAI),
 )
 
 

@@ -46,17 +46,20 @@ def embedded_options(settings: Settings) -> EmbeddedOptions:
         models_dir=data_dir() / "models",
         model=settings.embedded_model or DEFAULT_MODEL,
         alias=settings.embedded_model_alias,
-        chat_format=settings.embedded_chat_format,
+        chat_template=settings.embedded_chat_template,
         context_size=settings.embedded_context_size,
+        slots=settings.embedded_parallel,
         threads=settings.embedded_threads,
-        parallel=settings.embedded_parallel,
+        gpu_layers=settings.embedded_gpu_layers,
+        idle_seconds=settings.embedded_idle_seconds,
+        prompt_cache_mib=settings.embedded_prompt_cache_mib,
         start_timeout=settings.embedded_start_timeout,
     )
 
 
 @dataclass(frozen=True)
 class UpstreamChoice:
-    settings: Settings  # with a definite upstream_kind (and the children's URLs)
+    settings: Settings  # with a definite upstream_kind (and the engine's URL)
     reason: str  # one line for the log and /readyz
     runtime: EmbeddedRuntime | None = None
 
@@ -120,18 +123,18 @@ async def choose_upstream(settings: Settings) -> UpstreamChoice:
     runtime = EmbeddedRuntime(options)
     update: dict[str, object] = {
         "upstream_kind": "embedded",
-        "upstream_url": AnyHttpUrl(runtime.urls[0]),
-        "upstream_urls": runtime.urls if options.parallel > 1 else [],
+        "upstream_url": AnyHttpUrl(runtime.url),
+        "upstream_urls": [],
     }
     if "max_concurrent_requests" not in settings.model_fields_set:
         # Each slot answers one request at a time: queue the rest here, where a
-        # client that leaves is dropped and Retry-After is estimated.
-        update["max_concurrent_requests"] = options.parallel
-    slots = f", {options.parallel} slots" if options.parallel > 1 else ""
+        # client that leaves is dropped and Retry-After is estimated, rather
+        # than inside the engine.
+        update["max_concurrent_requests"] = options.slots
     return _chosen(
         settings.model_copy(update=update),
         f"{why}: serving the embedded model {options.model_alias} "
-        f"(llama.cpp, {options.threads_per_process} threads{slots})",
+        f"(llama.cpp, {options.slots} slots, {options.engine_threads} threads)",
         runtime=runtime,
     )
 
@@ -155,7 +158,7 @@ def install_upstream_choice(app: web.Application, choice: UpstreamChoice) -> Non
     if runtime is None:
         return
     for member in pool.members:
-        member.local = runtime.server_at(member.base)
+        member.local = runtime.server
     pool.local_state = runtime.describe
     runtime.on_ready.append(pool.refresh)
     app[METRICS].registry.register(EmbeddedCollector(runtime))
@@ -171,27 +174,23 @@ def install_upstream_choice(app: web.Application, choice: UpstreamChoice) -> Non
 
 
 def follow_upstream_choice(
-    app: web.Application, reason: str, statuses: list[ServerStatus]
-) -> Callable[[list[ServerStatus]], None]:
+    app: web.Application, reason: str, status: ServerStatus | None
+) -> Callable[[ServerStatus], None]:
     """A worker process's side of :func:`install_upstream_choice`: its supervisor
     chose the upstream and runs the embedded model, if chosen; this app
-    follows the model's state (requests while it loads or restarts get 503
+    follows the engine's state (requests while it loads or restarts get 503
     with Retry-After, as in one process). Returns what to call with each new
     state."""
     pool = app[UPSTREAM]
     pool.choice = reason
-    current = statuses
 
-    def follow(new: list[ServerStatus]) -> None:
+    def follow(new: ServerStatus) -> None:
         # The model list follows too: the supervisor checks the upstreams when
-        # a model is ready, and every worker's pool follows what it found.
-        nonlocal current
-        current = new
-        by_url = {s.url: s for s in new}
+        # the engine is ready, and every worker's pool follows what it found.
         for member in pool.members:
-            member.local = by_url.get(member.base.rstrip("/"))
+            member.local = new if member.base.rstrip("/") == new.url else None
+        pool.local_state = lambda: describe(new)
 
-    if statuses:
-        pool.local_state = lambda: describe(statuses[0].alias, current)
-        follow(statuses)
+    if status is not None:
+        follow(status)
     return follow

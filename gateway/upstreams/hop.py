@@ -21,6 +21,13 @@ Node.js uses (llhttp, through httptools) reading the upstream's bytes:
 * a connection is reused only when its answer ended cleanly on a reusable
   framing, with nothing after it; anything else closes it, and closing is how
   Ollama learns that the client left and stops generating;
+* nor after a chunked (streamed) answer from an upstream that closes its
+  connections after those while it says ``Keep-Alive`` (llama.cpp's server
+  does: the next request on it would race the close and, being a POST, could
+  not be sent again). The embedded engine is known to, and so is any server
+  that says ``Server: llama.cpp``; any other upstream shows it by closing an
+  idle connection right after such an answer (or under the next request),
+  and the pool then stops reusing them (``reuse_after_stream``);
 * a kept-alive connection that turns out to be closed is replaced without
   a word when nothing was sent on it, and a request that found it closed
   after sending is sent once more only if it is idempotent with a body that
@@ -37,6 +44,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import logging
 import ssl
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
@@ -53,6 +61,14 @@ READ_HIGH_WATER = 256 * 1024
 # Bytes of a request body written at once when it fits (else the head and
 # the body are two writes, without copying the body).
 _JOIN_LIMIT = 16 * 1024
+# An idle connection the upstream closes this soon after a streamed answer
+# was closed because of that answer, not for idleness (llama.cpp's server:
+# at once; idle timeouts are seconds).
+STREAM_CLOSE_WINDOW = 1.0
+# Servers known to close every streamed answer's connection (``Server:``).
+CLOSES_AFTER_STREAM = ("llama.cpp",)
+
+log = logging.getLogger("fognode.upstreams")
 
 
 class HopError(Exception):
@@ -115,6 +131,9 @@ class HopOptions:
     # is done, and raises when it is not the one wanted (a fog member's peer
     # port: the chain checks that OpenSSL does cannot see fognode's marker).
     check_peer: Callable[[bytes | None], object] | None = None
+    # False: never reuse a connection after a chunked answer (an upstream known
+    # to close them); True: reuse, until the upstream shows that it closes them.
+    reuse_after_stream: bool = True
 
 
 class HopResponse:
@@ -250,6 +269,7 @@ class _Connection(asyncio.Protocol):
         "_message_done",
         "_method",
         "_paused",
+        "_peer_closed",
         "_reason",
         "_write_paused",
         "_write_waiter",
@@ -259,6 +279,7 @@ class _Connection(asyncio.Protocol):
         "pool",
         "response",
         "reusable",
+        "streamed",
         "transport",
         "used",
     )
@@ -274,9 +295,11 @@ class _Connection(asyncio.Protocol):
         self.response: HopResponse | None = None
         self.reusable = False
         self.used = False  # a response came on it before (it is a kept-alive one)
+        self.streamed = False  # its last answer was chunked
         self.counted = True  # in the pool's count of open connections
         self.idle_since = 0.0
         self._lost = False
+        self._peer_closed = False  # the upstream ended the connection (FIN or reset)
         self._paused = False
         self._write_paused = False
         self._write_waiter: asyncio.Future[None] | None = None
@@ -322,11 +345,22 @@ class _Connection(asyncio.Protocol):
             self._fail(BadResponse(f"the response head is larger than {limit} bytes"))
 
     def eof_received(self) -> bool | None:
+        self._peer_closed = True
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self.reusable = False
+        idle = self.response is None and self._head_waiter is None and self.used
+        if (
+            self.streamed
+            and idle
+            and (self._peer_closed or exc is not None)
+            and asyncio.get_running_loop().time() - self.idle_since < STREAM_CLOSE_WINDOW
+        ):
+            # Idle after a streamed answer, and closed by the upstream: at once
+            # means because of the answer (llama.cpp's server), not idleness.
+            self.pool.closes_after_stream()
         if self._head_waiter is not None:
             self._fail_head(Disconnected("the upstream closed the connection before answering"))
         response = self.response
@@ -389,6 +423,9 @@ class _Connection(asyncio.Protocol):
         response = HopResponse(self, status, reason, CIMultiDictProxy(headers), length)
         self.response = response
         self.reusable = self.parser.should_keep_alive()
+        self.streamed = "chunked" in headers.get("Transfer-Encoding", "").lower()
+        if self.streamed and headers.get("Server", "").startswith(CLOSES_AFTER_STREAM):
+            self.pool.closes_after_stream()  # known before it shows: no request races it
         waiter, self._head_waiter = self._head_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(response)
@@ -481,6 +518,8 @@ class _Connection(asyncio.Protocol):
     def response_released(self, response: HopResponse) -> None:
         if response is not self.response:
             return
+        if self.streamed and not self.pool.reuse_after_stream:
+            self.reusable = False
         if self._message_done and self.reusable and not self._lost:
             self.response = None
             self.resume_reading()
@@ -526,6 +565,7 @@ class HopPool:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+        self.reuse_after_stream = options.reuse_after_stream
 
     @property
     def connections(self) -> int:
@@ -619,6 +659,18 @@ class HopPool:
         if self._sweeper is None:
             self._arm_sweeper()
 
+    def closes_after_stream(self) -> None:
+        """The upstream closes a connection after a streamed answer although it
+        said Keep-Alive: from now on such a connection is not used again."""
+        if self.reuse_after_stream:
+            self.reuse_after_stream = False
+            log.info(
+                "upstream %s:%s closes its connection after each streamed answer "
+                "(while it says Keep-Alive); not reusing those connections",
+                self._host,
+                self._port,
+            )
+
     def forget(self, conn: _Connection) -> None:
         """A connection closed: it no longer counts against the limit."""
         if conn.counted:
@@ -698,6 +750,8 @@ class HopPool:
             except _Stale:
                 continue  # nothing was sent on it
             except Disconnected:
+                if conn.used and conn.streamed:
+                    self.closes_after_stream()  # it closed under this request
                 if conn.used and resend:
                     resend = False  # once, on a new connection if need be
                     continue

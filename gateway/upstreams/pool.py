@@ -5,7 +5,9 @@ can spread requests itself:
 
 * every `upstream_check_interval` seconds each upstream is asked for its
   models (Ollama's /api/tags or /v1/models) and for the ones in its memory
-  (Ollama's /api/ps; an OpenAI-compatible server's served models are);
+  (Ollama's /api/ps; an OpenAI-compatible server's served models are, unless
+  it is llama.cpp's server and says it sleeps), and llama.cpp's server for
+  its slots and how many are busy (/props, /metrics);
   an upstream that does not answer is marked down until it answers again.
   This is the one place model lists are fetched: /readyz, the mDNS
   announcement, the listings' ``fognode`` field and routing read what it
@@ -34,7 +36,7 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import astuple, dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from aiohttp import web
@@ -49,6 +51,26 @@ from .hop import ConnectFailed, HopError
 from .upstream import Upstream, UpstreamOptions, describe
 
 log = logging.getLogger("fognode.upstreams")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What one check found of one upstream: the message a worker's pool
+    follows (:meth:`UpstreamPool.follow`)."""
+
+    healthy: bool | None
+    error: str | None
+    models: list[str]
+    loaded: list[warm.LoadedModel]
+    slots: int | None
+    slots_busy: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "loaded": [asdict(e) for e in self.loaded]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Finding:
+        return cls(**{**data, "loaded": [warm.LoadedModel(**e) for e in data["loaded"]]})
 
 
 @dataclass(frozen=True)
@@ -157,6 +179,13 @@ class UpstreamPool:
                 except (HopError, ValueError, AttributeError) as exc:
                     log.debug("upstream %s: no list of loaded models (%s)", member.base, exc)
                     loaded = {}  # an Ollama before /api/ps: nothing known to be hot
+                try:
+                    slots, busy, sleeping = await member.engine_state()
+                except (HopError, ValueError, AttributeError) as exc:
+                    log.debug("upstream %s: no slots known (%s)", member.base, exc)
+                    slots, busy, sleeping = None, None, False
+                if sleeping:
+                    loaded = {}  # unloaded until the next request loads it again
         except TimeoutError:
             failure = f"no answer within {self.options.check_timeout:g}s"
         except ConnectFailed as exc:
@@ -168,6 +197,7 @@ class UpstreamPool:
                 log.info("upstream %s is back", member.base)
             member.healthy, member.last_error, member.models = True, None, frozenset(names)
             member.loaded, member.warmed = loaded, set()
+            member.slots, member.slots_busy = slots, busy
             return
         if member.healthy is not False:
             log.warning("upstream %s is down: %s", member.base, failure)
@@ -182,22 +212,30 @@ class UpstreamPool:
         for callback in self.on_checked:
             await callback()
 
-    def findings(self) -> list[list[Any]]:
-        """What the last check found of each upstream, as JSON arrays, for
-        :meth:`follow` in another process."""
+    def findings(self) -> list[dict[str, Any]]:
+        """What the last check found of each upstream (:class:`Finding`, as
+        JSON), for :meth:`follow` in another process."""
         return [
-            [m.healthy, m.last_error, sorted(m.models), [astuple(e) for e in m.loaded.values()]]
+            Finding(
+                m.healthy,
+                m.last_error,
+                sorted(m.models),
+                list(m.loaded.values()),
+                m.slots,
+                m.slots_busy,
+            ).to_json()
             for m in self.members
         ]
 
-    def follow(self, findings: list[list[Any]]) -> None:
+    def follow(self, findings: list[dict[str, Any]]) -> None:
         """Take another pool's :meth:`findings` as this pool's check (a worker:
         the supervisor's), at once; then tell whoever follows the results."""
-        for member, (healthy, error, models, loaded) in zip(self.members, findings, strict=True):
-            member.healthy, member.last_error = healthy, error
-            member.models = frozenset(models)
-            member.loaded = {entry[0]: warm.LoadedModel(*entry) for entry in loaded}
-            if healthy:  # as a check here: what requests warmed is now in the list
+        for member, found in zip(self.members, map(Finding.from_json, findings), strict=True):
+            member.healthy, member.last_error = found.healthy, found.error
+            member.models = frozenset(found.models)
+            member.loaded = {entry.name: entry for entry in found.loaded}
+            member.slots, member.slots_busy = found.slots, found.slots_busy
+            if found.healthy:  # as a check here: what requests warmed is now in the list
                 member.warmed = set()
         if self.on_checked:
             task = asyncio.create_task(self._checked(), name="fognode-upstream-followed")
@@ -364,6 +402,7 @@ class UpstreamPool:
                 active=m.active,
                 cap=self.cap,
                 picked=m.picked,
+                slots=m.slots or 0,
             )
             for m in self.members
         ]

@@ -9,6 +9,7 @@ generation on a CPU is normal, a silent upstream is not.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import ssl
@@ -83,6 +84,15 @@ START_OLLAMA_HINT = (
     "Start Ollama with `ollama serve` (or `systemctl start ollama`, or "
     "`docker compose up -d ollama`), or point FOGNODE_UPSTREAM_URL at a running one."
 )
+
+
+_PROCESSING = re.compile(rb"^llamacpp:requests_processing (\S+)$", re.M)
+
+
+def _requests_processing(metrics: bytes) -> int | None:
+    """The requests llama.cpp's server is running, from its Prometheus text."""
+    found = _PROCESSING.search(metrics)
+    return round(float(found.group(1))) if found else None
 
 
 def _connection_tokens(headers: Any) -> set[str]:
@@ -216,6 +226,12 @@ class Upstream:
         self.active = 0
         self.picked = 0  # when routing last chose it (a counter): equals take turns
         self.local: LocalUpstream | None = None  # set when fognode runs it
+        # What llama.cpp's server says of itself (/props, /metrics) at the last
+        # check: the requests it runs at once, and how many it was running.
+        # None: not known (Ollama, other servers).
+        self.slots: int | None = None
+        self.slots_busy: int | None = None
+        self._llama: bool | None = None  # None: not asked yet; False: not llama.cpp's
 
     async def start(self) -> None:
         self._hop = HopPool(
@@ -225,6 +241,10 @@ class Upstream:
                 connect_timeout=self.options.connect_timeout,
                 ssl=self.options.tls,
                 check_peer=self.options.check_peer,
+                # llama.cpp's server closes the connection after every streamed
+                # answer while it says Keep-Alive: known for the embedded engine,
+                # learned from any other upstream that does it.
+                reuse_after_stream=self.options.kind != "embedded",
             ),
         )
 
@@ -255,6 +275,10 @@ class Upstream:
         Callers bound the time (the pool's check timeout); a status that is
         not a success raises StatusError.
         """
+        return safejson.loads(await self.get_body(path, headers))
+
+    async def get_body(self, path: str, headers: CIMultiDict[str] | None = None) -> bytes:
+        """GET one of the upstream's documents, whole (see :meth:`get_json`)."""
         sent = CIMultiDict(headers or {})
         sent.popall("Accept-Encoding", None)  # the body is parsed here, not relayed
         sent.update(self.auth_headers())
@@ -269,7 +293,7 @@ class Upstream:
             answer.close()
             raise
         answer.release()
-        return safejson.loads(body)
+        return body
 
     @property
     def kind(self) -> str:
@@ -291,6 +315,29 @@ class Upstream:
             entries = (await self.get_json("/v1/models")).get("data") or []
             names = [m.get("id") for m in entries if isinstance(m, dict)]
         return sorted(n for n in names if isinstance(n, str))
+
+    async def engine_state(self) -> tuple[int | None, int | None, bool]:
+        """What llama.cpp's server says of itself: its slots (``/props``), how
+        many are busy (``/metrics``, when it serves them) and whether it sleeps
+        (its model unloaded until the next request). Neither document wakes it
+        or resets its idle timer (``/slots`` would). Other servers have no
+        ``/props``: asked once, then not again."""
+        if self.kind == "ollama" or self._llama is False:
+            return None, None, False
+        try:
+            props = await self.get_json("/props")
+        except StatusError:
+            self._llama = False
+            return None, None, False
+        self._llama = isinstance(props, dict) and "total_slots" in props
+        if not self._llama:
+            return None, None, False
+        total = props.get("total_slots")
+        slots = total if isinstance(total, int) and total > 0 else None
+        busy: int | None = None
+        with contextlib.suppress(StatusError, ValueError):  # /metrics is off by default
+            busy = _requests_processing(await self.get_body("/metrics"))
+        return slots, busy, props.get("is_sleeping") is True
 
     async def loaded_models(self, names: list[str]) -> dict[str, LoadedModel]:
         """The models in its memory: Ollama's /api/ps; what an OpenAI-compatible

@@ -32,8 +32,10 @@ async def test_openai_kind_serves_v1_and_refuses_native_routes_with_501(
     assert resp.status == 200
     assert body["upstream_kind"] == "openai" and body["ollama_version"] is None
     assert body["models"] == len(standin.models)
-    # Only /v1 and probes reached the upstream.
-    assert {r.path for r in standin.requests} == {"/v1/chat/completions", "/v1/models"}
+    # Only /v1 and probes reached the upstream: /props once, where llama.cpp's
+    # server would tell its slots (this one has no such route, so never again).
+    assert {r.path for r in standin.requests} == {"/v1/chat/completions", "/v1/models", "/props"}
+    assert [r.path for r in standin.requests].count("/props") == 1
 
 
 @pytest.mark.parametrize("kind", ["ollama", "openai"])
@@ -52,8 +54,9 @@ async def test_model_list_for_mdns_comes_from_the_right_endpoint(
     assert txt.models == tuple(sorted(standin.models))
     assert txt.api == ("openai,ollama" if kind == "ollama" else "openai")
     # What the pool's one check found: it asked the endpoints of its kind, nothing else
-    # (Ollama also for its loaded models; an OpenAI-compatible server's are those it serves).
-    expected = {"/api/tags", "/api/ps"} if kind == "ollama" else {"/v1/models"}
+    # (Ollama also for its loaded models; an OpenAI-compatible server's are those it
+    # serves, and it may be llama.cpp's server, which tells its slots at /props).
+    expected = {"/api/tags", "/api/ps"} if kind == "ollama" else {"/v1/models", "/props"}
     assert {r.path for r in standin.requests} == expected
 
 
@@ -71,3 +74,25 @@ async def test_openai_kind_answers_model_not_found_in_ollamas_words(
     assert error["message"] == "model 'phi4:14b' not found, try pulling it first"
     assert error["type"] == "not_found_error"
     assert "/v1/chat/completions" not in {r.path for r in standin.requests}
+
+
+async def test_openai_kind_answers_one_model_from_its_list(
+    standin: OllamaStandIn, make_gateway: GatewayFactory
+) -> None:
+    """llama.cpp's server answers /v1/models/<its own alias> with 404: the node
+    answers one model from the list, and a missing one in the app's words."""
+    gateway = await make_gateway(standin.url, upstream_kind="openai")
+    name = sorted(standin.models)[0]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{gateway.url}/v1/models/{name}") as resp:
+            assert resp.status == 200
+            entry = await resp.json()
+        async with http.get(f"{gateway.url}/v1/models/phi4:14b") as resp:
+            assert resp.status == 404
+            error = (await resp.json())["error"]
+        async with http.get(f"{gateway.url}/v1/models") as resp:
+            listed = {m["id"]: m for m in (await resp.json())["data"]}
+    assert entry == listed[name] and entry["object"] == "model" and "fognode" in entry
+    assert error["message"] == "model 'phi4:14b' not found, try pulling it first"
+    assert (error["type"], error["code"]) == ("not_found_error", "model_not_found")
+    assert not any(r.path.startswith("/v1/models/") for r in standin.requests)

@@ -66,19 +66,27 @@ EMBEDDED = {
     "upstream_kind": "embedded",
     "shutdown_timeout": "2",
     "embedded_context_size": "1024",
-    # The child's own lines (llama.cpp, uvicorn) are logged at DEBUG.
+    # The child's own lines (llama.cpp's log) are logged at DEBUG.
     "log_level": "DEBUG",
 }
 
 
 def launch_embedded_node(
-    directory: Path, settings: dict[str, str] | None = None, *, ca: Path | None = None
+    directory: Path, env: dict[str, str] | None = None, *, ca: Path | None = None
 ) -> NodeProcess:
     """`fognode serve` serving the embedded model, launched; `wait_ready()`
-    waits for the model. None of the runner's FOGNODE_* settings leak in."""
-    node = NodeProcess(directory, {**EMBEDDED, **(settings or {})}, clean_env=True, ca=ca)
+    waits for the model. ``env``: FOGNODE_* variables over the defaults above.
+    None of the runner's own FOGNODE_* settings leak in."""
+    node = NodeProcess(directory, EMBEDDED, env=env, clean_env=True, ca=ca)
     node.launch()
     return node
+
+
+def engine_url(node: NodeProcess) -> str:
+    """The engine's own loopback URL (/readyz names it), to read its /slots."""
+    resp = node.readyz()
+    assert resp is not None
+    return str(resp.json()["upstream"])
 
 
 def llama_child(node: NodeProcess) -> int:

@@ -76,3 +76,23 @@ def chat_deltas(stream: bytes) -> list[dict[str, Any]]:
             chunk = json.loads(line[len(b"data: ") :])
             deltas.extend(choice["delta"] for choice in chunk.get("choices", []))
     return deltas
+
+
+async def stream_a_while(api: Any, model: str, chunks: int = 3) -> Any:
+    """A streamed answer of up to 600 tokens (end of text ignored), read until
+    ``chunks`` content chunks came: a phone about to leave mid-answer. The
+    caller closes the returned stream (the openai SDK's AsyncStream)."""
+    stream = await api.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Count from one to five hundred in words."}],
+        stream=True,
+        max_tokens=600,
+        extra_body={"ignore_eos": True},
+    )
+    received = 0
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            received += 1
+        if received >= chunks:
+            break
+    return stream

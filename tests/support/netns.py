@@ -142,7 +142,8 @@ class Segment:
             subprocess.run(["ip", "netns", "del", netns], capture_output=True)
 
 
-def wait_http(host: Host, url: str, limit: float = 30) -> None:
+def wait_http(host: Host, url: str, limit: float = 30, *, status: str | None = None) -> None:
+    """Until ``url`` answers (with ``status``, if given) from inside ``host``."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         out = subprocess.run(
@@ -150,7 +151,8 @@ def wait_http(host: Host, url: str, limit: float = 30) -> None:
             capture_output=True,
             text=True,
         )
-        if out.stdout.strip() not in ("", "000"):
+        code = out.stdout.strip()
+        if code not in ("", "000") and status in (None, code):
             return
         time.sleep(0.2)
     raise AssertionError(f"{url} did not come up in {host.netns}")

@@ -92,4 +92,4 @@ def test_unconfigured_node_serves_the_embedded_model_to_discover_and_chat(
         node.stop()
     log = node.log()
     assert "no upstream configured and no Ollama at http://127.0.0.1:11434" in log
-    assert "llama.cpp server 0 stopped" in log
+    assert "llama.cpp server stopped" in log

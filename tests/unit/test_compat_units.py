@@ -152,9 +152,10 @@ def test_fast_path_agrees_with_the_general_one(
     [
         (b'{"model":"m","max_completion_tokens":64}', "ollama", b'{"max_tokens":64,'),
         (b'{\n  "max_completion_tokens" : 5,\n  "model" : "m"\n}', "ollama", b'{"max_tokens":5,'),
-        (b'{"model":"m","max_completion_tokens":64}', "embedded", b'{"max_tokens":64,'),
-        # an OpenAI-compatible server understands it (and some refuse max_tokens)
+        # an OpenAI-compatible server understands it (and some refuse max_tokens),
+        # and so does llama.cpp's server, the embedded engine
         (b'{"model":"m","max_completion_tokens":64}', "openai", None),
+        (b'{"model":"m","max_completion_tokens":64}', "embedded", None),
         (b'{"model":"m","max_completion_tokens":64,"max_tokens":10}', "ollama", None),
         (b'{"model":"m","max_completion_tokens":true}', "ollama", None),
         (b'{"model":"m"}', "ollama", None),

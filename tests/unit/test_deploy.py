@@ -23,7 +23,8 @@ def test_dockerfile_is_pinned_hash_checked_drops_root_and_checks_health() -> Non
     assert len(froms) == 2  # multi-stage
     for image in froms:
         assert re.fullmatch(r"python:3\.11\.\d+-slim-trixie(\s+AS\s+\w+)?", image), image
-    assert "--require-hashes" in text and "-r requirements.lock" in text
+    assert "--require-hashes" in text and "lock=requirements.lock" in text
+    assert "lock=requirements-embedded.lock" in text  # EMBEDDED=1: the same pins and the engine
     assert 'CMD ["fognode", "healthcheck"]' in text
     assert 'ENTRYPOINT ["fognode-entrypoint"]' in text
     # No file capability (no-new-privileges would void it): the entrypoint

@@ -176,6 +176,101 @@ async def test_a_chunked_answer_ends_cleanly_and_its_connection_is_reused(
     await hop.close()
 
 
+async def _stream_then_close(number: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+    """llama.cpp's server: a streamed answer that says Keep-Alive, then the
+    connection closed; a plain answer keeps it."""
+    if b"stream" not in head:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5, max=100\r\nContent-Length: 2\r\n\r\nok"
+        )
+        await writer.drain()
+        return True
+    writer.write(
+        b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5, max=100\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n9\r\ndata: 1\n\n\r\n0\r\n\r\n"
+    )
+    await writer.drain()
+    return False
+
+
+async def post(hop: HopPool, target: str) -> HopResponse:
+    return await hop.request("POST", target, CIMultiDict(), b"{}", head_timeout=5.0)
+
+
+async def test_a_connection_that_carried_a_stream_is_not_reused_where_that_is_known(
+    upstream: Callable[..., Awaitable[Script]],
+) -> None:
+    """The embedded engine (reuse_after_stream=False): streamed answers back to
+    back never meet a connection the engine is closing, where a POST sent on
+    it would be lost (it cannot be sent again); plain answers reuse theirs."""
+    script = await upstream(_stream_then_close)
+    hop = pool(script, reuse_after_stream=False)
+    for _ in range(20):
+        assert await read_and_release(await post(hop, "/stream")) == b"data: 1\n\n"
+    assert script.connections == 20
+    for _ in range(3):
+        assert await read_and_release(await post(hop, "/plain")) == b"ok"
+    assert script.connections == 21
+    await hop.close()
+
+
+async def test_an_upstream_that_closes_after_a_stream_is_noticed_and_not_raced(
+    upstream: Callable[..., Awaitable[Script]],
+) -> None:
+    """Any other upstream that closes an idle connection right after a stream
+    shows that it does; from then on such connections are not reused."""
+    script = await upstream(_stream_then_close)
+    hop = pool(script)
+    assert hop.reuse_after_stream
+    assert await read_and_release(await post(hop, "/stream")) == b"data: 1\n\n"
+    await wait_until(lambda: not hop.reuse_after_stream, "the close seen while idle")
+    for _ in range(20):
+        assert await read_and_release(await post(hop, "/stream")) == b"data: 1\n\n"
+    assert script.connections == 21
+    await hop.close()
+
+
+async def test_a_server_that_says_it_is_llama_cpp_is_known_to_close_after_a_stream(
+    upstream: Callable[..., Awaitable[Script]],
+) -> None:
+    """An operator's own llama-server as an OpenAI-compatible upstream: its
+    Server header says what it will do, before any request could race it."""
+
+    async def llama(number: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nServer: llama.cpp\r\nKeep-Alive: timeout=5, max=100\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+        )
+        await writer.drain()
+        return False
+
+    script = await upstream(llama)
+    hop = pool(script)
+    for _ in range(10):  # back to back: not one lost
+        assert await read_and_release(await post(hop, "/stream")) == b"ok"
+    assert not hop.reuse_after_stream and script.connections == 10
+    await hop.close()
+
+
+async def test_closing_idle_connections_itself_teaches_the_pool_nothing(
+    upstream: Callable[..., Awaitable[Script]],
+) -> None:
+    """Ollama keeps its connections after a stream; the pool closing them (its
+    own shutdown) is not the upstream closing them."""
+
+    async def keeps(number: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    script = await upstream(keeps)
+    hop = pool(script)
+    assert await read_and_release(await post(hop, "/stream")) == b"ok"
+    await hop.close()
+    await drained(hop)
+    assert hop.reuse_after_stream
+
+
 async def test_an_answer_given_up_on_closes_its_connection(
     upstream: Callable[..., Awaitable[Script]],
 ) -> None:

@@ -189,6 +189,19 @@ def test_affinity_yields_to_an_idle_upstream_with_the_model_loaded() -> None:
     assert order(options, affine=1) == [(0, "loaded,only,affinity-yielded"), (1, "loaded")]
 
 
+def test_the_slots_an_upstream_reports_count_instead_of_one_at_a_time() -> None:
+    """llama.cpp's server says how many requests it runs at once (its slots):
+    with two in flight of four it is not saturated, so the conversation
+    stays where its prompt is; without a report, one in flight is."""
+    options = [opt(), Option(True, True, True, active=2, cap=0, slots=4)]
+    assert order(options, affine=1)[0] == (1, "loaded,affinity")
+    options = [opt(), Option(True, True, True, active=4, cap=0, slots=4)]
+    assert order(options, affine=1)[0] == (0, "loaded,least-busy,affinity-yielded")
+    # Least busy relative to what each runs: 2 of 4 is less than 1 of 1.
+    options = [opt(active=1), Option(True, True, True, active=2, cap=0, slots=4)]
+    assert order(options)[0] == (1, "loaded,least-busy")
+
+
 def test_affinity_holds_when_no_idle_upstream_has_the_model_loaded() -> None:
     # The other is idle but cold: waiting where the prompt is beats loading.
     options = [opt(loaded=False), opt(active=1)]

@@ -36,7 +36,7 @@ async def test_loading_progress_is_one_live_line_on_a_terminal(tmp_path: Path) -
     handler = logging.StreamHandler(out)
     logging.getLogger().addHandler(handler)
     try:
-        task = asyncio.create_task(show_startup([server], MODEL, out))
+        task = asyncio.create_task(show_startup(server, MODEL, out))
         await wait_until(lambda: "loading the weights" in out.getvalue(), "a progress frame")
         logging.getLogger("fognode.test").warning("a log line while loading")
         server.state = State.READY
