@@ -329,6 +329,10 @@ def _events(data: bytes) -> Iterator[tuple[int, int]]:
     """(end of event, start of the next) for each blank line in ``data``."""
     if b"\r" in data:
         for match in _BLANK_LINE.finditer(data):
+            if match.end() == len(data) and data[-1] == 0x0D:
+                # A CR that ends the data may be the first half of a CR LF: the
+                # next event starts after its LF, so wait for the next chunk.
+                return
             yield match.start(), match.end()
         return
     find = data.find

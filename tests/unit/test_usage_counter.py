@@ -87,6 +87,19 @@ def test_the_usage_chunk_the_client_asked_for_stays() -> None:
     assert counter.tokens(completed=True) == Tokens(11, 6, partial=False, exact=True)
 
 
+@pytest.mark.parametrize("sep", [b"\n\n", b"\r\n\r\n", b"\r\r"])
+def test_one_cut_at_every_byte_changes_nothing(sep: bytes) -> None:
+    """Every place one read can end, exhaustively: between the CR and the LF of
+    a blank line's CR LF too (the random cuts below found that place once)."""
+    frames = chat_frames(usage_chunk=True, sep=sep)
+    whole = b"".join(frames)
+    expected = whole.replace(frames[-2], b"")
+    for cut in range(len(whole) + 1):
+        counter = TokenCounter(BodyKind.SSE, strip_usage_chunk=True)
+        assert run(counter, split(whole, [cut])) == expected, cut
+        assert (counter.content_chunks, counter.stripped) == (len(WORDS), 1), cut
+
+
 @settings(max_examples=200, deadline=None)
 @given(cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=12))
 def test_splitting_the_stream_anywhere_changes_nothing(cuts: list[int]) -> None:
