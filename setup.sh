@@ -81,7 +81,7 @@ if ((WITH_TEST)); then
   # systemd-analyze (checks the service unit), setpriv (runs it unprivileged).
   apt_install curl openssl ca-certificates iproute2 dnsutils avahi-daemon avahi-utils dbus \
     systemd util-linux
-  # The TLS audit (tests/test_tls_hardening.py): testssl.sh, as an operator runs it.
+  # The TLS audit (tests/system/test_tls_hardening.py): testssl.sh, as an operator runs it.
   apt_install testssl.sh
   # The usage store's tests run on a real PostgreSQL server that they start
   # themselves (initdb in a temporary directory); only the binaries are needed.

@@ -59,7 +59,7 @@ from bench.common import machine, start_fognode, stop, wait_ready
 from fognode.embedded.model import chat_template, model_file
 from fognode.embedded.options import EmbeddedOptions
 from fognode.embedded.supervisor import LlamaServer
-from tests.helpers import free_port
+from tests.support.helpers import free_port
 
 WAYS = ("affinity", "least-busy", "direct")
 LATER = 3  # "later turns": from this turn on, a conversation has history to reuse

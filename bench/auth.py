@@ -30,8 +30,8 @@ from fognode.auth.authorizer import TokenAuthorizer
 from fognode.auth.firebase import FirebaseVerifier
 from fognode.auth.policy import AccessPolicy
 from fognode.auth.principal import Access
-from tests.helpers import free_port
-from tests.test_auth_production import PROJECT, SigningKey
+from tests.support.helpers import free_port
+from tests.support.tokens import PROJECT, SigningKey
 
 
 async def serve_key_set(key: SigningKey) -> tuple[web.AppRunner, str]:

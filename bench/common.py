@@ -26,7 +26,7 @@ async def start(
 
 
 async def start_standin(port: int) -> asyncio.subprocess.Process:
-    return await start(sys.executable, "-m", "tests.ollama_standin", "--port", str(port))
+    return await start(sys.executable, "-m", "tests.support.ollama_standin", "--port", str(port))
 
 
 async def start_fognode(

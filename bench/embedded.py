@@ -67,7 +67,7 @@ from bench.common import machine, start, stop
 from fognode.embedded.engine import EngineConfig
 from fognode.embedded.model import chat_template, model_file
 from fognode.embedded.options import EmbeddedOptions, cores, default_threads
-from tests.helpers import free_port
+from tests.support.helpers import free_port
 
 OLD_VERSION = "0.3.36"
 OLD = f"llama-cpp-python=={OLD_VERSION}"

@@ -18,7 +18,7 @@ is saturated, fog or not: every queue grows and the tail is the queue.)
 
 N phones arrive at a steady rate, each picks one of the three nodes at
 random (as the SpeziLLMFog app: it never reads TXT) and streams one chat
-with the app-faithful client (tests/spezillmfog_client.py: its retries,
+with the app-faithful client (tests/support/spezillmfog_client.py: its retries,
 its error cases), asking for a model drawn from the mix. With the fog on,
 the nodes are members of one fog (mutual TLS between their peer ports);
 off, each is an island (FOGNODE_FOG=off). Rounds interleave on and off;
@@ -45,10 +45,10 @@ from typing import Any
 
 from bench.common import machine, start, stop, wait_ready
 from bench.fog_exchange import usage
-from tests.fog_phones import mix_of
-from tests.helpers import free_port
-from tests.pki import Pki, make_pki, node_certs_dir
-from tests.spezillmfog_client import AppConfig, AppError, generate
+from tests.support.fog_phones import mix_of
+from tests.support.helpers import free_port
+from tests.support.pki import Pki, make_pki, node_certs_dir
+from tests.support.spezillmfog_client import AppConfig, AppError, generate
 
 M1, M2, M3 = "llama3:8b", "qwen2:1b", "gemma2:2b"
 # About 60 tokens: what a phone's short answer takes.
@@ -140,7 +140,7 @@ async def start_standins() -> tuple[list[int], list[Any]]:
         port = free_port()
         procs.append(
             await start(
-                sys.executable, "-m", "tests.ollama_standin", "--port", str(port),
+                sys.executable, "-m", "tests.support.ollama_standin", "--port", str(port),
                 "--models", ",".join(m.models),
                 *(arg for model in m.loaded for arg in ("--loaded", model)),
                 "--token-delay", str(1 / m.tokens_per_second),

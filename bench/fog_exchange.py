@@ -39,8 +39,8 @@ import aiohttp
 from aiohttp import web
 
 from bench.common import machine, start, start_standin, stop, wait_ready
-from tests.helpers import free_port
-from tests.pki import Pki, make_pki, node_certs_dir
+from tests.support.helpers import free_port
+from tests.support.pki import Pki, make_pki, node_certs_dir
 
 STATE = {
     "node": "",

@@ -62,7 +62,7 @@ from bench.targets import (
     smoke,
     upstream_stats,
 )
-from tests.helpers import free_port
+from tests.support.helpers import free_port
 
 FAMILIES = ["direct", "fognode", "nginx", "caddy", "litellm"]
 # LiteLLM takes ~30 s to start and completes no request at c=256 within a

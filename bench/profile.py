@@ -26,7 +26,7 @@ from bench import fastup
 from bench.fastup import MissingTool
 from bench.loadgen import chat_body, finish_wrk, start_wrk, wrk
 from bench.targets import Options, build_targets, make_certs
-from tests.helpers import free_port
+from tests.support.helpers import free_port
 
 
 def parse_collapsed(text: str) -> tuple[int, collections.Counter[str], collections.Counter[str]]:

@@ -49,7 +49,7 @@ from bench.peers import (
     set_up,
 )
 from bench.targets import Target, build_targets, make_certs
-from tests.helpers import free_port
+from tests.support.helpers import free_port
 
 FAMILIES = ["fognode-usage-off", "fognode", "fognode-quota"]
 BASELINE = "fognode usage off"

@@ -30,10 +30,10 @@ from fognode.certs.export import export_forms
 from fognode.gateway.config.settings import Settings
 from fognode.gateway.node.server import RunningServer, start_server
 from fognode.web.onboarding import OnboardingOptions, start_onboarding
-from tests.browser import chromium
-from tests.helpers import CHAT, STREAMED_CHAT, free_port
-from tests.ollama_standin import OllamaStandIn
-from tests.pki import make_pki
+from tests.support.browser import chromium
+from tests.support.helpers import CHAT, STREAMED_CHAT, free_port
+from tests.support.ollama_standin import OllamaStandIn
+from tests.support.pki import make_pki
 
 HOST_NAME = "clinic-nuc"
 

@@ -24,7 +24,7 @@ from fognode.gateway.pipeline.request_models import (
     EmbeddingRequest,
     validate_body,
 )
-from tests.openai_schema import document
+from tests.support.openai_schema import document
 
 REQUESTS = {
     "CreateChatCompletionRequest": (

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from fognode.gateway.pipeline.compat import ChunkEditor
 from fognode.gateway.pipeline.sse import SseFramer
 from fognode.usage.counter import BodyKind, TokenCounter
-from tests.spezillmfog_client import SwiftSseDecoder
+from tests.support.spezillmfog_client import SwiftSseDecoder
 
 LINE_ENDS = (b"\n", b"\r\n", b"\r")
 WORDS = ("The", " sky", ' "is"', " blue\\", "")

@@ -20,7 +20,7 @@ from fognode.gateway.pipeline.compat import (
     fix_completion_answer,
     openai_error_body,
 )
-from tests.openai_schema import assert_valid, problems
+from tests.support.openai_schema import assert_valid, problems
 
 # How real upstreams write a chat chunk: Ollama's Go encoder (current: role in
 # the first delta only; legacy: in every one), llama.cpp's server (choices
