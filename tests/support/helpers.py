@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 import socket
 from collections.abc import Callable
@@ -18,11 +19,34 @@ STREAMED_CHAT: dict[str, Any] = {**CHAT, "stream": True}
 CHAT_BYTES = json.dumps(CHAT).encode()
 
 
+def _ephemeral_floor() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            return int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Ports handed out for a test to bind later lie below the kernel's ephemeral
+# range: a port the kernel gave out (bind to 0) is soon given again to some
+# process's outgoing connection, which then holds it when the test binds
+# (seen with several suites on one machine). Below the range only another
+# test's pick can clash, and the picks are random.
+_PORTS_FROM, _PORTS_TO = 20_000, max(20_001, _ephemeral_floor())
+
+
 def free_port() -> int:
-    """A loopback port with nothing listening on it (right now)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port with nothing listening on it (right now), for a server
+    the test configures before it starts (peers, for one, must know it)."""
+    while True:
+        port = random.randrange(_PORTS_FROM, _PORTS_TO)
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 async def wait_until(predicate: Callable[[], bool], what: str, limit: float = 10.0) -> None:
