@@ -18,7 +18,7 @@ from typing import Any
 from ...auth.firebase import AuthConfigError
 from ...certs.errors import CertError
 from ...embedded.model import ModelUnavailable
-from ...embedded.options import cores
+from ...supervision import cores
 from ...workers.processes import WorkerStartError
 from ..auth_setup import UnsafeConfiguration
 from ..config.settings import Settings

@@ -57,13 +57,13 @@ from pydantic import SecretStr
 from ...auth.sessions import load_or_create_key
 from ...auth.throttle import FailureThrottle
 from ...embedded.metrics import EmbeddedCollector
-from ...embedded.options import cores
 from ...fog.members import CandidateView, Member
+from ...supervision import cores
 from ...usage.ledger import UsageLedger
 from ...usage.writer import BatchWriter
 from ...web.onboarding import OnboardingSite
 from ...workers.ports import SharedPort
-from ...workers.processes import Launch, RestartPolicy, WorkerProcess
+from ...workers.processes import Launch, WorkerProcess
 from ..config.identity import node_id
 from ..config.network import bind_host, local_url
 from ..config.settings import Settings
@@ -239,7 +239,7 @@ async def serve_workers(settings: Settings, count: int) -> None:
             after_spawn=close_ours,
         )
 
-    workers = [WorkerProcess(n, launch, RestartPolicy()) for n in range(1, count + 1)]
+    workers = [WorkerProcess(n, launch) for n in range(1, count + 1)]
     registry.register(_WorkerCollector(workers))
     if runtime is not None:
         registry.register(EmbeddedCollector(runtime))

@@ -37,10 +37,10 @@ from functools import partial
 from typing import Any
 
 from ...certs.errors import CertError
-from ...embedded.child import die_with_parent
 from ...embedded.supervisor import ServerStatus
 from ...fog.members import CandidateView, Member
 from ...fog.state import PeerState
+from ...supervision import die_with_parent
 from ...usage.ledger import Ticket as QuotaTicket
 from ...usage.options import Limits
 from ...usage.quota import ALLOW_UNLIMITED, Decision
