@@ -38,10 +38,9 @@ import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -125,13 +124,6 @@ class ServerStatus:
             "being restarted; retry shortly.",
             self.restart_delay + (self.load_seconds or FIRST_LOAD_GUESS),
         )
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "state": self.state.value}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ServerStatus:
-        return cls(**{**data, "state": State(data["state"])})
 
 
 @dataclass(frozen=True)

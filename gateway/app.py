@@ -75,14 +75,14 @@ def create_app(
     ledger: QuotaLedger | None = None,
     memory: ConversationMemory | None = None,
     throttle: SignInThrottle | None = None,
-    checks: Callable[[], Awaitable[None]] | None = None,
+    probe_elsewhere: Callable[[], Awaitable[None]] | None = None,
     peers: PeerTls | None = None,
     fog_state: Callable[[], Awaitable[PeerState]] | None = None,
     set_drain: Callable[[bool], Awaitable[None]] | None = None,
 ) -> web.Application:
     """The app. ``admission``, ``ledger``, ``memory``, ``throttle`` and
-    ``checks``: what admits requests, checks quotas, remembers which upstream
-    served a conversation, slows down sign-in guesses and checks the
+    ``probe_elsewhere``: what admits requests, checks quotas, remembers which
+    upstream served a conversation, slows down sign-in guesses and probes the
     upstreams when this process does not hold the node's own (a worker
     process, whose supervisor does; it also counts admission and writes the
     usage records then). ``peers``: this node's peer credentials, when it
@@ -100,7 +100,9 @@ def create_app(
         admission = held = admission_from(settings)
     metrics = Metrics(stats, [AdmissionCollector(held)] if held is not None else [])
     urls = settings.upstream_urls or [settings.upstream_base]
-    pool = UpstreamPool(urls, upstream_options(settings), memory=memory, checks=checks)
+    pool = UpstreamPool(
+        urls, upstream_options(settings), memory=memory, probe_elsewhere=probe_elsewhere
+    )
     # The operator's pages: sessions for signed-in browsers, and what the status page shows.
     sessions = (
         BrowserSessions(session_options(settings), throttle) if settings.status_page else None
@@ -150,7 +152,7 @@ def create_app(
             app,
             usage_options(settings),
             metrics,
-            node=functools.partial(node_id, settings),
+            node_id=functools.partial(node_id, settings),
             ledger=ledger,
         )
         if settings.usage_accounting

@@ -29,9 +29,12 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TypeAlias, cast
 
 log = logging.getLogger("fognode.workers")
+
+# What a frame carries: JSON values (workers/messages.py types them).
+Json: TypeAlias = "bool | int | float | str | list[Json] | dict[str, Json] | None"
 
 # The longest frame either side accepts (a worker's metrics are the largest).
 MAX_FRAME = 16 << 20
@@ -47,11 +50,17 @@ class CallFailed(Exception):
     """The other side's handler raised; the message is its text."""
 
 
+class Refused(Exception):
+    """Raised by a handler that will not take a call (an op it does not know,
+    arguments that do not fit): the caller gets CallFailed with the message,
+    and the log a warning rather than a handler's traceback."""
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """What a handler answers: values, and optionally a lease to give back later."""
 
-    values: list[Any]
+    values: list[Json]
     release: Callable[[], None] | None = None
 
 
@@ -60,14 +69,14 @@ class Answer:
     """A reply as the caller sees it; ``id`` names a lease in :meth:`Channel.done`."""
 
     id: int
-    values: list[Any]
+    values: list[Json]
 
 
-Handler = Callable[[str, list[Any]], Awaitable[Reply]]
-NoticeHandler = Callable[[str, list[Any]], None]
+Handler = Callable[[str, list[Json]], Awaitable[Reply]]
+NoticeHandler = Callable[[str, list[Json]], None]
 # Answers a call in the step that reads it, when it can (None: it cannot, and
 # the call goes to the Handler in a task of its own).
-ImmediateHandler = Callable[[str, list[Any]], Reply | None]
+ImmediateHandler = Callable[[str, list[Json]], Reply | None]
 
 
 class Channel(asyncio.Protocol):
@@ -91,7 +100,7 @@ class Channel(asyncio.Protocol):
         self._buffer = bytearray()
         self._out: list[bytes] = []
         self._next_id = 0
-        self._calls: dict[int, asyncio.Future[list[Any]]] = {}
+        self._calls: dict[int, asyncio.Future[list[Json]]] = {}
         self._running: dict[int, asyncio.Task[None]] = {}
         self._leases: dict[int, Callable[[], None]] = {}
         self._closed = False
@@ -108,7 +117,7 @@ class Channel(asyncio.Protocol):
         """Leases this side holds for the other (slots it granted, for instance)."""
         return len(self._leases)
 
-    async def call(self, op: str, *args: Any) -> Answer:
+    async def call(self, op: str, *args: Json) -> Answer:
         """Call the other side and wait for its reply.
 
         Cancelled, it tells the other side, which stops the handler or gives
@@ -119,7 +128,7 @@ class Channel(asyncio.Protocol):
             raise ChannelClosed("the channel is closed")
         self._next_id += 1
         ident = self._next_id
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[Json]] = asyncio.get_running_loop().create_future()
         self._calls[ident] = future
         self._send([op, ident, *args])
         try:
@@ -138,7 +147,7 @@ class Channel(asyncio.Protocol):
         if self.open:
             self._send([DONE, ident])
 
-    def notify(self, op: str, *args: Any) -> None:
+    def notify(self, op: str, *args: Json) -> None:
         """A one-way message (dropped if the connection is gone)."""
         if self.open:
             self._send([op, 0, *args])
@@ -249,7 +258,7 @@ class Channel(asyncio.Protocol):
             )
         return True
 
-    async def _answer(self, ident: int, serve: Handler, op: str, args: list[Any]) -> None:
+    async def _answer(self, ident: int, serve: Handler, op: str, args: list[Json]) -> None:
         try:
             reply = await serve(op, args)
         except asyncio.CancelledError:
@@ -271,7 +280,10 @@ class Channel(asyncio.Protocol):
         self._send([REPLY, ident, *reply.values])
 
     def _failed(self, ident: int, op: str, exc: Exception) -> None:
-        log.error("the handler of %r failed", op, exc_info=exc)
+        if isinstance(exc, Refused):
+            log.warning("refused a call %r: %s", op, exc)
+        else:
+            log.error("the handler of %r failed", op, exc_info=exc)
         if self.open:
             self._send([FAILED, ident, f"{type(exc).__name__}: {exc}"])
 
@@ -280,7 +292,7 @@ class Channel(asyncio.Protocol):
         if release is not None:
             release()
 
-    def _send(self, frame: list[Any]) -> None:
+    def _send(self, frame: list[Json]) -> None:
         data = json.dumps(frame, separators=(",", ":")).encode()
         if not self._out:
             asyncio.get_running_loop().call_soon(self._flush)

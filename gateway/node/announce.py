@@ -131,7 +131,7 @@ class NodeAnnouncer:
         ok = await self.advertiser.start()
         self.announced = ok
         if ok:
-            self.pool.on_checked.append(self.refresh)
+            self.pool.on_probed.append(self.refresh)
             self._task = asyncio.create_task(self._loop(), name="fognode-mdns-refresh")
         return ok
 
@@ -154,8 +154,8 @@ class NodeAnnouncer:
             log.info("no longer draining: announced again")
 
     async def stop(self) -> None:
-        if self.refresh in self.pool.on_checked:
-            self.pool.on_checked.remove(self.refresh)
+        if self.refresh in self.pool.on_probed:
+            self.pool.on_probed.remove(self.refresh)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

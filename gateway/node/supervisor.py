@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import itertools
 import logging
 import os
 import pickle
@@ -55,9 +53,7 @@ from prometheus_client.registry import Collector
 from pydantic import SecretStr
 
 from ...auth.sessions import load_or_create_key
-from ...auth.throttle import FailureThrottle
 from ...embedded.metrics import EmbeddedCollector
-from ...fog.members import CandidateView, Member
 from ...supervision import cores
 from ...usage.ledger import UsageLedger
 from ...usage.writer import BatchWriter
@@ -81,6 +77,7 @@ from ..options import (
 )
 from ..pages.fog import NodeState
 from ..pages.onboarding import start_onboarding_page
+from ..pages.sessions import LocalSignInThrottle
 from ..pipeline.admission import AdmissionCollector
 from ..pipeline.quotas import WriterCollector, open_usage_store
 from ..transport.cert_renewal import CertificateKeeper
@@ -89,6 +86,7 @@ from ..upstreams.pool import UpstreamPool
 from .announce import NodeAnnouncer
 from .coordinator import Coordinator
 from .fog import FogMembership
+from .protocol import FogMembers, ReloadTls
 from .server import log_serving, node_announcer, stop_signals
 
 log = logging.getLogger("fognode.workers")
@@ -168,7 +166,7 @@ async def node_ledger(settings: Settings) -> UsageLedger:
     then only read it, for reports). Every worker's quota checks and
     records come here (coordinator.py), so reservations and unwritten
     records are the node's."""
-    options = dataclasses.replace(store_options(settings), node=settings.node_id or "")
+    options = store_options(settings)
     store = await open_usage_store(options)
     writer = BatchWriter(store, options)
     writer.start()
@@ -199,16 +197,21 @@ async def serve_workers(settings: Settings, count: int) -> None:
     admission = admission_from(settings)
     registry = CollectorRegistry(auto_describe=True)
     registry.register(AdmissionCollector(admission))
-    coordinator = Coordinator(admission, registry)
     runtime = choice.runtime
-    coordinator.hello = {"choice": choice.reason, "embedded": None}
     # The supervisor's own look at the upstreams, for the announcement; its
     # conversation table is the node's (the workers ask it).
     urls = settings.upstream_urls or [settings.upstream_base]
     pool = UpstreamPool(urls, upstream_options(settings))
-    coordinator.affinity = pool.affinity
-    if settings.status_page:
-        coordinator.throttle = FailureThrottle()
+    # Draining is the node's: the flag here, every worker told (Draining).
+    drain = Drain()
+    coordinator = Coordinator(
+        admission,
+        registry,
+        pool,
+        choice=choice.reason,
+        drain=drain,
+        throttle=LocalSignInThrottle() if settings.status_page else None,
+    )
 
     async def launch(number: int) -> Launch:
         theirs, ready = await coordinator.attach(number)
@@ -247,55 +250,26 @@ async def serve_workers(settings: Settings, count: int) -> None:
             member.local = runtime.server
 
         def embedded_changed() -> None:
-            status = runtime.status().to_json()
-            coordinator.hello["embedded"] = status
-            coordinator.broadcast("embedded", status)
+            coordinator.embedded_changed(runtime.status())
 
         runtime.on_change.append(embedded_changed)
         runtime.on_ready.append(pool.refresh)
         embedded_changed()
 
-    checks = itertools.count(1)
-
-    async def checked() -> None:
-        # The node checks each upstream once, here; every worker follows.
-        latest = coordinator.hello["checked"] = [next(checks), pool.findings()]
-        coordinator.broadcast("checked", *latest)
-
-    pool.on_checked.append(checked)
-    coordinator.check = pool.refresh
-    # Draining and the fog are the node's: the flag and the membership service here.
-    drain = coordinator.drain = Drain()
-    coordinator.hello["drain"] = [False, None]
+    # The node probes each upstream once, here; every worker follows.
+    pool.on_probed.append(coordinator.probed_now)
+    # The fog is the node's: the membership service here, every worker told.
     membership: FogMembership | None = None
     if peers is not None and peer_port is not None:
-        coordinator.hello["fog"] = [[], []]
-
-        def first_token() -> float | None:
-            times = list(coordinator.first_tokens.values())
-            return sum(times) / len(times) if times else None
-
+        coordinator.fog = FogMembers((), ())
         coordinator.fog_state = NodeState(
-            settings.node_id or "", peers.name, admission, pool, drain, first_token
+            settings.node_id or "", peers.name, admission, pool, drain, coordinator.first_token
         ).state
-
-        def publish(members: list[Member], candidates: list[CandidateView]) -> None:
-            found = coordinator.hello["fog"] = [
-                [m.to_json() for m in members],
-                [c.to_json() for c in candidates],
-            ]
-            coordinator.broadcast("fog", *found)
-
         membership = FogMembership(
-            membership_options(settings, port=peer_port.port), peers, publish
+            membership_options(settings, port=peer_port.port), peers, coordinator.fog_found
         )
         coordinator.fog_failed = membership.report_failure
-
-    async def drained(draining: bool) -> None:
-        coordinator.hello["drain"] = [draining, drain.since]
-        coordinator.broadcast("drain", draining, drain.since)
-
-    drain.on_change.append(drained)
+    drain.on_change.append(coordinator.drain_changed)
     announcer: NodeAnnouncer | None = None
     renewal: asyncio.Task[None] | None = None
     onboarding: OnboardingSite | None = None
@@ -310,7 +284,7 @@ async def serve_workers(settings: Settings, count: int) -> None:
         if settings.onboarding_enabled:
             # One page on its own port, here: a worker restarting never takes it away.
             onboarding = await start_onboarding_page(settings, tls, None)
-            coordinator.hello["onboarding"] = onboarding.url if onboarding else None
+            coordinator.onboarding = onboarding.url if onboarding else None
         started = await asyncio.gather(*(w.start() for w in workers), return_exceptions=True)
         failed = [r for r in started if isinstance(r, BaseException)]
         if failed:
@@ -318,7 +292,7 @@ async def serve_workers(settings: Settings, count: int) -> None:
         if tls is not None:
             keeper = CertificateKeeper(tls, renewal_options(settings))
             renewal = asyncio.create_task(
-                keeper.watch(on_change=lambda: coordinator.broadcast("tls")),
+                keeper.watch(on_change=lambda: coordinator.broadcast(ReloadTls())),
                 name="fognode-cert-watch",
             )
         if membership is not None:

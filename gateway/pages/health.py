@@ -83,7 +83,7 @@ def setup_health(
 
 
 async def _readiness(pool: UpstreamPool) -> tuple[int, dict[str, Any]]:
-    state = await pool.check()
+    state = await pool.readiness()
     if state.ready:
         return 200, {
             "status": "ready",

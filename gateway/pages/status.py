@@ -108,8 +108,8 @@ LISTENING = web.AppKey("fognode.listening", Listening)
 class ActivitySource:
     """What the page shows of the node's activity.
 
-    In one process, this process's (:meth:`here`). In a worker, ``node`` is
-    set (worker.py): it asks the supervisor, which gathers every worker's
+    In one process, this process's (:meth:`here`). In a worker, ``node_view``
+    is set (worker.py): it asks the supervisor, which gathers every worker's
     :meth:`here` and sums them (activity.merged), as /metrics does.
     """
 
@@ -120,7 +120,7 @@ class ActivitySource:
         self.stats = stats
         self.listening = listening
         self.pool = pool
-        self.node: Callable[[], Awaitable[ActivityView]] | None = None
+        self.node_view: Callable[[], Awaitable[ActivityView]] | None = None
 
     def here(self) -> ActivityView:
         conns = self.listening.connections
@@ -138,7 +138,7 @@ class ActivitySource:
         )
 
     async def view(self) -> ActivityView:
-        return await self.node() if self.node is not None else self.here()
+        return await self.node_view() if self.node_view is not None else self.here()
 
 
 ACTIVITY = web.AppKey("fognode.activity", ActivitySource)

@@ -42,7 +42,7 @@ from prometheus_client.registry import Collector
 from ...auth.principal import Access, Principal
 from ...usage.backends import open_store
 from ...usage.counter import TokenCounter, Tokens, body_kind
-from ...usage.ledger import QuotaLedger, Ticket, UsageLedger
+from ...usage.ledger import QuotaLedger, Reservation, UsageLedger
 from ...usage.options import QuotaOptions, StoreOptions
 from ...usage.quota import limits_for, tier_of
 from ...usage.record import Outcome, UsageRecord
@@ -140,7 +140,7 @@ class UsageAccounting:
         self.store: UsageStore | None = None
         self.writer: BatchWriter | None = None
         self.ledger: QuotaLedger | None = None
-        self.node = ""
+        self.node_id = ""  # tags the records
         per_user = options.metrics_per_user
         labels = ["model", "uid"] if per_user else ["model"]
         by = "by model and user" if per_user else "by model"
@@ -236,10 +236,10 @@ def setup_quotas(
     options: UsageOptions,
     metrics: Metrics,
     *,
-    node: Callable[[], str],
+    node_id: Callable[[], str],
     ledger: QuotaLedger | None = None,
 ) -> UsageAccounting:
-    """Install the usage stage and ``GET /admin/usage``. ``node`` names this
+    """Install the usage stage and ``GET /admin/usage``. ``node_id`` names this
     node in the records (it may read a file: called off the event loop). The
     state it returns is what the status page reads usage from. ``ledger``:
     where quotas are checked and records written when this process does not
@@ -249,16 +249,15 @@ def setup_quotas(
     quota = options.quota
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        store_options = dataclasses.replace(options.store, node=await asyncio.to_thread(node))
-        store = await open_usage_store(store_options)
-        accounting.node = store_options.node
+        accounting.node_id = await asyncio.to_thread(node_id)
+        store = await open_usage_store(options.store)
         if ledger is not None:  # read here (reports); checked and written by the supervisor
             accounting.store, accounting.ledger = store, ledger
             yield
             accounting.ledger = None
             await store.close()
             return
-        writer = BatchWriter(store, store_options)
+        writer = BatchWriter(store, options.store)
         writer.start()
         accounting.store, accounting.writer = store, writer
         accounting.ledger = UsageLedger(writer, quota)
@@ -282,7 +281,7 @@ def setup_quotas(
         prompt_estimate = estimate_prompt_tokens(parsed)
         estimate = prompt_estimate + completion_limit(parsed, quota.default_completion_tokens)
         try:
-            ticket = await ledger.admit(uid, limits, estimate=estimate)
+            reservation = await ledger.admit(uid, limits, estimate=estimate)
         except Exception as exc:  # the store did not answer: no budget can be checked
             log.warning("quota check failed: %s: %s", type(exc).__name__, exc)
             _settle(request, spec, uid, None, Meter(strip_usage_chunk=False, prompt_estimate=0))
@@ -292,12 +291,14 @@ def setup_quotas(
                 code="usage_store_unavailable",
                 headers={"Retry-After": "5"},
             ) from None
-        if ticket.decision.headers:
-            request[RATE_LIMIT_HEADERS] = ticket.decision.headers
-        if not ticket.decision.allowed:
-            decision = ticket.decision
+        if reservation.decision.headers:
+            request[RATE_LIMIT_HEADERS] = reservation.decision.headers
+        if not reservation.decision.allowed:
+            decision = reservation.decision
             accounting.quota_refusals.labels(decision.code or "").inc()
-            _settle(request, spec, uid, ticket, Meter(strip_usage_chunk=False, prompt_estimate=0))
+            _settle(
+                request, spec, uid, reservation, Meter(strip_usage_chunk=False, prompt_estimate=0)
+            )
             raise GatewayError(
                 decision.status,
                 decision.message or "Quota exceeded.",
@@ -327,13 +328,13 @@ def setup_quotas(
             outcome = Outcome.COMPLETED if meter.completed else meter.unfinished()
             return response
         finally:
-            _settle(request, spec, uid, ticket, meter, outcome)
+            _settle(request, spec, uid, reservation, meter, outcome)
 
     def _settle(
         request: web.Request,
         spec: RouteSpec,
         uid: str,
-        ticket: Ticket | None,
+        reservation: Reservation | None,
         meter: Meter,
         outcome: Outcome = Outcome.REJECTED,
     ) -> None:
@@ -348,19 +349,19 @@ def setup_quotas(
             model=(body.model if body is not None else None) or "",
             upstream=meter.upstream or "",
             route=spec.path,
-            started_at=ticket.started_at if ticket is not None else time.time(),
+            started_at=reservation.started_at if reservation is not None else time.time(),
             ended_at=time.time(),
             prompt_tokens=tokens.prompt_tokens,
             completion_tokens=tokens.completion_tokens,
             outcome=outcome,
             partial=tokens.partial,
             request_id=request[REQUEST_ID],
-            node=accounting.node,
+            node_id=accounting.node_id,
             record_id=mint_id(),
-            served_by=meter.served_by or (accounting.node if meter.upstream else ""),
+            served_by=meter.served_by or (accounting.node_id if meter.upstream else ""),
         )
-        if ticket is not None and ticket.decision.allowed:
-            ledger.settle(ticket, record)  # its reservation becomes the record
+        if reservation is not None and reservation.decision.allowed:
+            ledger.settle(reservation, record)  # its reservation becomes the record
         else:
             ledger.record(record)
         accounting.observe(record)
