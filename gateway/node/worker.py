@@ -51,11 +51,11 @@ from ...usage.quota import ALLOW_UNLIMITED
 from ...usage.record import UsageRecord
 from ...workers.channel import ChannelClosed, Refused, Reply
 from ...workers.messages import Leased, Peer, Table
-from ..app import create_app
+from ..app import NodeParts, create_app
 from ..config.settings import Settings
 from ..core.drain import DRAIN, Drain
 from ..core.errors import GatewayError
-from ..options import peer_tls, terminator
+from ..options import peer_tls, terminator, upstream_options
 from ..pages.sessions import SESSIONS, BrowserSessions
 from ..pages.status import ACTIVITY, LISTENING, ActivitySource
 from ..pipeline.access import AUTHORIZER
@@ -67,7 +67,7 @@ from ..telemetry.stats import STATS, GatewayStats
 from ..transport.tls import TlsTerminator
 from ..upstreams.choice import follow_upstream_choice
 from ..upstreams.peers import FOG, FogPeers
-from ..upstreams.pool import UPSTREAM, UpstreamPool
+from ..upstreams.pool import UpstreamPool
 from . import protocol as msg
 from .serve import run_loop, startup_failure
 from .server import RunningServer, run_app, settle_heap, stop_signals
@@ -351,17 +351,23 @@ async def start_worker(
     async def set_drain(draining: bool) -> None:
         link.take_drain(await peer.call(msg.SetDrain(draining)))
 
-    app = create_app(
-        settings,
-        admission=RemoteAdmission(peer, settings.max_concurrent_requests),
-        ledger=RemoteUsageLedger(peer) if settings.usage_accounting else None,
+    urls = settings.upstream_urls or [settings.upstream_base]
+    pool = UpstreamPool(
+        urls,
+        upstream_options(settings),
         memory=RemoteAffinityTable(peer),
-        throttle=RemoteSignInThrottle(peer),
         probe_elsewhere=partial(probe_upstreams, peer),
+    )
+    parts = NodeParts(
+        admission=RemoteAdmission(peer, settings.max_concurrent_requests),
+        pool=pool,
+        ledger=RemoteUsageLedger(peer) if settings.usage_accounting else None,
+        throttle=RemoteSignInThrottle(peer),
+        set_drain=set_drain,
         peers=peers,
         fog_state=fog_state if peers is not None else None,
-        set_drain=set_drain,
     )
+    app = create_app(settings, parts)
     link.drain = app[DRAIN]
     link.take_drain(welcome.drain)
     fog = app.get(FOG)
@@ -370,7 +376,7 @@ async def start_worker(
         fog.on_failure = lambda address, why: peer.notify(msg.FogFailed(address, why))
         link.take_fog(welcome.fog)
     status = link.embedded or welcome.embedded
-    link.follow = follow_upstream_choice(app, welcome.choice, status)
+    link.follow = follow_upstream_choice(pool, welcome.choice, status)
     link.metrics = metrics = app[METRICS]
     link.tls = tls
 
@@ -378,7 +384,6 @@ async def start_worker(
         return (await peer.call(msg.NodeMetrics())).encode()
 
     metrics.node_exposition = node_metrics
-    pool = app[UPSTREAM]
     if welcome.probed is not None:
         link.take_probed(welcome.probed)
     link.pool = pool
@@ -401,9 +406,14 @@ async def start_worker(
         s for s in sockets if fog is not None and s.getsockname()[1] == settings.fog_port
     ]
     served = [s for s in sockets if s not in peer_sockets]
-    running = await run_app(
-        app, settings, tls, sockets=served, peer_sockets=peer_sockets, onboarding=False
-    )
+    await pool.start()  # no probe: it follows the supervisor's
+    try:
+        running = await run_app(app, settings, tls, sockets=served, peer_sockets=peer_sockets)
+    except BaseException:
+        await pool.close()
+        raise
+    running.stack.push_async_callback(pool.close)
+    running.stack.push_async_callback(running.runner.cleanup)  # first: open requests drain
     sessions = app.get(SESSIONS)
     if sessions is not None:  # a sign-out here holds on every worker
         link.sessions = sessions

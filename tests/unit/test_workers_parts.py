@@ -20,14 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from fognode.embedded.options import cores
 from fognode.gateway.config.identity import node_id
 from fognode.gateway.config.settings import Settings
+from fognode.gateway.node.lifecycle import close_ledger, node_ledger, prepare_once
 from fognode.gateway.node.protocol import Probed
-from fognode.gateway.node.supervisor import (
-    close_ledger,
-    node_ledger,
-    prepare_once,
-    worker_count,
-    worker_share,
-)
+from fognode.gateway.node.supervisor import worker_count, worker_share
 from fognode.gateway.options import upstream_options
 from fognode.gateway.telemetry.metrics import merge_expositions
 from fognode.gateway.upstreams.pool import UpstreamPool
