@@ -106,6 +106,12 @@ class Channel(asyncio.Protocol):
         self._closed = False
         self.lost = asyncio.Event()  # set when the connection is gone
         self.on_lost: list[Callable[[], None]] = []
+        self._control: dict[str, Callable[[int, list[Json]], None]] = {
+            REPLY: self._replied,
+            FAILED: self._refused,
+            GAVE_UP: self._gave_up,
+            DONE: self._done,
+        }
 
     # --- what callers use -------------------------------------------------------
     @property
@@ -217,46 +223,61 @@ class Channel(asyncio.Protocol):
         ):
             self._abort("a frame that is not [op, id, ...]")
             return False
-        op, ident = frame[0], frame[1]
-        if op in (REPLY, FAILED):
-            future = self._calls.pop(ident, None)
-            if future is not None and not future.done():
-                if op == REPLY:
-                    future.set_result(frame[2:])
-                else:
-                    future.set_exception(CallFailed(str(frame[2]) if len(frame) > 2 else ""))
-        elif op == GAVE_UP:
-            task = self._running.pop(ident, None)
-            if task is not None:
-                task.cancel()
-            else:
-                self._release(ident)
-        elif op == DONE:
-            self._release(ident)
+        op, ident, values = frame[0], frame[1], frame[2:]
+        control = self._control.get(op)
+        if control is not None:
+            control(ident, values)
         elif ident == 0:
-            if self._notice is not None:
-                try:
-                    self._notice(op, frame[2:])
-                except Exception:
-                    log.exception("the handler of the notice %r failed", op)
+            self._noticed(op, values)
         elif self._serve is None or ident < 0 or ident in self._running or ident in self._leases:
             self._abort(f"an unexpected call {op!r}")
             return False
         else:
-            args = frame[2:]
-            if self._serve_now is not None:
-                try:
-                    reply = self._serve_now(op, args)
-                except Exception as exc:
-                    self._failed(ident, op, exc)
-                    return True
-                if reply is not None:
-                    self._reply(ident, reply)
-                    return True
-            self._running[ident] = asyncio.get_running_loop().create_task(
-                self._answer(ident, self._serve, op, args)
-            )
+            self._called(op, ident, values)
         return True
+
+    # The frames about a call, by their op.
+    def _replied(self, ident: int, values: list[Json]) -> None:
+        future = self._calls.pop(ident, None)
+        if future is not None and not future.done():
+            future.set_result(values)
+
+    def _refused(self, ident: int, values: list[Json]) -> None:
+        future = self._calls.pop(ident, None)
+        if future is not None and not future.done():
+            future.set_exception(CallFailed(str(values[0]) if values else ""))
+
+    def _gave_up(self, ident: int, values: list[Json]) -> None:
+        task = self._running.pop(ident, None)
+        if task is not None:
+            task.cancel()
+        else:
+            self._release(ident)
+
+    def _done(self, ident: int, values: list[Json]) -> None:
+        self._release(ident)
+
+    def _noticed(self, op: str, values: list[Json]) -> None:
+        if self._notice is not None:
+            try:
+                self._notice(op, values)
+            except Exception:
+                log.exception("the handler of the notice %r failed", op)
+
+    def _called(self, op: str, ident: int, args: list[Json]) -> None:
+        assert self._serve is not None
+        if self._serve_now is not None:
+            try:
+                reply = self._serve_now(op, args)
+            except Exception as exc:
+                self._failed(ident, op, exc)
+                return
+            if reply is not None:
+                self._reply(ident, reply)
+                return
+        self._running[ident] = asyncio.get_running_loop().create_task(
+            self._answer(ident, self._serve, op, args)
+        )
 
     async def _answer(self, ident: int, serve: Handler, op: str, args: list[Json]) -> None:
         try:
