@@ -41,6 +41,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
+from aiohttp import web
+
 from ...certs.errors import CertError
 from ...embedded.supervisor import ServerStatus
 from ...fog.state import PeerState
@@ -285,6 +287,73 @@ class SupervisorLink:
         )
         self.peer = Peer(table)
 
+    def wire(
+        self,
+        app: web.Application,
+        pool: UpstreamPool,
+        tls: TlsTerminator | None,
+        welcome: msg.Welcome,
+    ) -> None:
+        """The app, before it serves: what the supervisor knows (``welcome``)
+        and tells from now on reaches it, and what must be the node's (its
+        metrics, its activity, its drain flag, its fog) asks the supervisor."""
+        self.follow = follow_upstream_choice(
+            pool, welcome.choice, self.embedded or welcome.embedded
+        )
+        self.metrics = app[METRICS]
+        self.metrics.node_exposition = self._node_metrics
+        self.tls = tls
+        if welcome.probed is not None:
+            self.take_probed(welcome.probed)
+        self.pool = pool
+        if self.probed is not None:
+            pool.follow(self.probed.findings)
+        self.drain = app[DRAIN]
+        self.take_drain(welcome.drain)
+        fog = app.get(FOG)
+        if fog is not None and welcome.fog is not None:
+            self.fog = fog
+            fog.on_failure = self._fog_failed
+            self.take_fog(welcome.fog)
+        source = app.get(ACTIVITY)
+        if source is not None:  # the status page shows the node's activity
+            self.activity = source
+            source.node_view = self._node_activity
+        listening = app.get(LISTENING)
+        if listening is not None:  # the supervisor serves the one onboarding page
+            listening.onboarding_url = welcome.onboarding
+
+    def serving(self, app: web.Application) -> None:
+        """The app has started: a sign-out here holds on every worker."""
+        sessions = app.get(SESSIONS)
+        if sessions is not None:
+            self.sessions = sessions
+            sessions.signer.on_revoke.append(self._signed_out)
+
+    async def _node_metrics(self) -> bytes:
+        return (await self.peer.call(msg.NodeMetrics())).encode()
+
+    async def _node_activity(self) -> ActivityView:
+        assert self.activity is not None
+        try:
+            return await self.peer.call(msg.NodeActivity())
+        except ChannelClosed:
+            return self.activity.here()
+
+    def _signed_out(self, session: str, until: float) -> None:
+        self.peer.notify(msg.Revoke(session, until))
+
+    def _fog_failed(self, address: str, why: str) -> None:
+        self.peer.notify(msg.FogFailed(address, why))
+
+    async def fog_state(self) -> PeerState:
+        """The node's state, as the supervisor keeps it for the fog's members."""
+        return await self.peer.call(msg.FogState())
+
+    async def set_drain(self, draining: bool) -> None:
+        """``/admin/drain`` here drains the node: the supervisor holds the flag."""
+        self.take_drain(await self.peer.call(msg.SetDrain(draining)))
+
     def take_fog(self, found: msg.FogMembers) -> None:
         if self.fog is not None:
             self.fog.follow(list(found.members), list(found.candidates))
@@ -344,13 +413,6 @@ async def start_worker(
     if tls is not None:
         await asyncio.to_thread(tls.load)
     peers = await asyncio.to_thread(peer_tls, settings) if welcome.fog is not None else None
-
-    async def fog_state() -> PeerState:
-        return await peer.call(msg.FogState())
-
-    async def set_drain(draining: bool) -> None:
-        link.take_drain(await peer.call(msg.SetDrain(draining)))
-
     urls = settings.upstream_urls or [settings.upstream_base]
     pool = UpstreamPool(
         urls,
@@ -363,47 +425,15 @@ async def start_worker(
         pool=pool,
         ledger=RemoteUsageLedger(peer) if settings.usage_accounting else None,
         throttle=RemoteSignInThrottle(peer),
-        set_drain=set_drain,
+        set_drain=link.set_drain,
         peers=peers,
-        fog_state=fog_state if peers is not None else None,
+        fog_state=link.fog_state if peers is not None else None,
     )
     app = create_app(settings, parts)
-    link.drain = app[DRAIN]
-    link.take_drain(welcome.drain)
-    fog = app.get(FOG)
-    if fog is not None and welcome.fog is not None:
-        link.fog = fog
-        fog.on_failure = lambda address, why: peer.notify(msg.FogFailed(address, why))
-        link.take_fog(welcome.fog)
-    status = link.embedded or welcome.embedded
-    link.follow = follow_upstream_choice(pool, welcome.choice, status)
-    link.metrics = metrics = app[METRICS]
-    link.tls = tls
-
-    async def node_metrics() -> bytes:
-        return (await peer.call(msg.NodeMetrics())).encode()
-
-    metrics.node_exposition = node_metrics
-    if welcome.probed is not None:
-        link.take_probed(welcome.probed)
-    link.pool = pool
-    if link.probed is not None:
-        pool.follow(link.probed.findings)
-
-    source = app.get(ACTIVITY)
-    if source is not None:  # the status page shows the node's activity
-        link.activity = here = source
-
-        async def node_activity() -> ActivityView:
-            try:
-                return await peer.call(msg.NodeActivity())
-            except ChannelClosed:
-                return here.here()
-
-        source.node_view = node_activity
+    link.wire(app, pool, tls, welcome)
     # The fog's peer port is the sockets bound to it (the supervisor fixed its number).
     peer_sockets = [
-        s for s in sockets if fog is not None and s.getsockname()[1] == settings.fog_port
+        s for s in sockets if peers is not None and s.getsockname()[1] == settings.fog_port
     ]
     served = [s for s in sockets if s not in peer_sockets]
     await pool.start()  # no probe: it follows the supervisor's
@@ -414,13 +444,7 @@ async def start_worker(
         raise
     running.stack.push_async_callback(pool.close)
     running.stack.push_async_callback(running.runner.cleanup)  # first: open requests drain
-    sessions = app.get(SESSIONS)
-    if sessions is not None:  # a sign-out here holds on every worker
-        link.sessions = sessions
-        sessions.signer.on_revoke.append(lambda sid, until: peer.notify(msg.Revoke(sid, until)))
-    listening = app.get(LISTENING)
-    if listening is not None:  # the supervisor serves the one onboarding page
-        listening.onboarding_url = welcome.onboarding
+    link.serving(app)
     return running
 
 
