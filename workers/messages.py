@@ -77,13 +77,13 @@ def _same(value: Any) -> Any:
 def _make(form: object) -> Codec[Any]:
     origin, args = typing.get_origin(form), typing.get_args(form)
     if form is None or form is type(None):
-        return Codec(_same, _checked(lambda v: v is None, "null"))
+        return Codec(_same, _must(lambda v: v is None, "null"))
     if form is bool:
-        return Codec(_same, _checked(lambda v: type(v) is bool, "a boolean"))
+        return Codec(_same, _must(lambda v: type(v) is bool, "a boolean"))
     if form is int:
-        return Codec(_same, _checked(lambda v: type(v) is int, "an integer"))
+        return Codec(_same, _must(lambda v: type(v) is int, "an integer"))
     if form is str:
-        return Codec(_same, _checked(lambda v: type(v) is str, "a string"))
+        return Codec(_same, _must(lambda v: type(v) is str, "a string"))
     if form is float:
         return Codec(_same, _float)
     if form is bytes:
@@ -103,7 +103,7 @@ def _make(form: object) -> Codec[Any]:
     raise TypeError(f"{form!r} has no wire form")
 
 
-def _checked(test: Callable[[Json], bool], what: str) -> Callable[[Json], Any]:
+def _must(test: Callable[[Json], bool], what: str) -> Callable[[Json], Any]:
     def decode(value: Json) -> Json:
         if not test(value):
             raise Malformed(f"{_shown(value)} is not {what}")

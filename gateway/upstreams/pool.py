@@ -1,4 +1,4 @@
-"""Several upstreams behind one node: health checks, warm-model routing, failover.
+"""Several upstreams behind one node: health probes, warm-model routing, failover.
 
 For a handful of machines (a desktop with a GPU and a NUC, say) the gateway
 can spread requests itself:
