@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import operator
 import types
 import typing
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -51,6 +52,9 @@ class Codec(Generic[T]):
 
     encode: Callable[[T], Json]
     decode: Callable[[Json], T]
+    # Values of exactly these types are their own wire form, both ways: a
+    # dataclass passes such fields as they are, without a call per field.
+    same: tuple[type, ...] = ()
 
 
 _codecs: dict[object, Codec[Any]] = {}
@@ -77,15 +81,15 @@ def _same(value: Any) -> Any:
 def _make(form: object) -> Codec[Any]:
     origin, args = typing.get_origin(form), typing.get_args(form)
     if form is None or form is type(None):
-        return Codec(_same, _must(lambda v: v is None, "null"))
+        return _plain(type(None), "null")
     if form is bool:
-        return Codec(_same, _must(lambda v: type(v) is bool, "a boolean"))
-    if form is int:
-        return Codec(_same, _must(lambda v: type(v) is int, "an integer"))
+        return _plain(bool, "a boolean")
+    if form is int:  # not a boolean: JSON's true is no number here
+        return _plain(int, "an integer")
     if form is str:
-        return Codec(_same, _must(lambda v: type(v) is str, "a string"))
+        return _plain(str, "a string")
     if form is float:
-        return Codec(_same, _float)
+        return Codec(_same, _float, (float,))  # an integer is taken, as a float
     if form is bytes:
         return Codec(bytes.hex, _hex)
     if origin in (types.UnionType, typing.Union):
@@ -103,13 +107,13 @@ def _make(form: object) -> Codec[Any]:
     raise TypeError(f"{form!r} has no wire form")
 
 
-def _must(test: Callable[[Json], bool], what: str) -> Callable[[Json], Any]:
+def _plain(kind: type, what: str) -> Codec[Any]:
     def decode(value: Json) -> Json:
-        if not test(value):
+        if type(value) is not kind:
             raise Malformed(f"{_shown(value)} is not {what}")
         return value
 
-    return decode
+    return Codec(_same, decode, (kind,))
 
 
 def _float(value: Json) -> float:
@@ -139,7 +143,7 @@ def _optional(form: object, args: tuple[object, ...]) -> Codec[Any]:
     def decode(value: Json) -> Any:
         return None if value is None else inner.decode(value)
 
-    return Codec(encode, decode)
+    return Codec(encode, decode, (*inner.same, type(None)) if inner.same else ())
 
 
 def _sequence(item: object, build: Callable[[list[Any]], Any]) -> Codec[Any]:
@@ -171,39 +175,72 @@ def _mapping(item: object) -> Codec[Any]:
 
 
 def _enum(kind: type[enum.Enum]) -> Codec[Any]:
+    members = {member.value: member for member in kind}
+
     def encode(value: enum.Enum) -> Json:
         return cast(Json, value.value)
 
     def decode(value: Json) -> enum.Enum:
-        try:
-            return kind(value)
-        except ValueError:
-            raise Malformed(f"{_shown(value)} is no {kind.__name__}") from None
+        member = members.get(value) if isinstance(value, str | int) else None
+        if member is None:
+            raise Malformed(f"{_shown(value)} is no {kind.__name__}")
+        return member
 
     return Codec(encode, decode)
 
 
 def _dataclass(kind: type[Any]) -> Codec[Any]:
-    """An array of the fields given to the constructor, in the order declared."""
+    """An array of the fields given to the constructor, in the order declared.
+
+    Once per request in each direction (an acquire, a usage record), so the
+    fields that are their own wire form pass as they are: one type check
+    each on the way in, none on the way out."""
     hints = typing.get_type_hints(kind)
+    if any(f.kw_only for f in dataclasses.fields(kind)):
+        raise TypeError(f"{kind.__name__}: keyword-only fields have no place in an array")
     fields = [f.name for f in dataclasses.fields(kind) if f.init]
     codecs = [_codec_of(hints[name]) for name in fields]
-    pairs = list(zip(fields, codecs, strict=True))
     count = len(fields)
+    steps = [(c.same, c.decode) for c in codecs]
+    converted = [(i, c.encode) for i, c in enumerate(codecs) if not c.same]
+
+    values_of = _attributes(fields)
 
     def encode(value: Any) -> Json:
-        return [c.encode(getattr(value, name)) for name, c in pairs]
+        values = values_of(value)
+        for i, to_wire in converted:
+            values[i] = to_wire(values[i])
+        return values
 
     def decode(value: Json) -> Any:
         if type(value) is not list or len(value) != count:
             raise Malformed(f"{_shown(value)} is not {kind.__name__} ({count} values)")
-        arguments = {name: c.decode(v) for (name, c), v in zip(pairs, value, strict=True)}
+        arguments = [
+            v if type(v) in same else from_wire(v)
+            for (same, from_wire), v in zip(steps, value, strict=True)
+        ]
         try:
-            return kind(**arguments)
+            return kind(*arguments)
         except (TypeError, ValueError) as exc:  # its own checks (__post_init__)
             raise Malformed(f"not a {kind.__name__}: {exc}") from None
 
     return Codec(encode, decode)
+
+
+def _attributes(names: list[str]) -> Callable[[Any], list[Any]]:
+    """The named attributes of a value, in one call (attrgetter's tuple)."""
+    if len(names) < 2:  # attrgetter of one name gives the value, not a tuple
+
+        def few(value: Any) -> list[Any]:
+            return [getattr(value, name) for name in names]
+
+        return few
+    get = operator.attrgetter(*names)
+
+    def values_of(value: Any) -> list[Any]:
+        return list(get(value))
+
+    return values_of
 
 
 def _shown(value: Json) -> str:
