@@ -78,26 +78,29 @@ def _same(value: Any) -> Any:
     return value
 
 
+# JSON's own types, as they are: exactly these (JSON's true is no integer here).
+_PLAIN: dict[object, str] = {
+    None: "null",
+    type(None): "null",
+    bool: "a boolean",
+    int: "an integer",
+    str: "a string",
+}
+
+
 def _make(form: object) -> Codec[Any]:
-    origin, args = typing.get_origin(form), typing.get_args(form)
-    if form is None or form is type(None):
-        return _plain(type(None), "null")
-    if form is bool:
-        return _plain(bool, "a boolean")
-    if form is int:  # not a boolean: JSON's true is no number here
-        return _plain(int, "an integer")
-    if form is str:
-        return _plain(str, "a string")
+    plain = _PLAIN.get(form)
+    if plain is not None:
+        return _plain(type(None) if form is None else cast(type, form), plain)
     if form is float:
         return Codec(_same, _float, (float,))  # an integer is taken, as a float
     if form is bytes:
         return Codec(bytes.hex, _hex)
+    origin, args = typing.get_origin(form), typing.get_args(form)
     if origin in (types.UnionType, typing.Union):
         return _optional(form, args)
     if origin in (list, tuple, Sequence) and args:
-        if origin is tuple and (len(args) != 2 or args[1] is not Ellipsis):
-            raise TypeError(f"{form}: only tuple[X, ...] has a wire form")
-        return _sequence(args[0], tuple if origin is not list else list)
+        return _sequence(form, origin, args)
     if origin in (dict, Mapping) and args and args[0] is str:
         return _mapping(args[1])
     if isinstance(form, type) and issubclass(form, enum.Enum):
@@ -146,7 +149,10 @@ def _optional(form: object, args: tuple[object, ...]) -> Codec[Any]:
     return Codec(encode, decode, (*inner.same, type(None)) if inner.same else ())
 
 
-def _sequence(item: object, build: Callable[[list[Any]], Any]) -> Codec[Any]:
+def _sequence(form: object, origin: object, args: tuple[object, ...]) -> Codec[Any]:
+    if origin is tuple and (len(args) != 2 or args[1] is not Ellipsis):
+        raise TypeError(f"{form}: only tuple[X, ...] has a wire form")
+    item, build = args[0], list if origin is list else tuple
     inner = _codec_of(item)
 
     def encode(values: Any) -> Json:
