@@ -21,27 +21,13 @@ extension installs no handlers of its own).
 
 from __future__ import annotations
 
-import ctypes
-import os
 import signal
 import sys
 import threading
 from typing import Any
 
+from ..supervision import die_with_parent
 from .engine import EngineConfig
-
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(parent_pid: int) -> None:
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    # The parent may have died before prctl took effect: then nobody would
-    # signal us, so check once by hand.
-    if os.getppid() != parent_pid:
-        sys.exit(0)
 
 
 def server_params(config: EngineConfig) -> Any:

@@ -6,9 +6,10 @@ settings (or the environment) sideways.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..supervision import RestartPolicy, cores
 
 
 @dataclass(frozen=True)
@@ -58,14 +59,6 @@ DEFAULT_MODEL = "smollm2:135m"
 DEFAULT_SLOTS = 4
 
 
-def cores() -> int:
-    """CPUs this process may run on (a container's or taskset's limit included)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def default_threads(available: int) -> int:
     """Threads when the operator sets none: one per core.
 
@@ -107,6 +100,10 @@ class EmbeddedOptions:
     # How often the supervisor asks the running engine what it is doing
     # (asleep, slots busy, tokens): /props and /metrics, which do not wake it.
     watch_interval: float = 2.0
+
+    @property
+    def restart_policy(self) -> RestartPolicy:
+        return RestartPolicy(self.restart_delay, self.restart_max_delay, self.stable_after)
 
     @property
     def packaged(self) -> PackagedModel | None:

@@ -38,14 +38,14 @@ import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..supervision import pause
 from .engine import EngineConfig
 from .options import EmbeddedOptions
 
@@ -124,13 +124,6 @@ class ServerStatus:
             "being restarted; retry shortly.",
             self.restart_delay + (self.load_seconds or FIRST_LOAD_GUESS),
         )
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "state": self.state.value}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ServerStatus:
-        return cls(**{**data, "state": State(data["state"])})
 
 
 @dataclass(frozen=True)
@@ -280,7 +273,7 @@ class LlamaServer:
             self.on_change()
 
     async def _supervise(self) -> None:
-        delay = self.options.restart_delay
+        backoff = self.options.restart_policy.backoff()
         while not self._stopping.is_set():
             self._set_state(State.STARTING)
             started = time.monotonic()
@@ -288,8 +281,7 @@ class LlamaServer:
             if self._stopping.is_set():
                 break
             ran = time.monotonic() - started
-            if ran >= self.options.stable_after:
-                delay = self.options.restart_delay
+            delay = backoff.after_run(ran)
             self.restarts += 1
             self._restart_at = time.monotonic() + delay
             self._set_state(State.RESTARTING)
@@ -303,10 +295,7 @@ class LlamaServer:
                 delay,
                 "\n".join(f"  | {line}" for line in self.last_lines) or "  | (nothing)",
             )
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._stopping.wait()
-            delay = min(delay * 2, self.options.restart_max_delay)
+            await pause(delay, self._stopping)
 
     async def _run_once(self, started: float) -> str:
         """Run one child until it exits; say how it ended."""

@@ -14,14 +14,14 @@ routes through the same route table, so the access stage guards them too.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.registry import Collector
 
 from ..fog.state import PeerState
-from ..routing.affinity import ConversationMemory
 from ..usage.ledger import QuotaLedger
 from .auth_setup import build_authorizer
 from .config.identity import node_id
@@ -29,9 +29,7 @@ from .config.network import local_url
 from .config.settings import Settings
 from .core.drain import DRAIN, Drain
 from .options import (
-    admission_from,
     fog_options,
-    renewal_options,
     session_options,
     status_options,
     upstream_options,
@@ -44,7 +42,7 @@ from .pages.openapi import setup_openapi
 from .pages.sessions import BrowserSessions, SignInThrottle, setup_sessions
 from .pages.status import Listening, setup_status, usage_report
 from .pipeline.access import Authorizer, setup_access
-from .pipeline.admission import Admission, AdmissionCollector, AdmissionControl, setup_admission
+from .pipeline.admission import Admission, AdmissionControl, setup_admission
 from .pipeline.context import setup_request_context
 from .pipeline.keepalive import HeartbeatOptions
 from .pipeline.openai_errors import setup_openai_errors
@@ -58,7 +56,7 @@ from .pipeline.validation import BodyLimits, setup_validation
 from .telemetry.activity import Activity
 from .telemetry.metrics import Metrics
 from .telemetry.stats import STATS, GatewayStats
-from .transport.cert_renewal import CertificateKeeper, setup_certificate_renewal
+from .transport.cert_renewal import CERTIFICATES, CertificateKeeper
 from .transport.peer_tls import PeerTls
 from .transport.slow_clients import HEADER_FIELD_LIMIT, REQUEST_LINE_LIMIT
 from .transport.tls import TlsTerminator
@@ -66,56 +64,75 @@ from .upstreams.peers import FOG, FogPeers
 from .upstreams.pool import UpstreamPool
 
 
+@dataclass(frozen=True)
+class NodeParts:
+    """What the app asks of the node: the parts there is one of per node.
+
+    One process holds them itself (node/server.py); a worker process gets
+    remote twins that ask its supervisor, which holds the node's
+    (node/worker.py). Either way the app neither starts nor stops them: the
+    node's lifecycle does (node/lifecycle.py).
+    """
+
+    admission: AdmissionControl[Any]
+    pool: UpstreamPool  # a worker's follows its supervisor's probes
+    ledger: QuotaLedger | None = None  # None: usage accounting is off
+    throttle: SignInThrottle | None = None  # None: this process's own
+    # What else this process counts for the node at scrape time (the node's
+    # Admission, its usage writer, the embedded model, where they are held).
+    collectors: Sequence[Collector] = ()
+    # The node's drain flag (core/drain.py): held here, or a worker's copy of
+    # its supervisor's, which ``set_drain`` changes there.
+    drain: Drain = field(default_factory=Drain)
+    set_drain: Callable[[bool], Awaitable[None]] | None = None
+    # The node's peer credentials, when it is a member of a fog (the app then
+    # also serves the peer port's requests, and hands requests to members);
+    # ``fog_state``: the node's state as members see it, where this process
+    # does not hold the node's admission (a worker asks its supervisor).
+    peers: PeerTls | None = None
+    fog_state: Callable[[], Awaitable[PeerState]] | None = None
+
+
 def create_app(
     settings: Settings,
+    node: NodeParts,
     *,
     authorizer: Authorizer | None = None,
     tls: TlsTerminator | None = None,
-    admission: AdmissionControl[Any] | None = None,
-    ledger: QuotaLedger | None = None,
-    memory: ConversationMemory | None = None,
-    throttle: SignInThrottle | None = None,
-    checks: Callable[[], Awaitable[None]] | None = None,
-    peers: PeerTls | None = None,
-    fog_state: Callable[[], Awaitable[PeerState]] | None = None,
-    set_drain: Callable[[bool], Awaitable[None]] | None = None,
+    certificates: CertificateKeeper | None = None,
 ) -> web.Application:
-    """The app. ``admission``, ``ledger``, ``memory``, ``throttle`` and
-    ``checks``: what admits requests, checks quotas, remembers which upstream
-    served a conversation, slows down sign-in guesses and checks the
-    upstreams when this process does not hold the node's own (a worker
-    process, whose supervisor does; it also counts admission and writes the
-    usage records then). ``peers``: this node's peer credentials, when it
-    is a member of a fog (the app then also serves the peer port's requests,
-    and hands requests to members); ``fog_state`` and ``set_drain``: this
-    node's state as members see it and how to drain it, when this process
-    does not hold the node's admission (a worker: its supervisor does)."""
+    """The app, on the node's parts. ``tls``: the terminator whose
+    certificate the status page shows; ``certificates``: the watch of its
+    files, where this process keeps it (the node's lifecycle runs it)."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         handler_args={"max_field_size": HEADER_FIELD_LIMIT, "max_line_size": REQUEST_LINE_LIMIT},
     )
     stats = app[STATS] = GatewayStats()
-    held: Admission | None = None  # the node's Admission, when this process holds it
-    if admission is None:
-        admission = held = admission_from(settings)
-    metrics = Metrics(stats, [AdmissionCollector(held)] if held is not None else [])
-    urls = settings.upstream_urls or [settings.upstream_base]
-    pool = UpstreamPool(urls, upstream_options(settings), memory=memory, checks=checks)
+    metrics = Metrics(stats, node.collectors)
+    admission, pool, drain = node.admission, node.pool, node.drain
+    app[DRAIN] = drain
     # The operator's pages: sessions for signed-in browsers, and what the status page shows.
     sessions = (
-        BrowserSessions(session_options(settings), throttle) if settings.status_page else None
+        BrowserSessions(session_options(settings), node.throttle) if settings.status_page else None
     )
     activity = Activity() if settings.status_page else None
-    # Draining (core/drain.py); a worker follows its supervisor's flag.
-    drain = app[DRAIN] = Drain()
     # The fog's members as upstreams of another kind (upstreams/peers.py).
     fog: FogPeers | None = None
-    if peers is not None:
-        fog = app[FOG] = FogPeers(fog_options(settings), peers, upstream_options(settings), drain)
+    fog_state = node.fog_state
+    if node.peers is not None:
+        fog = app[FOG] = FogPeers(
+            fog_options(settings), node.peers, upstream_options(settings), drain
+        )
         if fog_state is None:
-            assert held is not None, "a worker is given its supervisor's state"
+            assert isinstance(admission, Admission), "a worker is given its supervisor's state"
             fog_state = NodeState(
-                fog.options.own_id, peers.name, held, pool, drain, lambda: stats.first_token
+                fog.options.own_id,
+                node.peers.name,
+                admission,
+                pool,
+                drain,
+                lambda: stats.first_token,
             ).current
 
     # 1. A request id for every request; one access-log line and its metrics at the end
@@ -150,10 +167,10 @@ def create_app(
             app,
             usage_options(settings),
             metrics,
-            node=functools.partial(node_id, settings),
-            ledger=ledger,
+            node_id=node_id(settings),
+            ledger=node.ledger,
         )
-        if settings.usage_accounting
+        if node.ledger is not None
         else None
     )
     # 7. Inference waits for a slot (per user, then the node); a streamed request
@@ -183,11 +200,11 @@ def create_app(
     # Beside the pipeline: probes, metrics, the API document, certificate renewal,
     # draining and the fog for the operator.
     setup_health(app, pool, stats, ReadinessOptions(settings.readiness_cache_seconds), drain)
-    setup_fog_pages(app, drain, fog, set_drain=set_drain)
+    setup_fog_pages(app, drain, fog, set_drain=node.set_drain)
     setup_metrics(app, metrics, public=settings.metrics_public)
     setup_openapi(app)
-    if tls is not None:
-        setup_certificate_renewal(app, CertificateKeeper(tls, renewal_options(settings)))
+    if certificates is not None:
+        app[CERTIFICATES] = certificates
     # The operator's pages: sign-in and -out, and the status page at /.
     if sessions is not None and activity is not None:
         setup_sessions(app, sessions, metrics)

@@ -22,9 +22,9 @@ How a request pipeline uses it::
     ledger = UsageLedger(writer, quota_options)
 
     limits = limits_for(quota_options, tier_of(quota_options, claims=..., api_key_name=...))
-    ticket = await ledger.admit(uid, limits, estimate=estimate_tokens(parsed, ...))
-    # refused: 429 with ticket.decision (code, message, headers); ledger.record(rejected)
-    # admitted: ticket.decision.headers go on the response
+    reservation = await ledger.admit(uid, limits, estimate=estimate_tokens(parsed, ...))
+    # refused: 429 with reservation.decision (code, message, headers); ledger.record(rejected)
+    # admitted: reservation.decision.headers go on the response
     asked = ask_for_usage(body, parsed)            # streamed OpenAI routes
     counter = TokenCounter(body_kind(content_type), strip_usage_chunk=asked.added,
                            prompt_estimate=estimate_prompt_tokens(parsed))
@@ -32,7 +32,7 @@ How a request pipeline uses it::
     write(counter.finish()); counter.delivered()
     # finally, however it ended:
     tokens = counter.tokens(completed=...)
-    ledger.settle(ticket, UsageRecord(..., tokens.prompt_tokens, tokens.completion_tokens, ...))
+    ledger.settle(reservation, UsageRecord(..., tokens.prompt_tokens, tokens.completion_tokens))
 
     await writer.close(); await store.close()   # at shutdown
 """

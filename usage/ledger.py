@@ -44,8 +44,9 @@ from .writer import BatchWriter
 
 
 @dataclass(eq=False, slots=True)
-class Ticket:
-    """One admitted (or refused) request's place in the ledger."""
+class Reservation:
+    """One admitted request's hold on its user's budget until it ends (a
+    refused request's is settled at once: it holds nothing)."""
 
     uid: str
     estimate: int
@@ -58,9 +59,9 @@ class QuotaLedger(Protocol):
     """What the usage stage asks: :class:`UsageLedger` where this process holds
     the node's ledger, or a worker process's client of its supervisor's."""
 
-    async def admit(self, uid: str, limits: Limits, *, estimate: int) -> Ticket: ...
+    async def admit(self, uid: str, limits: Limits, *, estimate: int) -> Reservation: ...
 
-    def settle(self, ticket: Ticket, record: UsageRecord) -> None: ...
+    def settle(self, reservation: Reservation, record: UsageRecord) -> None: ...
 
     def record(self, record: UsageRecord) -> None: ...
 
@@ -78,16 +79,16 @@ class UsageLedger:
         self.writer = writer
         self.options = options
         self._clock = clock
-        self._inflight: dict[str, set[Ticket]] = {}
+        self._inflight: dict[str, set[Reservation]] = {}
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
-    async def admit(self, uid: str, limits: Limits, *, estimate: int) -> Ticket:
-        """Decide on a new request of ``uid``. An allowed ticket holds a
+    async def admit(self, uid: str, limits: Limits, *, estimate: int) -> Reservation:
+        """Decide on a new request of ``uid``. An allowed reservation holds a
         reservation until :meth:`settle`; a refused one holds nothing."""
         if limits.unlimited:
-            ticket = Ticket(uid, estimate, self._clock(), ALLOW_UNLIMITED)
-            self._inflight.setdefault(uid, set()).add(ticket)
-            return ticket
+            reservation = Reservation(uid, estimate, self._clock(), ALLOW_UNLIMITED)
+            self._inflight.setdefault(uid, set()).add(reservation)
+            return reservation
         lock = self._lock(uid)
         try:
             async with lock:
@@ -95,32 +96,34 @@ class UsageLedger:
                 _, day_end = day_bounds(now, self.options.day_start)
                 usage = await self.usage(uid, now=now)
                 decision = decide(limits, usage, estimate=estimate, now=now, day_end=day_end)
-                ticket = Ticket(uid, estimate, now, decision, settled=not decision.allowed)
+                reservation = Reservation(
+                    uid, estimate, now, decision, settled=not decision.allowed
+                )
                 if decision.allowed:
-                    self._inflight.setdefault(uid, set()).add(ticket)
-                return ticket
+                    self._inflight.setdefault(uid, set()).add(reservation)
+                return reservation
         finally:
             self._unlock(uid)
 
-    def settle(self, ticket: Ticket, record: UsageRecord) -> None:
+    def settle(self, reservation: Reservation, record: UsageRecord) -> None:
         """The request ended: its record replaces its reservation. Calling it
-        again for the same ticket does nothing, so nothing is counted twice."""
-        if ticket.settled:
+        again for the same reservation does nothing, so nothing is counted twice."""
+        if reservation.settled:
             return
-        self.drop(ticket)
+        self.drop(reservation)
         self.writer.add(record)
 
-    def drop(self, ticket: Ticket) -> None:
+    def drop(self, reservation: Reservation) -> None:
         """The request is gone without a record (its worker process died):
         its reservation ends, nothing is recorded."""
-        if ticket.settled:
+        if reservation.settled:
             return
-        ticket.settled = True
-        tickets = self._inflight.get(ticket.uid)
-        if tickets is not None:
-            tickets.discard(ticket)
-            if not tickets:
-                del self._inflight[ticket.uid]
+        reservation.settled = True
+        reservations = self._inflight.get(reservation.uid)
+        if reservations is not None:
+            reservations.discard(reservation)
+            if not reservations:
+                del self._inflight[reservation.uid]
 
     async def pending_records(self) -> int:
         """Records accepted but not yet known to be stored."""
@@ -149,12 +152,12 @@ class UsageLedger:
             if record.counts_as_request and record.started_at >= minute_start:
                 requests += 1
                 times.append(record.started_at)
-        for ticket in self._inflight.get(uid, ()):
-            if ticket.started_at >= day_start:
-                tokens += ticket.estimate
-            if ticket.started_at >= minute_start:
+        for reservation in self._inflight.get(uid, ()):
+            if reservation.started_at >= day_start:
+                tokens += reservation.estimate
+            if reservation.started_at >= minute_start:
                 requests += 1
-                times.append(ticket.started_at)
+                times.append(reservation.started_at)
         stored = await self.writer.store.user_window(
             uid, day_start=day_start, minute_start=minute_start
         )

@@ -10,7 +10,6 @@ that feed them (gateway/config/sections/usage.py, docs/configuration.md):
 * ``usage_sqlite_path`` (``<data dir>/usage.sqlite3``): ``StoreOptions.sqlite_path``;
 * ``usage_flush_records`` (``100``), ``usage_flush_seconds`` (``1.0``),
   ``usage_buffer_limit`` (``10000``): the batching of :class:`StoreOptions`;
-* ``node_id`` (exists): ``StoreOptions.node``;
 * ``quota_tokens_per_day``, ``quota_requests_per_minute`` (``0``, no limit):
   ``QuotaOptions.default``;
 * ``quota_tiers`` (``{}``, JSON): ``QuotaOptions.tiers``;
@@ -98,8 +97,7 @@ class StoreOptions:
     written when ``flush_records`` records are waiting or ``flush_seconds``
     after the first of them, whichever comes first; at most
     ``buffer_limit`` records wait in memory while the store is unreachable
-    (beyond that new records are dropped and counted). ``node`` tags each
-    record with the node that served it.
+    (beyond that new records are dropped and counted).
     """
 
     sqlite_path: Path | None = None
@@ -107,7 +105,6 @@ class StoreOptions:
     flush_records: int = 100
     flush_seconds: float = 1.0
     buffer_limit: int = 10_000
-    node: str = ""
 
     def __post_init__(self) -> None:
         if (self.sqlite_path is None) == (self.database_url is None):

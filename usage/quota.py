@@ -32,7 +32,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from .options import Limits, QuotaOptions
 
@@ -67,22 +66,6 @@ class Decision:
     type: str | None = None
     message: str | None = None
     retry_after: int | None = None
-
-    def as_json(self) -> list[object]:
-        return [
-            self.allowed,
-            dict(self.headers),
-            self.status,
-            self.code,
-            self.type,
-            self.message,
-            self.retry_after,
-        ]
-
-    @classmethod
-    def from_json(cls, values: list[Any]) -> Decision:
-        allowed, headers, status, code, kind, message, retry_after = values
-        return cls(bool(allowed), dict(headers), int(status), code, kind, message, retry_after)
 
 
 ALLOW_UNLIMITED = Decision(allowed=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 COLUMNS = (
     "record_id",
@@ -61,10 +60,10 @@ class UsageRecord:
     outcome: Outcome
     partial: bool
     request_id: str
-    node: str = ""
+    node_id: str = ""  # the node that served it (column ``node``)
     record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    # The node whose upstream answered: ``node`` itself, or the member of the
-    # fog ``node`` handed the request to (recorded here, at the entry, once).
+    # The node whose upstream answered: ``node_id`` itself, or the member of
+    # the fog it handed the request to (recorded here, at the entry, once).
     served_by: str = ""
 
     def row(self) -> tuple[object, ...]:
@@ -72,7 +71,7 @@ class UsageRecord:
         return (
             self.record_id,
             self.request_id,
-            self.node,
+            self.node_id,
             self.uid,
             self.model,
             self.upstream,
@@ -84,48 +83,6 @@ class UsageRecord:
             self.outcome.value,
             self.partial,
             self.served_by,
-        )
-
-    def as_json(self) -> tuple[object, ...]:
-        """The record as JSON values (a worker process hands it to its
-        supervisor, once per request): an array in the order of
-        :data:`COLUMNS`, which costs a third of an object's encoding and
-        decoding on each side."""
-        return self.row()
-
-    @classmethod
-    def from_json(cls, values: list[Any]) -> UsageRecord:
-        (
-            record_id,
-            request_id,
-            node,
-            uid,
-            model,
-            upstream,
-            route,
-            started_at,
-            ended_at,
-            prompt_tokens,
-            completion_tokens,
-            outcome,
-            partial,
-            served_by,
-        ) = values
-        return cls(
-            uid=uid,
-            model=model,
-            upstream=upstream,
-            route=route,
-            started_at=started_at,
-            ended_at=ended_at,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            outcome=Outcome(outcome),
-            partial=bool(partial),
-            request_id=request_id,
-            node=node,
-            record_id=record_id,
-            served_by=served_by,
         )
 
     @property

@@ -29,9 +29,12 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TypeAlias, cast
 
 log = logging.getLogger("fognode.workers")
+
+# What a frame carries: JSON values (workers/messages.py types them).
+Json: TypeAlias = "bool | int | float | str | list[Json] | dict[str, Json] | None"
 
 # The longest frame either side accepts (a worker's metrics are the largest).
 MAX_FRAME = 16 << 20
@@ -47,11 +50,17 @@ class CallFailed(Exception):
     """The other side's handler raised; the message is its text."""
 
 
+class Refused(Exception):
+    """Raised by a handler that will not take a call (an op it does not know,
+    arguments that do not fit): the caller gets CallFailed with the message,
+    and the log a warning rather than a handler's traceback."""
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """What a handler answers: values, and optionally a lease to give back later."""
 
-    values: list[Any]
+    values: list[Json]
     release: Callable[[], None] | None = None
 
 
@@ -60,14 +69,14 @@ class Answer:
     """A reply as the caller sees it; ``id`` names a lease in :meth:`Channel.done`."""
 
     id: int
-    values: list[Any]
+    values: list[Json]
 
 
-Handler = Callable[[str, list[Any]], Awaitable[Reply]]
-NoticeHandler = Callable[[str, list[Any]], None]
+Handler = Callable[[str, list[Json]], Awaitable[Reply]]
+NoticeHandler = Callable[[str, list[Json]], None]
 # Answers a call in the step that reads it, when it can (None: it cannot, and
 # the call goes to the Handler in a task of its own).
-ImmediateHandler = Callable[[str, list[Any]], Reply | None]
+ImmediateHandler = Callable[[str, list[Json]], Reply | None]
 
 
 class Channel(asyncio.Protocol):
@@ -91,12 +100,18 @@ class Channel(asyncio.Protocol):
         self._buffer = bytearray()
         self._out: list[bytes] = []
         self._next_id = 0
-        self._calls: dict[int, asyncio.Future[list[Any]]] = {}
+        self._calls: dict[int, asyncio.Future[list[Json]]] = {}
         self._running: dict[int, asyncio.Task[None]] = {}
         self._leases: dict[int, Callable[[], None]] = {}
         self._closed = False
         self.lost = asyncio.Event()  # set when the connection is gone
         self.on_lost: list[Callable[[], None]] = []
+        self._control: dict[str, Callable[[int, list[Json]], None]] = {
+            REPLY: self._replied,
+            FAILED: self._refused,
+            GAVE_UP: self._gave_up,
+            DONE: self._done,
+        }
 
     # --- what callers use -------------------------------------------------------
     @property
@@ -108,7 +123,7 @@ class Channel(asyncio.Protocol):
         """Leases this side holds for the other (slots it granted, for instance)."""
         return len(self._leases)
 
-    async def call(self, op: str, *args: Any) -> Answer:
+    async def call(self, op: str, *args: Json) -> Answer:
         """Call the other side and wait for its reply.
 
         Cancelled, it tells the other side, which stops the handler or gives
@@ -119,7 +134,7 @@ class Channel(asyncio.Protocol):
             raise ChannelClosed("the channel is closed")
         self._next_id += 1
         ident = self._next_id
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[Json]] = asyncio.get_running_loop().create_future()
         self._calls[ident] = future
         self._send([op, ident, *args])
         try:
@@ -138,7 +153,7 @@ class Channel(asyncio.Protocol):
         if self.open:
             self._send([DONE, ident])
 
-    def notify(self, op: str, *args: Any) -> None:
+    def notify(self, op: str, *args: Json) -> None:
         """A one-way message (dropped if the connection is gone)."""
         if self.open:
             self._send([op, 0, *args])
@@ -208,48 +223,63 @@ class Channel(asyncio.Protocol):
         ):
             self._abort("a frame that is not [op, id, ...]")
             return False
-        op, ident = frame[0], frame[1]
-        if op in (REPLY, FAILED):
-            future = self._calls.pop(ident, None)
-            if future is not None and not future.done():
-                if op == REPLY:
-                    future.set_result(frame[2:])
-                else:
-                    future.set_exception(CallFailed(str(frame[2]) if len(frame) > 2 else ""))
-        elif op == GAVE_UP:
-            task = self._running.pop(ident, None)
-            if task is not None:
-                task.cancel()
-            else:
-                self._release(ident)
-        elif op == DONE:
-            self._release(ident)
+        op, ident, values = frame[0], frame[1], frame[2:]
+        control = self._control.get(op)
+        if control is not None:
+            control(ident, values)
         elif ident == 0:
-            if self._notice is not None:
-                try:
-                    self._notice(op, frame[2:])
-                except Exception:
-                    log.exception("the handler of the notice %r failed", op)
+            self._noticed(op, values)
         elif self._serve is None or ident < 0 or ident in self._running or ident in self._leases:
             self._abort(f"an unexpected call {op!r}")
             return False
         else:
-            args = frame[2:]
-            if self._serve_now is not None:
-                try:
-                    reply = self._serve_now(op, args)
-                except Exception as exc:
-                    self._failed(ident, op, exc)
-                    return True
-                if reply is not None:
-                    self._reply(ident, reply)
-                    return True
-            self._running[ident] = asyncio.get_running_loop().create_task(
-                self._answer(ident, self._serve, op, args)
-            )
+            self._called(op, ident, values)
         return True
 
-    async def _answer(self, ident: int, serve: Handler, op: str, args: list[Any]) -> None:
+    # The frames about a call, by their op.
+    def _replied(self, ident: int, values: list[Json]) -> None:
+        future = self._calls.pop(ident, None)
+        if future is not None and not future.done():
+            future.set_result(values)
+
+    def _refused(self, ident: int, values: list[Json]) -> None:
+        future = self._calls.pop(ident, None)
+        if future is not None and not future.done():
+            future.set_exception(CallFailed(str(values[0]) if values else ""))
+
+    def _gave_up(self, ident: int, values: list[Json]) -> None:
+        task = self._running.pop(ident, None)
+        if task is not None:
+            task.cancel()
+        else:
+            self._release(ident)
+
+    def _done(self, ident: int, values: list[Json]) -> None:
+        self._release(ident)
+
+    def _noticed(self, op: str, values: list[Json]) -> None:
+        if self._notice is not None:
+            try:
+                self._notice(op, values)
+            except Exception:
+                log.exception("the handler of the notice %r failed", op)
+
+    def _called(self, op: str, ident: int, args: list[Json]) -> None:
+        assert self._serve is not None
+        if self._serve_now is not None:
+            try:
+                reply = self._serve_now(op, args)
+            except Exception as exc:
+                self._failed(ident, op, exc)
+                return
+            if reply is not None:
+                self._reply(ident, reply)
+                return
+        self._running[ident] = asyncio.get_running_loop().create_task(
+            self._answer(ident, self._serve, op, args)
+        )
+
+    async def _answer(self, ident: int, serve: Handler, op: str, args: list[Json]) -> None:
         try:
             reply = await serve(op, args)
         except asyncio.CancelledError:
@@ -271,7 +301,10 @@ class Channel(asyncio.Protocol):
         self._send([REPLY, ident, *reply.values])
 
     def _failed(self, ident: int, op: str, exc: Exception) -> None:
-        log.error("the handler of %r failed", op, exc_info=exc)
+        if isinstance(exc, Refused):
+            log.warning("refused a call %r: %s", op, exc)
+        else:
+            log.error("the handler of %r failed", op, exc_info=exc)
         if self.open:
             self._send([FAILED, ident, f"{type(exc).__name__}: {exc}"])
 
@@ -280,7 +313,7 @@ class Channel(asyncio.Protocol):
         if release is not None:
             release()
 
-    def _send(self, frame: list[Any]) -> None:
+    def _send(self, frame: list[Json]) -> None:
         data = json.dumps(frame, separators=(",", ":")).encode()
         if not self._out:
             asyncio.get_running_loop().call_soon(self._flush)

@@ -15,9 +15,9 @@ Life cycle of one worker:
   that exits before that, the first time, fails the start of the whole
   node (a configuration it refuses stops everything, with its reason);
 * serving: an exit not asked for is logged with the exit status and
-  counted, and the worker is started again after a backoff that doubles
-  from ``delay`` up to ``max_delay`` (a worker that ran ``stable_after``
-  seconds starts the doubling over);
+  counted, and the worker is started again after the backoff of its
+  restart policy (supervision/restart.py: doubling up to a cap, started
+  over after a stable run);
 * stopped: SIGTERM, then ``timeout`` seconds to drain, then SIGKILL.
 """
 
@@ -32,6 +32,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from ..supervision import RestartPolicy, pause
+
 log = logging.getLogger("fognode.workers")
 
 
@@ -39,11 +41,9 @@ class WorkerStartError(Exception):
     """A worker could not start; the message says why (as the worker put it)."""
 
 
-@dataclass(frozen=True)
-class RestartPolicy:
-    delay: float = 0.5
-    max_delay: float = 30.0
-    stable_after: float = 30.0
+# A worker starts in about a second and holds no model: restarts may come sooner
+# than an embedded model's (embedded/options.py).
+WORKER_RESTARTS = RestartPolicy(delay=0.5, max_delay=30.0, stable_after=30.0)
 
 
 @dataclass
@@ -67,7 +67,10 @@ def exit_note(code: int) -> str:
 
 class WorkerProcess:
     def __init__(
-        self, number: int, launch: Callable[[int], Awaitable[Launch]], policy: RestartPolicy
+        self,
+        number: int,
+        launch: Callable[[int], Awaitable[Launch]],
+        policy: RestartPolicy = WORKER_RESTARTS,
     ) -> None:
         self.number = number
         self._launch = launch
@@ -131,15 +134,14 @@ class WorkerProcess:
         )
 
     async def _supervise(self, proc: asyncio.subprocess.Process, started: float) -> None:
-        delay = self.policy.delay
+        backoff = self.policy.backoff()
         while True:
             code = await proc.wait()
             self.serving = False
             if self._stopping.is_set():
                 return
             ran = time.monotonic() - started
-            if ran >= self.policy.stable_after:
-                delay = self.policy.delay
+            delay = backoff.after_run(ran)
             self.restarts += 1
             log.error(
                 "worker %d (pid %d) %s after %.1fs; restart %d in %gs",
@@ -151,16 +153,13 @@ class WorkerProcess:
                 delay,
             )
             while True:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._stopping.wait()
-                if self._stopping.is_set():
+                if await pause(delay, self._stopping):
                     return
-                delay = min(delay * 2, self.policy.max_delay)
                 started = time.monotonic()
                 try:
                     proc = await self._spawn_and_wait()
                 except (WorkerStartError, OSError) as exc:
+                    delay = backoff.next()
                     self.restarts += 1
                     log.error(
                         "worker %d did not start again (%s); restart %d in %gs",

@@ -15,6 +15,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass, replace
 
+from ...certs.inspect import fingerprint
 from ...discovery.advertiser import Advertiser, Announcement
 from ...discovery.txt import NodeTxt
 from .. import __version__
@@ -22,6 +23,7 @@ from ..config.identity import node_id
 from ..config.network import is_wildcard, lan_addresses, wildcard_family
 from ..config.settings import Settings
 from ..pipeline.admission import Admission
+from ..transport.tls import TlsTerminator
 from ..upstreams.pool import UpstreamPool
 
 log = logging.getLogger("fognode.mdns")
@@ -131,7 +133,7 @@ class NodeAnnouncer:
         ok = await self.advertiser.start()
         self.announced = ok
         if ok:
-            self.pool.on_checked.append(self.refresh)
+            self.pool.on_probed.append(self.refresh)
             self._task = asyncio.create_task(self._loop(), name="fognode-mdns-refresh")
         return ok
 
@@ -154,11 +156,40 @@ class NodeAnnouncer:
             log.info("no longer draining: announced again")
 
     async def stop(self) -> None:
-        if self.refresh in self.pool.on_checked:
-            self.pool.on_checked.remove(self.refresh)
+        if self.refresh in self.pool.on_probed:
+            self.pool.on_probed.remove(self.refresh)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
         await self.advertiser.stop()
+
+
+def node_announcer(
+    settings: Settings,
+    *,
+    port: int,
+    tls: TlsTerminator | None,
+    auth: str,
+    admission: Admission,
+    pool: UpstreamPool,
+    peer_port: int | None = None,
+) -> NodeAnnouncer:
+    """The node's one mDNS announcement, kept true by the node's admission and
+    pool; ``peer_port``: where members of its fog find it (TXT ``fog``)."""
+    ca = fingerprint(tls.pair.ca, colons=False) if tls is not None and tls.pair else ""
+    base = announcement(
+        settings,
+        port=port,
+        ca_sha256=ca,
+        auth=auth,
+        capacity=admission.capacity,
+        fog_port=peer_port or 0,
+    )
+    return NodeAnnouncer(
+        base,
+        AnnounceOptions(settings.mdns_refresh_interval, settings.mdns_min_update_interval),
+        admission=admission,
+        pool=pool,
+    )

@@ -18,19 +18,21 @@ from typing import Any
 from ...auth.firebase import AuthConfigError
 from ...certs.errors import CertError
 from ...embedded.model import ModelUnavailable
-from ...embedded.options import cores
+from ...supervision import cores
 from ...workers.processes import WorkerStartError
 from ..auth_setup import UnsafeConfiguration
+from ..config.network import local_url
 from ..config.settings import Settings
 from ..pipeline.quotas import UsageStoreUnavailable
-from .server import log_serving, settle_heap, start_server, stop_signals
-from .supervisor import SPLIT_CAPS, serve_workers, worker_count
+from .lifecycle import Mode, running_node
+from .server import OneProcess, log_serving, settle_heap, stop_signals
+from .supervisor import SPLIT_CAPS, Workers, worker_count
 
 log = logging.getLogger("fognode.server")
 
 
 async def serve(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM, then let open requests finish (bounded)."""
+    """Serve until SIGINT/SIGTERM, then stop in order (lifecycle.py)."""
     count, wanted = worker_count(settings), settings.workers or cores()
     if count < wanted:
         log.warning(
@@ -40,19 +42,16 @@ async def serve(settings: Settings) -> None:
             wanted,
             ", ".join(f"{name}={getattr(settings, name)}" for name in SPLIT_CAPS),
         )
-    if count > 1:
-        await serve_workers(settings, count)
-        return
-    running = await start_server(settings)
-    settle_heap()
-    announced = running.announcer is not None and running.announcer.announced
-    log_serving(settings, running.url, running.upstream_base, running.tls, announced, running.port)
+    mode: Mode = Workers(count) if count > 1 else OneProcess()
     stop = stop_signals()
-    try:
+    async with running_node(settings, mode) as node:
+        if count == 1:
+            settle_heap()  # this process serves: what it loaded lives as long as it does
+        announced = node.announcer is not None and node.announcer.announced
+        url = local_url(node.settings.host, node.port, tls=node.tls is not None)
+        log_serving(node.settings, url, node.pool.base, node.tls, announced, node.port, count)
         await stop.wait()
-    finally:
         log.info("shutting down; open requests get %ss to finish", settings.shutdown_timeout)
-        await running.stop()
 
 
 def run_loop(main: Coroutine[Any, Any, None], kind: str) -> None:

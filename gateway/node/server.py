@@ -1,8 +1,9 @@
 """Run the app: bind, serve until told to stop, drain, exit.
 
-One process serves it all here (:func:`start_server`); with worker
-processes (supervisor.py), each worker runs the app with :func:`run_app`,
-like the single process does. serve.py picks between the two.
+One process serves it all here (:class:`OneProcess`, the mode of the node's
+lifecycle that :func:`start_server` runs); with worker processes
+(supervisor.py), each worker runs the app with :func:`run_app`, like the
+single process does. serve.py picks between the two.
 
 Handler cancellation is on: when a client disconnects, aiohttp cancels the
 handler task at once instead of waiting for the next write to fail, which is
@@ -17,40 +18,41 @@ import gc
 import logging
 import signal
 import socket
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from ...certs.constraints import is_constrained
-from ...certs.inspect import fingerprint
 from ...certs.issuer import cert_names
+from ...fog.members import CandidateView, Member
 from ...web.onboarding import OnboardingSite
-from ..app import create_app
-from ..config.identity import node_id
+from ..app import NodeParts, create_app
 from ..config.network import bind_host, is_wildcard, local_url
 from ..config.settings import Settings
-from ..core.drain import DRAIN
-from ..options import membership_options, peer_tls, terminator, upstream_connections
-from ..pages.onboarding import start_onboarding_page
+from ..options import upstream_connections
 from ..pages.status import LISTENING
 from ..pipeline.access import AUTHORIZER, Authorizer
-from ..pipeline.admission import ADMISSION, Admission
 from ..telemetry.metrics import METRICS
-from ..transport.connections import connection_limits
+from ..transport.connections import ConnectionGuard, connection_limits
 from ..transport.slow_clients import GuardedAppRunner
 from ..transport.tls import TlsTerminator
-from ..upstreams.choice import choose_upstream, install_upstream_choice
 from ..upstreams.peers import FOG
-from ..upstreams.pool import UPSTREAM, UpstreamPool
-from .announce import AnnounceOptions, NodeAnnouncer, announcement
+from ..upstreams.pool import UPSTREAM
+from .announce import NodeAnnouncer
 from .fog import FogMembership
+from .lifecycle import Node, start_node
 
 log = logging.getLogger("fognode.server")
 
 
 @dataclass
 class RunningServer:
-    runner: web.AppRunner
+    """An app serving on guarded connections; :meth:`stop` stops what was
+    started with it (the whole node, for :func:`start_server`)."""
+
+    runner: GuardedAppRunner
     host: str
     port: int
     tls: TlsTerminator | None = None
@@ -58,6 +60,7 @@ class RunningServer:
     onboarding: OnboardingSite | None = None  # the phone onboarding page, if it serves
     peer_port: int | None = None  # the fog's peer port, when the node is a member
     membership: FogMembership | None = None  # the node's membership service (one process)
+    stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     @property
     def app(self) -> web.Application:
@@ -72,60 +75,87 @@ class RunningServer:
         return local_url(self.host, self.port, tls=self.tls is not None)
 
     async def stop(self) -> None:
-        # Goodbye on mDNS first, so clients stop picking this node while it drains.
-        if self.announcer is not None:
-            await self.announcer.stop()
-        if self.membership is not None:
-            await self.membership.stop()
-        if self.onboarding is not None:
-            await self.onboarding.stop()
-        await self.runner.cleanup()
+        await self.stack.aclose()
+
+
+class OneProcess:
+    """The node's mode where this process serves the API itself: the app holds
+    the node's parts (its Admission, ledger, pool), not remote twins."""
+
+    workers = 1
+
+    def __init__(self, *, authorizer: Authorizer | None = None) -> None:
+        self.authorizer = authorizer  # the tests' own; else built from the settings
+        self.running: RunningServer | None = None
+
+    @asynccontextmanager
+    async def api_port(self, node: Node) -> AsyncIterator[None]:
+        settings = node.settings
+        parts = NodeParts(
+            node.admission,
+            node.pool,
+            node.ledger,
+            collectors=node.collectors,
+            drain=node.drain,
+            peers=node.peers,
+        )
+        app = create_app(
+            settings,
+            parts,
+            authorizer=self.authorizer,
+            tls=node.tls,
+            certificates=node.certificates,
+        )
+        running = self.running = await run_app(app, settings, node.tls)
+        node.port, node.peer_port = running.port, running.peer_port
+        try:
+            yield
+        finally:  # open requests get shutdown_timeout to finish
+            await running.runner.cleanup()
+
+    @asynccontextmanager
+    async def worker_processes(self, node: Node) -> AsyncIterator[None]:
+        yield  # none: this process serves
+
+    @property
+    def onboarding_guard(self) -> ConnectionGuard | None:
+        # The page counts against the API's connection caps.
+        return self.running.runner.guard if self.running is not None else None
+
+    def onboarding_at(self, url: str | None) -> None:
+        listening = self.running.app.get(LISTENING) if self.running is not None else None
+        if listening is not None:  # what the status page shows
+            listening.onboarding_url = url
+
+    def certificates_changed(self) -> None:
+        pass  # the app serves the terminator that was reloaded
+
+    def credentials(self) -> str:
+        assert self.running is not None
+        return self.running.app[AUTHORIZER].kinds
+
+    def fog_found(self, members: list[Member], candidates: list[CandidateView]) -> None:
+        assert self.running is not None
+        self.running.app[FOG].follow(members, candidates)
+
+    def fog_failing(self, report: Callable[[str, str], None]) -> None:
+        assert self.running is not None
+        self.running.app[FOG].on_failure = report
 
 
 async def start_server(
     settings: Settings, *, authorizer: Authorizer | None = None
 ) -> RunningServer:
-    """Everything in this process (``workers`` = 1, and the tests): the upstream
-    choice, the app, the listening socket, the mDNS announcement."""
-    tls = terminator(settings) if settings.tls else None
-    if tls is not None:
-        # Refuse to start with a pair no client would accept (CertError).
-        await asyncio.to_thread(tls.load)
-    # The node id, once (the fog's messages name the node by it).
-    settings = settings.model_copy(update={"node_id": await asyncio.to_thread(node_id, settings)})
-    peers = await asyncio.to_thread(peer_tls, settings)  # None: not a member of a fog
-    choice = await choose_upstream(settings)
-    settings = choice.settings  # with the upstream kind decided
-    app = create_app(settings, authorizer=authorizer, tls=tls, peers=peers)
-    install_upstream_choice(app, choice)
-    running = await run_app(app, settings, tls)
-    try:
-        fog = app.get(FOG)
-        if fog is not None and running.peer_port is not None:
-            running.membership = FogMembership(
-                membership_options(settings, port=running.peer_port), fog.tls, fog.follow
-            )
-            fog.on_failure = running.membership.report_failure
-            await running.membership.start()
-        if settings.mdns:
-            admission = app[ADMISSION]
-            assert isinstance(admission, Admission)  # held here, in a single process
-            running.announcer = node_announcer(
-                settings,
-                port=running.port,
-                tls=tls,
-                auth=app[AUTHORIZER].kinds,
-                admission=admission,
-                pool=app[UPSTREAM],
-                peer_port=running.peer_port,
-            )
-            await running.announcer.start()
-            if choice.runtime is not None:  # announce the model as soon as it serves
-                choice.runtime.on_ready.append(running.announcer.refresh)
-            app[DRAIN].on_change.append(running.announcer.follow_drain)
-    except BaseException:
-        await running.stop()
-        raise
+    """The whole node in this process (``workers`` = 1, and the tests), until
+    :meth:`RunningServer.stop`."""
+    mode = OneProcess(authorizer=authorizer)
+    async with AsyncExitStack() as stack:
+        node = await start_node(settings, mode, stack)
+        assert mode.running is not None
+        running = mode.running
+        running.announcer, running.onboarding = node.announcer, node.onboarding
+        running.membership = node.membership
+        running.stack = stack.pop_all()
     return running
 
 
@@ -136,13 +166,11 @@ async def run_app(
     *,
     sockets: list[socket.socket] | None = None,
     peer_sockets: list[socket.socket] | None = None,
-    onboarding: bool = True,
 ) -> RunningServer:
     """Serve ``app`` on guarded connections: on the host and port of the
     settings, or on ``sockets`` bound already (a worker's share of the port);
-    in a fog also on the peer port (``peer_sockets``: a worker's share).
-    ``onboarding``: also the phone onboarding page when the settings want it
-    (a worker does not: its supervisor serves the one page, on its own port)."""
+    in a fog also on the peer port (``peer_sockets``: a worker's share). What
+    its ``stop`` stops is the caller's to put on its ``stack``."""
     upstreams = max(1, len(settings.upstream_urls))
     runner = GuardedAppRunner(
         app,
@@ -191,48 +219,12 @@ async def run_app(
     running = RunningServer(runner, settings.host, port, tls)
     if peer_sites:
         running.peer_port = peer_sites[0].bound_port
-    if onboarding and settings.onboarding_enabled:
-        try:
-            running.onboarding = await start_onboarding_page(settings, tls, runner.guard)
-        except BaseException:
-            await running.stop()
-            raise
     listening = app.get(LISTENING)
     if listening is not None:  # what the status page shows
         where = "every interface" if is_wildcard(settings.host) else settings.host
         listening.url = f"{where}, port {port} ({'HTTPS' if tls else 'plain HTTP'})"
         listening.connections = runner.guard
-        listening.onboarding_url = running.onboarding.url if running.onboarding else None
     return running
-
-
-def node_announcer(
-    settings: Settings,
-    *,
-    port: int,
-    tls: TlsTerminator | None,
-    auth: str,
-    admission: Admission,
-    pool: UpstreamPool,
-    peer_port: int | None = None,
-) -> NodeAnnouncer:
-    """The node's one mDNS announcement, kept true by the node's admission and
-    pool; ``peer_port``: where members of its fog find it (TXT ``fog``)."""
-    ca = fingerprint(tls.pair.ca, colons=False) if tls is not None and tls.pair else ""
-    base = announcement(
-        settings,
-        port=port,
-        ca_sha256=ca,
-        auth=auth,
-        capacity=admission.capacity,
-        fog_port=peer_port or 0,
-    )
-    return NodeAnnouncer(
-        base,
-        AnnounceOptions(settings.mdns_refresh_interval, settings.mdns_min_update_interval),
-        admission=admission,
-        pool=pool,
-    )
 
 
 # Allocations (less deallocations) of container objects between two young

@@ -3,32 +3,26 @@
 One Python process uses one core; the workers use them all. Each worker
 runs the whole app (worker.py) on its own socket of the node's port
 (SO_REUSEPORT: the kernel spreads connections over them). The supervisor
-serves no requests. It owns what must happen once for the node:
+serves no requests. It runs the node's services, as one process does and in
+the same order (lifecycle.py: the upstream choice and the embedded model,
+the usage ledger, the upstream probes, the onboarding page on its own port
+with a guard of its own, the certificate files' watch, the mDNS announcement), and
+in :class:`Workers`, the mode of that lifecycle, what only a node of
+workers has:
 
-* the upstream choice, and the embedded model when chosen (started once;
-  the workers forward to it and follow its state);
-* the node's one Admission, behind the coordinator (coordinator.py): caps
-  and queues are the node's, never a process's;
-* the node's quota ledger and usage writer (:func:`node_ledger`): quota
-  reservations and unwritten records are the node's, every record written
-  here; a sign-out in one worker is passed on to all;
-* the upstream checks (each upstream probed once for the node; the workers
-  follow what was found, and ask for a check after a pull through them);
-* the conversation affinity table and the status page's sign-in throttle
-  (the workers ask the coordinator), and the status page's activity,
-  summed from every worker's as /metrics is;
-* the mDNS announcement (announced once, its load and capacity the node's);
-* certificate renewal (issued once; the workers load the new files when
-  told);
-* the node's membership of its fog (node/fog.py: the members asked once for
-  the node, what was found told to every worker) and its drain flag; every
-  worker serves the peer port too, on its own socket of it;
-* the phone onboarding page, on its own port (web/onboarding), with a
-  connection guard of its own;
+* the port, reserved once (workers/ports.py), and in a fog the peer port,
+  which every worker serves too, on its own socket of it;
+* the coordinator (coordinator.py), which answers the workers with the
+  node's parts: its one Admission (caps and queues are the node's, never a
+  process's), its quota ledger and usage writer, its conversation table and
+  sign-in throttle, its drain flag and its state for the fog's members; and
+  which sums every worker's /metrics and status page activity, tells every
+  worker what the probes and the fog's membership found, the embedded
+  model's state, the drain flag, a sign-out and new certificate files;
 * the workers themselves (workers/processes.py): started, restarted with
   backoff when one dies (its slots come back through its channel), and
-  stopped in order: mDNS goodbye first, then the workers drain
-  (``shutdown_timeout``), then the supervisor exits.
+  stopped where the lifecycle says: after the mDNS goodbye, each draining
+  its open requests (``shutdown_timeout``).
 
 Connection caps are per process by nature (a connection lives in one
 worker), so each worker gets its share of ``max_connections``,
@@ -39,57 +33,31 @@ add up to the setting, never more (docs/workers.md).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
-import itertools
 import logging
 import os
 import pickle
 import secrets
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pydantic import SecretStr
 
-from ...auth.sessions import load_or_create_key
-from ...auth.throttle import FailureThrottle
-from ...embedded.metrics import EmbeddedCollector
-from ...embedded.options import cores
 from ...fog.members import CandidateView, Member
-from ...usage.ledger import UsageLedger
-from ...usage.writer import BatchWriter
-from ...web.onboarding import OnboardingSite
+from ...supervision import cores
 from ...workers.ports import SharedPort
-from ...workers.processes import Launch, RestartPolicy, WorkerProcess
-from ..config.identity import node_id
-from ..config.network import bind_host, local_url
+from ...workers.processes import Launch, WorkerProcess
+from ..config.network import bind_host
 from ..config.settings import Settings
-from ..core.drain import Drain
-from ..options import (
-    admission_from,
-    membership_options,
-    peer_tls,
-    quota_options,
-    renewal_options,
-    store_options,
-    terminator,
-    upstream_options,
-    usage_options,
-)
 from ..pages.fog import NodeState
-from ..pages.onboarding import start_onboarding_page
-from ..pipeline.admission import AdmissionCollector
-from ..pipeline.quotas import WriterCollector, open_usage_store
-from ..transport.cert_renewal import CertificateKeeper
-from ..upstreams.choice import choose_upstream
-from ..upstreams.pool import UpstreamPool
-from .announce import NodeAnnouncer
+from ..pages.sessions import LocalSignInThrottle
+from ..transport.connections import ConnectionGuard
 from .coordinator import Coordinator
-from .fog import FogMembership
-from .server import log_serving, node_announcer, stop_signals
+from .lifecycle import Node
+from .protocol import FogMembers, ReloadTls
 
 log = logging.getLogger("fognode.workers")
 
@@ -145,75 +113,135 @@ class _WorkerCollector(Collector):
         yield from (up, restarts)
 
 
-async def prepare_once(settings: Settings) -> Settings:
-    """What every worker would otherwise make at its start, at the same moment
-    as the others: made here, once, before any worker starts. The node id
-    (each worker would write a different one to the same file) and the status
-    page's session key (a worker reading the file another has created but not
-    yet written would fail); the TLS ticket secret (so that every worker
-    resumes every session); the usage store: :func:`node_ledger`. Returns the
-    settings the workers get: with the node id and the ticket secret fixed."""
-    settings = settings.model_copy(update={"node_id": await asyncio.to_thread(node_id, settings)})
-    if settings.tls and settings.tls_ticket_secret is None:
-        secret = SecretStr(secrets.token_hex(32))
-        settings = settings.model_copy(update={"tls_ticket_secret": secret})
-    if settings.status_page:
-        await asyncio.to_thread(load_or_create_key, settings.session_key_file)
-    return settings
+def with_ticket_secret(settings: Settings) -> Settings:
+    """The settings the workers get: with one TLS ticket secret for all of
+    them, made here unless configured, so that every worker resumes every
+    session."""
+    if not settings.tls or settings.tls_ticket_secret is not None:
+        return settings
+    return settings.model_copy(update={"tls_ticket_secret": SecretStr(secrets.token_hex(32))})
 
 
-async def node_ledger(settings: Settings) -> UsageLedger:
-    """The node's quota ledger, with its batch writer and the usage store,
-    opened and migrated here once, before any worker starts (the workers
-    then only read it, for reports). Every worker's quota checks and
-    records come here (coordinator.py), so reservations and unwritten
-    records are the node's."""
-    options = dataclasses.replace(store_options(settings), node=settings.node_id or "")
-    store = await open_usage_store(options)
-    writer = BatchWriter(store, options)
-    writer.start()
-    return UsageLedger(writer, quota_options(settings))
+class Workers:
+    """The node's mode where worker processes serve the API: the supervisor
+    reserves the port, holds the node's parts for them (the coordinator),
+    and starts, restarts and stops them."""
 
+    def __init__(self, count: int) -> None:
+        self.workers = count
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._coordinator: Coordinator | None = None
+        self._port: SharedPort | None = None
+        self._peer_port: SharedPort | None = None  # the fog's, when the node is a member
+        self._settings: Settings | None = None
 
-async def close_ledger(ledger: UsageLedger, grace: float) -> None:
-    await ledger.writer.close(grace)
-    await ledger.writer.store.close()
+    @property
+    def coordinator(self) -> Coordinator:
+        assert self._coordinator is not None, "the port is not reserved yet"
+        return self._coordinator
 
-
-async def serve_workers(settings: Settings, count: int) -> None:
-    """Serve with ``count`` workers until SIGINT/SIGTERM, then stop in order."""
-    stop = stop_signals()
-    tls = terminator(settings) if settings.tls else None
-    if tls is not None:
-        await asyncio.to_thread(tls.load)  # a pair no client would accept: CertError, once
-    settings = await prepare_once(settings)
-    choice = await choose_upstream(settings)
-    settings = choice.settings
-    port = SharedPort.reserve(bind_host(settings.host), settings.bind_port)
-    # The fog: this node's peer credentials, and the peer port every worker
-    # serves too (its number fixed here, so that workers tell its sockets apart).
-    peers = await asyncio.to_thread(peer_tls, settings)
-    peer_port = SharedPort.reserve(bind_host(settings.host), settings.fog_port) if peers else None
-    if peer_port is not None:
-        settings = settings.model_copy(update={"fog_port": peer_port.port})
-    admission = admission_from(settings)
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(AdmissionCollector(admission))
-    coordinator = Coordinator(admission, registry)
-    runtime = choice.runtime
-    coordinator.hello = {"choice": choice.reason, "embedded": None}
-    # The supervisor's own look at the upstreams, for the announcement; its
-    # conversation table is the node's (the workers ask it).
-    urls = settings.upstream_urls or [settings.upstream_base]
-    pool = UpstreamPool(urls, upstream_options(settings))
-    coordinator.affinity = pool.affinity
-    if settings.status_page:
-        coordinator.throttle = FailureThrottle()
-
-    async def launch(number: int) -> Launch:
-        theirs, ready = await coordinator.attach(number)
+    @asynccontextmanager
+    async def api_port(self, node: Node) -> AsyncIterator[None]:
+        """The port reserved (a worker that restarts finds it still ours), the
+        fog's peer port too, and the coordinator that will answer the workers."""
+        settings = with_ticket_secret(node.settings)
+        host = bind_host(settings.host)
+        port = self._port = SharedPort.reserve(host, settings.bind_port)
         try:
-            sockets = port.sockets() + (peer_port.sockets() if peer_port is not None else [])
+            if node.peers is not None:
+                # Its number fixed here, so that workers tell its sockets apart.
+                self._peer_port = SharedPort.reserve(host, settings.fog_port)
+                settings = settings.model_copy(update={"fog_port": self._peer_port.port})
+                node.peer_port = self._peer_port.port
+            self._settings = settings
+            coordinator = self._coordinator = self._coordinate(node)
+            await coordinator.probed_now()  # what the pool's first probe found
+            node.port = port.port
+            yield
+        finally:
+            if self._coordinator is not None:
+                self._coordinator.close()
+            port.close()
+            if self._peer_port is not None:
+                self._peer_port.close()
+
+    def _coordinate(self, node: Node) -> Coordinator:
+        for collector in node.collectors:
+            self.registry.register(collector)
+        coordinator = Coordinator(
+            node.admission,
+            self.registry,
+            node.pool,
+            choice=node.choice,
+            drain=node.drain,
+            ledger=node.ledger,
+            throttle=LocalSignInThrottle() if node.settings.status_page else None,
+        )
+        runtime = node.runtime
+        if runtime is not None:  # the workers follow the model's state
+
+            def embedded_changed() -> None:
+                coordinator.embedded_changed(runtime.status())
+
+            runtime.on_change.append(embedded_changed)
+            embedded_changed()
+        # The node probes each upstream once, here; every worker follows.
+        node.pool.on_probed.append(coordinator.probed_now)
+        node.drain.on_change.append(coordinator.drain_changed)
+        if node.peers is not None:  # a member of a fog: its state is the node's
+            coordinator.fog = FogMembers((), ())
+            coordinator.fog_state = NodeState(
+                node.settings.node_id or "",
+                node.peers.name,
+                node.admission,
+                node.pool,
+                node.drain,
+                coordinator.first_token,
+            ).state
+        return coordinator
+
+    @asynccontextmanager
+    async def worker_processes(self, node: Node) -> AsyncIterator[None]:
+        processes = [WorkerProcess(n, self._launch) for n in range(1, self.workers + 1)]
+        self.registry.register(_WorkerCollector(processes))
+        grace = node.settings.shutdown_timeout + EXIT_GRACE
+        try:
+            started = await asyncio.gather(*(w.start() for w in processes), return_exceptions=True)
+            failed = [r for r in started if isinstance(r, BaseException)]
+            if failed:
+                raise failed[0]
+            yield
+        finally:  # each drains its open requests (shutdown_timeout), then exits
+            await asyncio.gather(*(w.stop(grace) for w in processes))
+
+    @property
+    def onboarding_guard(self) -> ConnectionGuard | None:
+        return None  # the supervisor serves no API: the page gets a guard of its own
+
+    def onboarding_at(self, url: str | None) -> None:
+        self.coordinator.onboarding = url  # every worker's status page links to it
+
+    def certificates_changed(self) -> None:
+        self.coordinator.broadcast(ReloadTls())  # each worker loads the new files
+
+    def credentials(self) -> str:
+        return self.coordinator.auth or "none"  # as the workers said when ready
+
+    def fog_found(self, members: list[Member], candidates: list[CandidateView]) -> None:
+        self.coordinator.fog_found(members, candidates)
+
+    def fog_failing(self, report: Callable[[str, str], None]) -> None:
+        self.coordinator.fog_failed = report
+
+    async def _launch(self, number: int) -> Launch:
+        """How to start worker ``number`` (again): its channel, its sockets of
+        the port, its settings on stdin."""
+        assert self._port is not None and self._settings is not None
+        theirs, ready = await self.coordinator.attach(number)
+        try:
+            sockets = self._port.sockets()
+            if self._peer_port is not None:
+                sockets += self._peer_port.sockets()
         except BaseException:
             theirs.close()
             raise
@@ -234,139 +262,7 @@ async def serve_workers(settings: Settings, count: int) -> None:
             ]
             + [str(fd) for fd in fds],
             pass_fds=fds,
-            stdin=pickle.dumps(worker_settings(settings, count, number - 1)),
+            stdin=pickle.dumps(worker_settings(self._settings, self.workers, number - 1)),
             ready=ready,
             after_spawn=close_ours,
         )
-
-    workers = [WorkerProcess(n, launch, RestartPolicy()) for n in range(1, count + 1)]
-    registry.register(_WorkerCollector(workers))
-    if runtime is not None:
-        registry.register(EmbeddedCollector(runtime))
-        for member in pool.members:
-            member.local = runtime.server
-
-        def embedded_changed() -> None:
-            status = runtime.status().to_json()
-            coordinator.hello["embedded"] = status
-            coordinator.broadcast("embedded", status)
-
-        runtime.on_change.append(embedded_changed)
-        runtime.on_ready.append(pool.refresh)
-        embedded_changed()
-
-    checks = itertools.count(1)
-
-    async def checked() -> None:
-        # The node checks each upstream once, here; every worker follows.
-        latest = coordinator.hello["checked"] = [next(checks), pool.findings()]
-        coordinator.broadcast("checked", *latest)
-
-    pool.on_checked.append(checked)
-    coordinator.check = pool.refresh
-    # Draining and the fog are the node's: the flag and the membership service here.
-    drain = coordinator.drain = Drain()
-    coordinator.hello["drain"] = [False, None]
-    membership: FogMembership | None = None
-    if peers is not None and peer_port is not None:
-        coordinator.hello["fog"] = [[], []]
-
-        def first_token() -> float | None:
-            times = list(coordinator.first_tokens.values())
-            return sum(times) / len(times) if times else None
-
-        coordinator.fog_state = NodeState(
-            settings.node_id or "", peers.name, admission, pool, drain, first_token
-        ).state
-
-        def publish(members: list[Member], candidates: list[CandidateView]) -> None:
-            found = coordinator.hello["fog"] = [
-                [m.to_json() for m in members],
-                [c.to_json() for c in candidates],
-            ]
-            coordinator.broadcast("fog", *found)
-
-        membership = FogMembership(
-            membership_options(settings, port=peer_port.port), peers, publish
-        )
-        coordinator.fog_failed = membership.report_failure
-
-    async def drained(draining: bool) -> None:
-        coordinator.hello["drain"] = [draining, drain.since]
-        coordinator.broadcast("drain", draining, drain.since)
-
-    drain.on_change.append(drained)
-    announcer: NodeAnnouncer | None = None
-    renewal: asyncio.Task[None] | None = None
-    onboarding: OnboardingSite | None = None
-    ledger: UsageLedger | None = None
-    try:
-        if settings.usage_accounting:
-            ledger = coordinator.ledger = await node_ledger(settings)
-            registry.register(WriterCollector(lambda: ledger.writer if ledger else None))
-        if runtime is not None:
-            await runtime.start()
-        await pool.start()
-        if settings.onboarding_enabled:
-            # One page on its own port, here: a worker restarting never takes it away.
-            onboarding = await start_onboarding_page(settings, tls, None)
-            coordinator.hello["onboarding"] = onboarding.url if onboarding else None
-        started = await asyncio.gather(*(w.start() for w in workers), return_exceptions=True)
-        failed = [r for r in started if isinstance(r, BaseException)]
-        if failed:
-            raise failed[0]
-        if tls is not None:
-            keeper = CertificateKeeper(tls, renewal_options(settings))
-            renewal = asyncio.create_task(
-                keeper.watch(on_change=lambda: coordinator.broadcast("tls")),
-                name="fognode-cert-watch",
-            )
-        if membership is not None:
-            await membership.start()
-        if settings.mdns:
-            announcer = node_announcer(
-                settings,
-                port=port.port,
-                tls=tls,
-                auth=coordinator.auth or "none",
-                admission=admission,
-                pool=pool,
-                peer_port=peer_port.port if peer_port is not None else None,
-            )
-            await announcer.start()
-            if runtime is not None:
-                runtime.on_ready.append(announcer.refresh)
-            drain.on_change.append(announcer.follow_drain)
-        log_serving(
-            settings,
-            local_url(settings.host, port.port, tls=settings.tls),
-            pool.base,
-            tls,
-            announcer is not None and announcer.announced,
-            port.port,
-            workers=count,
-        )
-        await stop.wait()
-        log.info("shutting down; open requests get %ss to finish", settings.shutdown_timeout)
-    finally:
-        # Goodbye on mDNS first, so clients stop picking this node while it drains.
-        if announcer is not None:
-            await announcer.stop()
-        if membership is not None:
-            await membership.stop()
-        await asyncio.gather(*(w.stop(settings.shutdown_timeout + EXIT_GRACE) for w in workers))
-        if onboarding is not None:
-            await onboarding.stop()
-        if renewal is not None:
-            renewal.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewal
-        coordinator.close()
-        if ledger is not None:  # every worker has stopped: no record comes any more
-            await close_ledger(ledger, usage_options(settings).close_grace)
-        await pool.close()
-        if runtime is not None:
-            await runtime.stop()
-        port.close()
-        if peer_port is not None:
-            peer_port.close()

@@ -9,16 +9,22 @@ are inherited: the worker's end of its channel to the supervisor and the
 sockets it listens on.
 
 The worker runs the same app as a single process, except that what must
-be the node's is the supervisor's, asked over the channel: admission
-(:class:`RemoteAdmission`), the quota ledger, which also writes the usage
-records (:class:`RemoteLedger`), the conversation affinity table
-(:class:`RemoteMemory`), the status page's sign-in throttle
-(:class:`RemoteThrottle`); /metrics and the status page's activity are the
-whole node's, gathered by the supervisor from every worker; and the
-certificate files are reloaded when the supervisor says they changed (it
-alone renews them). It
-dies with the supervisor (PR_SET_PDEATHSIG), and stops when its channel
-closes, which only happens when the supervisor is gone.
+be the node's is the supervisor's, asked over the channel (protocol.py).
+Each part the app asks has a local implementation, which one process and
+the supervisor hold, and a remote twin here:
+
+    the admission stage's slots   Admission           RemoteAdmission
+    the usage stage's quotas      UsageLedger         RemoteUsageLedger
+    and records
+    the pool's conversations      AffinityTable       RemoteAffinityTable
+    the sign-in throttle          LocalSignInThrottle RemoteSignInThrottle
+
+/metrics and the status page's activity are the whole node's, gathered by
+the supervisor from every worker; the pool probes no upstream itself but
+follows the supervisor's probes; the certificate files are reloaded when the
+supervisor says they changed (it alone renews them). It dies with the
+supervisor (PR_SET_PDEATHSIG), and stops when its channel closes, which only
+happens when the supervisor is gone.
 """
 
 from __future__ import annotations
@@ -34,23 +40,24 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+
+from aiohttp import web
 
 from ...certs.errors import CertError
-from ...embedded.child import die_with_parent
 from ...embedded.supervisor import ServerStatus
-from ...fog.members import CandidateView, Member
 from ...fog.state import PeerState
-from ...usage.ledger import Ticket as QuotaTicket
+from ...supervision import die_with_parent
+from ...usage.ledger import Reservation
 from ...usage.options import Limits
-from ...usage.quota import ALLOW_UNLIMITED, Decision
+from ...usage.quota import ALLOW_UNLIMITED
 from ...usage.record import UsageRecord
-from ...workers.channel import Channel, ChannelClosed, Reply
-from ..app import create_app
+from ...workers.channel import ChannelClosed, Refused, Reply
+from ...workers.messages import Leased, Peer, Table
+from ..app import NodeParts, create_app
 from ..config.settings import Settings
 from ..core.drain import DRAIN, Drain
 from ..core.errors import GatewayError
-from ..options import peer_tls, terminator
+from ..options import peer_tls, terminator, upstream_options
 from ..pages.sessions import SESSIONS, BrowserSessions
 from ..pages.status import ACTIVITY, LISTENING, ActivitySource
 from ..pipeline.access import AUTHORIZER
@@ -62,8 +69,8 @@ from ..telemetry.stats import STATS, GatewayStats
 from ..transport.tls import TlsTerminator
 from ..upstreams.choice import follow_upstream_choice
 from ..upstreams.peers import FOG, FogPeers
-from ..upstreams.pool import UPSTREAM, UpstreamPool
-from .coordinator import GRANTED, refused
+from ..upstreams.pool import UpstreamPool
+from . import protocol as msg
 from .serve import run_loop, startup_failure
 from .server import RunningServer, run_app, settle_heap, stop_signals
 
@@ -72,23 +79,23 @@ log = logging.getLogger("fognode.workers")
 
 @dataclass(frozen=True, slots=True)
 class RemotePermit:
-    lease: int  # the channel call that granted the slot
+    lease: Leased[msg.Admitted] | Leased[msg.Tried]  # the call that granted the slots
 
 
 class RemoteAdmission:
     """Admission as the stage sees it, answered by the supervisor's Admission.
 
-    One round trip per admitted request (acquire; the release needs no
+    One round trip per admitted request (Acquire; the release needs no
     answer), multiplexed with every other request on the worker's one
     channel. A request whose client leaves while it waits cancels its call,
     and so its place in the queue. Only what the stage needs is here: the
     node's live counts are the supervisor's, in /metrics.
     """
 
-    def __init__(self, channel: Channel, capacity: int) -> None:
-        self.channel = channel
+    def __init__(self, peer: Peer, capacity: int) -> None:
+        self.peer = peer
         self._capacity = capacity
-        self._keys = itertools.count(1)
+        self._waits = itertools.count(1)
         self._waiting: dict[Ticket, int] = {}
 
     @property
@@ -98,54 +105,51 @@ class RemoteAdmission:
     async def acquire(
         self, uid: str, ticket: Ticket | None = None, slots: Slots = Slots.BOTH
     ) -> RemotePermit:
-        key = next(self._keys)
+        wait = next(self._waits)
         if ticket is not None:
-            self._waiting[ticket] = key
+            self._waiting[ticket] = wait
         try:
-            answer = await self.channel.call("acquire", key, uid, slots.value)
+            leased = await self.peer.lease(msg.Acquire(wait, uid, slots))
         except ChannelClosed:
             raise _restarting() from None
         finally:
             if ticket is not None:
                 self._waiting.pop(ticket, None)
-        if answer.values[0] == GRANTED:
-            return RemotePermit(answer.id)
-        raise refused(answer.values)
+        if leased.value.refusal is not None:
+            raise leased.value.refusal.error()
+        return RemotePermit(leased)
 
     async def try_now(self, uid: str, slots: Slots = Slots.BOTH) -> RemotePermit | float:
         """One round trip, answered in the step that reads it: the slots, or
         the seconds a request would wait for them."""
         try:
-            answer = await self.channel.call("try", uid, slots.value)
+            leased = await self.peer.lease(msg.TryNow(uid, slots))
         except ChannelClosed:
             raise _restarting() from None
-        if answer.values[0] == GRANTED:
-            return RemotePermit(answer.id)
-        return float(answer.values[1])
+        if leased.value.wait is not None:
+            return leased.value.wait
+        return RemotePermit(leased)
 
     def release(self, permit: RemotePermit) -> None:
-        self.channel.done(permit.lease)
+        self.peer.done(permit.lease)
 
     async def load(self) -> Load:
         try:
-            answer = await self.channel.call("load")
+            return await self.peer.call(msg.LoadNow())
         except ChannelClosed:
             return Load(0, 0)
-        return Load(int(answer.values[0]), int(answer.values[1]))
 
     async def position(self, ticket: Ticket) -> int | None:
-        key = self._waiting.get(ticket)
-        if key is None:
+        wait = self._waiting.get(ticket)
+        if wait is None:
             return None
         try:
-            answer = await self.channel.call("position", key)
+            return await self.peer.call(msg.Position(wait))
         except ChannelClosed:
             return None
-        place = answer.values[0]
-        return int(place) if place is not None else None
 
 
-class RemoteLedger:
+class RemoteUsageLedger:
     """The usage stage's quota ledger, answered by the supervisor's UsageLedger.
 
     The reservations of requests in flight and the records not yet written
@@ -158,41 +162,41 @@ class RemoteLedger:
     with a crash of a single process).
     """
 
-    def __init__(self, channel: Channel) -> None:
-        self.channel = channel
-        self._keys = itertools.count(1)
-        self._leases: dict[QuotaTicket, tuple[int, int]] = {}  # ticket -> (key, lease)
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self._requests = itertools.count(1)
+        self._leases: dict[Reservation, tuple[int, Leased[msg.Decided]]] = {}
 
-    async def admit(self, uid: str, limits: Limits, *, estimate: int) -> QuotaTicket:
+    async def admit(self, uid: str, limits: Limits, *, estimate: int) -> Reservation:
         if limits.unlimited:
-            return QuotaTicket(uid, estimate, time.time(), ALLOW_UNLIMITED)
-        key = next(self._keys)
-        answer = await self.channel.call(
-            "quota", key, uid, limits.tokens_per_day, limits.requests_per_minute, estimate
+            return Reservation(uid, estimate, time.time(), ALLOW_UNLIMITED)
+        request = next(self._requests)
+        leased = await self.peer.lease(msg.Quota(request, uid, limits, estimate))
+        decision = leased.value.decision
+        reservation = Reservation(
+            uid, estimate, leased.value.started_at, decision, settled=not decision.allowed
         )
-        started_at, decision = float(answer.values[0]), Decision.from_json(answer.values[1])
-        ticket = QuotaTicket(uid, estimate, started_at, decision, settled=not decision.allowed)
         if decision.allowed:
-            self._leases[ticket] = (key, answer.id)
-        return ticket
+            self._leases[reservation] = (request, leased)
+        return reservation
 
-    def settle(self, ticket: QuotaTicket, record: UsageRecord) -> None:
-        if ticket.settled:
+    def settle(self, reservation: Reservation, record: UsageRecord) -> None:
+        if reservation.settled:
             return
-        ticket.settled = True
-        lease = self._leases.pop(ticket, None)
-        if lease is None:  # no limits: nothing reserved
+        reservation.settled = True
+        held = self._leases.pop(reservation, None)
+        if held is None:  # no limits: nothing reserved
             self.record(record)
             return
-        key, ident = lease
-        self.channel.notify("settle", key, record.as_json())
-        self.channel.done(ident)
+        request, leased = held
+        self.peer.notify(msg.Settle(request, record))
+        self.peer.done(leased)
 
     def record(self, record: UsageRecord) -> None:
-        self.channel.notify("record", record.as_json())
+        self.peer.notify(msg.Record(record))
 
     async def pending_records(self) -> int:
-        return int((await self.channel.call("pending")).values[0])
+        return await self.peer.call(msg.Pending())
 
 
 def _restarting() -> GatewayError:
@@ -204,7 +208,7 @@ def _restarting() -> GatewayError:
     )
 
 
-class RemoteMemory:
+class RemoteAffinityTable:
     """The node's conversation table (routing/affinity.py), in the supervisor.
 
     Asked only for a conversation's later turns (a first turn looks up
@@ -212,46 +216,45 @@ class RemoteMemory:
     turn is told, with no answer awaited.
     """
 
-    def __init__(self, channel: Channel) -> None:
-        self.channel = channel
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
 
     async def recall(self, lookups: Sequence[bytes]) -> int | None:
         try:
-            answer = await self.channel.call("recall", *(key.hex() for key in lookups))
+            return await self.peer.call(msg.Recall(tuple(lookups)))
         except ChannelClosed:
             return None  # routed as a new conversation
-        found = answer.values[0]
-        return int(found) if found is not None else None
 
     def remember(self, key: bytes, upstream: int) -> None:
-        self.channel.notify("remember", key.hex(), upstream)
+        self.peer.notify(msg.Remember(key, upstream))
 
 
-class RemoteThrottle:
-    """The node's sign-in throttle (auth/throttle.py), in the supervisor: one
-    round trip to look, one to count an attempt (sign-ins are rare)."""
+class RemoteSignInThrottle:
+    """The node's sign-in throttle (a LocalSignInThrottle), in the supervisor:
+    one round trip to look, one to count an attempt (sign-ins are rare)."""
 
-    def __init__(self, channel: Channel) -> None:
-        self.channel = channel
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
 
     async def retry_after(self, client: str) -> float:
         try:
-            return float((await self.channel.call("signin_wait", client)).values[0])
+            return await self.peer.call(msg.SignInWait(client))
         except ChannelClosed:
             raise _restarting() from None
 
     async def attempt(self, client: str) -> None:
         try:
-            await self.channel.call("signin_attempt", client)
+            await self.peer.call(msg.SignInAttempt(client))
         except ChannelClosed:
             raise _restarting() from None
 
     def succeeded(self, client: str) -> None:
-        self.channel.notify("signin_ok", client)
+        self.peer.notify(msg.SignedIn(client))
 
 
-class SupervisorCalls:
-    """What the supervisor asks of this worker and tells it, over the channel.
+class SupervisorLink:
+    """The worker's end of its channel: what the supervisor asks of this
+    worker and tells it, and the remote parts that call it.
 
     Made before the app exists (the channel is the first thing a worker
     opens), so it holds what arrives early until the app is there.
@@ -265,147 +268,183 @@ class SupervisorCalls:
         self.sessions: BrowserSessions | None = None
         self.activity: ActivitySource | None = None
         self.pool: UpstreamPool | None = None
-        # The supervisor's latest check of the upstreams (its number, its findings).
-        self.checked: tuple[int, list[dict[str, Any]]] | None = None
+        self.probed: msg.Probed | None = None  # the supervisor's latest probe of the upstreams
         self._reloading: set[asyncio.Task[None]] = set()
         # The fog's members as the supervisor's membership service found them,
         # and the node's drain flag (both the supervisor's).
         self.fog: FogPeers | None = None
         self.drain: Drain | None = None
+        table = (
+            Table()
+            .call(msg.Expose, self.expose)
+            .call(msg.WorkerActivity, self.activity_here)
+            .notice(msg.ReloadTls, self.reload_tls)
+            .notice(msg.Revoke, self.revoke)
+            .notice(msg.Probed, self.take_probed)
+            .notice(msg.EmbeddedChanged, self.embedded_changed)
+            .notice(msg.FogMembers, self.take_fog)
+            .notice(msg.Draining, self.take_drain)
+        )
+        self.peer = Peer(table)
 
-    def take_fog(self, members: list[Any], candidates: list[Any]) -> None:
+    def wire(
+        self,
+        app: web.Application,
+        pool: UpstreamPool,
+        tls: TlsTerminator | None,
+        welcome: msg.Welcome,
+    ) -> None:
+        """The app, before it serves: what the supervisor knows (``welcome``)
+        and tells from now on reaches it, and what must be the node's (its
+        metrics, its activity, its drain flag, its fog) asks the supervisor."""
+        self.follow = follow_upstream_choice(
+            pool, welcome.choice, self.embedded or welcome.embedded
+        )
+        self.metrics = app[METRICS]
+        self.metrics.node_exposition = self._node_metrics
+        self.tls = tls
+        if welcome.probed is not None:
+            self.take_probed(welcome.probed)
+        self.pool = pool
+        if self.probed is not None:
+            pool.follow(self.probed.findings)
+        self.drain = app[DRAIN]
+        self.take_drain(welcome.drain)
+        fog = app.get(FOG)
+        if fog is not None and welcome.fog is not None:
+            self.fog = fog
+            fog.on_failure = self._fog_failed
+            self.take_fog(welcome.fog)
+        source = app.get(ACTIVITY)
+        if source is not None:  # the status page shows the node's activity
+            self.activity = source
+            source.node_view = self._node_activity
+        listening = app.get(LISTENING)
+        if listening is not None:  # the supervisor serves the one onboarding page
+            listening.onboarding_url = welcome.onboarding
+
+    def serving(self, app: web.Application) -> None:
+        """The app has started: a sign-out here holds on every worker."""
+        sessions = app.get(SESSIONS)
+        if sessions is not None:
+            self.sessions = sessions
+            sessions.signer.on_revoke.append(self._signed_out)
+
+    async def _node_metrics(self) -> bytes:
+        return (await self.peer.call(msg.NodeMetrics())).encode()
+
+    async def _node_activity(self) -> ActivityView:
+        assert self.activity is not None
+        try:
+            return await self.peer.call(msg.NodeActivity())
+        except ChannelClosed:
+            return self.activity.here()
+
+    def _signed_out(self, session: str, until: float) -> None:
+        self.peer.notify(msg.Revoke(session, until))
+
+    def _fog_failed(self, address: str, why: str) -> None:
+        self.peer.notify(msg.FogFailed(address, why))
+
+    async def fog_state(self) -> PeerState:
+        """The node's state, as the supervisor keeps it for the fog's members."""
+        return await self.peer.call(msg.FogState())
+
+    async def set_drain(self, draining: bool) -> None:
+        """``/admin/drain`` here drains the node: the supervisor holds the flag."""
+        self.take_drain(await self.peer.call(msg.SetDrain(draining)))
+
+    def take_fog(self, found: msg.FogMembers) -> None:
         if self.fog is not None:
-            self.fog.follow(
-                [Member.from_json(m) for m in members],
-                [CandidateView.from_json(c) for c in candidates],
-            )
+            self.fog.follow(list(found.members), list(found.candidates))
 
-    def take_drain(self, draining: Any, since: Any) -> None:
+    def take_drain(self, flag: msg.Draining) -> None:
         if self.drain is not None:
-            self.drain.follow(bool(draining), float(since) if since is not None else None)
+            self.drain.follow(flag.draining, flag.since)
 
-    def take_checked(self, number: int, findings: list[dict[str, Any]]) -> None:
-        """A check's findings, unless a later one arrived first (the one in the
-        answer to hello may be older or newer than a notice received meanwhile)."""
-        if self.checked is not None and number <= self.checked[0]:
+    def take_probed(self, probed: msg.Probed) -> None:
+        """A probe's findings, unless a later one arrived first (the one in the
+        answer to Hello may be older or newer than a notice received meanwhile)."""
+        if self.probed is not None and probed.number <= self.probed.number:
             return
-        self.checked = (number, findings)
+        self.probed = probed
         if self.pool is not None:
-            self.pool.follow(findings)
+            self.pool.follow(probed.findings)
 
-    async def serve(self, op: str, args: list[Any]) -> Reply:
-        if op == "expose":
-            return Reply([self.metrics.render().decode() if self.metrics is not None else ""])
-        if op == "activity" and self.activity is not None:
-            return Reply([self.activity.here().as_json()])
-        raise ValueError(f"unknown call {op!r}")
+    async def expose(self, call: msg.Expose) -> Reply:
+        return call.answer(self.metrics.render().decode() if self.metrics is not None else "")
 
-    def notice(self, op: str, args: list[Any]) -> None:
-        if op == "tls" and self.tls is not None:
+    async def activity_here(self, call: msg.WorkerActivity) -> Reply:
+        if self.activity is None:
+            raise Refused("the status page is off")
+        return call.answer(self.activity.here())
+
+    def reload_tls(self, notice: msg.ReloadTls) -> None:
+        if self.tls is not None:
             task = asyncio.create_task(_reload(self.tls), name="fognode-tls-reload")
             self._reloading.add(task)
             task.add_done_callback(self._reloading.discard)
-        elif op == "revoke" and self.sessions is not None:
-            self.sessions.signer.refuse(str(args[0]), float(args[1]))
-        elif op == "checked":
-            self.take_checked(int(args[0]), args[1])
-        elif op == "fog":
-            self.take_fog(args[0], args[1])
-        elif op == "drain":
-            self.take_drain(args[0], args[1])
-        elif op == "embedded":
-            status = ServerStatus.from_json(args[0])
-            if self.follow is not None:
-                self.follow(status)
-            else:
-                self.embedded = status
+
+    def revoke(self, notice: msg.Revoke) -> None:
+        if self.sessions is not None:
+            self.sessions.signer.refuse(notice.session, notice.until)
+
+    def embedded_changed(self, notice: msg.EmbeddedChanged) -> None:
+        if self.follow is not None:
+            self.follow(notice.status)
+        else:
+            self.embedded = notice.status
 
 
-async def check_upstreams(channel: Channel) -> None:
-    """The supervisor checks the upstreams for the node; what it found arrives
-    (``checked``) before its answer, so the pool follows it when this returns."""
+async def probe_upstreams(peer: Peer) -> None:
+    """The supervisor probes the upstreams for the node; what it found arrives
+    (Probed) before its answer, so the pool follows it when this returns."""
     with contextlib.suppress(ChannelClosed):  # the supervisor is gone: this worker stops
-        await channel.call("check")
+        await peer.call(msg.Probe())
 
 
 async def start_worker(
-    settings: Settings, channel: Channel, calls: SupervisorCalls, sockets: list[socket.socket]
+    settings: Settings, link: SupervisorLink, sockets: list[socket.socket]
 ) -> RunningServer:
-    """The app on ``sockets``, wired to the supervisor over ``channel``."""
-    hello: dict[str, Any] = (await channel.call("hello")).values[0]
+    """The app on ``sockets``, wired to the supervisor over ``link``."""
+    peer = link.peer
+    welcome = await peer.call(msg.Hello())
     tls = terminator(settings) if settings.tls else None
     if tls is not None:
         await asyncio.to_thread(tls.load)
-    peers = await asyncio.to_thread(peer_tls, settings) if "fog" in hello else None
-
-    async def fog_state() -> PeerState:
-        return PeerState.from_dict((await channel.call("fog_state")).values[0])
-
-    async def set_drain(draining: bool) -> None:
-        answer = await channel.call("drain", draining)
-        calls.take_drain(*answer.values)
-
-    app = create_app(
-        settings,
-        admission=RemoteAdmission(channel, settings.max_concurrent_requests),
-        ledger=RemoteLedger(channel) if settings.usage_accounting else None,
-        memory=RemoteMemory(channel),
-        throttle=RemoteThrottle(channel),
-        checks=partial(check_upstreams, channel),
-        peers=peers,
-        fog_state=fog_state if peers is not None else None,
-        set_drain=set_drain,
+    peers = await asyncio.to_thread(peer_tls, settings) if welcome.fog is not None else None
+    urls = settings.upstream_urls or [settings.upstream_base]
+    pool = UpstreamPool(
+        urls,
+        upstream_options(settings),
+        memory=RemoteAffinityTable(peer),
+        probe_elsewhere=partial(probe_upstreams, peer),
     )
-    calls.drain = app[DRAIN]
-    calls.take_drain(*hello["drain"])
-    fog = app.get(FOG)
-    if fog is not None:
-        calls.fog = fog
-        fog.on_failure = partial(channel.notify, "fog_failed")
-        calls.take_fog(*hello["fog"])
-    status = calls.embedded
-    if status is None and hello["embedded"] is not None:
-        status = ServerStatus.from_json(hello["embedded"])
-    calls.follow = follow_upstream_choice(app, str(hello["choice"]), status)
-    calls.metrics = metrics = app[METRICS]
-    calls.tls = tls
-
-    async def node_metrics() -> bytes:
-        return str((await channel.call("metrics")).values[0]).encode()
-
-    metrics.node = node_metrics
-    pool = app[UPSTREAM]
-    calls.take_checked(*hello["checked"])
-    calls.pool = pool
-    if calls.checked is not None:
-        pool.follow(calls.checked[1])
-
-    source = app.get(ACTIVITY)
-    if source is not None:  # the status page shows the node's activity
-        calls.activity = here = source
-
-        async def node_activity() -> ActivityView:
-            try:
-                return ActivityView.from_json((await channel.call("activity")).values[0])
-            except ChannelClosed:
-                return here.here()
-
-        source.node = node_activity
+    parts = NodeParts(
+        admission=RemoteAdmission(peer, settings.max_concurrent_requests),
+        pool=pool,
+        ledger=RemoteUsageLedger(peer) if settings.usage_accounting else None,
+        throttle=RemoteSignInThrottle(peer),
+        set_drain=link.set_drain,
+        peers=peers,
+        fog_state=link.fog_state if peers is not None else None,
+    )
+    app = create_app(settings, parts)
+    link.wire(app, pool, tls, welcome)
     # The fog's peer port is the sockets bound to it (the supervisor fixed its number).
     peer_sockets = [
-        s for s in sockets if fog is not None and s.getsockname()[1] == settings.fog_port
+        s for s in sockets if peers is not None and s.getsockname()[1] == settings.fog_port
     ]
     served = [s for s in sockets if s not in peer_sockets]
-    running = await run_app(
-        app, settings, tls, sockets=served, peer_sockets=peer_sockets, onboarding=False
-    )
-    sessions = app.get(SESSIONS)
-    if sessions is not None:  # a sign-out here holds on every worker
-        calls.sessions = sessions
-        sessions.signer.on_revoke.append(partial(channel.notify, "revoke"))
-    listening = app.get(LISTENING)
-    if listening is not None:  # the supervisor serves the one onboarding page
-        listening.onboarding_url = hello.get("onboarding")
+    await pool.start()  # no probe: it follows the supervisor's
+    try:
+        running = await run_app(app, settings, tls, sockets=served, peer_sockets=peer_sockets)
+    except BaseException:
+        await pool.close()
+        raise
+    running.stack.push_async_callback(pool.close)
+    running.stack.push_async_callback(running.runner.cleanup)  # first: open requests drain
+    link.serving(app)
     return running
 
 
@@ -419,41 +458,41 @@ async def _reload(tls: TlsTerminator) -> None:
 
 
 async def run(settings: Settings, channel_sock: socket.socket, sockets: list[socket.socket]) -> int:
-    calls = SupervisorCalls()
-    channel = Channel(serve=calls.serve, notice=calls.notice)
-    await asyncio.get_running_loop().create_unix_connection(lambda: channel, sock=channel_sock)
+    link = SupervisorLink()
+    peer = link.peer
+    await asyncio.get_running_loop().create_unix_connection(lambda: peer.channel, sock=channel_sock)
     stop = stop_signals()
     try:
-        running = await start_worker(settings, channel, calls, sockets)
+        running = await start_worker(settings, link, sockets)
     except Exception as exc:
         message = startup_failure(exc, settings)
         if message is None:
             raise
-        channel.notify("failed", message)  # the supervisor prints it, once for all workers
-        channel.close()
+        peer.notify(msg.Failed(message))  # the supervisor prints it, once for all workers
+        peer.close()
         return 1
     settle_heap()
-    channel.notify("ready", running.app[AUTHORIZER].kinds)
+    peer.notify(msg.Ready(running.app[AUTHORIZER].kinds))
     # This worker's recent time to a first token, for the node's fog state.
-    telling = asyncio.create_task(_tell_first_token(channel, running.app[STATS]))
-    lost = asyncio.create_task(channel.lost.wait())
+    telling = asyncio.create_task(_tell_first_token(peer, running.app[STATS]))
+    lost = asyncio.create_task(peer.channel.lost.wait())
     stopping = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({lost, stopping}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         lost.cancel()
         stopping.cancel()
-    if channel.lost.is_set():
+    if peer.channel.lost.is_set():
         log.error("the supervisor is gone; stopping")
     else:
         log.info("shutting down; open requests get %ss to finish", settings.shutdown_timeout)
     telling.cancel()
     await running.stop()
-    channel.close()
+    peer.close()
     return 0
 
 
-async def _tell_first_token(channel: Channel, stats: GatewayStats) -> None:
+async def _tell_first_token(peer: Peer, stats: GatewayStats) -> None:
     """At most once a second, and only when it changed: the supervisor's state
     for the fog's members averages the workers'."""
     told: float | None = None
@@ -462,7 +501,7 @@ async def _tell_first_token(channel: Channel, stats: GatewayStats) -> None:
         now = stats.first_token
         if now is not None and now != told:
             told = now
-            channel.notify("first_token", now)
+            peer.notify(msg.FirstToken(now))
 
 
 def main(argv: list[str]) -> int:

@@ -2,7 +2,7 @@
 
 ``/healthz`` answers from the process alone: it says the event loop runs.
 ``/readyz`` says whether a request would get anywhere: it has the upstream
-pool check every upstream (their model lists, and Ollama's version), and
+pool probe every upstream (their model lists, and Ollama's version), and
 reuses the answer for a second so an orchestrator or a crowd of phones
 probing it costs the upstreams almost nothing.
 """
@@ -83,7 +83,7 @@ def setup_health(
 
 
 async def _readiness(pool: UpstreamPool) -> tuple[int, dict[str, Any]]:
-    state = await pool.check()
+    state = await pool.readiness()
     if state.ready:
         return 200, {
             "status": "ready",

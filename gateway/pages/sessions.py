@@ -16,8 +16,9 @@ form carries its own CSRF token (auth/sessions.py), and attempts are slowed
 down per client address (auth/throttle.py): each failure doubles the wait
 before the next attempt is even looked at (429 with Retry-After). The
 throttle is the node's: with worker processes it lives in the supervisor,
-and a worker asks it over its channel (:class:`SignInThrottle`), so more
-workers never give a guesser more attempts.
+and a worker asks it over its channel (:class:`SignInThrottle`: a
+:class:`LocalSignInThrottle` here, worker.RemoteSignInThrottle there), so
+more workers never give a guesser more attempts.
 
 The cookies are ``__Host-`` cookies: HttpOnly (no script reads them),
 Secure (sent over HTTPS only; browsers accept that on http://localhost too,
@@ -84,7 +85,7 @@ class SignInThrottle(Protocol):
     def succeeded(self, client: str) -> None: ...
 
 
-class ThrottleHere:
+class LocalSignInThrottle:
     """The throttle held by this process (the node's, when it is the node or
     its supervisor)."""
 
@@ -106,7 +107,7 @@ class BrowserSessions:
 
     def __init__(self, options: SessionOptions, throttle: SignInThrottle | None = None) -> None:
         self.options = options
-        self.throttle = throttle or ThrottleHere()
+        self.throttle = throttle or LocalSignInThrottle()
         self._signer: SessionSigner | None = None
 
     async def start(self) -> None:

@@ -108,8 +108,8 @@ LISTENING = web.AppKey("fognode.listening", Listening)
 class ActivitySource:
     """What the page shows of the node's activity.
 
-    In one process, this process's (:meth:`here`). In a worker, ``node`` is
-    set (worker.py): it asks the supervisor, which gathers every worker's
+    In one process, this process's (:meth:`here`). In a worker, ``node_view``
+    is set (worker.py): it asks the supervisor, which gathers every worker's
     :meth:`here` and sums them (activity.merged), as /metrics does.
     """
 
@@ -120,7 +120,7 @@ class ActivitySource:
         self.stats = stats
         self.listening = listening
         self.pool = pool
-        self.node: Callable[[], Awaitable[ActivityView]] | None = None
+        self.node_view: Callable[[], Awaitable[ActivityView]] | None = None
 
     def here(self) -> ActivityView:
         conns = self.listening.connections
@@ -138,7 +138,7 @@ class ActivitySource:
         )
 
     async def view(self) -> ActivityView:
-        return await self.node() if self.node is not None else self.here()
+        return await self.node_view() if self.node_view is not None else self.here()
 
 
 ACTIVITY = web.AppKey("fognode.activity", ActivitySource)
@@ -217,6 +217,127 @@ def _cert_view(tls: TlsTerminator | None) -> CertView | None:
     )
 
 
+class StatusPage:
+    """The page's routes, answered from state the other stages own."""
+
+    def __init__(
+        self,
+        options: StatusOptions,
+        *,
+        sessions: BrowserSessions,
+        pool: UpstreamPool,
+        admission: AdmissionControl[Any],
+        stats: GatewayStats,
+        source: ActivitySource,
+        listening: Listening,
+        tls: TlsTerminator | None,
+        usage: UsageReport | None,
+        drain: Drain | None,
+        fog: FogPeers | None,
+    ) -> None:
+        self.options = options
+        self.sessions = sessions
+        self.pool = pool
+        self.admission = admission
+        self.stats = stats
+        self.source = source
+        self.listening = listening
+        self.tls = tls
+        self.usage = usage
+        self.drain = drain
+        self.fog = fog
+        self.started = time.time()
+
+    async def page(self, request: web.Request) -> web.StreamResponse:
+        refresh = self.options.refresh
+        return render_status(request, await self.snapshot(), self.viewer(request), refresh=refresh)
+
+    async def live(self, request: web.Request) -> web.StreamResponse:
+        return render_live(request, await self.snapshot())
+
+    async def pull(self, request: web.Request) -> web.StreamResponse:
+        form = await read_form(request, self.sessions.options.body_timeout)
+        name = form.get("model", "").strip()
+        if not MODEL_NAME.fullmatch(name) or ".." in name:
+            raise GatewayError(
+                400,
+                "Name a model as Ollama does: letters, digits and . _ : / - "
+                "(such as llama3.2:1b or hf.co/org/model:Q4_K_M).",
+                param="model",
+                code="invalid_model_name",
+            )
+        log.info("pull of %s started from the status page by %s", name, request[PRINCIPAL].uid)
+        pulled = pull_model(
+            self.pool, self.stats, name, request[REQUEST_ID], self.options.pull_idle_timeout
+        )
+        return await stream_pull(request, pulled)
+
+    async def snapshot(self) -> StatusView:
+        since, rows, usage_error = await self._usage()
+        # Both the node's (from the supervisor, in a worker).
+        load = await self.admission.load()
+        now = await self.source.view()
+        pool = self.pool
+        engine = pool.local_state() if pool.local_state is not None else None
+        upstreams = [
+            UpstreamView(
+                m.base,
+                m.kind,
+                m.healthy,
+                m.last_error,
+                active,
+                _models(pool, m),
+                engine_state=engine["state"] if engine is not None and m.local else None,
+                slots=engine["slots"] if engine is not None and m.local else m.slots,
+            )
+            for m, active in zip(pool.members, now.upstreams, strict=True)
+        ]
+        return StatusView(
+            node=NodeView(
+                name=self.options.node_name,
+                node_id=self.options.node_id,
+                version=__version__,
+                started=self.started,
+                listening=self.listening.url,
+                onboarding_url=self.listening.onboarding_url,
+                tls=_cert_view(self.tls),
+            ),
+            load=LoadView(
+                active_streams=now.active_streams,
+                in_flight=now.in_flight,
+                queued=load.queued,
+                slots_used=load.active,
+                capacity=self.admission.capacity,
+                connections=now.connections,
+            ),
+            upstreams=upstreams,
+            minutes=now.minutes,
+            errors=now.errors,
+            usage=rows,
+            usage_since=since,
+            usage_error=usage_error,
+            draining=self.drain is not None and self.drain.draining,
+            fog=_fog_view(self.fog, now.fog) if self.fog is not None else None,
+        )
+
+    async def _usage(self) -> tuple[float | None, Sequence[UsageView] | None, str | None]:
+        if self.usage is None:
+            return None, None, None
+        try:
+            async with asyncio.timeout(USAGE_TIMEOUT):
+                since, rows = await self.usage()
+        except Exception as exc:  # the page still shows everything else
+            log.warning("usage for the status page: %s", exc)
+            return None, None, f"The usage store did not answer ({type(exc).__name__})."
+        return since, rows, None
+
+    def viewer(self, request: web.Request) -> Viewer:
+        session = request.get(SESSION)
+        principal = request[PRINCIPAL]
+        csrf = self.sessions.signer.csrf_token(session) if session is not None else ""
+        return Viewer(principal.uid, csrf)
+
+
 def setup_status(
     app: web.Application,
     options: StatusOptions,
@@ -236,102 +357,27 @@ def setup_status(
     members when it is one (the Fog card)."""
     app[LISTENING] = listening
     source = app[ACTIVITY] = ActivitySource(activity, stats, listening, pool)
-    started = time.time()
+    status = StatusPage(
+        options,
+        sessions=sessions,
+        pool=pool,
+        admission=admission,
+        stats=stats,
+        source=source,
+        listening=listening,
+        tls=tls,
+        usage=usage,
+        drain=drain,
+        fog=fog,
+    )
     setup_pages(app)
-
-    async def snapshot() -> StatusView:
-        since, rows, usage_error = await _usage()
-        # Both the node's (from the supervisor, in a worker).
-        load = await admission.load()
-        now = await source.view()
-        engine = pool.local_state() if pool.local_state is not None else None
-        upstreams = [
-            UpstreamView(
-                m.base,
-                m.kind,
-                m.healthy,
-                m.last_error,
-                active,
-                _models(pool, m),
-                engine_state=engine["state"] if engine is not None and m.local else None,
-                slots=engine["slots"] if engine is not None and m.local else m.slots,
-            )
-            for m, active in zip(pool.members, now.upstreams, strict=True)
-        ]
-        return StatusView(
-            node=NodeView(
-                name=options.node_name,
-                node_id=options.node_id,
-                version=__version__,
-                started=started,
-                listening=listening.url,
-                onboarding_url=listening.onboarding_url,
-                tls=_cert_view(tls),
-            ),
-            load=LoadView(
-                active_streams=now.active_streams,
-                in_flight=now.in_flight,
-                queued=load.queued,
-                slots_used=load.active,
-                capacity=admission.capacity,
-                connections=now.connections,
-            ),
-            upstreams=upstreams,
-            minutes=now.minutes,
-            errors=now.errors,
-            usage=rows,
-            usage_since=since,
-            usage_error=usage_error,
-            draining=drain is not None and drain.draining,
-            fog=_fog_view(fog, now.fog) if fog is not None else None,
-        )
-
-    async def _usage() -> tuple[float | None, Sequence[UsageView] | None, str | None]:
-        if usage is None:
-            return None, None, None
-        try:
-            async with asyncio.timeout(USAGE_TIMEOUT):
-                since, rows = await usage()
-        except Exception as exc:  # the page still shows everything else
-            log.warning("usage for the status page: %s", exc)
-            return None, None, f"The usage store did not answer ({type(exc).__name__})."
-        return since, rows, None
-
-    def viewer(request: web.Request) -> Viewer:
-        session = request.get(SESSION)
-        principal = request[PRINCIPAL]
-        csrf = sessions.signer.csrf_token(session) if session is not None else ""
-        return Viewer(principal.uid, csrf)
-
-    async def page(request: web.Request) -> web.StreamResponse:
-        return render_status(request, await snapshot(), viewer(request), refresh=options.refresh)
-
-    async def live(request: web.Request) -> web.StreamResponse:
-        return render_live(request, await snapshot())
-
-    async def pull(request: web.Request) -> web.StreamResponse:
-        form = await read_form(request, sessions.options.body_timeout)
-        name = form.get("model", "").strip()
-        if not MODEL_NAME.fullmatch(name) or ".." in name:
-            raise GatewayError(
-                400,
-                "Name a model as Ollama does: letters, digits and . _ : / - "
-                "(such as llama3.2:1b or hf.co/org/model:Q4_K_M).",
-                param="model",
-                code="invalid_model_name",
-            )
-        log.info("pull of %s started from the status page by %s", name, request[PRINCIPAL].uid)
-        return await stream_pull(
-            request, pull_model(pool, stats, name, request[REQUEST_ID], options.pull_idle_timeout)
-        )
-
     for path in STATIC_FILES:
         activity.not_counted(path)
         add_route(app, RouteSpec("GET", path, Access.PUBLIC, page=True), static_file)
     for method, path, handler in (
-        ("GET", "/", page),
-        ("GET", "/status/live", live),
-        ("POST", "/status/pull", pull),
+        ("GET", "/", status.page),
+        ("GET", "/status/live", status.live),
+        ("POST", "/status/pull", status.pull),
     ):
         activity.not_counted(path)
         add_route(app, RouteSpec(method, path, Access.ADMIN, page=True), handler)

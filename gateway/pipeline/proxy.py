@@ -68,18 +68,18 @@ def setup_proxy(
     routes: tuple[RouteSpec, ...] = PROXIED_ROUTES,
     fog: FogPeers | None = None,
 ) -> None:
-    """Register the forwarded routes; the pool (and the connections to the
-    fog's members) live as long as the app."""
+    """Register the forwarded routes, through ``pool`` (started and closed by
+    its owner: the node's lifecycle, or a worker); the connections to the
+    fog's members live as long as the app."""
     app[UPSTREAM] = pool
+    if fog is not None:
+        members = fog
 
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        await pool.start()
-        yield
-        await pool.close()
-        if fog is not None:
-            await fog.close()
+        async def connections(app: web.Application) -> AsyncIterator[None]:
+            yield
+            await members.close()
 
-    app.cleanup_ctx.append(lifecycle)
+        app.cleanup_ctx.append(connections)
     if not pool.single or fog is not None:  # with one upstream there is no choice to tell
         app.on_response_prepare.append(_say_which_upstream)
     sender = _Sender(pool, relay, metrics, stats, fog)

@@ -19,9 +19,11 @@ every inference request that gets this far the stage then
   ``finally`` of its handler, cancellation included. A client's retry is a
   new request and a new record.
 
-The store (SQLite in the data directory, or PostgreSQL shared by nodes)
-lives as long as the app: opened at start, its batch writer drained (for up
-to ``close_grace`` seconds) at shutdown. ``GET /admin/usage`` reads it.
+The store (SQLite in the data directory, or PostgreSQL shared by nodes),
+its batch writer and the quota ledger are the node's: opened before the app
+serves and drained (for up to ``close_grace`` seconds) after it stopped, by
+the node's lifecycle (node/lifecycle.py); a worker's app opens the store for
+reading only. ``GET /admin/usage`` reads it.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from prometheus_client.registry import Collector
 from ...auth.principal import Access, Principal
 from ...usage.backends import open_store
 from ...usage.counter import TokenCounter, Tokens, body_kind
-from ...usage.ledger import QuotaLedger, Ticket, UsageLedger
+from ...usage.ledger import QuotaLedger, Reservation, UsageLedger
 from ...usage.options import QuotaOptions, StoreOptions
 from ...usage.quota import limits_for, tier_of
 from ...usage.record import Outcome, UsageRecord
@@ -132,15 +134,22 @@ class Meter:
 
 
 class UsageAccounting:
-    """The stage's state: the store, its batch writer and the quota ledger
-    (present while the app runs), and the counters it reports."""
+    """The usage stage: the node's ledger it asks, the store its reports
+    read, the counters it keeps; its methods are the stage's steps, in the
+    order a request meets them."""
 
-    def __init__(self, options: UsageOptions, metrics: Metrics) -> None:
+    def __init__(
+        self, options: UsageOptions, metrics: Metrics, *, node_id: str, ledger: QuotaLedger
+    ) -> None:
         self.options = options
-        self.store: UsageStore | None = None
+        self.node_id = node_id  # tags the records
+        self.ledger = ledger
+        # Where this process holds the node's ledger, its writer and store;
+        # a worker opens the store for reading (reports) while its app runs.
         self.writer: BatchWriter | None = None
-        self.ledger: QuotaLedger | None = None
-        self.node = ""
+        self.store: UsageStore | None = None
+        if isinstance(ledger, UsageLedger):
+            self.writer, self.store = ledger.writer, ledger.writer.store
         per_user = options.metrics_per_user
         labels = ["model", "uid"] if per_user else ["model"]
         by = "by model and user" if per_user else "by model"
@@ -163,9 +172,139 @@ class UsageAccounting:
             ["code"],
             registry=metrics.registry,
         )
-        metrics.registry.register(WriterCollector(lambda: self.writer))
         self._outcome_children: dict[Outcome, Counter] = {}
         self._token_children: dict[tuple[str, ...], tuple[Counter, Counter]] = {}
+
+    async def reading_store(self, app: web.Application) -> AsyncIterator[None]:
+        """A worker's store, open while its app runs: its reports read it; the
+        supervisor checks quotas and writes the records."""
+        store = await open_usage_store(self.options.store)
+        self.store = store
+        yield
+        self.store = None
+        await store.close()
+
+    @web.middleware
+    async def stage(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        spec = spec_for(request)
+        if spec is None or not spec.limited or FORWARDED in request:
+            # (A member's request is recorded by the node it entered, once.)
+            return await handler(request)
+        principal = request.get(PRINCIPAL)
+        uid = principal.uid if principal is not None else "anonymous"
+        parsed = request[REQUEST_BODY].parsed or {}
+        prompt_estimate = estimate_prompt_tokens(parsed)
+        reservation = await self._admit(request, spec, uid, principal, prompt_estimate)
+        meter = request[METER] = Meter(
+            strip_usage_chunk=self._ask_for_usage(request), prompt_estimate=prompt_estimate
+        )
+        outcome = Outcome.CLIENT_DISCONNECTED
+        try:
+            response = await handler(request)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise  # the client left (outcome as set above)
+        except BaseException as exc:
+            if isinstance(exc, GatewayError) and exc.code == "model_not_found":
+                meter.model_not_found = True  # the node knew without asking (proxy.py)
+            outcome = meter.unfinished()
+            raise
+        else:
+            # Complete, or an upstream error answer, or an in-band error.
+            outcome = Outcome.COMPLETED if meter.completed else meter.unfinished()
+            return response
+        finally:
+            self._settle(request, spec, uid, reservation, meter, outcome)
+
+    async def _admit(
+        self,
+        request: web.Request,
+        spec: RouteSpec,
+        uid: str,
+        principal: Principal | None,
+        prompt_estimate: int,
+    ) -> Reservation:
+        """The ledger's decision on the request: its reservation, or the
+        refusal raised (recorded first)."""
+        quota = self.options.quota
+        limits = limits_for(quota, _tier(quota, principal))
+        parsed = request[REQUEST_BODY].parsed or {}
+        estimate = prompt_estimate + completion_limit(parsed, quota.default_completion_tokens)
+        try:
+            reservation = await self.ledger.admit(uid, limits, estimate=estimate)
+        except Exception as exc:  # the store did not answer: no budget can be checked
+            log.warning("quota check failed: %s: %s", type(exc).__name__, exc)
+            self._settle(
+                request, spec, uid, None, Meter(strip_usage_chunk=False, prompt_estimate=0)
+            )
+            raise GatewayError(
+                503,
+                "The usage store does not answer, so quotas cannot be checked; retry later.",
+                code="usage_store_unavailable",
+                headers={"Retry-After": "5"},
+            ) from None
+        decision = reservation.decision
+        if decision.headers:
+            request[RATE_LIMIT_HEADERS] = decision.headers
+        if not decision.allowed:
+            self.quota_refusals.labels(decision.code or "").inc()
+            self._settle(
+                request, spec, uid, reservation, Meter(strip_usage_chunk=False, prompt_estimate=0)
+            )
+            raise GatewayError(
+                decision.status,
+                decision.message or "Quota exceeded.",
+                type=decision.type,
+                code=decision.code,
+                headers=dict(decision.headers),
+            )
+        return reservation
+
+    @staticmethod
+    def _ask_for_usage(request: web.Request) -> bool:
+        """A streamed answer's usage figures, asked of the upstream for the
+        client (``stream_options.include_usage``): True when the body was
+        edited, so the relay takes the extra chunk out again."""
+        body = request[REQUEST_BODY]
+        if not body.streams_sse or not isinstance(body.data, bytes):
+            return False
+        asked = ask_for_usage(body.data, body.parsed or {})
+        if asked.added:
+            request[REQUEST_BODY] = dataclasses.replace(body, data=asked.body)
+        return asked.added
+
+    def _settle(
+        self,
+        request: web.Request,
+        spec: RouteSpec,
+        uid: str,
+        reservation: Reservation | None,
+        meter: Meter,
+        outcome: Outcome = Outcome.REJECTED,
+    ) -> None:
+        """The request's one record; no await, so a cancelled handler gets here too."""
+        tokens = meter.tokens(outcome)
+        body = request.get(REQUEST_BODY)
+        record = UsageRecord(
+            uid=uid,
+            model=(body.model if body is not None else None) or "",
+            upstream=meter.upstream or "",
+            route=spec.path,
+            started_at=reservation.started_at if reservation is not None else time.time(),
+            ended_at=time.time(),
+            prompt_tokens=tokens.prompt_tokens,
+            completion_tokens=tokens.completion_tokens,
+            outcome=outcome,
+            partial=tokens.partial,
+            request_id=request[REQUEST_ID],
+            node_id=self.node_id,
+            record_id=mint_id(),
+            served_by=meter.served_by or (self.node_id if meter.upstream else ""),
+        )
+        if reservation is not None and reservation.decision.allowed:
+            self.ledger.settle(reservation, record)  # its reservation becomes the record
+        else:
+            self.ledger.record(record)
+        self.observe(record)
 
     def observe(self, record: UsageRecord) -> None:
         # The children are kept per label values: ``labels()`` checks and locks
@@ -191,6 +330,15 @@ class UsageAccounting:
             tokens[0].inc(record.prompt_tokens)
         if record.completion_tokens:
             tokens[1].inc(record.completion_tokens)
+
+    async def rate_limit_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        headers = request.get(RATE_LIMIT_HEADERS)
+        if headers:
+            response.headers.update(headers)
+
+    async def report(self, request: web.Request) -> web.Response:
+        """``GET /admin/usage``."""
+        return web.json_response(await _report(self, request, self.options.quota))
 
 
 class WriterCollector(Collector):
@@ -236,148 +384,21 @@ def setup_quotas(
     options: UsageOptions,
     metrics: Metrics,
     *,
-    node: Callable[[], str],
-    ledger: QuotaLedger | None = None,
+    node_id: str,
+    ledger: QuotaLedger,
 ) -> UsageAccounting:
-    """Install the usage stage and ``GET /admin/usage``. ``node`` names this
-    node in the records (it may read a file: called off the event loop). The
-    state it returns is what the status page reads usage from. ``ledger``:
-    where quotas are checked and records written when this process does not
-    hold the node's ledger (a worker process: its supervisor does, so
-    reservations and unwritten records are the node's, never a worker's)."""
-    accounting = app[USAGE] = UsageAccounting(options, metrics)
-    quota = options.quota
-
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        store_options = dataclasses.replace(options.store, node=await asyncio.to_thread(node))
-        store = await open_usage_store(store_options)
-        accounting.node = store_options.node
-        if ledger is not None:  # read here (reports); checked and written by the supervisor
-            accounting.store, accounting.ledger = store, ledger
-            yield
-            accounting.ledger = None
-            await store.close()
-            return
-        writer = BatchWriter(store, store_options)
-        writer.start()
-        accounting.store, accounting.writer = store, writer
-        accounting.ledger = UsageLedger(writer, quota)
-        yield
-        accounting.ledger = None
-        await writer.close(options.close_grace)
-        await store.close()
-
-    @web.middleware
-    async def usage_stage(request: web.Request, handler: Handler) -> web.StreamResponse:
-        spec = spec_for(request)
-        ledger = accounting.ledger
-        if spec is None or not spec.limited or ledger is None or FORWARDED in request:
-            # (A member's request is recorded by the node it entered, once.)
-            return await handler(request)
-        principal = request.get(PRINCIPAL)
-        uid = principal.uid if principal is not None else "anonymous"
-        body = request[REQUEST_BODY]
-        parsed = body.parsed or {}
-        limits = limits_for(quota, _tier(quota, principal))
-        prompt_estimate = estimate_prompt_tokens(parsed)
-        estimate = prompt_estimate + completion_limit(parsed, quota.default_completion_tokens)
-        try:
-            ticket = await ledger.admit(uid, limits, estimate=estimate)
-        except Exception as exc:  # the store did not answer: no budget can be checked
-            log.warning("quota check failed: %s: %s", type(exc).__name__, exc)
-            _settle(request, spec, uid, None, Meter(strip_usage_chunk=False, prompt_estimate=0))
-            raise GatewayError(
-                503,
-                "The usage store does not answer, so quotas cannot be checked; retry later.",
-                code="usage_store_unavailable",
-                headers={"Retry-After": "5"},
-            ) from None
-        if ticket.decision.headers:
-            request[RATE_LIMIT_HEADERS] = ticket.decision.headers
-        if not ticket.decision.allowed:
-            decision = ticket.decision
-            accounting.quota_refusals.labels(decision.code or "").inc()
-            _settle(request, spec, uid, ticket, Meter(strip_usage_chunk=False, prompt_estimate=0))
-            raise GatewayError(
-                decision.status,
-                decision.message or "Quota exceeded.",
-                type=decision.type,
-                code=decision.code,
-                headers=dict(decision.headers),
-            )
-        strip = False
-        if body.streams_sse and isinstance(body.data, bytes):
-            asked = ask_for_usage(body.data, parsed)
-            if asked.added:
-                request[REQUEST_BODY] = dataclasses.replace(body, data=asked.body)
-                strip = True
-        meter = request[METER] = Meter(strip_usage_chunk=strip, prompt_estimate=prompt_estimate)
-        outcome = Outcome.CLIENT_DISCONNECTED
-        try:
-            response = await handler(request)
-        except (asyncio.CancelledError, ConnectionResetError):
-            raise  # the client left (outcome as set above)
-        except BaseException as exc:
-            if isinstance(exc, GatewayError) and exc.code == "model_not_found":
-                meter.model_not_found = True  # the node knew without asking (proxy.py)
-            outcome = meter.unfinished()
-            raise
-        else:
-            # Complete, or an upstream error answer, or an in-band error.
-            outcome = Outcome.COMPLETED if meter.completed else meter.unfinished()
-            return response
-        finally:
-            _settle(request, spec, uid, ticket, meter, outcome)
-
-    def _settle(
-        request: web.Request,
-        spec: RouteSpec,
-        uid: str,
-        ticket: Ticket | None,
-        meter: Meter,
-        outcome: Outcome = Outcome.REJECTED,
-    ) -> None:
-        """The request's one record; no await, so a cancelled handler gets here too."""
-        ledger = accounting.ledger
-        if ledger is None:  # shut down meanwhile
-            return
-        tokens = meter.tokens(outcome)
-        body = request.get(REQUEST_BODY)
-        record = UsageRecord(
-            uid=uid,
-            model=(body.model if body is not None else None) or "",
-            upstream=meter.upstream or "",
-            route=spec.path,
-            started_at=ticket.started_at if ticket is not None else time.time(),
-            ended_at=time.time(),
-            prompt_tokens=tokens.prompt_tokens,
-            completion_tokens=tokens.completion_tokens,
-            outcome=outcome,
-            partial=tokens.partial,
-            request_id=request[REQUEST_ID],
-            node=accounting.node,
-            record_id=mint_id(),
-            served_by=meter.served_by or (accounting.node if meter.upstream else ""),
-        )
-        if ticket is not None and ticket.decision.allowed:
-            ledger.settle(ticket, record)  # its reservation becomes the record
-        else:
-            ledger.record(record)
-        accounting.observe(record)
-
-    async def rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
-        headers = request.get(RATE_LIMIT_HEADERS)
-        if headers:
-            response.headers.update(headers)
-
-    async def report(request: web.Request) -> web.Response:
-        return web.json_response(await _report(accounting, request, quota))
-
-    app.cleanup_ctx.append(lifecycle)
-    app.middlewares.append(usage_stage)
-    if quota.enabled:  # without limits no decision carries headers
-        app.on_response_prepare.append(rate_limit_headers)
-    add_route(app, RouteSpec("GET", "/admin/usage", Access.ADMIN), report)
+    """Install the usage stage and ``GET /admin/usage``. ``node_id`` names this
+    node in the records; ``ledger``: the node's, where quotas are checked and
+    records written (a worker's asks its supervisor, so reservations and
+    unwritten records are the node's, never a worker's). The state it returns
+    is what the status page reads usage from."""
+    accounting = app[USAGE] = UsageAccounting(options, metrics, node_id=node_id, ledger=ledger)
+    if accounting.store is None:
+        app.cleanup_ctx.append(accounting.reading_store)
+    app.middlewares.append(accounting.stage)
+    if options.quota.enabled:  # without limits no decision carries headers
+        app.on_response_prepare.append(accounting.rate_limit_headers)
+    add_route(app, RouteSpec("GET", "/admin/usage", Access.ADMIN), accounting.report)
     return accounting
 
 
@@ -413,7 +434,7 @@ async def _report(
     accounting: UsageAccounting, request: web.Request, quota: QuotaOptions
 ) -> dict[str, object]:
     store, ledger = accounting.store, accounting.ledger
-    if store is None or ledger is None:
+    if store is None:
         raise GatewayError(503, "The usage store is not open.", code="usage_store_unavailable")
     now = time.time()
     day_start = quota.day_start

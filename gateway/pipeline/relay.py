@@ -5,7 +5,7 @@ of the answer, no re-chunking beyond whole SSE lines, so a token Ollama emits
 is on the wire to the client within the same event-loop turn. The relay is
 in two parts:
 
-* :func:`_pump` moves bytes and keeps a silent SSE stream alive with comment
+* :class:`_Pump` moves bytes and keeps a silent SSE stream alive with comment
   lines between events; it returns how the stream ended;
 * :func:`relay_response` sorts that ending out: the upstream finished
   (connection back to the pool), the client went away (upstream connection
@@ -32,7 +32,7 @@ import enum
 import json
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from aiohttp import web
 
@@ -128,70 +128,112 @@ async def _write(
     return True
 
 
-async def _pump(
-    upstream: UpstreamResponse,
-    response: web.StreamResponse,
-    framer: SseFramer | None,
-    options: RelayOptions,
-    progress: _Progress,
-    counter: TokenCounter | None = None,
-) -> Ending:
-    """Move the body, chunk by chunk; one deadline for the reads and one for
-    the writes, for the whole stream (deadline.py)."""
-    loop = asyncio.get_running_loop()
-    reading, writing = Deadline(), Deadline()
-    write_timeout = options.write_timeout
-    try:
-        silent_since = loop.time()
-        heartbeat_every = options.heartbeat_interval if framer is not None else float("inf")
-        beat_at = silent_since + heartbeat_every
-        while True:
-            reading.at(min(silent_since + options.idle_timeout, beat_at))
-            try:
-                chunk = await upstream.readany()
-            except asyncio.CancelledError:
-                if not reading.expired():
-                    raise
-                now = loop.time()
-                if now >= silent_since + options.idle_timeout:
-                    return Ending.UPSTREAM_IDLE
-                assert framer is not None
-                if framer.at_boundary and not await _write(
-                    response, HEARTBEAT, writing, now + write_timeout
-                ):
-                    return Ending.CLIENT_STALLED
-                beat_at = now + heartbeat_every
-                continue
-            except UpstreamBroken:
-                return Ending.UPSTREAM_BROKEN
-            finally:
-                reading.clear()
-            silent_since = loop.time()
-            if not chunk:
-                rest = counter.finish() if counter is not None else b""
-                if framer is not None:
-                    rest = (framer.feed(rest) if rest else b"") + framer.flush()
-                if rest and not await _write(response, rest, writing, silent_since + write_timeout):
-                    return Ending.CLIENT_STALLED
-                if counter is not None:
-                    counter.delivered()
-                return Ending.COMPLETED
-            beat_at = silent_since + heartbeat_every
-            out = counter.feed(chunk) if counter is not None else chunk
-            if framer is not None and out:
-                out = framer.feed(out)
-            if not out:
-                continue
-            if not await _write(response, out, writing, silent_since + write_timeout):
-                return Ending.CLIENT_STALLED
-            if counter is not None:
-                counter.delivered()
-            progress.sent += len(out)
-            progress.chunks += 1
-            progress.last = out[-1]
-    finally:
-        reading.close()
-        writing.close()
+class _Pump:
+    """Moves one body, chunk by chunk: one deadline for the reads and one for
+    the writes, for the whole stream (deadline.py); a silent SSE stream gets
+    a comment line between events. :meth:`run` says how the stream ended."""
+
+    def __init__(
+        self,
+        upstream: UpstreamResponse,
+        response: web.StreamResponse,
+        framer: SseFramer | None,
+        options: RelayOptions,
+        progress: _Progress,
+        counter: TokenCounter | None,
+    ) -> None:
+        self.upstream = upstream
+        self.response = response
+        self.framer = framer
+        self.options = options
+        self.progress = progress
+        self.counter = counter
+        self.loop = asyncio.get_running_loop()
+        self.reading, self.writing = Deadline(), Deadline()
+        self.heartbeat_every = options.heartbeat_interval if framer is not None else float("inf")
+        self.silent_since = self.loop.time()  # the last chunk's arrival
+        self.beat_at = self.silent_since + self.heartbeat_every
+
+    async def run(self) -> Ending:
+        upstream, response, reading, writing = (
+            self.upstream,
+            self.response,
+            self.reading,
+            self.writing,
+        )
+        idle, write_timeout = self.options.idle_timeout, self.options.write_timeout
+        try:
+            while True:
+                reading.at(min(self.silent_since + idle, self.beat_at))
+                try:
+                    chunk = await upstream.readany()
+                except asyncio.CancelledError:
+                    if not reading.expired():
+                        raise
+                    ending = await self._silence()
+                    if ending is None:
+                        continue
+                    return ending
+                except UpstreamBroken:
+                    return Ending.UPSTREAM_BROKEN
+                finally:
+                    reading.clear()
+                self.silent_since = self.loop.time()
+                if not chunk:
+                    return await self._finish()
+                self.beat_at = self.silent_since + self.heartbeat_every
+                out = self._framed(chunk)
+                if out:
+                    if not await _write(response, out, writing, self.silent_since + write_timeout):
+                        return Ending.CLIENT_STALLED
+                    self._delivered(out)
+        finally:
+            reading.close()
+            writing.close()
+
+    async def _silence(self) -> Ending | None:
+        """A read deadline passed: the upstream was silent too long, or a
+        heartbeat is due (sent only between events)."""
+        now = self.loop.time()
+        if now >= self.silent_since + self.options.idle_timeout:
+            return Ending.UPSTREAM_IDLE
+        assert self.framer is not None
+        if self.framer.at_boundary and not await self._write(HEARTBEAT, now):
+            return Ending.CLIENT_STALLED
+        self.beat_at = now + self.heartbeat_every
+        return None
+
+    def _framed(self, chunk: bytes) -> bytes:
+        """What of ``chunk`` goes to the client now: through the meter's
+        counter (it may take a usage chunk out) and the framer (whole lines)."""
+        out = self.counter.feed(chunk) if self.counter is not None else chunk
+        if self.framer is not None and out:
+            out = self.framer.feed(out)
+        return out
+
+    def _delivered(self, out: bytes) -> None:
+        if self.counter is not None:
+            self.counter.delivered()
+        progress = self.progress
+        progress.sent += len(out)
+        progress.chunks += 1
+        progress.last = out[-1]
+
+    async def _finish(self) -> Ending:
+        """The upstream's body ended: what the counter and the framer still
+        hold goes out."""
+        counter, framer = self.counter, self.framer
+        rest = counter.finish() if counter is not None else b""
+        if framer is not None:
+            rest = (framer.feed(rest) if rest else b"") + framer.flush()
+        if rest and not await self._write(rest, self.silent_since):
+            return Ending.CLIENT_STALLED
+        if counter is not None:
+            counter.delivered()
+        return Ending.COMPLETED
+
+    async def _write(self, data: bytes, now: float) -> bool:
+        return await _write(self.response, data, self.writing, now + self.options.write_timeout)
 
 
 async def relay_response(
@@ -226,64 +268,22 @@ async def relay_response(
             completed = True
             return response
         media_type = _media_type(upstream)
-        if keepalive is not None and keepalive.response is not None:
-            response = keepalive.response  # 200 text/event-stream went out already
-        else:
-            response = _response_like(upstream, media_type)
-            if whole:  # read whole, and perhaps filled in (answers.py): its own length
-                response.content_length = len(prefix)
-            await response.prepare(request)
+        length = len(prefix) if whole else None  # read whole, perhaps filled in (answers.py)
+        response = await _start_response(request, upstream, media_type, keepalive, length)
         framer = SseFramer(edits.line_edit_for(model)) if media_type == SSE else None
         counter = meter.count(upstream.headers.get("Content-Type", "")) if meter else None
-        ending: Ending | None = None
-        if prefix:  # the start of the body, read already (answers.py)
-            if counter is not None:
-                if answer is not None:
-                    counter.read_answer(answer)
-                else:
-                    prefix = counter.feed(prefix)  # a JSON answer: the same bytes
-            ending = await _write_prefix(response, prefix, options, progress)
-            if ending is None and counter is not None:
-                counter.delivered()
-        if ending is None and whole:
-            # Read to its end already: nothing more to pump.
-            if counter is not None:
-                rest = counter.finish()
-                assert not rest, "a JSON answer leaves no bytes to send"
-                counter.delivered()
-            ending = Ending.COMPLETED
-        if ending is None:
-            ending = await _pump(upstream, response, framer, options, progress, counter)
+        pump = _Pump(upstream, response, framer, options, progress, counter)
+        ending = await _relay_body(pump, prefix, whole, answer)
         if ending is Ending.COMPLETED:
             await response.write_eof()
             completed = True
             if meter is not None:
                 meter.completed = True
         elif ending is Ending.CLIENT_STALLED:
-            log.warning(
-                "client stopped reading for %gs (FOGNODE_CLIENT_WRITE_TIMEOUT); "
-                "dropping it after %d bytes",
-                options.write_timeout,
-                progress.sent,
-            )
-            if request.transport is not None:
-                request.transport.abort()
-            # Handled below like any other client that went away.
-            raise ConnectionResetError("client stopped reading")
+            _drop_stalled_client(request, options, progress)
         else:
             stats.upstream_failures_total += 1
-            if ending is Ending.UPSTREAM_IDLE:
-                message = (
-                    f"The upstream at {upstream_name} sent nothing for "
-                    f"{options.idle_timeout:g}s (FOGNODE_IDLE_TIMEOUT); the response was cut off."
-                )
-                code = "upstream_idle_timeout"
-            else:
-                message = (
-                    f"The upstream at {upstream_name} broke off the response; "
-                    "the answer is incomplete."
-                )
-                code = "upstream_disconnected"
+            message, code = _failure(ending, upstream_name, options)
             await _fail_in_band(request, response, media_type, framer, message, code, progress.last)
         return response
     except (asyncio.CancelledError, ConnectionResetError):
@@ -301,6 +301,75 @@ async def relay_response(
             # Closing (not releasing) drops the TCP connection, which is how
             # Ollama learns to stop generating.
             upstream.close()
+
+
+async def _start_response(
+    request: web.Request,
+    upstream: UpstreamResponse,
+    media_type: str,
+    keepalive: KeepAlive | None,
+    length: int | None,
+) -> web.StreamResponse:
+    """The response's head, sent; ``length``: a body read whole has its own."""
+    if keepalive is not None and keepalive.response is not None:
+        return keepalive.response  # 200 text/event-stream went out already
+    response = _response_like(upstream, media_type)
+    if length is not None:
+        response.content_length = length
+    await response.prepare(request)
+    return response
+
+
+async def _relay_body(pump: _Pump, prefix: bytes, whole: bool, answer: object) -> Ending:
+    """The body: what was read already (``prefix``; ``whole`` when that was
+    all of it), then the rest, pumped."""
+    counter = pump.counter
+    if prefix:  # the start of the body, read already (answers.py)
+        if counter is not None:
+            if answer is not None:
+                counter.read_answer(answer)
+            else:
+                prefix = counter.feed(prefix)  # a JSON answer: the same bytes
+        ending = await _write_prefix(pump.response, prefix, pump.options, pump.progress)
+        if ending is not None:
+            return ending
+        if counter is not None:
+            counter.delivered()
+    if whole:  # read to its end already: nothing more to pump
+        if counter is not None:
+            rest = counter.finish()
+            assert not rest, "a JSON answer leaves no bytes to send"
+            counter.delivered()
+        return Ending.COMPLETED
+    return await pump.run()
+
+
+def _drop_stalled_client(
+    request: web.Request, options: RelayOptions, progress: _Progress
+) -> NoReturn:
+    """Raises: the client is handled like any other that went away."""
+    log.warning(
+        "client stopped reading for %gs (FOGNODE_CLIENT_WRITE_TIMEOUT); dropping it after %d bytes",
+        options.write_timeout,
+        progress.sent,
+    )
+    if request.transport is not None:
+        request.transport.abort()
+    raise ConnectionResetError("client stopped reading")
+
+
+def _failure(ending: Ending, upstream_name: str, options: RelayOptions) -> tuple[str, str]:
+    """What the client is told, in-band, of an upstream that failed mid-body."""
+    if ending is Ending.UPSTREAM_IDLE:
+        return (
+            f"The upstream at {upstream_name} sent nothing for "
+            f"{options.idle_timeout:g}s (FOGNODE_IDLE_TIMEOUT); the response was cut off.",
+            "upstream_idle_timeout",
+        )
+    return (
+        f"The upstream at {upstream_name} broke off the response; the answer is incomplete.",
+        "upstream_disconnected",
+    )
 
 
 async def _write_prefix(

@@ -27,8 +27,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import astuple, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 from ...web.status import ErrorView, MinuteView
 from .logs import redact
@@ -52,31 +51,6 @@ class ActivityView:
     upstreams: list[int]  # requests in flight to each upstream, in the configured order
     # The fog: requests handed to each member and received from it, by its name.
     fog: dict[str, list[int]] = field(default_factory=dict)
-
-    def as_json(self) -> list[Any]:
-        """For a worker's channel: JSON arrays, in the dataclasses' field order."""
-        return [
-            [astuple(m) for m in self.minutes],
-            [astuple(e) for e in self.errors],
-            self.active_streams,
-            self.in_flight,
-            self.connections,
-            self.upstreams,
-            self.fog,
-        ]
-
-    @classmethod
-    def from_json(cls, value: list[Any]) -> ActivityView:
-        minutes, errors, streams, in_flight, connections, upstreams, fog = value
-        return cls(
-            [MinuteView(*m) for m in minutes],
-            [ErrorView(*e) for e in errors],
-            streams,
-            in_flight,
-            connections,
-            upstreams,
-            {str(name): [int(n) for n in counts] for name, counts in fog.items()},
-        )
 
 
 def merged(views: Sequence[ActivityView], errors: int = ERRORS) -> ActivityView:

@@ -84,7 +84,7 @@ class Metrics:
         node's Admission, where this process holds it)."""
         self.registry = CollectorRegistry(auto_describe=True)
         # Set in a worker process: the whole node's exposition, from its supervisor.
-        self.node: Callable[[], Awaitable[bytes]] | None = None
+        self.node_exposition: Callable[[], Awaitable[bytes]] | None = None
         self.requests = Counter(
             "fognode_requests",
             "Requests answered, by route pattern, method and status.",
@@ -181,7 +181,9 @@ class Metrics:
 
     async def exposition(self) -> bytes:
         """What /metrics answers: the node's series."""
-        return await self.node() if self.node is not None else self.render()
+        if self.node_exposition is not None:
+            return await self.node_exposition()
+        return self.render()
 
     def watch_connections(self, connections: ConnectionCounts) -> None:
         """Also report the connection guard's counts (it exists once the server runs)."""

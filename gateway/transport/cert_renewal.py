@@ -14,10 +14,9 @@ certificate in is the terminator's (tls.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -92,17 +91,6 @@ class CertificateKeeper:
                 log.exception("certificate check failed")
 
 
+# The keeper, where this process watches the files (one process; the supervisor
+# of worker processes watches without an app): the node's lifecycle runs watch().
 CERTIFICATES = web.AppKey("fognode.certificates", CertificateKeeper)
-
-
-def setup_certificate_renewal(app: web.Application, keeper: CertificateKeeper) -> None:
-    app[CERTIFICATES] = keeper
-
-    async def watching(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(keeper.watch(), name="fognode-cert-watch")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    app.cleanup_ctx.append(watching)

@@ -17,23 +17,20 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
-from aiohttp import web
 from pydantic import AnyHttpUrl
 
 from ... import safejson
-from ...embedded.metrics import EmbeddedCollector
 from ...embedded.model import ModelUnavailable, check_available
 from ...embedded.options import DEFAULT_MODEL, EmbeddedOptions
 from ...embedded.runtime import EmbeddedRuntime, describe
 from ...embedded.supervisor import ServerStatus
 from ..config.paths import data_dir
 from ..config.settings import Settings
-from ..telemetry.metrics import METRICS
-from .pool import UPSTREAM
+from .pool import UpstreamPool
 from .upstream import without_password
 
 log = logging.getLogger("fognode.upstream")
@@ -150,42 +147,34 @@ def _chosen(
     return UpstreamChoice(settings, reason, runtime)
 
 
-def install_upstream_choice(app: web.Application, choice: UpstreamChoice) -> None:
-    """Show the choice in /readyz; run the embedded model with the app, if chosen."""
-    pool = app[UPSTREAM]
-    pool.choice = choice.reason
-    runtime = choice.runtime
+def install_upstream_choice(
+    pool: UpstreamPool, reason: str, runtime: EmbeddedRuntime | None
+) -> None:
+    """The pool of the process that runs the embedded model, if chosen (one
+    process, or the supervisor of workers): /readyz shows the choice and the
+    engine's state, requests while it loads or restarts get 503 with
+    Retry-After, and the pool probes again once it serves."""
+    pool.choice = reason
     if runtime is None:
         return
     for member in pool.members:
         member.local = runtime.server
     pool.local_state = runtime.describe
     runtime.on_ready.append(pool.refresh)
-    app[METRICS].registry.register(EmbeddedCollector(runtime))
-
-    async def run_embedded(app: web.Application) -> AsyncIterator[None]:
-        await runtime.start()
-        yield
-        # Open requests have drained by now (cleanup runs after shutdown).
-        await runtime.stop()
-
-    # First in: the model starts loading before anything else, and is stopped last.
-    app.cleanup_ctx.insert(0, run_embedded)
 
 
 def follow_upstream_choice(
-    app: web.Application, reason: str, status: ServerStatus | None
+    pool: UpstreamPool, reason: str, status: ServerStatus | None
 ) -> Callable[[ServerStatus], None]:
     """A worker process's side of :func:`install_upstream_choice`: its supervisor
-    chose the upstream and runs the embedded model, if chosen; this app
+    chose the upstream and runs the embedded model, if chosen; this pool
     follows the engine's state (requests while it loads or restarts get 503
     with Retry-After, as in one process). Returns what to call with each new
     state."""
-    pool = app[UPSTREAM]
     pool.choice = reason
 
     def follow(new: ServerStatus) -> None:
-        # The model list follows too: the supervisor checks the upstreams when
+        # The model list follows too: the supervisor probes the upstreams when
         # the engine is ready, and every worker's pool follows what it found.
         for member in pool.members:
             member.local = new if member.base.rstrip("/") == new.url else None

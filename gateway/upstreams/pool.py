@@ -1,4 +1,4 @@
-"""Several upstreams behind one node: health checks, warm-model routing, failover.
+"""Several upstreams behind one node: health probes, warm-model routing, failover.
 
 For a handful of machines (a desktop with a GPU and a NUC, say) the gateway
 can spread requests itself:
@@ -12,7 +12,7 @@ can spread requests itself:
   This is the one place model lists are fetched: /readyz, the mDNS
   announcement, the listings' ``fognode`` field and routing read what it
   found (after a model is pulled or removed through the node, at once).
-  With worker processes the supervisor's pool checks, once for the node,
+  With worker processes the supervisor's pool probes, once for the node,
   and each worker's pool follows what it found (:meth:`UpstreamPool.follow`);
 * a request for a model goes to an upstream that has it, by the rule in
   routing/order.py: loaded first, then the one that served the
@@ -35,8 +35,8 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -53,29 +53,22 @@ from .upstream import Upstream, UpstreamOptions, describe
 log = logging.getLogger("fognode.upstreams")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Finding:
-    """What one check found of one upstream: the message a worker's pool
-    follows (:meth:`UpstreamPool.follow`)."""
+    """What the last probe found of one upstream: what a worker's pool takes
+    from its supervisor's (:meth:`UpstreamPool.findings`, :meth:`UpstreamPool.follow`)."""
 
-    healthy: bool | None
+    healthy: bool | None  # None: not probed yet
     error: str | None
-    models: list[str]
-    loaded: list[warm.LoadedModel]
-    slots: int | None
+    models: tuple[str, ...]
+    loaded: tuple[warm.LoadedModel, ...]
+    slots: int | None  # llama.cpp's server: its slots, and how many are busy
     slots_busy: int | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "loaded": [asdict(e) for e in self.loaded]}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Finding:
-        return cls(**{**data, "loaded": [warm.LoadedModel(**e) for e in data["loaded"]]})
 
 
 @dataclass(frozen=True)
 class PoolState:
-    """What a check of every upstream found, for /readyz."""
+    """Whether the node can answer, after a probe of every upstream (/readyz)."""
 
     ready: bool  # at least one upstream answered
     models: list[str]  # the union of their models
@@ -110,20 +103,21 @@ class UpstreamPool:
         options: UpstreamOptions,
         *,
         memory: ConversationMemory | None = None,
-        checks: Callable[[], Awaitable[None]] | None = None,
+        probe_elsewhere: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """``memory``: the node's conversation table when this process does not
         hold it (a worker's: the supervisor does); used only when affinity is
-        on with several upstreams. ``checks``: asks whoever checks the
-        upstreams for the node (a worker's supervisor) to check them now; its
-        findings arrive through :meth:`follow`, and this pool checks nothing
+        on with several upstreams. ``probe_elsewhere``: asks whoever probes the
+        upstreams for the node (a worker's supervisor) to probe them now; the
+        findings arrive through :meth:`follow`, and this pool probes nothing
         itself."""
         self.options = options
         self.members = [Upstream(url, options) for url in urls]
         self.cap = options.max_concurrent
         self._task: asyncio.Task[None] | None = None
-        # Called after each check (the mDNS announcement follows the models).
-        self.on_checked: list[Callable[[], Awaitable[None]]] = []
+        # Called after each probe of the upstreams (the mDNS announcement
+        # follows the models; a supervisor tells its workers).
+        self.on_probed: list[Callable[[], Awaitable[None]]] = []
         # Set by whoever chose the upstream at start: why this one, and the live
         # state of an upstream fognode runs itself (both shown by /readyz).
         self.choice: str | None = None
@@ -135,7 +129,7 @@ class UpstreamPool:
             else None
         )
         self._turns = itertools.count(1)
-        self._checks = checks
+        self._probe_elsewhere = probe_elsewhere
         self._following: set[asyncio.Task[None]] = set()
 
     # --- the pool as one upstream (the status page, the log, the health probe) ---
@@ -154,10 +148,10 @@ class UpstreamPool:
     async def start(self) -> None:
         for member in self.members:
             await member.start()
-        if self._checks is not None:
-            return  # the supervisor checks, and tells
+        if self._probe_elsewhere is not None:
+            return  # the supervisor probes, and tells
         await self.refresh()
-        self._task = asyncio.create_task(self._loop(), name="fognode-upstream-checks")
+        self._task = asyncio.create_task(self._loop(), name="fognode-upstream-probes")
 
     async def close(self) -> None:
         if self._task is not None:
@@ -168,7 +162,7 @@ class UpstreamPool:
             await member.close()
 
     # --- health and models ------------------------------------------------------
-    async def _check(self, member: Upstream) -> None:
+    async def _probe(self, member: Upstream) -> None:
         if member.local is not None and member.local.not_ready() is not None:
             return  # loading or restarting; it triggers a refresh once it serves
         try:
@@ -204,46 +198,45 @@ class UpstreamPool:
         member.healthy, member.last_error = False, failure
 
     async def refresh(self) -> None:
-        """Check every upstream now, then tell whoever follows the results."""
-        if self._checks is not None:
-            await self._checks()  # what it found has arrived (follow) when this returns
+        """Probe every upstream now, then tell whoever follows the results."""
+        if self._probe_elsewhere is not None:
+            await self._probe_elsewhere()  # what it found has arrived (follow) when this returns
             return
-        await asyncio.gather(*(self._check(m) for m in self.members))
-        for callback in self.on_checked:
-            await callback()
+        await asyncio.gather(*(self._probe(m) for m in self.members))
+        await self._probed()
 
-    def findings(self) -> list[dict[str, Any]]:
-        """What the last check found of each upstream (:class:`Finding`, as
-        JSON), for :meth:`follow` in another process."""
-        return [
+    def findings(self) -> tuple[Finding, ...]:
+        """What the last probe found of each upstream, for :meth:`follow` in
+        another process."""
+        return tuple(
             Finding(
                 m.healthy,
                 m.last_error,
-                sorted(m.models),
-                list(m.loaded.values()),
+                tuple(sorted(m.models)),
+                tuple(m.loaded.values()),
                 m.slots,
                 m.slots_busy,
-            ).to_json()
+            )
             for m in self.members
-        ]
+        )
 
-    def follow(self, findings: list[dict[str, Any]]) -> None:
-        """Take another pool's :meth:`findings` as this pool's check (a worker:
+    def follow(self, findings: Sequence[Finding]) -> None:
+        """Take another pool's :meth:`findings` as this pool's probe (a worker:
         the supervisor's), at once; then tell whoever follows the results."""
-        for member, found in zip(self.members, map(Finding.from_json, findings), strict=True):
+        for member, found in zip(self.members, findings, strict=True):
             member.healthy, member.last_error = found.healthy, found.error
             member.models = frozenset(found.models)
             member.loaded = {entry.name: entry for entry in found.loaded}
             member.slots, member.slots_busy = found.slots, found.slots_busy
-            if found.healthy:  # as a check here: what requests warmed is now in the list
+            if found.healthy:  # as a probe here: what requests warmed is now in the list
                 member.warmed = set()
-        if self.on_checked:
-            task = asyncio.create_task(self._checked(), name="fognode-upstream-followed")
+        if self.on_probed:
+            task = asyncio.create_task(self._probed(), name="fognode-upstream-followed")
             self._following.add(task)
             task.add_done_callback(self._following.discard)
 
-    async def _checked(self) -> None:
-        for callback in self.on_checked:
+    async def _probed(self) -> None:
+        for callback in self.on_probed:
             await callback()
 
     async def _loop(self) -> None:
@@ -252,10 +245,10 @@ class UpstreamPool:
             try:
                 await self.refresh()
             except Exception:
-                log.exception("upstream check failed")
+                log.exception("upstream probe failed")
 
     def known_models(self) -> list[str]:
-        """The models the upstreams that answered the last check have."""
+        """The models the upstreams that answered the last probe have."""
         return sorted({n for m in self.members if m.healthy for n in m.models})
 
     # --- hot models ---------------------------------------------------------------
@@ -269,7 +262,7 @@ class UpstreamPool:
         return entry is not None and entry.hot(now)
 
     def hot_models(self) -> list[str]:
-        """The models in the memory of an upstream that answered the last check."""
+        """The models in the memory of an upstream that answered the last probe."""
         now = time.time()
         return sorted(
             {n for m in self.members if m.healthy for n in m.loaded if m.loaded[n].hot(now)}
@@ -298,8 +291,8 @@ class UpstreamPool:
             if isinstance(entry, dict) and isinstance(entry.get("id"), str):
                 entry["fognode"] = self.warmth(entry["id"])
 
-    async def check(self) -> PoolState:
-        """Check every upstream now (for /readyz): ready when one answers."""
+    async def readiness(self) -> PoolState:
+        """Probe every upstream now (for /readyz): ready when one answers."""
         await self.refresh()
         answered = [m for m in self.members if m.healthy]
         version = None
@@ -416,7 +409,7 @@ class UpstreamPool:
 
     def served(self, route: Route, choice: Choice) -> None:
         """The upstream answered the request: it holds the conversation now,
-        and the model is in its memory whatever the last check said."""
+        and the model is in its memory whatever the last probe said."""
         model, member = route.model, choice.member
         if model is not None:
             # As the upstream lists it ("llama3.2" is Ollama's "llama3.2:latest").

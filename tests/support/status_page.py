@@ -14,7 +14,7 @@ import pytest
 from fognode.auth.api_keys import entry_for, new_key
 from fognode.auth.throttle import FailureThrottle
 from fognode.gateway.node.server import RunningServer
-from fognode.gateway.pages.sessions import SESSIONS, ThrottleHere
+from fognode.gateway.pages.sessions import SESSIONS, LocalSignInThrottle
 from tests.support.gateway import GatewayFactory
 from tests.support.ollama_standin import OllamaStandIn
 from tests.support.pki import Pki
@@ -56,5 +56,5 @@ async def https(pki: Pki) -> AsyncIterator[aiohttp.ClientSession]:
 def failures(node: RunningServer) -> FailureThrottle:
     """The sign-in throttle of a node that is one process (it holds it)."""
     held = node.app[SESSIONS].throttle
-    assert isinstance(held, ThrottleHere)
+    assert isinstance(held, LocalSignInThrottle)
     return held.failures

@@ -72,7 +72,7 @@ def rec(
         outcome=outcome,
         partial=partial,
         request_id=f"req-{next(_seq)}",
-        node=node,
+        node_id=node,
     )
 
 

@@ -12,6 +12,7 @@ from fognode.embedded.engine import REPEAT_PENALTY, EngineConfig
 from fognode.embedded.model import ModelUnavailable, chat_template
 from fognode.embedded.options import EmbeddedOptions
 from fognode.embedded.supervisor import EngineLoad, ServerStatus, State
+from fognode.workers.messages import codec
 
 # llama.cpp's /metrics as its server wrote it (xllamacpp 2026.10.11549), cut short.
 METRICS = """\
@@ -75,7 +76,8 @@ def test_chat_templates_come_from_the_setting_or_with_the_packaged_model(tmp_pat
 def test_an_engine_asleep_serves_and_one_loading_says_when_to_retry() -> None:
     asleep = ServerStatus("http://x", "m", State.ASLEEP, 0.0, 0.0, 2.0, 1.0, 0, 4)
     assert asleep.not_ready() is None
-    assert ServerStatus.from_json(json.loads(json.dumps(asleep.to_json()))) == asleep
+    wire = codec(ServerStatus)  # as it crosses a worker's channel (gateway/node/protocol.py)
+    assert wire.decode(json.loads(json.dumps(wire.encode(asleep)))) == asleep
     loading = ServerStatus("http://x", "m", State.STARTING, 0.0, 0.0, 30.0, 1.0, 0, 4)
     waiting = loading.not_ready()
     assert waiting is not None and "still loading" in waiting[0] and waiting[1] >= 1

@@ -30,6 +30,7 @@ from fognode.models.progress import PullProgress
 from fognode.usage.record import Outcome, UsageRecord
 from fognode.usage.sqlite_store import SqliteStore
 from fognode.web.status import human_bytes, pull_update
+from fognode.workers.messages import codec
 from tests.support.clock import Clock
 
 ADMIN = Principal(uid="apikey:operator", kind="api_key", is_admin=True)
@@ -232,7 +233,8 @@ def test_the_nodes_activity_is_every_workers_summed() -> None:
     clock.now += 0.5  # the next minute, before the second worker answers
     record(second, 200)
     late = ActivityView(second.per_minute(), second.latest_errors(), 4, 5, None, [1, 4])
-    late = ActivityView.from_json(json.loads(json.dumps(late.as_json())))
+    wire = codec(ActivityView)
+    late = wire.decode(json.loads(json.dumps(wire.encode(late))))
     node = merged([early, late], errors=2)
     assert [
         (m.start - start, m.requests, m.client_errors, m.server_errors) for m in node.minutes

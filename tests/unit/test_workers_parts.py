@@ -10,6 +10,7 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -19,13 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from fognode.embedded.options import cores
 from fognode.gateway.config.identity import node_id
 from fognode.gateway.config.settings import Settings
-from fognode.gateway.node.supervisor import (
-    close_ledger,
-    node_ledger,
-    prepare_once,
-    worker_count,
-    worker_share,
-)
+from fognode.gateway.node.lifecycle import close_ledger, node_ledger, prepare_once
+from fognode.gateway.node.protocol import Probed
+from fognode.gateway.node.supervisor import worker_count, worker_share
 from fognode.gateway.options import upstream_options
 from fognode.gateway.telemetry.metrics import merge_expositions
 from fognode.gateway.upstreams.pool import UpstreamPool
@@ -35,10 +32,20 @@ from fognode.usage.options import Limits
 from fognode.usage.quota import Decision, Usage, decide
 from fognode.usage.record import Outcome, UsageRecord
 from fognode.workers.channel import CallFailed, Channel, ChannelClosed, Reply
+from fognode.workers.messages import codec
 from fognode.workers.ports import SharedPort
 from tests.support.helpers import wait_until
 
 Pair = tuple[Channel, Channel, list[str]]
+T = TypeVar("T")
+
+
+def across(kind: type[T], value: T) -> T:
+    """``value`` as the other side of a worker's channel reads it (JSON)."""
+    wire = codec(kind)
+    return wire.decode(json.loads(json.dumps(wire.encode(value))))
+
+
 waiting: list[asyncio.Future[None]] = []  # the handlers of "wait" calls, still waiting
 
 
@@ -251,12 +258,12 @@ async def test_a_workers_pool_follows_the_supervisors_checks_and_checks_nothing(
     async def ask() -> None:
         asked.append("check")
 
-    worker = UpstreamPool(urls, options, checks=ask)
+    worker = UpstreamPool(urls, options, probe_elsewhere=ask)
     await worker.start()  # no probe: nothing listens on ports 1 and 2
     try:
         assert [m.healthy for m in worker.members] == [None, None]
         worker.members[0].warmed.add("qwen3:0.6b")
-        worker.follow(json.loads(json.dumps(supervisor.findings())))
+        worker.follow(across(Probed, Probed(1, supervisor.findings())).findings)
         first, second = worker.members
         assert (first.healthy, first.models, first.loaded) == (True, up.models, up.loaded)
         assert first.warmed == set()  # the check's list holds what requests warmed
@@ -269,7 +276,7 @@ async def test_a_workers_pool_follows_the_supervisors_checks_and_checks_nothing(
 
 
 def test_quota_decisions_and_records_cross_the_channel_unchanged() -> None:
-    """What a worker's RemoteLedger and the coordinator send each other is
+    """What a worker's RemoteUsageLedger and the coordinator send each other is
     JSON on the channel: nothing may be lost or retyped on the way."""
     record = UsageRecord(
         uid="apikey:alice",
@@ -283,10 +290,10 @@ def test_quota_decisions_and_records_cross_the_channel_unchanged() -> None:
         outcome=Outcome.CLIENT_DISCONNECTED,
         partial=True,
         request_id="r-1",
-        node="n1",
+        node_id="n1",
     )
-    assert UsageRecord.from_json(json.loads(json.dumps(record.as_json()))) == record
+    assert across(UsageRecord, record) == record
     used = Usage(requests_last_minute=3, oldest_request=1_700_000_000.0)
     refused = decide(Limits(0, 3), used, estimate=10, now=1_700_000_010.0, day_end=1_700_050_000)
     assert not refused.allowed and refused.code == "rate_limit_exceeded"
-    assert Decision.from_json(json.loads(json.dumps(refused.as_json()))) == refused
+    assert across(Decision, refused) == refused
