@@ -215,17 +215,13 @@ class _Sender:
     ) -> web.StreamResponse:
         """Send to the best upstream; when it could not be reached, closed the
         connection before any answer, or answered busy (the client has had
-        nothing yet), try the next one, each upstream once."""
+        nothing yet), try the next one, each upstream once. The model check
+        before the queue has answered a model nobody has (model_check.py)."""
         handover = request.get(HANDOVER)
         if handover is not None:
             assert isinstance(data, bytes)  # an inference route's body, read whole
             return await self._hand_over(request, handover, data, model, edits, keepalive, meter)
         pool = self.pool
-        if model and pool.kind != "ollama" and pool.lacks_model(model):
-            # The wording the SpeziLLMFog app matches on (compat.py).
-            raise GatewayError(
-                404, model_not_found_message(model), type="not_found_error", code="model_not_found"
-            )
         affine = await pool.recall(conversation) if conversation is not None else None
         route = Route([], model, conversation, affine)
         once = data is not None and not isinstance(data, bytes)  # a streamed body: one try

@@ -9,7 +9,8 @@ can spread requests itself:
   it is llama.cpp's server and says it sleeps), and llama.cpp's server for
   its slots and how many are busy (/props, /metrics).
   This is the one place model lists are fetched: /readyz, the mDNS
-  announcement, the listings' ``fognode`` field and routing read what it found
+  announcement, the listings' ``fognode`` field, the model check before the
+  queue (:meth:`UpstreamPool.who_serves`) and routing read what it found
   (after a model is pulled or removed through the node, at once).
   With worker processes the supervisor's pool probes, once for the node,
   and each worker's pool follows what it found (:meth:`UpstreamPool.follow`);
@@ -46,6 +47,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -82,6 +84,9 @@ class PoolState:
 # event (a request that ends is one): expected starts grow as requests run
 # long, and busy answers and breakers expire.
 WAIT_TICK = 0.5
+# The model check asks the upstreams again before it says "not here", at most
+# this often (Ollama's list may lag behind a pull made on its own machine).
+RECHECK_SECONDS = 1.0
 # What decides whether an upstream's failure takes it out at once.
 _CANNOT_CONNECT = frozenset({"upstream_unreachable", "upstream_connect_timeout"})
 
@@ -169,6 +174,8 @@ class UpstreamPool:
         self._tick: asyncio.TimerHandle | None = None
         # Probes of upstreams whose breaker asked for one, by member.
         self._probes: dict[int, asyncio.Task[None]] = {}
+        self._recheck: asyncio.Task[None] | None = None
+        self._rechecked = -math.inf
         self._running = False  # between start and close: probes may be scheduled
 
     # --- the pool as one upstream (the status page, the log, the health probe) ---
@@ -195,7 +202,7 @@ class UpstreamPool:
 
     async def close(self) -> None:
         self._running = False
-        tasks = [t for t in (self._task, *self._probes.values()) if t is not None]
+        tasks = [t for t in (self._task, self._recheck, *self._probes.values()) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -470,6 +477,31 @@ class UpstreamPool:
         servers list nothing). An upstream that is out still has its models:
         a request for one only it has tries it, and hears why it failed."""
         return holders(model, [m.model_keys if m.models else None for m in self.members])
+
+    async def who_serves(self, model: str) -> Holders:
+        """Who can serve model m: the seam the model check before the queue asks
+        (and the fog extends with its peers). Before it says "nobody", the
+        upstreams are asked again (at most once a second for the node): a model
+        pulled on Ollama's own machine is served without waiting for a check."""
+        found = self.holders(model)
+        if found.missing:
+            await self._ask_again()
+            found = self.holders(model)
+        return found
+
+    async def _ask_again(self) -> None:
+        if self._recheck is None:
+            if time.monotonic() - self._rechecked < RECHECK_SECONDS:
+                return
+            self._rechecked = time.monotonic()
+            self._recheck = asyncio.create_task(self.refresh(), name="fognode-model-recheck")
+            self._recheck.add_done_callback(self._rechecked_now)
+        await asyncio.shield(self._recheck)
+
+    def _rechecked_now(self, task: asyncio.Task[None]) -> None:
+        self._recheck = None
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("checking the upstreams again failed: %s", task.exception())
 
     # --- routing ------------------------------------------------------------------
     async def recall(self, conversation: Conversation) -> int | None:
