@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.placement --baseline /tmp/fognode-base [--rounds 5]
 
 Each side is a `fognode serve` (one worker, no auth, plain HTTP) in front of
-two Ollama stand-in processes (tests/ollama_standin.py: Ollama's wire format,
+two Ollama stand-in processes (tests/support/ollama_standin.py: Ollama's wire format,
 its queue of one generation at a time, its 503 "server busy"). Every case of
 every round starts fresh stand-ins and a fresh node, so nothing one side
 learned helps the other; the sides alternate (which goes first rotates with
@@ -46,7 +46,7 @@ import aiohttp
 
 from bench.common import machine, start, start_fognode, stop, wait_ready
 from bench.targets import baseline_package
-from tests.helpers import free_port
+from tests.support.helpers import free_port
 
 MODEL = "llama3.2:1b"
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +76,9 @@ class CaseResult:
 
 async def standin(*args: str) -> tuple[asyncio.subprocess.Process, str]:
     port = free_port()
-    proc = await start(sys.executable, "-m", "tests.ollama_standin", "--port", str(port), *args)
+    proc = await start(
+        sys.executable, "-m", "tests.support.ollama_standin", "--port", str(port), *args
+    )
     url = f"http://127.0.0.1:{port}"
     await wait_ready(url)
     return proc, url

@@ -21,6 +21,7 @@ from fognode.routing.order import (
     rank,
 )
 from fognode.routing.pace import Pace
+from tests.support.clock import Clock
 
 
 def opt(**fields: Any) -> Option:
@@ -153,19 +154,11 @@ def test_a_busy_upstream_does_not_look_idle() -> None:
 # --- the breaker --------------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 OPTIONS = BreakerOptions(failures=3, window=5.0, cooldown=1.0, max_cooldown=4.0, busy_seconds=2.0)
 
 
 def test_a_failure_to_connect_takes_it_out_at_once_and_a_probe_brings_it_back() -> None:
-    clock = Clock()
+    clock = Clock(now=100.0)
     breaker = Breaker(OPTIONS, clock=clock)
     assert breaker.failure(definitive=True) is True
     assert breaker.out and breaker.state is State.OPEN and breaker.trips == 1
@@ -178,7 +171,7 @@ def test_a_failure_to_connect_takes_it_out_at_once_and_a_probe_brings_it_back() 
 
 
 def test_failed_probes_back_off_up_to_the_bound() -> None:
-    clock = Clock()
+    clock = Clock(now=100.0)
     breaker = Breaker(OPTIONS, clock=clock)
     breaker.failure(definitive=True)
     gaps = []
@@ -194,7 +187,7 @@ def test_failed_probes_back_off_up_to_the_bound() -> None:
 
 
 def test_other_failures_count_and_take_it_out_within_a_bounded_time() -> None:
-    clock = Clock()
+    clock = Clock(now=100.0)
     breaker = Breaker(OPTIONS, clock=clock)
     assert breaker.failure() is False and not breaker.out
     assert breaker.probe_at() == 100.0  # confirm at once, without waiting for traffic
@@ -221,7 +214,7 @@ def test_other_failures_count_and_take_it_out_within_a_bounded_time() -> None:
 
 
 def test_busy_is_load_for_a_moment_and_proves_it_is_alive() -> None:
-    clock = Clock()
+    clock = Clock(now=100.0)
     breaker = Breaker(OPTIONS, clock=clock)
     breaker.failure()
     breaker.busy()  # it answered: alive
@@ -241,7 +234,7 @@ def test_busy_is_load_for_a_moment_and_proves_it_is_alive() -> None:
 def test_a_checks_answer_does_not_prove_what_a_requests_does() -> None:
     """An upstream that lists its models but fails every generation: the checks
     neither reset its count nor keep it in for long."""
-    clock = Clock()
+    clock = Clock(now=100.0)
     breaker = Breaker(OPTIONS, clock=clock)
     breaker.failure()
     assert breaker.success(probe=True) is False and breaker.failures == 1
@@ -261,7 +254,7 @@ def test_a_checks_answer_does_not_prove_what_a_requests_does() -> None:
 
 
 def test_a_supervisors_verdict_takes_it_out_once() -> None:
-    breaker = Breaker(OPTIONS, clock=Clock())
+    breaker = Breaker(OPTIONS, clock=Clock(now=100.0))
     assert breaker.trip() is True and breaker.trip() is False and breaker.trips == 1
 
 

@@ -16,71 +16,47 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.helpers import STREAMED_CHAT, free_port
-from tests.node_process import NodeProcess
+from tests.support.helpers import STREAMED_CHAT, free_port
+from tests.support.processes import NodeProcess, Process
 
 MODEL = STREAMED_CHAT["model"]
-REPOSITORY = Path(__file__).resolve().parent.parent  # where `python -m tests...` finds tests
 
 
-class StandinProcess:
-    """tests/ollama_standin.py as a process of its own, so that it can be killed."""
+class Standin(Process):
+    """tests/support/ollama_standin.py as a process of its own, so that it can be killed."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, workdir: Path, *args: str) -> None:
         self.port = free_port()
-        self.args = args
-        self.proc: asyncio.subprocess.Process | None = None
+        argv = [sys.executable, "-m", "tests.support.ollama_standin", "--port", str(self.port)]
+        super().__init__([*argv, *args], log_file=workdir / f"standin-{self.port}.log")
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.ollama_standin",
-            "--port",
-            str(self.port),
-            *self.args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            cwd=REPOSITORY,
-        )
-        assert self.proc.stdout is not None
-        async with asyncio.timeout(30):
-            line = await self.proc.stdout.readline()
-        assert b"listening on" in line, line
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-        if self.proc is not None:
-            await self.proc.wait()
+    def wait_listening(self) -> None:
+        if not any("listening on" in line for line in self.lines(time.monotonic() + 30)):
+            raise AssertionError(f"the stand-in did not start:\n{self.log()}")
 
 
 @pytest.fixture
-async def two_standins() -> AsyncIterator[tuple[StandinProcess, StandinProcess]]:
+def two_standins(tmp_path: Path) -> Iterator[tuple[Standin, Standin]]:
     # About 0.15 s a request (12 words, 12 ms apart), the model loaded on both.
-    pair = tuple(StandinProcess("--token-delay", "0.012", "--loaded", MODEL) for _ in range(2))
+    pair = tuple(Standin(tmp_path, "--token-delay", "0.012", "--loaded", MODEL) for _ in range(2))
     try:
         for standin in pair:
-            await standin.start()
+            standin.wait_listening()
         yield pair[0], pair[1]
     finally:
         for standin in pair:
-            await standin.stop()
+            standin.stop(signal.SIGKILL)
 
 
 @dataclass
@@ -117,7 +93,7 @@ async def one_request(http: aiohttp.ClientSession, url: str) -> Outcome:
 
 
 async def test_killing_one_of_two_capped_upstreams_fails_no_request_that_had_not_started(
-    tmp_path: Path, two_standins: tuple[StandinProcess, StandinProcess]
+    tmp_path: Path, two_standins: tuple[Standin, Standin]
 ) -> None:
     """16 clients stream without pause through a node whose two upstreams take
     one request each; one upstream is killed with SIGKILL after 2 s. Streams
@@ -153,11 +129,11 @@ async def test_killing_one_of_two_capped_upstreams_fails_no_request_that_had_not
         async with aiohttp.ClientSession(connector=connector) as http:
             clients = [asyncio.create_task(client(http)) for _ in range(16)]
             await asyncio.sleep(killed_at - loop.time())
-            second.kill()
+            await second.astop(signal.SIGKILL)
             async with asyncio.timeout(60):
                 await asyncio.gather(*clients)
     finally:
-        await node.stop()
+        await node.astop()
     kill_time = killed_at
     after = [o for o in outcomes if o.started >= kill_time]
     failed = [o for o in outcomes if not o.done]

@@ -17,9 +17,9 @@ import pytest
 
 from fognode.gateway.pipeline.admission import ADMISSION, Admission
 from fognode.gateway.upstreams.pool import UPSTREAM
-from tests.conftest import GatewayFactory
-from tests.helpers import wait_until
-from tests.ollama_standin import OllamaStandIn
+from tests.support.gateway import GatewayFactory
+from tests.support.helpers import wait_until
+from tests.support.ollama_standin import OllamaStandIn
 
 MODEL = "llama3.2:1b"
 MISSING = "phi4:14b"  # a name the app's pattern can match
