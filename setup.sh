@@ -198,12 +198,10 @@ CERTS_DEFAULT=$("$VENV/bin/python" -c \
 DATA_DIR=$(dirname "$CERTS_DEFAULT")
 if [[ ! -f $DATA_DIR/api-keys ]]; then
   mkdir -p "$DATA_DIR"
+  # `apikey create` adds the key's hash to <data dir>/api-keys (0600), the file
+  # the node watches; the key itself is shown once, and kept here for you.
   created=$("$VENV/bin/fognode" apikey create local-admin --admin --json)
   (umask 077
-   echo "# name:role:sha256 — made by setup.sh; add more with: fognode apikey create NAME" \
-     >"$DATA_DIR/api-keys"
-   "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["entry"])' \
-     <<<"$created" >>"$DATA_DIR/api-keys"
    "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["key"])' \
      <<<"$created" >"$DATA_DIR/admin-api-key")
   say "Created an admin API key for you in $DATA_DIR/admin-api-key (its hash in api-keys)"

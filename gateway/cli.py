@@ -259,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "credentials_file": settings.firebase_credentials_file,
                     "emulator_host": settings.firebase_auth_emulator_host,
                     "admin_claim": settings.admin_claim,
+                    "api_keys_file": settings.api_keys_file,
+                    "api_keys_check_interval": settings.api_keys_check_interval,
+                    "inline": settings.api_keys,
                 },
             )
         if args.command == "usage":
