@@ -152,7 +152,14 @@ lock=requirements.lock
 ((WITH_EMBEDDED)) && lock=requirements-embedded.lock
 ((WITH_TEST)) && lock=requirements-test.lock
 stamp="$VENV/.fognode-installed"
-want="$(cat pyproject.toml "$lock" | sha256sum | cut -c1-16) $lock"
+locked() { echo "$(cat pyproject.toml "$1" | sha256sum | cut -c1-16) $1"; }
+want=$(locked "$lock")
+# The test lock pins every package of the service's at the same version: a venv
+# installed from it has what --no-test needs, and is not reinstalled without
+# the test tools.
+if ((!WITH_TEST)) && [[ -f $stamp && $(cat "$stamp") == $(locked requirements-test.lock) ]]; then
+  want=$(cat "$stamp")
+fi
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   say "Installing fognode and its locked dependencies ($lock) into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
@@ -160,7 +167,7 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   "$VENV/bin/python" -m pip install -q --no-deps -e .
   echo "$want" >"$stamp"
 else
-  say "fognode already installed in $VENV ($lock unchanged)"
+  say "fognode already installed in $VENV (${want#* } unchanged)"
 fi
 
 # --- certificates (first run; renewed when due on every run) ------------------
