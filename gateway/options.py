@@ -16,7 +16,7 @@ from ..certs.peers import load_node_credentials
 from ..certs.store import CertPaths
 from ..fog.members import MembershipOptions, TableOptions
 from ..usage.options import Limits, QuotaOptions, StoreOptions
-from .config.identity import node_id
+from .config.identity import host_name, node_id
 from .config.network import lan_addresses
 from .config.settings import Settings
 from .pages.sessions import SessionOptions
@@ -111,7 +111,10 @@ def renewal_options(settings: Settings) -> RenewalOptions:
 
 
 def certs_defaults(settings: Settings) -> CertsDefaults:
-    """`fognode certs`' defaults: the same directories and names `serve` uses."""
+    """`fognode certs`' defaults: the same directories and names `serve` uses.
+    With configured names (FOGNODE_CERT_NAMES) the node's own is not looked
+    up: a renewal elsewhere (compose's container) has no node id to read."""
+    own = () if settings.cert_names else (host_name(settings, node_id(settings)),)
     return CertsDefaults(
         certs_dir=settings.certs_dir,
         ca_dir=settings.ca_dir,
@@ -121,6 +124,7 @@ def certs_defaults(settings: Settings) -> CertsDefaults:
         validity_days=settings.cert_validity_days,
         renew_before_days=settings.cert_renew_before_days,
         lan_ips=tuple(str(ip) for ip in lan_addresses()),
+        node_names=own,
     )
 
 
