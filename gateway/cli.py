@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +33,7 @@ from .config.paths import data_dir
 from .config.settings import Settings, load_settings
 from .node.operate import add_operate_commands, fog_checker, run_drain, run_fog
 from .node.serve import run_loop, serve, startup_failure
-from .node.service import add_service_commands
+from .node.service import CERTS_UNIT, UNIT_FILE, add_service_commands, read_unit_environment
 from .node.supervisor import worker_count
 from .options import certs_defaults, quota_options
 from .pages.onboarding import onboarding_links
@@ -204,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="A LAN fog node for LLM inference: a TLS, auth and mDNS front for Ollama.",
     )
     parser.add_argument("--version", action="version", version=f"fognode {__version__}")
+    parser.add_argument(
+        "--node",
+        choices=["service"],
+        help="service: run the command against the fognode service installed on this machine "
+        "(`fognode service install`): its data dir, certificates and port, as its unit and "
+        "/etc/fognode/env set them. Usually with sudo: sudo fognode --node service usage",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -242,9 +250,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The commands that act on a node's data or port, and so can be aimed at the
+# installed service (--node service).
+NODE_COMMANDS = ("config", "healthcheck", "certs", "claims", "apikey", "usage", "models")
+# What only the renewal unit does for the service (it alone holds the issuing CA).
+RENEWAL_ACTIONS = ("init", "issue", "renew", "install")
+
+
+def _aim_at_service(args: argparse.Namespace) -> str | None:
+    """Take the installed service's settings for this process (as systemd
+    gives them to the service); what stands in the way, or None."""
+    if args.command not in NODE_COMMANDS:
+        return (
+            f"--node service is for {', '.join(NODE_COMMANDS)}; the service itself runs under "
+            "systemd (systemctl restart fognode, journalctl -u fognode)"
+        )
+    if args.command == "certs" and args.certs_command in RENEWAL_ACTIONS:
+        return (
+            "the service's certificates are issued and renewed by its renewal unit, which alone "
+            f"holds the issuing CA: sudo systemctl start {CERTS_UNIT} (renews when due; "
+            f"journalctl -u {CERTS_UNIT} says what it did)"
+        )
+    try:
+        found = read_unit_environment(UNIT_FILE)
+    except FileNotFoundError as exc:
+        return (
+            f"no fognode service is installed on this machine ({exc.filename} is missing); "
+            "`sudo fognode service install` installs one"
+        )
+    except PermissionError as exc:
+        return f"cannot read {exc.filename}: run it with sudo"
+    for name in [n for n in os.environ if n.startswith(("FOGNODE_", "XDG_DATA_HOME"))]:
+        del os.environ[name]  # the service sees none of this shell's
+    os.environ.update(found)
+    return None
+
+
+def _service_note(args: argparse.Namespace) -> None:
+    """A command aimed at this user's node while a service is installed: say
+    which node it reaches, and how to reach the other."""
+    if args.node is not None or args.command not in NODE_COMMANDS or not UNIT_FILE.exists():
+        return
+    if data_dir() == Path("/var/lib/fognode"):  # the service's own, already
+        return
+    print(
+        f"fognode: note: this command uses {data_dir()}, not the installed service's data; "
+        f"`sudo fognode --node service {args.command} ...` reaches the service.",
+        file=sys.stderr,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.node == "service":
+        problem = _aim_at_service(args)
+        if problem is not None:
+            print(f"fognode --node service: {problem}", file=sys.stderr)
+            return 2
+    _service_note(args)
     try:
         if args.command in ("discover", "chat"):
             if args.command == "discover":
