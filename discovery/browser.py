@@ -50,6 +50,13 @@ class FogNode:
         return (self.instance, self.tls, frozenset(self.addresses))
 
     @property
+    def content(self) -> tuple[object, ...]:
+        """What the node says about itself. Not which of its announcements was
+        seen, nor in which domains: a node found in a second domain a moment
+        after the first has not changed."""
+        return (self.host, self.port, frozenset(self.addresses), self.txt)
+
+    @property
     def domain(self) -> str:
         return self.service_type.split("._tcp.", 1)[-1].split("._udp.", 1)[-1]
 
@@ -155,7 +162,7 @@ class _Groups:
                 events.append(NodeEvent(Change.ADDED, now))
             elif was is not None and now is None:
                 events.append(NodeEvent(Change.REMOVED, was))
-            elif now is not None and now != was:
+            elif now is not None and was is not None and now.content != was.content:
                 events.append(NodeEvent(Change.UPDATED, now))
         return events
 
