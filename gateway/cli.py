@@ -22,6 +22,7 @@ from ..certs.cli import add_certs_commands, run_certs_command
 from ..certs.export import export_forms
 from ..certs.inspect import file_fingerprint
 from ..certs.store import CertPaths
+from ..discovery.chat import LocalNode
 from ..discovery.cli import add_discovery_commands, run_discovery_command
 from ..models.cli import ModelsDefaults, add_models_commands, run_models_command
 from ..usage.cli import add_usage_commands, run_usage_command
@@ -30,6 +31,7 @@ from . import __version__
 from .auth_setup import project_id
 from .config.network import local_url
 from .config.paths import data_dir
+from .config.running import read_running
 from .config.settings import Settings, load_settings
 from .node.operate import add_operate_commands, fog_checker, run_drain, run_fog
 from .node.serve import run_loop, serve, startup_failure
@@ -162,18 +164,40 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_certs_qr(args: argparse.Namespace) -> int:
-    """The onboarding page's QR code in the terminal: the same link as the page's,
-    from the same settings (FOGNODE_ONBOARDING_PORT, FOGNODE_ONBOARDING_URL, the host)."""
+    """The onboarding page's QR code in the terminal: the link of the page the
+    running node serves (it wrote where, running.json), or, with no node
+    running, the link these settings would give, with a warning that it is
+    not the running page's."""
     settings = load_settings(None)
     ca = load_ca(CertPaths(Path(args.dir).expanduser()), None, need_key=False).cert
-    urls = onboarding_links(settings, port=args.port, url=args.url)
-    if not settings.onboarding_enabled:
+    running = read_running()
+    if args.url is not None or args.port is not None:
+        link = onboarding_links(settings, port=args.port, url=args.url)[0]
+    elif running is not None and running.onboarding is not None:
+        link = running.onboarding
+    elif running is not None:
         print(
-            "fognode certs qr: the node does not serve the onboarding page with these settings "
-            "(FOGNODE_ONBOARDING=true turns it on).",
+            "fognode certs qr: the running node serves no onboarding page (its log at start "
+            "says why; FOGNODE_ONBOARDING, FOGNODE_ONBOARDING_PORT). This is the link it "
+            "would have, with these settings:",
             file=sys.stderr,
         )
-    print(terminal_text(urls[0], export_forms(ca)), end="")
+        link = onboarding_links(settings)[0]
+    else:
+        link = onboarding_links(settings)[0]
+        print(
+            f"fognode certs qr: no node is running from {data_dir()}: this is the link of the "
+            "page these settings would serve (a node started with other flags, `serve --host "
+            "'*'` say, serves another). Start the node first, or give --url.",
+            file=sys.stderr,
+        )
+        if not settings.onboarding_enabled:
+            print(
+                "fognode certs qr: and these settings serve no onboarding page "
+                "(FOGNODE_ONBOARDING=true turns it on).",
+                file=sys.stderr,
+            )
+    print(terminal_text(link, export_forms(ca)), end="")
     return 0
 
 
@@ -197,6 +221,12 @@ def _add_certs_qr(certs_sub: Any) -> None:
         "address (a DNS name, a port forwarded by a router; default FOGNODE_ONBOARDING_URL)",
     )
     qr.set_defaults(func=_cmd_certs_qr)
+
+
+def _local_node() -> LocalNode | None:
+    """The node serving from this data dir, as it says itself."""
+    running = read_running()
+    return LocalNode(running.url, running.loopback_only) if running is not None else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_certs_qr(add_certs_commands(sub))
     add_auth_commands(sub)
     add_service_commands(sub)
-    add_discovery_commands(sub, ca_fingerprint=file_fingerprint)
+    add_discovery_commands(sub, ca_fingerprint=file_fingerprint, local_node=_local_node)
     add_usage_commands(sub)
     add_models_commands(sub)
     add_operate_commands(sub)
@@ -339,11 +369,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "models":
             settings = load_settings(None)
+            # The node serving from this data dir, where it really listens.
+            running = read_running()
+            tls = running.tls if running is not None else settings.tls
             return run_models_command(
                 args,
                 ModelsDefaults(
-                    url=_local_url(settings),
-                    ca_file=settings.ca_cert_file if settings.tls else None,
+                    url=running.url if running is not None else _local_url(settings),
+                    ca_file=settings.ca_cert_file if tls else None,
                     api_key_file=data_dir() / "admin-api-key",
                 ),
             )
