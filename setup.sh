@@ -10,6 +10,8 @@
 #   ./setup.sh --no-certs    leave certificates alone
 #   ./setup.sh --service     also run fognode as a systemd service on port 443, as an
 #                            unprivileged user with only CAP_NET_BIND_SERVICE (uses sudo)
+#   ./setup.sh --cli         only the command line, for another machine that uses a node
+#                            (discover, chat, models --url): no model, certificates or key
 #
 # The CA key passphrase comes from FOGNODE_CA_PASSPHRASE or
 # FOGNODE_CA_PASSPHRASE_FILE; without either, a random one is written to
@@ -27,13 +29,15 @@ WITH_TEST=1
 WITH_CERTS=1
 WITH_SERVICE=0
 WITH_EMBEDDED=1
+WITH_KEY=1
 for arg in "$@"; do
   case $arg in
     --no-test) WITH_TEST=0 ;;
     --no-certs) WITH_CERTS=0 ;;
     --no-embedded) WITH_EMBEDDED=0 ;;
     --service) WITH_SERVICE=1 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --cli) WITH_TEST=0 WITH_CERTS=0 WITH_EMBEDDED=0 WITH_KEY=0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -203,7 +207,7 @@ fi
 CERTS_DEFAULT=$("$VENV/bin/python" -c \
   'from fognode.gateway.config.paths import default_certs_dir; print(default_certs_dir())')
 DATA_DIR=$(dirname "$CERTS_DEFAULT")
-if [[ ! -f $DATA_DIR/api-keys ]]; then
+if ((WITH_KEY)) && [[ ! -f $DATA_DIR/api-keys ]]; then
   mkdir -p "$DATA_DIR"
   # `apikey create` adds the key's hash to <data dir>/api-keys (0600), the file
   # the node watches; the key itself is shown once, and kept here for you.
@@ -259,7 +263,10 @@ if ((WITH_EMBEDDED)); then
   fi
 fi
 
-if ((WITH_SERVICE)); then
+if ((!WITH_KEY)); then
+  say "Done. The command line is $VENV/bin/fognode: discover, chat (--ca the node's"
+  say "fognode-ca.crt, --api-key a key its operator made), models --url"
+elif ((WITH_SERVICE)); then
   sudo=""
   [[ $(id -u) -ne 0 ]] && sudo="sudo"
   say "Installing the systemd service (port 443, user fognode)"
