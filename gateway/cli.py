@@ -30,7 +30,7 @@ from ..web.onboarding import terminal_text
 from . import __version__
 from .auth_setup import project_id
 from .config.network import local_url
-from .config.paths import data_dir
+from .config.paths import admin_key_file, data_dir
 from .config.running import read_running
 from .config.settings import Settings, load_settings
 from .node.operate import add_operate_commands, fog_checker, run_drain, run_fog
@@ -377,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ModelsDefaults(
                     url=running.url if running is not None else _local_url(settings),
                     ca_file=settings.ca_cert_file if tls else None,
-                    api_key_file=data_dir() / "admin-api-key",
+                    api_key_file=admin_key_file(),
                 ),
             )
         if args.command == "drain":

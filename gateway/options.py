@@ -18,6 +18,7 @@ from ..fog.members import MembershipOptions, TableOptions
 from ..usage.options import Limits, QuotaOptions, StoreOptions
 from .config.identity import host_name, node_id
 from .config.network import lan_addresses
+from .config.paths import admin_key_file
 from .config.settings import Settings
 from .pages.sessions import SessionOptions
 from .pages.status import StatusOptions
@@ -133,6 +134,7 @@ def session_options(settings: Settings) -> SessionOptions:
         key_file=settings.session_key_file,
         lifetime=settings.session_lifetime,
         body_timeout=settings.body_timeout,
+        admin_key_file=admin_key_file(),
     )
 
 

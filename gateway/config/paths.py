@@ -39,5 +39,11 @@ def default_api_keys_file() -> Path:
     return data_dir() / "api-keys"
 
 
+def admin_key_file() -> Path:
+    """The admin API key setup.sh made (the key itself, 0600): what the sign-in
+    form names and `fognode models` uses on the node."""
+    return data_dir() / "admin-api-key"
+
+
 def default_usage_file() -> Path:
     return data_dir() / "usage.sqlite3"
