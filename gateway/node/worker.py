@@ -429,7 +429,8 @@ async def start_worker(
         peers=peers,
         fog_state=link.fog_state if peers is not None else None,
     )
-    app = create_app(settings, parts)
+    # The status page shows the certificate this worker serves.
+    app = create_app(settings, parts, tls=tls)
     link.wire(app, pool, tls, welcome)
     # The fog's peer port is the sockets bound to it (the supervisor fixed its number).
     peer_sockets = [
