@@ -110,9 +110,7 @@ def add_discovery_commands(
         action="store_true",
         help="keep running and report nodes appearing, changing, leaving",
     )
-    disc.set_defaults(
-        discovery_func=discover_command, fog_check=fog_check, local_node=local_node
-    )
+    disc.set_defaults(discovery_func=discover_command, fog_check=fog_check, local_node=local_node)
 
     chat = sub.add_parser(
         "chat",

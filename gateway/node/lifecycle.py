@@ -22,6 +22,8 @@ Started, in this order:
     upstream pool     the node's probes of the upstreams, and its conversation table
     API port          one process: the app on the port; N: the port reserved and
                       the coordinator that answers the workers
+    API keys          the key file watched: a key added or revoked reaches the
+                      authorizer (N: every worker's, by a notice) within seconds
     onboarding page   the phone onboarding page on its own port
     worker processes  N: each on its share of the port, serving once it says so
     certificate files replaced files loaded (the workers load them when told), a
@@ -55,6 +57,8 @@ from typing import Protocol
 
 from prometheus_client.registry import Collector
 
+from ...auth.api_keys import ApiKeyEntry
+from ...auth.key_file import KeyFileWatch
 from ...auth.sessions import load_or_create_key
 from ...embedded.metrics import EmbeddedCollector
 from ...embedded.runtime import EmbeddedRuntime
@@ -62,6 +66,7 @@ from ...fog.members import CandidateView, Member
 from ...usage.ledger import UsageLedger
 from ...usage.writer import BatchWriter
 from ...web.onboarding import OnboardingSite
+from ..auth_setup import UnsafeConfiguration
 from ..config.identity import node_id
 from ..config.settings import Settings
 from ..core.drain import Drain
@@ -113,6 +118,10 @@ class Mode(Protocol):
 
     def certificates_changed(self) -> None:
         """The certificate files changed and were reloaded here."""
+        ...
+
+    def keys_changed(self, entries: tuple[ApiKeyEntry, ...]) -> None:
+        """The node's API keys are these now (the key file changed)."""
         ...
 
     def credentials(self) -> str:
@@ -260,6 +269,62 @@ async def api_port(node: Node) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
+async def api_keys(node: Node) -> AsyncIterator[None]:
+    """The key file, watched: the authorizer checks what it holds now. Only
+    this process looks at the file; with workers, each follows by a notice."""
+    settings = node.settings
+    if settings.auth == "none" or settings.api_keys_file is None:
+        yield
+        return
+    try:
+        watch = await asyncio.to_thread(KeyFileWatch, settings.api_keys_file, settings.api_keys)
+    except (OSError, ValueError) as exc:
+        raise UnsafeConfiguration(f"cannot load the API keys: {exc}") from None
+    node.mode.keys_changed(watch.entries)
+    task = asyncio.create_task(
+        follow_keys(watch, settings.api_keys_check_interval, node.mode.keys_changed),
+        name="fognode-api-keys",
+    )
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def follow_keys(
+    watch: KeyFileWatch, interval: float, changed: Callable[[tuple[ApiKeyEntry, ...]], None]
+) -> None:
+    """Look at the key file every ``interval`` seconds until cancelled; hand
+    each new whole set to ``changed``. A file that cannot be used changes
+    nothing, and is said once per change of the file."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            change = await asyncio.to_thread(watch.check)
+        except (OSError, ValueError) as exc:
+            log.warning(
+                "the API key file %s cannot be used (%s): the keys stay as they were",
+                watch.path,
+                exc,
+            )
+            continue
+        if change is not None:
+            changed(change.entries)
+            log.info(
+                "API keys from %s: %s; %d key(s) now",
+                watch.path,
+                "; ".join(
+                    f"{what} {', '.join(names)}"
+                    for what, names in (("added", change.added), ("removed", change.removed))
+                    if names
+                ),
+                len(change.entries),
+            )
+
+
+@asynccontextmanager
 async def onboarding_page(node: Node) -> AsyncIterator[None]:
     if not node.settings.onboarding_enabled:
         yield
@@ -344,6 +409,7 @@ SERVICES: tuple[Service, ...] = (
     usage_ledger,
     upstream_pool,
     api_port,
+    api_keys,
     onboarding_page,
     worker_processes,
     certificate_files,

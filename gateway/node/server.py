@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from ...auth.api_keys import ApiKeyEntry
 from ...certs.constraints import is_constrained
 from ...certs.issuer import cert_names
 from ...fog.members import CandidateView, Member
@@ -129,6 +130,12 @@ class OneProcess:
 
     def certificates_changed(self) -> None:
         pass  # the app serves the terminator that was reloaded
+
+    def keys_changed(self, entries: tuple[ApiKeyEntry, ...]) -> None:
+        if self.authorizer is not None:
+            return  # a caller's own authorizer (the tests'): its keys are its own
+        assert self.running is not None
+        self.running.app[AUTHORIZER].use_keys(entries)
 
     def credentials(self) -> str:
         assert self.running is not None
