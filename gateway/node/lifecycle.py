@@ -32,10 +32,12 @@ Started, in this order:
                       is one; what they say reaches every process that places requests
     mDNS announcement the node announced, its load and models kept true; withdrawn
                       while the node drains
+    running record    <data dir>/running.json: where the node serves, for the
+                      commands run beside it (`fognode certs qr`, `models`, `chat`)
 
-Stopped in the reverse order: the mDNS goodbye first, so that clients stop
-picking the node while it drains; the fog's members are no longer asked; the
-certificate watch stops; the workers
+Stopped in the reverse order: the running record removed, the mDNS goodbye
+(so that clients stop picking the node while it drains); the fog's members
+are no longer asked; the certificate watch stops; the workers
 drain (each gets ``shutdown_timeout`` for its open requests) and exit, the
 onboarding page closes, the API drains (one process) and the port is given
 up; then the probes stop, the usage writer stores what is left
@@ -50,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -68,6 +71,8 @@ from ...usage.writer import BatchWriter
 from ...web.onboarding import OnboardingSite
 from ..auth_setup import UnsafeConfiguration
 from ..config.identity import node_id
+from ..config.network import local_url, served_urls
+from ..config.running import RunningNode, remove_running, write_running
 from ..config.settings import Settings
 from ..core.drain import Drain
 from ..options import (
@@ -401,6 +406,33 @@ async def mdns_announcement(node: Node) -> AsyncIterator[None]:
         await announcer.stop()
 
 
+@asynccontextmanager
+async def running_record(node: Node) -> AsyncIterator[None]:
+    """Say where the node serves, in its data dir, for the commands beside it."""
+    record = describe_running(node)
+    await asyncio.to_thread(write_running, record)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(remove_running, record.pid)
+
+
+def describe_running(node: Node) -> RunningNode:
+    settings, tls = node.settings, node.tls is not None
+    announced = node.announcer.advertiser.announcement if node.announcer is not None else None
+    return RunningNode(
+        pid=os.getpid(),
+        url=local_url(settings.host, node.port, tls=tls),
+        bind=settings.host,
+        port=node.port,
+        tls=tls,
+        lan_urls=tuple(served_urls(settings.host, node.port, tls=tls)),
+        onboarding=node.onboarding.url if node.onboarding is not None else None,
+        host_name=announced.host.rstrip(".") if announced is not None else None,
+        workers=node.mode.workers,
+    )
+
+
 SERVICES: tuple[Service, ...] = (
     tls,
     identity,
@@ -415,6 +447,7 @@ SERVICES: tuple[Service, ...] = (
     certificate_files,
     fog_membership,
     mdns_announcement,
+    running_record,
 )
 
 
