@@ -162,6 +162,9 @@ class StatusView:
     usage_error: str | None = None  # why there are no figures although accounting runs
     draining: bool = False  # the node takes no new local work (fognode drain)
     fog: FogView | None = None  # None: the node is no member of a fog
+    # Why this node pulls no models (no Ollama behind it); None: it can, and the
+    # page offers a pull.
+    no_pulls: str | None = None
 
     @property
     def healthy(self) -> bool:
