@@ -20,6 +20,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
+
+# Exported by zeroconf (not in its __all__, which mypy goes by).
+from zeroconf._services.info import AddressResolver
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from .names import DEFAULT_INSTANCE, DEFAULT_TYPES, SERVICE_NAME
@@ -284,3 +287,27 @@ async def discover_all(
         else:
             latest[event.node.identity] = event.node
     return list(latest.values())
+
+
+async def resolve_host(
+    name: str,
+    timeout: float = 3.0,
+    *,
+    interfaces: list[str] | None = None,  # noqa: ASYNC109
+) -> list[str]:
+    """The addresses a `.local` host name has on the LAN, asked by mDNS (a
+    node's own fognode-<id>.local, say), IPv4 first; none if nobody answers.
+    Machines without an mDNS resolver in their system (nss-mdns) resolve it
+    this way."""
+    azc = AsyncZeroconf(
+        interfaces=interfaces if interfaces is not None else InterfaceChoice.All,
+        ip_version=IPVersion.All,
+    )
+    try:
+        resolver = AddressResolver(name.rstrip(".") + ".")
+        if not await resolver.async_request(azc.zeroconf, int(timeout * 1000)):
+            return []
+        found = resolver.parsed_scoped_addresses()
+    finally:
+        await azc.async_close()
+    return sorted(found, key=lambda a: ipaddress.ip_address(a.split("%")[0]).version)

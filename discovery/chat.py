@@ -15,13 +15,13 @@ import os
 import ssl
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from .browser import SERVICE_NAME, FogNode, discover_all
+from .browser import SERVICE_NAME, FogNode, discover_all, resolve_host
 from .choose import pick_random, rank
 from .terminal import Progress
 
@@ -75,6 +75,7 @@ async def chat_command(args: argparse.Namespace) -> int:
         pinned = args.ca_fingerprint(args.ca)
     if args.url:
         target = Target.of_url(args.url, args.name)
+        target = await target.resolved(args.timeout, args.interface or None)
         print(f"Using {target.base}", file=sys.stderr)
         return await stream_chat(target, args.prompt, args.model, token, ssl_context)
     with Progress("Looking for fog nodes", args.timeout):
@@ -120,6 +121,20 @@ class Target:
     base: str  # https://10.0.0.5:8443/v1
     name: str
     tls: bool
+
+    async def resolved(self, timeout: float, interfaces: list[str] | None) -> Target:  # noqa: ASYNC109
+        """A `.local` host asked by mDNS and reached by its address (its name
+        still checked and sent): the system may have no mDNS resolver."""
+        parsed = urlsplit(self.base)
+        host = parsed.hostname or ""
+        if not host.endswith(".local"):
+            return self
+        addresses = await resolve_host(host, timeout, interfaces=interfaces)
+        if not addresses:
+            return self  # the system's resolver may still know it
+        shown = f"[{addresses[0]}]" if ":" in addresses[0] else addresses[0]
+        netloc = f"{shown}:{parsed.port}" if parsed.port else shown
+        return replace(self, base=parsed._replace(netloc=netloc).geturl())
 
     @classmethod
     def of_node(cls, node: FogNode, name: str) -> Target:
