@@ -55,8 +55,8 @@ class FogNode:
     @property
     def content(self) -> tuple[object, ...]:
         """What the node says about itself. Not which of its announcements was
-        seen, nor in which domains: a node found in a second domain a moment
-        after the first has not changed."""
+        seen, nor in which domains: to a person watching, a node found in a
+        second domain a moment after the first has not changed."""
         return (self.host, self.port, frozenset(self.addresses), self.txt)
 
     @property
@@ -105,6 +105,26 @@ class Change(enum.Enum):
 class NodeEvent:
     change: Change
     node: FogNode
+
+
+class Changes:
+    """What is worth telling a person who watches: a node appearing, leaving,
+    or saying something new (TXT, addresses, port), not the same node seen
+    again in its other domain (watch() reports that too: discover_all keeps
+    the domains)."""
+
+    def __init__(self) -> None:
+        self._said: dict[tuple[object, ...], tuple[object, ...]] = {}
+
+    def worth_telling(self, event: NodeEvent) -> bool:
+        identity = event.node.identity
+        if event.change is Change.REMOVED:
+            self._said.pop(identity, None)
+            return True
+        if self._said.get(identity) == event.node.content:
+            return False
+        self._said[identity] = event.node.content
+        return True
 
 
 def _node_from(info: AsyncServiceInfo) -> FogNode | None:
@@ -165,7 +185,7 @@ class _Groups:
                 events.append(NodeEvent(Change.ADDED, now))
             elif was is not None and now is None:
                 events.append(NodeEvent(Change.REMOVED, was))
-            elif now is not None and was is not None and now.content != was.content:
+            elif now is not None and now != was:
                 events.append(NodeEvent(Change.UPDATED, now))
         return events
 
@@ -290,10 +310,7 @@ async def discover_all(
 
 
 async def resolve_host(
-    name: str,
-    timeout: float = 3.0,
-    *,
-    interfaces: list[str] | None = None,  # noqa: ASYNC109
+    name: str, seconds: float = 3.0, *, interfaces: list[str] | None = None
 ) -> list[str]:
     """The addresses a `.local` host name has on the LAN, asked by mDNS (a
     node's own fognode-<id>.local, say), IPv4 first; none if nobody answers.
@@ -305,7 +322,7 @@ async def resolve_host(
     )
     try:
         resolver = AddressResolver(name.rstrip(".") + ".")
-        if not await resolver.async_request(azc.zeroconf, int(timeout * 1000)):
+        if not await resolver.async_request(azc.zeroconf, int(seconds * 1000)):
             return []
         found = resolver.parsed_scoped_addresses()
     finally:

@@ -122,14 +122,14 @@ class Target:
     name: str
     tls: bool
 
-    async def resolved(self, timeout: float, interfaces: list[str] | None) -> Target:  # noqa: ASYNC109
+    async def resolved(self, seconds: float, interfaces: list[str] | None) -> Target:
         """A `.local` host asked by mDNS and reached by its address (its name
         still checked and sent): the system may have no mDNS resolver."""
         parsed = urlsplit(self.base)
         host = parsed.hostname or ""
         if not host.endswith(".local"):
             return self
-        addresses = await resolve_host(host, timeout, interfaces=interfaces)
+        addresses = await resolve_host(host, seconds, interfaces=interfaces)
         if not addresses:
             return self  # the system's resolver may still know it
         shown = f"[{addresses[0]}]" if ":" in addresses[0] else addresses[0]

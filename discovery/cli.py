@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from .browser import DEFAULT_INSTANCE, SERVICE_NAME, Change, FogNode, discover_all, watch
+from .browser import DEFAULT_INSTANCE, SERVICE_NAME, Change, Changes, FogNode, discover_all, watch
 from .chat import EXIT_NO_NODE, Fingerprint, LocalNodeLookup, chat_command, nothing_found
 from .terminal import Progress, node_dict, print_table, row
 
@@ -39,7 +39,10 @@ async def _fog_standings(nodes: list[FogNode], check: FogCheck | None) -> dict[i
 async def discover_command(args: argparse.Namespace) -> int:
     interfaces = args.interface or None
     if args.watch:
+        changes = Changes()
         async for event in watch(interfaces=interfaces, instance_prefix=args.instance):
+            if not changes.worth_telling(event):
+                continue
             if args.json:
                 print(
                     json.dumps({"event": event.change.value, **node_dict(event.node)}), flush=True

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from fognode.discovery.browser import Change, FogNode, _Groups
+from fognode.discovery.browser import Change, Changes, FogNode, _Groups
 from fognode.discovery.chat import LocalNode, Target, nothing_found
 from fognode.discovery.txt import NodeTxt
 
@@ -28,20 +28,21 @@ def announcement(domain: str, txt: NodeTxt) -> FogNode:
     )
 
 
-def test_a_second_domain_is_not_a_change_and_a_new_txt_is() -> None:
+def test_a_second_domain_is_not_a_change_to_tell_and_a_new_txt_is() -> None:
     txt = NodeTxt(node_id="1a2b3c4d", models=("smollm2:135m",))
-    groups = _Groups()
     # Either domain may answer first.
     for first, second in (("local.", "spezillmfog.local."), ("spezillmfog.local.", "local.")):
-        groups = _Groups()
-        added = groups.put(announcement(first, txt))
-        assert [e.change for e in added] == [Change.ADDED]
-        assert groups.put(announcement(second, txt)) == []
+        groups, changes = _Groups(), Changes()
+        told = [e for e in groups.put(announcement(first, txt)) if changes.worth_telling(e)]
+        assert [e.change for e in told] == [Change.ADDED]
+        merged = groups.put(announcement(second, txt))
+        # discover_all learns the second domain; a person watching hears nothing.
+        assert set(merged[0].node.domains) == {"local.", "spezillmfog.local."}
+        assert not [e for e in merged if changes.worth_telling(e)]
     busier = replace(txt, load_active=3)
-    events = groups.put(announcement("local.", busier))
-    assert [e.change for e in events] == [Change.UPDATED]
-    assert events[0].node.txt.load_active == 3
-    assert set(events[0].node.domains) == {"local.", "spezillmfog.local."}
+    told = [e for e in groups.put(announcement("local.", busier)) if changes.worth_telling(e)]
+    assert [e.change for e in told] == [Change.UPDATED]
+    assert told[0].node.txt.load_active == 3
 
 
 def test_a_node_named_by_url_is_checked_for_the_right_name() -> None:
