@@ -310,7 +310,8 @@ def _aim_at_service(args: argparse.Namespace) -> str | None:
         )
     except PermissionError as exc:
         return f"cannot read {exc.filename}: run it with sudo"
-    for name in [n for n in os.environ if n.startswith(("FOGNODE_", "XDG_DATA_HOME"))]:
+    shell = ("FOGNODE_", "XDG_DATA_HOME", "GOOGLE_", "FIREBASE_")
+    for name in [n for n in os.environ if n.startswith(shell)]:
         del os.environ[name]  # the service sees none of this shell's
     os.environ.update(found)
     return None
