@@ -158,9 +158,9 @@ lock=requirements.lock
 stamp="$VENV/.fognode-installed"
 locked() { echo "$(cat pyproject.toml "$1" | sha256sum | cut -c1-16) $1"; }
 want=$(locked "$lock")
-# The test lock pins every package of the service's at the same version: a venv
-# installed from it has what --no-test needs, and is not reinstalled without
-# the test tools.
+# The test lock pins every package of the service and the embedded model at the
+# same version: a venv installed from it has what --no-test needs, and is not
+# reinstalled without the test tools.
 if ((!WITH_TEST)) && [[ -f $stamp && $(cat "$stamp") == $(locked requirements-test.lock) ]]; then
   want=$(cat "$stamp")
 fi
