@@ -9,6 +9,7 @@ a key for a phone made and then revoked while the node runs.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -53,8 +54,13 @@ def test_the_readme_curl_streams_the_embedded_model(newcomer: Newcomer, node: Se
     out = newcomer.node.run(block.text, timeout=90).stdout
     events = [line for line in out.splitlines() if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]", out[-2000:]
-    assert all('"role": "assistant"' in e for e in events[:-1])
-    assert any('"content": "' in e for e in events[:-1])
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+    deltas = [choice["delta"] for chunk in chunks for choice in chunk["choices"]]
+    assert all(d.get("role") == "assistant" for d in deltas), deltas  # what the app needs
+    assert "".join(d.get("content") or "" for d in deltas).strip()
+    # The README shows the stream as it comes: its first chunk's shape is this one's.
+    shown = [line for line in readme.README.read_text().splitlines() if line.startswith("data: {")]
+    assert shown and list(json.loads(shown[0].removeprefix("data: "))) == list(chunks[0])
 
 
 def test_the_status_page_over_tls_with_workers_shows_its_certificate(
