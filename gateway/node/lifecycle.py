@@ -53,10 +53,10 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client.registry import Collector
 
@@ -286,10 +286,15 @@ async def api_keys(node: Node) -> AsyncIterator[None]:
     except (OSError, ValueError) as exc:
         raise UnsafeConfiguration(f"cannot load the API keys: {exc}") from None
     node.mode.keys_changed(watch.entries)
-    task = asyncio.create_task(
-        follow_keys(watch, settings.api_keys_check_interval, node.mode.keys_changed),
-        name="fognode-api-keys",
-    )
+    follow = follow_keys(watch, settings.api_keys_check_interval, node.mode.keys_changed)
+    async with in_background(follow, "fognode-api-keys"):
+        yield
+
+
+@asynccontextmanager
+async def in_background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """``work`` runs as a task while the service lasts, and is cancelled after."""
+    task = asyncio.create_task(work, name=name)
     try:
         yield
     finally:
@@ -356,15 +361,10 @@ async def certificate_files(node: Node) -> AsyncIterator[None]:
     if keeper is None:
         yield
         return
-    task = asyncio.create_task(
-        keeper.watch(on_change=node.mode.certificates_changed), name="fognode-cert-watch"
-    )
-    try:
+    async with in_background(
+        keeper.watch(on_change=node.mode.certificates_changed), "fognode-cert-watch"
+    ):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @asynccontextmanager

@@ -373,18 +373,16 @@ class SupervisorLink:
             self.drain.follow(flag.draining, flag.since)
 
     def take_probed(self, probed: msg.Probed) -> None:
-        """A probe's findings, unless a later one arrived first (the one in the
-        answer to Hello may be older or newer than a notice received meanwhile)."""
-        if self.probed is not None and probed.number <= self.probed.number:
+        """A probe's findings, unless a later one arrived first."""
+        if not _later(self.probed, probed):
             return
         self.probed = probed
         if self.pool is not None:
             self.pool.follow(probed.findings)
 
     def take_keys(self, keys: msg.Keys) -> None:
-        """The node's API keys, unless later ones arrived first (those in the
-        answer to Hello may be older or newer than a notice received meanwhile)."""
-        if self.keys is not None and keys.number <= self.keys.number:
+        """The node's API keys, unless later ones arrived first."""
+        if not _later(self.keys, keys):
             return
         self.keys = keys
         if self.authorizer is not None:
@@ -413,6 +411,12 @@ class SupervisorLink:
             self.follow(notice.status)
         else:
             self.embedded = notice.status
+
+
+def _later(held: msg.Probed | msg.Keys | None, arriving: msg.Probed | msg.Keys) -> bool:
+    """Whether a numbered notice is newer than the one held: the copy in the
+    answer to Hello may be older or newer than a notice received meanwhile."""
+    return held is None or arriving.number > held.number
 
 
 async def probe_upstreams(peer: Peer) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from fognode.certs.issuer import SubjectNames, cert_names, default_names, followed_names
 from fognode.certs.lifecycle import RenewalPolicy, renew
 from fognode.certs.store import load_certs
-from tests.pki import make_pki
+from tests.support.pki import make_pki
 
 NODE = "fognode-1a2b3c4d.local."
 

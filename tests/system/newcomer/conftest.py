@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns import Lan, Proc, unavailable_reason
+from tests.support.netns import Lan, unavailable_reason
+from tests.support.processes import Process
 from tests.system.newcomer import readme
 from tests.system.newcomer.readme import Machine
 
@@ -57,20 +58,22 @@ def newcomer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Newcomer]:
 class Served:
     """A node a README command started, and what it said."""
 
-    proc: Proc
+    proc: Process
     machine: Machine
 
-    def log(self, seconds: float = 0.2) -> str:
-        """What it said so far: its output is read until it pauses ``seconds``."""
-        for _ in self.proc.lines(time.monotonic() + seconds):
-            pass
-        return self.proc.log.decode(errors="replace")
+    def log(self) -> str:
+        return self.proc.log()
+
+    def exited(self) -> str | None:
+        """Its last words when it has exited, else None."""
+        return None if self.proc.alive else self.log()[-4000:]
 
     def wait_for(self, text: str, limit: float = 60) -> None:
         deadline = time.monotonic() + limit
         while text not in self.log():
-            assert self.proc.popen.poll() is None, f"the node exited:\n{self.log()[-4000:]}"
+            assert self.proc.alive, f"the node exited:\n{self.log()[-4000:]}"
             assert time.monotonic() < deadline, f"no {text!r} in:\n{self.log()[-4000:]}"
+            time.sleep(0.1)
 
 
 def serve(machine: Machine, text: str) -> Iterator[Served]:
@@ -78,11 +81,7 @@ def serve(machine: Machine, text: str) -> Iterator[Served]:
     model loaded: /readyz answers 200), then stop it at the end."""
     served = Served(machine.start(text), machine)
     try:
-
-        def exited() -> str | None:
-            return served.log(0.1)[-4000:] if served.proc.popen.poll() is not None else None
-
-        machine.wait_ready(8443, exited)
+        machine.wait_ready(8443, served.exited)
         served.wait_for("fognode listening on")
         yield served
     finally:

@@ -24,7 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.netns import ROOT, Host, Proc
+from tests.support.netns import Host
+from tests.support.processes import ROOT, Process
 
 README = ROOT / "README.md"
 VENV = Path(sys.prefix)
@@ -48,6 +49,7 @@ RUN: dict[str, str] = {
 # README commands no test runs, and why.
 NOT_RUN: dict[str, str] = {
     "./test.sh": "the suite itself: it is what runs these tests",
+    "./test.sh unit": "the suite's own levels: CI runs them all, with this one",
 }
 
 
@@ -170,19 +172,19 @@ class Machine:
         """The HTTP status ``url`` answers here ("000": nothing answered)."""
         return self.curl("-o", "/dev/null", "-w", "%{http_code}", *args, url).stdout
 
-    def wait_ready(self, port: int, alive: Callable[[], str | None], limit: float = 110) -> None:
+    def wait_ready(self, port: int, exited: Callable[[], str | None], limit: float = 110) -> None:
         """Until the node on ``port`` is ready (its model loaded: /readyz 200);
-        ``alive`` says why not when the node has exited (its log), else None."""
+        ``exited`` gives the node's last words once it has exited, else None."""
         deadline = time.monotonic() + limit
         while self.status(f"https://127.0.0.1:{port}/readyz", "-k") != "200":
-            died = alive()
+            died = exited()
             assert died is None, f"the node exited:\n{died}"
             assert time.monotonic() < deadline, f"not ready on {port}"
             time.sleep(0.3)
 
-    def start(self, text: str, **extra: str) -> Proc:
+    def start(self, text: str, **extra: str) -> Process:
         """Start ``text`` (a README line that serves) in the background."""
-        return Proc(self.argv(text, **extra))
+        return Process(self.argv(text, **extra))
 
     @property
     def data(self) -> Path:

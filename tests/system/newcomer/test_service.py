@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns import ROOT, Proc
-from tests.sandbox import traversable
+from tests.support.processes import ROOT, Process
+from tests.support.sandbox import traversable
 from tests.system.newcomer import readme
 from tests.system.newcomer.conftest import Newcomer
 from tests.system.newcomer.readme import Machine
@@ -98,13 +98,15 @@ def sandbox(newcomer: Newcomer) -> Iterator[Sandbox]:
     # Were systemd running here, the install would start the unit through it.
     mounts += "if [ -d /run/systemd ]; then mount -t tmpfs none /run/systemd; fi && "
     unshare = ["unshare", "--mount", "--propagation", "private"]
-    holder = Proc(
+    holder = Process(
         newcomer.lan.a.command(*unshare, "sh", "-c", f"{mounts}echo sandboxed && exec sleep 3600")
     )
     try:
-        assert any("sandboxed" in line for line in holder.lines(time.monotonic() + 20)), holder.log
+        assert any("sandboxed" in line for line in holder.lines(time.monotonic() + 20)), (
+            holder.log()
+        )
         # In the sandbox's mount namespace, in the checkout (nsenter starts at /).
-        inside = ("nsenter", "--target", str(holder.popen.pid), "--mount", f"--wd={ROOT}", "--")
+        inside = ("nsenter", "--target", str(holder.pid), "--mount", f"--wd={ROOT}", "--")
         yield Sandbox(Machine(newcomer.lan.a, newcomer.node.home, inside), root)
     finally:
         holder.stop()
@@ -118,15 +120,13 @@ def installed(sandbox: Sandbox) -> Sandbox:
     return sandbox
 
 
-def start_service(sandbox: Sandbox) -> Proc:
-    return Proc(sandbox.service_argv())
+def start_service(sandbox: Sandbox) -> Process:
+    return Process(sandbox.service_argv())
 
 
-def wait_ready(sandbox: Sandbox, service: Proc) -> None:
+def wait_ready(sandbox: Sandbox, service: Process) -> None:
     def exited() -> str | None:
-        for _ in service.lines(time.monotonic() + 0.1):
-            pass
-        return service.log.decode()[-4000:] if service.popen.poll() is not None else None
+        return None if service.alive else service.log()[-4000:]
 
     sandbox.machine.wait_ready(443, exited)
 
@@ -173,7 +173,7 @@ def test_the_cli_reaches_the_installed_service_with_one_flag(installed: Sandbox)
         assert "~/.local/share" not in form
     finally:
         service.stop()
-    assert service.popen.returncode == 0, service.log.decode()[-3000:]
+    assert service.popen is not None and service.popen.returncode == 0, service.log()[-3000:]
 
 
 def test_an_unreadable_certificate_folder_is_named_as_such(installed: Sandbox) -> None:
@@ -183,10 +183,8 @@ def test_an_unreadable_certificate_folder_is_named_as_such(installed: Sandbox) -
     node.run("chmod 0700 /var/lib/fognode-tls")
     try:
         service = start_service(installed)
-        assert service.popen.wait(timeout=60) == 1
-        for _ in service.lines(time.monotonic() + 2):
-            pass
-        said = service.log.decode()
+        assert service.popen is not None and service.popen.wait(timeout=60) == 1
+        said = service.log()
     finally:
         node.run("chmod 0750 /var/lib/fognode-tls")
     assert "cannot read server certificate at /var/lib/fognode-tls/server.crt" in said, said
