@@ -15,6 +15,7 @@ from ..certs.cli import CertsDefaults
 from ..certs.peers import load_node_credentials
 from ..certs.store import CertPaths
 from ..fog.members import MembershipOptions, TableOptions
+from ..routing.breaker import BreakerOptions
 from ..usage.options import Limits, QuotaOptions, StoreOptions
 from .config.identity import host_name, node_id
 from .config.network import lan_addresses
@@ -101,6 +102,15 @@ def upstream_options(settings: Settings) -> UpstreamOptions:
         affinity=settings.upstream_affinity,
         affinity_entries=settings.upstream_affinity_entries,
         affinity_seconds=settings.upstream_affinity_seconds,
+        breaker=BreakerOptions(
+            failures=settings.upstream_breaker_failures,
+            window=settings.upstream_breaker_window,
+            cooldown=settings.upstream_breaker_cooldown,
+            max_cooldown=settings.upstream_breaker_max_cooldown,
+            busy_seconds=settings.upstream_busy_seconds,
+        ),
+        load_seconds=settings.upstream_load_seconds,
+        wait_timeout=settings.queue_timeout,
     )
 
 

@@ -409,7 +409,7 @@ async def pull_model(
     refused = no_pulls(pool.kind)
     if refused is not None:
         raise PullError(refused, 409)
-    choices = pool.route(name).choices
+    choices = [c for c in pool.route(name).choices if c.ready]
     if not choices:
         raise PullError("Every upstream is at its request limit; try again shortly.", 503)
     member = choices[0].member

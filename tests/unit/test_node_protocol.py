@@ -119,16 +119,38 @@ STATUS = ServerStatus(
 )
 FINDINGS = (
     Finding(
-        True,
-        None,
-        ("llama3.2:1b", "qwen3:0.6b"),
-        (LoadedModel("llama3.2:1b", 5, None, "2030-01-01T00:00:00Z", 1_893_456_000.0),),
-        None,
-        None,
+        healthy=True,
+        answered=True,
+        error=None,
+        models=("llama3.2:1b", "qwen3:0.6b"),
+        loaded=(LoadedModel("llama3.2:1b", 5, None, "2030-01-01T00:00:00Z", 1_893_456_000.0),),
+        slots=None,
+        slots_busy=None,
     ),
-    Finding(True, None, ("smollm2:135m",), (), 4, 1),  # llama.cpp's server: its slots
-    Finding(False, "cannot connect (refused)", (), (), None, None),
-    Finding(None, None, (), (), None, None),
+    # llama.cpp's server: its slots
+    Finding(
+        healthy=True,
+        answered=True,
+        error=None,
+        models=("smollm2:135m",),
+        loaded=(),
+        slots=4,
+        slots_busy=1,
+    ),
+    # the breaker has it out, the last probe was refused
+    Finding(
+        healthy=False,
+        answered=False,
+        error="cannot connect (refused)",
+        models=(),
+        loaded=(),
+        slots=None,
+        slots_busy=None,
+    ),
+    # not probed yet
+    Finding(
+        healthy=None, answered=None, error=None, models=(), loaded=(), slots=None, slots_busy=None
+    ),
 )
 ACTIVITY = ActivityView(
     minutes=[MinuteView(1_800_000_000.0, 4, 1, 0)],
