@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -129,7 +130,7 @@ class _Sender:
 
     def handler_for(self, spec: RouteSpec) -> Handler:
         if spec.native and self.pool.kind != "ollama":
-            return native_api_unavailable
+            return partial(native_api_unavailable, embedded=self.pool.kind == "embedded")
         # A list from several upstreams is their union; the OpenAI list always
         # gets the node's own field, which says where a model is loaded.
         if spec.listing is not None and (not self.pool.single or spec.listing is Listing.OPENAI):
@@ -462,10 +463,25 @@ def _upstream_headers(request: web.Request) -> CIMultiDict[str]:
     return headers
 
 
-async def native_api_unavailable(request: web.Request) -> web.StreamResponse:
+async def native_api_unavailable(request: web.Request, *, embedded: bool) -> web.StreamResponse:
+    """Ollama's own routes in front of something else. Model management is the
+    question an operator asks most (`fognode models`, the status page), so the
+    answer says where models come from on this node and what a pull needs."""
+    if embedded:
+        where = (
+            "this node answers with its embedded model (llama.cpp), which it chose because "
+            "no Ollama answered at start. Its models are the embedded one; pulling or "
+            "removing models needs Ollama: run it on this machine and restart fognode, or "
+            "name one with FOGNODE_UPSTREAM_URL"
+        )
+    else:
+        where = (
+            "this node's upstream is an OpenAI-compatible server, whose models are managed "
+            "where it runs"
+        )
     raise GatewayError(
         501,
-        f"{request.path} is Ollama's native API, and this node's upstream is an "
-        "OpenAI-compatible server: use the /v1 API.",
+        f"{request.path} is Ollama's native API, and {where}. The /v1 API serves the models "
+        "this node has (GET /v1/models).",
         code="native_api_unavailable",
     )

@@ -16,6 +16,9 @@ from typing import Any, cast
 import pytest
 from prometheus_client import CollectorRegistry
 
+from fognode.auth.api_keys import ApiKeyEntry, ApiKeys, entry_for, new_key
+from fognode.auth.authorizer import TokenAuthorizer
+from fognode.auth.policy import AccessPolicy
 from fognode.embedded.supervisor import ServerStatus, State
 from fognode.fog.members import CandidateView, Member, Standing
 from fognode.fog.state import PeerState
@@ -37,6 +40,7 @@ from fognode.gateway.node.protocol import (
     FogMembers,
     FogState,
     Hello,
+    Keys,
     LoadNow,
     NodeActivity,
     NodeMetrics,
@@ -187,6 +191,11 @@ MEMBER = cast(list[Any], codec(Member).encode(FOG.members[0]))
 STATE = cast(list[Any], codec(PeerState).encode(PEER))  # a member's own check applies
 
 # One of every message the protocol declares, and one answer of every call.
+# The API keys a worker checks, as the supervisor read them from the key file.
+KEYS = (
+    ApiKeyEntry("local-admin", True, bytes(range(32))),
+    ApiKeyEntry("phone", False, bytes(32)),
+)
 MESSAGES: list[Message] = [
     Hello(),
     Acquire(7, "apikey:alice", Slots.BOTH),
@@ -219,6 +228,7 @@ MESSAGES: list[Message] = [
     Probed(4, FINDINGS),
     FOG,
     Draining(True, 1_800_000_000.0),
+    Keys(2, KEYS),
 ]
 ANSWERS: dict[type[Call[Any]], list[object]] = {
     Hello: [
@@ -229,6 +239,7 @@ ANSWERS: dict[type[Call[Any]], list[object]] = {
             None,
             Draining(False, None),
             None,
+            None,
         ),
         Welcome(
             "embedded",
@@ -237,6 +248,7 @@ ANSWERS: dict[type[Call[Any]], list[object]] = {
             "http://192.168.1.5:80",
             Draining(True, 1_800_000_000.0),
             FOG,
+            Keys(1, KEYS),
         ),
     ],
     Acquire: [Admitted(), Admitted(REFUSAL)],
@@ -311,7 +323,7 @@ async def test_each_side_takes_its_half_of_the_protocol() -> None:
     }  # fmt: skip
     to_worker = {
         Op.EXPOSE, Op.WORKER_ACTIVITY, Op.RELOAD_TLS, Op.EMBEDDED_CHANGED, Op.PROBED,
-        Op.FOG_MEMBERS, Op.DRAINING, Op.REVOKE,
+        Op.FOG_MEMBERS, Op.DRAINING, Op.REVOKE, Op.KEYS,
     }  # fmt: skip
     assert to_supervisor | to_worker == set(Op)
     coordinator = make_coordinator()
@@ -416,6 +428,7 @@ async def test_notices_reach_their_handler_and_hello_says_what_the_node_knows(en
     coordinator, worker, ready = ends
     coordinator.onboarding = "http://192.168.1.5:80"
     coordinator.probed = Probed(2, FINDINGS[:2])
+    coordinator.keys_changed(KEYS)
     assert await worker.peer.call(Hello()) == Welcome(
         "configured",
         None,
@@ -423,6 +436,7 @@ async def test_notices_reach_their_handler_and_hello_says_what_the_node_knows(en
         "http://192.168.1.5:80",
         Draining(False, None),
         None,
+        Keys(1, KEYS),
     )
     worker.peer.notify(Ready("api_key"))
     await asyncio.wait_for(ready, 5)
@@ -484,3 +498,27 @@ async def test_an_answer_that_does_not_fit_fails_the_call_and_gives_back_its_lea
     finally:
         caller.close()
         callee.close()
+
+
+async def test_every_worker_checks_the_keys_the_supervisor_read_last(ends: Ends) -> None:
+    """The key file changed: the supervisor's notice replaces the worker's keys
+    whole; a Welcome that arrives after a newer notice changes nothing."""
+    coordinator, worker, _ = ends
+    key = new_key()
+    worker.authorizer = TokenAuthorizer(
+        verifier=None, api_keys=ApiKeys([]), policy=AccessPolicy.build()
+    )
+    assert worker.authorizer.api_keys.check(key) is None
+    phone = ApiKeyEntry.parse(entry_for(key, "phone", admin=False))
+    coordinator.keys_changed((*KEYS, phone))
+    await wait_until(lambda: worker.keys is not None, "the notice to arrive")
+    principal = worker.authorizer.api_keys.check(key)
+    assert principal is not None and principal.uid == "apikey:phone"
+    worker.take_keys(Keys(1, ()))  # older than what it has (a late Welcome)
+    assert worker.authorizer.api_keys.check(key) is not None
+    coordinator.keys_changed(KEYS)  # revoked
+    await wait_until(
+        lambda: worker.authorizer is not None and worker.authorizer.api_keys.check(key) is None,
+        "the revocation to arrive",
+    )
+    worker.authorizer.close()
