@@ -246,8 +246,12 @@ async def test_emulator_with_tls_is_refused_unless_allowed(
 
 
 async def test_api_keys_made_by_the_cli(
-    standin: OllamaStandIn, make_gateway: GatewayFactory
+    standin: OllamaStandIn, make_gateway: GatewayFactory, tmp_path: Path
 ) -> None:
+    """`fognode apikey create` adds the key to the node's key file (its own
+    data directory here), which the node reads: no entry to copy anywhere."""
+    env = dict(os.environ, XDG_DATA_HOME=str(tmp_path / "data"))
+
     def create(name: str, *flags: str) -> dict[str, str]:
         out = subprocess.run(
             [
@@ -264,13 +268,15 @@ async def test_api_keys_made_by_the_cli(
             text=True,
             check=True,
             timeout=60,
+            env=env,
         )
         return dict(json.loads(out.stdout))
 
     script, operator = create("backup-script"), create("operator", "--admin")
-    gateway = await make_gateway(
-        standin.url, auth="firebase", api_keys=[script["entry"], operator["entry"]]
-    )
+    assert script["file"] == operator["file"] == str(tmp_path / "data" / "fognode" / "api-keys")
+    key_file = await asyncio.to_thread(Path(script["file"]).read_text)
+    assert script["key"] not in key_file and operator["key"] not in key_file  # hashes only
+    gateway = await make_gateway(standin.url, auth="firebase", api_keys_file=script["file"])
     assert (await call(gateway, script["key"]))[0] == 200
     status, body, _ = await call(gateway, script["key"] + "x")
     assert (status, body["error"]["code"]) == (401, "invalid_api_key")

@@ -118,7 +118,8 @@ async def test_2000_silent_connections_leave_healthz_and_streams_working(
     assert node.alive
     log = node.log()
     assert "Too many open files" not in log and "out of system resource" not in log
-    assert "client connections: at most" in log  # the cap it chose, and why
+    # The cap it chose, and why: the node's line (each worker logs its share at DEBUG).
+    assert "client connections: as many as the descriptor limits allow" in log
     assert "closing an idle connection" in log  # the flood did reach a cap
 
 
