@@ -1,7 +1,7 @@
 """The gateway, assembled: the request pipeline in the order a request meets it.
 
-    client ─TLS─▶ context ▶ errors ▶ target ▶ access ▶ body ▶ usage ▶ admission ▶ proxy ─▶ upstream
-    client ◀──────────────── relay: each chunk as it arrives (metered) ◀──────────────── upstream
+    client ─TLS─▶ context ▶ errors ▶ target ▶ access ▶ body ▶ shares ▶ usage ▶ admission ▶ proxy
+    client ◀──────────── relay: each chunk as it arrives (metered) ◀──────────── upstream ◀─┘
 
 TLS, connection limits and malformed HTTP are handled below the app, on the
 connection (server.py). Each stage is a module that installs itself with its
@@ -31,6 +31,7 @@ from .core.drain import DRAIN, Drain
 from .options import (
     fog_options,
     session_options,
+    share_options,
     status_options,
     upstream_options,
     usage_options,
@@ -52,6 +53,7 @@ from .pipeline.proxy import setup_proxy
 from .pipeline.quotas import setup_quotas
 from .pipeline.relay import RelayOptions
 from .pipeline.request_target import setup_request_target
+from .pipeline.shares import setup_shares
 from .pipeline.validation import BodyLimits, setup_validation
 from .telemetry.activity import Activity
 from .telemetry.metrics import Metrics
@@ -160,6 +162,9 @@ def create_app(
     setup_validation(
         app, BodyLimits(max_bytes=settings.max_body_bytes, timeout=settings.body_timeout)
     )
+    # 5b. The caller's share of the node: the tier its budgets come from, the
+    #     priority class it waits in.
+    setup_shares(app, share_options(settings))
     # 6. Usage and quotas: a user over budget is refused here, before the queue;
     #    every inference request that passes is metered and recorded once.
     accounting = (

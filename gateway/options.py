@@ -21,8 +21,9 @@ from .config.network import lan_addresses
 from .config.settings import Settings
 from .pages.sessions import SessionOptions
 from .pages.status import StatusOptions
-from .pipeline.admission import Admission
+from .pipeline.admission import Admission, Classes, PriorityClass
 from .pipeline.quotas import UsageOptions
+from .pipeline.shares import ShareOptions
 from .transport.cert_renewal import RenewalOptions
 from .transport.peer_tls import PeerFiles, PeerTls
 from .transport.tls import TicketKeys, TlsTerminator
@@ -37,6 +38,26 @@ def admission_from(settings: Settings) -> Admission:
         per_user_concurrent=settings.per_user_concurrent_requests,
         per_user_queue=settings.per_user_queued_requests,
         queue_timeout=settings.queue_timeout,
+        classes=classes(settings),
+    )
+
+
+def classes(settings: Settings) -> Classes:
+    return Classes(
+        tuple(
+            PriorityClass(name, settings.priority_max_wait.get(name))
+            for name in settings.priority_classes
+        ),
+        settings.priority_default_class,
+    )
+
+
+def share_options(settings: Settings) -> ShareOptions:
+    return ShareOptions(
+        classes=classes(settings),
+        quota=quota_options(settings),
+        class_claim=settings.priority_class_claim,
+        tier_classes=settings.priority_tier_classes,
     )
 
 

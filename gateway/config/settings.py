@@ -103,6 +103,7 @@ class Settings(
         "allowed_uids",
         "allowed_email_domains",
         "api_keys",
+        "priority_classes",
         "mdns_interfaces",
         "mdns_domains",
         "upstream_urls",

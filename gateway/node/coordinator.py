@@ -225,7 +225,7 @@ class WorkerLink:
         reads it (every request of every worker asks: no task for it); one
         that must queue, or be refused, goes to :meth:`acquire`."""
         admission = self.coordinator.admission
-        permit = admission.try_acquire(call.uid, call.slots)
+        permit = admission.try_acquire(call.uid, call.slots, call.priority)
         if permit is None:
             return None
         return call.lease(msg.Admitted(), release=lambda: admission.release(permit))
@@ -234,16 +234,16 @@ class WorkerLink:
         """Placement in a fog asks before it decides where a request runs: the
         slots now, or the seconds a request would wait for them."""
         admission = self.coordinator.admission
-        permit = admission.try_acquire(call.uid, call.slots)
+        permit = admission.try_acquire(call.uid, call.slots, call.priority)
         if permit is None:
-            return call.answer(msg.Tried(admission.expected_wait()))
+            return call.answer(msg.Tried(admission.expected_wait(call.priority)))
         return call.lease(msg.Tried(None), release=lambda: admission.release(permit))
 
     async def acquire(self, call: msg.Acquire) -> Reply:
         admission = self.coordinator.admission
         ticket = self.waiting[call.wait] = Ticket()
         try:
-            permit = await admission.acquire(call.uid, ticket, call.slots)
+            permit = await admission.acquire(call.uid, ticket, call.slots, call.priority)
         except GatewayError as exc:
             return call.answer(msg.Admitted(msg.Refusal.of(exc)))
         finally:

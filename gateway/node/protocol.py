@@ -16,13 +16,15 @@ A worker asks the supervisor (calls):
     Hello          what a worker needs to know at start: the upstream choice, the
                    embedded model's state, the latest probe, the onboarding page,
                    the drain flag, the fog's members
-    Acquire        slots for a user (admission; the user's, the node's or both):
-                   granted, a lease given back when the request ends, or refused
-                   with what admission raised
+    Acquire        slots for a user (admission; the user's, the node's or both), in
+                   the queue of the request's priority class: granted, a lease
+                   given back when the request ends, or refused with what
+                   admission raised
     TryNow         the same, never waiting: granted (a lease), or the seconds a
                    request would wait (placement in a fog)
     Position       where a waiting request is in the queue (``: queued N``)
-    LoadNow        the node's slots in use and requests waiting (the status page)
+    LoadNow        the node's slots in use and requests waiting, by class (the
+                   status page)
     Quota          the node's quota ledger decides on a request: when allowed, the
                    reservation is a lease, ended by Settle or the channel dropping
     Pending        records the node's usage writer holds, not yet stored
@@ -194,6 +196,7 @@ class Acquire(Call[Admitted]):
     wait: int  # the worker's name for this wait (Position asks by it)
     uid: str
     slots: Slots
+    priority: str | None  # the request's class (None: the node's default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +209,7 @@ class TryNow(Call[Tried]):
     op = Op.TRY_NOW
     uid: str
     slots: Slots
+    priority: str | None  # the wait is its class's
 
 
 @dataclass(frozen=True, slots=True)

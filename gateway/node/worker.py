@@ -103,13 +103,17 @@ class RemoteAdmission:
         return self._capacity
 
     async def acquire(
-        self, uid: str, ticket: Ticket | None = None, slots: Slots = Slots.BOTH
+        self,
+        uid: str,
+        ticket: Ticket | None = None,
+        slots: Slots = Slots.BOTH,
+        priority: str | None = None,
     ) -> RemotePermit:
         wait = next(self._waits)
         if ticket is not None:
             self._waiting[ticket] = wait
         try:
-            leased = await self.peer.lease(msg.Acquire(wait, uid, slots))
+            leased = await self.peer.lease(msg.Acquire(wait, uid, slots, priority))
         except ChannelClosed:
             raise _restarting() from None
         finally:
@@ -119,11 +123,13 @@ class RemoteAdmission:
             raise leased.value.refusal.error()
         return RemotePermit(leased)
 
-    async def try_now(self, uid: str, slots: Slots = Slots.BOTH) -> RemotePermit | float:
+    async def try_now(
+        self, uid: str, slots: Slots = Slots.BOTH, priority: str | None = None
+    ) -> RemotePermit | float:
         """One round trip, answered in the step that reads it: the slots, or
         the seconds a request would wait for them."""
         try:
-            leased = await self.peer.lease(msg.TryNow(uid, slots))
+            leased = await self.peer.lease(msg.TryNow(uid, slots, priority))
         except ChannelClosed:
             raise _restarting() from None
         if leased.value.wait is not None:

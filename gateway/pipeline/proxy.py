@@ -29,7 +29,7 @@ from ...fog.members import Member
 from ...routing.conversation import Conversation, conversation_of
 from ...routing.order import FAILOVER
 from ..core.errors import GatewayError
-from ..core.keys import PRINCIPAL, REQUEST_ID, ROUTED, Routed
+from ..core.keys import PRINCIPAL, REQUEST_ID, ROUTED, SHARE, Routed
 from ..telemetry.metrics import Metrics
 from ..telemetry.stats import GatewayStats
 from ..upstreams.peers import FogPeers
@@ -268,12 +268,13 @@ class _Sender:
         first byte; MembersDeclined (the request runs here) when all did."""
         fog = self.fog
         assert fog is not None and self.handed is not None
-        principal = request.get(PRINCIPAL)
+        principal, share = request.get(PRINCIPAL), request.get(SHARE)
         hop = Forwarded(
             entry=fog.options.own_id,
             uid=principal.uid if principal else "anonymous",
             kind=principal.kind if principal else "anonymous",
             may_queue=handover.may_queue,
+            priority=share.priority if share is not None else None,
         ).headers()
         headers = _upstream_headers(request)
         headers.update(hop)
