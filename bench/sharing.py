@@ -160,9 +160,9 @@ async def first_token(
             raise RuntimeError(f"{name}: {resp.status} {await resp.text()}")
         got: float | None = None
         async for line in resp.content:
-            if got is None and line.startswith(b"data: {") and b'"content":"' in line:
-                if b'"content":""' not in line:
-                    got = time.monotonic()
+            token = b'"content":"' in line and b'"content":""' not in line
+            if got is None and line.startswith(b"data: {") and token:
+                got = time.monotonic()
         if got is None:
             raise RuntimeError(f"{name}: no token")
         return sent, got
