@@ -30,6 +30,7 @@ from .config.settings import Settings
 from .core.drain import DRAIN, Drain
 from .options import (
     fog_options,
+    quota_options,
     session_options,
     share_options,
     status_options,
@@ -44,6 +45,7 @@ from .pages.sessions import BrowserSessions, SignInThrottle, setup_sessions
 from .pages.status import Listening, setup_status, usage_report
 from .pipeline.access import Authorizer, setup_access
 from .pipeline.admission import Admission, AdmissionControl, setup_admission
+from .pipeline.budgets import UsageEndpoint, setup_usage_endpoint
 from .pipeline.context import setup_request_context
 from .pipeline.keepalive import HeartbeatOptions
 from .pipeline.openai_errors import setup_openai_errors
@@ -164,7 +166,7 @@ def create_app(
     )
     # 5b. The caller's share of the node: the tier its budgets come from, the
     #     priority class it waits in.
-    setup_shares(app, share_options(settings))
+    shares = setup_shares(app, share_options(settings))
     # 6. Usage and quotas: a user over budget is refused here, before the queue;
     #    every inference request that passes is metered and recorded once.
     accounting = (
@@ -178,6 +180,8 @@ def create_app(
         if node.ledger is not None
         else None
     )
+    # 6b. What a caller has used and has left, asked before it bites.
+    setup_usage_endpoint(app, UsageEndpoint(node.ledger, shares, quota_options(settings)))
     # 7. Inference waits for a slot (per user, then the node); a streamed request
     #    that waits long gets its headers and heartbeats early. In a fog, a
     #    request that this node cannot start soon goes to a member instead.
@@ -230,5 +234,6 @@ def create_app(
             ),
             drain=drain,
             fog=fog,
+            budgets=node.ledger.warnings if node.ledger is not None else None,
         )
     return app

@@ -92,6 +92,7 @@ def quota_options(settings: Settings) -> QuotaOptions:
         api_key_tiers=settings.quota_api_key_tiers,
         day_start=timedelta(hours=start.hour, minutes=start.minute, seconds=start.second),
         default_completion_tokens=settings.quota_default_completion_tokens,
+        warn_at=settings.quota_warn_at,
     )
 
 

@@ -196,6 +196,8 @@ class WorkerLink:
             .call(msg.LoadNow, self.load)
             .call(msg.Quota, self.quota)
             .call(msg.Pending, self.pending)
+            .call(msg.UsageOf, self.usage_of)
+            .call(msg.Warnings, self.warnings)
             .call(msg.NodeMetrics, self.node_metrics)
             .call(msg.NodeActivity, self.node_activity)
             .call(msg.Probe, self.probe)
@@ -275,6 +277,12 @@ class WorkerLink:
 
     async def pending(self, call: msg.Pending) -> Reply:
         return call.answer(await self._ledger().pending_records())
+
+    async def usage_of(self, call: msg.UsageOf) -> Reply:
+        return call.answer(await self._ledger().usage(call.uid))
+
+    async def warnings(self, call: msg.Warnings) -> Reply:
+        return call.answer(await self._ledger().warnings())
 
     async def node_metrics(self, call: msg.NodeMetrics) -> Reply:
         return call.answer(await self.coordinator.node_metrics())

@@ -28,6 +28,9 @@ A worker asks the supervisor (calls):
     Quota          the node's quota ledger decides on a request: when allowed, the
                    reservation is a lease, ended by Settle or the channel dropping
     Pending        records the node's usage writer holds, not yet stored
+    UsageOf        what a user has used now, by the node's quota ledger (stored,
+                   not yet stored, reserved): GET /v1/fognode/usage
+    Warnings       who is past the warning share of a budget (the status page)
     NodeMetrics    the whole node's exposition (every worker's, summed, and ours)
     NodeActivity   the node's activity for the status page (every worker's, summed)
     Probe          probe the upstreams now (a model pulled through the worker,
@@ -70,8 +73,9 @@ from dataclasses import dataclass
 from ...embedded.supervisor import ServerStatus
 from ...fog.members import CandidateView, Member
 from ...fog.state import PeerState
+from ...usage.ledger import BudgetWarning
 from ...usage.options import Limits
-from ...usage.quota import Decision
+from ...usage.quota import Decision, Usage
 from ...usage.record import UsageRecord
 from ...workers.messages import Call, Notice
 from ..core.errors import GatewayError
@@ -91,6 +95,8 @@ class Op(enum.StrEnum):
     LOAD = "load"
     QUOTA = "quota"
     PENDING = "pending"
+    USAGE_OF = "usage_of"
+    WARNINGS = "warnings"
     NODE_METRICS = "node_metrics"
     NODE_ACTIVITY = "node_activity"
     PROBE = "probe"
@@ -243,6 +249,17 @@ class Quota(Call[Decided]):
 @dataclass(frozen=True, slots=True)
 class Pending(Call[int]):
     op = Op.PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class UsageOf(Call[Usage]):
+    op = Op.USAGE_OF
+    uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Warnings(Call[tuple[BudgetWarning, ...]]):
+    op = Op.WARNINGS
 
 
 @dataclass(frozen=True, slots=True)

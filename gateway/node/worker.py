@@ -47,9 +47,9 @@ from ...certs.errors import CertError
 from ...embedded.supervisor import ServerStatus
 from ...fog.state import PeerState
 from ...supervision import die_with_parent
-from ...usage.ledger import Reservation
+from ...usage.ledger import BudgetWarning, Reservation
 from ...usage.options import Limits
-from ...usage.quota import ALLOW_UNLIMITED
+from ...usage.quota import ALLOW_UNLIMITED, Usage
 from ...usage.record import UsageRecord
 from ...workers.channel import ChannelClosed, Refused, Reply
 from ...workers.messages import Leased, Peer, Table
@@ -203,6 +203,12 @@ class RemoteUsageLedger:
 
     async def pending_records(self) -> int:
         return await self.peer.call(msg.Pending())
+
+    async def usage(self, uid: str) -> Usage:
+        return await self.peer.call(msg.UsageOf(uid))
+
+    async def warnings(self) -> tuple[BudgetWarning, ...]:
+        return await self.peer.call(msg.Warnings())
 
 
 def _restarting() -> GatewayError:

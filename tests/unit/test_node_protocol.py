@@ -60,6 +60,8 @@ from fognode.gateway.node.protocol import (
     SignInWait,
     Tried,
     TryNow,
+    UsageOf,
+    Warnings,
     Welcome,
     WorkerActivity,
 )
@@ -69,8 +71,9 @@ from fognode.gateway.pipeline.admission import Admission, ClassLoad, Load, Slots
 from fognode.gateway.telemetry.activity import ActivityView
 from fognode.gateway.upstreams.pool import Finding, UpstreamPool
 from fognode.routing.warm import LoadedModel
+from fognode.usage.ledger import BudgetWarning
 from fognode.usage.options import Limits
-from fognode.usage.quota import Decision
+from fognode.usage.quota import Decision, Usage
 from fognode.usage.record import Outcome, UsageRecord
 from fognode.web.status import ErrorView, MinuteView
 from fognode.workers.channel import CallFailed, Channel, Reply
@@ -175,6 +178,8 @@ MESSAGES: list[Message] = [
     LoadNow(),
     Quota(3, "uid:bob", Limits(1000, 10), 612),
     Pending(),
+    UsageOf("apikey:study"),
+    Warnings(),
     NodeMetrics(),
     NodeActivity(),
     Probe(),
@@ -233,7 +238,23 @@ ANSWERS: dict[type[Call[Any]], list[object]] = {
             ),
         ),
     ],
+    UsageOf: [Usage(), Usage(1200, 3, 1_700_000_000.5, 1_700_000_030.25)],
+    Warnings: [
+        (),
+        (
+            BudgetWarning("apikey:study", "tokens", 850, 1000, 1_700_050_000.0),
+            BudgetWarning("uid-7", "requests", 9, 10, 1_700_000_060.5),
+        ),
+    ],
     Quota: [
+        Decided(
+            1_700_000_000.5,
+            Decision(
+                True,
+                {"x-ratelimit-limit-requests": "10", "x-fognode-quota-warning": "requests 90%"},
+                warnings=("requests",),
+            ),
+        ),
         Decided(1_700_000_000.5, Decision(True, {"x-ratelimit-limit-requests": "10"})),
         Decided(
             1_700_000_000.5,
@@ -295,9 +316,9 @@ def test_every_answer_round_trips(call: type[Call[Any]], answer: object) -> None
 async def test_each_side_takes_its_half_of_the_protocol() -> None:
     to_supervisor = {
         Op.HELLO, Op.ACQUIRE, Op.TRY_NOW, Op.POSITION, Op.LOAD, Op.QUOTA, Op.PENDING,
-        Op.NODE_METRICS, Op.NODE_ACTIVITY, Op.PROBE, Op.RECALL, Op.SIGN_IN_WAIT,
-        Op.SIGN_IN_ATTEMPT, Op.FOG_STATE, Op.SET_DRAIN, Op.READY, Op.FAILED, Op.SETTLE,
-        Op.RECORD, Op.REMEMBER, Op.SIGNED_IN, Op.FOG_FAILED, Op.FIRST_TOKEN, Op.REVOKE,
+        Op.USAGE_OF, Op.WARNINGS, Op.NODE_METRICS, Op.NODE_ACTIVITY, Op.PROBE, Op.RECALL,
+        Op.SIGN_IN_WAIT, Op.SIGN_IN_ATTEMPT, Op.FOG_STATE, Op.SET_DRAIN, Op.READY, Op.FAILED,
+        Op.SETTLE, Op.RECORD, Op.REMEMBER, Op.SIGNED_IN, Op.FOG_FAILED, Op.FIRST_TOKEN, Op.REVOKE,
     }  # fmt: skip
     to_worker = {
         Op.EXPOSE, Op.WORKER_ACTIVITY, Op.RELOAD_TLS, Op.EMBEDDED_CHANGED, Op.PROBED,
