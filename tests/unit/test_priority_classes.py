@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from pydantic import ValidationError
 
+from fognode.gateway.config.settings import Settings
+from fognode.gateway.options import classes
 from fognode.gateway.pipeline.admission import (
     Admission,
     AdmissionCollector,
@@ -265,3 +268,27 @@ def test_an_unknown_class_is_the_default() -> None:
     assert CLASSES.rank("batch") == 1
     assert CLASSES.rank(None) == CLASSES.rank("vip") == 0
     assert CLASSES.known("vip") == "interactive"
+
+
+def test_settings_with_classes_of_ones_own_need_no_more() -> None:
+    own = Settings(priority_classes="urgent,routine")
+    assert own.priority_default_class == "urgent" and own.priority_max_wait == {}
+    assert classes(own) == Classes((PriorityClass("urgent"), PriorityClass("routine")), "urgent")
+    default = classes(Settings())
+    assert default.names == ("interactive", "batch") and default.default == "interactive"
+    assert default.order[1].max_wait == 30.0
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"priority_classes": "a,a"},
+        {"priority_classes": "a,b", "priority_default_class": "c"},
+        {"priority_classes": "a,b", "priority_max_wait": {"c": 5}},
+        {"priority_max_wait": {"batch": -1}},
+        {"priority_tier_classes": {"guest": "vip"}},
+    ],
+)
+def test_settings_that_name_a_class_that_is_not_there_are_refused(given: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        Settings(**given)

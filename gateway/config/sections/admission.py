@@ -54,7 +54,8 @@ class AdmissionSettings(BaseModel):
     priority_default_class: str = Field(
         "interactive",
         min_length=1,
-        description="The class of a request that names none (or one not in `priority_classes`).",
+        description="The class of a request that names none (or one not in "
+        "`priority_classes`). Unset, with classes of your own: the first of them.",
     )
     priority_max_wait: dict[str, float] = Field(
         default_factory=lambda: {"batch": 30.0},
@@ -62,7 +63,7 @@ class AdmissionSettings(BaseModel):
         'in seconds, by class as JSON: `{"batch": 30}`. Once the next free slot would come '
         "later than that, it goes next whatever waits above it, so no class starves. A class "
         "without one (or with one beyond `queue_timeout`) waits for as long as higher classes "
-        "wait, up to `queue_timeout`.",
+        "wait, up to `queue_timeout`. Unset, with classes of your own: none.",
     )
     priority_class_claim: str = Field(
         "fog_class",
@@ -81,6 +82,15 @@ class AdmissionSettings(BaseModel):
         names = self.priority_classes
         if not names or len(set(names)) != len(names):
             raise ValueError("priority_classes needs distinct names, at least one")
+        # Defaults name the default classes: with classes of one's own they
+        # give way (the first class is the default; no maximum waits).
+        given = self.model_fields_set
+        if "priority_default_class" not in given and self.priority_default_class not in names:
+            self.priority_default_class = names[0]
+        if "priority_max_wait" not in given:
+            self.priority_max_wait = {
+                name: wait for name, wait in self.priority_max_wait.items() if name in names
+            }
         used = {self.priority_default_class, *self.priority_max_wait}
         unknown = sorted(used.union(self.priority_tier_classes.values()).difference(names))
         if unknown:
