@@ -177,6 +177,42 @@ async def test_a_model_only_a_member_has_is_served_by_it_and_recorded_at_the_ent
     assert OTHER in card
 
 
+async def test_a_handed_over_request_waits_in_the_class_its_entry_decided(
+    make_node: NodeFactory, fog_pki: Pki, http: aiohttp.ClientSession
+) -> None:
+    """The caller's class is decided where their credential is known (the
+    entry), and travels with the entry's assertion of who they are."""
+    a_port, b_port, c_port = free_port(), free_port(), free_port()
+    batch = {
+        "quota_tiers": {"batch": {}},
+        "quota_api_key_tiers": {"phone-user": "batch"},
+        "priority_tier_classes": {"batch": "batch"},
+    }
+    a = await make_node("a", models=(SMALL,), peers=[b_port, c_port], port=a_port, **batch)
+    b = await make_node("b", models=(OTHER,), peers=[a_port], port=b_port)
+    await members_of(a, 1)
+    status, _, text = await chat(http, a, fog_pki, OTHER)
+    assert status == 200, text
+    metrics = await admin_get(http, b, fog_pki, "/metrics")
+    assert 'fognode_admission_wait_seconds_count{class="batch"} 1.0' in metrics
+    assert 'fognode_admission_wait_seconds_count{class="interactive"} 0.0' in metrics
+    # A member that has no such class queues it in its own default class.
+    await b.server.stop()
+    c = await make_node(
+        "c",
+        models=(OTHER,),
+        peers=[a_port],
+        port=c_port,
+        priority_classes=["urgent", "normal"],
+        priority_default_class="normal",
+    )
+    await wait_until(lambda: [m.identity for m in a.fog.current()] == ["c.local"], "c joined")
+    status, _, text = await chat(http, a, fog_pki, OTHER)
+    assert status == 200, text
+    metrics = await admin_get(http, c, fog_pki, "/metrics")
+    assert 'fognode_admission_wait_seconds_count{class="normal"} 1.0' in metrics
+
+
 async def test_a_model_no_member_has_is_the_apps_404(
     make_node: NodeFactory, fog_pki: Pki, http: aiohttp.ClientSession
 ) -> None:
