@@ -10,6 +10,8 @@
 #   ./setup.sh --no-certs    leave certificates alone
 #   ./setup.sh --service     also run fognode as a systemd service on port 443, as an
 #                            unprivileged user with only CAP_NET_BIND_SERVICE (uses sudo)
+#   ./setup.sh --cli         only the command line, for another machine that uses a node
+#                            (discover, chat, models --url): no model, certificates or key
 #
 # The CA key passphrase comes from FOGNODE_CA_PASSPHRASE or
 # FOGNODE_CA_PASSPHRASE_FILE; without either, a random one is written to
@@ -27,13 +29,15 @@ WITH_TEST=1
 WITH_CERTS=1
 WITH_SERVICE=0
 WITH_EMBEDDED=1
+WITH_KEY=1
 for arg in "$@"; do
   case $arg in
     --no-test) WITH_TEST=0 ;;
     --no-certs) WITH_CERTS=0 ;;
     --no-embedded) WITH_EMBEDDED=0 ;;
     --service) WITH_SERVICE=1 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --cli) WITH_TEST=0 WITH_CERTS=0 WITH_EMBEDDED=0 WITH_KEY=0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -152,7 +156,14 @@ lock=requirements.lock
 ((WITH_EMBEDDED)) && lock=requirements-embedded.lock
 ((WITH_TEST)) && lock=requirements-test.lock
 stamp="$VENV/.fognode-installed"
-want="$(cat pyproject.toml "$lock" | sha256sum | cut -c1-16) $lock"
+locked() { echo "$(cat pyproject.toml "$1" | sha256sum | cut -c1-16) $1"; }
+want=$(locked "$lock")
+# The test lock pins every package of the service and the embedded model at the
+# same version: a venv installed from it has what --no-test needs, and is not
+# reinstalled without the test tools.
+if ((!WITH_TEST)) && [[ -f $stamp && $(cat "$stamp") == $(locked requirements-test.lock) ]]; then
+  want=$(cat "$stamp")
+fi
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   say "Installing fognode and its locked dependencies ($lock) into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
@@ -160,7 +171,7 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   "$VENV/bin/python" -m pip install -q --no-deps -e .
   echo "$want" >"$stamp"
 else
-  say "fognode already installed in $VENV ($lock unchanged)"
+  say "fognode already installed in $VENV (${want#* } unchanged)"
 fi
 
 # --- certificates (first run; renewed when due on every run) ------------------
@@ -196,14 +207,12 @@ fi
 CERTS_DEFAULT=$("$VENV/bin/python" -c \
   'from fognode.gateway.config.paths import default_certs_dir; print(default_certs_dir())')
 DATA_DIR=$(dirname "$CERTS_DEFAULT")
-if [[ ! -f $DATA_DIR/api-keys ]]; then
+if ((WITH_KEY)) && [[ ! -f $DATA_DIR/api-keys ]]; then
   mkdir -p "$DATA_DIR"
+  # `apikey create` adds the key's hash to <data dir>/api-keys (0600), the file
+  # the node watches; the key itself is shown once, and kept here for you.
   created=$("$VENV/bin/fognode" apikey create local-admin --admin --json)
   (umask 077
-   echo "# name:role:sha256 — made by setup.sh; add more with: fognode apikey create NAME" \
-     >"$DATA_DIR/api-keys"
-   "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["entry"])' \
-     <<<"$created" >>"$DATA_DIR/api-keys"
    "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["key"])' \
      <<<"$created" >"$DATA_DIR/admin-api-key")
   say "Created an admin API key for you in $DATA_DIR/admin-api-key (its hash in api-keys)"
@@ -254,7 +263,10 @@ if ((WITH_EMBEDDED)); then
   fi
 fi
 
-if ((WITH_SERVICE)); then
+if ((!WITH_KEY)); then
+  say "Done. The command line is $VENV/bin/fognode: discover, chat (--ca the node's"
+  say "fognode-ca.crt, --api-key a key its operator made), models --url"
+elif ((WITH_SERVICE)); then
   sudo=""
   [[ $(id -u) -ne 0 ]] && sudo="sudo"
   say "Installing the systemd service (port 443, user fognode)"

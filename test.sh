@@ -5,6 +5,7 @@
 #   ./test.sh unit              tests/unit only: one part at a time, no processes (seconds)
 #   ./test.sh gateway           tests/gateway only: the whole gateway in-process, with stand-ins
 #   ./test.sh system            tests/system only: processes, namespaces, browser, emulator, PostgreSQL
+#   ./test.sh newcomer          tests/system/newcomer only: the README's commands, as written
 #   ./test.sh -k streaming      extra arguments go to pytest, after a level too
 #   ./test.sh unit -k quota
 # A level alone skips setup and lint: run ./setup.sh first on a fresh clone.
@@ -12,8 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${FOGNODE_VENV:-.venv}
 case "${1:-}" in
-  unit | gateway | system)
+  unit | gateway | system | newcomer)
     level=$1
+    [ "$level" = newcomer ] && level=system/newcomer
     shift
     if [ ! -x "$VENV/bin/pytest" ]; then
       echo "no $VENV/bin/pytest: run ./setup.sh first" >&2

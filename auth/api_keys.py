@@ -16,7 +16,6 @@ import hmac
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from .principal import Principal
 
@@ -33,9 +32,9 @@ class ApiKeyEntry:
     def parse(cls, line: str) -> ApiKeyEntry:
         parts = line.strip().split(":")
         if len(parts) != 3 or parts[1] not in ("user", "admin"):
-            raise ValueError(
-                f"API key entry {line.strip()[:40]!r} is not 'name:user|admin:sha256hex'"
-            )
+            # Only the name is shown: the line may be a key pasted in by mistake.
+            shown = repr(parts[0]) if len(parts) > 1 and PREFIX not in parts[0] else "an entry"
+            raise ValueError(f"API key entry {shown} is not 'name:user|admin:sha256hex'")
         name, role, hexdigest = parts
         try:
             digest = bytes.fromhex(hexdigest)
@@ -58,18 +57,10 @@ def looks_like_api_key(token: str) -> bool:
     return token.startswith(PREFIX)
 
 
-def read_entries(inline: Iterable[str], file: Path | None) -> list[ApiKeyEntry]:
-    lines = list(inline)
-    if file is not None:
-        lines += file.read_text(encoding="utf-8").splitlines()
-    return [
-        ApiKeyEntry.parse(line)
-        for line in lines
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
-
-
 class ApiKeys:
+    """One set of keys, never changed: a reload makes a new set and the
+    authorizer swaps it in whole (TokenAuthorizer.use_keys)."""
+
     def __init__(self, entries: Iterable[ApiKeyEntry]) -> None:
         self.entries = tuple(entries)
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .api_keys import ApiKeys, looks_like_api_key
+from .api_keys import ApiKeyEntry, ApiKeys, looks_like_api_key
 from .bearer import bearer_token
 from .cache import VerifiedCache, token_key
 from .errors import AuthError
@@ -51,6 +52,11 @@ class TokenAuthorizer:
             name for name, on in (("firebase", self.verifier), ("apikey", self.api_keys)) if on
         ]
         return "+".join(accepted) or "none"
+
+    def use_keys(self, entries: Iterable[ApiKeyEntry]) -> None:
+        """The key file changed: the new set replaces the old one in one step,
+        so a request is checked against one of them, never a mix."""
+        self.api_keys = ApiKeys(entries)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -105,6 +111,9 @@ class NoAuth:
 
     async def authorize(self, authorization: str | None, access: Access) -> Principal:
         return ANONYMOUS
+
+    def use_keys(self, entries: Iterable[ApiKeyEntry]) -> None:
+        return None  # nothing is checked
 
     def close(self) -> None:
         return None

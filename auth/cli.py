@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
-from .api_keys import entry_for, new_key
+from .api_keys import ApiKeyEntry, entry_for, new_key
+from .key_file import KeyFile
 
 
 def add_auth_commands(sub: Any) -> None:
@@ -43,31 +45,117 @@ def add_auth_commands(sub: Any) -> None:
     admin.add_argument("--no-admin", action="store_true", help="revoke model management")
     set_.set_defaults(auth_func=_claims_set)
 
-    apikey = sub.add_parser("apikey", help="make static API keys for scripts and tools")
+    apikey = sub.add_parser(
+        "apikey",
+        help="make, list and revoke API keys (the node follows its key file without a restart)",
+        description="API keys live in the node's key file (FOGNODE_API_KEYS_FILE, default "
+        "<data dir>/api-keys), which the running node watches: a key made or revoked here "
+        "works, or stops working, on every worker within seconds.",
+    )
     apikey_sub = apikey.add_subparsers(dest="apikey_command", metavar="ACTION")
     apikey_sub.required = True
     create = apikey_sub.add_parser(
-        "create",
-        help="print a new key and the entry to add to FOGNODE_API_KEYS or the keys file",
+        "create", help="make a key, add it to the key file and print it (shown once)"
     )
-    create.add_argument("name", help="who or what the key is for (shown in logs)")
+    create.add_argument("name", help="who or what the key is for (shown in logs and usage)")
     create.add_argument("--admin", action="store_true", help="allow model management too")
-    create.add_argument("--json", action="store_true")
+    create.add_argument("--json", action="store_true", help='print {"key", "entry", "file"}')
+    create.add_argument(
+        "--print-only",
+        action="store_true",
+        help="add it nowhere: print the key and its entry (for FOGNODE_API_KEYS, another node)",
+    )
     create.set_defaults(auth_func=_apikey_create)
+    revoke = apikey_sub.add_parser(
+        "revoke", help="remove a key from the key file: it stops working within seconds"
+    )
+    revoke.add_argument("name")
+    revoke.set_defaults(auth_func=_apikey_revoke)
+    listing = apikey_sub.add_parser("list", help="the keys' names and roles (never the keys)")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(auth_func=_apikey_list)
 
 
-def _apikey_create(args: argparse.Namespace, _: dict[str, Any]) -> int:
+def _key_file(options: dict[str, Any]) -> KeyFile | None:
+    path = options.get("api_keys_file")
+    return KeyFile(Path(path)) if path else None
+
+
+def _followed(options: dict[str, Any]) -> str:
+    every = options.get("api_keys_check_interval")
+    return f"within {every:g} s" if every else "within seconds"
+
+
+def _apikey_create(args: argparse.Namespace, options: dict[str, Any]) -> int:
     if ":" in args.name or not args.name.strip():
         print("fognode apikey: the name must be non-empty and contain no ':'", file=sys.stderr)
         return 2
     key = new_key()
     entry = entry_for(key, args.name, admin=args.admin)
+    file = None if args.print_only else _key_file(options)
+    if file is not None:
+        if args.name in {ApiKeyEntry.parse(line).name for line in options.get("inline", ())}:
+            print(
+                f"fognode apikey: FOGNODE_API_KEYS already has a key named {args.name!r}",
+                file=sys.stderr,
+            )
+            return 2
+        file.add(entry)
     if args.json:
-        print(json.dumps({"key": key, "entry": entry}))
+        print(json.dumps({"key": key, "entry": entry, "file": str(file.path) if file else None}))
         return 0
-    print(f"API key (shown once, give it to {args.name}):\n  {key}\n")
-    print("Add this entry to FOGNODE_API_KEYS or to the file in FOGNODE_API_KEYS_FILE:")
-    print(f"  {entry}")
+    print(f"API key for {args.name} (shown once; give it to them):\n  {key}")
+    if file is not None:
+        print(
+            f"Added to {file.path}; a running node takes it {_followed(options)}, "
+            "without a restart. Revoke it with: fognode apikey revoke " + args.name
+        )
+    else:
+        print(f"Its entry, for FOGNODE_API_KEYS or another node's key file:\n  {entry}")
+    return 0
+
+
+def _apikey_revoke(args: argparse.Namespace, options: dict[str, Any]) -> int:
+    file = _key_file(options)
+    if file is None:
+        print("fognode apikey: no key file (FOGNODE_API_KEYS_FILE is empty)", file=sys.stderr)
+        return 2
+    if file.revoke(args.name) is None:
+        inline = {ApiKeyEntry.parse(line).name for line in options.get("inline", ())}
+        where = (
+            "it is in FOGNODE_API_KEYS: remove it there and restart the node"
+            if args.name in inline
+            else "nothing was changed"
+        )
+        print(
+            f"fognode apikey: no key named {args.name!r} in {file.path}; {where}", file=sys.stderr
+        )
+        return 1
+    print(
+        f"Revoked {args.name}: removed from {file.path}; a running node refuses it "
+        f"{_followed(options)}."
+    )
+    return 0
+
+
+def _apikey_list(args: argparse.Namespace, options: dict[str, Any]) -> int:
+    file = _key_file(options)
+    rows = [("FOGNODE_API_KEYS", ApiKeyEntry.parse(line)) for line in options.get("inline", ())]
+    rows += [(str(file.path), entry) for entry in file.entries()] if file else []
+    if args.json:
+        listed = [
+            {"name": e.name, "role": "admin" if e.admin else "user", "from": where}
+            for where, e in rows
+        ]
+        print(json.dumps(listed, indent=2))
+        return 0
+    if not rows:
+        where = f" in {file.path}" if file else ""
+        print(f"No API keys{where}. Make one: fognode apikey create NAME")
+        return 0
+    width = max(len(e.name) for _, e in rows)
+    for where, entry in rows:
+        print(f"{entry.name.ljust(width)}  {'admin' if entry.admin else 'user '}  {where}")
     return 0
 
 
@@ -144,7 +232,8 @@ def _claims_set(args: argparse.Namespace, options: dict[str, Any]) -> int:
 
 
 def run_auth_command(args: argparse.Namespace, options: dict[str, Any]) -> int:
-    """``options``: project_id, credentials_file, emulator_host, admin_claim."""
+    """``options``: project_id, credentials_file, emulator_host, admin_claim; for
+    `apikey`: api_keys_file, api_keys_check_interval, inline (FOGNODE_API_KEYS)."""
     from firebase_admin import exceptions
 
     try:

@@ -23,7 +23,7 @@ from .check import check_trust
 from .errors import CertError
 from .export import export_ca
 from .inspect import describe
-from .issuer import MAX_VALIDITY_DAYS, SubjectNames, default_names
+from .issuer import MAX_VALIDITY_DAYS, SubjectNames, default_names, followed_names
 from .keys import KEY_TYPES
 from .lifecycle import (
     RenewalPolicy,
@@ -123,7 +123,8 @@ def _policy(args: argparse.Namespace) -> RenewalPolicy:
         group = _group_id(args.group)
     return RenewalPolicy(
         names=configured,
-        defaults=SubjectNames.parse(default_names(args.lan_ips)),
+        defaults=SubjectNames.parse(default_names(args.lan_ips, args.node_names)),
+        follow=followed_names(args.lan_ips, args.node_names),
         key_type=args.key_type,
         validity_days=getattr(args, "days", None) or args.validity_days,
         renew_before_days=args.renew_before_days,
@@ -450,11 +451,13 @@ class CertsDefaults:
     validity_days: float
     renew_before_days: float
     lan_ips: tuple[str, ...]  # this machine's LAN addresses (the gateway looks them up)
+    node_names: tuple[str, ...] = ()  # the node's own mDNS host name (fognode-<id>.local)
 
 
 def run_certs_command(args: argparse.Namespace, defaults: CertsDefaults) -> int:
     """Fill defaults from the settings, run the action, report CertErrors plainly."""
     args.lan_ips = () if getattr(args, "no_lan_ips", False) else defaults.lan_ips
+    args.node_names = defaults.node_names
     args.dir = args.dir or str(defaults.certs_dir)
     args.ca_dir = getattr(args, "ca_dir", None) or str(defaults.ca_dir)
     args.issuer_dir = getattr(args, "issuer_dir", None) or str(defaults.issuer_dir)

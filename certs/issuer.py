@@ -82,23 +82,43 @@ def cert_names(cert: x509.Certificate) -> SubjectNames:
     )
 
 
-def default_names(lan_ips: Iterable[str] = ()) -> list[str]:
-    """spezillmfog.local (the client contract), this machine's .local name,
-    localhost, and the LAN addresses given (the gateway knows them; certs/
-    does not look at the network) that are private, link-local or loopback:
-    a CA for the LAN may not vouch for a public address."""
+def default_names(lan_ips: Iterable[str] = (), node_names: Iterable[str] = ()) -> list[str]:
+    """spezillmfog.local (the client contract), the node's own mDNS host name
+    (``node_names``: fognode-<id>.local, which resolves on the LAN whatever
+    address DHCP gives), this machine's .local name, localhost, and the LAN
+    addresses given (the gateway knows them; certs/ does not look at the
+    network) that are private, link-local or loopback: a CA for the LAN may
+    not vouch for a public address."""
     names = [
         DEFAULT_HOST_NAME,
+        *(n.rstrip(".").lower() for n in node_names),
         f"{socket.gethostname().split('.')[0]}.local",
         "localhost",
         "127.0.0.1",
         "::1",
     ]
-    for ip in lan_ips:
-        address = ipaddress.ip_address(ip)
-        if ip not in names and any(address in n for n in LAN_NETWORKS):
-            names.append(ip)
-    return names
+    names.extend(str(ip) for ip in lan_only(lan_ips) if str(ip) not in names)
+    return list(dict.fromkeys(names))
+
+
+def lan_only(addresses: Iterable[str]) -> list[IPAddress]:
+    """The addresses a LAN CA may name: private, link-local or loopback."""
+    found = []
+    for raw in addresses:
+        address = ipaddress.ip_address(raw)
+        if any(address in n for n in LAN_NETWORKS) and address not in found:
+            found.append(address)
+    return found
+
+
+def followed_names(lan_ips: Iterable[str], node_names: Iterable[str]) -> SubjectNames:
+    """What a certificate without configured names keeps up with: the node's
+    own host name and this machine's LAN addresses as they are now (a
+    renewal re-issues it when one is missing: DHCP gave another address)."""
+    return SubjectNames(
+        tuple(n.rstrip(".").lower() for n in node_names),
+        tuple(a for a in lan_only(lan_ips) if not a.is_loopback),
+    )
 
 
 def issue_server_cert(

@@ -126,29 +126,56 @@ def renewal_reason(
     *,
     renew_before: dt.timedelta,
     wanted: SubjectNames | None = None,
+    follow: SubjectNames | None = None,
     at: dt.datetime | None = None,
 ) -> str | None:
-    """Why the certificate should be replaced now, or None if it is fine."""
+    """Why the certificate should be replaced now, or None if it is fine.
+    ``wanted``: configured names; ``follow``: without them, the node's own
+    name and this machine's LAN addresses now (followed_names)."""
     when = at or now()
     left = leaf.not_valid_after_utc - when
     if left <= renew_before:
         return f"it expires in {left.total_seconds() / 86400:.1f} days"
     if wanted is not None and not wanted.covered_by(leaf):
         return "the configured names or addresses changed"
+    missing = missing_names(leaf, follow) if wanted is None and follow is not None else []
+    if missing:
+        return f"it lacks {', '.join(missing)} (this machine's own name or address now)"
     return None
 
 
+def missing_names(leaf: x509.Certificate, follow: SubjectNames) -> list[str]:
+    have = cert_names(leaf)
+    return [n for n in follow.dns if n not in have.dns] + [
+        str(ip) for ip in follow.ips if ip not in have.ips
+    ]
+
+
 def renewal_names(
-    current: x509.Certificate | None, configured: SubjectNames | None, defaults: SubjectNames
+    current: x509.Certificate | None,
+    configured: SubjectNames | None,
+    defaults: SubjectNames,
+    follow: SubjectNames | None = None,
 ) -> SubjectNames:
-    """Configured names, else exactly those of the current certificate (a
-    renewal never drops a name the operator issued by hand), else defaults."""
+    """Configured names; else those of the current certificate (a renewal
+    never drops a name the operator issued by hand) with what it follows
+    (``follow``: the node's own name, this machine's LAN addresses now) added,
+    and LAN addresses this machine no longer has dropped (one may be another
+    machine's now); else the defaults."""
     if configured is not None:
         return configured
     if current is not None:
         names = cert_names(current)
         if names.dns:
-            return names
+            if follow is None:
+                return names
+            ips = names.ips
+            if follow.ips:  # the addresses can be seen: drop those that left
+                ips = tuple(ip for ip in ips if ip.is_loopback or ip in follow.ips)
+            return SubjectNames(
+                tuple(dict.fromkeys((*names.dns, *follow.dns))),
+                tuple(dict.fromkeys((*ips, *follow.ips))),
+            )
     return defaults
 
 
@@ -156,6 +183,9 @@ def renewal_names(
 class RenewalPolicy:
     names: SubjectNames | None  # configured names, if any
     defaults: SubjectNames  # for a first certificate
+    # Without configured names: what the certificate keeps up with (the node's
+    # own .local name, this machine's LAN addresses now; issuer.followed_names).
+    follow: SubjectNames | None = None
     key_type: KeyType = "ecdsa-p256"
     validity_days: float = DEFAULT_VALIDITY_DAYS
     renew_before_days: float = RENEW_BEFORE_DAYS
@@ -173,8 +203,10 @@ def renew(
     """Issue a new server certificate when due; return why, or None.
 
     Due: none yet, unusable, expiring within ``renew_before_days``, missing
-    a configured name, or signed by another CA than the node's signer now
-    (a new bundle was installed)."""
+    a configured name, or, without configured names, missing the node's own
+    name or one of this machine's LAN addresses (``policy.follow``), or
+    signed by another CA than the node's signer now (a new bundle was
+    installed)."""
     signer = signing_authority(issuer, certs, passphrase)
     current: x509.Certificate | None = None
     reason: str | None = "forced" if force else None
@@ -190,13 +222,14 @@ def renew(
             current,
             renew_before=dt.timedelta(days=policy.renew_before_days),
             wanted=policy.names,
+            follow=policy.follow,
         )
     if reason is None:
         return None
     issue_to_files(
         certs,
         signer,
-        renewal_names(current, policy.names, policy.defaults),
+        renewal_names(current, policy.names, policy.defaults, policy.follow),
         key_type=policy.key_type,
         validity_days=policy.validity_days,
         group=policy.group,

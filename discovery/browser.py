@@ -20,6 +20,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
+
+# Exported by zeroconf (not in its __all__, which mypy goes by).
+from zeroconf._services.info import AddressResolver
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from .names import DEFAULT_INSTANCE, DEFAULT_TYPES, SERVICE_NAME
@@ -48,6 +51,13 @@ class FogNode:
         if self.txt.node_id:
             return (self.txt.node_id, self.tls, self.host.lower())
         return (self.instance, self.tls, frozenset(self.addresses))
+
+    @property
+    def content(self) -> tuple[object, ...]:
+        """What the node says about itself. Not which of its announcements was
+        seen, nor in which domains: to a person watching, a node found in a
+        second domain a moment after the first has not changed."""
+        return (self.host, self.port, frozenset(self.addresses), self.txt)
 
     @property
     def domain(self) -> str:
@@ -95,6 +105,26 @@ class Change(enum.Enum):
 class NodeEvent:
     change: Change
     node: FogNode
+
+
+class Changes:
+    """What is worth telling a person who watches: a node appearing, leaving,
+    or saying something new (TXT, addresses, port), not the same node seen
+    again in its other domain (watch() reports that too: discover_all keeps
+    the domains)."""
+
+    def __init__(self) -> None:
+        self._said: dict[tuple[object, ...], tuple[object, ...]] = {}
+
+    def worth_telling(self, event: NodeEvent) -> bool:
+        identity = event.node.identity
+        if event.change is Change.REMOVED:
+            self._said.pop(identity, None)
+            return True
+        if self._said.get(identity) == event.node.content:
+            return False
+        self._said[identity] = event.node.content
+        return True
 
 
 def _node_from(info: AsyncServiceInfo) -> FogNode | None:
@@ -277,3 +307,24 @@ async def discover_all(
         else:
             latest[event.node.identity] = event.node
     return list(latest.values())
+
+
+async def resolve_host(
+    name: str, seconds: float = 3.0, *, interfaces: list[str] | None = None
+) -> list[str]:
+    """The addresses a `.local` host name has on the LAN, asked by mDNS (a
+    node's own fognode-<id>.local, say), IPv4 first; none if nobody answers.
+    Machines without an mDNS resolver in their system (nss-mdns) resolve it
+    this way."""
+    azc = AsyncZeroconf(
+        interfaces=interfaces if interfaces is not None else InterfaceChoice.All,
+        ip_version=IPVersion.All,
+    )
+    try:
+        resolver = AddressResolver(name.rstrip(".") + ".")
+        if not await resolver.async_request(azc.zeroconf, int(seconds * 1000)):
+            return []
+        found = resolver.parsed_scoped_addresses()
+    finally:
+        await azc.async_close()
+    return sorted(found, key=lambda a: ipaddress.ip_address(a.split("%")[0]).version)

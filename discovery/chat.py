@@ -9,16 +9,19 @@ on the node.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import ssl
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 
-from .browser import SERVICE_NAME, FogNode, discover_all
+from .browser import SERVICE_NAME, FogNode, discover_all, resolve_host
 from .choose import pick_random, rank
 from .terminal import Progress
 
@@ -27,6 +30,35 @@ EXIT_NO_NODE, EXIT_TLS, EXIT_AUTH, EXIT_MODEL = 3, 4, 5, 6
 # The SHA-256 of a CA certificate file, hex without colons; the gateway passes
 # certs/' own function (discovery/ does not import certs/).
 Fingerprint = Callable[[Path], str]
+
+
+@dataclass(frozen=True)
+class LocalNode:
+    """A node serving on this machine, as it says itself (the gateway reads
+    its account, gateway/config/running.py): why discovery may not see it."""
+
+    url: str  # where this machine reaches it
+    loopback_only: bool  # bound to 127.0.0.1: not announced on the LAN
+
+
+# The node on this machine, if one runs (None: none, or not known).
+LocalNodeLookup = Callable[[], LocalNode | None]
+
+
+def nothing_found(seconds: float, local: LocalNode | None, command: str) -> str:
+    """What to say when browsing found no node, with the likely reason."""
+    said = f"No fog node found within {seconds:g}s."
+    if local is not None and local.loopback_only:
+        return (
+            f"{said} The node on this machine listens on 127.0.0.1 only, so it is not "
+            "announced: serve the LAN with `fognode serve --host '*'`, or name it: "
+            f"fognode {command} --url {local.url} ..."
+        )
+    return (
+        f"{said} Is one running on this network? mDNS needs multicast between you and it, "
+        "and a node bound to 127.0.0.1 is not announced. Name a node directly with "
+        "--url https://HOST:PORT (fognode chat)."
+    )
 
 
 async def chat_command(args: argparse.Namespace) -> int:
@@ -41,12 +73,17 @@ async def chat_command(args: argparse.Namespace) -> int:
     if args.ca:
         ssl_context = ssl.create_default_context(cafile=str(args.ca))
         pinned = args.ca_fingerprint(args.ca)
+    if args.url:
+        target = Target.of_url(args.url, args.name)
+        target = await target.resolved(args.timeout, args.interface or None)
+        print(f"Using {target.base}", file=sys.stderr)
+        return await stream_chat(target, args.prompt, args.model, token, ssl_context)
     with Progress("Looking for fog nodes", args.timeout):
         nodes = await discover_all(
             args.timeout, interfaces=args.interface or None, instance_prefix=args.instance
         )
     if not nodes:
-        print(f"No fog node found within {args.timeout:g}s.", file=sys.stderr)
+        print(nothing_found(args.timeout, args.local_node(), "chat"), file=sys.stderr)
         return EXIT_NO_NODE
     if pinned:
         trusted = [n for n in nodes if not n.txt.ca_sha256 or n.txt.ca_sha256 == pinned]
@@ -62,27 +99,80 @@ async def chat_command(args: argparse.Namespace) -> int:
     if args.pick == "random":
         node = pick_random(nodes)
     else:
-        ranked = await rank(nodes, model=args.model, ssl_context=ssl_context, name=args.name)
+        ranked = await rank(
+            nodes, model=args.model, ssl_context=ssl_context, name=args.name or SERVICE_NAME
+        )
         node = ranked[0].node
     print(f"Using {node.instance} at {node.url()}", file=sys.stderr)
-    return await stream_chat(node, args.prompt, args.model, token, ssl_context, args.name)
+    return await stream_chat(
+        Target.of_node(node, args.name or SERVICE_NAME),
+        args.prompt,
+        args.model,
+        token,
+        ssl_context,
+    )
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a chat goes: a URL, and the name its certificate must carry,
+    sent as Host (spezillmfog.local, as the SpeziLLMFog app sends it)."""
+
+    base: str  # https://10.0.0.5:8443/v1
+    name: str
+    tls: bool
+
+    async def resolved(self, seconds: float, interfaces: list[str] | None) -> Target:
+        """A `.local` host asked by mDNS and reached by its address (its name
+        still checked and sent): the system may have no mDNS resolver."""
+        parsed = urlsplit(self.base)
+        host = parsed.hostname or ""
+        if not host.endswith(".local"):
+            return self
+        addresses = await resolve_host(host, seconds, interfaces=interfaces)
+        if not addresses:
+            return self  # the system's resolver may still know it
+        shown = f"[{addresses[0]}]" if ":" in addresses[0] else addresses[0]
+        netloc = f"{shown}:{parsed.port}" if parsed.port else shown
+        return replace(self, base=parsed._replace(netloc=netloc).geturl())
+
+    @classmethod
+    def of_node(cls, node: FogNode, name: str) -> Target:
+        return cls(f"{node.url()}{node.txt.path.rstrip('/')}", name, node.tls)
+
+    @classmethod
+    def of_url(cls, url: str, name: str | None) -> Target:
+        """A node named by hand: https://HOST:PORT (the API under /v1). Its
+        certificate is checked for ``name``, else for HOST when it is a name
+        rather than an address, else for spezillmfog.local."""
+        parsed = urlsplit(url if "://" in url else f"https://{url}")
+        host = parsed.hostname or ""
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            implied = host or SERVICE_NAME
+        else:
+            implied = SERVICE_NAME
+        path = parsed.path.rstrip("/") or "/v1"
+        base = f"{parsed.scheme}://{parsed.netloc}{path}"
+        return cls(base, name or implied, parsed.scheme == "https")
 
 
 async def stream_chat(
-    node: FogNode,
+    target: Target,
     prompt: str,
     model: str,
     token: str | None,
     ssl_context: ssl.SSLContext | bool,
-    name: str = SERVICE_NAME,
 ) -> int:
-    """Stream an answer from ``node``, connecting by IP and checking ``name``
-    in its certificate (and sending it as Host), as the SpeziLLMFog app does."""
-    headers = {"Host": name}
+    """Stream an answer from ``target``, connecting to its address and checking
+    its name in the certificate (and sending it as Host), as the SpeziLLMFog
+    app does."""
+    headers = {"Host": target.name}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     body = {"model": model, "stream": True, "messages": [{"role": "user", "content": prompt}]}
-    url = f"{node.url()}{node.txt.path.rstrip('/')}/chat/completions"
+    url = f"{target.base}/chat/completions"
     try:
         connector = aiohttp.TCPConnector(ssl=ssl_context)
         async with (
@@ -91,7 +181,7 @@ async def stream_chat(
                 url,
                 json=body,
                 headers=headers,
-                server_hostname=name if node.tls else None,
+                server_hostname=target.name if target.tls else None,
             ) as resp,
         ):
             if resp.status != 200:
@@ -125,7 +215,7 @@ async def stream_chat(
         print(f"The node was found, but TLS failed (wrong CA?): {exc}", file=sys.stderr)
         return EXIT_TLS
     except aiohttp.ClientError as exc:
-        print(f"Cannot talk to {node.url()}: {exc}", file=sys.stderr)
+        print(f"Cannot talk to {target.base}: {exc}", file=sys.stderr)
         return 1
 
 

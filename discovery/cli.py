@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from .browser import DEFAULT_INSTANCE, SERVICE_NAME, Change, FogNode, discover_all, watch
-from .chat import EXIT_NO_NODE, Fingerprint, chat_command
+from .browser import DEFAULT_INSTANCE, SERVICE_NAME, Change, Changes, FogNode, discover_all, watch
+from .chat import EXIT_NO_NODE, Fingerprint, LocalNodeLookup, chat_command, nothing_found
 from .terminal import Progress, node_dict, print_table, row
 
 # Asks a node's peer port whether it is a member of this machine's fog:
@@ -39,7 +39,10 @@ async def _fog_standings(nodes: list[FogNode], check: FogCheck | None) -> dict[i
 async def discover_command(args: argparse.Namespace) -> int:
     interfaces = args.interface or None
     if args.watch:
+        changes = Changes()
         async for event in watch(interfaces=interfaces, instance_prefix=args.instance):
+            if not changes.worth_telling(event):
+                continue
             if args.json:
                 print(
                     json.dumps({"event": event.change.value, **node_dict(event.node)}), flush=True
@@ -66,20 +69,22 @@ async def discover_command(args: argparse.Namespace) -> int:
     elif nodes:
         print_table(nodes, fog=[fog.get(i, "-") for i in range(len(nodes))] if fog else None)
     if not nodes:
-        print(
-            f"No fog node found within {args.timeout:g}s. Is one running on this network? "
-            "(mDNS needs multicast between you and it.)",
-            file=sys.stderr,
-        )
+        print(nothing_found(args.timeout, args.local_node(), "chat"), file=sys.stderr)
         return EXIT_NO_NODE
     return 0
 
 
 def add_discovery_commands(
-    sub: Any, *, ca_fingerprint: Fingerprint, fog_check: FogCheck | None = None
+    sub: Any,
+    *,
+    ca_fingerprint: Fingerprint,
+    local_node: LocalNodeLookup,
+    fog_check: FogCheck | None = None,
 ) -> None:
-    """``fog_check``: how `fognode discover` marks the members of this
-    machine's fog (None: it is no node of a fog)."""
+    """``local_node``: the node serving on this machine, if any (the gateway
+    knows), so that finding nothing can say why; ``fog_check``: how `fognode
+    discover` marks the members of this machine's fog (None: it is no node of
+    a fog)."""
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--timeout", type=float, default=3.0, help="seconds to browse (3)")
@@ -108,7 +113,7 @@ def add_discovery_commands(
         action="store_true",
         help="keep running and report nodes appearing, changing, leaving",
     )
-    disc.set_defaults(discovery_func=discover_command, fog_check=fog_check)
+    disc.set_defaults(discovery_func=discover_command, fog_check=fog_check, local_node=local_node)
 
     chat = sub.add_parser(
         "chat",
@@ -117,13 +122,19 @@ def add_discovery_commands(
         "stream a chat completion.",
     )
     common(chat)
+    chat.add_argument(
+        "--url",
+        metavar="URL",
+        help="the node to use, without discovery: https://HOST:PORT (for a node that is not "
+        "announced, one bound to 127.0.0.1 say, or across networks mDNS does not cross)",
+    )
     chat.add_argument("prompt")
     chat.add_argument("--model", required=True)
     chat.add_argument("--ca", type=Path, help="the fog node CA (.crt) to trust, and only it")
     chat.add_argument(
         "--name",
-        default=SERVICE_NAME,
-        help=f"name the node's certificate must carry, sent as Host (default {SERVICE_NAME})",
+        help=f"name the node's certificate must carry, sent as Host (default {SERVICE_NAME}; "
+        "with --url https://NAME:PORT, NAME)",
     )
     creds = chat.add_mutually_exclusive_group()
     creds.add_argument("--token", help="Firebase ID token (or FOGNODE_TOKEN)")
@@ -135,7 +146,9 @@ def add_discovery_commands(
         help="best: has the model, has it loaded (hot), least loaded, nearest; "
         "random: as the reference client",
     )
-    chat.set_defaults(discovery_func=chat_command, ca_fingerprint=ca_fingerprint)
+    chat.set_defaults(
+        discovery_func=chat_command, ca_fingerprint=ca_fingerprint, local_node=local_node
+    )
 
 
 def run_discovery_command(args: argparse.Namespace) -> int:

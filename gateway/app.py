@@ -1,7 +1,8 @@
 """The gateway, assembled: the request pipeline in the order a request meets it.
 
-    client ─TLS─▶ context ▶ errors ▶ target ▶ access ▶ body ▶ shares ▶ usage ▶ admission ▶ proxy
-    client ◀──────────── relay: each chunk as it arrives (metered) ◀──────────── upstream ◀─┘
+    client ─TLS─▶ context ▶ errors ▶ target ▶ access ▶ body ▶ shares ▶ usage ▶ model
+              ▶ admission ▶ proxy ─▶ upstream
+    client ◀──────────────── relay: each chunk as it arrives (metered) ◀──────────────── upstream
 
 TLS, connection limits and malformed HTTP are handled below the app, on the
 connection (server.py). Each stage is a module that installs itself with its
@@ -48,6 +49,7 @@ from .pipeline.admission import Admission, AdmissionControl, setup_admission
 from .pipeline.budgets import UsageEndpoint, setup_usage_endpoint
 from .pipeline.context import setup_request_context
 from .pipeline.keepalive import HeartbeatOptions
+from .pipeline.model_check import setup_model_check
 from .pipeline.openai_errors import setup_openai_errors
 from .pipeline.peers import setup_peers
 from .pipeline.placement import Placement
@@ -180,8 +182,11 @@ def create_app(
         if node.ledger is not None
         else None
     )
-    # 6b. What a caller has used and has left, asked before it bites.
+    #    What a caller has used and has left, asked before it bites.
     setup_usage_endpoint(app, UsageEndpoint(node.ledger, shares, quota_options(settings)))
+    #    A model no upstream has is a plain 404 here, before the queue (recorded as
+    #    model_not_found, no tokens).
+    setup_model_check(app, pool.who_serves, fog.has if fog is not None else None)
     # 7. Inference waits for a slot (per user, then the node); a streamed request
     #    that waits long gets its headers and heartbeats early. In a fog, a
     #    request that this node cannot start soon goes to a member instead.

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import logging
 
-from ..auth.api_keys import ApiKeys, read_entries
+from ..auth.api_keys import ApiKeys
 from ..auth.authorizer import NoAuth, TokenAuthorizer
 from ..auth.firebase import FirebaseVerifier
+from ..auth.key_file import read_entries
 from ..auth.policy import AccessPolicy
 from .config.network import is_loopback
 from .config.settings import Settings

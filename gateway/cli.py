@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from ..certs.cli import add_certs_commands, run_certs_command
 from ..certs.export import export_forms
 from ..certs.inspect import file_fingerprint
 from ..certs.store import CertPaths
+from ..discovery.chat import LocalNode
 from ..discovery.cli import add_discovery_commands, run_discovery_command
 from ..models.cli import ModelsDefaults, add_models_commands, run_models_command
 from ..usage.cli import add_usage_commands, run_usage_command
@@ -28,11 +30,12 @@ from ..web.onboarding import terminal_text
 from . import __version__
 from .auth_setup import project_id
 from .config.network import local_url
-from .config.paths import data_dir
+from .config.paths import admin_key_file, data_dir
+from .config.running import read_running
 from .config.settings import Settings, load_settings
 from .node.operate import add_operate_commands, fog_checker, run_drain, run_fog
 from .node.serve import run_loop, serve, startup_failure
-from .node.service import add_service_commands
+from .node.service import CERTS_UNIT, UNIT_FILE, add_service_commands, read_unit_environment
 from .node.supervisor import worker_count
 from .options import certs_defaults, quota_options
 from .pages.onboarding import onboarding_links
@@ -161,18 +164,40 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_certs_qr(args: argparse.Namespace) -> int:
-    """The onboarding page's QR code in the terminal: the same link as the page's,
-    from the same settings (FOGNODE_ONBOARDING_PORT, FOGNODE_ONBOARDING_URL, the host)."""
+    """The onboarding page's QR code in the terminal: the link of the page the
+    running node serves (it wrote where, running.json), or, with no node
+    running, the link these settings would give, with a warning that it is
+    not the running page's."""
     settings = load_settings(None)
     ca = load_ca(CertPaths(Path(args.dir).expanduser()), None, need_key=False).cert
-    urls = onboarding_links(settings, port=args.port, url=args.url)
-    if not settings.onboarding_enabled:
+    running = read_running()
+    if args.url is not None or args.port is not None:
+        link = onboarding_links(settings, port=args.port, url=args.url)[0]
+    elif running is not None and running.onboarding is not None:
+        link = running.onboarding
+    elif running is not None:
         print(
-            "fognode certs qr: the node does not serve the onboarding page with these settings "
-            "(FOGNODE_ONBOARDING=true turns it on).",
+            "fognode certs qr: the running node serves no onboarding page (its log at start "
+            "says why; FOGNODE_ONBOARDING, FOGNODE_ONBOARDING_PORT). This is the link it "
+            "would have, with these settings:",
             file=sys.stderr,
         )
-    print(terminal_text(urls[0], export_forms(ca)), end="")
+        link = onboarding_links(settings)[0]
+    else:
+        link = onboarding_links(settings)[0]
+        print(
+            f"fognode certs qr: no node is running from {data_dir()}: this is the link of the "
+            "page these settings would serve (a node started with other flags, `serve --host "
+            "'*'` say, serves another). Start the node first, or give --url.",
+            file=sys.stderr,
+        )
+        if not settings.onboarding_enabled:
+            print(
+                "fognode certs qr: and these settings serve no onboarding page "
+                "(FOGNODE_ONBOARDING=true turns it on).",
+                file=sys.stderr,
+            )
+    print(terminal_text(link, export_forms(ca)), end="")
     return 0
 
 
@@ -198,12 +223,25 @@ def _add_certs_qr(certs_sub: Any) -> None:
     qr.set_defaults(func=_cmd_certs_qr)
 
 
+def _local_node() -> LocalNode | None:
+    """The node serving from this data dir, as it says itself."""
+    running = read_running()
+    return LocalNode(running.url, running.loopback_only) if running is not None else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fognode",
         description="A LAN fog node for LLM inference: a TLS, auth and mDNS front for Ollama.",
     )
     parser.add_argument("--version", action="version", version=f"fognode {__version__}")
+    parser.add_argument(
+        "--node",
+        choices=["service"],
+        help="service: run the command against the fognode service installed on this machine "
+        "(`fognode service install`): its data dir, certificates and port, as its unit and "
+        "/etc/fognode/env set them. Usually with sudo: sudo fognode --node service usage",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -235,16 +273,73 @@ def build_parser() -> argparse.ArgumentParser:
     _add_certs_qr(add_certs_commands(sub))
     add_auth_commands(sub)
     add_service_commands(sub)
-    add_discovery_commands(sub, ca_fingerprint=file_fingerprint)
+    add_discovery_commands(sub, ca_fingerprint=file_fingerprint, local_node=_local_node)
     add_usage_commands(sub)
     add_models_commands(sub)
     add_operate_commands(sub)
     return parser
 
 
+# The commands that act on a node's data or port, and so can be aimed at the
+# installed service (--node service).
+NODE_COMMANDS = ("config", "healthcheck", "certs", "claims", "apikey", "usage", "models")
+# What only the renewal unit does for the service (it alone holds the issuing CA).
+RENEWAL_ACTIONS = ("init", "issue", "renew", "install")
+
+
+def _aim_at_service(args: argparse.Namespace) -> str | None:
+    """Take the installed service's settings for this process (as systemd
+    gives them to the service); what stands in the way, or None."""
+    if args.command not in NODE_COMMANDS:
+        return (
+            f"--node service is for {', '.join(NODE_COMMANDS)}; the service itself runs under "
+            "systemd (systemctl restart fognode, journalctl -u fognode)"
+        )
+    if args.command == "certs" and args.certs_command in RENEWAL_ACTIONS:
+        return (
+            "the service's certificates are issued and renewed by its renewal unit, which alone "
+            f"holds the issuing CA: sudo systemctl start {CERTS_UNIT} (renews when due; "
+            f"journalctl -u {CERTS_UNIT} says what it did)"
+        )
+    try:
+        found = read_unit_environment(UNIT_FILE)
+    except FileNotFoundError as exc:
+        return (
+            f"no fognode service is installed on this machine ({exc.filename} is missing); "
+            "`sudo fognode service install` installs one"
+        )
+    except PermissionError as exc:
+        return f"cannot read {exc.filename}: run it with sudo"
+    shell = ("FOGNODE_", "XDG_DATA_HOME", "GOOGLE_", "FIREBASE_")
+    for name in [n for n in os.environ if n.startswith(shell)]:
+        del os.environ[name]  # the service sees none of this shell's
+    os.environ.update(found)
+    return None
+
+
+def _service_note(args: argparse.Namespace) -> None:
+    """A command aimed at this user's node while a service is installed: say
+    which node it reaches, and how to reach the other."""
+    if args.node is not None or args.command not in NODE_COMMANDS or not UNIT_FILE.exists():
+        return
+    if data_dir() == Path("/var/lib/fognode"):  # the service's own, already
+        return
+    print(
+        f"fognode: note: this command uses {data_dir()}, not the installed service's data; "
+        f"`sudo fognode --node service {args.command} ...` reaches the service.",
+        file=sys.stderr,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.node == "service":
+        problem = _aim_at_service(args)
+        if problem is not None:
+            print(f"fognode --node service: {problem}", file=sys.stderr)
+            return 2
+    _service_note(args)
     try:
         if args.command in ("discover", "chat"):
             if args.command == "discover":
@@ -259,6 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "credentials_file": settings.firebase_credentials_file,
                     "emulator_host": settings.firebase_auth_emulator_host,
                     "admin_claim": settings.admin_claim,
+                    "api_keys_file": settings.api_keys_file,
+                    "api_keys_check_interval": settings.api_keys_check_interval,
+                    "inline": settings.api_keys,
                 },
             )
         if args.command == "usage":
@@ -272,12 +370,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "models":
             settings = load_settings(None)
+            # The node serving from this data dir, where it really listens.
+            running = read_running()
+            tls = running.tls if running is not None else settings.tls
             return run_models_command(
                 args,
                 ModelsDefaults(
-                    url=_local_url(settings),
-                    ca_file=settings.ca_cert_file if settings.tls else None,
-                    api_key_file=data_dir() / "admin-api-key",
+                    url=running.url if running is not None else _local_url(settings),
+                    ca_file=settings.ca_cert_file if tls else None,
+                    api_key_file=admin_key_file(),
                 ),
             )
         if args.command == "drain":

@@ -15,9 +15,11 @@ from ..certs.cli import CertsDefaults
 from ..certs.peers import load_node_credentials
 from ..certs.store import CertPaths
 from ..fog.members import MembershipOptions, TableOptions
+from ..routing.breaker import BreakerOptions
 from ..usage.options import Limits, QuotaOptions, StoreOptions
-from .config.identity import node_id
+from .config.identity import host_name, node_id
 from .config.network import lan_addresses
+from .config.paths import admin_key_file
 from .config.settings import Settings
 from .pages.sessions import SessionOptions
 from .pages.status import StatusOptions
@@ -122,6 +124,15 @@ def upstream_options(settings: Settings) -> UpstreamOptions:
         affinity=settings.upstream_affinity,
         affinity_entries=settings.upstream_affinity_entries,
         affinity_seconds=settings.upstream_affinity_seconds,
+        breaker=BreakerOptions(
+            failures=settings.upstream_breaker_failures,
+            window=settings.upstream_breaker_window,
+            cooldown=settings.upstream_breaker_cooldown,
+            max_cooldown=settings.upstream_breaker_max_cooldown,
+            busy_seconds=settings.upstream_busy_seconds,
+        ),
+        load_seconds=settings.upstream_load_seconds,
+        wait_timeout=settings.queue_timeout,
     )
 
 
@@ -133,7 +144,10 @@ def renewal_options(settings: Settings) -> RenewalOptions:
 
 
 def certs_defaults(settings: Settings) -> CertsDefaults:
-    """`fognode certs`' defaults: the same directories and names `serve` uses."""
+    """`fognode certs`' defaults: the same directories and names `serve` uses.
+    With configured names (FOGNODE_CERT_NAMES) the node's own is not looked
+    up: a renewal elsewhere (compose's container) has no node id to read."""
+    own = () if settings.cert_names else (host_name(settings, node_id(settings)),)
     return CertsDefaults(
         certs_dir=settings.certs_dir,
         ca_dir=settings.ca_dir,
@@ -143,6 +157,7 @@ def certs_defaults(settings: Settings) -> CertsDefaults:
         validity_days=settings.cert_validity_days,
         renew_before_days=settings.cert_renew_before_days,
         lan_ips=tuple(str(ip) for ip in lan_addresses()),
+        node_names=own,
     )
 
 
@@ -151,6 +166,7 @@ def session_options(settings: Settings) -> SessionOptions:
         key_file=settings.session_key_file,
         lifetime=settings.session_lifetime,
         body_timeout=settings.body_timeout,
+        admin_key_file=admin_key_file(),
     )
 
 

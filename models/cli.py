@@ -6,8 +6,10 @@ setup.sh made), so on the node itself `fognode models pull llama3.2:1b` is
 all it takes. Progress goes to stderr, results to stdout.
 
 Exit codes (as `fognode chat`): 0 ok, 1 other error, 3 node unreachable,
-4 TLS failed, 5 credentials refused (401/403), 6 no such model,
-130 interrupted (the pull is cancelled on the node).
+4 TLS failed, 5 credentials refused (401/403), 6 no such model, 7 the node
+has no Ollama behind it (its embedded model, or an OpenAI-compatible
+server): nothing to pull or remove there, 130 interrupted (the pull is
+cancelled on the node).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .client import EXIT_MODEL, ModelAdmin, NodeError, NodeOptions
+from .client import EXIT_MODEL, ModelAdmin, NodeError, NodeOptions, NoModelManagement
 from .progress import PullProgress
 
 
@@ -46,7 +48,18 @@ def _size(n: float) -> str:
 
 
 async def _list(node: ModelAdmin, args: argparse.Namespace) -> int:
-    models = await node.models()
+    try:
+        models = await node.models()
+    except NoModelManagement as exc:
+        # The node serves models all the same: say which, and why no more.
+        names = await node.openai_models()
+        if args.json:
+            print(json.dumps({"models": [{"name": n} for n in names], "managed": False}, indent=2))
+        else:
+            print("NAME")
+            print("\n".join(names))
+        print(f"fognode models: {exc}", file=sys.stderr)
+        return 0
     if args.json:
         print(json.dumps({"models": models}, indent=2))
         return 0

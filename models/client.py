@@ -18,6 +18,9 @@ from typing import Any
 import aiohttp
 
 EXIT_ERROR, EXIT_UNREACHABLE, EXIT_TLS, EXIT_AUTH, EXIT_MODEL = 1, 3, 4, 5, 6
+EXIT_UNSUPPORTED = 7  # the node cannot manage models (no Ollama behind it)
+# The node's code for Ollama's routes in front of anything else.
+NO_OLLAMA = "native_api_unavailable"
 
 # What Ollama says when the registry has no such model (server/images.go).
 NOT_IN_REGISTRY = "file does not exist"
@@ -27,6 +30,15 @@ class NodeError(Exception):
     def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class NoModelManagement(NodeError):
+    """The node has no Ollama behind it (its embedded model, or an
+    OpenAI-compatible server): nothing to pull or remove through it. The
+    message is the node's, which says which and what a pull needs."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_UNSUPPORTED)
 
 
 @dataclass(frozen=True)
@@ -44,13 +56,19 @@ class NodeOptions:
 
 def _message(body: bytes) -> str:
     """The error text of a gateway (OpenAI shape) or Ollama ({"error": "..."}) body."""
+    return _error(body)[0]
+
+
+def _error(body: bytes) -> tuple[str, str | None]:
+    """The error text and, in the gateway's shape, its code."""
     try:
         error = json.loads(body).get("error")
     except (ValueError, AttributeError):
-        return body.decode(errors="replace").strip()[:300]
+        return body.decode(errors="replace").strip()[:300], None
     if isinstance(error, dict):
-        return str(error.get("message", error))
-    return str(error)
+        code = error.get("code")
+        return str(error.get("message", error)), code if isinstance(code, str) else None
+    return str(error), None
 
 
 class ModelAdmin:
@@ -108,8 +126,10 @@ class ModelAdmin:
     async def _check(self, resp: aiohttp.ClientResponse, model: str | None = None) -> None:
         if resp.status < 400:
             return
-        message = _message(await resp.read())
+        message, code = _error(await resp.read())
         resp.release()
+        if resp.status == 501 and code == NO_OLLAMA:
+            raise NoModelManagement(message)
         if resp.status == 401:
             raise NodeError(
                 f"401: the node refused the credentials ({message}). Pass an admin API key "
@@ -137,11 +157,17 @@ class ModelAdmin:
                 raise NodeError(f"The node's answer to {path} is not JSON") from None
 
     async def models(self) -> list[dict[str, Any]]:
-        """The node's models (`/api/tags`), each with `loaded` from `/api/ps`."""
+        """The node's models (`/api/tags`), each with `loaded` from `/api/ps`;
+        raises NoModelManagement on a node without Ollama (``openai_models``)."""
         tags = (await self._json("GET", "/api/tags")).get("models", [])
         running = (await self._json("GET", "/api/ps")).get("models", [])
         loaded = {m.get("name") or m.get("model") for m in running}
         return [dict(m, loaded=(m.get("name") or m.get("model")) in loaded) for m in tags]
+
+    async def openai_models(self) -> list[str]:
+        """The names the node serves (`/v1/models`), whatever is behind it."""
+        listing = (await self._json("GET", "/v1/models")).get("data", [])
+        return [str(m["id"]) for m in listing if isinstance(m, dict) and "id" in m]
 
     async def delete(self, model: str) -> None:
         resp = await self._request("DELETE", "/api/delete", json={"model": model})

@@ -1,54 +1,77 @@
 """The routing rule: the upstreams to try for a request, best first, and why.
 
-A pure function of what the pool knows of each upstream (its last check,
-its requests in flight) and of the conversation's last upstream, so that
-the rule can be read, and tested, in one place:
+A pure function of what the pool knows of each upstream (its breaker, its
+last check, its requests in flight, how fast it has been) and of the
+conversation's last upstream, so that it can be read, and tested, in one
+place:
 
-* candidates are the upstreams that are up, below their cap, and have the
-  model (if none lists it: those whose lists are unknown, then any);
-* first those where the model is loaded, then the rest ("cold": the
-  upstream loads it first);
-* within each, the conversation's last upstream first ("affinity"), unless
-  it is saturated (as many requests in flight as it runs at once: the slots
-  llama.cpp's server reports, else its cap, else one) while another
-  candidate has the model loaded
-  and nothing in flight: then it yields, since waiting behind a busy
-  upstream costs more than reading the prompt again on an idle one;
-* then the least busy (requests in flight, relative to what it runs at once), equals
-  taking turns (the one chosen longest ago first), so that new
-  conversations spread over the upstreams;
-* upstreams marked down by their last check come last, in case they are
-  back (failover tries them only when everything else failed to connect).
+* candidates are the options that are live (not taken out by their breaker)
+  and have the model (if none lists it: those whose lists are unknown). Only
+  when no live option has it are the ones taken out tried ("down"): a request
+  never gets an upstream's refusal while a live one could serve it;
+* each candidate gets an **expected start**, the seconds until it could start
+  the request (:func:`expected_start`): now when the model is loaded and a
+  slot is free, else its queue times its recent pace, plus the time to load
+  the model when it is not loaded. The soonest comes first; an option whose
+  pace is not known yet, and that would queue, is taken to start never (go
+  where things are known to be quick), but still before any option that is
+  down;
+* the conversation's last upstream first ("affinity") when that costs no wait
+  (its expected start is the soonest); otherwise it yields;
+* among equals, the least busy (requests in flight, relative to what it runs
+  at once: the slots llama.cpp's server reports, its cap),
+  the model loaded before cold, then taking turns (the one chosen longest
+  ago first), so that new conversations spread; a burst that arrives before
+  anything is measured spreads over the upstreams by what each has in flight.
 
-Each choice carries its reasons, words from :data:`REASONS`.
+An option at its cap can still come first (waiting for it is the soonest
+start): ``Ranked.ready`` says whether the request can be sent now, and the
+pool makes it wait otherwise. Each choice carries its reasons, words from
+:data:`REASONS`.
+
+Members of the fog are upstreams of another kind, with a rule of their own
+below (:func:`rank_peers`): a node hands a request to one only when it
+cannot serve it here, or when the member starts it sooner by a margin.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 LOADED = "loaded"  # the model is in this upstream's memory
 COLD = "cold"  # it is not: the upstream loads it first
 AFFINITY = "affinity"  # this upstream served the conversation's previous turn
-YIELDED = "affinity-yielded"  # the conversation's upstream was busy, down or cold
+YIELDED = "affinity-yielded"  # the conversation's upstream would have made it wait
 LEAST_BUSY = "least-busy"  # the least busy of equals
-ONLY = "only"  # no other upstream could take it
-FAILOVER = "failover"  # the ones before it could not be reached
-REASONS = (LOADED, COLD, AFFINITY, YIELDED, LEAST_BUSY, ONLY, FAILOVER)
+SOONEST = "soonest"  # chosen over a loaded (or less busy) one: it can start sooner
+ONLY = "only"  # no other option could take it
+DOWN = "down"  # taken out by its breaker; tried because no live option has the model
+WAITED = "waited"  # every option that could serve it was at its cap: it waited for one
+FAILOVER = "failover"  # the ones before it could not be reached, or answered busy
+REASONS = (LOADED, COLD, AFFINITY, YIELDED, LEAST_BUSY, SOONEST, ONLY, DOWN, WAITED, FAILOVER)
 
 
 @dataclass(frozen=True)
 class Option:
     """What the pool knows of one upstream, for one request."""
 
-    up: bool | None  # False: its last check failed; None: not checked yet
+    up: bool | None  # False: taken out (breaker open, or its last check failed); None: unchecked
     has_model: bool | None  # None: it listed no models, so nobody knows
     loaded: bool  # the requested model is in its memory
     active: int  # requests in flight to it
     cap: int  # requests it may have in flight (0: no cap)
     picked: int = 0  # when it was last chosen (a counter; lower: longer ago)
-    slots: int = 0  # requests it says it runs at once (llama.cpp's slots; 0: not known)
+    # Requests it runs at once, where it says so (llama.cpp's total_slots);
+    # 0: not known, then its cap, else one.
+    slots: int = 0
+    # Recent seconds between two of its requests finishing while it was busy (its
+    # pace: one request's duration when it runs one at a time); None: not measured.
+    service: float | None = None
+    load_seconds: float = 0.0  # expected seconds to load the model when it is not loaded
+    busy: bool = False  # it answered "busy" (503) a moment ago: load, not absence
+    running_for: float = 0.0  # seconds it has been busy without a request finishing
 
     @property
     def at_cap(self) -> bool:
@@ -56,67 +79,114 @@ class Option:
 
     @property
     def parallel(self) -> int:
-        """Requests it runs at once: its own slots, else its cap, else one."""
-        return self.slots or self.cap or 1
-
-    @property
-    def saturated(self) -> bool:
-        """One more request would wait for one of its slots."""
-        return self.active >= self.parallel
+        """Requests it runs at once: the lower of its slots and its cap, where known."""
+        known = [n for n in (self.slots, self.cap) if n > 0]
+        return min(known) if known else 1
 
     @property
     def load(self) -> float:
+        """Requests in flight, relative to what it runs at once where that is known."""
         return self.active / self.parallel if self.slots or self.cap else float(self.active)
+
+
+def expected_start(option: Option, *, model: bool = True) -> float:
+    """Seconds until ``option`` could start one more request (a rough estimate).
+
+    Zero when a slot is free (and the model loaded); otherwise the requests
+    ahead of this one times its recent pace (the time between two of its
+    requests finishing, at least as long as it has now been busy without one
+    finishing: a long generation pushes the estimate up as it goes); infinite
+    while its pace is unknown. A model that is not loaded adds the time to
+    load it. A "busy" answer a moment ago counts as a full queue: load, never
+    idleness.
+    """
+    ahead = option.active - option.parallel + 1
+    if ahead <= 0 and not option.busy:
+        wait = 0.0
+    elif option.service is None:
+        wait = math.inf
+    else:
+        wait = max(ahead, 1) * max(option.service, option.running_for)
+    if model and not option.loaded:
+        wait += option.load_seconds
+    return wait
 
 
 @dataclass(frozen=True)
 class Ranked:
     position: int  # in the sequence of options given
     reasons: tuple[str, ...]
+    ready: bool = True  # below its cap: the request can be sent now (else: wait for it)
+    start: float = 0.0  # its expected start, in seconds
+
+
+def _candidates(options: Sequence[Option], model: bool) -> tuple[list[int], bool]:
+    """The options that may take the request, and whether they are down ones."""
+    live = [i for i, o in enumerate(options) if o.up is not False]
+    down = [i for i, o in enumerate(options) if o.up is False]
+    if not model:
+        return (live, False) if live else (down, True)
+    for group, is_down in ((live, False), (down, True)):
+        listed = [i for i in group if options[i].has_model]
+        unknown = [i for i in group if options[i].has_model is None]
+        if listed or unknown:
+            return listed or unknown, is_down
+    # Nobody lists it: let a live one say so (Ollama's 404, reworded).
+    return (live, False) if live else (down, True)
 
 
 def rank(options: Sequence[Option], *, model: bool, affine: int | None = None) -> list[Ranked]:
     """The positions to try, best first. ``model``: the request names one (only
     then do loaded and cold mean anything); ``affine``: the position of the
     upstream that served the conversation's previous turn, if known."""
-    up = [i for i, o in enumerate(options) if o.up is not False]
-    if model:
-        listed = [i for i in up if options[i].has_model]
-        unknown = [i for i in up if options[i].has_model is None]
-        preferred = listed or unknown or up
-    else:
-        preferred = up
-    candidates = [i for i in preferred if not options[i].at_cap]
-    idle_loaded = {i for i in candidates if options[i].loaded and options[i].active == 0}
-    holds = (
-        affine is not None
-        and affine in candidates
-        and not (options[affine].saturated and idle_loaded - {affine})
-    )
+    candidates, down = _candidates(options, model)
+    if not candidates:
+        return []
+    start = {i: expected_start(options[i], model=model) for i in candidates}
+    soonest = min(start.values())
+    holds = affine is not None and affine in start and start[affine] <= soonest
 
-    def key(i: int) -> tuple[bool, bool, float, int, int]:
+    def key(i: int) -> tuple[float, bool, float, bool, int, int]:
         o = options[i]
-        return (model and not o.loaded, not (holds and i == affine), o.load, o.picked, i)
+        return (
+            start[i],
+            not (holds and i == affine),
+            o.load,  # equally soon (both now, or both unknown): the less busy
+            model and not o.loaded,
+            o.picked,
+            i,
+        )
+
+    def before_placement(i: int) -> tuple[bool, float, int, int]:
+        """The order without expected starts: loaded first, then the least busy."""
+        o = options[i]
+        return (model and not o.loaded, o.load, o.picked, i)
+
+    ordered = sorted(candidates, key=key)
+    plain_first = min(candidates, key=before_placement)
 
     def reasons(i: int) -> tuple[str, ...]:
+        o = options[i]
         words: list[str] = []
         if model:
-            words.append(LOADED if options[i].loaded else COLD)
+            words.append(LOADED if o.loaded else COLD)
         if holds and i == affine:
             words.append(AFFINITY)
+        elif len(candidates) == 1:
+            words.append(ONLY)
+        elif i == ordered[0] and i != plain_first and start[i] < start[plain_first]:
+            words.append(SOONEST)
         else:
-            words.append(LEAST_BUSY if len(candidates) > 1 else ONLY)
-            if affine is not None:
-                words.append(YIELDED)
+            words.append(LEAST_BUSY)
+        if affine is not None and not (holds and i == affine):
+            words.append(YIELDED)
+        if down:
+            words.append(DOWN)
         return tuple(words)
 
-    down = [i for i, o in enumerate(options) if o.up is False and not o.at_cap]
-    # Tried only after every candidate failed to connect (the proxy adds FAILOVER).
-    last_resort = [
-        Ranked(i, (LOADED if options[i].loaded else COLD,) if model else ())
-        for i in sorted(down, key=key)
+    return [
+        Ranked(i, reasons(i), ready=down or not options[i].at_cap, start=start[i]) for i in ordered
     ]
-    return [Ranked(i, reasons(i)) for i in sorted(candidates, key=key)] + last_resort
 
 
 # --- members of the fog: upstreams of another kind ----------------------------------

@@ -189,6 +189,9 @@ class StatusView:
     draining: bool = False  # the node takes no new local work (fognode drain)
     fog: FogView | None = None  # None: the node is no member of a fog
     budgets: Sequence[BudgetView] = ()  # users near a budget (quota_warn_at)
+    # Why this node pulls no models (no Ollama behind it); None: it can, and the
+    # page offers a pull.
+    no_pulls: str | None = None
 
     @property
     def healthy(self) -> bool:
@@ -274,9 +277,16 @@ def render_live(request: web.Request, view: StatusView) -> web.Response:
 
 
 def render_signin(
-    request: web.Request, *, csrf: str, message: str | None = None, status: int = 200
+    request: web.Request,
+    *,
+    csrf: str,
+    message: str | None = None,
+    status: int = 200,
+    admin_key: str | None = None,
 ) -> web.Response:
-    return _render(request, "signin.html", {"csrf": csrf, "message": message}, status=status)
+    """``admin_key``: the file of the admin key the node's setup made, to name."""
+    context = {"csrf": csrf, "message": message, "admin_key": admin_key}
+    return _render(request, "signin.html", context, status=status)
 
 
 async def static_file(request: web.Request) -> web.FileResponse:

@@ -36,3 +36,14 @@ def node_id(settings: Settings) -> str:
     except OSError as exc:
         log.warning("cannot keep the node id in %s (%s); it changes at restart", path, exc)
     return new
+
+
+def host_name(settings: Settings, ident: str) -> str:
+    """This node's own mDNS host name: configured, or made from its id. Its
+    certificate carries it (without the final dot): the one name that
+    resolves to the node on the LAN whatever address DHCP gave it."""
+    return settings.mdns_host_name or id_host_name(ident)
+
+
+def id_host_name(ident: str) -> str:
+    return f"fognode-{ident[:8].lower()}.local."

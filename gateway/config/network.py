@@ -45,9 +45,35 @@ def is_loopback(host: str) -> bool:
 
 def local_url(host: str, port: int, *, tls: bool) -> str:
     """The URL at which this machine reaches a server bound to ``host``."""
-    reach = "127.0.0.1" if is_wildcard(host) else host
-    reach = f"[{reach}]" if ":" in reach else reach
-    return f"{'https' if tls else 'http'}://{reach}:{port}"
+    return address_url("127.0.0.1" if is_wildcard(host) else host, port, tls=tls)
+
+
+def address_url(address: str, port: int, *, tls: bool) -> str:
+    shown = f"[{address}]" if ":" in address else address
+    return f"{'https' if tls else 'http'}://{shown}:{port}"
+
+
+def served_addresses(host: str, *, include_loopback: bool = False) -> list[IPAddress]:
+    """The addresses a server bound to ``host`` is reached at from elsewhere:
+    this machine's LAN addresses (of the family) for a wildcard, the address
+    itself otherwise; none for loopback (unless ``include_loopback``) or a
+    name."""
+    if not is_wildcard(host):
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return []
+        return [] if ip.is_loopback and not include_loopback else [ip]
+    family = wildcard_family(host)
+    return [
+        ip
+        for ip in lan_addresses(include_loopback=include_loopback)
+        if family is None or ip.version == family
+    ]
+
+
+def served_urls(host: str, port: int, *, tls: bool) -> list[str]:
+    return [address_url(str(ip), port, tls=tls) for ip in served_addresses(host)]
 
 
 def lan_addresses(*, include_loopback: bool = False) -> list[IPAddress]:

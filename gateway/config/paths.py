@@ -33,10 +33,16 @@ def default_session_key_file() -> Path:
     return data_dir() / "session-key"
 
 
-def default_api_keys_file() -> Path | None:
-    """The keys file setup.sh writes, if there is one."""
-    path = data_dir() / "api-keys"
-    return path if path.is_file() else None
+def default_api_keys_file() -> Path:
+    """The key file setup.sh and `fognode apikey` write; the node watches it,
+    so it may be made after the node started."""
+    return data_dir() / "api-keys"
+
+
+def admin_key_file() -> Path:
+    """The admin API key setup.sh made (the key itself, 0600): what the sign-in
+    form names and `fognode models` uses on the node."""
+    return data_dir() / "admin-api-key"
 
 
 def default_usage_file() -> Path:

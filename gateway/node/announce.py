@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 from dataclasses import dataclass, replace
 
@@ -19,8 +18,8 @@ from ...certs.inspect import fingerprint
 from ...discovery.advertiser import Advertiser, Announcement
 from ...discovery.txt import NodeTxt
 from .. import __version__
-from ..config.identity import node_id
-from ..config.network import is_wildcard, lan_addresses, wildcard_family
+from ..config.identity import host_name, node_id
+from ..config.network import served_addresses
 from ..config.settings import Settings
 from ..pipeline.admission import Admission
 from ..transport.tls import TlsTerminator
@@ -29,29 +28,11 @@ from ..upstreams.pool import UpstreamPool
 log = logging.getLogger("fognode.mdns")
 
 
-def host_name(settings: Settings, ident: str) -> str:
-    """This node's own mDNS host name: configured, or made from its id."""
-    return settings.mdns_host_name or f"fognode-{ident[:8].lower()}.local."
-
-
 def announced_addresses(settings: Settings) -> list[str]:
     if settings.mdns_interfaces:
         return list(settings.mdns_interfaces)
-    bound = settings.host
-    if not is_wildcard(bound):
-        try:
-            ip = ipaddress.ip_address(bound)
-        except ValueError:
-            return []
-        if ip.is_loopback and not settings.mdns_include_loopback:
-            return []
-        return [str(ip)]
-    family = wildcard_family(bound)
-    return [
-        str(ip)
-        for ip in lan_addresses(include_loopback=settings.mdns_include_loopback)
-        if family is None or ip.version == family
-    ]
+    found = served_addresses(settings.host, include_loopback=settings.mdns_include_loopback)
+    return [str(ip) for ip in found]
 
 
 @dataclass(frozen=True)

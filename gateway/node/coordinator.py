@@ -26,6 +26,7 @@ from typing import TypeVar
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
+from ...auth.api_keys import ApiKeyEntry
 from ...embedded.supervisor import ServerStatus
 from ...fog.members import CandidateView, Member
 from ...fog.state import PeerState
@@ -86,11 +87,12 @@ class Coordinator:
         self.probed: msg.Probed | None = None
         self.onboarding: str | None = None
         self.fog: msg.FogMembers | None = None  # set when the node is a member
+        self.keys: msg.Keys | None = None
 
     def welcome(self) -> msg.Welcome:
         drain = msg.Draining(self.drain.draining, self.drain.since)
         return msg.Welcome(
-            self.choice, self.embedded, self.probed, self.onboarding, drain, self.fog
+            self.choice, self.embedded, self.probed, self.onboarding, drain, self.fog, self.keys
         )
 
     async def attach(self, number: int) -> tuple[socket.socket, asyncio.Future[None]]:
@@ -138,6 +140,13 @@ class Coordinator:
         """The workers' recent times to a first token, averaged (the fog's state)."""
         times = list(self.first_tokens.values())
         return sum(times) / len(times) if times else None
+
+    def keys_changed(self, entries: tuple[ApiKeyEntry, ...]) -> None:
+        """The node's API keys are these now: every worker checks them from the
+        notice on, and a worker that starts later gets them at Hello."""
+        number = self.keys.number + 1 if self.keys is not None else 1
+        self.keys = msg.Keys(number, tuple(entries))
+        self.broadcast(self.keys)
 
     async def probed_now(self) -> None:
         """After each probe of the upstreams here (the pool's ``on_probed``):

@@ -22,6 +22,8 @@ Started, in this order:
     upstream pool     the node's probes of the upstreams, and its conversation table
     API port          one process: the app on the port; N: the port reserved and
                       the coordinator that answers the workers
+    API keys          the key file watched: a key added or revoked reaches the
+                      authorizer (N: every worker's, by a notice) within seconds
     onboarding page   the phone onboarding page on its own port
     worker processes  N: each on its share of the port, serving once it says so
     certificate files replaced files loaded (the workers load them when told), a
@@ -30,10 +32,12 @@ Started, in this order:
                       is one; what they say reaches every process that places requests
     mDNS announcement the node announced, its load and models kept true; withdrawn
                       while the node drains
+    running record    <data dir>/running.json: where the node serves, for the
+                      commands run beside it (`fognode certs qr`, `models`, `chat`)
 
-Stopped in the reverse order: the mDNS goodbye first, so that clients stop
-picking the node while it drains; the fog's members are no longer asked; the
-certificate watch stops; the workers
+Stopped in the reverse order: the running record removed, the mDNS goodbye
+(so that clients stop picking the node while it drains); the fog's members
+are no longer asked; the certificate watch stops; the workers
 drain (each gets ``shutdown_timeout`` for its open requests) and exit, the
 onboarding page closes, the API drains (one process) and the port is given
 up; then the probes stop, the usage writer stores what is left
@@ -48,13 +52,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client.registry import Collector
 
+from ...auth.api_keys import ApiKeyEntry
+from ...auth.key_file import KeyFileWatch
 from ...auth.sessions import load_or_create_key
 from ...embedded.metrics import EmbeddedCollector
 from ...embedded.runtime import EmbeddedRuntime
@@ -62,7 +69,10 @@ from ...fog.members import CandidateView, Member
 from ...usage.ledger import UsageLedger
 from ...usage.writer import BatchWriter
 from ...web.onboarding import OnboardingSite
+from ..auth_setup import UnsafeConfiguration
 from ..config.identity import node_id
+from ..config.network import local_url, served_urls
+from ..config.running import RunningNode, remove_running, write_running
 from ..config.settings import Settings
 from ..core.drain import Drain
 from ..options import (
@@ -113,6 +123,10 @@ class Mode(Protocol):
 
     def certificates_changed(self) -> None:
         """The certificate files changed and were reloaded here."""
+        ...
+
+    def keys_changed(self, entries: tuple[ApiKeyEntry, ...]) -> None:
+        """The node's API keys are these now (the key file changed)."""
         ...
 
     def credentials(self) -> str:
@@ -260,6 +274,67 @@ async def api_port(node: Node) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
+async def api_keys(node: Node) -> AsyncIterator[None]:
+    """The key file, watched: the authorizer checks what it holds now. Only
+    this process looks at the file; with workers, each follows by a notice."""
+    settings = node.settings
+    if settings.auth == "none" or settings.api_keys_file is None:
+        yield
+        return
+    try:
+        watch = await asyncio.to_thread(KeyFileWatch, settings.api_keys_file, settings.api_keys)
+    except (OSError, ValueError) as exc:
+        raise UnsafeConfiguration(f"cannot load the API keys: {exc}") from None
+    node.mode.keys_changed(watch.entries)
+    follow = follow_keys(watch, settings.api_keys_check_interval, node.mode.keys_changed)
+    async with in_background(follow, "fognode-api-keys"):
+        yield
+
+
+@asynccontextmanager
+async def in_background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """``work`` runs as a task while the service lasts, and is cancelled after."""
+    task = asyncio.create_task(work, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def follow_keys(
+    watch: KeyFileWatch, interval: float, changed: Callable[[tuple[ApiKeyEntry, ...]], None]
+) -> None:
+    """Look at the key file every ``interval`` seconds until cancelled; hand
+    each new whole set to ``changed``. A file that cannot be used changes
+    nothing, and is said once per change of the file."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            change = await asyncio.to_thread(watch.check)
+        except (OSError, ValueError) as exc:
+            log.warning(
+                "the API key file %s cannot be used (%s): the keys stay as they were",
+                watch.path,
+                exc,
+            )
+            continue
+        if change is not None:
+            changed(change.entries)
+            log.info(
+                "API keys from %s: %s; %d key(s) now",
+                watch.path,
+                "; ".join(
+                    f"{what} {', '.join(names)}"
+                    for what, names in (("added", change.added), ("removed", change.removed))
+                    if names
+                ),
+                len(change.entries),
+            )
+
+
+@asynccontextmanager
 async def onboarding_page(node: Node) -> AsyncIterator[None]:
     if not node.settings.onboarding_enabled:
         yield
@@ -286,15 +361,10 @@ async def certificate_files(node: Node) -> AsyncIterator[None]:
     if keeper is None:
         yield
         return
-    task = asyncio.create_task(
-        keeper.watch(on_change=node.mode.certificates_changed), name="fognode-cert-watch"
-    )
-    try:
+    async with in_background(
+        keeper.watch(on_change=node.mode.certificates_changed), "fognode-cert-watch"
+    ):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @asynccontextmanager
@@ -336,6 +406,33 @@ async def mdns_announcement(node: Node) -> AsyncIterator[None]:
         await announcer.stop()
 
 
+@asynccontextmanager
+async def running_record(node: Node) -> AsyncIterator[None]:
+    """Say where the node serves, in its data dir, for the commands beside it."""
+    record = describe_running(node)
+    await asyncio.to_thread(write_running, record)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(remove_running, record.pid)
+
+
+def describe_running(node: Node) -> RunningNode:
+    settings, tls = node.settings, node.tls is not None
+    announced = node.announcer.advertiser.announcement if node.announcer is not None else None
+    return RunningNode(
+        pid=os.getpid(),
+        url=local_url(settings.host, node.port, tls=tls),
+        bind=settings.host,
+        port=node.port,
+        tls=tls,
+        lan_urls=tuple(served_urls(settings.host, node.port, tls=tls)),
+        onboarding=node.onboarding.url if node.onboarding is not None else None,
+        host_name=announced.host.rstrip(".") if announced is not None else None,
+        workers=node.mode.workers,
+    )
+
+
 SERVICES: tuple[Service, ...] = (
     tls,
     identity,
@@ -344,11 +441,13 @@ SERVICES: tuple[Service, ...] = (
     usage_ledger,
     upstream_pool,
     api_port,
+    api_keys,
     onboarding_page,
     worker_processes,
     certificate_files,
     fog_membership,
     mdns_announcement,
+    running_record,
 )
 
 

@@ -57,7 +57,9 @@ The supervisor asks each worker Expose (its metrics) and WorkerActivity
 certificate files changed), EmbeddedChanged (the embedded model's new
 state), Probed (what its probe of the upstreams found: the workers probe
 none themselves, so the node probes each upstream once), FogMembers (what
-its membership service found), Draining (the drain flag changed) and Revoke.
+its membership service found), Draining (the drain flag changed), Keys (the
+API key file changed: the node's whole new set of keys, which every worker
+checks from then on; the supervisor alone watches the file) and Revoke.
 
 Leases: an Acquire's slot and a Quota's reservation are held by the
 supervisor for the worker until the worker says it is done, gives up its
@@ -70,6 +72,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from ...auth.api_keys import ApiKeyEntry
 from ...embedded.supervisor import ServerStatus
 from ...fog.members import CandidateView, Member
 from ...fog.state import PeerState
@@ -124,6 +127,7 @@ class Op(enum.StrEnum):
     PROBED = "probed"
     FOG_MEMBERS = "fog_members"
     DRAINING = "draining"
+    KEYS = "keys"
 
 
 # --- what a worker asks the supervisor ---------------------------------------------
@@ -157,6 +161,17 @@ class FogMembers(Notice):
 
 
 @dataclass(frozen=True, slots=True)
+class Keys(Notice):
+    """The node's API keys, whole (the settings' own and the key file's), after
+    the file changed; numbered, so that a worker keeps the latest whichever
+    way it arrives (in Welcome, or as this notice)."""
+
+    op = Op.KEYS
+    number: int
+    entries: tuple[ApiKeyEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Welcome:
     choice: str  # why this upstream (upstreams/choice.py), for /readyz
     embedded: ServerStatus | None  # the embedded engine's state, if it runs
@@ -164,6 +179,7 @@ class Welcome:
     onboarding: str | None  # the phone onboarding page's URL, if the supervisor serves it
     drain: Draining
     fog: FogMembers | None  # None: the node is no member of a fog
+    keys: Keys | None  # the node's API keys, when it follows a key file
 
 
 @dataclass(frozen=True, slots=True)

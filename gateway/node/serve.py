@@ -80,6 +80,9 @@ def startup_failure(exc: BaseException, settings: Settings) -> str | None:
         return f"fognode: refusing to start: {exc}"
     if isinstance(exc, ModelUnavailable | UsageStoreUnavailable):
         return f"fognode: {exc}"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        # A file it could not read or write (its data dir, say): not the port.
+        return f"fognode: cannot use {exc.filename}: {exc.strerror or exc}"
     if isinstance(exc, OSError):
         message = (
             f"fognode: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"

@@ -23,13 +23,16 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from cryptography import x509
 
+from ...auth.api_keys import ApiKeyEntry
 from ...certs.constraints import is_constrained
 from ...certs.issuer import cert_names
 from ...fog.members import CandidateView, Member
 from ...web.onboarding import OnboardingSite
 from ..app import NodeParts, create_app
-from ..config.network import bind_host, is_wildcard, local_url
+from ..config.identity import host_name, node_id
+from ..config.network import bind_host, is_wildcard, local_url, served_addresses, served_urls
 from ..config.settings import Settings
 from ..options import upstream_connections
 from ..pages.status import LISTENING
@@ -130,6 +133,12 @@ class OneProcess:
     def certificates_changed(self) -> None:
         pass  # the app serves the terminator that was reloaded
 
+    def keys_changed(self, entries: tuple[ApiKeyEntry, ...]) -> None:
+        if self.authorizer is not None:
+            return  # a caller's own authorizer (the tests'): its keys are its own
+        assert self.running is not None
+        self.running.app[AUTHORIZER].use_keys(entries)
+
     def credentials(self) -> str:
         assert self.running is not None
         return self.running.app[AUTHORIZER].kinds
@@ -180,6 +189,8 @@ async def run_app(
             max_per_client=settings.max_connections_per_client,
             first_byte_timeout=settings.client_first_byte_timeout,
             upstream_descriptors=upstreams * upstream_connections(settings),
+            # A worker's caps are its share of the node's, which the node logs.
+            share=sockets is not None,
         ),
         keepalive_timeout=settings.keepalive_timeout,
         handler_cancellation=True,
@@ -256,6 +267,34 @@ def stop_signals() -> asyncio.Event:
     return stop
 
 
+def _check_lan_names(settings: Settings, leaf: x509.Certificate, port: int) -> None:
+    """Warn when the LAN reaches the node at an address its certificate does
+    not name (DHCP gave this machine another one since it was issued): a
+    client that connects to that address by name check fails. The node's
+    own .local name does not change with the address."""
+    have = cert_names(leaf)
+    missing = [ip for ip in served_addresses(settings.host) if ip not in have.ips]
+    if not missing:
+        return
+    own = host_name(settings, node_id(settings)).rstrip(".").lower()
+    works = (
+        f"https://{own}:{port} (the node's own name, which it carries) works whatever the address"
+        if own in have.dns
+        else f"the renewed one also carries {own}, the node's own name, which follows any address"
+    )
+    log.warning(
+        "the server certificate does not name %s, where this node serves the LAN now: "
+        "https://%s:%d fails the certificate check (the address changed since it was "
+        "issued?). `fognode certs renew` re-issues it for this machine's addresses, and the "
+        "node loads it without a restart; %s. SpeziLLMFog apps check spezillmfog.local "
+        "only and are not affected.",
+        ", ".join(str(ip) for ip in missing),
+        missing[0],
+        port,
+        works,
+    )
+
+
 def log_serving(
     settings: Settings,
     url: str,
@@ -267,7 +306,27 @@ def log_serving(
 ) -> None:
     """What an operator should know once the node serves."""
     processes = f" with {workers} worker processes" if workers > 1 else ""
-    log.info("fognode listening on %s%s, forwarding to %s", url, processes, upstream)
+    where = "every interface" if is_wildcard(settings.host) else settings.host
+    lan = served_urls(settings.host, port, tls=tls is not None)
+    reached = ", ".join([*lan, url] if is_wildcard(settings.host) else [url])
+    log.info(
+        "fognode listening on %s, port %d (%s)%s, forwarding to %s",
+        where,
+        port,
+        reached,
+        processes,
+        upstream,
+    )
+    if workers > 1:  # each worker enforces a share; the operator set the node's
+        log.info(
+            "client connections: %s, %s per client address (the node's; each of the %d "
+            "workers enforces its share)",
+            f"at most {settings.max_connections}"
+            if settings.max_connections
+            else "as many as the descriptor limits allow",
+            settings.max_connections_per_client or "no cap",
+            workers,
+        )
     if tls is not None and tls.pair is not None:
         leaf = tls.pair.leaf
         names = cert_names(leaf).dns
@@ -277,6 +336,7 @@ def log_serving(
             leaf.not_valid_after_utc.isoformat(),
             tls.ca_file,
         )
+        _check_lan_names(settings, leaf, port)
         if not is_constrained(tls.pair.ca):
             log.warning(
                 "the CA %s has no name constraints: it can vouch for any website to every "

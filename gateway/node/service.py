@@ -34,18 +34,21 @@ import argparse
 import grp
 import os
 import pwd
+import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ...certs.bundle import install_bundle, read_bundle
 from ...certs.errors import CertError
-from ...certs.issuer import SubjectNames, default_names
+from ...certs.issuer import SubjectNames, default_names, followed_names
 from ...certs.lifecycle import RenewalPolicy, renew
 from ...certs.store import CertPaths
+from ..config.identity import id_host_name
 from ..config.network import lan_addresses
 
 UNIT_NAME = "fognode.service"
@@ -55,11 +58,15 @@ STATE = "var/lib/fognode"
 TLS = "var/lib/fognode-tls"
 ISSUER = "var/lib/fognode-certs"
 
+UNIT_FILE = Path("/etc/systemd/system") / UNIT_NAME
+
 ENV_TEMPLATE = """\
 # Settings for the fognode service, one FOGNODE_<NAME>=value per line (see
-# docs/configuration.md). The unit already sets the host, port, data dir and
-# certificate directory. This file is 0600: secrets (a database URL with its
-# password, an upstream API key) may go here.
+# docs/configuration.md). The unit sets the host, port, data dir and
+# certificate directory (its Environment= line); a line here overrides it.
+# This file is 0600: secrets (a database URL with its password, an upstream
+# API key) may go here. `sudo fognode --node service COMMAND` runs a command
+# with these settings too, so that it reaches this service.
 #FOGNODE_FIREBASE_CREDENTIALS_FILE=/var/lib/fognode/service-account.json
 #FOGNODE_UPSTREAM_URL=http://127.0.0.1:11434
 #FOGNODE_LOG_FORMAT=json
@@ -108,6 +115,10 @@ class UnitOptions:
     port: int | None = None  # default: what the SpeziLLMFog app connects to
     shutdown_timeout: float = 30.0
     readable: tuple[Path, ...] = ()  # the venv and checkout, when under a home directory
+    # The node's id, the same for the server and the renewal: the certificate
+    # carries the name made from it (fognode-<id>.local), and the renewal
+    # cannot read the server's state to find it.
+    node_id: str | None = None
 
     @property
     def listen_port(self) -> int:
@@ -130,8 +141,24 @@ def _homes(options: UnitOptions) -> str:
     return f"ProtectHome=tmpfs\nBindReadOnlyPaths={paths}\n"
 
 
+def service_settings(options: UnitOptions) -> str:
+    """The unit's Environment= assignments: where the service keeps its state
+    and certificates, where it listens. Settings, not flags, so that the
+    env file can change them and `fognode --node service` reads the same."""
+    pairs = {
+        "XDG_DATA_HOME": "/var/lib",
+        "FOGNODE_CERTS_DIR": f"/{TLS}",
+        "FOGNODE_HOST": "*",
+        "FOGNODE_PORT": str(options.listen_port),
+    }
+    if not options.tls:
+        pairs["FOGNODE_TLS"] = "false"
+    if options.node_id:
+        pairs["FOGNODE_NODE_ID"] = options.node_id
+    return " ".join(f"{k}={v}" for k, v in pairs.items())
+
+
 def render_unit(options: UnitOptions) -> str:
-    flags = f"--host * --port {options.listen_port}" + ("" if options.tls else " --no-tls")
     return f"""\
 # Installed by `fognode service install`; re-run it to update.
 [Unit]
@@ -143,11 +170,12 @@ Wants=network-online.target fognode-certs.timer
 Type=exec
 User={options.user}
 Group={options.group()}
-ExecStart={options.executable} serve {flags}
-EnvironmentFile=-/etc/fognode/env
+ExecStart={options.executable} serve
 # State (node id, API keys, usage) in /var/lib/fognode; certificates (read
-# only; fognode-certs.service renews them) in /var/lib/fognode-tls.
-Environment=XDG_DATA_HOME=/var/lib FOGNODE_CERTS_DIR=/{TLS}
+# only; fognode-certs.service renews them) in /var/lib/fognode-tls; every
+# interface, port {options.listen_port}. /etc/fognode/env may override any of them.
+Environment={service_settings(options)}
+EnvironmentFile=-/etc/fognode/env
 StateDirectory=fognode
 StateDirectoryMode=0700
 # The renewal's issuing CA: not even visible to this service.
@@ -170,6 +198,7 @@ WantedBy=multi-user.target
 
 def render_certs_unit(options: UnitOptions) -> str:
     group = options.group()
+    node = f" FOGNODE_NODE_ID={options.node_id}" if options.node_id else ""
     return f"""\
 # Installed by `fognode service install`. Renews the server certificate with
 # this node's issuing CA when it is due (30 days before the end of its 90);
@@ -182,7 +211,7 @@ Type=oneshot
 User={options.certs_user}
 Group={group}
 ExecStart={options.executable} certs renew --group {group}
-Environment=FOGNODE_CERTS_DIR=/{TLS} FOGNODE_ISSUER_DIR=/{ISSUER}
+Environment=FOGNODE_CERTS_DIR=/{TLS} FOGNODE_ISSUER_DIR=/{ISSUER}{node}
 StateDirectory=fognode-certs
 StateDirectoryMode=0700
 ReadWritePaths=/{TLS}
@@ -241,6 +270,109 @@ def _chown_tree(path: Path, user: str, group: str | None = None) -> None:
     os.chown(path, entry.pw_uid, gid)
 
 
+def read_unit_environment(unit: Path) -> dict[str, str]:
+    """What systemd gives the service: the unit's ``Environment=`` assignments,
+    then its ``EnvironmentFile=`` files, whose lines override them (as in
+    systemd). `fognode --node service` runs a command with these. Blocking."""
+    found: dict[str, str] = {}
+    files: list[tuple[Path, bool]] = []
+    for line in unit.read_text(encoding="utf-8").splitlines():
+        key, sep, value = line.strip().partition("=")
+        if not sep:
+            continue
+        if key == "Environment":
+            for assignment in shlex.split(value):
+                name, _, setting = assignment.partition("=")
+                found[name] = setting
+        elif key == "EnvironmentFile":
+            optional = value.startswith("-")
+            files.append((Path(value.removeprefix("-")), optional))
+    for path, optional in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            if optional:
+                continue
+            raise
+        for line in text.splitlines():
+            stripped = line.strip()
+            if not stripped or stripped.startswith(("#", ";")):
+                continue
+            name, sep, setting = stripped.partition("=")
+            if sep:
+                words = shlex.split(setting)
+                found[name.strip()] = words[0] if len(words) == 1 else setting.strip()
+    return found
+
+
+def closed_to(user: str, path: Path) -> Path | None:
+    """The first directory on the way to ``path`` that ``user`` cannot enter,
+    or ``path`` itself if the user cannot read it; None when it can. (The
+    unit binds home directories back for the service, but their permissions
+    still apply: a venv under /root, mode 0700, cannot start.)"""
+    entry = pwd.getpwnam(user)
+    groups = {entry.pw_gid, *(g.gr_gid for g in grp.getgrall() if user in g.gr_mem)}
+
+    def allowed(target: Path, bit: int) -> bool:
+        st = target.stat()
+        if entry.pw_uid == 0:
+            return True
+        if st.st_uid == entry.pw_uid:
+            return bool(st.st_mode & (bit << 6))
+        if st.st_gid in groups:
+            return bool(st.st_mode & (bit << 3))
+        return bool(st.st_mode & bit)
+
+    for directory in reversed(path.parents):
+        if not allowed(directory, 0o1):
+            return directory
+    return None if allowed(path, 0o4) else path
+
+
+def _needed(executable: Path) -> tuple[Path, ...]:
+    """What the service's user must reach to start: the command, the
+    interpreter it runs (its first line), and fognode's own code."""
+    from ... import gateway
+
+    needed = [executable.absolute()]
+    try:
+        first = executable.read_bytes().split(b"\n", 1)[0]
+    except OSError:
+        first = b""
+    if first.startswith(b"#!"):
+        needed.append(Path(first[2:].decode(errors="replace").strip().split()[0]).resolve())
+    needed.append(Path(gateway.__file__).resolve())
+    return tuple(needed)
+
+
+def _missing_user(args: argparse.Namespace, options: UnitOptions) -> str | None:
+    """A user the service needs that does not exist and will not be made."""
+    for user, flag in ((options.user, "--user"), (options.certs_user, "--certs-user")):
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            if args.root != "/":  # only an install into / makes them
+                return (
+                    f"there is no user {user!r} on this machine. With --root, name users "
+                    f"that exist ({flag} NAME), or install without --root, which creates them"
+                )
+    return None
+
+
+def _unreachable(options: UnitOptions) -> str | None:
+    """Why the service's user could not start the service, or None."""
+    for path in _needed(options.executable):
+        closed = closed_to(options.user, path)
+        if closed is not None:
+            return (
+                f"the service's user {options.user!r} cannot reach {path}: it may not "
+                f"{'enter' if closed != path else 'read'} {closed}. Let it (e.g. `chmod o+x "
+                f"{closed}`), or install fognode where every user can read it (a checkout "
+                "and venv under /opt, with ./setup.sh --no-test there)"
+            )
+    return None
+
+
 def _readable(executable: Path) -> tuple[Path, ...]:
     """What the service must still read when homes are hidden: the venv, the
     interpreter it links to, the checkout an editable install points at."""
@@ -286,6 +418,22 @@ def _signing_material(args: argparse.Namespace, tls: CertPaths, issuer: CertPath
     )
 
 
+def _service_node_id(state: Path) -> str:
+    """The service's node id: its own from an earlier install, else the one
+    setup.sh's node had (copied above: the same machine, the same node),
+    else a new one, kept in its state."""
+    path = state / "node-id"
+    try:
+        existing = path.read_text().strip()
+    except FileNotFoundError:
+        existing = ""
+    if existing:
+        return existing
+    new = uuid.uuid4().hex[:16]
+    path.write_text(new + "\n")
+    return new
+
+
 def install(args: argparse.Namespace) -> int:
     root = Path(args.root)
     if os.geteuid() != 0:
@@ -304,10 +452,21 @@ def install(args: argparse.Namespace) -> int:
         port=args.port,
         readable=_readable(Path(args.executable).absolute()),
     )
+    missing = _missing_user(args, options)
+    if missing is not None:
+        print(f"fognode service install: {missing}", file=sys.stderr)
+        return 1
     state, tls_dir, issuer_dir = root / STATE, root / TLS, root / ISSUER
     if args.root == "/":
         _ensure_user(options.user, state)
         _ensure_user(options.certs_user, issuer_dir, group=options.group())
+    problem = _unreachable(options)
+    if problem is not None:
+        if args.root == "/":
+            print(f"fognode service install: {problem}", file=sys.stderr)
+            return 1
+        # Another machine's tree (an image): its permissions are not this one's.
+        print(f"fognode service install: warning: {problem}", file=sys.stderr)
     group = options.group()
     for directory in (state, tls_dir, issuer_dir):
         directory.mkdir(parents=True, exist_ok=True)
@@ -315,19 +474,23 @@ def install(args: argparse.Namespace) -> int:
     issuer_dir.chmod(0o700)
     tls_dir.chmod(0o750)
     source = Path(args.from_data_dir) if args.from_data_dir else _invoking_data_dir()
-    for name in ("api-keys", "admin-api-key"):
+    for name in ("api-keys", "admin-api-key", "node-id"):
         have, want = source / name, state / name
         if have.exists() and not want.exists():
             shutil.copy2(have, want)
             print(f"copied {have} -> {want}")
+    options = replace(options, node_id=_service_node_id(state))
     _chown_tree(state, options.user)
     if options.tls:
         tls, issuer = CertPaths(tls_dir), CertPaths(issuer_dir)
         try:
             used = _signing_material(args, tls, issuer)
+            lan = [str(ip) for ip in lan_addresses()]
+            named = [id_host_name(options.node_id)] if options.node_id else []
             policy = RenewalPolicy(
                 names=None,
-                defaults=SubjectNames.parse(default_names(str(ip) for ip in lan_addresses())),
+                defaults=SubjectNames.parse(default_names(lan, named)),
+                follow=followed_names(lan, named),
                 group=grp.getgrnam(group).gr_gid,
             )
             passphrase = None
@@ -364,16 +527,26 @@ def install(args: argparse.Namespace) -> int:
         (units / name).write_text(text)
         (units / name).chmod(0o644)
         print(f"wrote {units / name}")
+    aim = (
+        "Your commands reach the service (its data in /var/lib/fognode, port "
+        f"{options.listen_port}) with --node service, e.g.:\n"
+        "  sudo fognode --node service usage\n"
+        "  sudo fognode --node service apikey create NAME\n"
+        "  sudo fognode --node service models list\n"
+        "Its certificate is renewed by fognode-certs.service (daily): "
+        f"sudo systemctl start {CERTS_UNIT} renews now when due."
+    )
     if args.root != "/" or args.no_start or not Path("/run/systemd/system").is_dir():
         print(
             "Start it with:  systemctl daemon-reload && "
             f"systemctl enable --now {TIMER_UNIT} fognode\n"
-            "Follow its log: journalctl -u fognode -f"
+            "Follow its log: journalctl -u fognode -f\n" + aim
         )
         return 0
     subprocess.run(["systemctl", "daemon-reload"], check=True)
     subprocess.run(["systemctl", "enable", "--now", TIMER_UNIT, UNIT_NAME], check=True)
     print(f"fognode runs as {options.user} on port {options.listen_port}: journalctl -u fognode -f")
+    print(aim)
     return 0
 
 

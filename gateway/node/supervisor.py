@@ -46,6 +46,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from pydantic import SecretStr
 
+from ...auth.api_keys import ApiKeyEntry
 from ...fog.members import CandidateView, Member
 from ...supervision import cores
 from ...workers.ports import SharedPort
@@ -223,6 +224,9 @@ class Workers:
 
     def certificates_changed(self) -> None:
         self.coordinator.broadcast(ReloadTls())  # each worker loads the new files
+
+    def keys_changed(self, entries: tuple[ApiKeyEntry, ...]) -> None:
+        self.coordinator.keys_changed(entries)  # every worker, now and at its start
 
     def credentials(self) -> str:
         return self.coordinator.auth or "none"  # as the workers said when ready

@@ -22,7 +22,8 @@ the supervisor hold, and a remote twin here:
 /metrics and the status page's activity are the whole node's, gathered by
 the supervisor from every worker; the pool probes no upstream itself but
 follows the supervisor's probes; the certificate files are reloaded when the
-supervisor says they changed (it alone renews them). It dies with the
+supervisor says they changed (it alone renews them); its authorizer checks
+the API keys the supervisor sends (Keys: it alone watches the key file). It dies with the
 supervisor (PR_SET_PDEATHSIG), and stops when its channel closes, which only
 happens when the supervisor is gone.
 """
@@ -60,7 +61,7 @@ from ..core.errors import GatewayError
 from ..options import peer_tls, terminator, upstream_options
 from ..pages.sessions import SESSIONS, BrowserSessions
 from ..pages.status import ACTIVITY, LISTENING, ActivitySource
-from ..pipeline.access import AUTHORIZER
+from ..pipeline.access import AUTHORIZER, Authorizer
 from ..pipeline.admission import Load, Slots, Ticket
 from ..telemetry.activity import ActivityView
 from ..telemetry.logs import configure_logging
@@ -281,6 +282,8 @@ class SupervisorLink:
         self.activity: ActivitySource | None = None
         self.pool: UpstreamPool | None = None
         self.probed: msg.Probed | None = None  # the supervisor's latest probe of the upstreams
+        self.keys: msg.Keys | None = None  # the node's API keys, latest first arrived
+        self.authorizer: Authorizer | None = None  # the app's, once it serves
         self._reloading: set[asyncio.Task[None]] = set()
         # The fog's members as the supervisor's membership service found them,
         # and the node's drain flag (both the supervisor's).
@@ -296,6 +299,7 @@ class SupervisorLink:
             .notice(msg.EmbeddedChanged, self.embedded_changed)
             .notice(msg.FogMembers, self.take_fog)
             .notice(msg.Draining, self.take_drain)
+            .notice(msg.Keys, self.take_keys)
         )
         self.peer = Peer(table)
 
@@ -317,6 +321,8 @@ class SupervisorLink:
         self.tls = tls
         if welcome.probed is not None:
             self.take_probed(welcome.probed)
+        if welcome.keys is not None:
+            self.take_keys(welcome.keys)
         self.pool = pool
         if self.probed is not None:
             pool.follow(self.probed.findings)
@@ -336,11 +342,15 @@ class SupervisorLink:
             listening.onboarding_url = welcome.onboarding
 
     def serving(self, app: web.Application) -> None:
-        """The app has started: a sign-out here holds on every worker."""
+        """The app has started: a sign-out here holds on every worker, and its
+        authorizer (built at start, from the settings) checks the node's keys."""
         sessions = app.get(SESSIONS)
         if sessions is not None:
             self.sessions = sessions
             sessions.signer.on_revoke.append(self._signed_out)
+        self.authorizer = app[AUTHORIZER]
+        if self.keys is not None:
+            self.authorizer.use_keys(self.keys.entries)
 
     async def _node_metrics(self) -> bytes:
         return (await self.peer.call(msg.NodeMetrics())).encode()
@@ -375,13 +385,20 @@ class SupervisorLink:
             self.drain.follow(flag.draining, flag.since)
 
     def take_probed(self, probed: msg.Probed) -> None:
-        """A probe's findings, unless a later one arrived first (the one in the
-        answer to Hello may be older or newer than a notice received meanwhile)."""
-        if self.probed is not None and probed.number <= self.probed.number:
+        """A probe's findings, unless a later one arrived first."""
+        if not _later(self.probed, probed):
             return
         self.probed = probed
         if self.pool is not None:
             self.pool.follow(probed.findings)
+
+    def take_keys(self, keys: msg.Keys) -> None:
+        """The node's API keys, unless later ones arrived first."""
+        if not _later(self.keys, keys):
+            return
+        self.keys = keys
+        if self.authorizer is not None:
+            self.authorizer.use_keys(keys.entries)
 
     async def expose(self, call: msg.Expose) -> Reply:
         return call.answer(self.metrics.render().decode() if self.metrics is not None else "")
@@ -406,6 +423,12 @@ class SupervisorLink:
             self.follow(notice.status)
         else:
             self.embedded = notice.status
+
+
+def _later(held: msg.Probed | msg.Keys | None, arriving: msg.Probed | msg.Keys) -> bool:
+    """Whether a numbered notice is newer than the one held: the copy in the
+    answer to Hello may be older or newer than a notice received meanwhile."""
+    return held is None or arriving.number > held.number
 
 
 async def probe_upstreams(peer: Peer) -> None:
@@ -441,7 +464,8 @@ async def start_worker(
         peers=peers,
         fog_state=link.fog_state if peers is not None else None,
     )
-    app = create_app(settings, parts)
+    # The status page shows the certificate this worker serves.
+    app = create_app(settings, parts, tls=tls)
     link.wire(app, pool, tls, welcome)
     # The fog's peer port is the sockets bound to it (the supervisor fixed its number).
     peer_sockets = [

@@ -68,6 +68,9 @@ class SessionOptions:
     key_file: Path  # the signing key, made at first start (0600)
     lifetime: float  # seconds a sign-in lasts
     body_timeout: float  # longest a form may take to arrive
+    # Where setup.sh (or the service's install) left an admin key, named on
+    # the sign-in form: this node's data dir, not any home directory's.
+    admin_key_file: Path | None = None
 
 
 class SignInThrottle(Protocol):
@@ -207,7 +210,13 @@ def setup_sessions(app: web.Application, sessions: BrowserSessions, metrics: Met
         request: web.Request, message: str | None = None, status: int = 200
     ) -> web.Response:
         nonce, token = sessions.signer.form()
-        response = render_signin(request, csrf=token, message=message, status=status)
+        response = render_signin(
+            request,
+            csrf=token,
+            message=message,
+            status=status,
+            admin_key=str(sessions.options.admin_key_file or "") or None,
+        )
         _set_cookie(response, FORM_COOKIE, nonce, int(FORM_LIFETIME))
         return response
 

@@ -331,6 +331,7 @@ class StatusPage:
             draining=self.drain is not None and self.drain.draining,
             fog=_fog_view(self.fog, now.fog) if self.fog is not None else None,
             budgets=near,
+            no_pulls=no_pulls(self.pool.kind),
         )
 
     async def _budgets(self) -> list[BudgetView]:
@@ -412,17 +413,30 @@ def setup_status(
         activity.not_counted(path)
 
 
+def no_pulls(kind: str) -> str | None:
+    """Why a node with this kind of upstream pulls no models (None: Ollama does)."""
+    if kind == "ollama":
+        return None
+    if kind == "embedded":
+        return (
+            "This node answers with its embedded model (llama.cpp): no Ollama answered when it "
+            "started. Its model is the embedded one; pulling models needs Ollama: run it on "
+            "this machine and restart fognode, or name one with FOGNODE_UPSTREAM_URL."
+        )
+    return (
+        "This node's upstream is an OpenAI-compatible server, which has no model pulls: "
+        "manage its models where it runs."
+    )
+
+
 async def pull_model(
     pool: UpstreamPool, stats: GatewayStats, name: str, request_id: str, idle_timeout: float
 ) -> AsyncGenerator[PullProgress, None]:
     """Ollama's pull of ``name``, one progress state per status line."""
-    if pool.kind != "ollama":
-        raise PullError(
-            f"This node's upstream is an OpenAI-compatible server ({pool.kind}), which has no "
-            "model pulls: manage its models where it runs.",
-            409,
-        )
-    choices = pool.route(name).choices
+    refused = no_pulls(pool.kind)
+    if refused is not None:
+        raise PullError(refused, 409)
+    choices = [c for c in pool.route(name).choices if c.ready]
     if not choices:
         raise PullError("Every upstream is at its request limit; try again shortly.", 503)
     member = choices[0].member

@@ -19,12 +19,13 @@ site make a browser call it.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from ...auth.api_keys import ApiKeyEntry
 from ...auth.errors import AuthError, VerifierUnavailable
 from ...auth.principal import Access, Principal
 from ..core.errors import GatewayError
@@ -43,6 +44,10 @@ class Authorizer(Protocol):
     @property
     def kinds(self) -> str:
         """What credentials it accepts: "firebase", "apikey", both with "+", or "none"."""
+        ...
+
+    def use_keys(self, entries: Iterable[ApiKeyEntry]) -> None:
+        """Check API keys against these from now on (the key file changed)."""
         ...
 
     def close(self) -> None: ...

@@ -2,12 +2,16 @@
 
 By the time a request gets here it is authorised (access.py), its body is
 read and checked (validation.py) and, for inference, it holds an admission
-slot (admission.py). The proxy asks the pool for the upstreams to try (one
-that has the model loaded first, then the one that served the conversation
-before, then the least busy: routing/), sends the client's bytes with only
-the documented edits (compat.py), fails over to the next upstream only when
-nothing was sent, and hands the answer to the relay (answers.py checks plain
-JSON answers first, relay.py streams the rest). With several upstreams it
+slot (admission.py). The proxy takes from the pool the upstream that can
+start the request soonest (routing/: loaded with a slot free first, the
+conversation's last upstream when that costs no wait), waiting there for a
+slot when it is at its cap; sends the client's bytes with only the
+documented edits (compat.py); fails over to the next upstream only before
+the client has had a byte (not reached, closed before answering, or a 503
+busy answer, which is load and not absence); tells the pool how each
+upstream fared (its breaker and pace); and hands the answer to the relay
+(answers.py checks plain JSON answers first, relay.py streams the rest).
+A request that placement handed to a member of the fog goes there instead. With several upstreams it
 says which one answered and why: ``X-Fognode-Upstream`` (its position in
 the configuration: the client learns nothing of the node's network) and
 ``X-Fognode-Upstream-Reason`` on the response, the upstream's URL and the
@@ -18,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -27,15 +32,16 @@ from prometheus_client import Counter
 from ...fog.hop import Forwarded
 from ...fog.members import Member
 from ...routing.conversation import Conversation, conversation_of
-from ...routing.order import FAILOVER
+from ...routing.order import FAILOVER, WAITED
 from ..core.errors import GatewayError
 from ..core.keys import PRINCIPAL, REQUEST_ID, ROUTED, SHARE, Routed
 from ..telemetry.metrics import Metrics
 from ..telemetry.stats import GatewayStats
 from ..upstreams.peers import FogPeers
-from ..upstreams.pool import UPSTREAM, Choice, UpstreamPool
+from ..upstreams.pool import UPSTREAM, Choice, Route, UpstreamPool
 from ..upstreams.upstream import (
     Upstream,
+    UpstreamGone,
     UpstreamNotReached,
     filter_request_headers,
     not_ready_error,
@@ -124,7 +130,7 @@ class _Sender:
 
     def handler_for(self, spec: RouteSpec) -> Handler:
         if spec.native and self.pool.kind != "ollama":
-            return native_api_unavailable
+            return partial(native_api_unavailable, embedded=self.pool.kind == "embedded")
         # A list from several upstreams is their union; the OpenAI list always
         # gets the node's own field, which says where a model is loaded.
         if spec.listing is not None and (not self.pool.single or spec.listing is Listing.OPENAI):
@@ -208,50 +214,69 @@ class _Sender:
         conversation: Conversation | None = None,
         meter: Meter | None = None,
     ) -> web.StreamResponse:
-        """Send to the best upstream; when nothing could be sent, try the next one."""
+        """Send to the best upstream; when it could not be reached, closed the
+        connection before any answer, or answered busy (the client has had
+        nothing yet), try the next one, each upstream once. The model check
+        before the queue has answered a model nobody has (model_check.py)."""
         handover = request.get(HANDOVER)
         if handover is not None:
             assert isinstance(data, bytes)  # an inference route's body, read whole
             return await self._hand_over(request, handover, data, model, edits, keepalive, meter)
         pool = self.pool
-        if model and pool.kind != "ollama" and pool.lacks_model(model):
-            # The wording the SpeziLLMFog app matches on (compat.py).
-            raise GatewayError(
-                404, model_not_found_message(model), type="not_found_error", code="model_not_found"
-            )
         affine = await pool.recall(conversation) if conversation is not None else None
-        route = pool.route(model, conversation, affine)
-        choices = route.choices
-        if not choices:
-            raise GatewayError(
-                503,
-                f"Every upstream is at its limit of {pool.cap} requests; retry later.",
-                code="upstreams_busy",
-                headers={"Retry-After": "1"},
-            )
-        if data is not None and not isinstance(data, bytes):
-            choices = choices[:1]  # a streamed body can be sent only once
+        route = Route([], model, conversation, affine)
+        once = data is not None and not isinstance(data, bytes)  # a streamed body: one try
         headers = _upstream_headers(request)
         if meter is not None:
             # The counter reads the answer's bytes: uncompressed, please (the
             # upstream is local; compressing for the relay would only cost CPU).
             headers["Accept-Encoding"] = "identity"
-        for index, choice in enumerate(choices):
-            pool.sending(choice)
-            self._explain(request, choice, failover=index > 0)
+        failed: GatewayError | None = None
+        while True:
+            if keepalive is not None:
+                keepalive.status = self._queued(route)
+            choice = await pool.take(route)
+            if keepalive is not None:
+                keepalive.status = None
+            if choice is None:  # every upstream that could serve it failed
+                assert failed is not None
+                raise failed
+            self._explain(request, choice, failover=failed is not None, waited=route.waited)
             try:
                 response = await self._send_to(
-                    request, choice.member, headers, data, model, edits, keepalive, meter
+                    request,
+                    choice.member,
+                    headers,
+                    data,
+                    model,
+                    edits,
+                    keepalive,
+                    meter,
+                    choice=choice,
+                    elsewhere=lambda chosen: not once and pool.elsewhere(route, chosen),
                 )
-            except UpstreamNotReached as exc:
-                if index == len(choices) - 1:
+            except (UpstreamNotReached, UpstreamGone) as exc:
+                if once:
                     raise
-                pool.mark_down(choice.member, exc)
+                route.tried.add(choice.position - 1)
+                failed = exc
+                continue
+            if response is None:  # it answered busy, and another can take it
+                route.tried.add(choice.position - 1)
+                failed = GatewayError(503, "Every upstream is busy.", code="upstreams_busy")
                 continue
             if response.status < 400:
                 pool.served(route, choice)
             return response
-        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _queued(self, route: Route) -> Callable[[], Awaitable[str | None]]:
+        """A waiting stream's heartbeat says its place among the requests waiting here."""
+
+        async def status() -> str | None:
+            place = self.pool.place(route)
+            return f"queued {place}" if place is not None else None
+
+        return status
 
     async def _hand_over(
         self,
@@ -293,17 +318,25 @@ class _Sender:
             except MemberDeclined as exc:
                 fog.failed(member, exc.why)
                 continue
+            assert response is not None  # only one of this node's upstreams answers None
             handed = self.stats.fog_handed
             handed[member.identity] = handed.get(member.identity, 0) + 1
             return response
         request.pop(ROUTED, None)
         raise MembersDeclined()
 
-    def _explain(self, request: web.Request, choice: Choice, *, failover: bool) -> None:
+    def _explain(
+        self, request: web.Request, choice: Choice, *, failover: bool, waited: bool
+    ) -> None:
         """For the response headers, the access log and /metrics (with one upstream: nothing)."""
         if self.pool.single:
             return
-        reasons = ",".join((*choice.reasons, FAILOVER) if failover else choice.reasons)
+        words = (
+            *choice.reasons,
+            *((WAITED,) if waited else ()),
+            *((FAILOVER,) if failover else ()),
+        )
+        reasons = ",".join(words)
         request[ROUTED] = Routed(choice.member.base, choice.position, reasons)
         self.metrics.upstream_choices.labels(str(choice.position), reasons).inc()
 
@@ -318,13 +351,20 @@ class _Sender:
         keepalive: KeepAlive | None,
         meter: Meter | None,
         member: Member | None = None,
-    ) -> web.StreamResponse:
-        """Send to one upstream (or one member of the fog: ``member``) and relay
-        its answer. A member that fails or declines before its first byte
-        raises MemberDeclined: nothing was relayed, another may take it."""
-        stats = self.stats
+        *,
+        choice: Choice | None = None,
+        elsewhere: Callable[[Choice], bool] | None = None,
+    ) -> web.StreamResponse | None:
+        """Send to one of this node's upstreams (``choice``, its slot taken in
+        the pool, which hears how it fared) or to one member of the fog
+        (``member``), and relay the answer. None when the upstream answered
+        busy and ``elsewhere`` says another can take the request. A member
+        that fails or declines before its first byte raises MemberDeclined:
+        nothing was relayed, another may take it."""
+        stats, pool = self.stats, self.pool
         stats.active_requests += 1
-        upstream.active += 1
+        if choice is None:
+            upstream.active += 1
         try:
             started = time.perf_counter()
             if meter is not None:
@@ -333,14 +373,13 @@ class _Sender:
                 answer = await upstream.open(
                     request.method, upstream_target(request), headers=headers.copy(), data=data
                 )
-            except UpstreamNotReached as exc:
+            except GatewayError as exc:  # not reached, or no answer
                 if member is not None:
                     raise MemberDeclined(exc.message) from None
-                stats.upstream_up = False
-                raise
-            except GatewayError as exc:
-                if member is not None:
-                    raise MemberDeclined(exc.message) from None
+                if isinstance(exc, UpstreamNotReached):
+                    stats.upstream_up = False
+                if choice is not None:
+                    pool.failed(choice, exc)  # its breaker counts it
                 raise
             elapsed = time.perf_counter() - started
             if member is not None:
@@ -352,6 +391,15 @@ class _Sender:
                 body = request.get(REQUEST_BODY)
                 if body is not None and body.model is not None and answer.status < 400:
                     stats.first_token_after(elapsed)
+            if choice is not None:
+                if answer.status == 503:  # "busy" (Ollama's queue, llama.cpp loading): load
+                    pool.busy(choice, retry_after(answer.headers.get("Retry-After")))
+                    self.metrics.upstream_busy.labels(str(choice.position)).inc()
+                    if elsewhere is not None and elsewhere(choice):
+                        answer.close()
+                        return None
+                else:
+                    pool.answered(choice, elapsed)
             route = request.match_info.route.resource
             self.metrics.first_byte_after(route.canonical if route else "other", elapsed)
             if keepalive is not None:
@@ -360,7 +408,7 @@ class _Sender:
                 except BaseException:
                     answer.close()
                     raise
-            return await relay_answer(
+            response = await relay_answer(
                 request,
                 answer,
                 options=self.relay,
@@ -371,9 +419,23 @@ class _Sender:
                 stats=stats,
                 meter=meter,
             )
+            if choice is not None and answer.status < 400:
+                pool.finished(choice)
+            return response
         finally:
             stats.active_requests -= 1
-            upstream.active -= 1
+            if choice is None:
+                upstream.active -= 1
+            else:
+                pool.release(choice)
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After field in seconds (a date is not worth parsing here)."""
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 class MemberDeclined(Exception):
@@ -402,10 +464,25 @@ def _upstream_headers(request: web.Request) -> CIMultiDict[str]:
     return headers
 
 
-async def native_api_unavailable(request: web.Request) -> web.StreamResponse:
+async def native_api_unavailable(request: web.Request, *, embedded: bool) -> web.StreamResponse:
+    """Ollama's own routes in front of something else. Model management is the
+    question an operator asks most (`fognode models`, the status page), so the
+    answer says where models come from on this node and what a pull needs."""
+    if embedded:
+        where = (
+            "this node answers with its embedded model (llama.cpp), which it chose because "
+            "no Ollama answered at start. Its models are the embedded one; pulling or "
+            "removing models needs Ollama: run it on this machine and restart fognode, or "
+            "name one with FOGNODE_UPSTREAM_URL"
+        )
+    else:
+        where = (
+            "this node's upstream is an OpenAI-compatible server, whose models are managed "
+            "where it runs"
+        )
     raise GatewayError(
         501,
-        f"{request.path} is Ollama's native API, and this node's upstream is an "
-        "OpenAI-compatible server: use the /v1 API.",
+        f"{request.path} is Ollama's native API, and {where}. The /v1 API serves the models "
+        "this node has (GET /v1/models).",
         code="native_api_unavailable",
     )

@@ -126,8 +126,16 @@ class Metrics:
         self.upstream_choices = Counter(
             "fognode_upstream_choices",
             "Requests sent to one of several upstreams, by its position and the reasons "
-            "it was chosen (loaded, cold, affinity, affinity-yielded, least-busy, only, failover).",
+            "it was chosen (loaded, cold, affinity, affinity-yielded, least-busy, soonest, only, "
+            "down, waited, failover; a fog peer's peer-loaded, peer-free, peer-has-model).",
             ["upstream", "reason"],
+            registry=self.registry,
+        )
+        self.upstream_busy = Counter(
+            "fognode_upstream_busy_answers",
+            "Answers 503 busy (Ollama's full queue, llama.cpp loading) by upstream position: "
+            "counted as load, the request sent elsewhere when another upstream can take it.",
+            ["upstream"],
             registry=self.registry,
         )
         self.registry.register(_LiveCollector(stats))

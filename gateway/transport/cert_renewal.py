@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,11 +35,17 @@ class RenewalOptions:
     check_interval: float
 
 
+# An overdue renewal is said at most this often (seconds): the files are
+# looked at every minute, so that a renewal reaches the clients soon.
+OVERDUE_WARNING_EVERY = 3600.0
+
+
 class CertificateKeeper:
     def __init__(self, tls: TlsTerminator, options: RenewalOptions) -> None:
         self.tls = tls
         self.options = options
         self.reloads = 0
+        self._warned: float | None = None  # when the overdue renewal was last said
 
     @property
     def pair(self) -> ServerPair | None:
@@ -69,12 +76,15 @@ class CertificateKeeper:
         )
         if reason is None:
             return None
-        log.warning(
-            "the server certificate should have been renewed (%s): this process never signs; "
-            "check the renewal (systemctl status fognode-certs.timer, the compose "
-            "fognode-certs service) or run `fognode certs renew`",
-            reason,
-        )
+        now = time.monotonic()
+        if self._warned is None or now - self._warned >= OVERDUE_WARNING_EVERY:
+            self._warned = now
+            log.warning(
+                "the server certificate should have been renewed (%s): this process never "
+                "signs; check the renewal (systemctl status fognode-certs.timer, the compose "
+                "fognode-certs service) or run `fognode certs renew`",
+                reason,
+            )
         return "renewal-overdue"
 
     async def watch(self, on_change: Callable[[], None] | None = None) -> None:

@@ -108,9 +108,12 @@ def connection_limits(
     max_per_client: int,
     first_byte_timeout: float,
     upstream_descriptors: int,
+    share: bool = False,
 ) -> ConnectionLimits:
     """The limits to run with; ``max_connections`` 0 means: what the
-    descriptor limit allows, less the reserve."""
+    descriptor limit allows, less the reserve. ``share``: these are one
+    worker's share of the node's caps, which the node states itself (they
+    are logged at DEBUG here, as this process's)."""
     descriptors = raise_descriptor_limit()
     room = descriptors - BASE_RESERVE - upstream_descriptors
     if max_connections <= 0:
@@ -124,8 +127,10 @@ def connection_limits(
             upstream_descriptors,
             BASE_RESERVE,
         )
-    log.info(
-        "client connections: at most %d (descriptor limit %d), %s per client address",
+    log.log(
+        logging.DEBUG if share else logging.INFO,
+        "client connections%s: at most %d (descriptor limit %d), %s per client address",
+        " of this worker" if share else "",
         max_connections,
         descriptors,
         max_per_client or "no cap",

@@ -12,6 +12,7 @@ to load and when to renew is cert_renewal.py's business.
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import secrets
@@ -83,7 +84,7 @@ class _FileStamp:
     def of(cls, cert: Path, key: Path) -> _FileStamp | None:
         try:
             c, k = cert.stat(), key.stat()
-        except FileNotFoundError:
+        except OSError:  # missing or unreadable: reading them says which (_read)
             return None
         return cls((c.st_ino, c.st_mtime_ns, c.st_size), (k.st_ino, k.st_mtime_ns, k.st_size))
 
@@ -173,7 +174,10 @@ def _read(path: Path, what: str) -> bytes:
             "without TLS (--no-tls)"
         ) from None
     except OSError as exc:
-        raise CertError(f"cannot read {what} at {path}: {exc.strerror}") from None
+        raise CertError(
+            f"cannot read {what} at {path}: {exc.strerror} (fognode runs as "
+            f"{getpass.getuser()}; the files and their directories must be readable by it)"
+        ) from None
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -88,14 +88,24 @@ async def choose_upstream(settings: Settings) -> UpstreamChoice:
     kind = settings.upstream_kind
     base = settings.upstream_base
     shown = without_password(base)  # in the log and /readyz
-    if kind == "auto" and settings.upstream_configured:
+    named = kind == "auto" and settings.upstream_configured
+    if named:
         kind = "ollama"
     if kind in ("ollama", "openai"):
         where = ", ".join(without_password(url) for url in settings.upstream_urls) or shown
         name = "Ollama" if kind == "ollama" else "the OpenAI-compatible server"
-        return _chosen(
-            settings.model_copy(update={"upstream_kind": kind}), f"{name} at {where}, as configured"
-        )
+        reason, level = f"{name} at {where}, as configured", logging.INFO
+        # A URL named (--upstream-url) turns the embedded model off: if nothing
+        # answers there, say so now rather than with the first 502.
+        refused = await ollama_unreachable(base, OLLAMA_PROBE_TIMEOUT) if named else None
+        if refused is not None:
+            reason += (
+                f", which does not answer now ({refused}): chats answer 502 until it does. "
+                "Naming an upstream turns the embedded model off; without --upstream-url "
+                "(FOGNODE_UPSTREAM_URL) fognode serves its embedded model when no Ollama answers"
+            )
+            level = logging.WARNING
+        return _chosen(settings.model_copy(update={"upstream_kind": kind}), reason, level=level)
     options = embedded_options(settings)
     if kind == "embedded":
         check_available(options)  # forced: refusing to start beats serving 503s forever

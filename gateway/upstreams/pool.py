@@ -1,4 +1,4 @@
-"""Several upstreams behind one node: health probes, warm-model routing, failover.
+"""Several upstreams behind one node: health, placement, waiting, failover.
 
 For a handful of machines (a desktop with a GPU and a NUC, say) the gateway
 can spread requests itself:
@@ -7,20 +7,33 @@ can spread requests itself:
   models (Ollama's /api/tags or /v1/models) and for the ones in its memory
   (Ollama's /api/ps; an OpenAI-compatible server's served models are, unless
   it is llama.cpp's server and says it sleeps), and llama.cpp's server for
-  its slots and how many are busy (/props, /metrics);
-  an upstream that does not answer is marked down until it answers again.
+  its slots and how many are busy (/props, /metrics).
   This is the one place model lists are fetched: /readyz, the mDNS
-  announcement, the listings' ``fognode`` field and routing read what it
-  found (after a model is pulled or removed through the node, at once).
+  announcement, the listings' ``fognode`` field, the model check before the
+  queue (:meth:`UpstreamPool.who_serves`) and routing read what it found
+  (after a model is pulled or removed through the node, at once).
   With worker processes the supervisor's pool probes, once for the node,
   and each worker's pool follows what it found (:meth:`UpstreamPool.follow`);
-* a request for a model goes to an upstream that has it, by the rule in
-  routing/order.py: loaded first, then the one that served the
-  conversation before (routing/affinity.py), then the least busy;
+* each upstream has a circuit breaker (routing/breaker.py): a failure to
+  connect takes it out at once, other failures after a few in a row; it is
+  probed (the same check, for it alone) until it answers, and then back in.
+  An answer "503 busy" is load: it is full for a moment, not gone;
+* a request for a model goes where it can start soonest, by the rule in
+  routing/order.py: loaded with a slot free first, else by expected start
+  (queue times recent service time, plus the load time for a cold one),
+  keeping the conversation on the upstream that served it before when that
+  costs no wait. An upstream that is out is tried only when no live one has
+  the model;
+* each upstream can have its own concurrency cap; when the upstream a
+  request should go to is at its cap, the request waits here for a slot
+  (:meth:`UpstreamPool.take`), first come first served per slot, bounded by
+  the queue timeout. The wait is here and not in admission because only the
+  pool knows which upstreams have the request's model; the request already
+  holds its admission slot, and its heartbeats go on (keepalive.py);
 * if the chosen upstream cannot be reached (connect refused or timed out,
-  so nothing was sent), the next candidate is tried: failover happens only
-  before the first byte, never after Ollama may have started generating;
-* each upstream can have its own concurrency cap.
+  so nothing was sent) or answers busy, the next one is tried: failover
+  happens only before the first byte, never after Ollama may have started
+  generating.
 
 Model lists (/v1/models, /api/tags, /api/ps) are the union over the healthy
 upstreams. This is deliberately not a scheduler; for more than a few
@@ -34,9 +47,11 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
@@ -44,26 +59,15 @@ from multidict import CIMultiDict
 
 from ...routing import warm
 from ...routing.affinity import AffinityTable, ConversationMemory
+from ...routing.breaker import State
 from ...routing.conversation import Conversation
-from ...routing.order import Option, rank
+from ...routing.holders import Holders, holders, model_key
+from ...routing.order import DOWN, Option, rank
 from ..core.errors import GatewayError
 from .hop import ConnectFailed, HopError
 from .upstream import Upstream, UpstreamOptions, describe
 
 log = logging.getLogger("fognode.upstreams")
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """What the last probe found of one upstream: what a worker's pool takes
-    from its supervisor's (:meth:`UpstreamPool.findings`, :meth:`UpstreamPool.follow`)."""
-
-    healthy: bool | None  # None: not probed yet
-    error: str | None
-    models: tuple[str, ...]
-    loaded: tuple[warm.LoadedModel, ...]
-    slots: int | None  # llama.cpp's server: its slots, and how many are busy
-    slots_busy: int | None
 
 
 @dataclass(frozen=True)
@@ -76,8 +80,29 @@ class PoolState:
     error: str | None  # why none answered
 
 
-def _has(models: frozenset[str], name: str) -> bool:
-    return name in models or (":" not in name and f"{name}:latest" in models)
+# While requests wait for a slot, how often the pool looks again without an
+# event (a request that ends is one): expected starts grow as requests run
+# long, and busy answers and breakers expire.
+WAIT_TICK = 0.5
+# The model check asks the upstreams again before it says "not here", at most
+# this often (Ollama's list may lag behind a pull made on its own machine).
+RECHECK_SECONDS = 1.0
+# What decides whether an upstream's failure takes it out at once.
+_CANNOT_CONNECT = frozenset({"upstream_unreachable", "upstream_connect_timeout"})
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """What the last probe found of one upstream: what a worker's pool takes
+    from its supervisor's (:meth:`UpstreamPool.findings`, :meth:`UpstreamPool.follow`)."""
+
+    healthy: bool | None  # the breaker's verdict (False: out); None: not probed yet
+    answered: bool | None  # did the last probe get an answer
+    error: str | None
+    models: tuple[str, ...]
+    loaded: tuple[warm.LoadedModel, ...]
+    slots: int | None  # llama.cpp's server: its slots, and how many are busy
+    slots_busy: int | None
 
 
 @dataclass(frozen=True)
@@ -85,15 +110,28 @@ class Choice:
     member: Upstream
     position: int  # 1-based, in the order the upstreams are configured
     reasons: tuple[str, ...]  # routing/order.py's words; empty with one upstream
+    ready: bool = True  # below its cap: can be sent now (else the request waits for it)
+    cold: bool = False  # the model was not loaded there when it was chosen
+    sent: float = 0.0  # when its slot was taken (monotonic); 0: not taken
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Route:
-    """The upstreams to try for one request, best first (none at its cap)."""
+    """One request's way through the pool: what it asks for, the upstreams the
+    rule ranks for it (best first), and the ones it could not use."""
 
     choices: list[Choice]
     model: str | None
     conversation: Conversation | None
+    affine: int | None = None  # 0-based position of the conversation's upstream
+    tried: set[int] = field(default_factory=set)  # 0-based positions that failed it
+    waited: bool = False  # it waited for a slot
+
+
+@dataclass(eq=False)
+class _Waiter:
+    route: Route
+    future: asyncio.Future[Choice | None]
 
 
 class UpstreamPool:
@@ -131,6 +169,14 @@ class UpstreamPool:
         self._turns = itertools.count(1)
         self._probe_elsewhere = probe_elsewhere
         self._following: set[asyncio.Task[None]] = set()
+        # Requests waiting for a slot, first come first served (take, _dispatch).
+        self._waiters: deque[_Waiter] = deque()
+        self._tick: asyncio.TimerHandle | None = None
+        # Probes of upstreams whose breaker asked for one, by member.
+        self._probes: dict[int, asyncio.Task[None]] = {}
+        self._recheck: asyncio.Task[None] | None = None
+        self._rechecked = -math.inf
+        self._running = False  # between start and close: probes may be scheduled
 
     # --- the pool as one upstream (the status page, the log, the health probe) ---
     @property
@@ -146,6 +192,7 @@ class UpstreamPool:
         return len(self.members) == 1
 
     async def start(self) -> None:
+        self._running = True
         for member in self.members:
             await member.start()
         if self._probe_elsewhere is not None:
@@ -154,17 +201,24 @@ class UpstreamPool:
         self._task = asyncio.create_task(self._loop(), name="fognode-upstream-probes")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        self._running = False
+        tasks = [t for t in (self._task, self._recheck, *self._probes.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+        if self._tick is not None:
+            self._tick.cancel()
         for member in self.members:
             await member.close()
 
     # --- health and models ------------------------------------------------------
     async def _probe(self, member: Upstream) -> None:
+        """Ask one upstream for its models; what it says (or not) feeds its breaker."""
         if member.local is not None and member.local.not_ready() is not None:
             return  # loading or restarting; it triggers a refresh once it serves
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.options.check_timeout):
                 names = await member.model_names()
@@ -181,21 +235,62 @@ class UpstreamPool:
                 if sleeping:
                     loaded = {}  # unloaded until the next request loads it again
         except TimeoutError:
-            failure = f"no answer within {self.options.check_timeout:g}s"
+            failure, definitive = f"no answer within {self.options.check_timeout:g}s", False
         except ConnectFailed as exc:
-            failure = f"cannot connect ({exc.reason})"
+            failure, definitive = f"cannot connect ({exc.reason})", True
         except (HopError, ValueError, AttributeError) as exc:
-            failure = f"unexpected answer ({describe(exc)})"
+            failure, definitive = f"unexpected answer ({describe(exc)})", False
         else:
-            if member.healthy is False:
-                log.info("upstream %s is back", member.base)
-            member.healthy, member.last_error, member.models = True, None, frozenset(names)
+            member.answered, member.last_error, member.models = True, None, frozenset(names)
             member.loaded, member.warmed = loaded, set()
             member.slots, member.slots_busy = slots, busy
+            if member.breaker.success(probe=True):
+                log.info("upstream %s is back", member.base)
+            self._verdict(member)
             return
-        if member.healthy is not False:
-            log.warning("upstream %s is down: %s", member.base, failure)
-        member.healthy, member.last_error = False, failure
+        member.answered, member.last_error = False, failure
+        if member.breaker.failure(definitive=definitive, started=started):
+            log.warning("upstream %s is out: %s", member.base, failure)
+        self._verdict(member)
+
+    def _verdict(self, member: Upstream) -> None:
+        """``healthy`` as the breaker has it; a probe if it asks for one; and
+        the waiting requests looked at again, since what they can use changed."""
+        if member.breaker.out:
+            member.healthy = False
+        elif member.answered or member.healthy is False:
+            member.healthy = True
+        self._schedule_probe(member)
+        self._dispatch()
+
+    def _schedule_probe(self, member: Upstream) -> None:
+        at = member.breaker.probe_at()
+        index = self.members.index(member)
+        if at is None or index in self._probes or not self._running:
+            return  # no probe asked for, one on its way, or the pool is not running
+        task = asyncio.create_task(self._probe_when_due(member, at), name="fognode-upstream-probe")
+        self._probes[index] = task
+
+    async def _probe_when_due(self, member: Upstream, at: float) -> None:
+        """The breaker's probe: the same probe, for this upstream alone (a
+        worker asks its supervisor to probe, and follows what it finds)."""
+        index = self.members.index(member)
+        try:
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
+            member.breaker.probing()
+            if self._probe_elsewhere is not None:
+                await self.refresh()
+            else:
+                await self._probe(member)
+                await self._probed()
+        except Exception:
+            log.exception("probing upstream %s failed", member.base)
+        finally:
+            if self._probes.get(index) is asyncio.current_task():
+                del self._probes[index]
+        if member.breaker.state is State.HALF_OPEN:
+            member.breaker.failure(definitive=True)  # no verdict came: out for longer
+        self._schedule_probe(member)
 
     async def refresh(self) -> None:
         """Probe every upstream now, then tell whoever follows the results."""
@@ -211,6 +306,7 @@ class UpstreamPool:
         return tuple(
             Finding(
                 m.healthy,
+                m.answered,
                 m.last_error,
                 tuple(sorted(m.models)),
                 tuple(m.loaded.values()),
@@ -224,12 +320,21 @@ class UpstreamPool:
         """Take another pool's :meth:`findings` as this pool's probe (a worker:
         the supervisor's), at once; then tell whoever follows the results."""
         for member, found in zip(self.members, findings, strict=True):
-            member.healthy, member.last_error = found.healthy, found.error
+            member.answered, member.last_error = found.answered, found.error
             member.models = frozenset(found.models)
             member.loaded = {entry.name: entry for entry in found.loaded}
             member.slots, member.slots_busy = found.slots, found.slots_busy
             if found.healthy:  # as a probe here: what requests warmed is now in the list
                 member.warmed = set()
+                if member.breaker.success(probe=True):
+                    log.info("upstream %s is back", member.base)
+            elif found.healthy is False:
+                if member.breaker.state is State.HALF_OPEN:
+                    member.breaker.failure(definitive=True)  # this worker's probe failed
+                elif member.breaker.trip():
+                    log.warning("upstream %s is out: %s", member.base, found.error)
+            member.healthy = found.healthy
+            self._verdict(member)
         if self.on_probed:
             task = asyncio.create_task(self._probed(), name="fognode-upstream-followed")
             self._following.add(task)
@@ -256,7 +361,7 @@ class UpstreamPool:
     def is_loaded(member: Upstream, model: str, now: float) -> bool:
         """Is ``model`` in ``member``'s memory (its /api/ps, its one served model,
         or a model this node just sent a request for)?"""
-        if _has(frozenset(member.warmed), model):
+        if member.warmed and model_key(model) in {model_key(n) for n in member.warmed}:
             return True
         entry = warm.find(member.loaded, model)
         return entry is not None and entry.hot(now)
@@ -294,7 +399,7 @@ class UpstreamPool:
     async def readiness(self) -> PoolState:
         """Probe every upstream now (for /readyz): ready when one answers."""
         await self.refresh()
-        answered = [m for m in self.members if m.healthy]
+        answered = [m for m in self.members if m.answered]
         version = None
         if answered and self.kind == "ollama":
             with contextlib.suppress(HopError, TimeoutError, ValueError):
@@ -356,15 +461,47 @@ class UpstreamPool:
             about["embedded"] = self.local_state()
         return about
 
+    # --- who can serve model m ---------------------------------------------------
     def lacks_model(self, model: str) -> bool:
-        """True when every upstream that reported its models lacks this one.
-
-        Only used for OpenAI-compatible upstreams, which (llama.cpp's server,
-        for one) answer any model name with the one they have; Ollama answers
-        404 itself and its list may lag behind a pull.
-        """
+        """True when every upstream that is in and reported its models lacks
+        this one (fog placement hands such a request to a member; the proxy
+        answers 404 for an OpenAI-compatible upstream, which would answer any
+        name with the model it has)."""
+        key = model_key(model)
         known = [m for m in self.members if m.healthy and m.models]
-        return bool(known) and not any(_has(m.models, model) for m in known)
+        return bool(known) and not any(key in m.model_keys for m in known)
+
+    def holders(self, model: str) -> Holders:
+        """The upstreams whose last known model list has ``model`` (and those
+        whose list is unknown: an empty list counts as unknown, since some
+        servers list nothing). An upstream that is out still has its models:
+        a request for one only it has tries it, and hears why it failed."""
+        return holders(model, [m.model_keys if m.models else None for m in self.members])
+
+    async def who_serves(self, model: str) -> Holders:
+        """Who can serve model m: the seam the model check before the queue asks
+        (and the fog extends with its peers). Before it says "nobody", the
+        upstreams are asked again (at most once a second for the node): a model
+        pulled on Ollama's own machine is served without waiting for a check."""
+        found = self.holders(model)
+        if found.missing:
+            await self._ask_again()
+            found = self.holders(model)
+        return found
+
+    async def _ask_again(self) -> None:
+        if self._recheck is None:
+            if time.monotonic() - self._rechecked < RECHECK_SECONDS:
+                return
+            self._rechecked = time.monotonic()
+            self._recheck = asyncio.create_task(self.refresh(), name="fognode-model-recheck")
+            self._recheck.add_done_callback(self._rechecked_now)
+        await asyncio.shield(self._recheck)
+
+    def _rechecked_now(self, task: asyncio.Task[None]) -> None:
+        self._recheck = None
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("checking the upstreams again failed: %s", task.exception())
 
     # --- routing ------------------------------------------------------------------
     async def recall(self, conversation: Conversation) -> int | None:
@@ -380,32 +517,189 @@ class UpstreamPool:
         conversation: Conversation | None = None,
         affine: int | None = None,
     ) -> Route:
-        """The upstreams to try for a request, best first, with the reasons
-        (routing/order.py); none at its cap, so an empty route means all are.
-        ``affine``: what :meth:`recall` found for ``conversation``."""
+        """The upstreams for a request, best first, with the reasons
+        (routing/order.py); the first may be at its cap (``ready`` False: then
+        waiting for it is the soonest start). ``affine``: what :meth:`recall`
+        found for ``conversation``."""
+        route = Route([], model, conversation, affine)
+        route.choices = self._rank(route)
+        return route
+
+    def _rank(self, route: Route) -> list[Choice]:
+        model = route.model
+        now = time.time()
         if self.single:
             only = self.members[0]
-            return Route([] if self.at_cap(only) else [Choice(only, 1, ())], model, None)
-        now = time.time()
-        options = [
-            Option(
-                up=m.healthy,
-                has_model=(_has(m.models, model) if m.models else None) if model else True,
-                loaded=bool(model) and self.is_loaded(m, model or "", now),
-                active=m.active,
-                cap=self.cap,
-                picked=m.picked,
-                slots=m.slots or 0,
+            if 0 in route.tried:
+                return []
+            cold = bool(model) and not self.is_loaded(only, model or "", now)
+            return [Choice(only, 1, (), ready=not self.at_cap(only), cold=cold)]
+        clock = time.monotonic()
+        key = model_key(model) if model else ""
+        positions = [i for i in range(len(self.members)) if i not in route.tried]
+        options: list[Option] = []
+        for i in positions:
+            m = self.members[i]
+            options.append(
+                Option(
+                    up=False if m.breaker.out else m.healthy,
+                    has_model=(key in m.model_keys if m.models else None) if model else True,
+                    loaded=bool(model) and self.is_loaded(m, model or "", now),
+                    active=m.active,
+                    cap=self.cap,
+                    picked=m.picked,
+                    slots=m.slots or 0,
+                    service=m.pace.service,
+                    load_seconds=m.pace.load_seconds(self.options.load_seconds),
+                    busy=m.breaker.busy_now(),
+                    running_for=m.pace.busy_for(m.started[0], clock) if m.started else 0.0,
+                )
             )
-            for m in self.members
-        ]
+        affine = positions.index(route.affine) if route.affine in positions else None
         ranked = rank(options, model=model is not None, affine=affine)
-        choices = [Choice(self.members[r.position], r.position + 1, r.reasons) for r in ranked]
-        return Route(choices, model, conversation)
+        return [
+            Choice(
+                self.members[positions[r.position]],
+                positions[r.position] + 1,
+                r.reasons,
+                ready=r.ready,
+                cold=bool(model) and not options[r.position].loaded,
+            )
+            for r in ranked
+        ]
 
-    def sending(self, choice: Choice) -> None:
-        """The request goes to this upstream now: among equals, the others are next."""
-        choice.member.picked = next(self._turns)
+    async def take(self, route: Route) -> Choice | None:
+        """The upstream that sends ``route``'s request, its slot taken (give it
+        back with :meth:`release`); None when nothing is left to try.
+
+        When the best upstream for it is at its cap, the request waits here
+        for a slot, in turn with the others waiting (a slot goes to the
+        first waiting request that can use it), at most the queue timeout.
+        """
+        if not self._waiters:
+            route.choices = self._rank(route)
+            if not route.choices:
+                return None
+            if route.choices[0].ready:
+                return self._claim(route.choices[0])
+        waiter = _Waiter(route, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        self._dispatch()
+        try:
+            async with asyncio.timeout(self.options.wait_timeout):
+                choice = await waiter.future
+        except BaseException as exc:
+            future = waiter.future
+            if future.done() and not future.cancelled() and (given := future.result()):
+                self.release(given)  # handed a slot just as it gave up: pass it on
+            else:
+                future.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            if isinstance(exc, TimeoutError):
+                raise GatewayError(
+                    503,
+                    f"Waited {self.options.wait_timeout:g}s for an upstream with a free slot "
+                    f"(each takes {self.cap} at once); retry later.",
+                    code="upstreams_busy",
+                    headers={"Retry-After": "1"},
+                ) from None
+            raise
+        route.waited = True
+        return choice
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting here for a slot on an upstream."""
+        return len(self._waiters)
+
+    def place(self, route: Route) -> int | None:
+        """1 for the next request to get a slot; None when not waiting."""
+        for number, waiter in enumerate(self._waiters, 1):
+            if waiter.route is route:
+                return number
+        return None
+
+    def elsewhere(self, route: Route, choice: Choice) -> bool:
+        """Can a live upstream other than ``choice`` (which answered busy) take
+        the request? Not one that is out: its refusal would hide the busy answer."""
+        if self.single:
+            return False
+        others = Route([], route.model, route.conversation, route.affine)
+        others.tried = route.tried | {choice.position - 1}
+        choices = self._rank(others)
+        return bool(choices) and DOWN not in choices[0].reasons
+
+    def _dispatch(self) -> None:
+        """Hand free slots to waiting requests, first come first served."""
+        for waiter in list(self._waiters):
+            if not any(not self.at_cap(m) for m in self.members):
+                break  # nobody can go: no slot is free anywhere
+            if waiter.future.done():  # gave up
+                self._waiters.remove(waiter)
+                continue
+            choices = waiter.route.choices = self._rank(waiter.route)
+            if not choices:
+                self._waiters.remove(waiter)
+                waiter.future.set_result(None)
+            elif choices[0].ready:
+                self._waiters.remove(waiter)
+                waiter.future.set_result(self._claim(choices[0]))
+        if self._waiters and self._tick is None:
+            self._tick = asyncio.get_running_loop().call_later(WAIT_TICK, self._ticked)
+
+    def _ticked(self) -> None:
+        self._tick = None
+        self._dispatch()
+
+    def _claim(self, choice: Choice) -> Choice:
+        member = choice.member
+        member.active += 1
+        sent = time.monotonic()
+        member.started.append(sent)
+        member.picked = next(self._turns)  # among equals, the others are next
+        return replace(choice, sent=sent)
+
+    def release(self, choice: Choice) -> None:
+        """The request is done with this upstream: its slot goes to the next waiting."""
+        member = choice.member
+        member.active -= 1
+        with contextlib.suppress(ValueError):
+            member.started.remove(choice.sent)
+        self._dispatch()
+
+    # --- what happened to a request -------------------------------------------------
+    def answered(self, choice: Choice, seconds: float) -> None:
+        """The upstream answered (not busy), ``seconds`` after sending."""
+        member = choice.member
+        if member.breaker.success():
+            log.info("upstream %s answers again", member.base)
+        if member.healthy is not True:
+            member.healthy = True
+            self._verdict(member)
+        member.pace.answered(seconds, cold=choice.cold)
+
+    def finished(self, choice: Choice) -> None:
+        """Its answer ended normally: how long a slot stays taken there."""
+        choice.member.pace.finished(choice.sent, time.monotonic())
+
+    def busy(self, choice: Choice, retry_after: float | None) -> None:
+        """It answered 503 busy: full for a moment, alive (routing/breaker.py)."""
+        choice.member.breaker.busy(retry_after)
+        self._verdict(choice.member)
+
+    def failed(self, choice: Choice, exc: GatewayError) -> None:
+        """Sending to it failed (before an answer): its breaker counts it."""
+        if exc.code == "upstream_starting":
+            return  # fognode runs it and knows: not the upstream's failure
+        member = choice.member
+        member.last_error = exc.message
+        took_out = member.breaker.failure(
+            definitive=exc.code in _CANNOT_CONNECT, started=choice.sent or None
+        )
+        if took_out and not self.single:
+            log.warning("upstream %s is out (%s); trying the next one", member.base, exc.code)
+        self._verdict(member)
 
     def served(self, route: Route, choice: Choice) -> None:
         """The upstream answered the request: it holds the conversation now,
@@ -420,11 +714,6 @@ class UpstreamPool:
 
     def at_cap(self, member: Upstream) -> bool:
         return bool(self.cap) and member.active >= self.cap
-
-    def mark_down(self, member: Upstream, exc: GatewayError) -> None:
-        if not self.single:
-            log.warning("upstream %s failed (%s); trying the next one", member.base, exc.code)
-            member.healthy = False
 
 
 # The node's pool, on the app: the proxy forwards through it, the pages read it.

@@ -14,7 +14,7 @@ import math
 import re
 import ssl
 from collections.abc import AsyncIterable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiohttp import StreamReader
@@ -24,6 +24,9 @@ from yarl import URL
 from ... import safejson
 from ...fog.hop import HEADERS as FOG_HEADERS
 from ...routing import warm
+from ...routing.breaker import Breaker, BreakerOptions
+from ...routing.holders import model_keys
+from ...routing.pace import Pace
 from ...routing.warm import LoadedModel
 from ..core.errors import GatewayError, unreadable_body
 from .hop import (
@@ -163,11 +166,21 @@ class UpstreamOptions:
     # presented (a fog member's peer port: mutual TLS, the member's marker).
     tls: ssl.SSLContext | None = None
     check_peer: Callable[[bytes | None], object] | None = None
+    # When to take an upstream out and back in (routing/breaker.py).
+    breaker: BreakerOptions = field(default_factory=BreakerOptions)
+    load_seconds: float = 5.0  # expected model load time until one is measured
+    wait_timeout: float = 120.0  # longest wait for a slot on an upstream at its cap
 
 
 class UpstreamNotReached(GatewayError):
     """Nothing was sent (refused, timed out connecting, still starting): another
     upstream may take the request."""
+
+
+class UpstreamGone(GatewayError):
+    """The upstream closed the connection before any answer: the client has had
+    nothing from it, so another upstream may take the request (this one may
+    have begun to read it; it answers nobody now)."""
 
 
 def upstream_auth_headers(api_key: str | None) -> dict[str, str]:
@@ -216,14 +229,20 @@ class Upstream:
         self.base = without_password(self._origin)
         self._hop: HopPool | None = None
         # What the pool knows of this upstream (refreshed by its health checks).
-        self.healthy: bool | None = None  # None: not checked yet
-        self.last_error: str | None = None  # why the last check failed
-        self.models: frozenset[str] = frozenset()
+        # healthy: False while its breaker has it out; None: not checked yet.
+        self.healthy: bool | None = None
+        self.answered: bool | None = None  # did its last check get an answer
+        self.last_error: str | None = None  # why the last check (or request) failed
+        self.breaker = Breaker(options.breaker)
+        self.pace = Pace()  # how fast it has been lately (routing/pace.py)
+        self._models: frozenset[str] = frozenset()
+        self.model_keys: frozenset[str] = frozenset()  # its models as routing compares them
         # The models in its memory (Ollama's /api/ps), and those it answered
         # for since the last check (in memory now, whatever the check said).
         self.loaded: dict[str, LoadedModel] = {}
         self.warmed: set[str] = set()
         self.active = 0
+        self.started: list[float] = []  # when each request in flight was sent (monotonic)
         self.picked = 0  # when routing last chose it (a counter): equals take turns
         self.local: LocalUpstream | None = None  # set when fognode runs it
         # What llama.cpp's server says of itself (/props, /metrics) at the last
@@ -232,6 +251,16 @@ class Upstream:
         self.slots: int | None = None
         self.slots_busy: int | None = None
         self._llama: bool | None = None  # None: not asked yet; False: not llama.cpp's
+
+    @property
+    def models(self) -> frozenset[str]:
+        """The models it listed at its last answered check."""
+        return self._models
+
+    @models.setter
+    def models(self, names: frozenset[str]) -> None:
+        self._models = names
+        self.model_keys = model_keys(names)
 
     async def start(self) -> None:
         self._hop = HopPool(
@@ -397,7 +426,7 @@ class Upstream:
             ) from None
         except Disconnected:
             self._raise_if_local()
-            raise GatewayError(
+            raise UpstreamGone(
                 502,
                 f"The upstream at {self.base} closed the connection before answering.",
                 code="upstream_disconnected",

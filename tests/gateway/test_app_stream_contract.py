@@ -186,15 +186,20 @@ async def test_fast_errors_keep_their_status(
 async def test_errors_after_early_headers_arrive_in_band(
     standin: OllamaStandIn, make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
-    """Queued past the heartbeat delay, a request whose model is missing gets the
-    classic words in an error event (the app ends the stream with an error)."""
+    """Queued past the heartbeat delay, a request whose model went missing meanwhile
+    (removed on the upstream's machine after the node's check; a model the node's
+    check does not list is a plain 404 before the queue) gets the classic words in
+    an error event (the app ends the stream with an error)."""
     standin.gate = asyncio.Queue()
+    listed = standin.models
+    standin.models = (*listed, "phi4:14b")  # a name the app's pattern can match
     gateway = await make_gateway(
         standin.url, max_concurrent_requests=1, per_user_concurrent_requests=4, **FAST_HEARTBEATS
     )
     holder = asyncio.ensure_future(app_stream(gateway.url, encode_request(APP, MESSAGES), http))
     admission: Admission = gateway.app[ADMISSION]
     await wait_until(lambda: admission.active == 1, "the first request holds the slot")
+    standin.models = listed
     missing = AppConfig(model="phi4:14b", token=lambda: "unused")
     late = asyncio.ensure_future(app_stream(gateway.url, encode_request(missing, MESSAGES), http))
     await wait_until(lambda: admission.queued == 1, "the second request queues")

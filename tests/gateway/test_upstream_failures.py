@@ -143,15 +143,23 @@ async def test_ollama_errors_pass_through_with_status_and_wording(
     busy = {"error": "server busy, please try again.  maximum pending requests exceeded"}
     standin.force_error = (503, busy)
     gateway = await make_gateway(standin.url)
-    async with http.post(f"{gateway.url}/api/generate", json={"model": "x", "prompt": "y"}) as r:
-        assert r.status == 503
+    model = CHAT["model"]
+    async with http.post(f"{gateway.url}/api/generate", json={"model": model, "prompt": "y"}) as r:
+        assert r.status == 503  # one upstream: its busy answer is the answer
         assert await r.json() == busy
-    async with http.post(f"{gateway.url}/api/chat", json=dict(CHAT, model="missing")) as r:
-        assert r.status == 503  # forced error wins in the stand-in
+    async with http.post(f"{gateway.url}/api/chat", json=CHAT) as r:
+        assert r.status == 503
     standin.force_error = None
+    # A model the upstream has not got: the node's model check answers, in Ollama's shape.
     async with http.post(f"{gateway.url}/api/chat", json=dict(CHAT, model="missing")) as r:
         assert r.status == 404
         assert await r.json() == {"error": "model 'missing' not found, try pulling it first"}
+    # One it lists but no longer has (removed on its machine since the check): its own 404,
+    # reworded the same way.
+    standin.models = tuple(m for m in standin.models if m != "qwen2.5:0.5b")
+    async with http.post(f"{gateway.url}/api/chat", json=dict(CHAT, model="qwen2.5:0.5b")) as r:
+        assert r.status == 404
+        assert await r.json() == {"error": "model 'qwen2.5:0.5b' not found, try pulling it first"}
 
 
 async def test_connect_timeout_is_504_naming_the_setting(

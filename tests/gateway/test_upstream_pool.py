@@ -96,6 +96,7 @@ async def test_failover_before_the_first_byte_and_recovery(
         # Pretend the health check has not noticed yet: the dead upstream looks
         # like it has the model and comes first. The request still succeeds.
         pool.members[0].healthy = None
+        pool.members[0].breaker.success()
         pool.members[0].models = frozenset({"llama3.2:1b"})
         assert pool.route("llama3.2:1b").choices[0].member is pool.members[0]
         async with aiohttp.ClientSession() as http:
@@ -105,7 +106,7 @@ async def test_failover_before_the_first_byte_and_recovery(
                 assert r.status == 200
                 # Said so: the second upstream answered, after the first failed.
                 assert r.headers["X-Fognode-Upstream"] == "2"
-                assert r.headers["X-Fognode-Upstream-Reason"] == "cold,least-busy,failover"
+                assert r.headers["X-Fognode-Upstream-Reason"] == "cold,only,failover"
             assert pool.members[0].healthy is False
 
             # The dead one comes back with a model only it has; checks notice.
@@ -147,19 +148,24 @@ async def test_per_upstream_cap(make_gateway: GatewayFactory) -> None:
                 while only.active + other.active < 2:  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
             assert only.active == 1 and other.active == 1  # one each, by the cap
-            async with http.post(
-                f"{gateway.url}/v1/chat/completions", json=chat("llama3.2:1b")
-            ) as r:
-                assert r.status == 503
-                assert (await r.json())["error"]["code"] == "upstreams_busy"
+            # A third waits for a slot (no 503, and never more than the cap upstream).
+            third = asyncio.create_task(
+                http.post(f"{gateway.url}/v1/chat/completions", json=chat("llama3.2:1b"))
+            )
+            pool = gateway.app[UPSTREAM]
+            async with asyncio.timeout(GUARD):
+                while pool.waiting != 1:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            assert only.active == 1 and other.active == 1 and not third.done()
             for gate in (only.gate, other.gate):
                 for _ in range(100):
                     gate.put_nowait(None)
-            for task in (first, second):
+            for task in (first, second, third):
                 resp = await task
                 assert resp.status == 200
                 await resp.read()
                 resp.release()
+            assert resp.headers["X-Fognode-Upstream-Reason"].endswith(",waited")
     finally:
         await only.stop()
         await other.stop()

@@ -32,8 +32,14 @@ a generation loads its model for ``keep_alive`` seconds (5 minutes), unless
 ``load_on_use`` is off; tests say what is loaded with ``load()``/``unload()``.
 
 Failure modes for tests are switches on the instance (``first_byte_delay``,
-``token_delay``, ``stall_after``, ``die_after``, ``gate``), and it records
-what it received so tests can check what the gateway forwarded.
+``token_delay``, ``stall_after``, ``die_after``, ``gate``, ``hang_up``), and
+it records what it received so tests can check what the gateway forwarded.
+
+Like Ollama it can run a limited number of generations at once
+(``parallel``, OLLAMA_NUM_PARALLEL) and queue the rest, up to ``max_queue``
+(OLLAMA_MAX_QUEUE), beyond which it answers 503 "server busy"; and a model
+that is not in memory takes ``load_delay`` seconds to load before its first
+token.
 """
 
 from __future__ import annotations
@@ -94,8 +100,13 @@ class OllamaStandIn:
     # byte of the request that needs it (requests that come while it loads
     # wait for the same load).
     load_delay: float = 0.0
-    # Generations at once (OLLAMA_NUM_PARALLEL); later ones wait (0: no limit).
+    # Generations at once (OLLAMA_NUM_PARALLEL); later ones wait (0: no limit),
+    # at most max_queue of them (OLLAMA_MAX_QUEUE): beyond, 503 "server busy".
     parallel: int = 0
+    max_queue: int = 512
+    # Close the connection without an answer, as a process that dies while it
+    # reads the prompt does.
+    hang_up: bool = False
 
     requests: list[Recorded] = field(default_factory=list)
     # SHA-256 of every byte a streamed answer wrote, by the X-Request-ID it got.
@@ -113,9 +124,11 @@ class OllamaStandIn:
     in_flight: Counter[str] = field(default_factory=Counter)
     peak_in_flight: Counter[str] = field(default_factory=Counter)
     url: str = ""
+    busy_answers: int = 0  # 503 "server busy" answered
     _runner: web.AppRunner | None = None
     _loading: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     _slots: asyncio.Semaphore | None = None
+    _waiting: int = 0
 
     # --- lifecycle ------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -333,18 +346,46 @@ class OllamaStandIn:
             loading.add_done_callback(lambda _: self.load(model))
         await asyncio.shield(loading)
 
-    async def openai_chat(self, request: web.Request) -> web.StreamResponse:
-        if self.parallel and self._slots is None:
-            self._slots = asyncio.Semaphore(self.parallel)
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[bool]:
+        """A generation's turn, as OLLAMA_NUM_PARALLEL: the rest wait theirs;
+        False when OLLAMA_MAX_QUEUE are waiting already."""
+        if not self.parallel:
+            yield True
+            return
         if self._slots is None:
-            return await self._openai_chat(request)
-        async with self._slots:  # as OLLAMA_NUM_PARALLEL: the rest wait their turn
-            return await self._openai_chat(request)
+            self._slots = asyncio.Semaphore(self.parallel)
+        if self._slots.locked() and self._waiting >= self.max_queue:
+            self.busy_answers += 1
+            yield False
+            return
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield True
+        finally:
+            self._slots.release()
+
+    def busy(self) -> web.Response:
+        """Ollama's answer when its queue is full (server/sched.go: ErrMaxQueue)."""
+        message = "server busy, please try again.  maximum pending requests exceeded"
+        return self.native_error(503, message)
+
+    async def openai_chat(self, request: web.Request) -> web.StreamResponse:
+        async with self._slot() as turn:
+            return await self._openai_chat(request) if turn else self.busy()
 
     async def _openai_chat(self, request: web.Request) -> web.StreamResponse:
         data = await self._openai_body(request)
         if isinstance(data, web.Response):
             return data
+        if self.hang_up:
+            assert request.transport is not None
+            request.transport.abort()
+            raise asyncio.CancelledError
         await self._before_first_byte()
         words, finish = self._limited_words(data)
         created = int(time.time())
@@ -419,6 +460,10 @@ class OllamaStandIn:
         return frames
 
     async def openai_completions(self, request: web.Request) -> web.StreamResponse:
+        async with self._slot() as turn:
+            return await self._openai_completions(request) if turn else self.busy()
+
+    async def _openai_completions(self, request: web.Request) -> web.StreamResponse:
         data = await self._openai_body(request)
         if isinstance(data, web.Response):
             return data
@@ -525,6 +570,10 @@ class OllamaStandIn:
         return data
 
     async def _native_generation(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        async with self._slot() as turn:
+            return await self._native_generating(request, chat) if turn else self.busy()
+
+    async def _native_generating(self, request: web.Request, chat: bool) -> web.StreamResponse:
         data = await self._native_body(request)
         if isinstance(data, web.Response):
             return data
@@ -852,6 +901,9 @@ def main() -> None:
         default=0,
         help="generations at once, as OLLAMA_NUM_PARALLEL; the rest wait (0: no limit)",
     )
+    parser.add_argument(
+        "--max-queue", type=int, default=512, help="waiting beyond that: 503 (OLLAMA_MAX_QUEUE)"
+    )
     args = parser.parse_args()
 
     async def run() -> None:
@@ -863,6 +915,7 @@ def main() -> None:
             first_byte_delay=args.first_byte_delay,
             load_delay=args.load_delay,
             parallel=args.parallel,
+            max_queue=args.max_queue,
         )
         standin.load(*args.loaded)
         url = await standin.start(args.host, args.port)

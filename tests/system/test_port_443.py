@@ -50,9 +50,10 @@ def test_the_unit_grants_one_capability_to_an_unprivileged_user(tmp_path: Path) 
     assert "AmbientCapabilities=CAP_NET_BIND_SERVICE\n" in unit
     assert "CapabilityBoundingSet=CAP_NET_BIND_SERVICE\n" in unit
     assert "NoNewPrivileges=true\n" in unit
-    assert "serve --host * --port 443\n" in unit
+    assert " serve\n" in unit
+    assert "FOGNODE_HOST=* FOGNODE_PORT=443\n" in unit
     assert "InaccessiblePaths=-/var/lib/fognode-certs\n" in unit
-    assert "serve --host * --port 80 --no-tls\n" in run("service", "unit", "--no-tls").stdout
+    assert "FOGNODE_PORT=80 FOGNODE_TLS=false\n" in run("service", "unit", "--no-tls").stdout
     certs = run("service", "unit", "certs").stdout
     assert "User=fognode-certs\n" in certs and "PrivateNetwork=true\n" in certs
     assert "certs renew --group" in certs and "CapabilityBoundingSet=\n" in certs
@@ -116,7 +117,7 @@ def test_install_keeps_every_ca_key_from_the_serving_user(tmp_path: Path) -> Non
     state, tls, issuer = (root / "var/lib" / n for n in ("fognode", "fognode-tls", "fognode-certs"))
     everything = {p.relative_to(root) for p in root.rglob("*") if p.is_file()}
     assert not any(p.name in ("ca.key", "ca.passphrase") for p in everything), everything
-    assert sorted(p.name for p in state.iterdir()) == ["api-keys"]
+    assert sorted(p.name for p in state.iterdir()) == ["api-keys", "node-id"]
     assert sorted(p.name for p in tls.iterdir()) == [
         "ca.crt",
         "node.crt",

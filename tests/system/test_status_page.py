@@ -131,8 +131,9 @@ async def test_an_operator_signs_in_watches_pulls_and_signs_out(
     assert USER_KEY not in await page.content()
 
     # The day's usage per user, from the usage store (written in batches, so it
-    # appears within a flush and a refresh): the streamed chat and the 404 (it
-    # reached the upstream), the chat's tokens counted.
+    # appears within a flush and a refresh): the streamed chat and the 404 (the
+    # model check's, recorded as model_not_found without tokens), the chat's tokens
+    # counted.
     await page.wait_for_function(
         """() => [...document.querySelectorAll('.usage-row')].some(row => {
             const cells = [...row.querySelectorAll('td')].map(c => c.textContent.trim());

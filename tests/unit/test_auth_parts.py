@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from fognode.auth.api_keys import ApiKeyEntry, ApiKeys, entry_for, new_key, read_entries
+from fognode.auth.api_keys import ApiKeyEntry, ApiKeys, entry_for, new_key
 from fognode.auth.bearer import bearer_token
 from fognode.auth.cache import VerifiedCache, token_key
 from fognode.auth.errors import AuthError, PolicyError
+from fognode.auth.key_file import read_entries
 from fognode.auth.policy import AccessPolicy
 from fognode.auth.principal import Access, Principal
 

@@ -16,6 +16,9 @@ from typing import Any, cast
 import pytest
 from prometheus_client import CollectorRegistry
 
+from fognode.auth.api_keys import ApiKeyEntry, ApiKeys, entry_for, new_key
+from fognode.auth.authorizer import TokenAuthorizer
+from fognode.auth.policy import AccessPolicy
 from fognode.embedded.supervisor import ServerStatus, State
 from fognode.fog.members import CandidateView, Member, Standing
 from fognode.fog.state import PeerState
@@ -37,6 +40,7 @@ from fognode.gateway.node.protocol import (
     FogMembers,
     FogState,
     Hello,
+    Keys,
     LoadNow,
     NodeActivity,
     NodeMetrics,
@@ -118,16 +122,38 @@ STATUS = ServerStatus(
 )
 FINDINGS = (
     Finding(
-        True,
-        None,
-        ("llama3.2:1b", "qwen3:0.6b"),
-        (LoadedModel("llama3.2:1b", 5, None, "2030-01-01T00:00:00Z", 1_893_456_000.0),),
-        None,
-        None,
+        healthy=True,
+        answered=True,
+        error=None,
+        models=("llama3.2:1b", "qwen3:0.6b"),
+        loaded=(LoadedModel("llama3.2:1b", 5, None, "2030-01-01T00:00:00Z", 1_893_456_000.0),),
+        slots=None,
+        slots_busy=None,
     ),
-    Finding(True, None, ("smollm2:135m",), (), 4, 1),  # llama.cpp's server: its slots
-    Finding(False, "cannot connect (refused)", (), (), None, None),
-    Finding(None, None, (), (), None, None),
+    # llama.cpp's server: its slots
+    Finding(
+        healthy=True,
+        answered=True,
+        error=None,
+        models=("smollm2:135m",),
+        loaded=(),
+        slots=4,
+        slots_busy=1,
+    ),
+    # the breaker has it out, the last probe was refused
+    Finding(
+        healthy=False,
+        answered=False,
+        error="cannot connect (refused)",
+        models=(),
+        loaded=(),
+        slots=None,
+        slots_busy=None,
+    ),
+    # not probed yet
+    Finding(
+        healthy=None, answered=None, error=None, models=(), loaded=(), slots=None, slots_busy=None
+    ),
 )
 ACTIVITY = ActivityView(
     minutes=[MinuteView(1_800_000_000.0, 4, 1, 0)],
@@ -168,6 +194,11 @@ MEMBER = cast(list[Any], codec(Member).encode(FOG.members[0]))
 STATE = cast(list[Any], codec(PeerState).encode(PEER))  # a member's own check applies
 
 # One of every message the protocol declares, and one answer of every call.
+# The API keys a worker checks, as the supervisor read them from the key file.
+KEYS = (
+    ApiKeyEntry("local-admin", True, bytes(range(32))),
+    ApiKeyEntry("phone", False, bytes(32)),
+)
 MESSAGES: list[Message] = [
     Hello(),
     Acquire(7, "apikey:alice", Slots.BOTH, "batch"),
@@ -204,6 +235,7 @@ MESSAGES: list[Message] = [
     Probed(4, FINDINGS),
     FOG,
     Draining(True, 1_800_000_000.0),
+    Keys(2, KEYS),
 ]
 ANSWERS: dict[type[Call[Any]], list[object]] = {
     Hello: [
@@ -214,6 +246,7 @@ ANSWERS: dict[type[Call[Any]], list[object]] = {
             None,
             Draining(False, None),
             None,
+            None,
         ),
         Welcome(
             "embedded",
@@ -222,6 +255,7 @@ ANSWERS: dict[type[Call[Any]], list[object]] = {
             "http://192.168.1.5:80",
             Draining(True, 1_800_000_000.0),
             FOG,
+            Keys(1, KEYS),
         ),
     ],
     Acquire: [Admitted(), Admitted(REFUSAL)],
@@ -322,7 +356,7 @@ async def test_each_side_takes_its_half_of_the_protocol() -> None:
     }  # fmt: skip
     to_worker = {
         Op.EXPOSE, Op.WORKER_ACTIVITY, Op.RELOAD_TLS, Op.EMBEDDED_CHANGED, Op.PROBED,
-        Op.FOG_MEMBERS, Op.DRAINING, Op.REVOKE,
+        Op.FOG_MEMBERS, Op.DRAINING, Op.REVOKE, Op.KEYS,
     }  # fmt: skip
     assert to_supervisor | to_worker == set(Op)
     coordinator = make_coordinator()
@@ -430,6 +464,7 @@ async def test_notices_reach_their_handler_and_hello_says_what_the_node_knows(en
     coordinator, worker, ready = ends
     coordinator.onboarding = "http://192.168.1.5:80"
     coordinator.probed = Probed(2, FINDINGS[:2])
+    coordinator.keys_changed(KEYS)
     assert await worker.peer.call(Hello()) == Welcome(
         "configured",
         None,
@@ -437,6 +472,7 @@ async def test_notices_reach_their_handler_and_hello_says_what_the_node_knows(en
         "http://192.168.1.5:80",
         Draining(False, None),
         None,
+        Keys(1, KEYS),
     )
     worker.peer.notify(Ready("api_key"))
     await asyncio.wait_for(ready, 5)
@@ -498,3 +534,27 @@ async def test_an_answer_that_does_not_fit_fails_the_call_and_gives_back_its_lea
     finally:
         caller.close()
         callee.close()
+
+
+async def test_every_worker_checks_the_keys_the_supervisor_read_last(ends: Ends) -> None:
+    """The key file changed: the supervisor's notice replaces the worker's keys
+    whole; a Welcome that arrives after a newer notice changes nothing."""
+    coordinator, worker, _ = ends
+    key = new_key()
+    worker.authorizer = TokenAuthorizer(
+        verifier=None, api_keys=ApiKeys([]), policy=AccessPolicy.build()
+    )
+    assert worker.authorizer.api_keys.check(key) is None
+    phone = ApiKeyEntry.parse(entry_for(key, "phone", admin=False))
+    coordinator.keys_changed((*KEYS, phone))
+    await wait_until(lambda: worker.keys is not None, "the notice to arrive")
+    principal = worker.authorizer.api_keys.check(key)
+    assert principal is not None and principal.uid == "apikey:phone"
+    worker.take_keys(Keys(1, ()))  # older than what it has (a late Welcome)
+    assert worker.authorizer.api_keys.check(key) is not None
+    coordinator.keys_changed(KEYS)  # revoked
+    await wait_until(
+        lambda: worker.authorizer is not None and worker.authorizer.api_keys.check(key) is None,
+        "the revocation to arrive",
+    )
+    worker.authorizer.close()

@@ -154,7 +154,9 @@ def opt(
     cap: int = 0,
     picked: int = 0,
 ) -> Option:
-    return Option(up=up, has_model=has, loaded=loaded, active=active, cap=cap, picked=picked)
+    return Option(
+        up=up, has_model=has, loaded=loaded, active=active, cap=cap, picked=picked, load_seconds=5
+    )
 
 
 def order(options: list[Option], affine: int | None = None) -> list[tuple[int, str]]:
@@ -162,7 +164,7 @@ def order(options: list[Option], affine: int | None = None) -> list[tuple[int, s
 
 
 def test_loaded_before_cold_before_lacking() -> None:
-    options = [opt(has=False), opt(loaded=False), opt(loaded=True, active=2)]
+    options = [opt(has=False), opt(loaded=False), opt(loaded=True, active=1, cap=2)]
     assert order(options) == [(2, "loaded,least-busy"), (1, "cold,least-busy")]
 
 
@@ -181,12 +183,14 @@ def test_affinity_yields_to_an_idle_upstream_with_the_model_loaded() -> None:
     # Saturated (one in flight, no cap: it runs one at a time) and the other is idle.
     options = [opt(), opt(active=1)]
     assert order(options, affine=1)[0] == (0, "loaded,least-busy,affinity-yielded")
-    # At its cap: not a candidate at all.
+    # At its cap: waiting for it comes after the one with a slot free.
     options = [opt(active=1, cap=4), opt(active=4, cap=4)]
-    assert order(options, affine=1) == [(0, "loaded,only,affinity-yielded")]
-    # Down: last resort only.
+    ranked = rank(options, model=True, affine=1)
+    assert [(r.position, r.ready) for r in ranked] == [(0, True), (1, False)]
+    assert ranked[0].reasons == ("loaded", "least-busy", "affinity-yielded")
+    # Down: not tried at all while a live upstream has the model.
     options = [opt(), opt(up=False)]
-    assert order(options, affine=1) == [(0, "loaded,only,affinity-yielded"), (1, "loaded")]
+    assert order(options, affine=1) == [(0, "loaded,only,affinity-yielded")]
 
 
 def test_the_slots_an_upstream_reports_count_instead_of_one_at_a_time() -> None:
@@ -203,10 +207,12 @@ def test_the_slots_an_upstream_reports_count_instead_of_one_at_a_time() -> None:
 
 
 def test_affinity_holds_when_no_idle_upstream_has_the_model_loaded() -> None:
-    # The other is idle but cold: waiting where the prompt is beats loading.
-    options = [opt(loaded=False), opt(active=1)]
+    # The other is idle but cold: waiting where the prompt is (one request of about
+    # a second ahead) beats loading (5 s).
+    busy = Option(up=True, has_model=True, loaded=True, active=1, cap=0, service=1.0)
+    options = [opt(loaded=False), busy]
     assert order(options, affine=1)[0] == (1, "loaded,affinity")
-    # Both busy: wait where the prompt is.
+    # Both busy alike: wait where the prompt is.
     options = [opt(active=1), opt(active=1)]
     assert order(options, affine=1)[0] == (1, "loaded,affinity")
 
@@ -221,8 +227,10 @@ def test_equals_take_turns_and_lists_unknown_count_as_maybe() -> None:
     assert [p for p, _ in order(options)] == [1, 0, 2]
     options = [opt(has=None, loaded=False), opt(has=None, loaded=False, active=1)]
     assert order(options) == [(0, "cold,least-busy"), (1, "cold,least-busy")]
-    # Nobody lists it: any upstream that is up, then the ones that are down.
-    assert order([opt(has=False), opt(has=False, up=False)]) == [(0, "loaded,only"), (1, "loaded")]
+    # Nobody lists it: an upstream that is up says so; the ones that are down only
+    # when none is up.
+    assert order([opt(has=False), opt(has=False, up=False)]) == [(0, "loaded,only")]
+    assert order([opt(has=False, up=False)]) == [(0, "loaded,only,down")]
     no_model = rank([opt(active=1), opt()], model=False)
     assert [(r.position, r.reasons) for r in no_model] == [
         (1, ("least-busy",)),

@@ -51,7 +51,8 @@
     }
   }
 
-  form.addEventListener("submit", async (event) => {
+  // A node without Ollama offers no pull (the page says why instead).
+  if (form) form.addEventListener("submit", async (event) => {
     event.preventDefault();
     box.hidden = false;
     box.classList.remove("failed");

@@ -116,6 +116,15 @@ class AuthSettings(BaseModel):
     api_keys_file: Path | None = Field(
         default_factory=default_api_keys_file,
         description="File with one `name:user|admin:sha256hex` entry per line (`#` starts a "
-        "comment). Default: `<data dir>/api-keys` if that file exists (setup.sh makes it), "
-        "read at start.",
+        "comment): `<data dir>/api-keys` (setup.sh makes it; `fognode apikey create` and "
+        "`revoke` edit it). The node watches it: a key added or revoked takes effect on every "
+        "worker within `api_keys_check_interval` seconds, without a restart. A missing file "
+        "holds no keys; a file that does not parse changes nothing (the node keeps its keys "
+        "and logs why).",
+    )
+    api_keys_check_interval: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds between two looks at `api_keys_file` (a `stat`; the file is "
+        "read only when it changed).",
     )

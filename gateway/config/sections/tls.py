@@ -89,10 +89,11 @@ class TlsSettings(BaseModel):
         "it expires; the server warns from then on until new files appear.",
     )
     cert_check_interval: float = Field(
-        3600,
+        60,
         gt=0,
-        description="Seconds between the server's looks at its certificate files: it reloads "
-        "them when they changed (renewed), without a restart.",
+        description="Seconds between the server's looks at its certificate files (a `stat`): "
+        "it reloads them when they changed (renewed, or re-issued for a new address), without "
+        "a restart. An overdue renewal is logged at most hourly.",
     )
     ca_passphrase: SecretStr | None = Field(
         None,

@@ -30,15 +30,17 @@ class UpstreamSettings(BaseModel):
     upstream_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Several upstreams (comma-separated base URLs) instead of `upstream_url`: "
-        "requests go to one that has the model, loaded first, then the one that served the "
-        "conversation, then the least busy, with failover.",
+        "requests go to one that has the model and can start it soonest (loaded with a slot "
+        "free first), to the one that served the conversation when that costs no wait, with "
+        "failover ([upstreams](upstreams.md#several-upstreams)).",
     )
     upstream_max_concurrent: int = Field(
         0,
         ge=0,
         description="Requests in flight per upstream (0: no per-upstream cap). Set it to what "
         "one upstream runs at once (`OLLAMA_NUM_PARALLEL`, llama.cpp's `--parallel`) so routing "
-        "knows when one would queue (without a cap it assumes one at a time).",
+        "knows when one would queue (without a cap it assumes one at a time). A request whose "
+        "upstreams are all at their cap waits for a slot (at most `queue_timeout`).",
     )
     upstream_check_interval: float = Field(
         15,
@@ -46,11 +48,51 @@ class UpstreamSettings(BaseModel):
         description="Seconds between health, model-list and loaded-model (Ollama's `/api/ps`) "
         "checks of the upstreams.",
     )
+    upstream_breaker_failures: int = Field(
+        3,
+        ge=1,
+        description="With several upstreams, failures in a row (a connection dropped before "
+        "the answer, no answer in time) that take an upstream out; a failure to connect at "
+        "all takes it out at once. Until it answers a probe, requests go to the others.",
+    )
+    upstream_breaker_window: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds of failing that take an upstream out even before "
+        "`upstream_breaker_failures` failures: the longest it can keep failing requests.",
+    )
+    upstream_breaker_cooldown: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds an upstream stays out before the first probe (a model-list "
+        "check of it alone); each failed probe doubles it, up to "
+        "`upstream_breaker_max_cooldown`.",
+    )
+    upstream_breaker_max_cooldown: float = Field(
+        30.0,
+        gt=0,
+        description="The longest time between two probes of an upstream that is out: one "
+        "that comes back is back within this (and within `upstream_check_interval`).",
+    )
+    upstream_busy_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="How long an upstream that answered 503 busy (Ollama's full queue, "
+        "llama.cpp loading) counts as full when it sent no `Retry-After`: busy is load, not "
+        "absence, so requests go to another upstream meanwhile.",
+    )
+    upstream_load_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="Expected seconds for an upstream to load a model it has on disk, until "
+        "the node has measured one of its cold starts: a request goes to an upstream with the "
+        "model cold when that is sooner than waiting behind the requests on one with it loaded.",
+    )
     upstream_affinity: bool = Field(
         True,
         description="With several upstreams, send a conversation's next turn to the upstream "
-        "that served its previous one (its KV cache holds the prompt) unless that one is busy "
-        "and another with the model loaded is idle. `false`: least busy only.",
+        "that served its previous one (its KV cache holds the prompt) unless another could "
+        "start it sooner. `false`: by expected start and load only.",
     )
     upstream_affinity_entries: int = Field(
         10_000,
