@@ -1,7 +1,7 @@
 """The gateway, assembled: the request pipeline in the order a request meets it.
 
-    client ─TLS─▶ context ▶ errors ▶ target ▶ access ▶ body ▶ shares ▶ usage ▶ model
-              ▶ admission ▶ proxy ─▶ upstream
+    client ─TLS─▶ context ▶ errors ▶ target ▶ access ▶ body ▶ scope ▶ shares ▶ usage
+              ▶ model ▶ admission ▶ proxy ─▶ upstream
     client ◀──────────────── relay: each chunk as it arrives (metered) ◀──────────────── upstream
 
 TLS, connection limits and malformed HTTP are handled below the app, on the
@@ -57,6 +57,7 @@ from .pipeline.proxy import setup_proxy
 from .pipeline.quotas import setup_quotas
 from .pipeline.relay import RelayOptions
 from .pipeline.request_target import setup_request_target
+from .pipeline.scopes import setup_scopes
 from .pipeline.shares import setup_shares
 from .pipeline.validation import BodyLimits, setup_validation
 from .telemetry.activity import Activity
@@ -166,6 +167,9 @@ def create_app(
     setup_validation(
         app, BodyLimits(max_bytes=settings.max_body_bytes, timeout=settings.body_timeout)
     )
+    #     A key made for some models is refused every other model (403), before
+    #     anything counts or queues the request.
+    setup_scopes(app)
     # 5b. The caller's share of the node: the tier its budgets come from, the
     #     priority class it waits in.
     shares = setup_shares(app, share_options(settings))

@@ -30,16 +30,20 @@ from ...usage.quota import Budget, budgets, day_bounds, limits_for
 from ...usage.when import iso_utc
 from ..core.errors import GatewayError
 from ..core.keys import PRINCIPAL
+from .access import AUTHORIZER
 from .routes import RouteSpec, add_route
 from .shares import Shares
 
 PATH = "/v1/fognode/usage"
 
 
-def caller_named(uid: str) -> Principal:
-    """Another caller, as far as the node knows them without their credential."""
-    kind = "api_key" if uid.startswith("apikey:") else "firebase"
-    return Principal(uid=uid, kind=kind)
+def caller_named(request: web.Request, uid: str) -> Principal:
+    """Another caller, as far as the node knows them without their credential:
+    an API key of this node as it was made (its tier and class)."""
+    if uid.startswith("apikey:"):
+        known = request.app[AUTHORIZER].key_caller(uid.removeprefix("apikey:"))
+        return known or Principal(uid=uid, kind="api_key")
+    return Principal(uid=uid, kind="firebase")
 
 
 class UsageEndpoint:
@@ -49,7 +53,7 @@ class UsageEndpoint:
         shares: Shares,
         quota: QuotaOptions,
         *,
-        caller: Callable[[str], Principal] = caller_named,
+        caller: Callable[[web.Request, str], Principal] = caller_named,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ledger = ledger  # None: the node keeps no usage
@@ -74,7 +78,7 @@ class UsageEndpoint:
                 )
             if not wanted or len(wanted) > 512:
                 raise GatewayError(400, "?user= names no user.", param="user", code="invalid_user")
-            subject = self.caller(wanted)
+            subject = self.caller(request, wanted)
             told = subject.kind == "api_key"
         return web.json_response(await self.view(subject, told=told))
 

@@ -5,12 +5,13 @@ once per inference request, after access and the body, and left on the
 request (``SHARE``) for every stage after it:
 
 * the **tier**, which the usage stage takes the caller's budgets from: the
-  API key's configured tier, or the Firebase tier claim (usage/quota.py);
+  API key's own (made with ``--tier``), its configured tier
+  (``quota_api_key_tiers``), or the Firebase tier claim (usage/quota.py);
 * the **priority class**, the queue the caller waits in for one of the
-  node's slots (admission.py), highest precedence first: the Firebase class
-  claim (``priority_class_claim``), the tier's class
-  (``priority_tier_classes``), the default class. A name this node does not
-  know is the default class.
+  node's slots (admission.py), highest precedence first: the API key's own
+  (made with ``--class``), the Firebase class claim
+  (``priority_class_claim``), the tier's class (``priority_tier_classes``),
+  the default class. A name this node does not know is the default class.
 
 A request a member of the fog handed to this node brings the class its
 entry node decided, in the entry's assertion of the caller (fog/hop.py):
@@ -61,9 +62,14 @@ class Shares:
         options = self.options
         if principal is None:
             return Share(None, options.classes.default)
-        # auth/api_keys.py names an API key's caller `apikey:<name>`.
+        # auth/api_keys.py names an API key's caller `apikey:<name>`; a key made
+        # with a tier or a class has them ahead of every other rule.
         key_name = principal.uid.removeprefix("apikey:") if principal.kind == "api_key" else None
-        tier = tier_of(options.quota, claims=principal.claims, api_key_name=key_name)
+        tier = principal.tier or tier_of(
+            options.quota, claims=principal.claims, api_key_name=key_name
+        )
+        if principal.priority is not None:
+            return Share(tier, options.classes.known(principal.priority))
         claimed = principal.claims.get(options.class_claim)
         if isinstance(claimed, str) and claimed in options.classes.names:
             return Share(tier, claimed)

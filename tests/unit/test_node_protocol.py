@@ -198,6 +198,7 @@ STATE = cast(list[Any], codec(PeerState).encode(PEER))  # a member's own check a
 KEYS = (
     ApiKeyEntry("local-admin", True, bytes(range(32))),
     ApiKeyEntry("phone", False, bytes(32)),
+    ApiKeyEntry("study", False, bytes(32), ("llama3.2:1b", "qwen2.5"), 1.8e9, "study", "batch"),
 )
 MESSAGES: list[Message] = [
     Hello(),
