@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import ssl
+import subprocess
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,11 +25,11 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fognode.auth.api_keys import entry_for, new_key
+from fognode.auth.api_keys import entry_for, iso_utc, new_key
 from tests.support.helpers import STREAMED_CHAT, wait_until
 from tests.support.ollama_standin import OllamaStandIn
 from tests.support.pki import make_pki
-from tests.support.processes import NodeProcess
+from tests.support.processes import FOGNODE, NodeProcess
 
 KEYS = {name: new_key() for name in ("ops", "clinic", "hold", "b1", "b2", "b3", "b4")}
 BATCH = ("hold", "b1", "b2", "b3", "b4")
@@ -70,12 +73,13 @@ class Client:
     def __init__(self, node: NodeProcess, tls: ssl.SSLContext) -> None:
         self.base = f"https://localhost:{node.port}"
         self.tls = tls
+        self.keys = dict(KEYS)  # and the keys a test makes while the node runs
 
     async def request(
         self, method: str, path: str, name: str, body: dict[str, Any] | None = None
     ) -> tuple[int, bytes, dict[str, str]]:
         connector = aiohttp.TCPConnector(ssl=self.tls, force_close=True)
-        headers = {"Authorization": f"Bearer {KEYS[name]}"}
+        headers = {"Authorization": f"Bearer {self.keys[name]}"}
         async with (
             aiohttp.ClientSession(connector=connector) as http,
             http.request(method, self.base + path, json=body, headers=headers) as resp,
@@ -93,10 +97,10 @@ class Client:
         raise AssertionError(f"no {name}{{{labels}}} in /metrics")
 
 
-def served_by(log: str) -> Counter[str]:
-    """Chat requests in the access log, by the worker that served them."""
+def served_by(log: str, route: str = f"POST {CHAT}") -> Counter[str]:
+    """Requests in the access log (chats unless said), by the worker that served them."""
     return Counter(
-        m.group(1) for m in re.finditer(r" (w\d+) fognode\.access .*POST /v1/chat/completions", log)
+        m.group(1) for m in re.finditer(rf" (w\d+) fognode\.access .*{re.escape(route)}[\" ?]", log)
     )
 
 
@@ -169,3 +173,111 @@ async def test_budgets_are_the_nodes_whichever_worker_answers(
         assert node.log().count("apikey:b1 has used") == 1
     finally:
         await node.astop()
+
+
+def apikey(key_file: Path, *args: str) -> str:
+    """`fognode apikey ...` as the operator runs it, on the node's key file."""
+    env = {
+        **os.environ,
+        "FOGNODE_API_KEYS_FILE": str(key_file),
+        "FOGNODE_QUOTA_TIERS": json.dumps({"batch": {"requests_per_minute": 100}}),
+    }
+    out = subprocess.run(
+        [*FOGNODE, "apikey", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+async def test_scoped_keys_hold_on_every_worker_and_a_revoke_reaches_them_all(
+    standin: OllamaStandIn, node_certs: tuple[Path, ssl.SSLContext], tmp_path: Path
+) -> None:
+    pki_dir, tls = node_certs
+    key_file = tmp_path / "api-keys"
+    node = NodeProcess(
+        tmp_path,
+        node_settings(
+            standin,
+            pki_dir,
+            max_concurrent_requests="4",
+            api_keys_file=str(key_file),
+            api_keys_check_interval="0.2",
+        ),
+    )
+    await node.start(tls)
+    client = Client(node, tls)
+    made = json.loads(
+        apikey(
+            key_file,
+            "create",
+            "study",
+            "--models",
+            "llama3.2:1b",
+            "--expires",
+            "30d",
+            "--tier",
+            "batch",
+            "--class",
+            "batch",
+            "--json",
+        )
+    )
+    soon = time.time() + 10
+    trial = json.loads(apikey(key_file, "create", "trial", "--expires", iso_utc(soon), "--json"))[
+        "key"
+    ]
+    client.keys.update(study=made["key"], trial=trial)
+    listed = apikey(key_file, "list")
+    assert "llama3.2:1b" in listed and "batch" in listed and "trial" in listed
+    assert made["key"] not in listed and trial not in listed
+    try:
+        async with asyncio.timeout(GUARD):
+            await wait_until_status(client, "study", 200)
+            n = 8  # each on a new connection: the kernel spreads them over both workers
+            inside = [await client.request("POST", CHAT, "study", ask("in")) for _ in range(n)]
+            outside = [
+                await client.request("POST", CHAT, "study", {**ask("out"), "model": "qwen2.5:0.5b"})
+                for _ in range(n)
+            ]
+            lists = [await client.request("GET", "/v1/models", "study") for _ in range(n)]
+            usage = [await client.request("GET", USAGE, "study") for _ in range(n)]
+            assert [status for status, _, _ in inside] == [200] * n
+            for status, raw, _ in outside:
+                error = json.loads(raw)["error"]
+                assert status == 403 and error["code"] == "model_not_in_scope"
+                assert "llama3.2:1b" in error["message"] and made["key"] not in raw.decode()
+            for _, raw, _ in lists:
+                assert [m["id"] for m in json.loads(raw)["data"]] == ["llama3.2:1b"]
+            for _, raw, _ in usage:
+                answer = json.loads(raw)
+                assert (answer["tier"], answer["class"]) == ("batch", "batch")
+            await wait_until(
+                lambda: len(served_by(node.log(), "GET /v1/models")) == 2, "both workers listed"
+            )
+            assert set(served_by(node.log())) == {"w1", "w2"}
+
+            apikey(key_file, "revoke", "study")
+            await wait_until_status(client, "study", 401)
+            after = [await client.request("GET", "/v1/models", "study") for _ in range(n)]
+            assert [status for status, _, _ in after] == [401] * n  # on every worker at once
+            assert (await client.request("GET", "/v1/models", "trial"))[0] == 200
+
+            while time.time() < soon:  # noqa: ASYNC110 (the key's own time, not an event)
+                await asyncio.sleep(0.1)
+            expired = [await client.request("GET", "/v1/models", "trial") for _ in range(n)]
+            for status, raw, _ in expired:
+                assert status == 401 and json.loads(raw)["error"]["code"] == "api_key_expired"
+            await wait_until(
+                lambda: served_by(node.log(), "GET /v1/models").total() >= 3 * n + 3,
+                "every access line",
+            )
+        log = node.log()
+        assert made["key"] not in log and trial not in log
+    finally:
+        await node.astop()
+
+
+async def wait_until_status(client: Client, name: str, wanted: int) -> None:
+    """Until the node follows its key file (the change is seen within its interval)."""
+    while (await client.request("GET", "/v1/models", name))[0] != wanted:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
