@@ -12,16 +12,18 @@ without waiting:
 
 * when to ask each candidate next: every ``refresh`` seconds, moved by up to
   ``jitter`` of it at random so that members do not ask each other in step;
-  a candidate that fails is asked again sooner than it would time out of
-  the table, then less often, never less than every ``retry_max`` seconds,
-  so a member that comes back is back within that bound; one whose
-  handshake was refused (another CA, no marker) every ``refused_retry``;
+  a candidate that fails is asked again at once, then as its circuit
+  breaker says (the upstreams' breaker, supervision/breaker.py: after
+  ``refresh``, doubling, never less often than every ``retry_max``
+  seconds), so a member that comes back is back within that bound; one
+  whose handshake was refused (another CA, no marker) every
+  ``refused_retry``;
 * whether a member counts: it answered, its state is younger than
   ``stale_after`` (a member that stops answering is out within that bound
-  even when no request notices), and it has not failed
-  ``failures_to_open`` times in a row since (a circuit breaker: a member
-  that refuses connections is out after two tries, about a second, not
-  after the staleness bound; the next answer closes it again);
+  even when no request notices), and its breaker is closed (a member that
+  refuses connections is out after ``failures_to_open`` tries in a row,
+  within about a second, not after the staleness bound; the next answer
+  closes it again);
 * one entry per node: a node found at two addresses (two domains, IPv4 and
   IPv6, mDNS and the static list) counts once, by the node id it states;
   and this node itself, found by its own browser, never counts.
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from ..supervision.breaker import Breaker, BreakerOptions
 from .state import PeerState
 
 
@@ -46,6 +49,18 @@ class TableOptions:
     failures_to_open: int = 2  # failures in a row that take a member out
     retry_max: float = 5.0  # longest wait between tries of a failing candidate
     refused_retry: float = 30.0  # between tries of one whose handshake was refused
+
+    @property
+    def breaker(self) -> BreakerOptions:
+        """A member's breaker in the table's terms: out after
+        ``failures_to_open`` failures or ``stale_after`` seconds of failing,
+        probed every ``refresh`` seconds, doubling up to ``retry_max``."""
+        return BreakerOptions(
+            failures=self.failures_to_open,
+            window=self.stale_after,
+            cooldown=self.refresh,
+            max_cooldown=self.retry_max,
+        )
 
 
 @dataclass(frozen=True)
@@ -81,11 +96,11 @@ class _Candidate:
     address: str  # "host:port" of its peer port, the table's key
     host: str
     port: int
+    breaker: Breaker  # out and back in, as an upstream is
     sources: set[Source] = field(default_factory=set)
     state: PeerState | None = None
     identity: str = ""  # the name in its node certificate
     answered_at: float | None = None
-    failures: int = 0
     last_error: str | None = None
     refused: bool = False
     own: bool = False
@@ -199,7 +214,8 @@ class MemberTable:
         address = join_address(host, port)
         candidate = self._candidates.get(address)
         if candidate is None:
-            candidate = self._candidates[address] = _Candidate(address, host, port)
+            breaker = Breaker(self.options.breaker, clock=self.clock)
+            candidate = self._candidates[address] = _Candidate(address, host, port, breaker)
             candidate.next_ask = self.clock()  # ask at once
         candidate.sources.add(source)
         return address
@@ -228,7 +244,8 @@ class MemberTable:
             return
         now = self.clock()
         candidate.state, candidate.identity = state, identity
-        candidate.answered_at, candidate.failures, candidate.last_error = now, 0, None
+        candidate.answered_at, candidate.last_error = now, None
+        candidate.breaker.success()
         candidate.refused = False
         candidate.own = state.node == self.own_id
         candidate.next_ask = now + self._spread(self.options.refresh)
@@ -238,11 +255,12 @@ class MemberTable:
         candidate = self._candidates.get(address)
         if candidate is None:
             return
-        candidate.failures += 1
         candidate.last_error = reason
+        candidate.breaker.failure()
         # Soon enough to notice a blip within the staleness bound, then less often.
-        wait = min(self.options.retry_max, self.options.refresh * 2 ** (candidate.failures - 1))
-        candidate.next_ask = self.clock() + self._spread(wait)
+        now = self.clock()
+        probe = candidate.breaker.probe_at()
+        candidate.next_ask = now + self._spread(max(0.0, (probe or now) - now))
 
     def refused(self, address: str, reason: str) -> None:
         """Its certificate is not a member's (another CA, no marker): nothing goes to it."""
@@ -274,8 +292,7 @@ class MemberTable:
         if candidate.answered_at is None:
             return Standing.WAITING
         fresh = now - candidate.answered_at <= self.options.stale_after
-        closed = candidate.failures < self.options.failures_to_open
-        return Standing.MEMBER if fresh and closed else Standing.OUT
+        return Standing.MEMBER if fresh and not candidate.breaker.out else Standing.OUT
 
     def members(self) -> list[Member]:
         """The members placement may use now: one per node, the freshest entry."""

@@ -15,7 +15,7 @@ from ..certs.cli import CertsDefaults
 from ..certs.peers import load_node_credentials
 from ..certs.store import CertPaths
 from ..fog.members import MembershipOptions, TableOptions
-from ..routing.breaker import BreakerOptions
+from ..supervision.breaker import BreakerOptions
 from ..usage.options import Limits, QuotaOptions, StoreOptions
 from .config.identity import host_name, node_id
 from .config.network import lan_addresses

@@ -59,10 +59,10 @@ from multidict import CIMultiDict
 
 from ...routing import warm
 from ...routing.affinity import AffinityTable, ConversationMemory
-from ...routing.breaker import State
 from ...routing.conversation import Conversation
 from ...routing.holders import Holders, holders, model_key
 from ...routing.order import DOWN, Option, rank
+from ...supervision.breaker import State
 from ..core.errors import GatewayError
 from .hop import ConnectFailed, HopError
 from .upstream import Upstream, UpstreamOptions, describe

@@ -24,10 +24,10 @@ from yarl import URL
 from ... import safejson
 from ...fog.hop import HEADERS as FOG_HEADERS
 from ...routing import warm
-from ...routing.breaker import Breaker, BreakerOptions
 from ...routing.holders import model_keys
 from ...routing.pace import Pace
 from ...routing.warm import LoadedModel
+from ...supervision.breaker import Breaker, BreakerOptions
 from ..core.errors import GatewayError, unreadable_body
 from .hop import (
     BodyBroken,

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from fognode.routing.breaker import Breaker, BreakerOptions, State
 from fognode.routing.holders import holders, model_key, model_keys
 from fognode.routing.order import (
     COLD,
@@ -21,6 +20,7 @@ from fognode.routing.order import (
     rank,
 )
 from fognode.routing.pace import Pace
+from fognode.supervision.breaker import Breaker, BreakerOptions, State
 from tests.support.clock import Clock
 
 
