@@ -58,6 +58,10 @@ class TokenAuthorizer:
         so a request is checked against one of them, never a mix."""
         self.api_keys = ApiKeys(entries)
 
+    def key_caller(self, name: str) -> Principal | None:
+        entry = self.api_keys.named(name)
+        return entry.principal() if entry is not None else None
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self.verifier is not None:
@@ -114,6 +118,9 @@ class NoAuth:
 
     def use_keys(self, entries: Iterable[ApiKeyEntry]) -> None:
         return None  # nothing is checked
+
+    def key_caller(self, name: str) -> Principal | None:
+        return None
 
     def close(self) -> None:
         return None

@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from .api_keys import ApiKeyEntry, entry_for, new_key
+from .api_keys import ApiKeyEntry, entry_for, iso_utc, new_key, parse_expiry
 from .key_file import KeyFile
 
 
@@ -59,6 +60,24 @@ def add_auth_commands(sub: Any) -> None:
     )
     create.add_argument("name", help="who or what the key is for (shown in logs and usage)")
     create.add_argument("--admin", action="store_true", help="allow model management too")
+    create.add_argument(
+        "--models",
+        metavar="M1,M2",
+        help="the only models it may use (403 for any other; /v1/models lists only these)",
+    )
+    create.add_argument(
+        "--expires",
+        metavar="WHEN",
+        help="when it stops working (401 after): a time from now (30d, 12h, 90m, 2w) "
+        "or a moment (2027-01-06T12:00:00Z)",
+    )
+    create.add_argument("--tier", help="its budgets: a tier of quota_tiers")
+    create.add_argument(
+        "--class",
+        dest="priority",
+        metavar="CLASS",
+        help="its queue: a class of priority_classes (interactive goes before batch)",
+    )
     create.add_argument("--json", action="store_true", help='print {"key", "entry", "file"}')
     create.add_argument(
         "--print-only",
@@ -71,7 +90,9 @@ def add_auth_commands(sub: Any) -> None:
     )
     revoke.add_argument("name")
     revoke.set_defaults(auth_func=_apikey_revoke)
-    listing = apikey_sub.add_parser("list", help="the keys' names and roles (never the keys)")
+    listing = apikey_sub.add_parser(
+        "list", help="the keys' names, roles, scopes and expiry (never the keys)"
+    )
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(auth_func=_apikey_list)
 
@@ -90,8 +111,13 @@ def _apikey_create(args: argparse.Namespace, options: dict[str, Any]) -> int:
     if ":" in args.name or not args.name.strip():
         print("fognode apikey: the name must be non-empty and contain no ':'", file=sys.stderr)
         return 2
+    try:
+        scope = _scope(args, options)
+    except ValueError as exc:
+        print(f"fognode apikey: {exc}", file=sys.stderr)
+        return 2
     key = new_key()
-    entry = entry_for(key, args.name, admin=args.admin)
+    entry = entry_for(key, args.name, admin=args.admin, **scope)
     file = None if args.print_only else _key_file(options)
     if file is not None:
         if args.name in {ApiKeyEntry.parse(line).name for line in options.get("inline", ())}:
@@ -105,6 +131,9 @@ def _apikey_create(args: argparse.Namespace, options: dict[str, Any]) -> int:
         print(json.dumps({"key": key, "entry": entry, "file": str(file.path) if file else None}))
         return 0
     print(f"API key for {args.name} (shown once; give it to them):\n  {key}")
+    terms = ApiKeyEntry.parse(entry).terms()
+    if terms:
+        print("Scope: " + ", ".join(f"{k} {v}" for k, v in terms.items()))
     if file is not None:
         print(
             f"Added to {file.path}; a running node takes it {_followed(options)}, "
@@ -113,6 +142,50 @@ def _apikey_create(args: argparse.Namespace, options: dict[str, Any]) -> int:
     else:
         print(f"Its entry, for FOGNODE_API_KEYS or another node's key file:\n  {entry}")
     return 0
+
+
+UNITS = {"m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+
+
+def expiry(text: str, now: float) -> float:
+    """``30d``, ``12h``, ``90m``, ``2w`` from ``now``, or a moment (ISO 8601;
+    UTC without a zone), as Unix time in whole seconds (the file holds them)."""
+    number, unit = text[:-1], text[-1:].lower()
+    if unit in UNITS and number.isdigit() and int(number) > 0:
+        return float(int(now) + int(number) * UNITS[unit])
+    moment = parse_expiry(text)
+    if moment <= now:
+        raise ValueError(f"--expires {text} is in the past")
+    return float(int(moment))
+
+
+def _scope(args: argparse.Namespace, options: dict[str, Any]) -> dict[str, Any]:
+    """The key's scope from the flags, checked against this node's settings
+    (a class or tier it does not have would silently be the default)."""
+    scope: dict[str, Any] = {}
+    if args.models is not None:
+        models = [m.strip() for m in args.models.split(",")]
+        if not all(models) or any(" " in m or "=" in m for m in models):
+            raise ValueError("--models takes model names separated by commas: m1,m2")
+        scope["models"] = models
+    if args.expires is not None:
+        scope["expires"] = expiry(args.expires, time.time())
+    for flag, value, known in (
+        ("--tier", args.tier, options.get("tiers")),
+        ("--class", args.priority, options.get("classes")),
+    ):
+        if value is None:
+            continue
+        if not value or any(c.isspace() for c in value) or "=" in value:
+            raise ValueError(f"{flag} takes one name")
+        if known is not None and value not in known:
+            have = ", ".join(known) or "none configured"
+            raise ValueError(f"{flag} {value}: this node has no such one ({have})")
+    if args.tier is not None:
+        scope["tier"] = args.tier
+    if args.priority is not None:
+        scope["priority"] = args.priority
+    return scope
 
 
 def _apikey_revoke(args: argparse.Namespace, options: dict[str, Any]) -> int:
@@ -142,9 +215,19 @@ def _apikey_list(args: argparse.Namespace, options: dict[str, Any]) -> int:
     file = _key_file(options)
     rows = [("FOGNODE_API_KEYS", ApiKeyEntry.parse(line)) for line in options.get("inline", ())]
     rows += [(str(file.path), entry) for entry in file.entries()] if file else []
+    now = time.time()
     if args.json:
         listed = [
-            {"name": e.name, "role": "admin" if e.admin else "user", "from": where}
+            {
+                "name": e.name,
+                "role": "admin" if e.admin else "user",
+                "models": list(e.models) if e.models is not None else None,
+                "expires": iso_utc(e.expires) if e.expires is not None else None,
+                "expired": e.expired(now),
+                "tier": e.tier,
+                "class": e.priority,
+                "from": where,
+            }
             for where, e in rows
         ]
         print(json.dumps(listed, indent=2))
@@ -153,9 +236,23 @@ def _apikey_list(args: argparse.Namespace, options: dict[str, Any]) -> int:
         where = f" in {file.path}" if file else ""
         print(f"No API keys{where}. Make one: fognode apikey create NAME")
         return 0
-    width = max(len(e.name) for _, e in rows)
-    for where, entry in rows:
-        print(f"{entry.name.ljust(width)}  {'admin' if entry.admin else 'user '}  {where}")
+    table = [("NAME", "ROLE", "MODELS", "EXPIRES", "TIER", "CLASS", "FROM")]
+    for where, e in rows:
+        ends = "never" if e.expires is None else iso_utc(e.expires)
+        table.append(
+            (
+                e.name,
+                "admin" if e.admin else "user",
+                ",".join(e.models) if e.models is not None else "all",
+                ends + (" (expired)" if e.expired(now) else ""),
+                e.tier or "-",
+                e.priority or "-",
+                where,
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    for row in table:
+        print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]))
     return 0
 
 
@@ -233,7 +330,8 @@ def _claims_set(args: argparse.Namespace, options: dict[str, Any]) -> int:
 
 def run_auth_command(args: argparse.Namespace, options: dict[str, Any]) -> int:
     """``options``: project_id, credentials_file, emulator_host, admin_claim; for
-    `apikey`: api_keys_file, api_keys_check_interval, inline (FOGNODE_API_KEYS)."""
+    `apikey`: api_keys_file, api_keys_check_interval, inline (FOGNODE_API_KEYS),
+    tiers and classes (the node's, to check --tier and --class against)."""
     from firebase_admin import exceptions
 
     try:

@@ -23,7 +23,10 @@ from pathlib import Path
 
 from .api_keys import ApiKeyEntry
 
-HEADER = "# name:role:sha256 (one API key per line); edit with: fognode apikey create|revoke\n"
+HEADER = (
+    "# name:role:sha256 [models=m1,m2 expires=ISO-8601 tier=T class=C] (one API key per "
+    "line); edit with: fognode apikey create|revoke\n"
+)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,12 @@ class Principal:
     claims: dict[str, Any] = field(default_factory=dict)
     is_admin: bool = False
     email: str | None = None
+    # An API key's scope (auth/api_keys.py): the only models it may use (None:
+    # every one), and the tier and priority class it was made with (None: the
+    # node's rules decide).
+    models: tuple[str, ...] | None = None
+    tier: str | None = None
+    priority: str | None = None
 
 
 ANONYMOUS = Principal(uid="anonymous", kind="anonymous")

@@ -10,6 +10,12 @@ re-verifying the token at the member would fail for API keys, which are
 per node. The assertion carries no credential, and the gateway logs none
 of these headers.
 
+The assertion also carries the caller's priority class, as the entry node
+decided it (from the caller's credential, claims and tier, which only the
+entry has): the member queues the request in that class, so a caller is one
+identity with one class on every node. A member that does not know the
+class queues it in its default class.
+
 A forwarded request is never forwarded again: the member serves it with
 its own upstreams or refuses it, so a request makes one hop at most.
 """
@@ -22,11 +28,12 @@ from dataclasses import dataclass
 
 # The headers of a forwarded request (on the peer port only).
 HOP = "X-Fognode-Hop"  # the entry node's id
-PRINCIPAL = "X-Fognode-Principal"  # {"uid": ..., "kind": ...}
+PRINCIPAL = "X-Fognode-Principal"  # {"uid": ..., "kind": ..., "class": ...}
 QUEUE = "X-Fognode-Queue"  # "1": it may wait for a slot there (the entry drains or lacks the model)
 HEADERS = (HOP, PRINCIPAL, QUEUE)
 
 _MAX_UID = 512
+_MAX_CLASS = 64
 
 
 @dataclass(frozen=True)
@@ -37,9 +44,13 @@ class Forwarded:
     uid: str  # the caller, as the entry node authenticated it
     kind: str  # how: "firebase", "api_key", "anonymous"
     may_queue: bool  # else: refuse at once when no slot is free (the entry tries elsewhere)
+    priority: str | None = None  # the caller's priority class, as the entry decided it
 
     def headers(self) -> dict[str, str]:
-        principal = json.dumps({"uid": self.uid, "kind": self.kind}, ensure_ascii=True)
+        asserted = {"uid": self.uid, "kind": self.kind}
+        if self.priority is not None:
+            asserted["class"] = self.priority
+        principal = json.dumps(asserted, ensure_ascii=True)
         return {HOP: self.entry, PRINCIPAL: principal, QUEUE: "1" if self.may_queue else "0"}
 
     @classmethod
@@ -59,4 +70,9 @@ class Forwarded:
             raise ValueError("the principal assertion names no caller")
         if not entry.strip() or len(entry) > 128:
             raise ValueError("the hop header names no entry node")
-        return cls(entry.strip(), uid, kind, headers.get(QUEUE) == "1")
+        # An entry node from before classes sends none: the member's default.
+        priority = principal.get("class")
+        named = isinstance(priority, str) and 0 < len(priority) <= _MAX_CLASS
+        if priority is not None and not named:
+            raise ValueError("the principal assertion's class is not a class name")
+        return cls(entry.strip(), uid, kind, headers.get(QUEUE) == "1", priority)

@@ -1,7 +1,7 @@
 """The gateway, assembled: the request pipeline in the order a request meets it.
 
-    client ─TLS─▶ context ▶ errors ▶ target ▶ access ▶ body ▶ usage ▶ model ▶ admission
-              ▶ proxy ─▶ upstream
+    client ─TLS─▶ context ▶ errors ▶ target ▶ access ▶ body ▶ scope ▶ shares ▶ usage
+              ▶ model ▶ admission ▶ proxy ─▶ upstream
     client ◀──────────────── relay: each chunk as it arrives (metered) ◀──────────────── upstream
 
 TLS, connection limits and malformed HTTP are handled below the app, on the
@@ -31,7 +31,9 @@ from .config.settings import Settings
 from .core.drain import DRAIN, Drain
 from .options import (
     fog_options,
+    quota_options,
     session_options,
+    share_options,
     status_options,
     upstream_options,
     usage_options,
@@ -44,6 +46,7 @@ from .pages.sessions import BrowserSessions, SignInThrottle, setup_sessions
 from .pages.status import Listening, setup_status, usage_report
 from .pipeline.access import Authorizer, setup_access
 from .pipeline.admission import Admission, AdmissionControl, setup_admission
+from .pipeline.budgets import UsageEndpoint, setup_usage_endpoint
 from .pipeline.context import setup_request_context
 from .pipeline.keepalive import HeartbeatOptions
 from .pipeline.model_check import setup_model_check
@@ -54,6 +57,8 @@ from .pipeline.proxy import setup_proxy
 from .pipeline.quotas import setup_quotas
 from .pipeline.relay import RelayOptions
 from .pipeline.request_target import setup_request_target
+from .pipeline.scopes import setup_scopes
+from .pipeline.shares import setup_shares
 from .pipeline.validation import BodyLimits, setup_validation
 from .telemetry.activity import Activity
 from .telemetry.metrics import Metrics
@@ -162,6 +167,12 @@ def create_app(
     setup_validation(
         app, BodyLimits(max_bytes=settings.max_body_bytes, timeout=settings.body_timeout)
     )
+    #     A key made for some models is refused every other model (403), before
+    #     anything counts or queues the request.
+    setup_scopes(app)
+    # 5b. The caller's share of the node: the tier its budgets come from, the
+    #     priority class it waits in.
+    shares = setup_shares(app, share_options(settings))
     # 6. Usage and quotas: a user over budget is refused here, before the queue;
     #    every inference request that passes is metered and recorded once.
     accounting = (
@@ -175,6 +186,8 @@ def create_app(
         if node.ledger is not None
         else None
     )
+    #    What a caller has used and has left, asked before it bites.
+    setup_usage_endpoint(app, UsageEndpoint(node.ledger, shares, quota_options(settings)))
     #    A model no upstream has is a plain 404 here, before the queue (recorded as
     #    model_not_found, no tokens).
     setup_model_check(app, pool.who_serves, fog.has if fog is not None else None)
@@ -230,5 +243,6 @@ def create_app(
             ),
             drain=drain,
             fog=fog,
+            budgets=node.ledger.warnings if node.ledger is not None else None,
         )
     return app

@@ -357,6 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "api_keys_file": settings.api_keys_file,
                     "api_keys_check_interval": settings.api_keys_check_interval,
                     "inline": settings.api_keys,
+                    "tiers": sorted(settings.quota_tiers),
+                    "classes": settings.priority_classes,
                 },
             )
         if args.command == "usage":

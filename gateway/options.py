@@ -23,8 +23,9 @@ from .config.paths import admin_key_file
 from .config.settings import Settings
 from .pages.sessions import SessionOptions
 from .pages.status import StatusOptions
-from .pipeline.admission import Admission
+from .pipeline.admission import Admission, Classes, PriorityClass
 from .pipeline.quotas import UsageOptions
+from .pipeline.shares import ShareOptions
 from .transport.cert_renewal import RenewalOptions
 from .transport.peer_tls import PeerFiles, PeerTls
 from .transport.tls import TicketKeys, TlsTerminator
@@ -39,6 +40,26 @@ def admission_from(settings: Settings) -> Admission:
         per_user_concurrent=settings.per_user_concurrent_requests,
         per_user_queue=settings.per_user_queued_requests,
         queue_timeout=settings.queue_timeout,
+        classes=classes(settings),
+    )
+
+
+def classes(settings: Settings) -> Classes:
+    return Classes(
+        tuple(
+            PriorityClass(name, settings.priority_max_wait.get(name))
+            for name in settings.priority_classes
+        ),
+        settings.priority_default_class,
+    )
+
+
+def share_options(settings: Settings) -> ShareOptions:
+    return ShareOptions(
+        classes=classes(settings),
+        quota=quota_options(settings),
+        class_claim=settings.priority_class_claim,
+        tier_classes=settings.priority_tier_classes,
     )
 
 
@@ -73,6 +94,7 @@ def quota_options(settings: Settings) -> QuotaOptions:
         api_key_tiers=settings.quota_api_key_tiers,
         day_start=timedelta(hours=start.hour, minutes=start.minute, seconds=start.second),
         default_completion_tokens=settings.quota_default_completion_tokens,
+        warn_at=settings.quota_warn_at,
     )
 
 

@@ -18,6 +18,11 @@ overshoot the budget together. The ledger closes that gap:
 * checks of one user are serialised (a per-user lock around read, decide and
   reserve), so two concurrent requests cannot both spend the last of a budget.
 
+The ledger also keeps who is near a budget (past the warning share,
+``QuotaOptions.warn_at``): the operator's log says so once per budget and
+period (a day for tokens, a quiet minute for requests), and the status page
+lists them until the budget resets (:meth:`UsageLedger.warnings`).
+
 A request is admitted while the budget is not spent after reservations (its
 own estimate need not fit, see :mod:`.quota`). Within one node the overshoot
 past a daily budget is therefore at most what the last admitted request uses
@@ -32,6 +37,7 @@ have in flight for that user, which the per-user concurrency cap bounds.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +46,14 @@ from typing import Protocol
 from .options import Limits, QuotaOptions
 from .quota import ALLOW_UNLIMITED, WINDOW_SECONDS, Decision, Usage, day_bounds, decide
 from .record import UsageRecord
+from .when import iso_utc
 from .writer import BatchWriter
+
+log = logging.getLogger("fognode.usage")
+
+# Users the status page can list as near a budget: the most recent, at most.
+MAX_WARNED = 1000
+BUDGET_WORDS = {"tokens": "daily tokens", "requests": "requests per minute"}
 
 
 @dataclass(eq=False, slots=True)
@@ -55,6 +68,17 @@ class Reservation:
     settled: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class BudgetWarning:
+    """A user past the warning share of one budget, as of their latest request."""
+
+    uid: str
+    budget: str  # "tokens" (per day) or "requests" (per minute)
+    used: int  # with the request that crossed it (its reservation, for tokens)
+    limit: int
+    resets: float  # Unix time the budget is whole again
+
+
 class QuotaLedger(Protocol):
     """What the usage stage asks: :class:`UsageLedger` where this process holds
     the node's ledger, or a worker process's client of its supervisor's."""
@@ -66,6 +90,14 @@ class QuotaLedger(Protocol):
     def record(self, record: UsageRecord) -> None: ...
 
     async def pending_records(self) -> int: ...
+
+    async def usage(self, uid: str) -> Usage:
+        """What ``uid`` has used now: stored, not yet stored, and reserved."""
+        ...
+
+    async def warnings(self) -> tuple[BudgetWarning, ...]:
+        """Who is past the warning share of a budget that has not reset yet."""
+        ...
 
 
 class UsageLedger:
@@ -81,6 +113,7 @@ class UsageLedger:
         self._clock = clock
         self._inflight: dict[str, set[Reservation]] = {}
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._warned: dict[tuple[str, str], BudgetWarning] = {}  # oldest first
 
     async def admit(self, uid: str, limits: Limits, *, estimate: int) -> Reservation:
         """Decide on a new request of ``uid``. An allowed reservation holds a
@@ -95,12 +128,21 @@ class UsageLedger:
                 now = self._clock()
                 _, day_end = day_bounds(now, self.options.day_start)
                 usage = await self.usage(uid, now=now)
-                decision = decide(limits, usage, estimate=estimate, now=now, day_end=day_end)
+                decision = decide(
+                    limits,
+                    usage,
+                    estimate=estimate,
+                    now=now,
+                    day_end=day_end,
+                    warn_at=self.options.warn_at,
+                )
                 reservation = Reservation(
                     uid, estimate, now, decision, settled=not decision.allowed
                 )
                 if decision.allowed:
                     self._inflight.setdefault(uid, set()).add(reservation)
+                    if decision.warnings:
+                        self._warn(uid, limits, usage, estimate, now, day_end, decision.warnings)
                 return reservation
         finally:
             self._unlock(uid)
@@ -132,6 +174,44 @@ class UsageLedger:
     def record(self, record: UsageRecord) -> None:
         """A request that never held a reservation (refused before admission)."""
         self.writer.add(record)
+
+    def _warn(
+        self,
+        uid: str,
+        limits: Limits,
+        usage: Usage,
+        estimate: int,
+        now: float,
+        day_end: float,
+        budgets: tuple[str, ...],
+    ) -> None:
+        """Remember who is near a budget; tell the operator once per period."""
+        for budget in budgets:
+            if budget == "tokens":
+                used, limit, resets = usage.tokens_today + estimate, limits.tokens_per_day, day_end
+            else:
+                used, limit = usage.requests_last_minute + 1, limits.requests_per_minute
+                resets = now + WINDOW_SECONDS  # this request leaves the window last
+            known = self._warned.pop((uid, budget), None)
+            self._warned[(uid, budget)] = BudgetWarning(uid, budget, used, limit, resets)
+            if known is None or known.resets <= now:
+                log.warning(
+                    "%s has used %d%% of their %s (%d of %d); it resets at %s",
+                    uid,
+                    min(100, 100 * used // limit),
+                    BUDGET_WORDS[budget],
+                    used,
+                    limit,
+                    iso_utc(resets),
+                )
+        while len(self._warned) > MAX_WARNED:
+            del self._warned[next(iter(self._warned))]
+
+    async def warnings(self) -> tuple[BudgetWarning, ...]:
+        now = self._clock()
+        for key in [k for k, w in self._warned.items() if w.resets <= now]:
+            del self._warned[key]
+        return tuple(sorted(self._warned.values(), key=lambda w: (w.uid, w.budget)))
 
     def in_flight(self, uid: str) -> int:
         return len(self._inflight.get(uid, ()))

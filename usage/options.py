@@ -16,6 +16,7 @@ that feed them (gateway/config/sections/usage.py, docs/configuration.md):
 * ``quota_tier_claim`` (``fog_tier``), ``quota_api_key_tiers`` (``{}``, JSON),
   ``quota_day_start`` (``00:00`` UTC), ``quota_default_completion_tokens``
   (``512``): the fields of :class:`QuotaOptions` of the same names;
+* ``quota_warn_at`` (``0.8``): ``QuotaOptions.warn_at``;
 * ``usage_metrics_per_user`` (``false``): per-user Prometheus labels.
 
 ``quota_tiers`` example: ``{"staff": {"tokens_per_day": 0, "requests_per_minute":
@@ -64,6 +65,9 @@ class QuotaOptions:
     midnight UTC (``timedelta(hours=3)``: at 03:00 UTC).
     ``default_completion_tokens``: what a request that sets no maximum is
     assumed to generate when its reservation is made at admission.
+    ``warn_at``: the share of a budget (0.8: 80 %) from which an admitted
+    request is warned, in a header, and the operator in the log and on the
+    status page, before the budget bites; 0: never.
     """
 
     default: Limits = Limits()
@@ -72,8 +76,11 @@ class QuotaOptions:
     api_key_tiers: Mapping[str, str] = field(default_factory=dict)
     day_start: timedelta = timedelta(0)
     default_completion_tokens: int = 512
+    warn_at: float = 0.8
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.warn_at <= 1.0:
+            raise ValueError("warn_at is a share of the budget: between 0 and 1")
         if not timedelta(0) <= self.day_start < timedelta(days=1):
             raise ValueError("day_start must be between 00:00 and 24:00")
         unknown = set(self.api_key_tiers.values()) - set(self.tiers)

@@ -11,6 +11,11 @@ Two budgets per user, chosen by tier (:class:`~.options.QuotaOptions`):
   Exhausted: 429 ``rate_limit_exceeded`` (type ``requests``) with
   ``Retry-After`` until the oldest request in the window leaves it.
 
+Past a share of a budget (``warn_at``, 80 % by default) an admitted
+request's decision names the budgets (``warnings``) and says so in a header
+of fognode's own, ``x-fognode-quota-warning: tokens 85%`` (an app can then
+ask GET /v1/fognode/usage how much is left and when it resets).
+
 Every decision also carries OpenAI's rate-limit headers for the limits that
 are set, with OpenAI's meanings: ``x-ratelimit-limit-*`` the limit,
 ``x-ratelimit-remaining-*`` what is left after this request (its token
@@ -36,6 +41,7 @@ from datetime import UTC, datetime, timedelta
 from .options import Limits, QuotaOptions
 
 WINDOW_SECONDS = 60.0
+WARNING_HEADER = "x-fognode-quota-warning"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +72,42 @@ class Decision:
     type: str | None = None
     message: str | None = None
     retry_after: int | None = None
+    warnings: tuple[str, ...] = ()  # "tokens", "requests": budgets past the warning share
 
 
 ALLOW_UNLIMITED = Decision(allowed=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """One budget as its user is told it (GET /v1/fognode/usage)."""
+
+    limit: int | None  # None: no limit
+    used: int
+    resets: float  # Unix time it is whole again
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.limit is None else max(0, self.limit - self.used)
+
+    def near(self, warn_at: float) -> bool:
+        """Past the warning share (``warn_at`` 0: never)."""
+        return bool(warn_at and self.limit and self.used >= warn_at * self.limit)
+
+
+def budgets(limits: Limits, usage: Usage, *, now: float, day_end: float) -> dict[str, Budget]:
+    """Today's tokens and this minute's requests: used, left, and when each is
+    whole again (the day's end; a minute after the newest request in the
+    window, as OpenAI's reset headers mean it)."""
+    newest = usage.newest_request
+    return {
+        "tokens": Budget(limits.tokens_per_day or None, usage.tokens_today, day_end),
+        "requests": Budget(
+            limits.requests_per_minute or None,
+            usage.requests_last_minute,
+            now if newest is None else max(now, newest + WINDOW_SECONDS),
+        ),
+    }
 
 
 def tier_of(
@@ -114,8 +153,17 @@ def format_reset(seconds: float) -> str:
     return secs
 
 
-def decide(limits: Limits, usage: Usage, *, estimate: int, now: float, day_end: float) -> Decision:
-    """Admit a request of ``estimate`` tokens, or say why not and for how long."""
+def decide(
+    limits: Limits,
+    usage: Usage,
+    *,
+    estimate: int,
+    now: float,
+    day_end: float,
+    warn_at: float = 0.0,
+) -> Decision:
+    """Admit a request of ``estimate`` tokens, or say why not and for how long;
+    an admitted one that brings a budget to ``warn_at`` of it is warned."""
     headers: dict[str, str] = {}
     tokens_limit = limits.tokens_per_day
     requests_limit = limits.requests_per_minute
@@ -172,7 +220,18 @@ def decide(limits: Limits, usage: Usage, *, estimate: int, now: float, day_end: 
     if tokens_limit:
         headers["x-ratelimit-remaining-tokens"] = str(max(0, tokens_left - estimate))
         headers["x-ratelimit-reset-tokens"] = format_reset(until_day_end)
-    return Decision(allowed=True, headers=headers)
+    shares = {
+        "tokens": (usage.tokens_today + estimate, tokens_limit),
+        "requests": (usage.requests_last_minute + 1, requests_limit),
+    }
+    warned = {
+        budget: min(100, 100 * used // limit)
+        for budget, (used, limit) in shares.items()
+        if warn_at and limit and used >= warn_at * limit
+    }
+    if warned:
+        headers[WARNING_HEADER] = ", ".join(f"{b} {p}%" for b, p in warned.items())
+    return Decision(allowed=True, headers=headers, warnings=tuple(warned))
 
 
 def _refused_headers(

@@ -88,6 +88,16 @@ class UpstreamView:
 
 
 @dataclass(frozen=True)
+class ClassView:
+    """One priority class's part of the queue: who waits (user names only)."""
+
+    name: str
+    queued: int
+    longest: float  # seconds the longest-waiting request of the class has waited
+    users: Sequence[tuple[str, int]]  # (user, requests waiting), most first
+
+
+@dataclass(frozen=True)
 class LoadView:
     active_streams: int
     in_flight: int  # requests sent upstream and not finished
@@ -95,6 +105,7 @@ class LoadView:
     slots_used: int
     capacity: int
     connections: int | None  # client connections open (None: not known)
+    classes: Sequence[ClassView] = ()  # the queue by priority class, highest first
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,21 @@ class UsageView:
     rejected: int
     prompt_tokens: int
     completion_tokens: int
+
+
+@dataclass(frozen=True)
+class BudgetView:
+    """A user past the warning share of a budget, until it resets."""
+
+    uid: str
+    budget: str  # "tokens" (per day) or "requests" (per minute)
+    used: int
+    limit: int
+    resets: float  # Unix time
+
+    @property
+    def percent(self) -> int:
+        return min(100, 100 * self.used // max(1, self.limit))
 
 
 @dataclass(frozen=True)
@@ -162,6 +188,7 @@ class StatusView:
     usage_error: str | None = None  # why there are no figures although accounting runs
     draining: bool = False  # the node takes no new local work (fognode drain)
     fog: FogView | None = None  # None: the node is no member of a fog
+    budgets: Sequence[BudgetView] = ()  # users near a budget (quota_warn_at)
     # Why this node pulls no models (no Ollama behind it); None: it can, and the
     # page offers a pull.
     no_pulls: str | None = None

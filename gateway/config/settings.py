@@ -11,6 +11,7 @@ environment variables prefixed ``FOGNODE_``, an optional TOML file
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from contextvars import ContextVar
@@ -27,6 +28,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from ...auth.api_keys import split_entries
 from .sections.admission import AdmissionSettings
 from .sections.auth import AuthSettings
 from .sections.connections import ConnectionSettings
@@ -102,7 +104,7 @@ class Settings(
         "cert_names",
         "allowed_uids",
         "allowed_email_domains",
-        "api_keys",
+        "priority_classes",
         "mdns_interfaces",
         "mdns_domains",
         "upstream_urls",
@@ -114,10 +116,17 @@ class Settings(
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
-                import json
-
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        # An entry's models= list has commas of its own (auth/api_keys.py).
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else split_entries(text)
         return value
 
     @model_validator(mode="after")

@@ -59,3 +59,17 @@ FORWARDED = web.RequestKey("fognode.forwarded", Forwarded)
 # node's state, every second or two): when it succeeds, no access-log line and
 # no entry in the status page's activity; /metrics still counts it.
 ROUTINE = web.RequestKey("fognode.routine", bool)
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """The caller's share of the node for one request (set by the shares
+    stage): the tier its quotas come from, and the priority class it waits
+    in for a slot."""
+
+    tier: str | None
+    priority: str
+
+
+# Set by the shares stage on every inference request.
+SHARE = web.RequestKey("fognode.share", Share)

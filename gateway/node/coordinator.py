@@ -205,6 +205,8 @@ class WorkerLink:
             .call(msg.LoadNow, self.load)
             .call(msg.Quota, self.quota)
             .call(msg.Pending, self.pending)
+            .call(msg.UsageOf, self.usage_of)
+            .call(msg.Warnings, self.warnings)
             .call(msg.NodeMetrics, self.node_metrics)
             .call(msg.NodeActivity, self.node_activity)
             .call(msg.Probe, self.probe)
@@ -234,7 +236,7 @@ class WorkerLink:
         reads it (every request of every worker asks: no task for it); one
         that must queue, or be refused, goes to :meth:`acquire`."""
         admission = self.coordinator.admission
-        permit = admission.try_acquire(call.uid, call.slots)
+        permit = admission.try_acquire(call.uid, call.slots, call.priority)
         if permit is None:
             return None
         return call.lease(msg.Admitted(), release=lambda: admission.release(permit))
@@ -243,16 +245,16 @@ class WorkerLink:
         """Placement in a fog asks before it decides where a request runs: the
         slots now, or the seconds a request would wait for them."""
         admission = self.coordinator.admission
-        permit = admission.try_acquire(call.uid, call.slots)
+        permit = admission.try_acquire(call.uid, call.slots, call.priority)
         if permit is None:
-            return call.answer(msg.Tried(admission.expected_wait()))
+            return call.answer(msg.Tried(admission.expected_wait(call.priority)))
         return call.lease(msg.Tried(None), release=lambda: admission.release(permit))
 
     async def acquire(self, call: msg.Acquire) -> Reply:
         admission = self.coordinator.admission
         ticket = self.waiting[call.wait] = Ticket()
         try:
-            permit = await admission.acquire(call.uid, ticket, call.slots)
+            permit = await admission.acquire(call.uid, ticket, call.slots, call.priority)
         except GatewayError as exc:
             return call.answer(msg.Admitted(msg.Refusal.of(exc)))
         finally:
@@ -284,6 +286,12 @@ class WorkerLink:
 
     async def pending(self, call: msg.Pending) -> Reply:
         return call.answer(await self._ledger().pending_records())
+
+    async def usage_of(self, call: msg.UsageOf) -> Reply:
+        return call.answer(await self._ledger().usage(call.uid))
+
+    async def warnings(self, call: msg.Warnings) -> Reply:
+        return call.answer(await self._ledger().warnings())
 
     async def node_metrics(self, call: msg.NodeMetrics) -> Reply:
         return call.answer(await self.coordinator.node_metrics())

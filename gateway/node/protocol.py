@@ -16,16 +16,21 @@ A worker asks the supervisor (calls):
     Hello          what a worker needs to know at start: the upstream choice, the
                    embedded model's state, the latest probe, the onboarding page,
                    the drain flag, the fog's members
-    Acquire        slots for a user (admission; the user's, the node's or both):
-                   granted, a lease given back when the request ends, or refused
-                   with what admission raised
+    Acquire        slots for a user (admission; the user's, the node's or both), in
+                   the queue of the request's priority class: granted, a lease
+                   given back when the request ends, or refused with what
+                   admission raised
     TryNow         the same, never waiting: granted (a lease), or the seconds a
                    request would wait (placement in a fog)
     Position       where a waiting request is in the queue (``: queued N``)
-    LoadNow        the node's slots in use and requests waiting (the status page)
+    LoadNow        the node's slots in use and requests waiting, by class (the
+                   status page)
     Quota          the node's quota ledger decides on a request: when allowed, the
                    reservation is a lease, ended by Settle or the channel dropping
     Pending        records the node's usage writer holds, not yet stored
+    UsageOf        what a user has used now, by the node's quota ledger (stored,
+                   not yet stored, reserved): GET /v1/fognode/usage
+    Warnings       who is past the warning share of a budget (the status page)
     NodeMetrics    the whole node's exposition (every worker's, summed, and ours)
     NodeActivity   the node's activity for the status page (every worker's, summed)
     Probe          probe the upstreams now (a model pulled through the worker,
@@ -71,8 +76,9 @@ from ...auth.api_keys import ApiKeyEntry
 from ...embedded.supervisor import ServerStatus
 from ...fog.members import CandidateView, Member
 from ...fog.state import PeerState
+from ...usage.ledger import BudgetWarning
 from ...usage.options import Limits
-from ...usage.quota import Decision
+from ...usage.quota import Decision, Usage
 from ...usage.record import UsageRecord
 from ...workers.messages import Call, Notice
 from ..core.errors import GatewayError
@@ -92,6 +98,8 @@ class Op(enum.StrEnum):
     LOAD = "load"
     QUOTA = "quota"
     PENDING = "pending"
+    USAGE_OF = "usage_of"
+    WARNINGS = "warnings"
     NODE_METRICS = "node_metrics"
     NODE_ACTIVITY = "node_activity"
     PROBE = "probe"
@@ -210,6 +218,7 @@ class Acquire(Call[Admitted]):
     wait: int  # the worker's name for this wait (Position asks by it)
     uid: str
     slots: Slots
+    priority: str | None  # the request's class (None: the node's default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +231,7 @@ class TryNow(Call[Tried]):
     op = Op.TRY_NOW
     uid: str
     slots: Slots
+    priority: str | None  # the wait is its class's
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +265,17 @@ class Quota(Call[Decided]):
 @dataclass(frozen=True, slots=True)
 class Pending(Call[int]):
     op = Op.PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class UsageOf(Call[Usage]):
+    op = Op.USAGE_OF
+    uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Warnings(Call[tuple[BudgetWarning, ...]]):
+    op = Op.WARNINGS
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,9 +48,9 @@ from ...certs.errors import CertError
 from ...embedded.supervisor import ServerStatus
 from ...fog.state import PeerState
 from ...supervision import die_with_parent
-from ...usage.ledger import Reservation
+from ...usage.ledger import BudgetWarning, Reservation
 from ...usage.options import Limits
-from ...usage.quota import ALLOW_UNLIMITED
+from ...usage.quota import ALLOW_UNLIMITED, Usage
 from ...usage.record import UsageRecord
 from ...workers.channel import ChannelClosed, Refused, Reply
 from ...workers.messages import Leased, Peer, Table
@@ -104,13 +104,17 @@ class RemoteAdmission:
         return self._capacity
 
     async def acquire(
-        self, uid: str, ticket: Ticket | None = None, slots: Slots = Slots.BOTH
+        self,
+        uid: str,
+        ticket: Ticket | None = None,
+        slots: Slots = Slots.BOTH,
+        priority: str | None = None,
     ) -> RemotePermit:
         wait = next(self._waits)
         if ticket is not None:
             self._waiting[ticket] = wait
         try:
-            leased = await self.peer.lease(msg.Acquire(wait, uid, slots))
+            leased = await self.peer.lease(msg.Acquire(wait, uid, slots, priority))
         except ChannelClosed:
             raise _restarting() from None
         finally:
@@ -120,11 +124,13 @@ class RemoteAdmission:
             raise leased.value.refusal.error()
         return RemotePermit(leased)
 
-    async def try_now(self, uid: str, slots: Slots = Slots.BOTH) -> RemotePermit | float:
+    async def try_now(
+        self, uid: str, slots: Slots = Slots.BOTH, priority: str | None = None
+    ) -> RemotePermit | float:
         """One round trip, answered in the step that reads it: the slots, or
         the seconds a request would wait for them."""
         try:
-            leased = await self.peer.lease(msg.TryNow(uid, slots))
+            leased = await self.peer.lease(msg.TryNow(uid, slots, priority))
         except ChannelClosed:
             raise _restarting() from None
         if leased.value.wait is not None:
@@ -198,6 +204,12 @@ class RemoteUsageLedger:
 
     async def pending_records(self) -> int:
         return await self.peer.call(msg.Pending())
+
+    async def usage(self, uid: str) -> Usage:
+        return await self.peer.call(msg.UsageOf(uid))
+
+    async def warnings(self) -> tuple[BudgetWarning, ...]:
+        return await self.peer.call(msg.Warnings())
 
 
 def _restarting() -> GatewayError:

@@ -255,6 +255,14 @@ def setup_sessions(app: web.Application, sessions: BrowserSessions, metrics: Met
             return form_page(request, f"Not signed in: {exc.message}", exc.status)
         except VerifierUnavailable as exc:
             return form_page(request, f"Cannot verify tokens right now: {exc}", 503)
+        if principal.models is not None:
+            # The page pulls models for everyone: beyond a key kept to some models.
+            return form_page(
+                request,
+                "Not signed in: this API key may use only some models; the status page "
+                "needs a key made without --models.",
+                403,
+            )
         sessions.throttle.succeeded(client)
         response = _see_other(HOME)
         sessions.set_session(response, principal)

@@ -41,11 +41,14 @@ from ...certs.export import export_forms
 from ...certs.issuer import cert_names
 from ...fog.members import Standing
 from ...models.progress import PullProgress
+from ...usage.ledger import BudgetWarning
 from ...usage.quota import day_bounds
 from ...usage.store import Grouping, UsageStore
 from ...web.status import (
     STATIC_FILES,
+    BudgetView,
     CertView,
+    ClassView,
     FogView,
     LoadView,
     MemberView,
@@ -146,6 +149,8 @@ ACTIVITY = web.AppKey("fognode.activity", ActivitySource)
 # Usage per user since some time: (since, rows). Given by the gateway when usage
 # accounting runs (see usage_report); the page says so when there is none.
 UsageReport = Callable[[], Awaitable[tuple[float, Sequence[UsageView]]]]
+# Who is near a budget now (the node's quota ledger's warnings).
+BudgetWarnings = Callable[[], Awaitable[tuple[BudgetWarning, ...]]]
 
 
 def usage_report(
@@ -234,8 +239,10 @@ class StatusPage:
         usage: UsageReport | None,
         drain: Drain | None,
         fog: FogPeers | None,
+        budgets: BudgetWarnings | None = None,
     ) -> None:
         self.options = options
+        self.budgets = budgets
         self.sessions = sessions
         self.pool = pool
         self.admission = admission
@@ -274,8 +281,9 @@ class StatusPage:
 
     async def snapshot(self) -> StatusView:
         since, rows, usage_error = await self._usage()
-        # Both the node's (from the supervisor, in a worker).
+        # All three the node's (from the supervisor, in a worker).
         load = await self.admission.load()
+        near = await self._budgets()
         now = await self.source.view()
         pool = self.pool
         engine = pool.local_state() if pool.local_state is not None else None
@@ -309,6 +317,10 @@ class StatusPage:
                 slots_used=load.active,
                 capacity=self.admission.capacity,
                 connections=now.connections,
+                classes=[
+                    ClassView(c.name, c.queued, c.longest, [(w.uid, w.requests) for w in c.users])
+                    for c in load.classes
+                ],
             ),
             upstreams=upstreams,
             minutes=now.minutes,
@@ -318,8 +330,20 @@ class StatusPage:
             usage_error=usage_error,
             draining=self.drain is not None and self.drain.draining,
             fog=_fog_view(self.fog, now.fog) if self.fog is not None else None,
+            budgets=near,
             no_pulls=no_pulls(self.pool.kind),
         )
+
+    async def _budgets(self) -> list[BudgetView]:
+        if self.budgets is None:
+            return []
+        try:
+            async with asyncio.timeout(USAGE_TIMEOUT):
+                found = await self.budgets()
+        except Exception as exc:  # the page still shows everything else
+            log.warning("budget warnings for the status page: %s", exc)
+            return []
+        return [BudgetView(w.uid, w.budget, w.used, w.limit, w.resets) for w in found]
 
     async def _usage(self) -> tuple[float | None, Sequence[UsageView] | None, str | None]:
         if self.usage is None:
@@ -353,9 +377,11 @@ def setup_status(
     usage: UsageReport | None = None,
     drain: Drain | None = None,
     fog: FogPeers | None = None,
+    budgets: BudgetWarnings | None = None,
 ) -> None:
     """``drain`` and ``fog``: the node's drain flag, and its view of its fog's
-    members when it is one (the Fog card)."""
+    members when it is one (the Fog card); ``budgets``: who is near a budget,
+    where usage accounting runs."""
     app[LISTENING] = listening
     source = app[ACTIVITY] = ActivitySource(activity, stats, listening, pool)
     status = StatusPage(
@@ -370,6 +396,7 @@ def setup_status(
         usage=usage,
         drain=drain,
         fog=fog,
+        budgets=budgets,
     )
     setup_pages(app)
     for path in STATIC_FILES:

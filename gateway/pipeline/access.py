@@ -50,6 +50,11 @@ class Authorizer(Protocol):
         """Check API keys against these from now on (the key file changed)."""
         ...
 
+    def key_caller(self, name: str) -> Principal | None:
+        """The caller of this node's API key ``name`` (its role and scope), if
+        it has one: for reports about them, without their key."""
+        ...
+
     def close(self) -> None: ...
 
 

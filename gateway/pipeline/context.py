@@ -31,6 +31,7 @@ from ..core.keys import (
     ROUTED,
     ROUTINE,
     SERVER_NAME,
+    SHARE,
 )
 from ..telemetry.logs import redact, request_id_var
 
@@ -160,9 +161,13 @@ def _log_access(request: web.Request, rid: str, status: int, sent: int, duration
         "request_id": rid,
     }
     route = ""
+    share = request.get(SHARE)
+    if share is not None:  # an inference request: the class it waited in
+        fields["class"] = share.priority
+        route = f" class={share.priority}"
     if routed is not None:
         fields |= {"upstream": routed.upstream, "route": routed.reasons}
-        route = f" upstream={routed.upstream} route={routed.reasons}"
+        route += f" upstream={routed.upstream} route={routed.reasons}"
     access_log.info(
         '%s "%s %s" %d %dB %.3fs uid=%s%s',
         request.remote,

@@ -34,7 +34,7 @@ from ...fog.members import Member
 from ...routing.conversation import Conversation, conversation_of
 from ...routing.order import FAILOVER, WAITED
 from ..core.errors import GatewayError
-from ..core.keys import PRINCIPAL, REQUEST_ID, ROUTED, Routed
+from ..core.keys import PRINCIPAL, REQUEST_ID, ROUTED, SHARE, Routed
 from ..telemetry.metrics import Metrics
 from ..telemetry.stats import GatewayStats
 from ..upstreams.peers import FogPeers
@@ -55,6 +55,7 @@ from .quotas import METER, Meter
 from .relay import RelayOptions
 from .request_target import upstream_target
 from .routes import PROXIED_ROUTES, Handler, Listing, RouteSpec, add_route
+from .scopes import keep_in_scope, scope_of
 from .validation import REQUEST_BODY, RequestBody
 
 log = logging.getLogger("fognode.gateway")
@@ -132,11 +133,16 @@ class _Sender:
         if spec.native and self.pool.kind != "ollama":
             return partial(native_api_unavailable, embedded=self.pool.kind == "embedded")
         # A list from several upstreams is their union; the OpenAI list always
-        # gets the node's own field, which says where a model is loaded.
-        if spec.listing is not None and (not self.pool.single or spec.listing is Listing.OPENAI):
+        # gets the node's own field, which says where a model is loaded; a key
+        # scoped to some models sees only those (scopes.py).
+        if spec.listing is not None:
             key, id_field = spec.listing.value
+            merge = not self.pool.single or spec.listing is Listing.OPENAI
 
             async def listing(request: web.Request) -> web.StreamResponse:
+                models = scope_of(request)
+                if not merge and models is None:
+                    return await forward(request)  # one Ollama's own list, as it sends it
                 if (waiting := self.pool.not_ready()) is not None:
                     raise not_ready_error(*waiting)
                 merged = await self.pool.merged_listing(
@@ -145,9 +151,10 @@ class _Sender:
                 if spec.listing is Listing.OPENAI:
                     self.pool.mark_warmth(merged)
                     fill_model_list(merged)  # every entry a Model (compat.py)
+                if models is not None:
+                    keep_in_scope(merged, key, id_field, models)
                 return web.json_response(merged)
 
-            return listing
         if spec.entry_of is not None and self.pool.kind != "ollama":
             key, id_field = spec.entry_of.value
 
@@ -192,7 +199,7 @@ class _Sender:
                 await self.pool.refresh()  # the node's model list changed
             return response
 
-        return forward
+        return listing if spec.listing is not None else forward
 
     def _conversation(
         self, request: web.Request, spec: RouteSpec, body: RequestBody
@@ -293,12 +300,13 @@ class _Sender:
         first byte; MembersDeclined (the request runs here) when all did."""
         fog = self.fog
         assert fog is not None and self.handed is not None
-        principal = request.get(PRINCIPAL)
+        principal, share = request.get(PRINCIPAL), request.get(SHARE)
         hop = Forwarded(
             entry=fog.options.own_id,
             uid=principal.uid if principal else "anonymous",
             kind=principal.kind if principal else "anonymous",
             may_queue=handover.may_queue,
+            priority=share.priority if share is not None else None,
         ).headers()
         headers = _upstream_headers(request)
         headers.update(hop)

@@ -5,7 +5,7 @@ Before admission on purpose: a user over budget is refused (429 with OpenAI's
 codes and rate-limit headers) without ever taking a place in the queue. For
 every inference request that gets this far the stage then
 
-* checks the user's quota (usage/: the tier from the principal, the ledger
+* checks the user's quota (usage/: the tier the shares stage found, the ledger
   reserving the request's estimated tokens until it ends, so concurrent
   requests cannot overshoot together);
 * puts OpenAI's ``x-ratelimit-*`` headers on whatever response the request
@@ -41,19 +41,19 @@ from prometheus_client import Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ...auth.principal import Access, Principal
+from ...auth.principal import Access
 from ...usage.backends import open_store
 from ...usage.counter import TokenCounter, Tokens, body_kind
 from ...usage.ledger import QuotaLedger, Reservation, UsageLedger
 from ...usage.options import QuotaOptions, StoreOptions
-from ...usage.quota import limits_for, tier_of
+from ...usage.quota import limits_for
 from ...usage.record import Outcome, UsageRecord
 from ...usage.request_body import ask_for_usage, completion_limit, estimate_prompt_tokens
 from ...usage.store import Grouping, UsageStore
 from ...usage.when import iso_utc, parse_when
 from ...usage.writer import BatchWriter
 from ..core.errors import GatewayError
-from ..core.keys import FORWARDED, PRINCIPAL, REQUEST_ID
+from ..core.keys import FORWARDED, PRINCIPAL, REQUEST_ID, SHARE
 from ..telemetry.metrics import Metrics
 from ..upstreams.upstream import without_password
 from .context import mint_id
@@ -194,7 +194,9 @@ class UsageAccounting:
         uid = principal.uid if principal is not None else "anonymous"
         parsed = request[REQUEST_BODY].parsed or {}
         prompt_estimate = estimate_prompt_tokens(parsed)
-        reservation = await self._admit(request, spec, uid, principal, prompt_estimate)
+        share = request.get(SHARE)
+        tier = share.tier if share is not None else None
+        reservation = await self._admit(request, spec, uid, tier, prompt_estimate)
         meter = request[METER] = Meter(
             strip_usage_chunk=self._ask_for_usage(request), prompt_estimate=prompt_estimate
         )
@@ -220,13 +222,14 @@ class UsageAccounting:
         request: web.Request,
         spec: RouteSpec,
         uid: str,
-        principal: Principal | None,
+        tier: str | None,
         prompt_estimate: int,
     ) -> Reservation:
-        """The ledger's decision on the request: its reservation, or the
-        refusal raised (recorded first)."""
+        """The ledger's decision on the request (``tier``: the caller's, as the
+        shares stage found it): its reservation, or the refusal raised
+        (recorded first)."""
         quota = self.options.quota
-        limits = limits_for(quota, _tier(quota, principal))
+        limits = limits_for(quota, tier)
         parsed = request[REQUEST_BODY].parsed or {}
         estimate = prompt_estimate + completion_limit(parsed, quota.default_completion_tokens)
         try:
@@ -414,14 +417,6 @@ async def open_usage_store(options: StoreOptions) -> UsageStore:
             f"cannot open the usage store ({_where(options)}): {type(exc).__name__}: {exc}"
         ) from None
     return store
-
-
-def _tier(quota: QuotaOptions, principal: Principal | None) -> str | None:
-    if principal is None:
-        return None
-    # auth/api_keys.py names an API key's caller `apikey:<name>`.
-    key_name = principal.uid.removeprefix("apikey:") if principal.kind == "api_key" else None
-    return tier_of(quota, claims=principal.claims, api_key_name=key_name)
 
 
 def _where(options: StoreOptions) -> str:

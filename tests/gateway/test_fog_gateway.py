@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from fognode.auth.api_keys import entry_for
+from fognode.auth.api_keys import entry_for, new_key
 from fognode.fog.state import PeerState
 from fognode.gateway.core.drain import DRAIN
 from fognode.gateway.node.server import RunningServer
@@ -97,12 +97,12 @@ async def make_node(
         settings.setdefault("fog", None)  # on: it has a node certificate (conftest says off)
         settings.setdefault("fog_refresh_seconds", 0.2)
         settings.setdefault("node_id", f"node-{name}")
+        settings.setdefault("api_keys", KEYS)
         server = await make_gateway(
             upstream.url,
             tls=True,
             certs_dir=certs_dir,
             auth="firebase",
-            api_keys=KEYS,
             api_keys_file=None,
             fog_port=fog_port,
             fog_peers=[f"127.0.0.1:{p}" for p in peers],
@@ -175,6 +175,64 @@ async def test_a_model_only_a_member_has_is_served_by_it_and_recorded_at_the_ent
     assert '<b class="member-handed">1</b>' in card
     assert '<b class="member-received">0</b>' in card
     assert OTHER in card
+
+
+async def test_a_handed_over_request_waits_in_the_class_its_entry_decided(
+    make_node: NodeFactory, fog_pki: Pki, http: aiohttp.ClientSession
+) -> None:
+    """The caller's class is decided where their credential is known (the
+    entry), and travels with the entry's assertion of who they are."""
+    a_port, b_port, c_port = free_port(), free_port(), free_port()
+    batch = {
+        "quota_tiers": {"batch": {}},
+        "quota_api_key_tiers": {"phone-user": "batch"},
+        "priority_tier_classes": {"batch": "batch"},
+    }
+    a = await make_node("a", models=(SMALL,), peers=[b_port, c_port], port=a_port, **batch)
+    b = await make_node("b", models=(OTHER,), peers=[a_port], port=b_port)
+    await members_of(a, 1)
+    status, _, text = await chat(http, a, fog_pki, OTHER)
+    assert status == 200, text
+    metrics = await admin_get(http, b, fog_pki, "/metrics")
+    assert 'fognode_admission_wait_seconds_count{class="batch"} 1.0' in metrics
+    assert 'fognode_admission_wait_seconds_count{class="interactive"} 0.0' in metrics
+    # A member that has no such class queues it in its own default class.
+    await b.server.stop()
+    c = await make_node(
+        "c",
+        models=(OTHER,),
+        peers=[a_port],
+        port=c_port,
+        priority_classes=["urgent", "normal"],
+        priority_default_class="normal",
+    )
+    await wait_until(lambda: [m.identity for m in a.fog.current()] == ["c.local"], "c joined")
+    status, _, text = await chat(http, a, fog_pki, OTHER)
+    assert status == 200, text
+    metrics = await admin_get(http, c, fog_pki, "/metrics")
+    assert 'fognode_admission_wait_seconds_count{class="normal"} 1.0' in metrics
+
+
+async def test_a_scoped_key_is_decided_at_the_entry_and_its_class_travels(
+    make_node: NodeFactory, fog_pki: Pki, http: aiohttp.ClientSession
+) -> None:
+    """The key is the entry node's (a member does not know it): the entry
+    refuses a model outside its scope before any hand-over, and hands over a
+    model in it with the key's class in its assertion of the caller."""
+    study = new_key()
+    scoped = entry_for(study, "study", admin=False, models=(OTHER,), priority="batch")
+    a_port, b_port = free_port(), free_port()
+    a = await make_node("a", models=(SMALL,), peers=[b_port], port=a_port, api_keys=[*KEYS, scoped])
+    b = await make_node("b", models=(OTHER,), peers=[a_port], port=b_port)
+    await members_of(a, 1)
+    status, _, text = await chat(http, a, fog_pki, SMALL, key=study)
+    assert status == 403 and "model_not_in_scope" in text and study not in text
+    status, _, text = await chat(http, a, fog_pki, OTHER, key=study)
+    assert status == 200, text
+    assert [r.path for r in b.standin.forwarded] == ["/v1/chat/completions"]
+    assert not a.standin.forwarded
+    metrics = await admin_get(http, b, fog_pki, "/metrics")
+    assert 'fognode_admission_wait_seconds_count{class="batch"} 1.0' in metrics
 
 
 async def test_a_model_no_member_has_is_the_apps_404(

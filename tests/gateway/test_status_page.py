@@ -18,7 +18,7 @@ from fognode.auth.api_keys import new_key
 from fognode.gateway.node.server import RunningServer
 from fognode.gateway.pages.sessions import SESSION_COOKIE
 from tests.support.ollama_standin import OllamaStandIn
-from tests.support.status_page import ADMIN_KEY, USER_KEY, failures
+from tests.support.status_page import ADMIN_KEY, SCOPED_ADMIN_KEY, USER_KEY, failures
 
 
 async def sign_in_form(http: aiohttp.ClientSession, url: str) -> str:
@@ -145,3 +145,14 @@ async def test_guessing_at_the_sign_in_form_is_slowed_down(
     # Refused attempts are not checked, so they do not lengthen the wait.
     assert throttle.retry_after("127.0.0.1") <= throttle.first_delay
     assert len(throttle) == 1
+
+
+async def test_a_key_kept_to_some_models_does_not_sign_in(
+    status_gateway: RunningServer, https: aiohttp.ClientSession
+) -> None:
+    """The page pulls models for everyone, beyond a key made with --models."""
+    async with await sign_in(https, status_gateway.url, SCOPED_ADMIN_KEY) as resp:
+        assert resp.status == 403 and "without --models" in await resp.text()
+        assert SESSION_COOKIE not in resp.cookies
+    async with https.get(f"{status_gateway.url}/", allow_redirects=False) as resp:
+        assert resp.status == 303 and resp.headers["Location"] == "/signin"

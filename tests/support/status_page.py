@@ -19,7 +19,7 @@ from tests.support.gateway import GatewayFactory
 from tests.support.ollama_standin import OllamaStandIn
 from tests.support.pki import Pki
 
-ADMIN_KEY, USER_KEY = new_key(), new_key()
+ADMIN_KEY, USER_KEY, SCOPED_ADMIN_KEY = new_key(), new_key(), new_key()
 LIFETIME = 900.0
 
 
@@ -36,6 +36,7 @@ async def status_gateway(
         api_keys=[
             entry_for(ADMIN_KEY, "operator", admin=True),
             entry_for(USER_KEY, "phone", admin=False),
+            entry_for(SCOPED_ADMIN_KEY, "study-admin", admin=True, models=("llama3.2:1b",)),
         ],
         status_refresh_seconds=0.3,
         session_lifetime=LIFETIME,

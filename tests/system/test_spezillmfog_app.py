@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from fognode.auth.api_keys import entry_for, new_key
 from tests.support.embedded_node import MODEL as EMBEDDED_MODEL
 from tests.support.netns import Avahi, Host, Segment, unavailable_reason, wait_http
 from tests.support.ollama_standin import DEFAULT_REPLY, WIRE_FORMATS
@@ -405,3 +406,73 @@ def test_each_error_reaches_the_app_as_it_maps_it(
     assert down["attempts"] == 3
     assert "Cannot reach the upstream" in down["detail"]
     assert proc.alive
+
+
+def test_scoped_keys_and_budgets_reach_the_app_as_it_maps_them(
+    segment: Segment, procs: list[Process], contract_pki: Pki, phone: Phone, tmp_path: Path
+) -> None:
+    """A study's app holds a key for one model, two requests a minute; the
+    node runs two workers. What the app shows for each refusal is what
+    DESIGN.md says it maps (401/403: invalid token; 429 retried, then an
+    unknown error), and the usage endpoint tells it what is left first."""
+    node = segment.hosts[1]
+    data = tmp_path / "node"
+    data.mkdir(parents=True)
+    study, old = new_key(), new_key()
+    (data / "api-keys").write_text(
+        entry_for(study, "study", admin=False, models=("llama3.2:1b",), tier="study")
+        + "\n"
+        + entry_for(old, "old", admin=False, expires=time.time() - 60)
+        + "\n"
+    )
+    start_node(
+        node,
+        procs,
+        contract_pki,
+        phone.key,
+        data,
+        env={
+            "FOGNODE_WORKERS": "2",
+            "FOGNODE_API_KEYS_FILE": str(data / "api-keys"),
+            "FOGNODE_QUOTA_TIERS": json.dumps({"study": {"requests_per_minute": 2}}),
+        },
+    )
+    at = {"ca": contract_pki.ca, "address": node.address}
+
+    def usage() -> dict[str, Any]:
+        out = subprocess.run(
+            phone.host.command(
+                "curl",
+                "-sk",
+                "-H",
+                f"Authorization: Bearer {study}",
+                f"https://{node.address}:443/v1/fognode/usage",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return dict(json.loads(out.stdout))
+
+    before = usage()
+    assert (before["tier"], before["requests"]["remaining"]) == ("study", 2), before
+    ok = phone.use(**at, tokens=[study] * 3)
+    assert ok["ok"] and "".join(ok["pieces"]) == DEFAULT_REPLY, ok
+    # A model outside the key's scope (403) and a key past its expiry (401): the
+    # app's invalidAPIToken, at once (neither is retried).
+    outside = phone.use(**at, model="qwen2.5:0.5b", tokens=[study] * 3)
+    assert (outside["case"], outside["attempts"]) == ("invalidAPIToken", 1), outside
+    assert "llama3.2:1b" in outside["detail"] and study not in outside["detail"]
+    expired = phone.use(**at, tokens=[old] * 3)
+    assert (expired["case"], expired["attempts"]) == ("invalidAPIToken", 1), expired
+    assert "expired" in expired["detail"]
+    # The refusals cost nothing; one request is left this minute, the node says.
+    left = usage()
+    assert left["requests"]["used"] == 1 and left["requests"]["remaining"] == 1, left
+    assert 0 < left["requests"]["resets_in_seconds"] <= 60
+    assert phone.use(**at, tokens=[study] * 3)["ok"]
+    # Spent: the app retries the 429 (it does not read Retry-After) and gives up.
+    spent = phone.use(**at, tokens=[study] * 3)
+    assert spent["case"] == "unknownError" and spent["detail"].startswith("429 "), spent
+    assert spent["attempts"] == 3
+    assert usage()["requests"]["remaining"] == 0

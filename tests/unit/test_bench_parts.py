@@ -13,6 +13,7 @@ from bench.loadgen import (
 )
 from bench.peers import report
 from bench.profile import parse_collapsed
+from bench.sharing import report as sharing_report
 from bench.usage import report as usage_report
 
 WRK_SAMPLE = """\
@@ -115,6 +116,30 @@ def test_report_sets_this_checkout_against_the_baseline_round_by_round() -> None
     row = next(line for line in text.splitlines() if line.startswith("| fognode | 0.45"))
     # CPU 0.5 and 0.4 per round; request path (0.2/0.4 and 0.4/1.0) minus direct's first
     assert row.startswith("| fognode | 0.45 (0.40-0.50) | n/a | 0.45 (0.40-0.50) |")
+
+
+def test_sharing_report_gives_spreads_and_the_ratio_of_each_rounds_pair() -> None:
+    def run(round_: int, scene: str, target: str, wait: float, **more: float) -> dict[str, Any]:
+        return {"round": round_, "scene": scene, "target": target, "wait": wait, **more}
+
+    saved = {
+        "machine": "2 cores",
+        "args": {"request_seconds": 1.0, "max_wait": 5.0, "rounds": 2},
+        "targets": ["this", "base"],
+        "runs": [
+            run(0, "behind ten", "this", 1.0, after_batch=0),
+            run(0, "behind ten", "base", 5.0, after_batch=10),
+            run(1, "behind ten", "base", 8.0, after_batch=10),
+            run(1, "behind ten", "this", 2.0, after_batch=0),
+            run(0, "steady load", "this", 4.0, interactive_median=1.5),
+            run(1, "steady load", "this", 6.0, interactive_median=2.5),
+        ],
+    }
+    text = sharing_report(saved)
+    assert "| this | 1.50 (1.00-2.00) | 0 (0-0) | 5.00 (4.00-6.00) | 2.00 (1.50-2.50) |" in text
+    assert "| base | 6.50 (5.00-8.00) | 10 (10-10) | - | - |" in text
+    # Round by round (0.2 and 0.25), not the ratio of the medians (0.23).
+    assert "round by round: 0.225 (0.200-0.250)." in text
 
 
 def test_usage_report_takes_on_off_ratios_round_by_round() -> None:

@@ -4,6 +4,7 @@ request at a member (routing/order.py)."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -88,6 +89,12 @@ def test_the_assertion_reads_back_and_carries_no_credential() -> None:
     assert set(headers) == {HOP, PRINCIPAL, QUEUE}
     assert "Bearer" not in "".join(headers.values())
     assert Forwarded.from_headers({}) is None
+    classed = Forwarded("node-a", "uid-7", "firebase", may_queue=False, priority="batch")
+    assert Forwarded.from_headers(classed.headers()) == classed
+    assert json.loads(classed.headers()[PRINCIPAL])["class"] == "batch"
+    # An entry node from before classes asserts none: the member's default.
+    plain = Forwarded.from_headers(sent.headers())
+    assert plain is not None and plain.priority is None
 
 
 @pytest.mark.parametrize(
@@ -98,6 +105,9 @@ def test_the_assertion_reads_back_and_carries_no_credential() -> None:
         {HOP: "node-a", PRINCIPAL: '{"uid": "", "kind": "x"}'},
         {HOP: "node-a", PRINCIPAL: '{"uid": 3, "kind": "x"}'},
         {HOP: " ", PRINCIPAL: '{"uid": "u", "kind": "x"}'},
+        {HOP: "node-a", PRINCIPAL: '{"uid": "u", "kind": "x", "class": 1}'},
+        {HOP: "node-a", PRINCIPAL: '{"uid": "u", "kind": "x", "class": ""}'},
+        {HOP: "node-a", PRINCIPAL: json.dumps({"uid": "u", "kind": "x", "class": "c" * 65})},
     ],
 )
 def test_an_assertion_that_does_not_read_is_refused(headers: dict[str, str]) -> None:

@@ -64,17 +64,20 @@ from fognode.gateway.node.protocol import (
     SignInWait,
     Tried,
     TryNow,
+    UsageOf,
+    Warnings,
     Welcome,
     WorkerActivity,
 )
 from fognode.gateway.node.worker import RemoteAdmission, SupervisorLink
 from fognode.gateway.options import upstream_options
-from fognode.gateway.pipeline.admission import Admission, Load, Slots
+from fognode.gateway.pipeline.admission import Admission, ClassLoad, Load, Slots, Waiting
 from fognode.gateway.telemetry.activity import ActivityView
 from fognode.gateway.upstreams.pool import Finding, UpstreamPool
 from fognode.routing.warm import LoadedModel
+from fognode.usage.ledger import BudgetWarning
 from fognode.usage.options import Limits
-from fognode.usage.quota import Decision
+from fognode.usage.quota import Decision, Usage
 from fognode.usage.record import Outcome, UsageRecord
 from fognode.web.status import ErrorView, MinuteView
 from fognode.workers.channel import CallFailed, Channel, Reply
@@ -195,15 +198,20 @@ STATE = cast(list[Any], codec(PeerState).encode(PEER))  # a member's own check a
 KEYS = (
     ApiKeyEntry("local-admin", True, bytes(range(32))),
     ApiKeyEntry("phone", False, bytes(32)),
+    ApiKeyEntry("study", False, bytes(32), ("llama3.2:1b", "qwen2.5"), 1.8e9, "study", "batch"),
 )
 MESSAGES: list[Message] = [
     Hello(),
-    Acquire(7, "apikey:alice", Slots.BOTH),
-    TryNow("apikey:alice", Slots.NODE),
+    Acquire(7, "apikey:alice", Slots.BOTH, "batch"),
+    Acquire(8, "apikey:alice", Slots.NODE, None),
+    TryNow("apikey:alice", Slots.NODE, None),
+    TryNow("apikey:alice", Slots.BOTH, "interactive"),
     Position(7),
     LoadNow(),
     Quota(3, "uid:bob", Limits(1000, 10), 612),
     Pending(),
+    UsageOf("apikey:study"),
+    Warnings(),
     NodeMetrics(),
     NodeActivity(),
     Probe(),
@@ -254,8 +262,34 @@ ANSWERS: dict[type[Call[Any]], list[object]] = {
     Acquire: [Admitted(), Admitted(REFUSAL)],
     TryNow: [Tried(None), Tried(2.5)],
     Position: [1, None],
-    LoadNow: [Load(3, 5)],
+    LoadNow: [
+        Load(3, 5),
+        Load(
+            2,
+            4,
+            (
+                ClassLoad("interactive", 1, 0.5, (Waiting("apikey:alice", 1),)),
+                ClassLoad("batch", 3, 12.25, (Waiting("bob", 2), Waiting("carol", 1))),
+            ),
+        ),
+    ],
+    UsageOf: [Usage(), Usage(1200, 3, 1_700_000_000.5, 1_700_000_030.25)],
+    Warnings: [
+        (),
+        (
+            BudgetWarning("apikey:study", "tokens", 850, 1000, 1_700_050_000.0),
+            BudgetWarning("uid-7", "requests", 9, 10, 1_700_000_060.5),
+        ),
+    ],
     Quota: [
+        Decided(
+            1_700_000_000.5,
+            Decision(
+                True,
+                {"x-ratelimit-limit-requests": "10", "x-fognode-quota-warning": "requests 90%"},
+                warnings=("requests",),
+            ),
+        ),
         Decided(1_700_000_000.5, Decision(True, {"x-ratelimit-limit-requests": "10"})),
         Decided(
             1_700_000_000.5,
@@ -317,9 +351,9 @@ def test_every_answer_round_trips(call: type[Call[Any]], answer: object) -> None
 async def test_each_side_takes_its_half_of_the_protocol() -> None:
     to_supervisor = {
         Op.HELLO, Op.ACQUIRE, Op.TRY_NOW, Op.POSITION, Op.LOAD, Op.QUOTA, Op.PENDING,
-        Op.NODE_METRICS, Op.NODE_ACTIVITY, Op.PROBE, Op.RECALL, Op.SIGN_IN_WAIT,
-        Op.SIGN_IN_ATTEMPT, Op.FOG_STATE, Op.SET_DRAIN, Op.READY, Op.FAILED, Op.SETTLE,
-        Op.RECORD, Op.REMEMBER, Op.SIGNED_IN, Op.FOG_FAILED, Op.FIRST_TOKEN, Op.REVOKE,
+        Op.USAGE_OF, Op.WARNINGS, Op.NODE_METRICS, Op.NODE_ACTIVITY, Op.PROBE, Op.RECALL,
+        Op.SIGN_IN_WAIT, Op.SIGN_IN_ATTEMPT, Op.FOG_STATE, Op.SET_DRAIN, Op.READY, Op.FAILED,
+        Op.SETTLE, Op.RECORD, Op.REMEMBER, Op.SIGNED_IN, Op.FOG_FAILED, Op.FIRST_TOKEN, Op.REVOKE,
     }  # fmt: skip
     to_worker = {
         Op.EXPOSE, Op.WORKER_ACTIVITY, Op.RELOAD_TLS, Op.EMBEDDED_CHANGED, Op.PROBED,
@@ -335,12 +369,13 @@ async def test_each_side_takes_its_half_of_the_protocol() -> None:
 @pytest.mark.parametrize(
     ("kind", "values", "why"),
     [
-        (Acquire, [7, "alice"], "not Acquire"),
-        (Acquire, [7, "alice", "both", "extra"], "not Acquire"),
-        (Acquire, ["7", "alice", "both"], "not an integer"),
-        (Acquire, [True, "alice", "both"], "not an integer"),  # JSON's true is no number here
-        (Acquire, [7, None, "both"], "not a string"),
-        (Acquire, [7, "alice", "all"], "no Slots"),
+        (Acquire, [7, "alice", "both"], "not Acquire"),
+        (Acquire, [7, "alice", "both", None, "extra"], "not Acquire"),
+        (Acquire, ["7", "alice", "both", None], "not an integer"),
+        (Acquire, [True, "alice", "both", None], "not an integer"),  # JSON's true is no number
+        (Acquire, [7, None, "both", None], "not a string"),
+        (Acquire, [7, "alice", "all", None], "no Slots"),
+        (Acquire, [7, "alice", "both", 1], "not a string"),
         (FogState, [1], "not FogState"),
         (FogMembers, [[[*MEMBER[:2], ["", 1, 0, 0, 1, *STATE[5:]], 0.5]], []], "names its node"),
         (Position, [1.5], "not an integer"),
@@ -419,7 +454,9 @@ async def test_a_worker_is_admitted_and_refused_as_the_supervisor_decides(ends: 
         await admission.acquire("bob")  # no slot and no queue: the node is busy
     assert refused.value.status == 503 and refused.value.code == "node_busy"
     assert "Retry-After" in refused.value.headers
-    assert await admission.load() == Load(1, 0)
+    load = await admission.load()
+    assert (load.active, load.queued) == (1, 0)
+    assert [(c.name, c.queued) for c in load.classes] == [("default", 0)]
     admission.release(permit)
     await wait_until(lambda: coordinator.admission.active == 0, "the slot to come back")
 
@@ -457,7 +494,7 @@ async def test_a_call_that_is_not_served_here_is_refused_and_the_channel_lives_o
     with pytest.raises(CallFailed, match="not a list"):
         await channel.call(Op.RECALL, "00")
     assert coordinator.admission.active == 0  # nothing reached admission
-    assert await worker.peer.call(LoadNow()) == Load(0, 0)  # the channel still serves
+    assert (await worker.peer.call(LoadNow())).active == 0  # the channel still serves
     refusals = [r for r in caplog.records if "refused a call" in r.getMessage()]
     assert len(refusals) == 4 and all(r.levelno == logging.WARNING for r in refusals)
 
@@ -492,7 +529,7 @@ async def test_an_answer_that_does_not_fit_fails_the_call_and_gives_back_its_lea
     await loop.create_unix_connection(lambda: caller.channel, sock=theirs)
     try:
         with pytest.raises(CallFailed, match="does not fit its declaration"):
-            await caller.lease(Acquire(1, "alice", Slots.BOTH))
+            await caller.lease(Acquire(1, "alice", Slots.BOTH, None))
         await wait_until(lambda: released == [Op.ACQUIRE], "the lease to be given back")
         assert callee.leases == 0
     finally:

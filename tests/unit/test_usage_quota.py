@@ -7,7 +7,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from fognode.usage.options import Limits, QuotaOptions, StoreOptions
-from fognode.usage.quota import Usage, day_bounds, decide, format_reset, limits_for, tier_of
+from fognode.usage.quota import (
+    WARNING_HEADER,
+    Usage,
+    budgets,
+    day_bounds,
+    decide,
+    format_reset,
+    limits_for,
+    tier_of,
+)
 
 
 def ts(text: str) -> float:
@@ -144,3 +153,30 @@ def test_options_refuse_nonsense() -> None:
         StoreOptions(database_url="mysql://x")
     assert not QuotaOptions().enabled
     assert QuotaOptions(tiers={"a": Limits(requests_per_minute=1)}).enabled
+
+
+def test_an_admitted_request_past_the_warning_share_is_warned() -> None:
+    limits = Limits(tokens_per_day=1000, requests_per_minute=10)
+    usage = Usage(tokens_today=700, requests_last_minute=8, newest_request=NOW - 1)
+    decision = decide(limits, usage, estimate=150, now=NOW, day_end=DAY_END, warn_at=0.8)
+    assert decision.allowed and decision.warnings == ("tokens", "requests")
+    assert decision.headers[WARNING_HEADER] == "tokens 85%, requests 90%"
+    calm = decide(limits, usage, estimate=50, now=NOW, day_end=DAY_END, warn_at=0.8)
+    assert calm.warnings == ("requests",) and calm.headers[WARNING_HEADER] == "requests 90%"
+    never = decide(limits, usage, estimate=150, now=NOW, day_end=DAY_END, warn_at=0.0)
+    assert never.warnings == () and WARNING_HEADER not in never.headers
+    unlimited = decide(Limits(), usage, estimate=10**6, now=NOW, day_end=DAY_END, warn_at=0.1)
+    assert unlimited.warnings == ()
+
+
+def test_budgets_say_what_is_used_and_left_and_when_each_is_whole_again() -> None:
+    usage = Usage(1200, 3, NOW - 50, NOW - 10)
+    found = budgets(Limits(tokens_per_day=1000), usage, now=NOW, day_end=DAY_END)
+    tokens, requests = found["tokens"], found["requests"]
+    assert (tokens.limit, tokens.used, tokens.remaining, tokens.resets) == (1000, 1200, 0, DAY_END)
+    assert tokens.near(0.8) and not tokens.near(0.0)
+    # No request limit: nothing left to count down, the window still empties.
+    assert (requests.limit, requests.used, requests.remaining) == (None, 3, None)
+    assert requests.resets == NOW + 50 and not requests.near(0.8)
+    idle = budgets(Limits(requests_per_minute=5), Usage(), now=NOW, day_end=DAY_END)
+    assert idle["requests"].resets == NOW and idle["requests"].remaining == 5

@@ -110,12 +110,16 @@ class AuthSettings(BaseModel):
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Static API keys as `name:user|admin:sha256hex` entries (comma-separated "
-        "or JSON list); `fognode apikey create` makes them.",
+        description="Static API keys as `name:user|admin:sha256hex` entries, each optionally "
+        "scoped by space-separated terms `models=m1,m2 expires=2027-01-06T12:00:00Z tier=T "
+        "class=C` (comma-separated or JSON list; an entry's `models=` commas stay with it); "
+        "`fognode apikey create --print-only` makes them.",
     )
     api_keys_file: Path | None = Field(
         default_factory=default_api_keys_file,
-        description="File with one `name:user|admin:sha256hex` entry per line (`#` starts a "
+        description="File with one `name:user|admin:sha256hex` entry per line, optionally "
+        "followed by its scope (`models=m1,m2 expires=... tier=T class=C`: the only models the "
+        "key may use, when it stops working, its budgets and its queue; `#` starts a "
         "comment): `<data dir>/api-keys` (setup.sh makes it; `fognode apikey create` and "
         "`revoke` edit it). The node watches it: a key added or revoked takes effect on every "
         "worker within `api_keys_check_interval` seconds, without a restart. A missing file "

@@ -105,6 +105,15 @@ class UsageSettings(BaseModel):
         description="What a request that sets no `max_tokens` is assumed to generate when it is "
         "admitted (its reservation against the daily budget; settled with the real count).",
     )
+    quota_warn_at: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="The share of a budget (tokens per day, requests per minute) from which "
+        "a request is warned in its `x-fognode-quota-warning` header (`tokens 85%`), the "
+        "operator once per budget and period in the log, and the status page lists the user "
+        "until it resets. 0: never.",
+    )
     usage_metrics_per_user: bool = Field(
         False,
         description="Label the token counters in `/metrics` by user as well as by model (one "
