@@ -31,7 +31,7 @@ echo "==> ruff"
 echo "==> mypy (strict) on the service code"
 # mypy resolves modules by path; mirror the installed fognode.* layout.
 mkdir -p .typecheck/fognode
-for part in gateway auth discovery certs usage web models embedded safejson supervision routing workers fog; do
+for part in gateway auth discovery certs usage web models embedded safejson supervision moments routing workers fog; do
   ln -sfn "../../$part" ".typecheck/fognode/$part"
 done
 MYPYPATH=.typecheck "$VENV/bin/mypy" -p fognode

@@ -27,8 +27,8 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
+from ..moments import iso_utc, parse_moment
 from .errors import AuthError
 from .principal import Principal
 
@@ -124,19 +124,12 @@ def _terms(name: str, terms: list[str]) -> dict[str, str]:
 def parse_expiry(text: str, name: str = "") -> float:
     """An ISO 8601 moment (``2027-01-06T12:00:00Z``; without a zone: UTC) as Unix time."""
     try:
-        moment = datetime.fromisoformat(text)
+        return parse_moment(text)
     except ValueError:
         whose = f"API key entry for {name!r}: " if name else ""
         raise ValueError(
             f"{whose}expires={text!r} is not a moment like 2027-01-06T12:00:00Z"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
-def iso_utc(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def new_key() -> str:

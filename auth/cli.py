@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .api_keys import ApiKeyEntry, entry_for, iso_utc, new_key, parse_expiry
+from ..moments import iso_utc, parse_span
+from .api_keys import ApiKeyEntry, entry_for, new_key, parse_expiry
 from .key_file import KeyFile
 
 
@@ -144,15 +145,12 @@ def _apikey_create(args: argparse.Namespace, options: dict[str, Any]) -> int:
     return 0
 
 
-UNITS = {"m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
-
-
 def expiry(text: str, now: float) -> float:
     """``30d``, ``12h``, ``90m``, ``2w`` from ``now``, or a moment (ISO 8601;
     UTC without a zone), as Unix time in whole seconds (the file holds them)."""
-    number, unit = text[:-1], text[-1:].lower()
-    if unit in UNITS and number.isdigit() and int(number) > 0:
-        return float(int(now) + int(number) * UNITS[unit])
+    span = parse_span(text)
+    if span is not None and span > 0:
+        return float(int(now + span))
     moment = parse_expiry(text)
     if moment <= now:
         raise ValueError(f"--expires {text} is in the past")

@@ -10,10 +10,10 @@ models count as hot.
 
 from __future__ import annotations
 
-import datetime as dt
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+from ..moments import parse_moment
 
 
 @dataclass(frozen=True)
@@ -29,19 +29,13 @@ class LoadedModel:
         return self.expires is None or self.expires > now
 
 
-# Go writes RFC 3339 with up to nine fractional digits; Python reads six.
-_FRACTION = re.compile(r"(\.\d{1,6})\d*")
-
-
 def parse_time(text: str) -> float | None:
-    """An RFC 3339 time (``2025-06-04T14:38:31.837530019-07:00``) as a Unix time."""
+    """An RFC 3339 time (``2025-06-04T14:38:31.837530019-07:00``) as a Unix
+    time; None when it does not read (the model then counts as loaded)."""
     try:
-        when = dt.datetime.fromisoformat(_FRACTION.sub(r"\1", text.strip(), count=1))
+        return parse_moment(text)
     except ValueError:
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.timestamp()
 
 
 def _int(value: object) -> int | None:

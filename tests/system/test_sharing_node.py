@@ -25,7 +25,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fognode.auth.api_keys import entry_for, iso_utc, new_key
+from fognode.auth.api_keys import entry_for, new_key
+from fognode.moments import iso_utc
 from tests.support.helpers import STREAMED_CHAT, wait_until
 from tests.support.ollama_standin import OllamaStandIn
 from tests.support.pki import make_pki

@@ -28,7 +28,7 @@ def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object
 
 def test_json_per_user(sqlite_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     result = run_json(capsys, "--sqlite", str(sqlite_file), *RANGE)
-    assert result["since"] == "2026-03-14T00:00:00+00:00"
+    assert result["since"] == "2026-03-14T00:00:00Z"
     assert result["totals"] == [
         {
             "uid": "alice",
@@ -63,7 +63,7 @@ def test_json_per_model_for_one_user(sqlite_file: Path, capsys: pytest.CaptureFi
 def test_the_table(sqlite_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["usage", "--sqlite", str(sqlite_file), *RANGE, "--by", "user-model"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "Usage from 2026-03-14T00:00:00+00:00 to 2026-03-15T00:00:00+00:00 (UTC)"
+    assert lines[0] == "Usage from 2026-03-14T00:00:00Z to 2026-03-15T00:00:00Z (UTC)"
     assert lines[1].split() == [
         "USER",
         "MODEL",
