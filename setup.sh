@@ -118,7 +118,8 @@ if ((WITH_TEST)); then
     mkdir -p "$FIREBASE_TOOLS"
     # --ignore-scripts: only the hosting emulator needs native modules, and their
     # install scripts try to download prebuilt binaries from outside the registry.
-    npm install --silent --no-audit --no-fund --ignore-scripts --prefix "$FIREBASE_TOOLS" \
+    # Errors stay on stderr: a registry that cannot be reached must say why.
+    npm install --loglevel=error --no-audit --no-fund --ignore-scripts --prefix "$FIREBASE_TOOLS" \
       "firebase-tools@$FIREBASE_TOOLS_VERSION" >/dev/null
   else
     echo "setup.sh: firebase-tools needs Node.js 20 or newer; the emulator tests will fail." >&2
