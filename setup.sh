@@ -119,7 +119,7 @@ if ((WITH_TEST)); then
     # --ignore-scripts: only the hosting emulator needs native modules, and their
     # install scripts try to download prebuilt binaries from outside the registry.
     # Errors stay on stderr: a registry that cannot be reached must say why.
-    npm install --loglevel=error --no-audit --no-fund --ignore-scripts --prefix "$FIREBASE_TOOLS" \
+    npm install --loglevel=error --no-audit --no-fund --no-update-notifier --ignore-scripts --prefix "$FIREBASE_TOOLS" \
       "firebase-tools@$FIREBASE_TOOLS_VERSION" >/dev/null
   else
     echo "setup.sh: firebase-tools needs Node.js 20 or newer; the emulator tests will fail." >&2
