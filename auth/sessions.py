@@ -119,9 +119,6 @@ class SessionSigner:
         self._forms = serializer("fognode.signin-form")
         self._csrf = Signer(key, salt="fognode.csrf", digest_method=hashlib.sha256)
         self._revoked: OrderedDict[str, float] = OrderedDict()  # sid -> when it expires
-        # Told of each sign-out here (sid, when the session would expire): worker
-        # processes pass it on, so a sign-out holds on every worker.
-        self.on_revoke: list[Callable[[str, float], None]] = []
 
     # --- sessions ---------------------------------------------------------------
     def issue(self, principal: Principal) -> tuple[str, Session]:
@@ -155,12 +152,13 @@ class SessionSigner:
             return None
         return Session(str(uid), str(kind), bool(is_admin), str(sid), issued.timestamp())
 
-    def revoke(self, session: Session) -> None:
-        """Sign-out: this session is refused from now on, even if its cookie was kept."""
+    def revoke(self, session: Session) -> float:
+        """Sign-out: this session is refused from now on, even if its cookie
+        was kept. Returns until when (it would have expired then anyway), for
+        other processes of the node to refuse it as long."""
         until = session.issued + self.lifetime
         self.refuse(session.sid, until)
-        for tell in self.on_revoke:
-            tell(session.sid, until)
+        return until
 
     def refuse(self, sid: str, until: float) -> None:
         """Refuse session ``sid`` until it would expire anyway (a sign-out here,

@@ -215,6 +215,7 @@ class WorkerLink:
             .call(msg.SignInAttempt, self.sign_in_attempt)
             .call(msg.FogState, self.fog_state)
             .call(msg.SetDrain, self.set_drain)
+            .call(msg.SignOut, self.sign_out)
             .notice(msg.Ready, self.serving)
             .notice(msg.Failed, self.failed)
             .notice(msg.Settle, self.settle)
@@ -223,7 +224,6 @@ class WorkerLink:
             .notice(msg.SignedIn, self.signed_in)
             .notice(msg.FogFailed, self.fog_failed)
             .notice(msg.FirstToken, self.first_token)
-            .notice(msg.Revoke, self.revoke)
         )
         self.peer = Peer(table)
 
@@ -323,6 +323,13 @@ class WorkerLink:
         await drain.set(call.draining)  # every worker is told (Draining)
         return call.answer(msg.Draining(drain.draining, drain.since))
 
+    async def sign_out(self, call: msg.SignOut) -> Reply:
+        """Every worker is told before the worker that asked answers its client:
+        the Revoke frames are written ahead of this answer, so each worker reads
+        its own before that client can come back to it."""
+        self.coordinator.broadcast(msg.Revoke(call.session, call.until))
+        return call.answer(None)
+
     # --- notices ----------------------------------------------------------------------
     def serving(self, notice: msg.Ready) -> None:
         self.coordinator.auth = notice.auth
@@ -353,9 +360,6 @@ class WorkerLink:
 
     def first_token(self, notice: msg.FirstToken) -> None:
         self.coordinator.first_tokens[self.number] = notice.seconds
-
-    def revoke(self, notice: msg.Revoke) -> None:
-        self.coordinator.broadcast(notice)  # every worker refuses the session from now on
 
     # --- what this node may not run -----------------------------------------------------
     def _ledger(self) -> UsageLedger:

@@ -42,13 +42,15 @@ A worker asks the supervisor (calls):
     FogState       this node's state as the fog's members are told it (a worker
                    answers /fog/state on the peer port with it)
     SetDrain       drain the node, or stop: answered with the flag as it now is
+    SignOut        a client signed out of the status page: answered once every
+                   worker has been told (Revoke), so that the answer the
+                   client gets comes after every worker refuses the session
 
 and tells it (notices): Ready (it serves; with the credentials it accepts,
 for the announcement), Failed (it cannot start, and why), Settle (a request
 with a reservation ended: its record replaces the reservation), Record (a
 request without one ended), Remember (an upstream served a conversation),
-SignedIn (a client signed in: its failures are forgotten), Revoke (a
-sign-out: the supervisor passes it on to every worker), FogFailed (a request
+SignedIn (a client signed in: its failures are forgotten), FogFailed (a request
 to a member failed before its first byte), FirstToken (the worker's recent
 time to a first token, at most once a second).
 
@@ -108,6 +110,7 @@ class Op(enum.StrEnum):
     SIGN_IN_ATTEMPT = "sign_in_attempt"
     FOG_STATE = "fog_state"
     SET_DRAIN = "set_drain"
+    SIGN_OUT = "sign_out"
     # A worker tells the supervisor.
     READY = "ready"
     FAILED = "failed"
@@ -117,12 +120,12 @@ class Op(enum.StrEnum):
     SIGNED_IN = "signed_in"
     FOG_FAILED = "fog_failed"
     FIRST_TOKEN = "first_token"
-    REVOKE = "revoke"  # and the supervisor every worker
     # The supervisor asks a worker.
     EXPOSE = "expose"
     WORKER_ACTIVITY = "worker_activity"
     # The supervisor tells every worker.
     RELOAD_TLS = "reload_tls"
+    REVOKE = "revoke"
     EMBEDDED_CHANGED = "embedded_changed"
     PROBED = "probed"
     FOG_MEMBERS = "fog_members"
@@ -322,6 +325,15 @@ class SetDrain(Call[Draining]):
     draining: bool
 
 
+@dataclass(frozen=True, slots=True)
+class SignOut(Call[None]):
+    """A sign-out: the session is refused until it would have expired."""
+
+    op = Op.SIGN_OUT
+    session: str
+    until: float
+
+
 # --- what a worker tells the supervisor --------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Ready(Notice):
@@ -377,15 +389,6 @@ class FirstToken(Notice):
     seconds: float  # the worker's recent time to a first token
 
 
-@dataclass(frozen=True, slots=True)
-class Revoke(Notice):
-    """A sign-out: the session is refused until it would have expired."""
-
-    op = Op.REVOKE
-    session: str
-    until: float
-
-
 # --- what the supervisor asks and tells a worker -----------------------------------
 @dataclass(frozen=True, slots=True)
 class Expose(Call[str]):
@@ -395,6 +398,15 @@ class Expose(Call[str]):
 @dataclass(frozen=True, slots=True)
 class WorkerActivity(Call[ActivityView]):
     op = Op.WORKER_ACTIVITY
+
+
+@dataclass(frozen=True, slots=True)
+class Revoke(Notice):
+    """A sign-out (SignOut): refuse the session until it would have expired."""
+
+    op = Op.REVOKE
+    session: str
+    until: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -347,7 +347,7 @@ class SupervisorLink:
         sessions = app.get(SESSIONS)
         if sessions is not None:
             self.sessions = sessions
-            sessions.signer.on_revoke.append(self._signed_out)
+            sessions.signed_out.append(self._signed_out)
         self.authorizer = app[AUTHORIZER]
         if self.keys is not None:
             self.authorizer.use_keys(self.keys.entries)
@@ -362,8 +362,9 @@ class SupervisorLink:
         except ChannelClosed:
             return self.activity.here()
 
-    def _signed_out(self, session: str, until: float) -> None:
-        self.peer.notify(msg.Revoke(session, until))
+    async def _signed_out(self, session: str, until: float) -> None:
+        with contextlib.suppress(ChannelClosed):  # the node is stopping: no worker serves
+            await self.peer.call(msg.SignOut(session, until))
 
     def _fog_failed(self, address: str, why: str) -> None:
         self.peer.notify(msg.FogFailed(address, why))

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -112,6 +112,10 @@ class BrowserSessions:
         self.options = options
         self.throttle = throttle or LocalSignInThrottle()
         self._signer: SessionSigner | None = None
+        # Told of each sign-out (sid, when the session would expire) before its
+        # answer goes out: a worker process waits until the supervisor has told
+        # every other worker, so the kept cookie opens no page anywhere after.
+        self.signed_out: list[Callable[[str, float], Awaitable[None]]] = []
 
     async def start(self) -> None:
         key = await asyncio.to_thread(load_or_create_key, self.options.key_file)
@@ -121,6 +125,11 @@ class BrowserSessions:
     def signer(self) -> SessionSigner:
         assert self._signer is not None, "the app has not started"
         return self._signer
+
+    async def sign_out(self, session: Session) -> None:
+        until = self.signer.revoke(session)
+        for tell in self.signed_out:
+            await tell(session.sid, until)
 
     def session_of(self, request: web.Request) -> Session | None:
         return self.signer.open(request.cookies.get(SESSION_COOKIE))
@@ -274,7 +283,7 @@ def setup_sessions(app: web.Application, sessions: BrowserSessions, metrics: Met
         # The access stage admitted the request (with its CSRF token, if by session).
         session = request.get(SESSION)
         if session is not None:
-            sessions.signer.revoke(session)
+            await sessions.sign_out(session)
             log.info("signed out of the status page: %s", session.uid)
         response = _see_other(SIGN_IN)
         _drop_cookie(response, SESSION_COOKIE)

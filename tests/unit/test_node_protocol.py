@@ -62,6 +62,7 @@ from fognode.gateway.node.protocol import (
     SignedIn,
     SignInAttempt,
     SignInWait,
+    SignOut,
     Tried,
     TryNow,
     UsageOf,
@@ -220,6 +221,7 @@ MESSAGES: list[Message] = [
     SignInAttempt("::1"),
     FogState(),
     SetDrain(True),
+    SignOut("sid-1", 1_800_000_600.5),
     Ready("api_key,firebase"),
     Failed("fognode: cannot serve TLS: no key"),
     Settle(3, RECORD),
@@ -305,6 +307,7 @@ ANSWERS: dict[type[Call[Any]], list[object]] = {
     SignInAttempt: [None],
     FogState: [PEER],
     SetDrain: [Draining(False, None)],
+    SignOut: [None],
     Expose: [""],
     WorkerActivity: [ACTIVITY],
 }
@@ -353,7 +356,8 @@ async def test_each_side_takes_its_half_of_the_protocol() -> None:
         Op.HELLO, Op.ACQUIRE, Op.TRY_NOW, Op.POSITION, Op.LOAD, Op.QUOTA, Op.PENDING,
         Op.USAGE_OF, Op.WARNINGS, Op.NODE_METRICS, Op.NODE_ACTIVITY, Op.PROBE, Op.RECALL,
         Op.SIGN_IN_WAIT, Op.SIGN_IN_ATTEMPT, Op.FOG_STATE, Op.SET_DRAIN, Op.READY, Op.FAILED,
-        Op.SETTLE, Op.RECORD, Op.REMEMBER, Op.SIGNED_IN, Op.FOG_FAILED, Op.FIRST_TOKEN, Op.REVOKE,
+        Op.SIGN_OUT, Op.SETTLE, Op.RECORD, Op.REMEMBER, Op.SIGNED_IN, Op.FOG_FAILED,
+        Op.FIRST_TOKEN,
     }  # fmt: skip
     to_worker = {
         Op.EXPOSE, Op.WORKER_ACTIVITY, Op.RELOAD_TLS, Op.EMBEDDED_CHANGED, Op.PROBED,
