@@ -13,6 +13,7 @@ from bench.loadgen import (
 )
 from bench.peers import report
 from bench.profile import parse_collapsed
+from bench.protocol import CASES, per_message_ns, plain, typed
 from bench.sharing import report as sharing_report
 from bench.usage import report as usage_report
 
@@ -179,3 +180,12 @@ def test_profile_counts_own_and_cumulative_samples() -> None:
     assert own["handler (proxy.py)"] == 2
     assert cumulative["handler (proxy.py)"] == 9
     assert cumulative["main (cli.py)"] == 10
+
+
+def test_the_protocol_bench_times_whole_trips_of_the_messages_a_request_sends() -> None:
+    """typed() refuses a message that would not come back equal, so what it
+    times is the codec's whole trip; both targets cost something."""
+    assert {type(m).__name__ for m, _ in CASES.values()} == {"Acquire", "Settle"}
+    for message, answer in CASES.values():
+        assert per_message_ns(plain(message, answer), 10) > 0
+        assert per_message_ns(typed(message, answer), 10) > 0
