@@ -27,6 +27,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ...auth.principal import Access
+from ...routing.holders import model_key, model_keys
 from ..core.errors import GatewayError
 from ..core.keys import FORWARDED, PRINCIPAL
 from .routes import spec_for
@@ -38,13 +39,10 @@ SCOPE_HEADERS = {
 }
 
 
-def _tagged(model: str) -> str:
-    """Ollama's name for a model named without a tag: ``llama3.2`` is ``llama3.2:latest``."""
-    return model if ":" in model.rsplit("/", 1)[-1] else model + ":latest"
-
-
 def in_scope(model: str, models: Sequence[str]) -> bool:
-    return _tagged(model) in {_tagged(m) for m in models}
+    """Names compare as the upstreams resolve them (routing/holders.py): a
+    key for ``llama3.2`` may use ``llama3.2:latest``."""
+    return model_key(model) in model_keys(models)
 
 
 def scope_of(request: web.Request) -> tuple[str, ...] | None:
