@@ -118,8 +118,8 @@ async def test_pull_shows_progress_layer_by_layer_to_100_percent(
     big = [f for f in frames if f.startswith(f"pulling {layers[0]}")]
     percents = [int(re.search(r"(\d+)%", f).group(1)) for f in big]  # type: ignore[union-attr]
     assert list(dict.fromkeys(percents)) == [0, 25, 50, 75, 100]  # closing redraws 100%
-    assert re.search(r"1\.23G/1\.23G \[[0-9:]+<00:00, *[0-9.]+[KMG]?B/s\]", big[-1]), big[-1]
-    assert re.search(r"315M/1\.23G \[[0-9:]+<[0-9:]+, *[0-9.]+[KMG]?B/s\]", big[1]), big[1]
+    assert re.search(r"1\.23G/1\.23G \[[0-9:]+<00:00, *[0-9.]+[KMGTPEZY]?B/s\]", big[-1]), big[-1]
+    assert re.search(r"315M/1\.23G \[[0-9:]+<[0-9:]+, *[0-9.]+[KMGTPEZY]?B/s\]", big[1]), big[1]
     # Every small layer ends at 100% too.
     for digest in layers[1:]:
         last = [f for f in frames if f.startswith(f"pulling {digest}")][-1]
