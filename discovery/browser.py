@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import ifaddr
 from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
 
 # Exported by zeroconf (not in its __all__, which mypy goes by).
@@ -29,6 +30,42 @@ from .names import DEFAULT_INSTANCE, DEFAULT_TYPES, SERVICE_NAME
 from .txt import NodeTxt
 
 __all__ = ["DEFAULT_INSTANCE", "DEFAULT_TYPES", "SERVICE_NAME"]
+
+
+def lan_zeroconf(interfaces: list[str] | None = None) -> AsyncZeroconf:
+    """mDNS on the given interfaces' addresses, or on every address of the
+    machine but IPv6 loopback.
+
+    zeroconf's ``InterfaceChoice.All`` joins the IPv6 group on ``::1`` too,
+    where no IPv6 multicast can be sent: every node and every ``fognode
+    discover`` then logged a WARNING with an OSError ("Network is
+    unreachable") at start, which reads like a failure and is none. IPv4
+    loopback stays, as zeroconf takes it (nodes on one machine see each other).
+    """
+    if interfaces is not None:
+        return AsyncZeroconf(interfaces=interfaces, ip_version=IPVersion.All)
+    chosen = mdns_addresses(ifaddr.get_adapters())
+    if chosen is None:
+        return AsyncZeroconf(interfaces=InterfaceChoice.All, ip_version=IPVersion.All)
+    return AsyncZeroconf(interfaces=chosen[0], ip_version=chosen[1])
+
+
+def mdns_addresses(adapters: Iterable[ifaddr.Adapter]) -> tuple[list[str], IPVersion] | None:
+    """The addresses :func:`lan_zeroconf` takes, and the IP versions they
+    make; None when the machine lists none."""
+    ips = [ip.ip for adapter in adapters for ip in adapter.ips]
+    v4 = sorted({ip for ip in ips if isinstance(ip, str)})
+    v6 = sorted(
+        {
+            ip[0]
+            for ip in ips
+            if isinstance(ip, tuple) and not ipaddress.ip_address(ip[0].split("%")[0]).is_loopback
+        }
+    )
+    if not v4 and not v6:
+        return None
+    version = IPVersion.All if v4 and v6 else (IPVersion.V6Only if v6 else IPVersion.V4Only)
+    return [*v4, *v6], version
 
 
 @dataclass(frozen=True)
@@ -210,10 +247,7 @@ async def watch(
     NAS web UIs) out; None accepts every service of the types.
     """
     own = zeroconf is None
-    azc = zeroconf or AsyncZeroconf(
-        interfaces=interfaces if interfaces is not None else InterfaceChoice.All,
-        ip_version=IPVersion.All,
-    )
+    azc = zeroconf or lan_zeroconf(interfaces)
     queue: asyncio.Queue[NodeEvent] = asyncio.Queue()
     groups = _Groups()
     tasks: set[asyncio.Task[None]] = set()
@@ -316,10 +350,7 @@ async def resolve_host(
     node's own fognode-<id>.local, say), IPv4 first; none if nobody answers.
     Machines without an mDNS resolver in their system (nss-mdns) resolve it
     this way."""
-    azc = AsyncZeroconf(
-        interfaces=interfaces if interfaces is not None else InterfaceChoice.All,
-        ip_version=IPVersion.All,
-    )
+    azc = lan_zeroconf(interfaces)
     try:
         resolver = AddressResolver(name.rstrip(".") + ".")
         if not await resolver.async_request(azc.zeroconf, int(seconds * 1000)):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 
+import ifaddr
 import pytest
+from zeroconf import IPVersion
 
-from fognode.discovery.browser import FogNode
+from fognode.discovery.browser import FogNode, mdns_addresses
 from fognode.discovery.choose import rank
 from fognode.discovery.terminal import print_table
 from fognode.discovery.txt import MAX_VALUE, NodeTxt
@@ -175,3 +177,22 @@ def test_announced_addresses_follow_the_bind_address() -> None:
     keys_only = build_authorizer(Settings(api_keys="x:user:" + "0" * 64, api_keys_file=None))
     assert keys_only.kinds == "apikey"
     keys_only.close()
+
+
+def test_mdns_leaves_out_ipv6_loopback_where_no_multicast_can_go() -> None:
+    """zeroconf's every-interface choice joins the IPv6 group on ::1, which
+    logged 'Network is unreachable' at every start; IPv4 loopback stays."""
+    lo = ifaddr.Adapter(
+        "lo", "lo", [ifaddr.IP("127.0.0.1", 8, "lo"), ifaddr.IP(("::1", 0, 0), 128, "lo")], 1
+    )
+    eth = ifaddr.Adapter(
+        "eth0",
+        "eth0",
+        [ifaddr.IP("192.168.1.20", 24, "eth0"), ifaddr.IP(("fe80::1", 0, 2), 64, "eth0")],
+        2,
+    )
+    assert mdns_addresses([lo, eth]) == (["127.0.0.1", "192.168.1.20", "fe80::1"], IPVersion.All)
+    assert mdns_addresses([lo]) == (["127.0.0.1"], IPVersion.V4Only)
+    v6_only = ifaddr.Adapter("eth0", "eth0", [ifaddr.IP(("fd00::2", 0, 0), 64, "eth0")], 2)
+    assert mdns_addresses([v6_only]) == (["fd00::2"], IPVersion.V6Only)
+    assert mdns_addresses([]) is None
