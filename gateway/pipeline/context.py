@@ -24,6 +24,7 @@ from aiohttp.typedefs import Handler
 from ..core.keys import (
     BODY_BYTES,
     FAILURE,
+    FORWARDED,
     PRINCIPAL,
     RELAYED_CHUNKS,
     REQUEST_ID,
@@ -168,6 +169,10 @@ def _log_access(request: web.Request, rid: str, status: int, sent: int, duration
     if routed is not None:
         fields |= {"upstream": routed.upstream, "route": routed.reasons}
         route += f" upstream={routed.upstream} route={routed.reasons}"
+    forwarded = request.get(FORWARDED)
+    if forwarded is not None:  # handed over by the fog's entry node (same request id)
+        fields["via"] = forwarded.entry
+        route += f" via={forwarded.entry}"
     access_log.info(
         '%s "%s %s" %d %dB %.3fs uid=%s%s',
         request.remote,

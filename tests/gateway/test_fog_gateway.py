@@ -9,6 +9,7 @@ Clients speak TLS to the phones' port with the fog's CA, as phones do.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -129,7 +130,10 @@ async def members_of(node: Node, count: int) -> None:
 
 
 async def test_a_model_only_a_member_has_is_served_by_it_and_recorded_at_the_entry(
-    make_node: NodeFactory, fog_pki: Pki, http: aiohttp.ClientSession
+    make_node: NodeFactory,
+    fog_pki: Pki,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     a_port, b_port = free_port(), free_port()
     a = await make_node("a", models=(SMALL,), peers=[b_port], port=a_port)
@@ -137,10 +141,20 @@ async def test_a_model_only_a_member_has_is_served_by_it_and_recorded_at_the_ent
     await members_of(a, 1)
     await members_of(b, 1)
 
+    caplog.set_level(logging.INFO, logger="fognode.access")
     status, headers, text = await chat(http, a, fog_pki, OTHER)
     assert status == 200, text
     assert text == DEFAULT_REPLY
     assert headers["X-Fognode-Upstream"] == "peer b.local"
+    # Both access lines carry the one request id; the member's names the entry.
+    rid = headers["X-Request-ID"]
+    lines = [r for r in caplog.records if r.name == "fognode.access" and "POST" in r.getMessage()]
+    entry_line, member_line = (
+        [r.getMessage() for r in lines if f"via={a.fog.options.own_id}" not in r.getMessage()],
+        [r.getMessage() for r in lines if f"via={a.fog.options.own_id}" in r.getMessage()],
+    )
+    assert len(member_line) == 1 and len(entry_line) == 1, [r.getMessage() for r in lines]
+    assert all(getattr(r, "fields", {}).get("request_id") == rid for r in lines)
     assert headers["X-Fognode-Upstream-Reason"] in ("peer-free", "peer-loaded")
     assert [r.path for r in a.standin.forwarded if r.method == "POST"] == []
     (sent,) = [r for r in b.standin.forwarded if r.method == "POST"]
