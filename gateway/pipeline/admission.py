@@ -42,10 +42,10 @@ import logging
 import math
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -598,17 +598,110 @@ def setup_admission(
     """``placement``: where this node is a member of the fog, whether a
     request runs here or at a member (placement.py)."""
     app[ADMISSION] = admission
+    app.middlewares.append(AdmissionStage(admission, heartbeats, placement).stage)
+
+
+class AdmissionStage(Generic[PermitT]):
+    """The stage that gives a limited request its slot: here, at a member of
+    the fog, or (a member's request) in the queue its entry node asked for.
+
+    A request that streams waits with heartbeats (``queued N``), and an error
+    that comes after its 200 headers went out is reported in the stream.
+    """
+
+    def __init__(
+        self,
+        admission: AdmissionControl[PermitT],
+        heartbeats: HeartbeatOptions,
+        placement: Placement | None,
+    ) -> None:
+        self.admission = admission
+        self.heartbeats = heartbeats
+        self.placement = placement
+
+    @web.middleware
+    async def stage(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        spec = spec_for(request)
+        if spec is None or not spec.limited:
+            return await handler(request)
+        principal = request.get(PRINCIPAL)
+        uid = principal.uid if principal else "anonymous"
+        share = request.get(SHARE)
+        priority = share.priority if share is not None else None
+        forwarded = request.get(FORWARDED)
+        if forwarded is not None:
+            return await self.serve_forwarded(request, handler, uid, priority, forwarded)
+        body = request.get(REQUEST_BODY)
+        keepalive = None
+        if body is not None and body.streams_sse:
+            keepalive = request[KEEPALIVE] = KeepAlive(request, self.heartbeats)
+        ticket = Ticket()
+        try:
+            if keepalive is not None:
+                keepalive.status = self._queued(ticket)
+            model = body.model if body is not None else None
+            placed: PermitT | Handover | None = None
+            if self.placement is not None and model and not spec.native:
+                placed = await self._place(self.placement, model, uid, priority)
+            if isinstance(placed, Handover):
+                return await self.hand_over(request, handler, uid, priority, ticket, placed)
+            if placed is None:
+                permit = await self.admission.acquire(uid, ticket, Slots.BOTH, priority)
+            else:
+                permit = placed
+            if keepalive is not None:
+                keepalive.status = None
+            try:
+                return await handler(request)
+            finally:
+                self.admission.release(permit)
+        except GatewayError as exc:
+            if keepalive is not None and keepalive.started:
+                # The 200 headers are out (the request waited long): in-band.
+                log.warning("%s (%s), reported in-band", exc.message, exc.code)
+                return await keepalive.fail(exc)
+            raise
+        finally:
+            if keepalive is not None:
+                keepalive.close()
+
+    def _queued(self, ticket: Ticket) -> Callable[[], Awaitable[str | None]]:
+        """What a waiting stream's heartbeats say: its place in the queue."""
+
+        async def queued() -> str | None:
+            position = await self.admission.position(ticket)
+            return f"queued {position}" if position is not None else None
+
+        return queued
+
+    async def _place(
+        self, placement: Placement, model: str, uid: str, priority: str | None
+    ) -> PermitT | Handover | None:
+        """Here, with a slot free now (its permit); at a member (the
+        handover); or None: it waits here like any request."""
+        handover = placement.before_admission(model)
+        if handover is not None:
+            return handover
+        now = await self.admission.try_now(uid, Slots.BOTH, priority)
+        if isinstance(now, float):
+            return placement.instead_of_waiting(model, now)
+        return now
 
     async def serve_forwarded(
-        request: web.Request, handler: Handler, uid: str, priority: str | None, forwarded: Forwarded
+        self,
+        request: web.Request,
+        handler: Handler,
+        uid: str,
+        priority: str | None,
+        forwarded: Forwarded,
     ) -> web.StreamResponse:
         """A member's request: a slot of this node's in the queue of the class
         its entry asserted, no heartbeats (the entry node sends the phone its
         own) and no count for the user (the entry's)."""
         if forwarded.may_queue:
-            permit = await admission.acquire(uid, None, Slots.NODE, priority)
+            permit = await self.admission.acquire(uid, None, Slots.NODE, priority)
         else:
-            now = await admission.try_now(uid, Slots.NODE, priority)
+            now = await self.admission.try_now(uid, Slots.NODE, priority)
             if isinstance(now, float):
                 # The entry node tries its next member, or serves it itself.
                 raise GatewayError(
@@ -621,9 +714,10 @@ def setup_admission(
         try:
             return await handler(request)
         finally:
-            admission.release(permit)
+            self.admission.release(permit)
 
     async def hand_over(
+        self,
         request: web.Request,
         handler: Handler,
         uid: str,
@@ -633,77 +727,20 @@ def setup_admission(
     ) -> web.StreamResponse:
         """To members of the fog, holding the user's slot here; back here, with
         a slot of this node's, if every member declines before its first byte."""
-        user = await admission.acquire(uid, ticket, Slots.USER, priority)
+        user = await self.admission.acquire(uid, ticket, Slots.USER, priority)
         try:
             request[HANDOVER] = handover
             try:
                 return await handler(request)
             except MembersDeclined:
                 del request[HANDOVER]
-            node = await admission.acquire(uid, ticket, Slots.NODE, priority)
+            node = await self.admission.acquire(uid, ticket, Slots.NODE, priority)
             try:
                 return await handler(request)
             finally:
-                admission.release(node)
+                self.admission.release(node)
         finally:
-            admission.release(user)
-
-    @web.middleware
-    async def admission_control(request: web.Request, handler: Handler) -> web.StreamResponse:
-        spec = spec_for(request)
-        if spec is None or not spec.limited:
-            return await handler(request)
-        principal = request.get(PRINCIPAL)
-        uid = principal.uid if principal else "anonymous"
-        share = request.get(SHARE)
-        priority = share.priority if share is not None else None
-        forwarded = request.get(FORWARDED)
-        if forwarded is not None:
-            return await serve_forwarded(request, handler, uid, priority, forwarded)
-        body = request.get(REQUEST_BODY)
-        keepalive = None
-        if body is not None and body.streams_sse:
-            keepalive = request[KEEPALIVE] = KeepAlive(request, heartbeats)
-        ticket = Ticket()
-        try:
-            if keepalive is not None:
-
-                async def queued() -> str | None:
-                    position = await admission.position(ticket)
-                    return f"queued {position}" if position is not None else None
-
-                keepalive.status = queued
-            permit = None
-            model = body.model if body is not None else None
-            if placement is not None and model and not spec.native:
-                handover = placement.before_admission(model)
-                if handover is None:
-                    now = await admission.try_now(uid, Slots.BOTH, priority)
-                    if isinstance(now, float):
-                        handover = placement.instead_of_waiting(model, now)
-                    else:
-                        permit = now
-                if handover is not None:
-                    return await hand_over(request, handler, uid, priority, ticket, handover)
-            if permit is None:
-                permit = await admission.acquire(uid, ticket, Slots.BOTH, priority)
-            if keepalive is not None:
-                keepalive.status = None
-            try:
-                return await handler(request)
-            finally:
-                admission.release(permit)
-        except GatewayError as exc:
-            if keepalive is not None and keepalive.started:
-                # The 200 headers are out (the request waited long): in-band.
-                log.warning("%s (%s), reported in-band", exc.message, exc.code)
-                return await keepalive.fail(exc)
-            raise
-        finally:
-            if keepalive is not None:
-                keepalive.close()
-
-    app.middlewares.append(admission_control)
+            self.admission.release(user)
 
 
 class AdmissionCollector(Collector):
