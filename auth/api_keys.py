@@ -207,3 +207,11 @@ class ApiKeys:
     def named(self, name: str) -> ApiKeyEntry | None:
         """The key called ``name`` (for a report about its caller), if there is one."""
         return next((e for e in self.entries if e.name == name), None)
+
+    def standing(self, name: str) -> Principal | None:
+        """The caller of key ``name`` as a request with the key would be
+        admitted now; None once it was revoked (or replaced) or has expired."""
+        entry = self.named(name)
+        if entry is None or entry.expired(self.clock()):
+            return None
+        return entry.principal()

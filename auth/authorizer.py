@@ -62,6 +62,9 @@ class TokenAuthorizer:
         entry = self.api_keys.named(name)
         return entry.principal() if entry is not None else None
 
+    def key_standing(self, name: str) -> Principal | None:
+        return self.api_keys.standing(name)
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self.verifier is not None:
@@ -120,6 +123,9 @@ class NoAuth:
         return None  # nothing is checked
 
     def key_caller(self, name: str) -> Principal | None:
+        return None
+
+    def key_standing(self, name: str) -> Principal | None:
         return None
 
     def close(self) -> None:

@@ -140,6 +140,8 @@ class BrowserSessions:
             return None
         if access is Access.ADMIN and not session.is_admin:
             return None  # (sessions are made for administrators only)
+        if not self._key_stands(request, session):
+            return None
         if request.method not in SAFE_METHODS:
             token = request.headers.get(CSRF_HEADER)
             if token is None:
@@ -153,6 +155,20 @@ class BrowserSessions:
                 )
         request[SESSION] = session
         return session.principal()
+
+    def _key_stands(self, request: web.Request, session: Session) -> bool:
+        """A session made with an API key lasts only as long as the key would
+        sign in now: revoked, expired, no longer an administrator's, or kept to
+        some models, and the session ends with it (on every worker: each
+        follows the key file). A Firebase session lasts its lifetime."""
+        principal = session.principal()
+        if principal.kind != "api_key":
+            return True
+        now = request.app[AUTHORIZER].key_standing(principal.uid.removeprefix("apikey:"))
+        if now is not None and now.is_admin and now.models is None:
+            return True
+        self.signer.refuse(session.sid, session.issued + self.signer.lifetime)
+        return False
 
     def sign_in_first(self, request: web.Request) -> Exception:
         if request.method in SAFE_METHODS:

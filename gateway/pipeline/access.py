@@ -55,6 +55,12 @@ class Authorizer(Protocol):
         it has one: for reports about them, without their key."""
         ...
 
+    def key_standing(self, name: str) -> Principal | None:
+        """The caller of API key ``name`` as its key would be admitted now:
+        None once it was revoked or has expired (a status-page session made
+        with it ends then too)."""
+        ...
+
     def close(self) -> None: ...
 
 

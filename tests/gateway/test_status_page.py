@@ -13,10 +13,12 @@ from __future__ import annotations
 import re
 
 import aiohttp
+from yarl import URL
 
-from fognode.auth.api_keys import new_key
+from fognode.auth.api_keys import ApiKeyEntry, entry_for, new_key
 from fognode.gateway.node.server import RunningServer
 from fognode.gateway.pages.sessions import SESSION_COOKIE
+from fognode.gateway.pipeline.access import AUTHORIZER
 from tests.support.ollama_standin import OllamaStandIn
 from tests.support.status_page import ADMIN_KEY, SCOPED_ADMIN_KEY, USER_KEY, failures
 
@@ -156,3 +158,36 @@ async def test_a_key_kept_to_some_models_does_not_sign_in(
         assert SESSION_COOKIE not in resp.cookies
     async with https.get(f"{status_gateway.url}/", allow_redirects=False) as resp:
         assert resp.status == 303 and resp.headers["Location"] == "/signin"
+
+
+async def test_a_session_ends_with_the_key_it_was_made_with(
+    status_gateway: RunningServer, https: aiohttp.ClientSession
+) -> None:
+    """A revoked (or expired, or demoted) key's kept cookie opens no page: the
+    session lasts only as long as its key would sign in now."""
+    async with await sign_in(https, status_gateway.url, ADMIN_KEY) as resp:
+        assert resp.status == 303
+    async with https.get(f"{status_gateway.url}/status/live", allow_redirects=False) as resp:
+        assert resp.status == 200
+    authorizer = status_gateway.app[AUTHORIZER]
+    # The operator revokes the key (the key file's reload hands every worker this set).
+    authorizer.use_keys([ApiKeyEntry.parse(entry_for(USER_KEY, "phone", admin=False))])
+    async with https.get(f"{status_gateway.url}/status/live", allow_redirects=False) as resp:
+        assert resp.status == 303 and resp.headers["Location"] == "/signin"
+    token = https.cookie_jar.filter_cookies(URL(status_gateway.url)).get(SESSION_COOKIE)
+    assert token is not None  # the browser keeps the cookie; it opens nothing
+    async with https.post(f"{status_gateway.url}/status/pull", data={"model": "m"}) as resp:
+        assert resp.status == 401
+    # Made again under the same name, the old session stays ended.
+    authorizer.use_keys([ApiKeyEntry.parse(entry_for(ADMIN_KEY, "operator", admin=True))])
+    async with https.get(f"{status_gateway.url}/", allow_redirects=False) as resp:
+        assert resp.status == 303
+    # A new sign-in with a key that is an administrator's again works as before.
+    async with await sign_in(https, status_gateway.url, ADMIN_KEY) as resp:
+        assert resp.status == 303
+    async with https.get(f"{status_gateway.url}/", allow_redirects=False) as resp:
+        assert resp.status == 200
+    # A key demoted to a user's ends its session too.
+    authorizer.use_keys([ApiKeyEntry.parse(entry_for(ADMIN_KEY, "operator", admin=False))])
+    async with https.get(f"{status_gateway.url}/", allow_redirects=False) as resp:
+        assert resp.status == 303

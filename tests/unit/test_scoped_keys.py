@@ -77,6 +77,18 @@ def test_expiry_is_checked_at_each_request_not_at_load() -> None:
     assert keys.check(new_key()) is None  # an unknown key is still just unknown
 
 
+def test_a_keys_standing_ends_when_it_expires_or_is_gone() -> None:
+    """What a status-page session made with the key asks at each request."""
+    key, clock = new_key(), Clock()
+    entry = ApiKeyEntry.parse(entry_for(key, "operator", admin=True, expires=clock.now + 60))
+    keys = ApiKeys([entry], clock=clock)
+    standing = keys.standing("operator")
+    assert standing is not None and standing.is_admin and standing.uid == "apikey:operator"
+    assert keys.standing("nobody") is None
+    clock.now += 60
+    assert keys.standing("operator") is None
+
+
 def test_a_key_brings_its_scope_to_its_caller() -> None:
     key = new_key()
     keys = ApiKeys([ApiKeyEntry.parse(entry_for(key, "study", admin=False, **SCOPED))])
