@@ -172,7 +172,12 @@ def members(node: Running, count: int, limit: float = 30) -> dict[str, Any]:
     while True:
         view = node.fognode("fog", "--json")
         if len(view["members"]) == count or time.monotonic() > deadline:
-            assert len(view["members"]) == count, (view, node.log()[-3000:])
+            # What it knows of each candidate first: pytest cuts a long message.
+            seen = [
+                (c.get("address"), c.get("standing"), c.get("last_error"))
+                for c in view["candidates"]
+            ]
+            assert len(view["members"]) == count, (node.spec.name, seen, node.log()[-3000:])
             return view
         time.sleep(0.5)
 
