@@ -221,13 +221,25 @@ class MemberTable:
         return address
 
     def withdraw(self, address: str, source: Source) -> None:
-        """That source no longer names it (an mDNS goodbye); gone when none does."""
+        """That source no longer names it (an mDNS goodbye); gone when none
+        does, unless it is a member now: mDNS only says where to ask, and an
+        announcement can flicker (a name taken over and given back while
+        nodes resolve a conflict) while the node answers on. Such a member
+        stays until it fails or falls silent (:meth:`_forget_unnamed`); a
+        node that drains withdraws its announcement and is still asked, so
+        the fog knows it drains."""
         candidate = self._candidates.get(address)
         if candidate is None:
             return
         candidate.sources.discard(source)
-        if not candidate.sources:
-            del self._candidates[address]
+        self._forget_unnamed(candidate)
+
+    def _forget_unnamed(self, candidate: _Candidate) -> None:
+        """A candidate no source names, and that is not a member now, is gone."""
+        if candidate.sources:
+            return
+        if self._standing(candidate, self.clock()) is not Standing.MEMBER:
+            self._candidates.pop(candidate.address, None)
 
     def addresses(self) -> list[str]:
         return list(self._candidates)
@@ -257,6 +269,7 @@ class MemberTable:
             return
         candidate.last_error = reason
         candidate.breaker.failure()
+        self._forget_unnamed(candidate)
         # Soon enough to notice a blip within the staleness bound, then less often.
         now = self.clock()
         probe = candidate.breaker.probe_at()
@@ -270,12 +283,15 @@ class MemberTable:
         candidate.refused, candidate.last_error = True, reason
         candidate.state, candidate.answered_at = None, None
         candidate.next_ask = self.clock() + self._spread(self.options.refused_retry)
+        self._forget_unnamed(candidate)
 
     def delay(self, address: str) -> float | None:
         """Seconds until it should be asked again (None: no such candidate, or
         this node itself, which is never asked again)."""
         candidate = self._candidates.get(address)
-        if candidate is None or candidate.own:
+        if candidate is not None:
+            self._forget_unnamed(candidate)  # an unnamed member that fell silent
+        if address not in self._candidates or candidate is None or candidate.own:
             return None
         return max(0.0, candidate.next_ask - self.clock())
 

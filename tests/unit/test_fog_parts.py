@@ -230,6 +230,38 @@ def test_a_candidate_stays_while_any_source_names_it() -> None:
     assert members.delay(address) is None
 
 
+def test_a_member_whose_announcement_goes_is_asked_until_it_fails() -> None:
+    """mDNS says where to ask; a member's answers decide. An announcement that
+    flickers (or a node that drains and withdraws it) keeps the member; a
+    member that then fails, or falls silent, is gone with its last source."""
+    clock = Clock()
+    members = table(clock)
+    address = members.offer("10.0.0.2", 9443, Source.MDNS)
+    members.answered(address, state("b"), "b.local")
+    members.withdraw(address, Source.MDNS)
+    assert [m.address for m in members.members()] == [address]
+    assert members.delay(address) is not None  # still asked
+    members.answered(address, state("b"), "b.local")
+    members.failed(address, "cannot connect (refused)")
+    assert members.addresses() == [address]  # one blip: still a member
+    members.failed(address, "cannot connect (refused)")
+    assert members.addresses() == [] and members.delay(address) is None
+    # Fallen silent instead: gone once its state is stale.
+    again = members.offer("10.0.0.3", 9443, Source.MDNS)
+    members.answered(again, state("c"), "c.local")
+    members.withdraw(again, Source.MDNS)
+    clock.now += 5.01
+    assert members.delay(again) is None and members.addresses() == []
+    # Named again by mDNS before it failed: an ordinary candidate again.
+    back = members.offer("10.0.0.4", 9443, Source.MDNS)
+    members.answered(back, state("d"), "d.local")
+    members.withdraw(back, Source.MDNS)
+    members.offer("10.0.0.4", 9443, Source.MDNS)
+    members.failed(back, "cannot connect (refused)")
+    members.failed(back, "cannot connect (refused)")
+    assert members.addresses() == [back]  # out, but mDNS names it: asked again later
+
+
 def test_a_member_crosses_processes_as_json() -> None:
     member = Member("10.0.0.2:9443", "b.local", state(ttft=0.3), 0.4)
     assert Member.from_json(member.to_json()) == member
