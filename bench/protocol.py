@@ -25,24 +25,17 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from fognode.gateway.node.protocol import Acquire, Admitted, Settle
 from fognode.gateway.pipeline.admission import Slots
-from fognode.usage.record import Outcome, UsageRecord
 from fognode.workers.messages import Message, answer_codec, decode, encode
+from tests.support.usage import rec
 
-RECORD = UsageRecord(
-    uid="apikey:alice",
-    model="llama3.2:1b",
-    upstream="http://127.0.0.1:11434",
-    route="/v1/chat/completions",
-    started_at=1_700_000_000.25,
-    ended_at=1_700_000_003.5,
-    prompt_tokens=12,
-    completion_tokens=34,
-    outcome=Outcome.COMPLETED,
-    partial=False,
+# A finished request's record, with ids as long as the node mints them.
+RECORD = replace(
+    rec("apikey:alice", at=1_700_000_000.25, prompt=12, completion=34),
     request_id="164f52850ab93de00000000000000001",
     node_id="76cdf5ce",
 )

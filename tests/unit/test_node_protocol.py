@@ -95,20 +95,17 @@ from fognode.workers.messages import (
     encode,
 )
 from tests.support.helpers import wait_until
+from tests.support.usage import rec
 
-RECORD = UsageRecord(
-    uid="apikey:alice",
-    model="llama3.2:1b",
-    upstream="http://127.0.0.1:11434",
-    route="/v1/chat/completions",
-    started_at=1_700_000_000.25,
-    ended_at=1_700_000_003.5,
-    prompt_tokens=12,
-    completion_tokens=34,
+# A request a client left, its answer cut short (fields that round-trip as they are).
+RECORD = rec(
+    "apikey:alice",
+    at=1_700_000_000.25,
+    prompt=12,
+    completion=34,
     outcome=Outcome.CLIENT_DISCONNECTED,
     partial=True,
-    request_id="r-1",
-    node_id="n1",
+    node="n1",
 )
 STATUS = ServerStatus(
     url="http://127.0.0.1:5001",

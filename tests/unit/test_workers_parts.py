@@ -35,6 +35,7 @@ from fognode.workers.channel import CallFailed, Channel, ChannelClosed, Reply
 from fognode.workers.messages import codec
 from fognode.workers.ports import SharedPort
 from tests.support.helpers import wait_until
+from tests.support.usage import rec
 
 Pair = tuple[Channel, Channel, list[str]]
 T = TypeVar("T")
@@ -278,19 +279,14 @@ async def test_a_workers_pool_follows_the_supervisors_checks_and_checks_nothing(
 def test_quota_decisions_and_records_cross_the_channel_unchanged() -> None:
     """What a worker's RemoteUsageLedger and the coordinator send each other is
     JSON on the channel: nothing may be lost or retyped on the way."""
-    record = UsageRecord(
-        uid="apikey:alice",
-        model="llama3.2:1b",
-        upstream="http://127.0.0.1:11434",
-        route="/v1/chat/completions",
-        started_at=1_700_000_000.25,
-        ended_at=1_700_000_003.5,
-        prompt_tokens=12,
-        completion_tokens=34,
+    record = rec(
+        "apikey:alice",
+        at=1_700_000_000.25,
+        prompt=12,
+        completion=34,
         outcome=Outcome.CLIENT_DISCONNECTED,
         partial=True,
-        request_id="r-1",
-        node_id="n1",
+        node="n1",
     )
     assert across(UsageRecord, record) == record
     used = Usage(requests_last_minute=3, oldest_request=1_700_000_000.0)
