@@ -58,12 +58,13 @@ def keep_in_scope(
     caller's models in it."""
     entries = listing.get(key)
     if isinstance(entries, list):
+        allowed = model_keys(models)  # once for the list, not once per entry
         listing[key] = [
             e
             for e in entries
             if isinstance(e, dict)
             and isinstance(e.get(id_field), str)
-            and in_scope(e[id_field], models)
+            and model_key(e[id_field]) in allowed
         ]
     return listing
 
