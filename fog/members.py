@@ -289,9 +289,10 @@ class MemberTable:
         """Seconds until it should be asked again (None: no such candidate, or
         this node itself, which is never asked again)."""
         candidate = self._candidates.get(address)
-        if candidate is not None:
-            self._forget_unnamed(candidate)  # an unnamed member that fell silent
-        if address not in self._candidates or candidate is None or candidate.own:
+        if candidate is None or candidate.own:
+            return None
+        self._forget_unnamed(candidate)  # an unnamed member that fell silent
+        if address not in self._candidates:
             return None
         return max(0.0, candidate.next_ask - self.clock())
 
