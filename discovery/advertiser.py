@@ -39,7 +39,6 @@ from dataclasses import dataclass, replace
 
 from zeroconf import Error as ZeroconfError
 from zeroconf import (
-    IPVersion,
     NonUniqueNameException,
     RecordUpdate,
     RecordUpdateListener,
@@ -51,6 +50,7 @@ from zeroconf._dns import DNSService
 from zeroconf._services.info import AddressResolver
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
+from .interfaces import ip_version
 from .txt import NodeTxt
 
 log = logging.getLogger("fognode.mdns")
@@ -122,13 +122,7 @@ class Advertiser:
         if not ann.addresses:
             log.info("mDNS: no network address to announce; the node is not discoverable")
             return False
-        has_v6 = any(":" in a for a in ann.addresses)
-        has_v4 = any(":" not in a for a in ann.addresses)
-        version = (
-            IPVersion.All
-            if has_v4 and has_v6
-            else (IPVersion.V6Only if has_v6 else IPVersion.V4Only)
-        )
+        version = ip_version(ann.addresses)
         try:
             self._zc = AsyncZeroconf(
                 interfaces=self.interfaces if self.interfaces is not None else list(ann.addresses),

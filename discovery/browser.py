@@ -26,6 +26,7 @@ from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
 from zeroconf._services.info import AddressResolver
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from .interfaces import mdns_addresses
 from .names import DEFAULT_INSTANCE, DEFAULT_TYPES, SERVICE_NAME
 from .txt import NodeTxt
 
@@ -48,24 +49,6 @@ def lan_zeroconf(interfaces: list[str] | None = None) -> AsyncZeroconf:
     if chosen is None:
         return AsyncZeroconf(interfaces=InterfaceChoice.All, ip_version=IPVersion.All)
     return AsyncZeroconf(interfaces=chosen[0], ip_version=chosen[1])
-
-
-def mdns_addresses(adapters: Iterable[ifaddr.Adapter]) -> tuple[list[str], IPVersion] | None:
-    """The addresses :func:`lan_zeroconf` takes, and the IP versions they
-    make; None when the machine lists none."""
-    ips = [ip.ip for adapter in adapters for ip in adapter.ips]
-    v4 = sorted({ip for ip in ips if isinstance(ip, str)})
-    v6 = sorted(
-        {
-            ip[0]
-            for ip in ips
-            if isinstance(ip, tuple) and not ipaddress.ip_address(ip[0].split("%")[0]).is_loopback
-        }
-    )
-    if not v4 and not v6:
-        return None
-    version = IPVersion.All if v4 and v6 else (IPVersion.V6Only if v6 else IPVersion.V4Only)
-    return [*v4, *v6], version
 
 
 @dataclass(frozen=True)

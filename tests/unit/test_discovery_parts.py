@@ -8,8 +8,9 @@ import ifaddr
 import pytest
 from zeroconf import IPVersion
 
-from fognode.discovery.browser import FogNode, mdns_addresses
+from fognode.discovery.browser import FogNode
 from fognode.discovery.choose import rank
+from fognode.discovery.interfaces import mdns_addresses
 from fognode.discovery.terminal import print_table
 from fognode.discovery.txt import MAX_VALUE, NodeTxt
 from fognode.gateway.auth_setup import build_authorizer
