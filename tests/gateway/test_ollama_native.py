@@ -127,6 +127,22 @@ async def test_model_management_passes_for_admins(
     assert standin.last("/api/blobs/sha256:abc").body == payload
 
 
+@pytest.mark.parametrize(
+    "body",
+    [{"model": {}}, {"model": ["llama3.2:1b", None]}, {"name": 7}],
+    ids=["object", "array", "number"],
+)
+async def test_a_model_of_the_wrong_type_is_ollamas_400(
+    gateway: RunningServer, http: aiohttp.ClientSession, body: object
+) -> None:
+    """What schemathesis found: Ollama decodes the body into a Go struct, so a
+    model that is not a string is its 400 in its own shape, not a 500."""
+    async with http.post(f"{gateway.url}/api/pull", json=body) as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+    assert error.startswith("json: cannot unmarshal ")
+
+
 async def test_every_route_has_an_access_level(gateway: RunningServer) -> None:
     table = {path: spec.access for (_, path), spec in gateway.app[ROUTES].items()}
     for resource in gateway.app.router.resources():

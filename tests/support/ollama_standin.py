@@ -75,6 +75,17 @@ class Recorded:
     peer: tuple[str, int] | None
 
 
+def _go_kind(value: object) -> str:
+    """The JSON kind as Go's decoder names it in its errors."""
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, bool):
+        return "bool"
+    return "number" if isinstance(value, int | float) else "string"
+
+
 @dataclass
 class OllamaStandIn:
     models: tuple[str, ...] = DEFAULT_MODELS
@@ -565,6 +576,21 @@ class OllamaStandIn:
             data = json.loads(raw) if raw else {}
         except ValueError as exc:
             return self.native_error(400, str(exc))
+        # Ollama decodes the body into a Go struct (ShouldBindJSON): a body
+        # that is not an object, or a model name that is not a string, is a
+        # 400 with Go's words, never a crash.
+        if not isinstance(data, dict):
+            return self.native_error(
+                400, f"json: cannot unmarshal {_go_kind(data)} into Go value of type api.Request"
+            )
+        for key in ("model", "name"):
+            value = data.get(key)
+            if value is not None and not isinstance(value, str):
+                return self.native_error(
+                    400,
+                    f"json: cannot unmarshal {_go_kind(value)} into Go struct field "
+                    f"Request.{key} of type string",
+                )
         if self.force_error is not None:
             return web.json_response(self.force_error[1], status=self.force_error[0])
         return data
